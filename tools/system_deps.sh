@@ -1,0 +1,30 @@
+#!/bin/sh
+# Install the Debian packages the host tooling needs, or say exactly how to.
+#   mosquitto       the broker iotsim runs (2.0.11 on Debian 12)
+#   mosquitto-dev   headers for iotsim's broker plugin
+#   libssl-dev      OpenSSL (SHA-256 of client certificates) for the plugin
+#   socat           the pseudo-terminal for the virtual-board deploy test
+#   openssl         `openssl req -verify` in the CSR tests
+set -eu
+PACKAGES="mosquitto mosquitto-dev libssl-dev socat openssl gcc make"
+missing=""
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
+[ -f /usr/include/mosquitto_plugin.h ] || missing="$missing mosquitto-dev"
+[ -f /usr/include/openssl/sha.h ] || missing="$missing libssl-dev"
+command -v socat >/dev/null 2>&1 || missing="$missing socat"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null
+    # The Debian package enables a system-wide broker on 1883; iotsim runs its own.
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now mosquitto >/dev/null 2>&1 || true; fi
+else
+    echo "missing Debian packages:$missing" >&2
+    echo "run:  sudo apt-get update && sudo apt-get install -y $PACKAGES" >&2
+    exit 1
+fi
