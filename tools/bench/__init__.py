@@ -1,0 +1,1 @@
+"""`make bench`: measurements printed as tables, never asserted."""
