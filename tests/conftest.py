@@ -15,12 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib"
 DEPS = ROOT / "deps"
 DEVICE_SUPPORT = ROOT / "tests" / "device" / "support"
+FAKES = ROOT / "tests" / "fakes"
 
 # Device code is imported by host tests exactly as it is deployed: from lib/.
 if str(LIB) not in sys.path:
     sys.path.insert(0, str(LIB))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# Fakes shared by the CPython and MicroPython tiers (device-compatible code).
+if str(FAKES) not in sys.path:
+    sys.path.append(str(FAKES))
 
 
 def micropython_binary() -> Path:
@@ -45,8 +49,8 @@ class MicroPython:
 
     def path(self, extra: tuple[Path, ...] = ()) -> str:
         # .frozen first, as on a board; then the device library, umqtt, and the
-        # test-only support modules (the ussl alias).
-        parts = [".frozen", *map(str, extra), str(LIB), str(DEPS), str(DEVICE_SUPPORT)]
+        # test-only support modules (the ussl alias, the fake MQTT client).
+        parts = [".frozen", *map(str, extra), str(LIB), str(DEPS), str(DEVICE_SUPPORT), str(FAKES)]
         return os.pathsep.join(parts)
 
     def run(
