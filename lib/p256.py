@@ -15,11 +15,12 @@ Public API:
     check_scalar(d)                         ValueError unless 1 <= d <= n-1
 
 Constant shape: every scalar multiplication here is by the fixed base point G,
-done with a 4-tooth comb (Lim-Lee) over exactly 64 columns (all 256 bits, the
-leading zeros included). Each column costs one doubling, one table lookup that
-reads all 16 entries and selects one with masks (no index by a secret), and one
-addition, using the complete projective formulas of Renes, Costello and Batina
-(2016, algorithms 4 and 6 for a = -3): they have no special case for the point
+done with a Lim-Lee comb (4 teeth, two sub-combs) over exactly 32 columns (all
+256 bits, the leading zeros included). Each column costs one doubling and two
+(table lookup, addition) steps; a lookup reads all 16 entries of its table and
+selects one with masks (no index by a secret), and the arithmetic uses the
+complete projective formulas of Renes, Costello and Batina (2016, algorithms
+4 and 6 for a = -3): they have no special case for the point
 at infinity or for P == Q, so the sequence of field operations is the same for
 every scalar and there is no secret-dependent branch or early exit. One field
 inversion at the end (Fermat: a fixed public exponent).
@@ -52,10 +53,13 @@ _M256 = (1 << 256) - 1
 _KEY_TRIES = const(16)  # a draw >= n has probability 2**-32: 16 misses mean a broken RNG
 _NONCE_TRIES = const(8)  # same for RFC 6979 candidates and r == 0 or s == 0
 
-# Comb table: entry i (0..15) is sum of bit j of i times 2**(64*j)*G, in affine
-# coordinates packed as x | y << 256 | z << 512 (z = 1; entry 0 is the point at
-# infinity (0 : 1 : 0)). Packing makes the full-table scan one AND and one OR
-# per entry. Precomputed on the host; tests/host/test_p256_csr.py recomputes it.
+# Comb tables (Lim-Lee, 4 teeth 64 bits apart, two sub-combs 32 bits apart):
+# _COMB[i] = sum over j of bit j of i times 2**(64*j) * G and _COMB32[i] is
+# 2**32 * _COMB[i]. Affine coordinates packed as x | y << 256 | z << 512
+# (z = 1; entry 0 is the point at infinity (0 : 1 : 0)). Packing makes the
+# full-table scan one AND and one OR per entry. Precomputed on the host (two
+# tables halve the doublings: 32 instead of 64); tests/host/test_p256_csr.py
+# recomputes them from G.
 _COMB = (
     0x10000000000000000000000000000000000000000000000000000000000000000,
     0x14fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f56b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296,
@@ -73,6 +77,24 @@ _COMB = (
     0x1fecf4d5190b0fc61862be6bd71d70cc8e724f33999bfcc5b235a27c3188d25eb4052bf4b6f461db9663c62c3edbad7a00d1a10144ec39c28d36b4789a2582e7f,
     0x143104d86560ebcfc0c45f45273db33a036e06b7e4c7019178fa0af2dd603f8441eddbae2c802e41a123202a8f62bff7aafdf5cc08526a7a474346c10a1d4cfac,
     0x1fac015404d4d3dab64131bcdfed6f668c004e4048b7b0f9806ebb0f621a01b2db48e26b484f7a21c0a4a46fb6aaf363a66b0de3225c4744b9615b5110d1d78e5,
+)
+_COMB32 = (
+    0x10000000000000000000000000000000000000000000000000000000000000000,
+    0x1e697d45825b636249f09f40407dca6f174b3d5867b8af212d50d152c699ca1017fe36b40af22af8921656b32262c71da1ab919365c65dfb63a5a9e22185a5943,
+    0x1eb13461ceac089f1c42604fbe1627d40626db15419e26d9d0beada7a4c4f38404a5b506612a677a657880b3a18a2e902e9a521b074ca0141a84aa9397512218e,
+    0x1690cde8df015159397b2a14f1291643488f80eeee54a05e35a8343ceeac55f800781b8291c6a220ac342967aa815c8575e52c4144103ecbcf9faed0927a43281,
+    0x10455c08468b08bd737e02819085a92bfcde533864c8c7669c5f9a0ac223094b78a535f566ec73617f5622df4373713269e4c35874afdf43aaee9c75df7f82f2a,
+    0x15b476dfd0e6cb18a427d49101366eb70debd8a4b7ea1070fc8b4aed1ea48dac906bada7ab77f82765050a949b6cdc279f9a4bf62876dc4440c0a6e2c9477b5d9,
+    0x1239b90ea3dc31e7e1f150e68e322d1edad1744c4765bd780142d2a6626dbb8503e29864e8a2ec90829a751b1ae23c5d84d54606812d66f3b7c5c3e44278c340a,
+    0x1140406ec783a05ec1b481b1b215c14d375be5d937b4e8cc46cc544a62b5debd4820f4dd949f72ff7dbcab759f8862ed4305dde6709776f8e78c416527a53322a,
+    0x1cbe1feba92e40ce6fbc8044dfda45028cf5293d2f310bf7f90c76f8a7871265568f6b8542783dfeeeb5b06e70ce08ffefd75f3fa01876bd86a703f10e895df07,
+    0x1971459828b0719e57db2636658954e7a10b838f8624c3b454305adddb38d4966d0b2f94d2f420109230f729f2250e927fc82ef0b6acea274e998ceea4396e4c1,
+    0x17acb9fadcee75e442cf1f2438fe5131c69ab197d92ddcb2449997bcd2e407a5e961610004a866abac2d5cba4f234068757f2929e53d0b8764bd6b72623369fc9,
+    0x169f891c5acd079cc743125f88bac4c4dfeef9341c51a6b4fe3de4ccb1cda5dea24eb9acca333bf5ba60d880f6f75aaeaf57f0c917aea685b254e839423d2d4c0,
+    0x11c309a2b25bb1387a62f98b3a9fe9a068ca922ee097c184ea25bcd6fc9cf343de51f547c5972a107b422d1e7bd6f85147ed031a0e45c2258eee44b35702476b5,
+    0x1f5c6fa49919776be0d11adef5f69a0441bd539338fe582dd3063175de057c27720b87b8aa2c4e503c504977708011828b00148833472c98e9295dbeb1967c459,
+    0x13a2b03f03217257a52b520f0eb6a2a2405e4d0dcac0cd344a1011a270024b8891ed7d1b9332010b9a454c3fad83faa563876cba1102fad5f8c944e760fd59e11,
+    0x14ab5b6b2b8753f81557d9f49461210fb41ef80e5d046ac04501e82885bc98cda15fee545c78dd9f6fc7d229ca0058c3bf330240db58d5a62f20fc2afdf1d043d,
 )
 
 
@@ -151,7 +173,7 @@ def mul_base(k):
     """Return k*G as affine (x, y), or None for the point at infinity.
 
     k: int, 0 <= k < 2**256 (not reduced mod n, so n*G really is infinity).
-    Constant shape: always 64 doublings, 64 full-table scans and 64 additions.
+    Constant shape: always 32 doublings, 64 full-table scans and 64 additions.
     """
     if not 0 <= k <= _M256:
         raise ValueError("scalar out of range: must be 0 <= k < 2**256")
@@ -160,20 +182,23 @@ def mul_base(k):
     k1 = (k >> 64) & m64
     k2 = (k >> 128) & m64
     k3 = k >> 192
-    comb = _COMB
+    t0 = _COMB
+    t1 = _COMB32
     m256 = _M256
     # Start at infinity; the complete formulas need no special first step.
     X, Y, Z = 0, 1, 0
-    for i in range(63, -1, -1):
+    for i in range(31, -1, -1):
         X, Y, Z = _double(X, Y, Z)
-        idx = ((k0 >> i) & 1) | (((k1 >> i) & 1) << 1) | (((k2 >> i) & 1) << 2) | (((k3 >> i) & 1) << 3)
-        # Read every entry; the mask is -1 for the wanted one, 0 for the rest.
-        sel = 0
-        j = 0
-        for e in comb:
-            sel |= e & (((j ^ idx) - 1) >> 8)
-            j += 1
-        X, Y, Z = _add(X, Y, Z, sel & m256, (sel >> 256) & m256, sel >> 512)
+        for tab, c in ((t1, i + 32), (t0, i)):
+            # Bits c, c+64, c+128 and c+192 of k index the sub-comb's table.
+            idx = ((k0 >> c) & 1) | (((k1 >> c) & 1) << 1) | (((k2 >> c) & 1) << 2) | (((k3 >> c) & 1) << 3)
+            # Read every entry; the mask is -1 for the wanted one, 0 for the rest.
+            sel = 0
+            j = 0
+            for e in tab:
+                sel |= e & (((j ^ idx) - 1) >> 8)
+                j += 1
+            X, Y, Z = _add(X, Y, Z, sel & m256, (sel >> 256) & m256, sel >> 512)
     if Z % P == 0:
         return None
     zi = _inv(Z, P)

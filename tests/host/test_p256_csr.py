@@ -201,13 +201,20 @@ def test_scalars_outside_256_bits_are_refused_by_mul_base(bad: int) -> None:
         p256.mul_base(bad)
 
 
-def test_the_embedded_comb_table_is_the_one_derived_from_g() -> None:
-    assert len(p256._COMB) == 16
-    assert p256._COMB[0] == 1 << 256  # infinity (0 : 1 : 0)
-    for i in range(1, 16):
-        k = sum(((i >> j) & 1) << (64 * j) for j in range(4))
-        x, y = crypto_public(k % N)
-        assert p256._COMB[i] == x | y << 256 | 1 << 512, i
+def test_the_embedded_comb_tables_are_the_ones_derived_from_g() -> None:
+    for table, shift in ((p256._COMB, 0), (p256._COMB32, 32)):
+        assert len(table) == 16
+        assert table[0] == 1 << 256  # infinity (0 : 1 : 0)
+        for i in range(1, 16):
+            k = sum(((i >> j) & 1) << (64 * j + shift) for j in range(4))
+            x, y = crypto_public(k % N)
+            assert table[i] == x | y << 256 | 1 << 512, (shift, i)
+
+
+def test_every_comb_column_and_tooth_is_used_with_the_right_weight() -> None:
+    # One bit at a time, at every position: catches a wrong column/table pairing.
+    for bit in range(256):
+        assert p256.mul_base(1 << bit) == crypto_public((1 << bit) % N), bit
 
 
 def test_complete_formulas_handle_doubling_inverse_and_infinity_inputs() -> None:
