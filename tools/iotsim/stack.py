@@ -1,0 +1,177 @@
+"""The whole iotsim in one object: PKI, registry, templates, broker and service.
+
+``IotSim(state, port).start()`` prepares the state folder (CA, server, service
+and claim identities, the registry with the claim and service certificates,
+the demo template, a device ``config.json`` and ``certs/``) and runs mosquitto
+with the plugin plus the provisioning service. The CLI (``python -m
+tools.iotsim up``), the pytest fixture and the fleet benchmark all use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import pki
+from .broker import DEFAULT_PLUGIN, Broker
+from .registry import CLAIM, DEFAULT_TOKEN_TTL, SERVICE, Registry
+from .service import ProvisioningService
+from .templates import DEMO_TEMPLATE_NAME, TemplateStore, demo_template_text
+
+log = logging.getLogger("iotsim")
+
+DEFAULT_PORT = 8883
+DEVICE_CERT_DIR = "certs"
+
+
+def device_config(port: int, *, endpoint: str = "127.0.0.1", template: str = DEMO_TEMPLATE_NAME) -> dict[str, Any]:
+    """The device ``config.json`` that points at this iotsim (see docs/configuration.md)."""
+    return {
+        "endpoint": endpoint,
+        "port": port,
+        "template": template,
+        "parameters": {"SerialNumber": "{uid}"},
+        "format": "json",
+        "method": "keys",
+        "cert_dir": DEVICE_CERT_DIR,
+    }
+
+
+class IotSim:
+    """iotsim on ``host:port`` with its state in ``state``.
+
+    ``tps``: throttle each operation (None: off); ``token_ttl``: ownership token
+    lifetime in seconds; ``hook``: pre-provisioning hook (callable or
+    "module:function"); ``clock``: the registry's clock (tests).
+    """
+
+    def __init__(
+        self,
+        state: Path,
+        port: int = DEFAULT_PORT,
+        *,
+        host: str = "127.0.0.1",
+        tps: float | None = None,
+        token_ttl: float = DEFAULT_TOKEN_TTL,
+        hook: Callable[..., Any] | str | None = None,
+        clock: Callable[[], float] = time.time,
+        plugin: Path = DEFAULT_PLUGIN,
+        keygen_processes: int | None = None,
+        workers: int = 32,
+    ) -> None:
+        self.state = Path(state).resolve()
+        self.port = int(port)
+        self.host = host
+        self.tps = tps
+        self.token_ttl = token_ttl
+        self.hook = hook
+        self.clock = clock
+        self.plugin = Path(plugin)
+        self.keygen_processes = keygen_processes
+        self.workers = workers
+        self.ca: pki.CertificateAuthority | None = None
+        self.claim: pki.ClientIdentity | None = None
+        self.service_identity: pki.ClientIdentity | None = None
+        self.registry: Registry | None = None
+        self.templates = TemplateStore(self.state / "templates")
+        self.broker: Broker | None = None
+        self.service: ProvisioningService | None = None
+
+    # -- paths -----------------------------------------------------------------------
+
+    @property
+    def ca_path(self) -> Path:
+        return self.state / "ca.pem"
+
+    @property
+    def ca_der(self) -> Path:
+        return self.state / "ca.der"
+
+    @property
+    def config_path(self) -> Path:
+        return self.state / "config.json"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def prepare(self) -> list[Path]:
+        """Create everything in the state folder that a device and the broker need.
+
+        Idempotent; returns the files a user cares about.
+        """
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.ca = pki.CertificateAuthority.load_or_create(self.state)
+        self.service_identity = pki.ensure_client_identity(self.state, self.ca, "service", "iotsim-service")
+        self.claim = pki.ensure_client_identity(self.state, self.ca, "claim", "iotsim-claim")
+        if self.registry is None:
+            self.registry = Registry(self.state, token_ttl=self.token_ttl, clock=self.clock)
+        for identity, status in ((self.service_identity, SERVICE), (self.claim, CLAIM)):
+            if self.registry.status(identity.certificate_id) != status:
+                self.registry.add_certificate(
+                    identity.certificate_id, identity.cert_path.read_text(encoding="ascii"), status
+                )
+        if DEMO_TEMPLATE_NAME not in self.templates.names():
+            self.templates.put(DEMO_TEMPLATE_NAME, demo_template_text())
+        certs = self.state / DEVICE_CERT_DIR
+        certs.mkdir(exist_ok=True)
+        for src, name in (
+            (self.ca_der, "ca.der"),
+            (self.claim.cert_der_path, "claim.der"),
+            (self.claim.key_der_path, "claim.key.der"),
+        ):
+            shutil.copyfile(src, certs / name)
+        pki.write_atomic(
+            self.config_path, (json.dumps(device_config(self.port), indent=2) + "\n").encode()
+        )
+        return [
+            self.ca_path, self.ca_der,
+            self.claim.cert_path, self.claim.key_path, self.claim.cert_der_path, self.claim.key_der_path,
+            self.templates.path(DEMO_TEMPLATE_NAME), self.config_path, certs,
+        ]
+
+    def start(self, timeout: float = 20.0) -> IotSim:
+        """Prepare, start mosquitto and the service; returns when provisioning works."""
+        self.prepare()
+        assert self.ca and self.service_identity and self.registry
+        self.broker = Broker(self.state, self.port, self.plugin, host=self.host)
+        try:
+            self.broker.start()
+            self.service = ProvisioningService(
+                host=self.host,
+                port=self.port,
+                ca=self.ca,
+                ca_path=self.ca_path,
+                identity=self.service_identity,
+                registry=self.registry,
+                templates=self.templates,
+                hook=self.hook,
+                tps=self.tps,
+                keygen_processes=self.keygen_processes,
+                workers=self.workers,
+            )
+            self.service.start(timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        if self.registry is not None:
+            self.registry.close()
+            self.registry = None
+
+    def __enter__(self) -> IotSim:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
