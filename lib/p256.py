@@ -163,10 +163,30 @@ def _double(X, Y, Z):
     return X3, Y3, Z3
 
 
+def _pow_mod(a, e, m):
+    # Square-and-multiply for ports built without 3-argument pow
+    # (MICROPY_PY_BUILTINS_POW3). e is public (m - 2), so are its branches.
+    r = 1
+    a %= m
+    while e:
+        if e & 1:
+            r = r * a % m
+        a = a * a % m
+        e >>= 1
+    return r
+
+
+try:
+    pow(3, 2, 5)
+    _pow = pow
+except (TypeError, NotImplementedError):
+    _pow = _pow_mod
+
+
 def _inv(a, m):
-    # Fermat inversion; the exponent is public, so pow's square-and-multiply
-    # branches only on public bits.
-    return pow(a, m - 2, m)
+    # Fermat inversion (m is prime); the exponent is public, so the
+    # square-and-multiply inside pow branches only on public bits.
+    return _pow(a, m - 2, m)
 
 
 def mul_base(k):

@@ -189,6 +189,15 @@ print(json.dumps(out))
     assert got["inf"] is True
 
 
+def test_pow_fallback_matches_builtin_three_argument_pow_on_micropython(micropython) -> None:
+    code = """
+import p256
+ok = all(p256._pow_mod(a, m - 2, m) == pow(a, m - 2, m) for a in (1, 2, p256.GX) for m in (p256.P, p256.N))
+print(ok, p256._pow is pow)
+"""
+    assert micropython.run(code).stdout.split() == ["True", "True"]
+
+
 def test_bad_common_names_are_refused_on_micropython(micropython) -> None:
     code = """
 import csr, json

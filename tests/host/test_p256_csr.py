@@ -237,6 +237,13 @@ def test_complete_formulas_handle_doubling_inverse_and_infinity_inputs() -> None
     assert affine(p256._double(*inf)) is None
 
 
+def test_the_fallback_for_ports_without_three_argument_pow_inverts_like_pow() -> None:
+    for a in (1, 2, p256.GX, p256.P - 1, 0):
+        assert p256._pow_mod(a, p256.P - 2, p256.P) == pow(a, p256.P - 2, p256.P)
+        assert p256._pow_mod(a, p256.N - 2, p256.N) == pow(a, p256.N - 2, p256.N)
+    assert p256._pow_mod(p256.GX, 0, p256.P) == 1
+
+
 def test_on_curve_accepts_g_and_rejects_off_curve_or_out_of_range_points() -> None:
     assert p256.on_curve(p256.GX, p256.GY)
     assert not p256.on_curve(p256.GX, p256.GY + 1)
