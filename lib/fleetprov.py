@@ -6,7 +6,9 @@
 # knows nothing of files, Wi-Fi or the application: it takes a connected
 # client and returns credentials as strings.
 
+import gc
 import json
+import sys
 
 try:
     from micropython import const
@@ -69,6 +71,7 @@ _POLL_SLICE_MS = const(20)
 _ETIMEDOUT = const(110)  # errno on MicroPython and Linux
 _TEMPLATE_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-"
 
+_ON_MICROPYTHON = sys.implementation.name == "micropython"
 _OP_KEYS = "CreateKeysAndCertificate"
 _OP_CSR = "CreateCertificateFromCsr"
 _OP_REGISTER = "RegisterThing"
@@ -513,9 +516,8 @@ class Provisioner:
                 "create the Provisioner with rx_size={} or more".format(n, len(self._rx), (n + 1023) & ~1023),
             )
         try:
-            import gc
-
-            gc.collect()  # umqtt's copy of the message is garbage now; make room to decode
+            if _ON_MICROPYTHON:
+                gc.collect()  # umqtt's copy of the message is garbage now; make room to decode
             msg = self._loads(self._view[:n])
         except MemoryError:
             raise _err(op, NO_MEMORY, "no memory to decode the {}-byte response".format(n))
