@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,36 @@ def test_complete_formulas_handle_doubling_inverse_and_infinity_inputs() -> None
     assert affine(p256._add(*inf, *g)) == (p256.GX, p256.GY)
     assert affine(p256._add(*g, *inf)) == (p256.GX, p256.GY)
     assert affine(p256._double(*inf)) is None
+
+
+def trace_lines(func, *args: object) -> list[tuple[str, int]]:
+    """The sequence of (function, line) executed inside lib/p256.py while func runs."""
+    seen: list[tuple[str, int]] = []
+
+    def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
+        if frame.f_code.co_filename != p256.__file__:
+            return None
+        if event == "line":
+            seen.append((frame.f_code.co_name, frame.f_lineno))
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        func(*args)
+    finally:
+        sys.settrace(None)
+    return seen
+
+
+def test_scalar_multiplication_executes_the_same_line_sequence_for_every_scalar() -> None:
+    # Constant shape, checked: no branch, early exit or loop count depends on the scalar.
+    scalars = [1, 2, 3, N - 1, N - 2, 2**255, 2**64 - 1, (N - 1) // 3, 0x5555 << 200] + [
+        p256.generate_key() for _ in range(4)
+    ]
+    reference = trace_lines(p256.mul_base, scalars[0])
+    assert len(reference) > 32 * 100  # really traced the whole ladder
+    for k in scalars[1:]:
+        assert trace_lines(p256.mul_base, k) == reference, hex(k)
 
 
 def test_the_fallback_for_ports_without_three_argument_pow_inverts_like_pow() -> None:
