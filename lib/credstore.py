@@ -1,0 +1,348 @@
+# The device's credential store: the claim files it was shipped with, and the
+# identity it obtains at first boot.
+#
+# Power-loss safety rests on three rules:
+#   1. every file is written under a temporary name, flushed, closed, synced,
+#      and renamed over its final name (POSIX rename(2) and littlefs v2's
+#      lfs_rename replace the target atomically);
+#   2. the provisioning record (provisioned.json) is written LAST and names
+#      every credential file with its SHA-256, so it is the commit point: a cut
+#      before it leaves "not provisioned", a cut after it leaves the complete
+#      new identity;
+#   3. load() trusts nothing the record does not vouch for: a missing, torn or
+#      corrupt record, a missing file or a digest mismatch all mean "not
+#      provisioned", and leftover *.tmp files are deleted, never read.
+# The claim certificate and key are only ever opened for reading.
+
+import binascii
+import hashlib
+import json
+import os
+
+import der
+
+RECORD = "provisioned.json"
+DEVICE_CERT = "device.crt.der"
+DEVICE_KEY = "device.key.der"
+UID = "uid"
+_TMP = ".tmp"
+_VERSION = 1
+
+
+class StoreError(Exception):
+    """A credential could not be converted, checked or written."""
+
+
+def pem_to_der(pem, label=None):
+    """Convert one PEM block (str or bytes) to DER bytes.
+
+    ``label`` (e.g. "CERTIFICATE") restricts the accepted block type; any
+    label ending in it matches, so "PRIVATE KEY" accepts "RSA PRIVATE KEY"
+    and "EC PRIVATE KEY". Handles \\r\\n line ends. Raises StoreError on
+    anything that is not exactly one well-formed PEM block holding DER."""
+    if isinstance(pem, (bytes, bytearray)):
+        pem = pem.decode()
+    b = pem.find("-----BEGIN ")
+    if b < 0:
+        raise StoreError("PEM: no '-----BEGIN' line; expected a PEM block")
+    h = pem.find("-----", b + 11)
+    if h < 0:
+        raise StoreError("PEM: unterminated BEGIN line")
+    got = pem[b + 11 : h]
+    if label is not None and not (got == label or got.endswith(" " + label)):
+        raise StoreError("PEM: expected a {} block, found {}".format(label, got))
+    end_line = "-----END " + got + "-----"
+    e = pem.find(end_line, h + 5)
+    if e < 0:
+        raise StoreError("PEM: no matching '{}' line".format(end_line))
+    body = pem[h + 5 : e]
+    # a2b_base64 skips characters outside the alphabet silently (MicroPython
+    # and CPython alike), so count what should decode and compare.
+    chars = len(body)
+    for ws in ("\n", "\r", " ", "\t"):
+        chars -= body.count(ws)
+    try:
+        out = binascii.a2b_base64(body)
+    except ValueError as ex:
+        raise StoreError("PEM: {} block is not valid base64 ({})".format(got, ex))
+    del body
+    if chars % 4 or len(out) != chars // 4 * 3 - _padding(pem, e):
+        raise StoreError("PEM: {} block holds characters that are not base64".format(got))
+    try:
+        der.check_sequence(out)
+    except ValueError as ex:
+        raise StoreError("PEM: {} block is not valid DER ({})".format(got, ex))
+    return out
+
+
+def _padding(pem, e):
+    # Number of '=' at the end of the base64 body that ends at index e.
+    n = 0
+    i = e - 1
+    while i >= 0 and pem[i] in "\r\n \t=":
+        if pem[i] == "=":
+            n += 1
+        i -= 1
+    return n
+
+
+def _join(folder, name):
+    return name if not folder else folder + "/" + name
+
+
+def _exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _digest(data):
+    return binascii.hexlify(hashlib.sha256(data).digest()).decode()
+
+
+def _makedirs(folder):
+    path = ""
+    for part in folder.split("/"):
+        if not part:
+            path = "/"
+            continue
+        path = path + part if path in ("", "/") else path + "/" + part
+        if not _exists(path):
+            os.mkdir(path)
+
+
+class Store:
+    """Credentials in one folder of the device's flash.
+
+    ``folder``: the certificate folder (``cert_dir``), relative to the current
+    directory (the board's flash root) or absolute. ``claim_cert``,
+    ``claim_key``, ``ca``: the file names of the shipped files in it.
+    ``hook``: optional callable(step) called at each write boundary (tests
+    use it to cut power at exactly that point)."""
+
+    def __init__(self, folder="certs", claim_cert="claim.der", claim_key="claim.key.der",
+                 ca="ca.der", hook=None):
+        self.folder = folder
+        self.claim_cert = claim_cert
+        self.claim_key = claim_key
+        self.ca = ca
+        self.hook = hook
+        self.record = None  # the verified record, or None
+
+    def path(self, name):
+        """Path of ``name`` inside the store's folder."""
+        return _join(self.folder, name)
+
+    def _step(self, name):
+        if self.hook is not None:
+            self.hook(name)
+
+    def read(self, name):
+        """Bytes of a file in the store's folder; StoreError naming it if absent."""
+        p = self.path(name)
+        try:
+            return _read(p)
+        except OSError as ex:
+            raise StoreError("cannot read {} ({}); copy it to the board".format(p, ex))
+
+    def claim(self):
+        """Return ``(cert_der, key_der)`` of the claim identity."""
+        return self.read(self.claim_cert), self.read(self.claim_key)
+
+    def ca_der(self):
+        """Return the CA certificate (DER) that verifies the endpoint."""
+        return self.read(self.ca)
+
+    def cleanup(self):
+        """Delete leftover temporary files (an interrupted write). Returns their names."""
+        gone = []
+        try:
+            names = os.listdir(self.folder or ".")
+        except OSError:
+            return gone
+        for n in names:
+            if n.endswith(_TMP):
+                _remove(self.path(n))
+                gone.append(n)
+        return gone
+
+    def write_atomic(self, name, data):
+        """Replace ``name`` with ``data`` so that a power cut leaves the old
+        content or the new one, never a mix. Refuses the claim file names."""
+        if name in (self.claim_cert, self.claim_key, self.ca):
+            raise StoreError("refusing to overwrite shipped file {}".format(name))
+        _makedirs(self.folder)
+        final = self.path(name)
+        tmp = final + _TMP
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            _fsync(f)
+        _sync()
+        self._step(name + _TMP)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # FAT (VfsFat) refuses to rename onto an existing file. The record
+            # is always removed before credentials are rewritten, so the
+            # window between remove and rename is covered by the record's
+            # digests; littlefs and POSIX never take this branch.
+            _remove(final)
+            os.rename(tmp, final)
+        _sync()
+        self._step(name)
+
+    def load(self):
+        """Verify what the store holds. Returns the record (dict) or None.
+
+        A record counts only when it parses, has every field, and every file
+        it names exists with the SHA-256 it records and the certificate
+        matches the key. Removes leftover temporary files first."""
+        self.record = None
+        self.cleanup()
+        try:
+            rec = json.loads(_read(self.path(RECORD)))
+        except (OSError, ValueError):
+            return None
+        try:
+            if rec["version"] != _VERSION:
+                return None
+            files = rec["files"]
+            for role in ("cert", "key"):
+                if not isinstance(files[role], str) or "/" in files[role]:
+                    return None
+                if _digest(_read(self.path(files[role]))) != rec["sha256"][role]:
+                    return None
+            if not isinstance(rec["certificate_id"], str) or not isinstance(
+                rec["device_configuration"], dict
+            ):
+                return None
+            if not (rec["thing_name"] is None or isinstance(rec["thing_name"], str)):
+                return None
+        except (KeyError, TypeError, OSError):
+            return None
+        self.record = rec
+        return rec
+
+    def provisioned(self):
+        """True when load() found a complete, verified identity."""
+        return self.record is not None
+
+    def identity(self):
+        """Return ``(cert_der, key_der)`` of the provisioned identity."""
+        if self.record is None:
+            raise StoreError("not provisioned: no verified identity to connect with")
+        f = self.record["files"]
+        return self.read(f["cert"]), self.read(f["key"])
+
+    def clear(self):
+        """Forget the provisioned identity (the record goes first, so a cut
+        halfway leaves "not provisioned"). The claim files stay."""
+        _remove(self.path(RECORD))
+        _sync()
+        self._step("clear")
+        _remove(self.path(DEVICE_CERT))
+        _remove(self.path(DEVICE_KEY))
+        self.cleanup()
+        self.record = None
+
+    def commit(self, certificate_id, cert, key, thing_name=None, device_configuration=None,
+               endpoint=None):
+        """Persist a new identity; the record is written last.
+
+        ``cert`` and ``key``: PEM (str) or DER (bytes). They are converted to
+        DER, checked to belong together (StoreError otherwise, nothing
+        written) and written atomically. Returns the record."""
+        if not isinstance(cert, (bytes, bytearray)):
+            cert = pem_to_der(cert, "CERTIFICATE")
+        if not isinstance(key, (bytes, bytearray)):
+            key = pem_to_der(key, "PRIVATE KEY")
+        try:
+            match = der.same_key(cert, key)
+        except ValueError as ex:
+            raise StoreError("cannot compare certificate and key: {}".format(ex))
+        if not match:
+            raise StoreError(
+                "certificate {} does not certify this private key; refusing to store "
+                "them (provision again)".format(certificate_id)
+            )
+        if device_configuration is None:
+            device_configuration = {}
+        rec = {
+            "version": _VERSION,
+            "thing_name": thing_name,
+            "certificate_id": certificate_id,
+            "endpoint": endpoint,
+            "device_configuration": device_configuration,
+            "files": {"cert": DEVICE_CERT, "key": DEVICE_KEY},
+            "sha256": {"cert": _digest(cert), "key": _digest(key)},
+        }
+        # Whatever was committed before is gone first: from here until the
+        # record lands, the store reads "not provisioned".
+        if _exists(self.path(RECORD)):
+            _remove(self.path(RECORD))
+            _sync()
+        self.write_atomic(DEVICE_KEY, key)
+        self.write_atomic(DEVICE_CERT, cert)
+        self.write_atomic(RECORD, json.dumps(rec).encode())
+        self.record = rec
+        return rec
+
+    def uid(self):
+        """A random device id kept in the store (for ports without
+        machine.unique_id): created once, then the same on every boot."""
+        p = self.path(UID)
+        try:
+            v = _read(p).decode().strip()
+            if len(v) == 16:
+                int(v, 16)
+                return v
+        except (OSError, ValueError):
+            pass
+        v = binascii.hexlify(os.urandom(8)).decode()
+        self.write_atomic(UID, v.encode())
+        return v
+
+    def summary(self):
+        """What the store holds, safe to print (no key material)."""
+        r = self.record
+        if r is None:
+            return {"provisioned": False}
+        return {
+            "provisioned": True,
+            "thing_name": r["thing_name"],
+            "certificate_id": r["certificate_id"],
+            "device_configuration": r["device_configuration"],
+        }
+
+
+def _fsync(f):
+    # CPython: push the file to the disk. MicroPython has no os.fsync; its
+    # close() commits the file (littlefs) and os.sync() flushes the block device.
+    fs = getattr(os, "fsync", None)
+    if fs is not None:
+        try:
+            fs(f.fileno())
+        except (AttributeError, OSError):
+            pass
+
+
+def _sync():
+    s = getattr(os, "sync", None)
+    # CPython's os.sync() syncs every disk on the machine; fsync above is enough there.
+    if s is not None and getattr(os, "fsync", None) is None:
+        s()

@@ -1,0 +1,107 @@
+"""Certificates and keys for first-boot tests, made with `cryptography` (host only)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+PEM = serialization.Encoding.PEM
+DER = serialization.Encoding.DER
+
+
+@lru_cache(maxsize=None)
+def ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def issue(public_key, cn: str = "device") -> x509.Certificate:
+    ca_key, ca_cert = ca()
+    now = dt.datetime.now(dt.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
+@dataclass(frozen=True)
+class Identity:
+    cert: x509.Certificate
+    key: object
+
+    @property
+    def cert_der(self) -> bytes:
+        return self.cert.public_bytes(DER)
+
+    @property
+    def cert_pem(self) -> str:
+        return self.cert.public_bytes(PEM).decode()
+
+    @property
+    def certificate_id(self) -> str:
+        return hashlib.sha256(self.cert_der).hexdigest()
+
+    def key_der(self, fmt: str = "pkcs8") -> bytes:
+        return self.key.private_bytes(DER, _formats[fmt], serialization.NoEncryption())  # type: ignore[attr-defined]
+
+    def key_pem(self, fmt: str = "pkcs8") -> str:
+        return self.key.private_bytes(PEM, _formats[fmt], serialization.NoEncryption()).decode()  # type: ignore[attr-defined]
+
+
+_formats = {
+    "pkcs8": serialization.PrivateFormat.PKCS8,
+    "pkcs1": serialization.PrivateFormat.TraditionalOpenSSL,
+    "sec1": serialization.PrivateFormat.TraditionalOpenSSL,
+}
+
+_RSA_KEYS: list[rsa.RSAPrivateKey] = []
+_next = [0]
+
+
+def rsa_identity(cn: str = "device") -> Identity:
+    """An RSA-2048 identity as CreateKeysAndCertificate returns.
+
+    Keys come from a pool of four (keygen is slow), in turn, so two calls in a
+    row never share a key."""
+    if len(_RSA_KEYS) < 4:
+        _RSA_KEYS.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        key = _RSA_KEYS[-1]
+    else:
+        key = _RSA_KEYS[_next[0] % 4]
+        _next[0] += 1
+    return Identity(issue(key.public_key(), cn), key)
+
+
+def ec_identity(cn: str = "device") -> Identity:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return Identity(issue(key.public_key(), cn), key)
+
+
+def ca_der() -> bytes:
+    return ca()[1].public_bytes(DER)

@@ -1,0 +1,416 @@
+"""lib/credstore.py and lib/der.py on CPython: PEM to DER, key matching, atomic
+commit, and recovery from every kind of damaged file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import credstore
+import csr
+import der
+import p256
+from devicepki import ca_der, ec_identity, rsa_identity
+from credstore import Store, StoreError
+
+
+@pytest.fixture
+def flash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch folder as the board's flash, with the shipped claim files."""
+    monkeypatch.chdir(tmp_path)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    claim = ec_identity("claim")
+    (certs / "claim.der").write_bytes(claim.cert_der)
+    (certs / "claim.key.der").write_bytes(claim.key_der())
+    (certs / "ca.der").write_bytes(ca_der())
+    return tmp_path
+
+
+def shipped(flash: Path) -> dict[str, bytes]:
+    return {n: (flash / "certs" / n).read_bytes() for n in ("claim.der", "claim.key.der", "ca.der")}
+
+
+# -- PEM to DER -------------------------------------------------------------------
+
+
+def test_pem_certificate_converts_to_the_same_der_bytes() -> None:
+    ident = rsa_identity()
+    assert credstore.pem_to_der(ident.cert_pem, "CERTIFICATE") == ident.cert_der
+
+
+def test_pem_with_crlf_line_ends_converts_like_lf() -> None:
+    ident = rsa_identity()
+    assert credstore.pem_to_der(ident.cert_pem.replace("\n", "\r\n"), "CERTIFICATE") == ident.cert_der
+
+
+def test_pem_rsa_private_key_block_converts_as_a_private_key() -> None:
+    ident = rsa_identity()
+    pem = ident.key_pem("pkcs1")
+    assert pem.startswith("-----BEGIN RSA PRIVATE KEY-----")
+    assert credstore.pem_to_der(pem, "PRIVATE KEY") == ident.key_der("pkcs1")
+
+
+def test_pem_bytes_input_is_accepted() -> None:
+    ident = ec_identity()
+    assert credstore.pem_to_der(ident.cert_pem.encode(), "CERTIFICATE") == ident.cert_der
+
+
+@pytest.mark.parametrize(
+    "mangle, words",
+    [
+        (lambda p: p.replace("-----BEGIN CERTIFICATE-----", ""), "no '-----BEGIN'"),
+        (lambda p: p.replace("-----END CERTIFICATE-----", ""), "no matching"),
+        (lambda p: p[:40] + "!" + p[41:], "base64"),
+        (lambda p: p[:40] + "\x00\x00\x00\x00" + p[40:], "not base64"),
+        (lambda p: p[:60] + p[61:], "base64"),  # one character gone: length no longer a multiple of 4
+        (lambda p: "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "not valid DER"),
+        (lambda p: "-----BEGIN CERTIFICATE-----\nMAA=\n-----END", "no matching"),
+        (lambda p: "garbage", "no '-----BEGIN'"),
+        (lambda p: "", "no '-----BEGIN'"),
+        (lambda p: "-----BEGIN CERTIFICATE", "unterminated"),
+    ],
+)
+def test_malformed_pem_is_refused_with_a_clear_error(mangle, words) -> None:
+    pem = ec_identity().cert_pem
+    with pytest.raises(StoreError, match=words):
+        credstore.pem_to_der(mangle(pem), "CERTIFICATE")
+
+
+def test_pem_of_the_wrong_kind_is_refused_naming_both_kinds() -> None:
+    with pytest.raises(StoreError, match="expected a PRIVATE KEY block, found CERTIFICATE"):
+        credstore.pem_to_der(ec_identity().cert_pem, "PRIVATE KEY")
+
+
+def test_pem_whose_der_has_trailing_bytes_is_refused() -> None:
+    import base64
+
+    body = base64.b64encode(ec_identity().cert_der + b"\x00\x00\x00").decode()
+    with pytest.raises(StoreError, match="not valid DER"):
+        credstore.pem_to_der("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n".format(body))
+
+
+# -- public key comparison --------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["pkcs1", "pkcs8"])
+def test_rsa_certificate_matches_its_own_key(fmt: str) -> None:
+    ident = rsa_identity()
+    assert der.same_key(ident.cert_der, ident.key_der(fmt))
+
+
+@pytest.mark.parametrize("fmt", ["sec1", "pkcs8"])
+def test_ec_certificate_matches_its_own_key(fmt: str) -> None:
+    ident = ec_identity()
+    assert der.same_key(ident.cert_der, ident.key_der(fmt))
+
+
+def test_rsa_certificate_does_not_match_another_rsa_key() -> None:
+    a, b = rsa_identity(), rsa_identity()
+    assert not der.same_key(a.cert_der, b.key_der("pkcs1"))
+
+
+def test_ec_certificate_does_not_match_another_ec_key() -> None:
+    assert not der.same_key(ec_identity().cert_der, ec_identity().key_der("sec1"))
+
+
+def test_rsa_certificate_does_not_match_an_ec_key() -> None:
+    assert not der.same_key(rsa_identity().cert_der, ec_identity().key_der())
+
+
+def test_device_made_sec1_key_matches_a_certificate_for_its_csr() -> None:
+    from cryptography import x509
+
+    from devicepki import issue
+
+    key_der, csr_pem = csr.generate("dev-1")
+    req = x509.load_pem_x509_csr(csr_pem.encode())
+    cert = issue(req.public_key(), "dev-1")
+    assert der.same_key(cert.public_bytes(serialization.Encoding.DER), key_der)
+
+
+def test_ec_key_without_public_key_is_derived_with_p256() -> None:
+    ident = ec_identity()
+    d = ident.key.private_numbers().private_value  # type: ignore[attr-defined]
+    # SEC1 ECPrivateKey with only version and the scalar.
+    scalar = d.to_bytes(32, "big")
+    bare = bytes([0x30, 37, 0x02, 0x01, 0x01, 0x04, 0x20]) + scalar
+    assert der.key_public_key(bare) == ("ec", b"\x04" + b"".join(v.to_bytes(32, "big") for v in p256.public_key(d)))
+    assert der.same_key(ident.cert_der, bare)
+
+
+def test_certificate_and_key_parsers_read_the_same_rsa_numbers() -> None:
+    ident = rsa_identity()
+    nums = ident.key.public_key().public_numbers()  # type: ignore[attr-defined]
+    kind, n, e = der.cert_public_key(ident.cert_der)
+    assert (kind, int.from_bytes(n, "big"), int.from_bytes(e, "big")) == ("rsa", nums.n, nums.e)
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=400, deadline=None)
+def test_random_bytes_never_raise_anything_but_value_error(data: bytes) -> None:
+    for parse in (der.cert_public_key, der.key_public_key, der.check_sequence):
+        try:
+            parse(data)
+        except ValueError:
+            pass
+
+
+def test_every_truncation_of_a_certificate_or_key_raises_value_error() -> None:
+    ident = rsa_identity()
+    for blob, parse in ((ident.cert_der, der.cert_public_key), (ident.key_der("pkcs1"), der.key_public_key)):
+        for n in range(0, len(blob), 7):
+            with pytest.raises(ValueError):
+                parse(blob[:n])
+
+
+# -- commit and load --------------------------------------------------------------
+
+
+def test_commit_then_load_reports_the_thing_and_certificate(flash: Path) -> None:
+    ident = rsa_identity()
+    s = Store()
+    s.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "thing-1", {"Mode": "x"})
+    t = Store()
+    assert t.load() is not None
+    assert t.summary() == {
+        "provisioned": True,
+        "thing_name": "thing-1",
+        "certificate_id": ident.certificate_id,
+        "device_configuration": {"Mode": "x"},
+    }
+    assert t.identity() == (ident.cert_der, ident.key_der("pkcs1"))
+
+
+def test_committed_files_are_der_and_no_temporary_file_remains(flash: Path) -> None:
+    ident = rsa_identity()
+    Store().commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
+    names = sorted(p.name for p in (flash / "certs").iterdir())
+    assert names == ["ca.der", "claim.der", "claim.key.der", "device.crt.der", "device.key.der", "provisioned.json"]
+    assert (flash / "certs" / "device.crt.der").read_bytes() == ident.cert_der
+
+
+def test_summary_and_record_hold_no_key_material(flash: Path) -> None:
+    ident = rsa_identity()
+    s = Store()
+    s.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
+    record = (flash / "certs" / "provisioned.json").read_text()
+    key_der = ident.key_der("pkcs1")
+    for chunk in (key_der[i : i + 16] for i in range(0, len(key_der) - 16, 64)):
+        assert chunk.hex() not in record
+    assert "PRIVATE" not in record and "PRIVATE" not in repr(s.summary())
+
+
+def test_an_empty_store_is_not_provisioned(flash: Path) -> None:
+    s = Store()
+    assert s.load() is None and not s.provisioned()
+    assert s.summary() == {"provisioned": False}
+    with pytest.raises(StoreError, match="not provisioned"):
+        s.identity()
+
+
+def test_mismatched_certificate_and_key_are_refused_and_nothing_is_written(flash: Path) -> None:
+    a, b = rsa_identity(), rsa_identity()
+    before = sorted(p.name for p in (flash / "certs").iterdir())
+    with pytest.raises(StoreError, match="does not certify this private key"):
+        Store().commit(a.certificate_id, a.cert_pem, b.key_pem("pkcs1"), "t")
+    assert sorted(p.name for p in (flash / "certs").iterdir()) == before
+
+
+def test_unparseable_certificate_is_refused_before_writing(flash: Path) -> None:
+    a = rsa_identity()
+    with pytest.raises(StoreError, match="cannot compare"):
+        Store().commit(a.certificate_id, b"\x30\x03\x02\x01\x00", a.key_der("pkcs1"), "t")
+    assert not (flash / "certs" / "device.key.der").exists()
+
+
+def test_shipped_files_cannot_be_overwritten(flash: Path) -> None:
+    for name in ("claim.der", "claim.key.der", "ca.der"):
+        with pytest.raises(StoreError, match="refusing to overwrite"):
+            Store().write_atomic(name, b"x")
+
+
+def test_clear_keeps_the_claim_and_forgets_the_identity(flash: Path) -> None:
+    before = shipped(flash)
+    ident = rsa_identity()
+    s = Store()
+    s.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
+    s.clear()
+    assert Store().load() is None
+    assert shipped(flash) == before
+    assert not (flash / "certs" / "device.key.der").exists()
+
+
+def test_commit_over_an_existing_identity_replaces_it(flash: Path) -> None:
+    a, b = rsa_identity(), rsa_identity()
+    Store().commit(a.certificate_id, a.cert_pem, a.key_pem("pkcs1"), "t")
+    Store().commit(b.certificate_id, b.cert_der, b.key_der("pkcs1"), "t")
+    s = Store()
+    assert s.load()["certificate_id"] == b.certificate_id
+    assert s.identity() == (b.cert_der, b.key_der("pkcs1"))
+
+
+# -- damaged files ----------------------------------------------------------------
+
+FILES = ("device.crt.der", "device.key.der", "provisioned.json")
+
+
+def _committed(flash: Path) -> None:
+    ident = rsa_identity()
+    Store().commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "thing-1")
+
+
+@pytest.mark.parametrize("name", FILES)
+@pytest.mark.parametrize(
+    "damage",
+    ["missing", "empty", "truncated", "garbage", "one_byte_flipped", "one_byte_appended"],
+)
+def test_damaged_file_means_not_provisioned(flash: Path, name: str, damage: str) -> None:
+    _committed(flash)
+    p = flash / "certs" / name
+    data = p.read_bytes()
+    if damage == "missing":
+        p.unlink()
+    elif damage == "empty":
+        p.write_bytes(b"")
+    elif damage == "truncated":
+        p.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        p.write_bytes(os.urandom(len(data)))
+    elif damage == "one_byte_flipped":
+        p.write_bytes(data[:10] + bytes([data[10] ^ 1]) + data[11:])
+    else:
+        p.write_bytes(data + b"\n" if name == "provisioned.json" else data + b"\x00")
+    s = Store()
+    if damage == "one_byte_appended" and name == "provisioned.json":
+        # Trailing whitespace leaves the JSON record intact.
+        assert s.load() is not None
+    else:
+        assert s.load() is None
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: r.pop("sha256"),
+        lambda r: r.pop("files"),
+        lambda r: r.__setitem__("version", 2),
+        lambda r: r["files"].__setitem__("cert", "../claim.der"),
+        lambda r: r["files"].__setitem__("cert", "claim.der"),
+        lambda r: r["files"].__setitem__("key", 7),
+        lambda r: r.__setitem__("certificate_id", None),
+        lambda r: r.__setitem__("thing_name", 5),
+        lambda r: r.__setitem__("device_configuration", []),
+        lambda r: r["sha256"].__setitem__("key", "0" * 64),
+    ],
+)
+def test_a_record_with_a_bad_field_means_not_provisioned(flash: Path, edit) -> None:
+    _committed(flash)
+    p = flash / "certs" / "provisioned.json"
+    rec = json.loads(p.read_text())
+    edit(rec)
+    p.write_text(json.dumps(rec))
+    assert Store().load() is None
+
+
+def test_a_record_that_is_not_an_object_means_not_provisioned(flash: Path) -> None:
+    _committed(flash)
+    (flash / "certs" / "provisioned.json").write_text("[1, 2]")
+    assert Store().load() is None
+
+
+def test_leftover_temporary_files_are_deleted_on_load_and_never_read(flash: Path) -> None:
+    _committed(flash)
+    certs = flash / "certs"
+    for n in FILES:
+        (certs / (n + ".tmp")).write_bytes(b"partial")
+    s = Store()
+    assert s.load() is not None
+    assert not list(certs.glob("*.tmp"))
+
+
+class PowerCut(Exception):
+    pass
+
+
+def _boundaries(flash: Path) -> list[str]:
+    seen: list[str] = []
+    ident = rsa_identity()
+    s = Store(hook=seen.append)
+    s.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
+    s.clear()
+    return seen
+
+
+def test_a_power_cut_at_any_write_boundary_leaves_old_or_new_state(flash: Path) -> None:
+    before = shipped(flash)
+    steps = _boundaries(flash)
+    assert steps[:6] == [
+        "device.key.der.tmp", "device.key.der", "device.crt.der.tmp", "device.crt.der",
+        "provisioned.json.tmp", "provisioned.json",
+    ]
+    old, new = rsa_identity(), rsa_identity()
+    for start_provisioned in (False, True):
+        for cut in steps[:6]:
+            if start_provisioned:
+                Store().commit(old.certificate_id, old.cert_pem, old.key_pem("pkcs1"), "old")
+            else:
+                Store().clear()
+
+            def hook(step: str, cut: str = cut) -> None:
+                if step == cut:
+                    raise PowerCut(step)
+
+            with pytest.raises(PowerCut):
+                Store(hook=hook).commit(new.certificate_id, new.cert_pem, new.key_pem("pkcs1"), "new")
+            s = Store()
+            rec = s.load()
+            if cut == "provisioned.json":
+                assert rec is not None and rec["thing_name"] == "new"
+                assert s.identity() == (new.cert_der, new.key_der("pkcs1"))
+            else:
+                # Replacing an identity first drops the old record: not provisioned.
+                assert rec is None
+            assert shipped(flash) == before
+            assert not list((flash / "certs").glob("*.tmp"))
+
+
+def test_rename_onto_an_existing_file_falls_back_where_the_filesystem_refuses(
+    flash: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.rename
+
+    def fat_rename(a: str, b: str) -> None:
+        if os.path.exists(b):
+            raise OSError(17, "EEXIST")
+        real(a, b)
+
+    monkeypatch.setattr(credstore.os, "rename", fat_rename)
+    a, b = rsa_identity(), rsa_identity()
+    Store().commit(a.certificate_id, a.cert_pem, a.key_pem("pkcs1"), "t")
+    Store().commit(b.certificate_id, b.cert_pem, b.key_pem("pkcs1"), "t")
+    s = Store()
+    assert s.load()["certificate_id"] == b.certificate_id
+
+
+def test_uid_is_created_once_and_then_stable(flash: Path) -> None:
+    u = Store().uid()
+    assert len(u) == 16 and int(u, 16) >= 0
+    assert Store().uid() == u
+    (flash / "certs" / "uid").write_text("not hex at all!!")
+    v = Store().uid()
+    assert v != u and Store().uid() == v
+
+
+def test_store_in_an_absolute_nested_folder_is_created_on_first_write(tmp_path: Path) -> None:
+    folder = tmp_path / "a" / "b"
+    ident = ec_identity()
+    s = Store(str(folder))
+    s.commit(ident.certificate_id, ident.cert_der, ident.key_der("sec1"), None)
+    assert Store(str(folder)).load()["thing_name"] is None
