@@ -77,8 +77,10 @@ class _Decoder:
                 return None  # null; undefined has no Python value of its own
             if ai == 25:
                 return _half(v)
-            if ai > 25 and v is not None:
-                return struct.unpack_from(">f" if ai == 26 else ">d", self.b, self.p - (4 if ai == 26 else 8))[0]
+            if ai == 26:
+                return struct.unpack_from(">f", self.b, self.p - 4)[0]
+            if ai == 27:
+                return struct.unpack_from(">d", self.b, self.p - 8)[0]
             self.fail("stray break" if v is None else "unsupported simple value")
         if v is None and (mt < 2 or mt == 6):
             self.fail("indefinite length in major type %d" % mt)

@@ -411,7 +411,9 @@ def test_unassigned_simple_values_are_refused(hex_in: str) -> None:
         cbor.loads(bytes.fromhex(hex_in))
 
 
-@pytest.mark.parametrize("hex_in", ["", "18", "1900", "1a000000", "1b00000000000000", "f9", "fa0000", "fb00", "9f", "bf01"])
+@pytest.mark.parametrize(
+    "hex_in", ["", "18", "1900", "1a000000", "1b00000000000000", "f9", "fa0000", "fb00", "9f", "bf01"]
+)
 def test_truncated_heads_and_open_indefinite_items_are_refused(hex_in: str) -> None:
     with pytest.raises(ValueError):
         cbor.loads(bytes.fromhex(hex_in))
