@@ -1,0 +1,151 @@
+"""The ESP32 API check: device code uses only what the ESP32 port provides.
+
+tools/esp32check runs basedpyright against PyPI's micropython-esp32-stubs on
+lib/*.py, boot.py and main.py. These tests run it on the real device files
+(must be clean) and on snippets that misuse the port's API (must be caught),
+so the check can neither rot into a no-op nor be fooled by the CPython
+fallbacks device code carries.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tools import esp32check
+
+
+def check_snippet(tmp_path: Path, code: str, name: str = "snippet.py") -> list[esp32check.Diagnostic]:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(code), encoding="utf-8")
+    return esp32check.check([path], root=tmp_path)
+
+
+def test_device_code_uses_only_the_esp32_ports_api() -> None:
+    files = esp32check.device_files()
+    assert any(f.name == "fleetprov.py" for f in files), files
+    problems = esp32check.check(files)
+    assert not problems, (
+        "device code uses API the ESP32 port does not provide (fix the call; if it is deliberate and "
+        "the stubs are wrong, add an entry with its reason to ALLOWED in tools/esp32check):\n"
+        + "\n".join(map(str, problems))
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "line", "expected"),
+    [
+        ("import machine\nmachine.Pin(1).nonexistent()\n", 2, 'attribute "nonexistent" for class "Pin"'),
+        ("import ssl, socket\nssl.wrap_socket(socket.socket(), bogus=1)\n", 2, 'No parameter named "bogus"'),
+        ("import json\njson.dumps({}, sort_keys=True)\n", 2, 'No overloads for "dumps"'),
+        ("import time\ntime.monotonic()\n", 2, '"monotonic" is not a known attribute of module "time"'),
+        ("from time import ticks_ms\nticks_ms(5)\n", 2, "Expected 0 positional arguments"),
+        ("import cryptography\n", 1, 'Import "cryptography" could not be resolved'),
+        ("import network\nnetwork.WLAN(network.STA_IF).no_such_method()\n", 2, '"no_such_method"'),
+    ],
+    ids=["unknown-method", "unknown-keyword", "cpython-only-keyword", "cpython-only-function",
+         "too-many-arguments", "cpython-only-package", "unknown-wlan-method"],
+)
+def test_a_misuse_of_the_esp32_api_is_reported_with_its_line(
+    tmp_path: Path, code: str, line: int, expected: str
+) -> None:
+    problems = check_snippet(tmp_path, code)
+    assert len(problems) == 1, problems
+    assert problems[0].path == "snippet.py"
+    assert problems[0].line == line
+    assert expected in problems[0].message
+
+
+def test_correct_use_of_the_esp32_api_passes(tmp_path: Path) -> None:
+    problems = check_snippet(
+        tmp_path,
+        """
+        import binascii, hashlib, json, machine, network, ntptime, os, socket, ssl, time
+        from micropython import const
+        from umqtt.simple import MQTTClient
+        _N = const(4)
+        uid = binascii.hexlify(machine.unique_id()).decode()
+        t = time.ticks_add(time.ticks_ms(), 1000)
+        left = time.ticks_diff(t, time.ticks_ms())
+        h = binascii.hexlify(hashlib.sha256(b"x").digest())
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=b"...")
+        ctx.load_cert_chain(b"cert", b"key")
+        s = socket.socket()
+        s.settimeout(5)
+        wlan = network.WLAN(network.STA_IF)
+        wlan.active(True)
+        ntptime.settime()
+        os.rename("a.tmp", "a")
+        c = MQTTClient("id", "host", port=8883, keepalive=60, ssl=ctx)
+        c.set_callback(lambda topic, msg: None)
+        json.dumps({"a": 1})
+        """,
+    )
+    assert problems == []
+
+
+def test_a_cpython_fallback_under_except_import_error_is_not_checked(tmp_path: Path) -> None:
+    problems = check_snippet(
+        tmp_path,
+        """
+        try:
+            from time import ticks_ms
+        except ImportError:  # CPython
+            import time as _time
+
+            def ticks_ms():
+                return int(_time.monotonic() * 1000)
+        """,
+    )
+    assert problems == []
+
+
+def test_the_same_misuse_outside_an_import_fallback_is_still_reported(tmp_path: Path) -> None:
+    problems = check_snippet(
+        tmp_path,
+        """
+        import time
+        try:
+            t = time.ticks_ms()
+        except OSError:
+            t = int(time.monotonic() * 1000)
+        """,
+    )
+    assert [(p.line, "monotonic" in p.message) for p in problems] == [(6, True)]
+
+
+def test_a_misuse_inside_the_try_body_of_an_import_guard_is_reported(tmp_path: Path) -> None:
+    problems = check_snippet(
+        tmp_path,
+        """
+        try:
+            import machine
+            PIN = machine.Pin(2).nonexistent()
+        except ImportError:
+            PIN = None
+        """,
+    )
+    assert [p.line for p in problems] == [4]
+
+
+def test_blanking_a_fallback_keeps_every_other_line_in_place() -> None:
+    src = "import a\ntry:\n    import b\nexcept (ValueError, ImportError):\n    x = (1,\n         2)\n    y = 3\nz = 4\n"
+    out = esp32check.blank_import_fallbacks(src)
+    assert out.splitlines() == ["import a", "try:", "    import b", "except (ValueError, ImportError):",
+                                "    pass", "", "", "z = 4"]
+    compile(out, "blanked", "exec")
+
+
+def test_a_one_line_fallback_is_blanked_too() -> None:
+    out = esp32check.blank_import_fallbacks("try:\n    import b\nexcept ImportError: b = None\nc = 1\n")
+    assert out.splitlines() == ["try:", "    import b", "except ImportError: pass", "c = 1"]
+    compile(out, "blanked", "exec")
+
+
+def test_a_handler_for_other_errors_is_left_alone() -> None:
+    src = "try:\n    f()\nexcept OSError:\n    g()\n"
+    assert esp32check.blank_import_fallbacks(src) == src

@@ -1,0 +1,330 @@
+"""ESP32 API check: device code may use only what the ESP32 port of MicroPython provides.
+
+The device files (lib/*.py, boot.py, main.py) are type-checked by basedpyright
+(PyPI `basedpyright`, which ships its own Node.js runtime, so nothing is
+fetched at check time) against the ESP32 firmware's stubs (PyPI
+`micropython-esp32-stubs`, with MicroPython's reduced standard library from
+`micropython-stdlib-stubs`) instead of CPython's typeshed. A module that does
+not exist on the ESP32, a function or attribute a module or class lacks, a
+keyword argument a function does not take or an argument of the wrong type is
+reported with file and line.
+
+What is checked, and what is not:
+
+- Only API rules are on (`RULES`): missing imports, unknown attributes and
+  bad calls. General strictness (Optional narrowing, argument types, return
+  types, redeclarations) is the business of code review and the tests, and is
+  off. Two filters keep type inference out of it: an unknown attribute on a
+  builtin type (`dict`, `list`, ... — the stubs' builtins are CPython's
+  typeshed, and a `list | dict` variable is not an API question) is not
+  reported, and a bad call is reported only when the function is reached
+  through an import (`ssl.wrap_socket(...)`, `ticks_ms(...)`), not through a
+  local object (`self._table.get(...)`).
+- The check is as complete as the stubs. Known gaps: `os` is typed from
+  CPython's typeshed (so `os.fsync` passes although the ESP32 lacks it), and
+  `hashlib`'s `hexdigest` is declared though not implemented.
+- Device code carries CPython fallbacks (`try: import micropython` /
+  `except ImportError: ...`). The handler body of an `except` that catches
+  ImportError only runs where the MicroPython module is absent, never on the
+  ESP32, so it is blanked (line numbers kept) before checking. Everything else,
+  including the `try` body, is checked.
+- Only the stubs are visible: the check runs with an empty virtual
+  environment, so a device module importing a CPython-only package (say
+  `cryptography`) is reported, even though the host venv has it.
+- `ALLOWED` lists deliberate uses the stubs cannot describe, each with its
+  reason. Keep it short.
+
+Run it with `python -m tools.esp32check [FILE...]`; tests/host/test_esp32_api.py
+runs it in `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STUB_DISTS = ("micropython-esp32-stubs", "micropython-stdlib-stubs")
+CHECKER_TIMEOUT_S = 300.0
+
+# basedpyright rules that describe "uses only what the port provides"; all
+# others are off (typeCheckingMode "off").
+RULES = (
+    "reportMissingImports",
+    "reportAttributeAccessIssue",
+    "reportCallIssue",
+    "reportUndefinedVariable",
+)
+
+# (repository path, regex on the message, why it is fine). A diagnostic
+# matching an entry is not reported.
+ALLOWED: tuple[tuple[str, str, str], ...] = (
+    (
+        "lib/mqttlink.py",
+        r'"socket" is not a known attribute of module "umqtt\.simple"',
+        "umqtt.simple imports socket at module level (1.3.4 to 1.7.0); mqttlink swaps it "
+        "for a factory that sets a connect timeout and restores it afterwards",
+    ),
+)
+
+
+class CheckError(Exception):
+    """The check could not run (checker or stubs missing); says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    path: str  # repository-relative
+    line: int  # 1-based
+    column: int  # 1-based
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        return "{}:{}:{}: {} ({})".format(self.path, self.line, self.column, self.message, self.rule)
+
+
+def device_files(root: Path = ROOT) -> list[Path]:
+    """The files that run on the board: lib/*.py, boot.py and main.py (those present)."""
+    files = sorted((root / "lib").glob("*.py"))
+    files += [p for p in (root / "boot.py", root / "main.py") if p.is_file()]
+    return files
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    names = {"ImportError", "ModuleNotFoundError"}
+    t = handler.type
+    if isinstance(t, ast.Name):
+        return t.id in names
+    if isinstance(t, ast.Tuple):
+        return any(isinstance(e, ast.Name) and e.id in names for e in t.elts)
+    return False
+
+
+def blank_import_fallbacks(source: str) -> str:
+    """Replace the body of every `except ImportError` handler by `pass`,
+    keeping every other line where it was (so reported line numbers hold)."""
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ExceptHandler) and _catches_import_error(node) and node.body:
+            first, last = node.body[0], node.body[-1]
+            start, end = first.lineno, last.end_lineno or last.lineno
+            indent = " " * first.col_offset
+            if start == node.lineno:  # `except ImportError: x = 1` on one line
+                head = lines[start - 1][: first.col_offset]
+                lines[start - 1] = head + "pass\n"
+                start += 1
+            else:
+                lines[start - 1] = indent + "pass\n"
+                start += 1
+            for i in range(start, end + 1):
+                lines[i - 1] = "\n"
+    return "".join(lines)
+
+
+def _is_stub(rel: str) -> bool:
+    return rel.endswith(".pyi") or rel.endswith("/VERSIONS") or rel.endswith("py.typed")
+
+
+def stub_files(stubs: Path | None = None) -> list[tuple[Path, str]]:
+    """(file, path relative to the stub root) of every stub file: those under
+    `stubs` (a `pip install --target DIR micropython-esp32-stubs==X` folder), or
+    by default the stub packages installed in this interpreter's environment."""
+    if stubs is not None:
+        if not (stubs / "machine.pyi").is_file():
+            raise CheckError("{} holds no machine.pyi: not an ESP32 stub folder".format(stubs))
+        return [(f, str(f.relative_to(stubs))) for f in sorted(stubs.rglob("*")) if _is_stub(str(f))]
+    out = []
+    for name in STUB_DISTS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise CheckError(
+                "{} is not installed in {}: run `make test` (requirements.txt pins it)".format(name, sys.prefix)
+            ) from None
+        for f in dist.files or ():
+            rel = str(f)
+            if _is_stub(rel):
+                out.append((Path(str(dist.locate_file(f))), rel))
+    return out
+
+
+def checker_command() -> list[str]:
+    exe = Path(sys.executable).parent / "basedpyright"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("basedpyright")
+    if found:
+        return [found]
+    raise CheckError("basedpyright is not installed: run `make test` (requirements.txt pins it)")
+
+
+def _stub_versions() -> str:
+    return ", ".join("{} {}".format(n, metadata.version(n)) for n in STUB_DISTS)
+
+
+def prepare(work: Path, files: list[Path], root: Path, stubs: Path | None = None) -> dict[str, str]:
+    """Lay out the check in `work`: stubs, an empty venv, the device files with
+    their fallbacks blanked, and the checker's configuration. Returns
+    checked path -> repository path."""
+    typings = work / "typings"
+    for src, rel in stub_files(stubs):
+        dest = typings / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    # An empty environment: the host venv's packages must not resolve.
+    (work / "venv" / "empty" / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
+    mapping = {}
+    for f in files:
+        rel = f.resolve().relative_to(root.resolve()) if f.resolve().is_relative_to(root.resolve()) else Path(f.name)
+        dest = work / "src" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(blank_import_fallbacks(f.read_text(encoding="utf-8")), encoding="utf-8")
+        mapping[str(dest)] = str(rel)
+    config = {
+        "include": ["src"],
+        "typeshedPath": "typings",
+        "stubPath": "typings",
+        "venvPath": "venv",
+        "venv": "empty",
+        # The board's import path: the flash root, then /lib.
+        "extraPaths": ["src", "src/lib"],
+        "pythonVersion": "3.11",
+        "typeCheckingMode": "off",
+        "enableTypeIgnoreComments": True,
+        "reportMissingModuleSource": "none",
+        "failOnWarnings": False,
+    }
+    for rule in RULES:
+        config[rule] = "error"
+    (work / "pyrightconfig.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return mapping
+
+
+BUILTIN_TYPES = frozenset(
+    "object int float complex bool str bytes bytearray memoryview list tuple dict set frozenset "
+    "range slice type None NoneType".split()
+)
+
+
+def _allowed(d: Diagnostic) -> bool:
+    return any(path == d.path and re.search(pattern, d.message) for path, pattern, _ in ALLOWED)
+
+
+def _imported_names(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.update(a.asname or a.name for a in node.names)
+    return names
+
+
+def _root_name(expr: ast.expr) -> str | None:
+    while isinstance(expr, (ast.Attribute, ast.Call, ast.Subscript)):
+        expr = expr.func if isinstance(expr, ast.Call) else expr.value
+    return expr.id if isinstance(expr, ast.Name) else None
+
+
+def _call_through_import(tree: ast.AST, imported: set[str], line: int, column: int) -> bool:
+    """Is the innermost call around (line, column) a call of something imported?"""
+    best: ast.Call | None = None
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or node.end_lineno is None or node.end_col_offset is None:
+            continue
+        start = (node.lineno, node.col_offset + 1)
+        end = (node.end_lineno, node.end_col_offset + 1)
+        if start <= (line, column) <= end:
+            if best is None or (node.lineno, node.col_offset) >= (best.lineno, best.col_offset):
+                best = node
+    return best is not None and _root_name(best.func) in imported
+
+
+def _in_scope(d: Diagnostic, source: str | None) -> bool:
+    """Does this diagnostic concern the port's API (see the module docstring)?"""
+    if d.rule == "reportAttributeAccessIssue":
+        m = re.search(r'for class "([A-Za-z_]\w*)', d.message)
+        return not (m and m.group(1) in BUILTIN_TYPES)
+    if d.rule == "reportCallIssue" and source is not None:
+        tree = ast.parse(source)
+        return _call_through_import(tree, _imported_names(tree), d.line, d.column)
+    return True
+
+
+def check(files: list[Path] | None = None, root: Path = ROOT, stubs: Path | None = None) -> list[Diagnostic]:
+    """Check `files` (default: the device files) against the ESP32 stubs; the
+    diagnostics not covered by ALLOWED, in file and line order."""
+    files = device_files(root) if files is None else files
+    if not files:
+        return []
+    with tempfile.TemporaryDirectory(prefix="esp32check-") as tmp:
+        work = Path(tmp)
+        mapping = prepare(work, files, root, stubs)
+        env = dict(os.environ)
+        env.pop("VIRTUAL_ENV", None)
+        proc = subprocess.run(
+            checker_command() + ["--outputjson", "-p", str(work / "pyrightconfig.json")],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CHECKER_TIMEOUT_S,
+        )
+        sources = {rel: Path(checked).read_text(encoding="utf-8") for checked, rel in mapping.items()}
+        try:
+            report = json.loads(proc.stdout)
+        except ValueError:
+            raise CheckError(
+                "basedpyright exited {} without a JSON report:\n{}\n{}".format(
+                    proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]
+                )
+            ) from None
+    out = []
+    for diag in report.get("generalDiagnostics", []):
+        if diag.get("severity") != "error":
+            continue
+        start = diag.get("range", {}).get("start", {})
+        d = Diagnostic(
+            path=mapping.get(diag.get("file", ""), diag.get("file", "?")),
+            line=start.get("line", 0) + 1,
+            column=start.get("character", 0) + 1,
+            rule=diag.get("rule", "error"),
+            message=diag.get("message", "").replace("\n", " / "),
+        )
+        if not _allowed(d) and _in_scope(d, sources.get(d.path)):
+            out.append(d)
+    return sorted(out, key=lambda d: (d.path, d.line, d.column))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.esp32check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", type=Path, help="files to check (default: the device files)")
+    parser.add_argument("--stubs", type=Path, help="a folder of stubs (pip install --target) instead of the venv's")
+    args = parser.parse_args(argv)
+    files = args.files or None
+    try:
+        diagnostics = check(files, stubs=args.stubs)
+    except CheckError as exc:
+        print("esp32check: {}".format(exc), file=sys.stderr)
+        return 2
+    for d in diagnostics:
+        print(d)
+    checked = len(device_files()) if files is None else len(files)
+    against = str(args.stubs) if args.stubs else _stub_versions()
+    print(
+        "esp32check: {} file(s) against {}: {} problem(s)".format(checked, against, len(diagnostics)),
+        file=sys.stderr,
+    )
+    return 1 if diagnostics else 0

@@ -1,0 +1,5 @@
+import sys
+
+from tools.esp32check import main
+
+sys.exit(main())
