@@ -1,0 +1,449 @@
+# First boot: turn the claim certificate into an identity of the device's own.
+#
+# config.json -> TLS connection with the claim -> fleetprov (create, register)
+# -> credential store (record last) -> disconnect -> TLS connection as the
+# new thing -> one QoS 1 publish whose PUBACK proves the identity works.
+# Every step prints one progress line with the milliseconds since start; no
+# key or ownership token is ever printed. A failed attempt is retried on a
+# fresh connection with exponential back-off and jitter when the cause can
+# pass (TIMEOUT, MQTT_ERROR, 429, 5xx, network); other refusals stop at once
+# with the server's message. See docs/first-boot.md.
+
+import gc
+import os
+import sys
+
+import credstore
+import devconfig
+import mqttlink
+
+try:
+    from time import sleep_ms, ticks_diff, ticks_ms
+except ImportError:  # CPython
+    import time as _time
+
+    def ticks_ms():
+        return int(_time.monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+    def sleep_ms(ms):
+        _time.sleep(ms / 1000)
+
+
+class FirstBootError(Exception):
+    """First boot could not finish. ``retryable``: a later attempt (or boot)
+    may succeed; ``refused``: the endpoint turned the device certificate down."""
+
+    def __init__(self, msg, retryable=False, refused=False):
+        Exception.__init__(self, msg)
+        self.retryable = retryable
+        self.refused = refused
+
+
+def _rand(n):
+    # Uniform-enough integer in [0, n] from the hardware RNG (no `random`
+    # module needed; modulo bias is irrelevant for jitter).
+    if n <= 0:
+        return 0
+    return int.from_bytes(os.urandom(4), "big") % (n + 1)
+
+
+def backoff_ms(attempt, base_ms, max_ms, rand=_rand):
+    """Wait before attempt ``attempt + 1``: base_ms * 2**(attempt-1), capped at
+    max_ms, with "equal jitter": uniform in [delay/2, delay]."""
+    d = base_ms
+    for _ in range(attempt - 1):
+        d *= 2
+        if d >= max_ms:
+            break
+    if d > max_ms:
+        d = max_ms
+    half = d // 2
+    return d - half + rand(half)
+
+
+class Progress:
+    """Prints one line per step: ``fleetprov <ms> ms  <step>  <detail>``.
+
+    printer: callable(str), default print. hook: callable(step) or None,
+    called after each step and at each credential write boundary."""
+
+    def __init__(self, printer=print, hook=None):
+        self.t0 = ticks_ms()
+        self.printer = printer
+        self.hook = hook
+
+    def elapsed(self):
+        """Milliseconds since start."""
+        return ticks_diff(ticks_ms(), self.t0)
+
+    def step(self, name, detail=""):
+        """Report step ``name`` (never pass a secret in ``detail``)."""
+        gc.collect()
+        line = "fleetprov {:>6} ms  {}".format(self.elapsed(), name)
+        if detail:
+            line = line + "  " + detail
+        self.printer(line)
+        self.mark(name)
+
+    def mark(self, name):
+        """A boundary without a line (credential file writes)."""
+        if self.hook is not None:
+            self.hook(name)
+
+
+def stop_hook():
+    """Test hook: with FLEETPROV_STOP_AT=<step> in the environment (unix port,
+    CPython; boards have no environment) the device prints
+    ``fleetprov STOP <step>`` at that step and waits on stdin, so a test can
+    cut the power at exactly that point. None when not requested."""
+    getenv = getattr(os, "getenv", None)
+    at = getenv("FLEETPROV_STOP_AT") if getenv is not None else None
+    if not at:
+        return None
+
+    def hook(step):
+        if step == at:
+            print("fleetprov STOP " + step)
+            sys.stdin.read(1)
+
+    return hook
+
+
+def hardware_uid():
+    """Hex of machine.unique_id(), or None on ports without it."""
+    try:
+        import machine
+
+        import binascii
+
+        return binascii.hexlify(machine.unique_id()).decode()
+    except (ImportError, AttributeError):
+        return None
+
+
+def _classify(ex):
+    # -> (retryable, message). Messages name the cause and what to do.
+    import fleetprov
+
+    if isinstance(ex, fleetprov.ProvisioningError):
+        if ex.status in (fleetprov.TIMEOUT, fleetprov.MQTT_ERROR):
+            return True, str(ex)
+        if ex.status == fleetprov.SERVER_REFUSED:
+            code = ex.status_code
+            # str(ex) carries the status code, error code and the server's message.
+            return code == 429 or (code is not None and code >= 500), str(ex)
+        return False, str(ex)
+    if isinstance(ex, mqttlink.ConnectError):
+        # A CONNACK refusal of the claim is final (3 = server unavailable is
+        # not); a close before CONNACK may be a glitch and is retried.
+        if ex.refused and ex.code is not None and ex.code != 3:
+            return False, "{}: check that the claim certificate is active and its policy allows iot:Connect".format(ex)
+        return True, str(ex)
+    if isinstance(ex, OSError):
+        return True, "network error: {}".format(ex)
+    if isinstance(ex, MemoryError):
+        return False, "out of memory: {}".format(ex)
+    return False, "{}: {}".format(type(ex).__name__, ex)
+
+
+class FirstBoot:
+    """The first-boot flow for one validated config (see devconfig.load).
+
+    store: a credstore.Store (default: from the config). printer, hook: see
+    Progress. Injection points for tests: connect (mqttlink.connect's
+    signature), provisioner (fleetprov.Provisioner's), sleep_ms, rand(n),
+    uid (hardware id), mqtt (the umqtt.simple module)."""
+
+    def __init__(self, cfg, store=None, printer=print, hook=None, connect=None,
+                 provisioner=None, sleep_ms=sleep_ms, rand=_rand, uid=None, mqtt=None):
+        self.cfg = cfg
+        self.progress = Progress(printer, hook)
+        if store is None:
+            store = credstore.Store(cfg["cert_dir"], cfg["claim_cert"], cfg["claim_key"], cfg["ca"])
+        store.hook = self.progress.mark
+        self.store = store
+        self._connect = connect or mqttlink.connect
+        self._provisioner = provisioner
+        self._sleep = sleep_ms
+        self._rand = rand
+        self._mqtt = mqtt
+        self.uid = uid
+        self.client_id = None
+
+    # -- identity and names ---------------------------------------------------
+
+    def _ids(self):
+        if self.client_id is not None:
+            return
+        if self.uid is None:
+            self.uid = hardware_uid() or self.store.uid()
+        self.client_id = self.cfg["client_id"] or self.uid
+
+    def thing_name(self):
+        """The provisioned thing's name (falls back to the client id when the
+        template creates no thing), or None when not provisioned."""
+        r = self.store.record
+        if r is None:
+            return None
+        self._ids()
+        return r["thing_name"] or self.client_id
+
+    def topic(self, pattern):
+        """``pattern`` with {thing_name}, {client_id} and {uid} filled in, as bytes."""
+        self._ids()
+        t = pattern.replace("{thing_name}", self.thing_name() or self.client_id)
+        return t.replace("{client_id}", self.client_id).replace("{uid}", self.uid).encode()
+
+    # -- steps ------------------------------------------------------------------
+
+    def _open(self, client_id, cert, key, ca):
+        cfg = self.cfg
+        kw = {}
+        if self._mqtt is not None:
+            kw["mqtt"] = self._mqtt
+        return self._connect(client_id, cfg["endpoint"], cfg["port"], cert, key, ca,
+                             server_hostname=cfg["server_hostname"],
+                             timeout_ms=cfg["connect_timeout_ms"], **kw)
+
+    def _new_provisioner(self, client):
+        cfg = self.cfg
+        make = self._provisioner
+        if make is None:
+            import fleetprov
+
+            make = fleetprov.Provisioner
+        return make(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
+                    cfg["mqtt_timeout_ms"])
+
+    def _csr(self):
+        # -> (csr_pem, key_der). A CSR shipped on flash wins (the user chose
+        # it); otherwise a P-256 key and CSR are made here, on the device.
+        s = self.store
+        name = self.cfg["csr"]
+        try:
+            csr_pem = s.read(name).decode()
+        except credstore.StoreError:
+            csr_pem = None
+        if csr_pem is not None:
+            key = s.read(self.cfg["csr_key"])
+            self.progress.step("csr", "read {} from flash".format(s.path(name)))
+            return csr_pem, key
+        try:
+            import csr
+        except ImportError:
+            raise FirstBootError(
+                'method "csr" needs lib/csr.py (on-device key) or {} and {} on flash'.format(
+                    s.path(name), s.path(self.cfg["csr_key"])))
+        key, csr_pem = csr.generate(self.client_id[:64])
+        self.progress.step("keygen", "P-256 key and CSR made on the device")
+        return csr_pem, key
+
+    def _attempt(self, claim_cert, claim_key, ca, params, csr_pem, csr_key):
+        cfg = self.cfg
+        link = self._open(self.client_id, claim_cert, claim_key, ca)
+        try:
+            self.progress.step("connect-claim", "{}:{} as {}".format(
+                cfg["endpoint"], cfg["port"], self.client_id))
+            p = self._new_provisioner(link.client)
+            try:
+                if csr_pem is None:
+                    creds = p.create_keys_and_certificate()
+                    key = creds.private_key
+                else:
+                    creds = p.create_certificate_from_csr(csr_pem)
+                    key = csr_key
+                self.progress.step("certificate", creds.certificate_id)
+                reg = p.register_thing(cfg["template"], creds.ownership_token, params)
+                self.progress.step("register", "thing {}".format(reg.thing_name))
+            finally:
+                try:
+                    p.close()
+                except Exception:
+                    pass
+        except BaseException:
+            link.close()
+            raise
+        return link, creds, key, reg
+
+    def provision(self):
+        """Provision with the claim and commit the new identity. Returns the
+        record. Raises FirstBootError."""
+        cfg = self.cfg
+        s = self.store
+        self._ids()
+        try:
+            claim_cert, claim_key = s.claim()
+            ca = s.ca_der()
+        except credstore.StoreError as ex:
+            raise FirstBootError(str(ex))
+        params = devconfig.substitute(cfg["parameters"], self.uid, self.client_id)
+        csr_pem = csr_key = None
+        if cfg["method"] == "csr":
+            csr_pem, csr_key = self._csr()
+        n = cfg["retry_attempts"]
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                link, creds, key, reg = self._attempt(claim_cert, claim_key, ca, params,
+                                                      csr_pem, csr_key)
+                break
+            except FirstBootError:
+                raise
+            except Exception as ex:
+                retry, msg = _classify(ex)
+                ex = None
+                if not retry:
+                    raise FirstBootError("provisioning failed: " + msg)
+                if attempt >= n:
+                    raise FirstBootError(
+                        "provisioning failed after {} attempts; last: {}".format(n, msg),
+                        retryable=True)
+                wait = backoff_ms(attempt, cfg["retry_base_ms"], cfg["retry_max_ms"], self._rand)
+                self.progress.step("retry", "attempt {}/{} failed: {}; next in {} ms".format(
+                    attempt, n, msg, wait))
+                self._sleep(wait)
+        claim_key = csr_key = csr_pem = None
+        try:
+            try:
+                rec = s.commit(creds.certificate_id, creds.certificate_pem, key,
+                               reg.thing_name, reg.device_configuration, cfg["endpoint"])
+            except credstore.StoreError as ex:
+                raise FirstBootError("cannot store the new identity: {}".format(ex))
+            except OSError as ex:
+                raise FirstBootError("cannot write the new identity to flash: {}".format(ex),
+                                     retryable=True)
+            # The PEM strings and the key are on flash now; drop them from RAM.
+            creds = key = reg = None
+            self.progress.step("commit", "{} in {}".format(credstore.RECORD, s.folder or "."))
+        finally:
+            link.close()
+        self.progress.step("disconnect-claim")
+        return rec
+
+    def connect_thing(self):
+        """Connect as the provisioned thing (retrying what can pass) and return
+        a mqttlink.Link. FirstBootError with ``refused`` when the endpoint
+        turns the certificate down."""
+        cfg = self.cfg
+        self._ids()
+        try:
+            cert, key = self.store.identity()
+            ca = self.store.ca_der()
+        except credstore.StoreError as ex:
+            raise FirstBootError(str(ex))
+        n = cfg["retry_attempts"]
+        name = self.thing_name()
+        last = None
+        for attempt in range(1, n + 1):
+            try:
+                # The thing name as client id: AWS policies commonly allow
+                # iot:Connect on client/${iot:Connection.Thing.ThingName}.
+                link = self._open(name, cert, key, ca)
+                self.progress.step("connect-thing", "as {}".format(name))
+                return link
+            except mqttlink.ConnectError as ex:
+                last = ex
+            # CONNACK "bad credentials"/"not authorised" is final; a close
+            # before CONNACK may be a glitch, so it is retried first.
+            if last.code in (4, 5) or attempt == n:
+                break
+            wait = backoff_ms(attempt, cfg["retry_base_ms"], cfg["retry_max_ms"], self._rand)
+            self.progress.step("retry", "attempt {}/{} failed: {}; next in {} ms".format(
+                attempt, n, last, wait))
+            self._sleep(wait)
+        if last.refused:
+            raise FirstBootError("device certificate refused: {}".format(last), refused=True)
+        raise FirstBootError("cannot connect as {}: {}".format(name, last), retryable=True)
+
+    def confirm(self, link):
+        """Prove the identity works: a QoS 1 publish that gets its PUBACK."""
+        topic = self.topic(self.cfg["app_topic"])
+        payload = b'{"event":"provisioned"}'
+        try:
+            publish_bounded(link, topic, payload, self.cfg["mqtt_timeout_ms"])
+        except Exception as ex:
+            link.close()
+            raise FirstBootError("publish to {} as the new thing failed: {}: {}".format(
+                topic.decode(), type(ex).__name__, ex), retryable=True)
+        self.progress.step("confirm", "PUBACK on {}".format(topic.decode()))
+
+    def start(self):
+        """Return a Link connected as this device's thing, provisioning first
+        when the store holds no verified identity, and again (once) when the
+        endpoint refuses the stored certificate. Raises FirstBootError."""
+        s = self.store
+        rec = s.load()
+        if rec is not None:
+            self.progress.step("provisioned", "thing {} certificate {}".format(
+                rec["thing_name"], rec["certificate_id"]))
+            try:
+                return self.connect_thing()
+            except FirstBootError as ex:
+                if not ex.refused:
+                    raise
+                # Revoked or deleted: the claim is still there, so start over.
+                self.progress.step("refused", "{}; clearing it, provisioning again".format(ex))
+                s.clear()
+        else:
+            self.progress.step("not-provisioned", "claim {}".format(s.path(s.claim_cert)))
+        self.provision()
+        link = self.connect_thing()
+        self.confirm(link)
+        return link
+
+
+def publish_bounded(link, topic, payload, timeout_ms):
+    """Publish QoS 1 and wait for PUBACK at most ``timeout_ms``.
+
+    umqtt waits for PUBACK with no limit and its TLS socket has no
+    settimeout(); fleetprov's bounded socket wrapper gives the wait a deadline
+    (falling back to the raw socket's timeout where it is missing)."""
+    c = link.client
+    sock = getattr(c, "sock", None)
+    if sock is not None:
+        try:
+            import fleetprov
+
+            c.sock = fleetprov._BoundedSocket(sock, timeout_ms)
+        except (ImportError, AttributeError):
+            pass
+    try:
+        c.publish(topic, payload, False, 1)
+    finally:
+        if sock is not None:
+            c.sock = sock
+            try:
+                sock.setblocking(True)
+            except Exception:
+                pass
+
+
+def run(app=None, config="config.json", printer=print):
+    """Load ``config``, make sure the device is provisioned, connect as its
+    thing and call ``app(firstboot, link)``. Returns "ok", "retry" (a later
+    boot may succeed) or "fatal" (fix the configuration or the cloud side)."""
+    p = Progress(printer)
+    try:
+        cfg = devconfig.load(config)
+    except devconfig.ConfigError as ex:
+        printer("fleetprov: " + str(ex))
+        return "fatal"
+    fb = FirstBoot(cfg, printer=printer, hook=stop_hook())
+    fb.progress.t0 = p.t0
+    fb.progress.step("config", "{} {} {} template {}".format(
+        config, cfg["method"], cfg["format"], cfg["template"]))
+    try:
+        link = fb.start()
+    except FirstBootError as ex:
+        printer("fleetprov: " + str(ex))
+        return "retry" if ex.retryable else "fatal"
+    try:
+        if app is not None:
+            app(fb, link)
+    finally:
+        link.close()
+    return "ok"

@@ -1,0 +1,180 @@
+# One MQTT-over-mutual-TLS connection with umqtt.simple, bounded in time.
+#
+# umqtt's connect() makes its own socket and neither it nor MicroPython's TLS
+# socket offers a timeout (the TLS socket has no settimeout()): a dead link
+# would hang the TCP connect, the TLS handshake or the wait for CONNACK for
+# ever. So for the duration of connect() the umqtt module's `socket` global is
+# replaced by a small factory whose sockets get a timeout before umqtt uses
+# them; TLS reads and writes go through that same socket, so the handshake
+# and CONNACK are bounded too. The name is restored before connect() returns.
+# (Connecting the socket ourselves would mean re-implementing connect() for
+# three umqtt versions.) Name resolution (getaddrinfo) has no timeout in
+# MicroPython; lwIP's resolver gives up on its own.
+#
+# TLS: umqtt 1.3.4 (firmware <= 1.22) and 1.6+ (>= 1.25) take
+# ssl=True, ssl_params={...}; 1.4/1.5 (1.23-1.24) take only ssl=<SSLContext>
+# and raise TypeError on ssl_params, so we fall back to a context. Either way
+# the server is verified (CERT_REQUIRED, CA, server_hostname).
+
+try:
+    import ssl
+except ImportError:  # firmware <= 1.22 calls it ussl
+    import ussl as ssl
+
+
+class ConnectError(Exception):
+    """The connection could not be made.
+
+    ``refused``: the server answered and turned our certificate down (CONNACK
+    with a non-zero code, or the connection closed before CONNACK).
+    ``code``: the CONNACK return code, or None."""
+
+    def __init__(self, msg, refused=False, code=None):
+        Exception.__init__(self, msg)
+        self.refused = refused
+        self.code = code
+
+
+_CONNACK = {
+    1: "unacceptable protocol version",
+    2: "client id rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+}
+
+
+class _SocketFactory:
+    # Stands in for the umqtt module's `socket` global during connect().
+    def __init__(self, mod, timeout_s):
+        self._mod = mod
+        self._t = timeout_s
+        self.raw = None
+
+    def socket(self, *args):
+        s = self._mod.socket(*args)
+        s.settimeout(self._t)
+        self.raw = s
+        return s
+
+    def getaddrinfo(self, *args):
+        return self._mod.getaddrinfo(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._mod, name)
+
+
+class _Context:
+    # An SSLContext whose wrap_socket() always names our server_hostname:
+    # umqtt 1.4/1.5 pass their `server` (the endpoint) instead.
+    def __init__(self, ctx, hostname):
+        self._ctx = ctx
+        self._hostname = hostname
+
+    def wrap_socket(self, sock, server_hostname=None, **kw):
+        return self._ctx.wrap_socket(sock, server_hostname=self._hostname, **kw)
+
+
+def _context(cert, key, ca, hostname):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED  # SSLContext() starts with CERT_NONE
+    ctx.load_verify_locations(cadata=ca)
+    ctx.load_cert_chain(cert, key)  # bytes = the data itself, str = a file name
+    return _Context(ctx, hostname)
+
+
+def _umqtt():
+    from umqtt import simple
+
+    return simple
+
+
+class Link:
+    """A connected umqtt.simple client (``.client``) and its raw socket."""
+
+    def __init__(self, client, raw, timeout_ms):
+        self.client = client
+        self.raw = raw
+        self.timeout_ms = timeout_ms
+
+    def close(self):
+        """Send DISCONNECT and close; errors are ignored (the link may be dead)."""
+        c = self.client
+        if c is None:
+            return
+        self.client = None
+        try:
+            c.disconnect()
+        except Exception:
+            try:
+                c.sock.close()
+            except Exception:
+                pass
+
+
+def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_ms=10000,
+            mqtt=None, keepalive=0):
+    """Connect to ``host``:``port`` with mutual TLS and return a Link.
+
+    client_id: str or bytes. cert, key, ca: DER bytes (key never printed).
+    server_hostname: name checked against the server certificate (default
+    ``host``). timeout_ms bounds TCP connect, TLS handshake and CONNACK.
+    mqtt: the umqtt.simple module (default: imported). Raises ConnectError."""
+    if mqtt is None:
+        mqtt = _umqtt()
+    if server_hostname is None:
+        server_hostname = host
+    if isinstance(client_id, str):
+        client_id = client_id.encode()
+    params = {
+        "key": key,
+        "cert": cert,
+        "cadata": ca,
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": server_hostname,
+    }
+    try:
+        client = mqtt.MQTTClient(client_id, host, port=port, keepalive=keepalive, ssl=True,
+                                 ssl_params=params)
+    except TypeError:
+        client = mqtt.MQTTClient(client_id, host, port=port, keepalive=keepalive,
+                                 ssl=_context(cert, key, ca, server_hostname))
+    params = None
+    where = "{}:{}".format(host, port)
+    orig = getattr(mqtt, "socket", None)
+    factory = None
+    if orig is not None:
+        factory = _SocketFactory(orig, timeout_ms / 1000)
+        mqtt.socket = factory
+    try:
+        client.connect()
+    except mqtt.MQTTException as ex:
+        code = ex.args[0] if ex.args else None
+        _close(client)
+        raise ConnectError(
+            "{} refused the connection: CONNACK {} ({})".format(
+                where, code, _CONNACK.get(code, "unknown code")),
+            refused=True, code=code)
+    except (IndexError, AssertionError):
+        # umqtt indexes an empty read when the server closes after CONNECT
+        # without a CONNACK: how AWS turns away a revoked certificate.
+        _close(client)
+        raise ConnectError("{} closed the connection before CONNACK".format(where), refused=True)
+    except (OSError, ValueError) as ex:
+        # OSError: TCP/TLS failure or timeout. ValueError: the unix port's TLS
+        # reports a failed certificate check (wrong CA, name, clock) this way.
+        _close(client)
+        raise ConnectError("cannot connect to {}: {}: {}".format(where, type(ex).__name__, ex))
+    finally:
+        if factory is not None:
+            mqtt.socket = orig
+    return Link(client, factory.raw if factory is not None else None, timeout_ms)
+
+
+def _close(client):
+    s = getattr(client, "sock", None)
+    if s is not None:
+        try:
+            s.close()
+        except Exception:
+            pass

@@ -1,0 +1,497 @@
+"""lib/firstboot.py on CPython with a fake cloud: the flow, the retry policy,
+revocation, and that no secret is ever printed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pytest
+from cryptography import x509
+from hypothesis import given
+from hypothesis import strategies as st
+
+import credstore
+import devconfig
+import firstboot
+import fleetprov
+import mqttlink
+from devicepki import Identity, ca_der, ec_identity, issue, rsa_identity
+from firstboot import FirstBoot, FirstBootError
+
+TOKEN = "OWNERSHIP-TOKEN-SECRET-0123456789"
+
+
+def refused(code: int, error_code: str = "Err", message: str = "server says no") -> fleetprov.ProvisioningError:
+    # the message fleetprov builds from a /rejected response
+    return fleetprov.ProvisioningError(
+        fleetprov.SERVER_REFUSED,
+        "RegisterThing: refused by the server: {} {}: {}".format(code, error_code, message),
+        code,
+        error_code,
+        message,
+    )
+
+
+def status(s: int) -> fleetprov.ProvisioningError:
+    return fleetprov.ProvisioningError(s, "op: " + fleetprov.strerror(s))
+
+
+class FakeClient:
+    def __init__(self, link: "FakeLink") -> None:
+        self.link = link
+        self.sock = None
+        self.published: list[tuple[bytes, bytes, bool, int]] = []
+
+    def publish(self, topic: bytes, msg: bytes, retain: bool = False, qos: int = 0) -> None:
+        self.published.append((topic, msg, retain, qos))
+
+
+class FakeLink:
+    def __init__(self, client_id: bytes | str, cert: bytes) -> None:
+        self.client_id = client_id
+        self.cert = cert
+        self.client = FakeClient(self)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeCloud:
+    """Stands in for the endpoint: connections, the three operations, revocation."""
+
+    def __init__(self, claim: Identity) -> None:
+        self.claim = claim
+        self.fail: dict[str, list[BaseException]] = {"connect": [], "keys": [], "csr": [], "register": []}
+        self.issued: list[Identity | x509.Certificate] = []
+        self.tokens: dict[str, bytes] = {}
+        self.active: set[bytes] = set()
+        self.revoked: set[bytes] = set()
+        self.things: dict[str, bytes] = {}
+        self.links: list[FakeLink] = []
+        self.provisioner_args: list[tuple[Any, ...]] = []
+        self.calls: list[str] = []
+        self.wrong_key = False
+
+    # mqttlink.connect's signature
+    def connect(self, client_id, host, port, cert, key, ca, server_hostname=None, timeout_ms=10000):
+        self.calls.append("connect")
+        if self.fail["connect"]:
+            raise self.fail["connect"].pop(0)
+        assert ca == ca_der()
+        if cert in self.revoked:
+            raise mqttlink.ConnectError("127.0.0.1:8883 refused the connection: CONNACK 5", refused=True, code=5)
+        if cert != self.claim.cert_der and cert not in self.active:
+            raise mqttlink.ConnectError("127.0.0.1:8883 refused the connection: CONNACK 5", refused=True, code=5)
+        link = FakeLink(client_id, cert)
+        self.links.append(link)
+        return link
+
+    def provisioner(self, client, fmt, timeout_ms, rx_size, mqtt_timeout_ms):
+        self.provisioner_args.append((fmt, timeout_ms, rx_size, mqtt_timeout_ms))
+        assert client.link.cert == self.claim.cert_der, "provisioning must use the claim connection"
+        return FakeProvisioner(self)
+
+
+class FakeProvisioner:
+    def __init__(self, cloud: FakeCloud) -> None:
+        self.cloud = cloud
+        self.closed = False
+
+    def _maybe_fail(self, op: str) -> None:
+        self.cloud.calls.append(op)
+        if self.cloud.fail[op]:
+            raise self.cloud.fail[op].pop(0)
+
+    def create_keys_and_certificate(self, timeout_ms=None):
+        self._maybe_fail("keys")
+        ident = rsa_identity()
+        other = rsa_identity() if self.cloud.wrong_key else ident
+        token = TOKEN + str(len(self.cloud.tokens))
+        self.cloud.tokens[token] = ident.cert_der
+        return SimpleNamespace(
+            certificate_id=ident.certificate_id,
+            certificate_pem=ident.cert_pem,
+            private_key=other.key_pem("pkcs1"),
+            ownership_token=token,
+        )
+
+    def create_certificate_from_csr(self, csr_pem, qos=1, timeout_ms=None):
+        self._maybe_fail("csr")
+        req = x509.load_pem_x509_csr(csr_pem.encode())
+        assert req.is_signature_valid
+        cert = issue(req.public_key(), "dev")
+        ident = SimpleNamespace(cert=cert)
+        der = cert.public_bytes(__import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.DER)
+        import hashlib
+
+        token = TOKEN + str(len(self.cloud.tokens))
+        self.cloud.tokens[token] = der
+        self.cloud.issued.append(ident)  # type: ignore[arg-type]
+        return SimpleNamespace(
+            certificate_id=hashlib.sha256(der).hexdigest(),
+            certificate_pem=cert.public_bytes(__import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.PEM).decode(),
+            private_key=None,
+            ownership_token=token,
+        )
+
+    def register_thing(self, template, token, parameters=None, timeout_ms=None):
+        self._maybe_fail("register")
+        assert template == "FleetprovDemo"
+        cert = self.cloud.tokens.pop(token)
+        name = "thing-" + parameters["SerialNumber"]
+        self.cloud.active.add(cert)
+        self.cloud.things[name] = cert
+        return SimpleNamespace(thing_name=name, device_configuration={"Fallback": "no"})
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def claim() -> Identity:
+    return ec_identity("claim")
+
+
+@pytest.fixture
+def flash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claim: Identity) -> Path:
+    monkeypatch.chdir(tmp_path)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "claim.der").write_bytes(claim.cert_der)
+    (certs / "claim.key.der").write_bytes(claim.key_der())
+    (certs / "ca.der").write_bytes(ca_der())
+    return tmp_path
+
+
+@pytest.fixture
+def cloud(claim: Identity) -> FakeCloud:
+    return FakeCloud(claim)
+
+
+class Boot:
+    """One boot of the device against the fake cloud, capturing its output."""
+
+    def __init__(self, cloud: FakeCloud, **cfg: Any) -> None:
+        raw = {"endpoint": "127.0.0.1", "template": "FleetprovDemo", "parameters": {"SerialNumber": "{uid}"}}
+        raw.update(cfg)
+        self.cfg = devconfig.validate(raw)
+        self.lines: list[str] = []
+        self.sleeps: list[int] = []
+        self.fb = FirstBoot(
+            self.cfg,
+            printer=self.lines.append,
+            connect=cloud.connect,
+            provisioner=cloud.provisioner,
+            sleep_ms=self.sleeps.append,
+            rand=lambda n: n,  # the longest wait in each jitter window
+            uid="a1b2c3",
+        )
+
+    def steps(self) -> list[str]:
+        return [line.split()[3] for line in self.lines if line.startswith("fleetprov ")]
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def claim_files(flash: Path) -> dict[str, bytes]:
+    return {n: (flash / "certs" / n).read_bytes() for n in ("claim.der", "claim.key.der", "ca.der")}
+
+
+# -- the flow ---------------------------------------------------------------------
+
+
+def test_first_boot_provisions_commits_and_confirms_as_the_new_thing(flash: Path, cloud: FakeCloud) -> None:
+    before = claim_files(flash)
+    boot = Boot(cloud)
+    link = boot.fb.start()
+    assert boot.steps() == [
+        "not-provisioned", "connect-claim", "certificate", "register", "commit",
+        "disconnect-claim", "connect-thing", "confirm",
+    ]
+    assert list(cloud.things) == ["thing-a1b2c3"]
+    claim_link, thing_link = cloud.links
+    assert claim_link.closed and claim_link.client_id == "a1b2c3"
+    assert thing_link is link and not link.closed
+    assert thing_link.client_id == "thing-a1b2c3"  # the thing name: what AWS policies expect
+    assert thing_link.cert == cloud.things["thing-a1b2c3"]
+    assert thing_link.client.published == [(b"fleetprov/thing-a1b2c3/hello", b'{"event":"provisioned"}', False, 1)]
+    store = credstore.Store()
+    assert store.load()["thing_name"] == "thing-a1b2c3"
+    assert store.summary()["device_configuration"] == {"Fallback": "no"}
+    assert claim_files(flash) == before
+    assert cloud.provisioner_args == [("json", 10000, 6144, 5000)]
+
+
+def test_each_progress_line_carries_elapsed_milliseconds(flash: Path, cloud: FakeCloud) -> None:
+    boot = Boot(cloud)
+    boot.fb.start()
+    for line in boot.lines:
+        head = line.split()
+        assert head[0] == "fleetprov" and head[1].isdigit() and head[2] == "ms"
+
+
+def test_no_key_or_ownership_token_is_ever_printed(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["register"] = [status(fleetprov.TIMEOUT)]
+    boot = Boot(cloud)
+    boot.fb.start()
+    out = boot.output()
+    assert TOKEN not in out and "PRIVATE" not in out
+    key = (flash / "certs" / "device.key.der").read_bytes()
+    for i in range(0, len(key) - 8, 8):
+        assert key[i : i + 8].hex() not in out
+    import base64
+
+    b64 = base64.b64encode(key).decode()
+    for i in range(0, len(b64) - 12, 12):
+        assert b64[i : i + 12] not in out
+
+
+def test_second_boot_skips_provisioning_and_connects_as_the_thing(flash: Path, cloud: FakeCloud) -> None:
+    Boot(cloud).fb.start()
+    cloud.calls.clear()
+    boot = Boot(cloud)
+    link = boot.fb.start()
+    assert boot.steps() == ["provisioned", "connect-thing"]
+    assert cloud.calls == ["connect"]
+    assert link.client_id == "thing-a1b2c3"
+
+
+def test_cbor_format_and_sizes_reach_the_provisioner(flash: Path, cloud: FakeCloud) -> None:
+    Boot(cloud, format="cbor", rx_size=8192, response_timeout_ms=700, mqtt_timeout_ms=300).fb.start()
+    assert cloud.provisioner_args == [("cbor", 700, 8192, 300)]
+
+
+def test_config_client_id_is_used_and_uid_still_fills_parameters(flash: Path, cloud: FakeCloud) -> None:
+    boot = Boot(cloud, client_id="my-device", parameters={"SerialNumber": "{uid}", "Cid": "{client_id}"})
+    boot.fb.start()
+    assert cloud.links[0].client_id == "my-device"
+    assert list(cloud.things) == ["thing-a1b2c3"]
+
+
+def test_without_a_hardware_id_a_stored_random_uid_is_used_and_kept(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(firstboot, "hardware_uid", lambda: None)
+    cfg = devconfig.validate({"endpoint": "h", "template": "FleetprovDemo", "parameters": {"SerialNumber": "{uid}"}})
+    fb = FirstBoot(cfg, printer=lambda s: None, connect=cloud.connect, provisioner=cloud.provisioner)
+    fb.start()
+    uid = (flash / "certs" / "uid").read_text()
+    assert list(cloud.things) == ["thing-" + uid] and len(uid) == 16
+
+
+# -- retry policy -----------------------------------------------------------------
+
+
+def test_throttled_twice_then_accepted_backs_off_on_fresh_connections(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["register"] = [refused(429, "ThrottlingException"), refused(429, "ThrottlingException")]
+    boot = Boot(cloud, retry_base_ms=100, retry_max_ms=1000)
+    boot.fb.start()
+    assert boot.sleeps == [100, 200]
+    assert boot.steps().count("retry") == 2 and boot.steps()[-1] == "confirm"
+    claim_links = [l for l in cloud.links if l.cert == cloud.claim.cert_der]
+    assert len(claim_links) == 3 and all(l.closed for l in claim_links)
+    # each attempt starts over with a new certificate: a used token is never replayed
+    assert cloud.calls.count("keys") == 3
+
+
+@pytest.mark.parametrize("code", [500, 503, 504])
+def test_server_errors_are_retried(flash: Path, cloud: FakeCloud, code: int) -> None:
+    cloud.fail["keys"] = [refused(code, "InternalFailure")]
+    boot = Boot(cloud)
+    boot.fb.start()
+    assert len(boot.sleeps) == 1 and credstore.Store().load() is not None
+
+
+@pytest.mark.parametrize("s", [fleetprov.TIMEOUT, fleetprov.MQTT_ERROR])
+def test_timeouts_and_mqtt_errors_are_retried(flash: Path, cloud: FakeCloud, s: int) -> None:
+    cloud.fail["register"] = [status(s)]
+    boot = Boot(cloud)
+    boot.fb.start()
+    assert len(boot.sleeps) == 1
+
+
+def test_a_forbidden_request_fails_at_once_with_the_servers_message(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["register"] = [refused(403, "AccessDenied", "Pre-provisioning hook refused device a1b2c3")]
+    boot = Boot(cloud)
+    with pytest.raises(FirstBootError) as info:
+        boot.fb.start()
+    assert not info.value.retryable
+    assert "403" in str(info.value) and "AccessDenied" in str(info.value)
+    assert "Pre-provisioning hook refused device a1b2c3" in str(info.value)
+    assert boot.sleeps == [] and cloud.calls.count("keys") == 1
+    assert credstore.Store().load() is None
+
+
+@pytest.mark.parametrize("code", [400, 404])
+def test_other_client_errors_fail_at_once(flash: Path, cloud: FakeCloud, code: int) -> None:
+    cloud.fail["keys"] = [refused(code, "NotFound", "template FleetprovDemo not found")]
+    boot = Boot(cloud)
+    with pytest.raises(FirstBootError, match="template FleetprovDemo not found"):
+        boot.fb.start()
+    assert boot.sleeps == []
+
+
+@pytest.mark.parametrize("s", [fleetprov.BAD_RESPONSE, fleetprov.NO_MEMORY, fleetprov.BAD_PARAMETER])
+def test_local_failures_are_not_retried(flash: Path, cloud: FakeCloud, s: int) -> None:
+    cloud.fail["keys"] = [status(s)]
+    boot = Boot(cloud)
+    with pytest.raises(FirstBootError, match=fleetprov.strerror(s)):
+        boot.fb.start()
+    assert boot.sleeps == []
+
+
+def test_attempts_are_bounded_and_the_last_error_is_reported(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["keys"] = [refused(429, "ThrottlingException", "slow down")] * 10
+    boot = Boot(cloud, retry_attempts=4, retry_base_ms=1000, retry_max_ms=3000)
+    with pytest.raises(FirstBootError) as info:
+        boot.fb.start()
+    assert info.value.retryable
+    assert "after 4 attempts" in str(info.value) and "429" in str(info.value)
+    assert cloud.calls.count("keys") == 4
+    assert boot.sleeps == [1000, 2000, 3000]  # doubling, capped at retry_max_ms
+
+
+def test_network_failures_on_connect_are_retried(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["connect"] = [
+        mqttlink.ConnectError("cannot connect to 127.0.0.1:8883: OSError: 111"),
+        mqttlink.ConnectError("127.0.0.1:8883 closed the connection before CONNACK", refused=True),
+    ]
+    boot = Boot(cloud)
+    boot.fb.start()
+    assert len(boot.sleeps) == 2
+
+
+def test_a_claim_refused_at_connack_fails_at_once(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["connect"] = [mqttlink.ConnectError("refused: CONNACK 5 (not authorised)", refused=True, code=5)]
+    boot = Boot(cloud)
+    with pytest.raises(FirstBootError, match="CONNACK 5.*claim certificate is active"):
+        boot.fb.start()
+    assert boot.sleeps == []
+
+
+@given(
+    attempt=st.integers(1, 40),
+    base=st.integers(0, 10_000),
+    cap=st.integers(0, 120_000),
+    pick=st.sampled_from(["low", "high", "mid"]),
+)
+def test_backoff_doubles_is_capped_and_jitters_within_half_to_full_delay(attempt: int, base: int, cap: int, pick: str) -> None:
+    delay = min(cap, base * 2 ** (attempt - 1))
+    rand: Callable[[int], int] = {"low": lambda n: 0, "high": lambda n: n, "mid": lambda n: n // 2}[pick]
+    wait = firstboot.backoff_ms(attempt, base, cap, rand)
+    assert delay - delay // 2 <= wait <= delay
+
+
+def test_default_jitter_draws_spread_over_the_window() -> None:
+    waits = {firstboot.backoff_ms(3, 1000, 30000) for _ in range(200)}
+    assert min(waits) >= 2000 and max(waits) <= 4000 and len(waits) > 50
+
+
+# -- credentials that do not belong together, revocation --------------------------
+
+
+def test_a_certificate_that_does_not_match_its_key_is_refused_and_nothing_committed(
+    flash: Path, cloud: FakeCloud
+) -> None:
+    cloud.wrong_key = True
+    boot = Boot(cloud)
+    with pytest.raises(FirstBootError, match="does not certify this private key"):
+        boot.fb.start()
+    assert credstore.Store().load() is None
+    assert not (flash / "certs" / "device.key.der").exists()
+
+
+def test_a_revoked_certificate_sends_the_device_back_to_the_claim(flash: Path, cloud: FakeCloud) -> None:
+    before = claim_files(flash)
+    Boot(cloud).fb.start()
+    old = cloud.things["thing-a1b2c3"]
+    cloud.revoked.add(old)
+    boot = Boot(cloud)
+    link = boot.fb.start()
+    assert boot.steps()[:3] == ["provisioned", "refused", "connect-claim"]
+    assert boot.steps()[-1] == "confirm"
+    new = cloud.things["thing-a1b2c3"]
+    assert new != old and link.cert == new
+    store = credstore.Store()
+    store.load()
+    assert store.identity()[0] == new
+    assert claim_files(flash) == before
+
+
+def test_a_certificate_closed_before_connack_every_time_counts_as_refused(flash: Path, cloud: FakeCloud) -> None:
+    Boot(cloud).fb.start()
+    boot = Boot(cloud, retry_attempts=3)
+    closed = mqttlink.ConnectError("closed before CONNACK", refused=True)
+    cloud.fail["connect"] = [closed, closed, closed]
+    boot.fb.start()
+    assert boot.steps()[:5] == ["provisioned", "retry", "retry", "refused", "connect-claim"]
+
+
+def test_a_transient_failure_connecting_as_the_thing_keeps_the_identity(flash: Path, cloud: FakeCloud) -> None:
+    Boot(cloud).fb.start()
+    boot = Boot(cloud, retry_attempts=2)
+    cloud.fail["connect"] = [mqttlink.ConnectError("OSError 113")] * 2
+    with pytest.raises(FirstBootError) as info:
+        boot.fb.start()
+    assert info.value.retryable and not info.value.refused
+    assert credstore.Store().load() is not None
+
+
+# -- CSR method -------------------------------------------------------------------
+
+
+def test_csr_method_makes_the_key_on_the_device_and_never_sends_it(flash: Path, cloud: FakeCloud) -> None:
+    boot = Boot(cloud, method="csr")
+    boot.fb.start()
+    assert "keygen" in boot.steps() and cloud.calls.count("csr") == 1 and "keys" not in cloud.calls
+    store = credstore.Store()
+    store.load()
+    cert, key = store.identity()
+    import der
+
+    assert der.same_key(cert, key) and der.key_public_key(key)[0] == "ec"
+
+
+def test_csr_method_reuses_its_key_across_retries(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["register"] = [refused(503, "ServiceUnavailable")]
+    boot = Boot(cloud, method="csr")
+    boot.fb.start()
+    assert boot.steps().count("keygen") == 1 and cloud.calls.count("csr") == 2
+
+
+def test_csr_method_uses_a_csr_shipped_on_flash(flash: Path, cloud: FakeCloud) -> None:
+    import csr
+
+    key_der, csr_pem = csr.generate("shipped")
+    (flash / "certs" / "csr.pem").write_text(csr_pem)
+    (flash / "certs" / "csr.key.der").write_bytes(key_der)
+    boot = Boot(cloud, method="csr")
+    boot.fb.start()
+    assert "keygen" not in boot.steps() and "csr" in boot.steps()
+    store = credstore.Store()
+    store.load()
+    assert store.identity()[1] == key_der
+
+
+# -- run() ------------------------------------------------------------------------
+
+
+def test_run_reports_a_config_error_in_one_line_and_says_fatal(flash: Path) -> None:
+    (flash / "config.json").write_text(json.dumps({"endpoint": "x"}))
+    lines: list[str] = []
+    assert firstboot.run(printer=lines.append) == "fatal"
+    assert lines == ["fleetprov: config.json: field 'template' is missing (the provisioning template name, e.g. \"FleetprovDemo\")"]
+
+
+def test_run_reports_missing_claim_files(flash: Path) -> None:
+    (flash / "config.json").write_text(json.dumps({"endpoint": "x", "template": "T"}))
+    os.remove(flash / "certs" / "claim.key.der")
+    lines: list[str] = []
+    assert firstboot.run(printer=lines.append) == "fatal"
+    assert "certs/claim.key.der" in lines[-1] and "copy it to the board" in lines[-1]
