@@ -20,23 +20,20 @@ except ImportError:  # CPython
 
 try:
     from time import ticks_ms, ticks_add, ticks_diff, sleep_ms
-except ImportError:  # CPython: the same wrapping millisecond clock as MicroPython
-    import time as _time
-
-    _PERIOD = const(1 << 30)
+except ImportError:  # CPython: its ints do not wrap, so plain arithmetic will do
+    from time import monotonic, sleep
 
     def ticks_ms():
-        return int(_time.monotonic() * 1000) & (_PERIOD - 1)
+        return int(monotonic() * 1000)
 
     def ticks_add(t, delta):
-        return (t + delta) & (_PERIOD - 1)
+        return t + delta
 
     def ticks_diff(a, b):
-        d = (a - b) & (_PERIOD - 1)
-        return d - _PERIOD if d >= _PERIOD >> 1 else d
+        return a - b
 
     def sleep_ms(ms):
-        _time.sleep(ms / 1000)
+        sleep(ms / 1000)
 
 
 # Status values: AwsIotProvisioningError_t.
@@ -66,23 +63,19 @@ _NAMES = (
 
 _QOS = const(1)  # subscriptions, and the keys and register requests
 _POLL_IDLE_MS = const(2)  # rest between empty polls while waiting for the answer
-_DRAIN_MAX = const(16)  # stale messages read off before a request is published
 _POLL_SLICE_MS = const(20)
+_DRAIN_MAX = const(16)  # stale messages read off before a request is published
 _ETIMEDOUT = const(110)  # errno on MicroPython and Linux
-_TEMPLATE_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-"
+_MICROPYTHON = sys.implementation.name == "micropython"
 
-_ON_MICROPYTHON = sys.implementation.name == "micropython"
-_OP_KEYS = "CreateKeysAndCertificate"
-_OP_CSR = "CreateCertificateFromCsr"
-_OP_REGISTER = "RegisterThing"
-# Topics of this API; a late response on one of them is never the application's.
-_PREFIX_CERTS = b"$aws/certificates/"
-_PREFIX_TEMPLATES = b"$aws/provisioning-templates/"
+# Topics of this API; a late answer on one of them is never the application's.
+_CERTS = b"$aws/certificates/"
+_TEMPLATES = b"$aws/provisioning-templates/"
 
 
 def strerror(status):
     """Return a short description of a status value; "INVALID STATUS" otherwise."""
-    if isinstance(status, int) and not isinstance(status, bool) and SUCCESS <= status <= MQTT_ERROR:
+    if _is_int(status) and SUCCESS <= status <= MQTT_ERROR:
         return _NAMES[status - 1]
     return "INVALID STATUS"
 
@@ -105,17 +98,16 @@ class ProvisioningError(Exception):
 
 
 class Credentials:
-    """Result of CreateKeysAndCertificate / CreateCertificateFromCsr (all str;
-    private_key is None for the CSR flow)."""
+    """Result of CreateKeysAndCertificate / CreateCertificateFromCsr:
+    certificate_id, certificate_pem, ownership_token and private_key (str;
+    private_key is None for the CSR flow). The default repr shows none of
+    them, so a logged result leaks no secret."""
 
     def __init__(self, certificate_id, certificate_pem, ownership_token, private_key=None):
         self.certificate_id = certificate_id
         self.certificate_pem = certificate_pem
         self.ownership_token = ownership_token
         self.private_key = private_key
-
-    def __repr__(self):  # secrets stay out of logs and tracebacks
-        return "<Credentials certificate_id={}>".format(self.certificate_id)
 
 
 class Registration:
@@ -125,12 +117,9 @@ class Registration:
         self.thing_name = thing_name
         self.device_configuration = device_configuration
 
-    def __repr__(self):
-        return "<Registration thing_name={!r}>".format(self.thing_name)
-
 
 def _err(op, status, cause):
-    return ProvisioningError(status, "{}: {}".format(op, cause))
+    return ProvisioningError(status, op + ": " + cause)
 
 
 def _is_int(value):
@@ -138,16 +127,29 @@ def _is_int(value):
 
 
 def _positive(op, name, value):
-    if not _is_int(value) or value <= 0:
-        raise _err(op, BAD_PARAMETER, "{} must be a positive int (ms or bytes), got {!r}".format(name, value))
-    return value
+    if _is_int(value) and value > 0:
+        return value
+    raise _err(op, BAD_PARAMETER, "{} must be a positive int, not {!r}".format(name, value))
 
 
 def _text(op, name, value):
-    if not isinstance(value, str) or not value:
-        # the value itself may be a secret: name only its type
-        raise _err(op, BAD_PARAMETER, "{} must be a non-empty str, got {}".format(name, type(value).__name__))
-    return value
+    if isinstance(value, str) and value:
+        return value
+    # name only the type: the value may be a secret
+    raise _err(op, BAD_PARAMETER, "{} must be a non-empty str, not {}".format(name, type(value).__name__))
+
+
+def _text_map(value):
+    if isinstance(value, dict):
+        for k in value:
+            if not isinstance(k, str) or not isinstance(value[k], str):
+                return False
+        return True
+    return False
+
+
+def _type(value):
+    return type(value).__name__
 
 
 def _decode_json(view):
@@ -172,18 +174,17 @@ class _BoundedSocket:
         self._blocking = True
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
-        self._in = select.POLLIN
-        self._out = select.POLLOUT
+        self._events = (select.POLLIN, select.POLLOUT)
         sock.setblocking(False)
 
     def setblocking(self, flag):
         self._blocking = flag
 
-    def _idle(self, deadline, event):
+    def _idle(self, deadline, writing):
         left = ticks_diff(deadline, ticks_ms())
         if left <= 0:
             raise OSError(_ETIMEDOUT)
-        self._poll.modify(self._sock, event)
+        self._poll.modify(self._sock, self._events[writing])
         # short slices: TLS may hold decrypted bytes the socket's poll cannot see
         self._poll.poll(min(left, _POLL_SLICE_MS))
 
@@ -195,7 +196,7 @@ class _BoundedSocket:
         while len(data) < n:
             chunk = self._sock.read(n - len(data))
             if chunk is None:
-                self._idle(deadline, self._in)
+                self._idle(deadline, 0)
             elif not chunk:
                 break  # end of stream: umqtt sees the short read
             else:
@@ -203,16 +204,15 @@ class _BoundedSocket:
         return data
 
     def write(self, buf, n=None):
-        view = memoryview(buf)
-        end = len(buf) if n is None else n
+        view = memoryview(buf)[: len(buf) if n is None else n]
         done = 0
         deadline = ticks_add(ticks_ms(), self._ms)
-        while done < end:
-            sent = self._sock.write(view[done:end])
+        while done < len(view):
+            sent = self._sock.write(view[done:])
             if sent:
                 done += sent
             else:
-                self._idle(deadline, self._out)
+                self._idle(deadline, 1)
         return done
 
     def __getattr__(self, name):
@@ -240,7 +240,7 @@ class Provisioner:
         op = "Provisioner"
         for name in ("set_callback", "subscribe", "publish", "check_msg"):
             if not callable(getattr(client, name, None)):
-                raise _err(op, BAD_PARAMETER, "client has no {}(); pass a connected umqtt.simple MQTTClient".format(name))
+                raise _err(op, BAD_PARAMETER, "client has no {}(): pass an umqtt.simple MQTTClient".format(name))
         if fmt == "json":
             self._dumps = json.dumps
             self._loads = _decode_json
@@ -252,22 +252,21 @@ class Provisioner:
             self._dumps = cbor.dumps
             self._loads = cbor.loads
         else:
-            raise _err(op, BAD_PARAMETER, 'fmt must be "json" or "cbor", got {!r}'.format(fmt))
+            raise _err(op, BAD_PARAMETER, 'fmt must be "json" or "cbor", not {!r}'.format(fmt))
         self._fmt = fmt.encode()
         self._timeout_ms = _positive(op, "timeout_ms", timeout_ms)
         self._mqtt_ms = _positive(op, "mqtt_timeout_ms", mqtt_timeout_ms)
-        _positive(op, "rx_size", rx_size)
         try:
-            self._rx = bytearray(rx_size)
+            self._rx = bytearray(_positive(op, "rx_size", rx_size))
         except MemoryError:
-            raise _err(op, NO_MEMORY, "cannot allocate the {}-byte receive buffer; lower rx_size".format(rx_size))
+            raise _err(op, NO_MEMORY, "no memory for rx_size={}".format(rx_size))
         self._view = memoryview(self._rx)
         self._client = client
         self._app_cb = getattr(client, "cb", None)
         self._op = None  # name of the operation in progress
         self._topics = ()  # (accepted, rejected) of the operation in progress
         self._armed = False  # the request is published: answers count from now
-        self._got = None  # (topic index 0/1, length) of the answer, or (None, length) if too large
+        self._got = None  # (0 accepted / 1 rejected / None too large, length)
         self._app_exc = None
         self._seen = 0  # messages handled, so _drain can tell "nothing" from "one"
         try:
@@ -284,16 +283,10 @@ class Provisioner:
         Returns Credentials with certificate_id, certificate_pem, private_key
         and ownership_token (str). Raises ProvisioningError.
         """
-        op = _OP_KEYS
+        op = "CreateKeysAndCertificate"
         self._check(op, timeout_ms)
-        payload = b"\xa0" if self._fmt == b"cbor" else b"{}"
-        msg = self._request(op, b"$aws/certificates/create/" + self._fmt, payload, _QOS, timeout_ms)
-        return Credentials(
-            self._field(op, msg, "certificateId"),
-            self._field(op, msg, "certificatePem"),
-            self._field(op, msg, "certificateOwnershipToken"),
-            self._field(op, msg, "privateKey"),
-        )
+        msg = self._request(op, _CERTS + b"create/", b"\xa0" if self._fmt == b"cbor" else b"{}", _QOS, timeout_ms)
+        return Credentials(*self._fields(op, msg, ("certificateId", "certificatePem", "certificateOwnershipToken", "privateKey")))
 
     def create_certificate_from_csr(self, csr_pem, qos=1, timeout_ms=None):
         """CreateCertificateFromCsr: AWS signs the device's own key.
@@ -303,18 +296,13 @@ class Provisioner:
         timeout_ms: wait for the answer (default: the provisioner's).
         Returns Credentials (private_key is None). Raises ProvisioningError.
         """
-        op = _OP_CSR
+        op = "CreateCertificateFromCsr"
         self._check(op, timeout_ms)
         _text(op, "csr_pem", csr_pem)
         if not _is_int(qos) or qos not in (0, 1):
-            raise _err(op, BAD_PARAMETER, "qos must be 0 or 1, got {!r}".format(qos))
-        payload = self._encode(op, {"certificateSigningRequest": csr_pem})
-        msg = self._request(op, b"$aws/certificates/create-from-csr/" + self._fmt, payload, qos, timeout_ms)
-        return Credentials(
-            self._field(op, msg, "certificateId"),
-            self._field(op, msg, "certificatePem"),
-            self._field(op, msg, "certificateOwnershipToken"),
-        )
+            raise _err(op, BAD_PARAMETER, "qos must be 0 or 1, not {!r}".format(qos))
+        msg = self._request(op, _CERTS + b"create-from-csr/", {"certificateSigningRequest": csr_pem}, qos, timeout_ms)
+        return Credentials(*self._fields(op, msg, ("certificateId", "certificatePem", "certificateOwnershipToken")))
 
     def register_thing(self, template_name, ownership_token, parameters=None, timeout_ms=None):
         """RegisterThing: activate the certificate and create the thing.
@@ -326,80 +314,58 @@ class Provisioner:
         Returns Registration with thing_name (str or None) and
         device_configuration (dict of str to str, {} when absent).
         """
-        op = _OP_REGISTER
+        op = "RegisterThing"
         self._check(op, timeout_ms)
-        if not isinstance(template_name, str) or not 1 <= len(template_name) <= 36:
-            raise _err(op, BAD_PARAMETER, "template_name must be a str of 1-36 characters, got {!r}".format(template_name))
-        for c in template_name:
-            if c not in _TEMPLATE_CHARS:
-                raise _err(op, BAD_PARAMETER, "template_name {!r} may hold only 0-9 A-Z a-z _ -".format(template_name))
-        _text(op, "ownership_token", ownership_token)
-        request = {"certificateOwnershipToken": ownership_token}
+        ok = isinstance(template_name, str) and 0 < len(template_name) <= 36
+        for c in template_name if ok else "":
+            ok = ok and ("0" <= c <= "9" or "A" <= c <= "Z" or "a" <= c <= "z" or c in "_-")
+        if not ok:
+            raise _err(op, BAD_PARAMETER, "template_name must be 1-36 of 0-9 A-Z a-z _ -, not {!r}".format(template_name))
+        request = {"certificateOwnershipToken": _text(op, "ownership_token", ownership_token)}
         if parameters is not None:
-            if not isinstance(parameters, dict):
-                raise _err(op, BAD_PARAMETER, "parameters must be a dict of str to str or None")
-            for k, v in parameters.items():
-                if not isinstance(k, str) or not isinstance(v, str):
-                    raise _err(op, BAD_PARAMETER, "parameters must map str to str; {!r} does not".format(k))
+            if not _text_map(parameters):
+                raise _err(op, BAD_PARAMETER, "parameters must be a dict of str to str, or None")
             request["parameters"] = parameters
-        payload = self._encode(op, request)
-        request = None
-        topic = _PREFIX_TEMPLATES + template_name.encode() + b"/provision/" + self._fmt
-        msg = self._request(op, topic, payload, _QOS, timeout_ms)
+        msg = self._request(op, _TEMPLATES + template_name.encode() + b"/provision/", request, _QOS, timeout_ms)
         name = msg.get("thingName")
+        config = msg.get("deviceConfiguration", {})
         if name is not None and not isinstance(name, str):
-            raise _err(op, BAD_RESPONSE, "thingName is {}, not a text string".format(type(name).__name__))
-        config = msg.get("deviceConfiguration")
-        if config is None:
-            config = {}
-        elif not isinstance(config, dict):
-            raise _err(op, BAD_RESPONSE, "deviceConfiguration is {}, not a map".format(type(config).__name__))
-        for k, v in config.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise _err(op, BAD_RESPONSE, "deviceConfiguration must map text to text; {!r} does not".format(k))
+            raise _err(op, BAD_RESPONSE, "thingName is " + _type(name) + ", not text")
+        if not _text_map(config):
+            raise _err(op, BAD_RESPONSE, "deviceConfiguration is not a map of text to text")
         return Registration(name, config)
 
     def close(self):
         """Give the client back: restore its callback. Later calls raise NOT_INITIALIZED."""
-        if self._client is None:
-            return
         if self._op is not None:
-            raise _err("close", BAD_PARAMETER, "{} is in progress".format(self._op))
-        client = self._client
-        self._client = None
-        client.set_callback(self._app_cb)
+            raise _err("close", BAD_PARAMETER, self._op + " is in progress")
+        if self._client is not None:
+            self._client.set_callback(self._app_cb)
+            self._client = None
 
     # -- internals ---------------------------------------------------------
 
     def _check(self, op, timeout_ms):
         if self._client is None:
-            raise _err(op, NOT_INITIALIZED, "the provisioner is closed; create a new Provisioner")
+            raise _err(op, NOT_INITIALIZED, "closed; create a new Provisioner")
         if self._op is not None:
-            raise _err(op, BAD_PARAMETER, "{} is already in progress on this provisioner".format(self._op))
+            raise _err(op, BAD_PARAMETER, self._op + " is in progress")
         if timeout_ms is not None:
             _positive(op, "timeout_ms", timeout_ms)
 
-    def _encode(self, op, obj):
-        try:
-            data = self._dumps(obj)
-        except MemoryError:
-            raise _err(op, NO_MEMORY, "no memory to encode the request")
-        except Exception as exc:
-            raise _err(op, INTERNAL_FAILURE, "cannot encode the request: {}".format(type(exc).__name__))
-        return data.encode() if isinstance(data, str) else data
-
-    def _field(self, op, msg, name):
-        value = msg.get(name)
-        if value is None:
-            raise _err(op, BAD_RESPONSE, "the accepted response has no {}".format(name))
-        if not isinstance(value, str):
-            raise _err(op, BAD_RESPONSE, "{} is {}, not a text string".format(name, type(value).__name__))
-        return value
+    def _fields(self, op, msg, names):
+        out = []
+        for name in names:
+            value = msg.get(name)
+            if not isinstance(value, str):
+                raise _err(op, BAD_RESPONSE, "accepted response: {} is {}, not text".format(name, _type(value)))
+            out.append(value)
+        return out
 
     def _on_message(self, topic, msg):
         self._seen += 1
         topics = self._topics
-        if topics and (topic == topics[0] or topic == topics[1]):
+        if topic in topics:
             # Answers published before our request, and any after the first, are not ours.
             if self._armed and self._got is None:
                 n = len(msg)
@@ -407,54 +373,61 @@ class Provisioner:
                     self._got = (None, n)
                 else:
                     self._view[:n] = msg
-                    self._got = (0 if topic == topics[0] else 1, n)
-            return
-        if topic.startswith(_PREFIX_CERTS) or topic.startswith(_PREFIX_TEMPLATES):
-            return  # a late answer to an earlier operation
-        if self._app_cb is not None:
+                    self._got = (topics.index(topic), n)
+        elif topic.startswith(_CERTS) or topic.startswith(_TEMPLATES):
+            pass  # a late answer to an earlier operation
+        elif self._app_cb is not None:
             try:
                 self._app_cb(topic, msg)
             except Exception as exc:
                 self._app_exc = exc  # the application's own error: re-raised as is
                 raise
 
-    def _mqtt(self, op, what, call, *args):
-        # One client call with its failure mapped to the contract's statuses.
+    def _mqtt(self, what, call, *args):
+        # One client call, its failure mapped to the contract's statuses.
         try:
             return call(*args)
         except MemoryError:
-            raise _err(op, NO_MEMORY, "out of memory during {}".format(what))
+            status, cause = NO_MEMORY, "out of memory"
         except Exception as exc:
             if exc is self._app_exc:
                 raise
-            if exc.args and exc.args[0] == 0x80 and what.startswith("subscribe"):
-                cause = "{} refused by the broker (SUBACK 0x80): the claim policy must allow iot:Subscribe on it".format(what)
+            status = MQTT_ERROR
+            if exc.args and exc.args[0] == 0x80:
+                cause = "refused by the broker (SUBACK 0x80): the claim policy must allow iot:Subscribe on it"
             else:
-                cause = "{} failed: {}: {} - check the connection; reconnect and retry".format(what, type(exc).__name__, exc)
-            raise _err(op, MQTT_ERROR, cause)
+                cause = "failed: {}: {}; reconnect and retry".format(_type(exc), exc)
+        raise _err(self._op, status, what + " " + cause)
 
-    def _request(self, op, topic, payload, qos, timeout_ms):
+    def _request(self, op, topic, request, qos, timeout_ms):
+        if isinstance(request, dict):
+            try:
+                request = self._dumps(request)
+            except MemoryError:
+                raise _err(op, NO_MEMORY, "no memory to encode the request")
+            except Exception as exc:
+                raise _err(op, INTERNAL_FAILURE, "cannot encode the request: " + _type(exc))
+            request = request.encode() if isinstance(request, str) else request
+        topic += self._fmt
         client = self._client
         sock = getattr(client, "sock", None)
-        accepted = topic + b"/accepted"
-        rejected = topic + b"/rejected"
         self._op = op
-        self._topics = (accepted, rejected)
+        self._topics = (topic + b"/accepted", topic + b"/rejected")
         self._armed = False
         self._got = None
         self._app_exc = None
         subscribed = 0
         try:
             if sock is not None:
-                client.sock = self._mqtt(op, "preparing the socket", _BoundedSocket, sock, self._mqtt_ms)
+                client.sock = self._mqtt("preparing the socket", _BoundedSocket, sock, self._mqtt_ms)
             for t in self._topics:
-                self._mqtt(op, "subscribe to {}".format(t.decode()), client.subscribe, t, _QOS)
+                self._mqtt("subscribe to " + t.decode(), client.subscribe, t, _QOS)
                 subscribed += 1
-            self._drain(op)
+            self._drain()
             self._armed = True
-            self._mqtt(op, "publish to {}".format(topic.decode()), client.publish, topic, payload, False, qos)
-            payload = None
-            self._wait(op, topic, self._timeout_ms if timeout_ms is None else timeout_ms)
+            self._mqtt("publish to " + topic.decode(), client.publish, topic, request, False, qos)
+            request = None
+            self._wait(topic, self._timeout_ms if timeout_ms is None else timeout_ms)
         finally:
             self._finish(subscribed)
             if sock is not None and client.sock is not sock:
@@ -465,31 +438,24 @@ class Provisioner:
                     pass
         return self._parse(op)
 
-    def _drain(self, op):
+    def _drain(self):
         # Anything already waiting on the socket was sent before our request.
         # umqtt's check_msg() returns None both for "nothing waiting" and for
         # "one message handled", so count the messages to tell them apart.
         for _ in range(_DRAIN_MAX):
             seen = self._seen
-            if self._mqtt(op, "reading pending messages", self._client.check_msg) is None and seen == self._seen:
+            if self._mqtt("reading pending messages", self._client.check_msg) is None and seen == self._seen:
                 return
 
-    def _wait(self, op, topic, timeout_ms):
+    def _wait(self, topic, timeout_ms):
         deadline = ticks_add(ticks_ms(), timeout_ms)
-        check = self._client.check_msg
         while self._got is None:
-            if ticks_diff(deadline, ticks_ms()) <= 0:
-                # one last look: an answer racing the deadline still counts
-                self._mqtt(op, "polling for the answer", check)
-                if self._got is None:
-                    raise _err(
-                        op,
-                        TIMEOUT,
-                        "no answer on {}/accepted or /rejected within {} ms; check the endpoint, "
-                        "the template name and that the claim policy allows iot:Receive".format(topic.decode(), timeout_ms),
-                    )
-                break
-            if self._mqtt(op, "polling for the answer", check) is None and self._got is None:
+            late = ticks_diff(deadline, ticks_ms()) <= 0
+            # after the deadline, one last look: an answer racing it still counts
+            if self._mqtt("polling for the answer", self._client.check_msg) is None and self._got is None:
+                if late:
+                    raise _err(self._op, TIMEOUT, "no answer on {}/accepted|rejected in {} ms; check "
+                               "endpoint, template, claim policy (iot:Receive)".format(topic.decode(), timeout_ms))
                 sleep_ms(_POLL_IDLE_MS)
 
     def _finish(self, subscribed):
@@ -501,35 +467,30 @@ class Provisioner:
                 try:
                     unsubscribe(t)
                 except Exception:
-                    # The answer is in hand; a failing link shows on the next call.
-                    break
+                    break  # the answer is in hand; a failing link shows on the next call
         self._topics = ()
 
     def _parse(self, op):
         which, n = self._got
         self._got = None
         if which is None:
-            raise _err(
-                op,
-                NO_MEMORY,
-                "the {}-byte response does not fit the {}-byte receive buffer; "
-                "create the Provisioner with rx_size={} or more".format(n, len(self._rx), (n + 1023) & ~1023),
-            )
+            raise _err(op, NO_MEMORY, "the {}-byte response does not fit the {}-byte receive buffer; "
+                       "use rx_size={} or more".format(n, len(self._rx), (n + 1023) & ~1023))
         try:
-            if _ON_MICROPYTHON:
-                gc.collect()  # umqtt's copy of the message is garbage now; make room to decode
+            if _MICROPYTHON:
+                gc.collect()  # umqtt's copy of the message is garbage now: make room to decode
             msg = self._loads(self._view[:n])
         except MemoryError:
             raise _err(op, NO_MEMORY, "no memory to decode the {}-byte response".format(n))
         except Exception as exc:
-            raise _err(op, BAD_RESPONSE, "cannot decode the {}-byte response: {}".format(n, type(exc).__name__))
+            raise _err(op, BAD_RESPONSE, "undecodable {}-byte response: {}".format(n, _type(exc)))
         if not isinstance(msg, dict):
-            raise _err(op, BAD_RESPONSE, "the response is {}, not a map".format(type(msg).__name__))
+            raise _err(op, BAD_RESPONSE, "the response is " + _type(msg) + ", not a map")
         if which == 0:
             return msg
         code = msg.get("statusCode")
         if not _is_int(code):
-            raise _err(op, BAD_RESPONSE, "the rejected response has no integer statusCode")
+            raise _err(op, BAD_RESPONSE, "rejected response without integer statusCode")
         error_code = msg.get("errorCode")
         error_message = msg.get("errorMessage")
         error_code = error_code if isinstance(error_code, str) else None
