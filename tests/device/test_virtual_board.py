@@ -12,6 +12,8 @@ process), so every mpremote call uses `resume`; tools/deploy does the same.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -28,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPS = ROOT / "deps"
 SUPPORT = ROOT / "tests" / "device" / "support"
 MPREMOTE = Path(sys.executable).parent / "mpremote"
+MPY_BUILD = ROOT / "build" / "mpy" / "lib"
+LIB_MODULES = sorted(p.stem for p in (ROOT / "lib").glob("*.py"))
+CLAIM_FILES = ("ca.der", "claim.der", "claim.key.der")
 
 STARTUP_DEADLINE_S = 10.0
 MPREMOTE_TIMEOUT_S = 60.0
@@ -144,3 +149,204 @@ def test_files_written_with_mpremote_land_in_the_flash_folder(board: VirtualBoar
     src.write_bytes(b"hello board\n")
     board.mpremote("fs", "mkdir", ":lib", "+", "fs", "cp", str(src), ":lib/hello.txt")
     assert (board.flash / "lib" / "hello.txt").read_bytes() == b"hello board\n"
+
+
+# --- deploy --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def claim_config(tmp_path: Path) -> Path:
+    """A config folder as a user keeps one: config.json, and the claim files in certs/.
+    Contents are stand-ins: deploy copies bytes, it does not parse certificates."""
+    cfg = tmp_path / "device"
+    (cfg / "certs").mkdir(parents=True)
+    (cfg / "config.json").write_text(
+        json.dumps({"endpoint": "127.0.0.1", "port": 8883, "template": "FleetprovDemo", "cert_dir": "certs"}),
+        encoding="utf-8",
+    )
+    for name in CLAIM_FILES:
+        (cfg / "certs" / name).write_bytes(os.urandom(300) + name.encode())
+    return cfg
+
+
+def run_deploy(*args: str, config: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "tools.deploy", *args]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=MPREMOTE_TIMEOUT_S * 3)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            "{} exited {}\n--- stdout\n{}\n--- stderr\n{}".format(
+                " ".join(args), proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:]
+            )
+        )
+    return proc
+
+
+def build_mpy() -> None:
+    subprocess.run(["make", "-s", "mpy"], cwd=ROOT, check=True, capture_output=True, timeout=300)
+
+
+def flash_files(flash: Path) -> dict[str, str]:
+    """Every file on the virtual flash -> sha256."""
+    return {
+        str(p.relative_to(flash)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(flash.rglob("*"))
+        if p.is_file()
+    }
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_make_deploy_puts_the_compiled_library_scripts_config_and_claim_files_on_the_board(
+    board: VirtualBoard, claim_config: Path
+) -> None:
+    env = dict(os.environ, FLEETPROV_CONFIG=str(claim_config))
+    proc = subprocess.run(
+        ["make", "-s", "deploy", "PORT={}".format(board.pty)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    want = {"lib/{}.mpy".format(m): sha(MPY_BUILD / (m + ".mpy")) for m in LIB_MODULES}
+    want.update({name: sha(ROOT / name) for name in ("boot.py", "main.py")})
+    want["config.json"] = sha(claim_config / "config.json")
+    want.update({"certs/" + n: sha(claim_config / "certs" / n) for n in CLAIM_FILES})
+    assert flash_files(board.flash) == want
+
+
+def test_a_second_deploy_copies_nothing(board: VirtualBoard, claim_config: Path) -> None:
+    build_mpy()
+    first = run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    assert "0 unchanged" in first.stderr
+    before = {p: p.stat().st_mtime_ns for p in board.flash.rglob("*") if p.is_file()}
+    second = run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    assert "0 file(s) to copy, {} unchanged".format(len(before)) in second.stderr
+    assert "the board is up to date" in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in board.flash.rglob("*") if p.is_file()} == before
+
+
+def test_a_changed_file_is_the_only_one_copied_again(board: VirtualBoard, claim_config: Path) -> None:
+    build_mpy()
+    run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    (claim_config / "config.json").write_text('{"endpoint": "example.invalid", "template": "T"}', encoding="utf-8")
+    out = run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    assert "1 file(s) to copy" in out.stderr
+    assert "-> config.json (changed)" in out.stderr
+    assert (board.flash / "config.json").read_bytes() == (claim_config / "config.json").read_bytes()
+
+
+def test_deploying_the_compiled_build_removes_a_stale_source_that_would_shadow_it(
+    board: VirtualBoard, claim_config: Path
+) -> None:
+    build_mpy()
+    (board.flash / "lib").mkdir()
+    (board.flash / "lib" / "fleetprov.py").write_text("raise ImportError('the stale source was imported')\n")
+    (board.flash / "lib" / "mine.py").write_text("# the user's own module: not ours to remove\n")
+    run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    assert not (board.flash / "lib" / "fleetprov.py").exists()
+    assert (board.flash / "lib" / "mine.py").exists()
+    out = board.mpremote("exec", "import fleetprov; print(fleetprov.__file__)")
+    assert out.stdout.strip() == "lib/fleetprov.mpy"
+
+
+def test_deploying_sources_removes_the_compiled_build_and_the_sources_run(
+    board: VirtualBoard, claim_config: Path
+) -> None:
+    build_mpy()
+    run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    run_deploy("deploy", "--port", str(board.pty), "--source", config=claim_config)
+    lib = sorted(p.name for p in (board.flash / "lib").iterdir())
+    assert lib == sorted(m + ".py" for m in LIB_MODULES)
+    out = board.mpremote("exec", "import fleetprov, cbor; print(fleetprov.__file__, cbor.loads(cbor.dumps([1, 'a'])))")
+    assert out.stdout.strip() == "lib/fleetprov.py [1, 'a']"
+
+
+@pytest.mark.parametrize("missing", ["config.json", "certs/claim.der", "certs/claim.key.der", "certs/ca.der"])
+def test_deploy_refuses_when_config_or_a_claim_file_is_missing(
+    board: VirtualBoard, claim_config: Path, missing: str
+) -> None:
+    (claim_config / missing).unlink()
+    proc = run_deploy("deploy", "--port", str(board.pty), config=claim_config, check=False)
+    assert proc.returncode == 1
+    name = missing.split("/")[-1]
+    if missing == "config.json":
+        assert "config.json not found" in proc.stderr
+    else:
+        assert "claim file(s) missing: {}".format(name) in proc.stderr
+    assert flash_files(board.flash) == {}, "nothing may reach the board when deploy refuses"
+
+
+def test_deploy_refuses_a_config_that_is_not_json(board: VirtualBoard, claim_config: Path) -> None:
+    (claim_config / "config.json").write_text("{endpoint: nope", encoding="utf-8")
+    proc = run_deploy("deploy", "--port", str(board.pty), config=claim_config, check=False)
+    assert proc.returncode == 1
+    assert "is not valid JSON" in proc.stderr
+    assert flash_files(board.flash) == {}
+
+
+def test_deploy_never_copies_device_credentials_from_the_host(board: VirtualBoard, claim_config: Path) -> None:
+    build_mpy()
+    device_files = ("device.crt.der", "device.key.der", "provisioned.json", "uid")
+    for name in device_files:
+        (claim_config / "certs" / name).write_bytes(b"another device's identity")
+    proc = run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    for name in device_files:
+        assert not (board.flash / "certs" / name).exists(), name
+        assert "not copying {}".format(claim_config / "certs" / name) in proc.stderr
+
+
+def test_deploy_leaves_the_boards_own_credentials_alone(board: VirtualBoard, claim_config: Path) -> None:
+    build_mpy()
+    (board.flash / "certs").mkdir()
+    own = {"device.crt.der": b"cert", "device.key.der": b"key", "provisioned.json": b"{}"}
+    for name, data in own.items():
+        (board.flash / "certs" / name).write_bytes(data)
+    run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    for name, data in own.items():
+        assert (board.flash / "certs" / name).read_bytes() == data
+
+
+def test_deploy_refuses_a_config_naming_a_device_credential_as_a_claim_file(
+    board: VirtualBoard, claim_config: Path
+) -> None:
+    cfg = json.loads((claim_config / "config.json").read_text())
+    cfg["claim_key"] = "device.key.der"
+    (claim_config / "config.json").write_text(json.dumps(cfg))
+    (claim_config / "certs" / "device.key.der").write_bytes(b"k")
+    proc = run_deploy("deploy", "--port", str(board.pty), config=claim_config, check=False)
+    assert proc.returncode == 1
+    assert "'claim_key' names 'device.key.der'" in proc.stderr
+    assert flash_files(board.flash) == {}
+
+
+def test_deploy_to_a_port_with_no_board_says_which_port_failed(tmp_path: Path, claim_config: Path) -> None:
+    build_mpy()
+    port = tmp_path / "no-such-tty"
+    proc = run_deploy("deploy", "--port", str(port), config=claim_config, check=False)
+    assert proc.returncode == 1
+    assert "mpremote failed listing the board's files on {}".format(port) in proc.stderr
+
+
+def test_status_lists_the_files_and_reports_an_unprovisioned_board(board: VirtualBoard, claim_config: Path) -> None:
+    build_mpy()
+    run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    report = json.loads(run_deploy("status", "--port", str(board.pty), "--json").stdout)
+    files = report["files"]
+    for m in LIB_MODULES:
+        assert files["lib/{}.mpy".format(m)] == (MPY_BUILD / (m + ".mpy")).stat().st_size
+    assert files["certs/claim.key.der"] == (claim_config / "certs" / "claim.key.der").stat().st_size
+    assert report["cert_dir"] == "certs"
+    assert report["store"] == {"provisioned": False}
+    text = run_deploy("status", "--port", str(board.pty)).stdout
+    assert "provisioned: no" in text
+    assert "lib/fleetprov.mpy" in text
+
+
+def test_status_of_an_empty_board_says_to_deploy(board: VirtualBoard) -> None:
+    proc = run_deploy("status", "--port", str(board.pty), check=False)
+    assert proc.returncode == 1
+    assert "config.json: missing" in proc.stdout
+    assert "credstore is not on the board" in proc.stdout
+    assert "run make deploy" in proc.stdout
