@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# iotsim's fixtures (iotsim, iotsim_factory): tools/iotsim/testing.py.
+pytest_plugins = ["tools.iotsim.testing"]
+
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib"
 DEPS = ROOT / "deps"

@@ -1,0 +1,356 @@
+"""pytest fixtures for iotsim (a pytest plugin: ``pytest_plugins = ["tools.iotsim.testing"]``).
+
+Fixtures:
+
+- ``iotsim``: a running iotsim (broker + service) on a free port with its state
+  in a temporary folder. One instance serves a whole test module; before each
+  test its faults, throttling and hook are cleared and its clock reset, so
+  tests do not see each other's settings. Attributes: ``port``, ``state``,
+  ``ca_path``/``ca_der``, ``claim_cert``/``claim_key`` (PEM paths),
+  ``claim_cert_der``/``claim_key_der``, ``registry``, ``service``,
+  ``templates``, ``clock``; helpers ``set_fault(op, kind, **kw)``,
+  ``clear_faults()``, ``set_throttle(tps, op=None)``, ``set_hook(hook)``,
+  ``client(...)`` (a connected paho test client) and ``request(...)``.
+- ``iotsim_factory``: starts extra, independent instances
+  (``iotsim_factory(state=None, **IotSim kwargs)``), stopped at teardown.
+
+Also usable without pytest: :class:`MqttTestClient` and :func:`running_iotsim`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import paho.mqtt.client as mqtt
+import pytest
+
+from .broker import free_port
+from .stack import IotSim
+
+DEFAULT_TIMEOUT = 15.0
+
+
+class Clock:
+    """Wall clock plus an adjustable offset: ``advance(s)`` moves tokens towards expiry."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def reset(self) -> None:
+        self.offset = 0.0
+
+
+class ConnectRefused(Exception):
+    """The broker refused the connection (CONNACK failure or TLS/socket error)."""
+
+
+class MqttTestClient:
+    """A paho-mqtt client for tests: blocking connect/subscribe/publish and a message queue.
+
+    Every wait is bounded by ``timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        ca_path: Path,
+        cert_path: Path,
+        key_path: Path,
+        client_id: str = "",
+        *,
+        host: str = "127.0.0.1",
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.port = port
+        self.host = host
+        self.timeout = timeout
+        self.client_id = client_id or "test-{}".format(id(self))
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._connected = threading.Event()
+        self._disconnected = threading.Event()
+        self._connect_reason: Any = None
+        self._acks: dict[int, threading.Event] = {}
+        self._suback: dict[int, list[Any]] = {}
+        self._lock = threading.Lock()
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311
+        )
+        c.tls_set(ca_certs=str(ca_path), certfile=str(cert_path), keyfile=str(key_path))
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.on_publish = self._on_publish
+        self.paho = c
+
+    # -- callbacks ----------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, ud: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connect_reason = reason
+        if reason.is_failure:
+            self._disconnected.set()
+        else:
+            self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, ud: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._connected.clear()
+        self._disconnected.set()
+
+    def _on_message(self, client: mqtt.Client, ud: Any, msg: mqtt.MQTTMessage) -> None:
+        self.messages.put((msg.topic, bytes(msg.payload)))
+
+    def _ack(self, mid: int) -> threading.Event:
+        with self._lock:
+            return self._acks.setdefault(mid, threading.Event())
+
+    def _on_subscribe(self, client: mqtt.Client, ud: Any, mid: int, reasons: Any, props: Any) -> None:
+        self._suback[mid] = list(reasons)
+        self._ack(mid).set()
+
+    def _on_publish(self, client: mqtt.Client, ud: Any, mid: int, reason: Any, props: Any) -> None:
+        self._ack(mid).set()
+
+    # -- operations -------------------------------------------------------------------
+
+    def connect(self) -> MqttTestClient:
+        """Connect; raises ConnectRefused when the broker refuses (e.g. an inactive certificate)."""
+        self._disconnected.clear()
+        try:
+            self.paho.connect(self.host, self.port, keepalive=60)
+        except OSError as exc:
+            raise ConnectRefused("TLS/socket error: {}".format(exc)) from exc
+        # No automatic reconnect: a test must see a refused or kicked connection.
+        self.paho.reconnect_delay_set(3600, 3600)
+        self.paho.loop_start()
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self._connected.wait(0.05):
+                return self
+            if self._disconnected.is_set():
+                self.paho.loop_stop()
+                raise ConnectRefused("broker refused the connection: {}".format(self._connect_reason))
+        self.paho.loop_stop()
+        raise ConnectRefused("no CONNACK within {} s".format(self.timeout))
+
+    def subscribe(self, *topics: str, qos: int = 1) -> list[int]:
+        """Subscribe and wait for the SUBACK; returns the granted QoS per topic (128 = refused)."""
+        result, mid = self.paho.subscribe([(t, qos) for t in topics])
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError("subscribe failed: {}".format(result))
+        if not self._ack(mid).wait(self.timeout):
+            raise TimeoutError("no SUBACK for {} within {} s".format(topics, self.timeout))
+        return [r.value for r in self._suback[mid]]
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, wait: bool = True) -> None:
+        info = self.paho.publish(topic, payload, qos=qos)
+        if wait and qos > 0 and not self._ack(info.mid).wait(self.timeout):
+            raise TimeoutError("no PUBACK for {} within {} s".format(topic, self.timeout))
+
+    def expect(self, timeout: float | None = None) -> tuple[str, bytes]:
+        """The next message (topic, payload); TimeoutError when none arrives in time."""
+        try:
+            return self.messages.get(timeout=self.timeout if timeout is None else timeout)
+        except queue.Empty:
+            raise TimeoutError("no message within {} s".format(timeout or self.timeout)) from None
+
+    def wait_disconnected(self, timeout: float | None = None) -> bool:
+        return self._disconnected.wait(self.timeout if timeout is None else timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def request(
+        self, topic: str, payload: Any = b"", fmt: str | None = None, timeout: float | None = None
+    ) -> tuple[str, Any]:
+        """Subscribe to ``topic``'s accepted/rejected, publish, return (outcome, decoded body)."""
+        fmt = fmt or topic.rsplit("/", 1)[-1]
+        self.subscribe(topic + "/accepted", topic + "/rejected")
+        if not isinstance(payload, (bytes, str)):
+            payload = cbor2.dumps(payload) if fmt == "cbor" else json.dumps(payload).encode()
+        self.publish(topic, payload)
+        got_topic, body = self.expect(timeout)
+        outcome = got_topic.rsplit("/", 1)[-1]
+        if got_topic != "{}/{}".format(topic, outcome):
+            raise AssertionError("reply on unexpected topic {!r} for request {!r}".format(got_topic, topic))
+        return outcome, (cbor2.loads(body) if fmt == "cbor" else json.loads(body))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.paho.disconnect()
+        self.paho.loop_stop()
+
+    def __enter__(self) -> MqttTestClient:
+        return self if self.connected else self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RunningIotSim:
+    """What the ``iotsim`` fixture yields: a started :class:`IotSim` plus helpers."""
+
+    def __init__(self, sim: IotSim, clock: Clock) -> None:
+        self.sim = sim
+        self.clock = clock
+
+    @property
+    def port(self) -> int:
+        return self.sim.port
+
+    @property
+    def state(self) -> Path:
+        return self.sim.state
+
+    @property
+    def ca_path(self) -> Path:
+        return self.sim.ca_path
+
+    @property
+    def ca_der(self) -> Path:
+        return self.sim.ca_der
+
+    @property
+    def claim_cert(self) -> Path:
+        assert self.sim.claim
+        return self.sim.claim.cert_path
+
+    @property
+    def claim_key(self) -> Path:
+        assert self.sim.claim
+        return self.sim.claim.key_path
+
+    @property
+    def claim_cert_der(self) -> Path:
+        assert self.sim.claim
+        return self.sim.claim.cert_der_path
+
+    @property
+    def claim_key_der(self) -> Path:
+        assert self.sim.claim
+        return self.sim.claim.key_der_path
+
+    @property
+    def claim_id(self) -> str:
+        assert self.sim.claim
+        return self.sim.claim.certificate_id
+
+    @property
+    def registry(self) -> Any:
+        return self.sim.registry
+
+    @property
+    def service(self) -> Any:
+        return self.sim.service
+
+    @property
+    def templates(self) -> Any:
+        return self.sim.templates
+
+    def set_fault(self, op: str, kind: str, **options: Any) -> Any:
+        return self.sim.service.set_fault(op, kind, **options)  # type: ignore[union-attr]
+
+    def clear_faults(self, op: str | None = None) -> None:
+        self.sim.service.clear_faults(op)  # type: ignore[union-attr]
+
+    def set_throttle(self, tps: float | None, op: str | None = None, burst: float | None = None) -> None:
+        self.sim.service.set_throttle(tps, op, burst)  # type: ignore[union-attr]
+
+    def set_hook(self, hook: Callable[..., Any] | str | None) -> None:
+        self.sim.service.set_hook(hook)  # type: ignore[union-attr]
+
+    def reset(self) -> None:
+        """Clear faults, throttling and the hook; reset the clock."""
+        if self.sim.service is not None:
+            self.clear_faults()
+            self.set_throttle(None)
+            self.set_hook(None)
+        self.clock.reset()
+
+    def client(
+        self,
+        client_id: str = "",
+        cert: Path | None = None,
+        key: Path | None = None,
+        *,
+        connect: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> MqttTestClient:
+        """A paho client (the claim identity unless ``cert``/``key`` are given), connected."""
+        c = MqttTestClient(
+            self.port, self.ca_path, cert or self.claim_cert, key or self.claim_key, client_id, timeout=timeout
+        )
+        return c.connect() if connect else c
+
+
+@contextlib.contextmanager
+def running_iotsim(state: Path | None = None, **kwargs: Any) -> Iterator[RunningIotSim]:
+    """Start iotsim on a free port (state in a new temporary folder unless given); stop it after."""
+    owned = state is None
+    folder = Path(tempfile.mkdtemp(prefix="iotsim-")) if state is None else Path(state)
+    clock = kwargs.pop("clock", None) or Clock()
+    sim: IotSim | None = None
+    try:
+        last: Exception | None = None
+        for _ in range(3):  # a free port can be taken between probe and bind
+            sim = IotSim(folder, kwargs.pop("port", None) or free_port(), clock=clock, **kwargs)
+            try:
+                sim.start()
+                break
+            except RuntimeError as exc:
+                last = exc
+                sim = None
+        if sim is None:
+            raise RuntimeError("iotsim did not start: {}".format(last))
+        yield RunningIotSim(sim, clock)
+    finally:
+        if sim is not None:
+            sim.stop()
+        if owned:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def iotsim_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningIotSim]:
+    """One iotsim per test module (use ``iotsim``, which also resets it per test)."""
+    with running_iotsim(tmp_path_factory.mktemp("iotsim")) as sim:
+        yield sim
+
+
+@pytest.fixture
+def iotsim(iotsim_module: RunningIotSim) -> Iterator[RunningIotSim]:
+    """A running iotsim with no faults, no throttling, no hook and a real clock."""
+    iotsim_module.reset()
+    yield iotsim_module
+    iotsim_module.reset()
+
+
+@pytest.fixture
+def iotsim_factory(tmp_path: Path) -> Iterator[Callable[..., RunningIotSim]]:
+    """Start independent iotsim instances: ``iotsim_factory(state=None, **IotSim kwargs)``."""
+    stack = contextlib.ExitStack()
+    count = 0
+
+    def start(state: Path | None = None, **kwargs: Any) -> RunningIotSim:
+        nonlocal count
+        count += 1
+        return stack.enter_context(running_iotsim(state or tmp_path / "iotsim{}".format(count), **kwargs))
+
+    with stack:
+        yield start
