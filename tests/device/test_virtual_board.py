@@ -12,6 +12,7 @@ process), so every mpremote call uses `resume`; tools/deploy does the same.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -350,3 +351,48 @@ def test_status_of_an_empty_board_says_to_deploy(board: VirtualBoard) -> None:
     assert "config.json: missing" in proc.stdout
     assert "credstore is not on the board" in proc.stdout
     assert "run make deploy" in proc.stdout
+
+
+# --- the deployed build provisions against iotsim --------------------------------------
+
+from tools.iotsim.testing import iotsim, iotsim_module  # noqa: E402,F401  (fixtures)
+
+
+def test_the_deployed_mpy_build_provisions_the_virtual_board_against_iotsim(board: VirtualBoard, iotsim) -> None:
+    build_mpy()
+    # The folder `python -m tools.iotsim up` writes: config.json, certs/, and
+    # the simulator's own secrets (CA key, service key), which must stay home.
+    run_deploy("deploy", "--port", str(board.pty), config=iotsim.state)
+    deployed = flash_files(board.flash)
+    assert not [f for f in deployed if f.startswith("lib/") and f.endswith(".py")]
+    assert set(deployed) == {"boot.py", "main.py", "config.json"} | {"certs/" + n for n in CLAIM_FILES} | {
+        "lib/{}.mpy".format(m) for m in LIB_MODULES
+    }
+
+    # Boot it as a board boots: boot.py, then main.py, through the serial line.
+    out = board.mpremote("exec", "import boot, main")
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+
+    proc = run_deploy("status", "--port", str(board.pty), "--json")
+    store = json.loads(proc.stdout)["store"]
+    assert store["provisioned"] is True
+    thing_name, certificate_id = store["thing_name"], store["certificate_id"]
+    assert iotsim.registry.thing(thing_name) is not None, "iotsim's registry does not know {}".format(thing_name)
+    assert iotsim.registry.thing_of(certificate_id) == thing_name
+    assert iotsim.registry.status(certificate_id) == "ACTIVE"
+    # AWS's certificateId is the SHA-256 of the certificate's DER: the board holds that certificate.
+    assert sha(board.flash / "certs" / "device.crt.der") == certificate_id
+    # The claim files are untouched, and status never shows the device's key.
+    for name in CLAIM_FILES:
+        assert sha(board.flash / "certs" / name) == deployed["certs/" + name]
+    key = (board.flash / "certs" / "device.key.der").read_bytes()
+    text = run_deploy("status", "--port", str(board.pty)).stdout
+    assert "provisioned: yes" in text and "thing name: {}".format(thing_name) in text
+    for shown in (proc.stdout, text):
+        assert key.hex() not in shown and key[:32].hex() not in shown
+        assert base64.b64encode(key)[:40].decode() not in shown
+
+    # Deploying again (a library update) leaves the new identity in place.
+    again = run_deploy("deploy", "--port", str(board.pty), config=iotsim.state)
+    assert "0 file(s) to copy" in again.stderr
+    assert json.loads(run_deploy("status", "--port", str(board.pty), "--json").stdout)["store"]["provisioned"] is True
