@@ -396,3 +396,28 @@ def test_the_deployed_mpy_build_provisions_the_virtual_board_against_iotsim(boar
     again = run_deploy("deploy", "--port", str(board.pty), config=iotsim.state)
     assert "0 file(s) to copy" in again.stderr
     assert json.loads(run_deploy("status", "--port", str(board.pty), "--json").stdout)["store"]["provisioned"] is True
+
+
+# --- mip --------------------------------------------------------------------------------
+
+
+def test_mip_installs_the_device_library_and_umqtt_from_package_json(board: VirtualBoard, tmp_path: Path) -> None:
+    # A local stand-in for micropython-lib's index (mip would fetch umqtt.simple
+    # from the network): package/py/<name>/<version>.json, as the real index lays it out.
+    dep = tmp_path / "index" / "package" / "py" / "umqtt.simple"
+    (dep / "umqtt").mkdir(parents=True)
+    shutil.copyfile(DEPS / "umqtt" / "simple.py", dep / "umqtt" / "simple.py")
+    (dep / "latest.json").write_text(json.dumps({"urls": [["umqtt/simple.py", "umqtt/simple.py"]], "version": "1.3.4"}))
+
+    # mpremote's mip reads a local package.json exactly as it reads one from
+    # github: (relative sources resolved against the manifest's folder).
+    out = board.mpremote(
+        "mip", "install", "--target", "lib", "--index", str(tmp_path / "index"), "--no-mpy", str(ROOT / "package.json")
+    )
+    assert "Installing: lib/umqtt/simple.py" in out.stdout
+    installed = sorted(str(p.relative_to(board.flash)) for p in board.flash.rglob("*.py"))
+    assert installed == sorted(["lib/{}.py".format(m) for m in LIB_MODULES] + ["lib/umqtt/simple.py"])
+    for m in LIB_MODULES:
+        assert (board.flash / "lib" / (m + ".py")).read_bytes() == (ROOT / "lib" / (m + ".py")).read_bytes()
+    run = board.mpremote("exec", "import fleetprov, credstore, cbor; print(fleetprov.__file__, cbor.loads(cbor.dumps({'a': 1})))")
+    assert run.stdout.strip() == "lib/fleetprov.py {'a': 1}"
