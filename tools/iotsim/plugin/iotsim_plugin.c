@@ -68,6 +68,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -107,6 +108,7 @@ int mosquitto_pub_topic_check(const char *topic);
 #define ID_HEX_LEN 64 /* SHA-256 in hex */
 #define MAX_TOPIC_LEN 65535
 #define CLIENT_BUCKETS 1024
+#define FRESH_NS 50000000L /* 50 ms */
 
 /* What the MESSAGE callback returns to drop a message. On mosquitto 2.0.11
  * (Debian 2.0.11-1.2+deb12u2) MOSQ_ERR_ACL_DENIED drops it without routing
@@ -156,6 +158,7 @@ struct client {
 	struct client *next;
 	char *id;
 	const struct mosquitto *owner; /* connection that last authenticated */
+	char cert_id[ID_HEX_LEN + 1];  /* its certificate */
 	struct sub *subs;
 };
 
@@ -169,6 +172,7 @@ static struct {
 	char *status_path;
 	/* identity of the status file last loaded */
 	bool loaded;
+	bool fresh; /* loaded within one timestamp tick of its last write */
 	bool missing_logged;
 	dev_t dev;
 	ino_t ino;
@@ -178,6 +182,11 @@ static struct {
 	size_t count;
 	struct client *clients[CLIENT_BUCKETS];
 	struct kick *kicks;
+	/* The connection that disconnected last and its certificate: mosquitto
+	 * checks a Will's topic after MOSQ_EVT_DISCONNECT, when the TLS session
+	 * (and so the certificate) may already be gone. */
+	const struct mosquitto *gone;
+	char gone_cert_id[ID_HEX_LEN + 1];
 } g;
 
 static const char *status_name(enum status s)
@@ -301,7 +310,10 @@ static void status_clear(void)
 }
 
 /* Re-read the status file if it changed since the last load. The service
- * replaces it by rename, so a new inode always means new content. */
+ * replaces it by rename, so a new inode, size or mtime means new content. An
+ * inode can be reused, and file timestamps advance only once per kernel tick
+ * (several ms), so a file loaded within FRESH_NS of its mtime is read again at
+ * the next lookup, until a load happens after that window. */
 static void status_refresh(void)
 {
 	struct stat st;
@@ -310,6 +322,7 @@ static void status_refresh(void)
 	size_t n;
 	struct status_entry *entries;
 	size_t count;
+	struct timespec now;
 
 	if(stat(g.status_path, &st) != 0){
 		if(!g.missing_logged){
@@ -322,7 +335,7 @@ static void status_refresh(void)
 		g.loaded = false;
 		return;
 	}
-	if(g.loaded && st.st_dev == g.dev && st.st_ino == g.ino && st.st_size == g.size
+	if(g.loaded && !g.fresh && st.st_dev == g.dev && st.st_ino == g.ino && st.st_size == g.size
 			&& st.st_mtim.tv_sec == g.mtime.tv_sec && st.st_mtim.tv_nsec == g.mtime.tv_nsec){
 		return;
 	}
@@ -358,6 +371,9 @@ static void status_refresh(void)
 	g.ino = st.st_ino;
 	g.size = (off_t)n;
 	g.mtime = st.st_mtim;
+	clock_gettime(CLOCK_REALTIME, &now);
+	g.fresh = (long long)(now.tv_sec - st.st_mtim.tv_sec) * 1000000000LL
+			+ (now.tv_nsec - st.st_mtim.tv_nsec) < FRESH_NS;
 	mosquitto_log_printf(MOSQ_LOG_DEBUG, "iotsim: loaded %zu certificate status(es) from %s",
 			count, g.status_path);
 }
@@ -412,10 +428,30 @@ static bool client_cert_id(const struct mosquitto *client, char out[ID_HEX_LEN +
 	return true;
 }
 
-/* The client's role right now, from its certificate and the status file. */
-static enum role client_role(const struct mosquitto *client, char cert_id[ID_HEX_LEN + 1])
+/* The client's role right now, from its certificate and the status file.
+ * *live is false when the connection's certificate is no longer available
+ * (the connection is closing: a Will being checked) and the identity came
+ * from what the plugin recorded. */
+static struct client *client_find(const char *id, bool create);
+
+static enum role client_role(const struct mosquitto *client, char cert_id[ID_HEX_LEN + 1], bool *live)
 {
-	if(!client_cert_id(client, cert_id)) return ROLE_NONE;
+	const char *client_id;
+	struct client *c;
+
+	*live = client_cert_id(client, cert_id);
+	if(!*live){
+		client_id = mosquitto_client_id(client);
+		c = client_id ? client_find(client_id, false) : NULL;
+		if(c && c->owner == client && c->cert_id[0]){
+			memcpy(cert_id, c->cert_id, sizeof(c->cert_id));
+		}else if(g.gone == client && g.gone_cert_id[0]){
+			memcpy(cert_id, g.gone_cert_id, sizeof(g.gone_cert_id));
+		}else{
+			strcpy(cert_id, "(none)");
+			return ROLE_NONE;
+		}
+	}
 	return role_of_status(status_lookup(cert_id));
 }
 
@@ -681,7 +717,10 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	 * what the plugin knew about the previous connection. */
 	if(mosquitto_client_clean_session(ed->client)) client_forget(client_id);
 	c = client_find(client_id, true);
-	if(c) c->owner = ed->client;
+	if(c){
+		c->owner = ed->client;
+		memcpy(c->cert_id, cert_id, sizeof(c->cert_id));
+	}
 	mosquitto_log_printf(MOSQ_LOG_INFO, "iotsim: client '%s' connected as %s (certificate %s)",
 			client_id, status_name(st), cert_id);
 	return MOSQ_ERR_SUCCESS;
@@ -700,6 +739,8 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	/* Only the connection that owns the entry may clear it: a refused or
 	 * superseded connection with the same client id must not. */
 	if(c && c->owner == ed->client){
+		g.gone = ed->client;
+		memcpy(g.gone_cert_id, c->cert_id, sizeof(c->cert_id));
 		if(mosquitto_client_clean_session(ed->client)){
 			client_forget(client_id);
 		}else{
@@ -709,7 +750,7 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 
-static int acl_claim(const char *client_id, const char *topic, int access)
+static int acl_claim(const char *client_id, const char *topic, int access, bool live)
 {
 	switch(access){
 		case MOSQ_ACL_SUBSCRIBE:
@@ -720,7 +761,7 @@ static int acl_claim(const char *client_id, const char *topic, int access)
 			mosquitto_log_printf(MOSQ_LOG_NOTICE,
 					"iotsim: claim client '%s' published to '%s', which the claim policy does not allow; disconnecting it",
 					client_id, topic);
-			kick_later(client_id);
+			if(live) kick_later(client_id);
 			return MOSQ_ERR_ACL_DENIED;
 		default: /* unsubscribing is always harmless */
 			return MOSQ_ERR_SUCCESS;
@@ -742,27 +783,30 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	const char *client_id = mosquitto_client_id(ed->client);
 	char cert_id[ID_HEX_LEN + 1];
 	enum role role;
+	bool live;
 	int rc;
 
 	(void)event;
 	(void)userdata;
 	if(!client_id || !ed->topic) return MOSQ_ERR_ACL_DENIED;
-	role = client_role(ed->client, cert_id);
+	role = client_role(ed->client, cert_id, &live);
 	switch(role){
 		case ROLE_SERVICE:
 			rc = MOSQ_ERR_SUCCESS;
 			break;
 		case ROLE_CLAIM:
-			rc = acl_claim(client_id, ed->topic, ed->access);
+			rc = acl_claim(client_id, ed->topic, ed->access, live);
 			break;
 		case ROLE_DEVICE:
 			rc = acl_device(ed->topic, ed->access);
 			break;
 		default:
-			mosquitto_log_printf(MOSQ_LOG_NOTICE,
-					"iotsim: client '%s' (certificate %s) is no longer allowed to connect; disconnecting it",
-					client_id, cert_id);
-			kick_later(client_id);
+			if(live){
+				mosquitto_log_printf(MOSQ_LOG_NOTICE,
+						"iotsim: client '%s' (certificate %s) is no longer allowed to connect; disconnecting it",
+						client_id, cert_id);
+				kick_later(client_id);
+			}
 			return MOSQ_ERR_ACL_DENIED;
 	}
 	if(rc == MOSQ_ERR_SUCCESS){
@@ -874,11 +918,12 @@ static int on_message(int event, void *event_data, void *userdata)
 	char cert_id[ID_HEX_LEN + 1];
 	const char *rest;
 	enum role role;
+	bool live;
 
 	(void)event;
 	(void)userdata;
 	if(!client_id || !ed->topic) return DROP_MESSAGE;
-	role = client_role(ed->client, cert_id);
+	role = client_role(ed->client, cert_id, &live);
 	if(role == ROLE_SERVICE){
 		if((rest = after(ed->topic, "iotsim/reply/"))){
 			deliver_reply(rest, ed);

@@ -1,0 +1,569 @@
+"""mosquitto + the iotsim plugin, without the provisioning service.
+
+The test plays the service itself: a paho client with the SERVICE identity
+subscribed to iotsim/req/#, answering on iotsim/reply/<hex id>/<topic>. Every
+client connects over mutual TLS to a Broker the fixture starts on a free port.
+Synchronisation is by queues with timeouts; a "nothing arrived" assertion is
+made against a marker message that the broker must deliver after the one that
+must not arrive (MQTT keeps the order of messages to one client).
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tools.iotsim import pki
+from tools.iotsim.broker import Broker, BrokerError, free_port
+
+TIMEOUT = 10.0
+CREATE_JSON = "$aws/certificates/create/json"
+ACCEPTED = CREATE_JSON + "/accepted"
+_ids = itertools.count(1)
+
+
+class Refused(Exception):
+    """The broker did not accept the connection (CONNACK failure or TLS error)."""
+
+
+class Peer:
+    """A paho MQTT 3.1.1 client over mutual TLS that records what happens to it."""
+
+    def __init__(self, broker: Broker, cert: Path, key: Path, client_id: str | None = None,
+                 *, ca: Path | None = None) -> None:
+        self.client_id = client_id or "peer-{}".format(next(_ids))
+        self.messages: queue.Queue[tuple[str, bytes, int]] = queue.Queue()
+        self.subacks: queue.Queue[list[int]] = queue.Queue()
+        self.connack: queue.Queue[Any] = queue.Queue()
+        self.disconnected = threading.Event()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+            protocol=mqtt.MQTTv311, reconnect_on_failure=False,
+        )
+        self.client.tls_set(
+            ca_certs=str(ca or broker.state / "ca.pem"), certfile=str(cert), keyfile=str(key)
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.broker = broker
+
+    # paho callbacks (network thread)
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        # paho reports MQTT 3.1.1 return code 5 as reason code 135 "Not authorized".
+        self.connack.put(rc)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.connack.put("disconnected before CONNACK")  # wakes a waiting connect()
+        self.disconnected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.messages.put((msg.topic, msg.payload, msg.qos))
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        self.subacks.put([int(rc.value) for rc in rcs])
+
+    def connect(self) -> Peer:
+        """Connect and wait for CONNACK; raise Refused unless it is a success."""
+        try:
+            self.client.connect(self.broker.host, self.broker.port, keepalive=30)
+        except (OSError, ssl.SSLError) as exc:
+            raise Refused("TLS/socket: {}".format(exc)) from exc
+        self.client.loop_start()
+        try:
+            code = self.connack.get(timeout=TIMEOUT)
+        except queue.Empty:
+            self.close()
+            raise AssertionError("no CONNACK within {} s".format(TIMEOUT)) from None
+        if code != 0:  # a ReasonCode compares equal to its value
+            self.close()
+            raise Refused("CONNACK {}".format(code))
+        return self
+
+    def subscribe(self, topic: str, qos: int = 1) -> int:
+        """Subscribe and return the SUBACK code (0-2 granted, 0x80 failure)."""
+        self.client.subscribe(topic, qos)
+        return self.subacks.get(timeout=TIMEOUT)[0]
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish and, for QoS 1, wait for the broker's PUBACK."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(timeout=TIMEOUT)
+        assert info.is_published(), "no PUBACK for {} within {} s".format(topic, TIMEOUT)
+
+    def next_message(self) -> tuple[str, bytes, int]:
+        try:
+            return self.messages.get(timeout=TIMEOUT)
+        except queue.Empty:
+            raise AssertionError("{} received nothing within {} s".format(self.client_id, TIMEOUT)) from None
+
+    def wait_disconnected(self) -> bool:
+        return self.disconnected.wait(TIMEOUT)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Setup:
+    """A running broker, its identities, and helpers to write certs.status."""
+
+    def __init__(self, state: Path, broker: Broker, ca: pki.CertificateAuthority) -> None:
+        self.state = state
+        self.broker = broker
+        self.ca = ca
+        self.statuses: dict[str, str] = {}
+        self.peers: list[Peer] = []
+        self.service_id = self.identity("service", "iotsim-service", "SERVICE")
+        self.claim_id = self.identity("claim", "iotsim-claim", "CLAIM")
+
+    def identity(self, name: str, cn: str, status: str | None) -> pki.ClientIdentity:
+        ident = pki.ensure_client_identity(self.state, self.ca, name, cn)
+        if status:
+            self.set_status(ident, status)
+        return ident
+
+    def set_status(self, ident: pki.ClientIdentity, status: str) -> None:
+        """Rewrite certs.status atomically, as the service's registry does."""
+        self.statuses[ident.certificate_id] = status
+        text = "".join("{} {}\n".format(k, v) for k, v in self.statuses.items())
+        pki.write_atomic(self.broker.status_path, text.encode())
+
+    def peer(self, ident: pki.ClientIdentity, client_id: str | None = None) -> Peer:
+        p = Peer(self.broker, ident.cert_path, ident.key_path, client_id)
+        self.peers.append(p)
+        return p
+
+    def service(self) -> Peer:
+        svc = self.peer(self.service_id, "iotsim-service").connect()
+        assert svc.subscribe("iotsim/req/#") == 1
+        return svc
+
+    def claim(self, client_id: str | None = None) -> Peer:
+        return self.peer(self.claim_id, client_id).connect()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    state = tmp_path / "state"
+    ca = pki.CertificateAuthority.load_or_create(state)
+    broker = Broker(state, free_port())
+    s = Setup(state, broker, ca)
+    broker.start()
+    try:
+        yield s
+    finally:
+        for p in s.peers:
+            p.close()
+        broker.stop()
+    log_text = broker.log_path.read_bytes()
+    assert b"iotsim: plugin ready" in log_text
+    # Every line the plugin writes is readable text (no uninitialised buffers).
+    assert all(32 <= c < 127 or c in (9, 10) for c in log_text), log_text
+
+
+def reply_topic(client_id: str, topic: str) -> str:
+    return "iotsim/reply/{}/{}".format(client_id.encode().hex(), topic)
+
+
+def request_topic(client_id: str, cert_id: str, topic: str) -> str:
+    return "iotsim/req/{}/{}/{}".format(client_id.encode().hex(), cert_id, topic)
+
+
+# --- connecting ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["ACTIVE", "CLAIM", "SERVICE"])
+def test_allowed_statuses_connect(setup: Setup, status: str) -> None:
+    ident = setup.identity("dev", "dev", status)
+    setup.peer(ident).connect()
+
+
+@pytest.mark.parametrize("status", ["PENDING_ACTIVATION", "INACTIVE", "REVOKED"])
+def test_other_statuses_are_refused_with_connack_not_authorised(setup: Setup, status: str) -> None:
+    ident = setup.identity("dev", "dev", status)
+    with pytest.raises(Refused, match="CONNACK Not authorized"):
+        setup.peer(ident).connect()
+
+
+def test_unknown_certificate_is_refused(setup: Setup) -> None:
+    ident = setup.identity("stranger", "stranger", None)
+    with pytest.raises(Refused, match="CONNACK Not authorized"):
+        setup.peer(ident).connect()
+
+
+def test_certificate_from_another_ca_is_refused_even_if_listed_active(setup: Setup, tmp_path: Path) -> None:
+    other_ca = pki.CertificateAuthority.load_or_create(tmp_path / "other")
+    ident = pki.ensure_client_identity(tmp_path / "other", other_ca, "dev", "dev")
+    setup.set_status(ident, "ACTIVE")
+    peer = setup.peer(ident)
+    with pytest.raises(Refused):
+        peer.connect()
+
+
+def test_malformed_status_lines_are_skipped_and_the_rest_still_apply(setup: Setup) -> None:
+    dev = setup.identity("dev", "dev", None)
+    lines = [
+        "# comment",
+        "",
+        "{} ACTIVE".format(dev.certificate_id.upper()),  # not lowercase hex
+        "{}  ACTIVE".format(dev.certificate_id),  # two spaces
+        "{} active".format(dev.certificate_id),  # unknown status word
+        "{}".format(dev.certificate_id),  # no status
+        "x" * 200,
+        "{} SERVICE".format(setup.service_id.certificate_id),
+    ]
+    pki.write_atomic(setup.broker.status_path, ("\n".join(lines) + "\n").encode())
+    with pytest.raises(Refused, match="CONNACK Not authorized"):
+        setup.peer(dev).connect()
+    setup.peer(setup.service_id).connect()
+    # The last line for a certificate wins.
+    tail = "{} ACTIVE\r\n{} REVOKED\n{} ACTIVE\n".format(*[dev.certificate_id] * 3)
+    pki.write_atomic(setup.broker.status_path, ("\n".join(lines) + "\n" + tail).encode())
+    setup.peer(dev).connect()
+
+
+def test_status_change_applies_to_the_next_connection_without_restart(setup: Setup) -> None:
+    dev = setup.identity("dev", "dev", "PENDING_ACTIVATION")
+    with pytest.raises(Refused):
+        setup.peer(dev).connect()
+    setup.set_status(dev, "ACTIVE")
+    setup.peer(dev).connect()
+    setup.set_status(dev, "INACTIVE")
+    with pytest.raises(Refused):
+        setup.peer(dev).connect()
+
+
+def test_missing_status_file_refuses_everyone_until_it_appears(setup: Setup) -> None:
+    setup.broker.status_path.unlink()
+    with pytest.raises(Refused):
+        setup.peer(setup.service_id).connect()
+    setup.set_status(setup.service_id, "SERVICE")
+    setup.peer(setup.service_id).connect()
+
+
+# --- per-connection delivery ------------------------------------------------
+
+
+def test_simultaneous_claim_requests_each_get_only_their_own_reply(setup: Setup) -> None:
+    svc = setup.service()
+    a, b, c = setup.claim("device-a"), setup.claim("device/b+#"), setup.claim("device-c")
+    for p in (a, b, c):
+        assert p.subscribe(ACCEPTED) == 1
+    start = threading.Barrier(2)
+
+    def send(p: Peer) -> None:
+        start.wait(TIMEOUT)
+        p.publish(CREATE_JSON, b"{}")
+
+    threads = [threading.Thread(target=send, args=(p,)) for p in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    requests = {svc.next_message(), svc.next_message()}
+    assert requests == {
+        (request_topic(p.client_id, setup.claim_id.certificate_id, CREATE_JSON), b"{}", 1)
+        for p in (a, b)
+    }
+    for p in (a, b):
+        svc.publish(reply_topic(p.client_id, ACCEPTED), "for {}".format(p.client_id).encode())
+    for p in (a, b):
+        assert p.next_message() == (ACCEPTED, "for {}".format(p.client_id).encode(), 1)
+    # c is subscribed to the same topic: its first message must be its own marker.
+    svc.publish(reply_topic(c.client_id, ACCEPTED), b"marker")
+    assert c.next_message() == (ACCEPTED, b"marker", 1)
+    for p in (a, b):
+        svc.publish(reply_topic(p.client_id, ACCEPTED), b"marker")
+        assert p.next_message() == (ACCEPTED, b"marker", 1)
+
+
+def test_reply_reaches_only_a_subscribed_client_at_the_subscription_qos(setup: Setup) -> None:
+    svc = setup.service()
+    dev = setup.claim()
+    svc.publish(reply_topic(dev.client_id, ACCEPTED), b"before subscribe")
+    rejected = CREATE_JSON + "/rejected"
+    assert dev.subscribe(rejected, qos=0) == 0
+    svc.publish(reply_topic(dev.client_id, ACCEPTED), b"not subscribed")
+    svc.publish(reply_topic(dev.client_id, rejected), b"qos0")
+    assert dev.next_message() == (rejected, b"qos0", 0)
+    dev.client.unsubscribe(rejected)
+    assert dev.subscribe(ACCEPTED) == 1
+    svc.publish(reply_topic(dev.client_id, rejected), b"unsubscribed")
+    svc.publish(reply_topic(dev.client_id, ACCEPTED), b"marker")
+    assert dev.next_message() == (ACCEPTED, b"marker", 1)
+
+
+def test_device_request_is_rewritten_with_its_certificate_and_retain_cleared(setup: Setup) -> None:
+    svc = setup.service()
+    dev_id = setup.identity("dev", "dev", "ACTIVE")
+    dev = setup.peer(dev_id).connect()
+    topic = "$aws/certificates/create-from-csr/cbor"
+    dev.publish(topic, b"\xa0\x00binary", retain=True)
+    assert svc.next_message() == (
+        request_topic(dev.client_id, dev_id.certificate_id, topic), b"\xa0\x00binary", 1
+    )
+    # Not retained: a fresh subscription of the service gets nothing replayed.
+    svc2 = setup.peer(setup.service_id, "svc2").connect()
+    assert svc2.subscribe("iotsim/req/#") == 1
+    svc2.subscribe("marker/#")
+    svc.publish("marker/x", b"m")
+    assert svc2.next_message() == ("marker/x", b"m", 1)
+
+
+def test_service_reply_and_kick_messages_are_acknowledged_and_never_routed(setup: Setup) -> None:
+    svc = setup.service()
+    spy = setup.peer(setup.service_id, "spy").connect()
+    assert spy.subscribe("iotsim/#") == 1
+    dev = setup.claim()
+    assert dev.subscribe(ACCEPTED) == 1
+    svc.publish(reply_topic(dev.client_id, ACCEPTED), b"r")  # QoS 1: waits for PUBACK
+    svc.publish("iotsim/kick/{}".format("absent".encode().hex()), b"")
+    assert dev.next_message() == (ACCEPTED, b"r", 1)
+    svc.publish("iotsim/marker", b"m")
+    assert spy.next_message() == ("iotsim/marker", b"m", 1)
+    assert svc.client.is_connected()
+
+
+@pytest.mark.parametrize("topic", [
+    "iotsim/reply/",
+    "iotsim/reply/zz/" + ACCEPTED,  # not hex
+    "iotsim/reply/ABCD/" + ACCEPTED,  # upper-case hex
+    "iotsim/reply/abc/" + ACCEPTED,  # odd length
+    "iotsim/reply/0061/" + ACCEPTED,  # NUL byte in the client id
+    "iotsim/reply/{}".format("victim".encode().hex()),  # no response topic
+    "iotsim/reply/{}/".format("victim".encode().hex()),  # empty response topic
+    "iotsim/kick/",
+    "iotsim/kick/zz",
+    "iotsim/kick/{}/extra".format("victim".encode().hex()),
+])
+def test_malformed_internal_topics_from_the_service_are_dropped(setup: Setup, topic: str) -> None:
+    svc = setup.service()
+    victim = setup.claim("victim")
+    assert victim.subscribe(ACCEPTED) == 1
+    svc.publish(topic, b"bad")
+    svc.publish(reply_topic("victim", ACCEPTED), b"marker")
+    assert victim.next_message() == (ACCEPTED, b"marker", 1)
+    assert not victim.disconnected.is_set()
+    assert svc.client.is_connected()
+
+
+# --- policy -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["CLAIM", "ACTIVE"])
+def test_devices_cannot_subscribe_to_internal_topics(setup: Setup, role: str) -> None:
+    ident = setup.identity("dev", "dev", role)
+    dev = setup.peer(ident).connect()
+    for topic in ("iotsim/#", "iotsim/req/#", "iotsim", "$share/g/iotsim/#"):
+        assert dev.subscribe(topic) == 0x80, topic
+
+
+def test_device_wildcard_subscription_never_receives_internal_traffic(setup: Setup) -> None:
+    svc = setup.service()
+    ident = setup.identity("dev", "dev", "ACTIVE")
+    dev = setup.peer(ident).connect()
+    assert dev.subscribe("#") == 1
+    assert dev.subscribe("+/req/#") == 1
+    claim = setup.claim()
+    claim.publish(CREATE_JSON, b"secret")
+    assert svc.next_message()[1] == b"secret"
+    svc.publish("iotsim/other", b"internal")
+    svc.publish("public/marker", b"m")
+    assert dev.next_message() == ("public/marker", b"m", 1)
+
+
+@pytest.mark.parametrize("role", ["CLAIM", "ACTIVE"])
+def test_forged_reply_from_a_device_never_reaches_the_victim(setup: Setup, role: str) -> None:
+    svc = setup.service()
+    victim = setup.claim("victim")
+    assert victim.subscribe(ACCEPTED) == 1
+    attacker = setup.peer(setup.identity("attacker", "attacker", role)).connect()
+    attacker.publish(reply_topic("victim", ACCEPTED), b"forged")
+    # A direct publish to the response topic is refused or turned into a request.
+    attacker.client.publish(ACCEPTED, b"forged too", qos=1)
+    svc.publish(reply_topic("victim", ACCEPTED), b"marker")
+    assert victim.next_message() == (ACCEPTED, b"marker", 1)
+
+
+def test_device_will_on_a_response_topic_never_reaches_a_claim_client(setup: Setup) -> None:
+    svc = setup.service()
+    victim = setup.claim("victim")
+    assert victim.subscribe(ACCEPTED) == 1
+    attacker = setup.peer(setup.identity("attacker", "attacker", "ACTIVE"))
+    attacker.client.will_set(ACCEPTED, b"forged will", qos=1)
+    attacker.connect()
+    attacker.client.socket().close()  # unexpected loss: the broker sends the will
+    # The plugin refuses the will's publish to a reserved topic.
+    svc.publish(reply_topic("victim", ACCEPTED), b"marker")
+    assert victim.next_message() == (ACCEPTED, b"marker", 1)
+
+
+def test_device_will_on_an_ordinary_topic_is_delivered(setup: Setup) -> None:
+    svc = setup.service()
+    assert svc.subscribe("status/#") == 1
+    dev = setup.peer(setup.identity("dev", "dev", "ACTIVE"))
+    dev.client.will_set("status/dev", b"offline", qos=1)
+    dev.connect()
+    dev.client.socket().close()
+    assert svc.next_message() == ("status/dev", b"offline", 1)
+
+
+@pytest.mark.parametrize("topic", [
+    "foo/bar",
+    "$aws/certificates/create/json",  # request topic, not a response
+    "$aws/certificates/create/xml/accepted",
+    "$aws/certificates/create/json/accepted/extra",
+    "$aws/certificates/create/+/accepted",
+    "$aws/certificates/create/#",
+    "$aws/provisioning-templates/{}/provision/json/accepted".format("t" * 37),
+    "$aws/provisioning-templates/bad.name/provision/json/accepted",
+    "$aws/provisioning-templates//provision/json/accepted",
+    "$aws/things/thing/shadow/update",
+])
+def test_claim_subscription_outside_provisioning_responses_gets_suback_failure(setup: Setup, topic: str) -> None:
+    claim = setup.claim()
+    assert claim.subscribe(topic) == 0x80
+    assert not claim.disconnected.is_set()
+
+
+@pytest.mark.parametrize("topic", [
+    "$aws/certificates/create/json/accepted",
+    "$aws/certificates/create/cbor/rejected",
+    "$aws/certificates/create-from-csr/json/rejected",
+    "$aws/certificates/create-from-csr/cbor/accepted",
+    "$aws/provisioning-templates/{}/provision/json/accepted".format("t" * 36),
+    "$aws/provisioning-templates/My_Template-1/provision/cbor/rejected",
+])
+def test_claim_may_subscribe_to_every_provisioning_response_topic(setup: Setup, topic: str) -> None:
+    assert setup.claim().subscribe(topic) == 1
+
+
+@pytest.mark.parametrize("topic", [
+    "$aws/certificates/create/json",
+    "$aws/certificates/create/cbor",
+    "$aws/certificates/create-from-csr/json",
+    "$aws/provisioning-templates/demo/provision/cbor",
+])
+def test_claim_may_publish_provisioning_requests(setup: Setup, topic: str) -> None:
+    svc = setup.service()
+    claim = setup.claim()
+    claim.publish(topic, b"{}")
+    assert svc.next_message()[0] == request_topic(claim.client_id, setup.claim_id.certificate_id, topic)
+
+
+@pytest.mark.parametrize("topic", [
+    "foo/bar",
+    "$aws/certificates/create/json/accepted",
+    "$aws/provisioning-templates/demo/provision/json/extra",
+    "iotsim/req/x",
+])
+def test_claim_publish_outside_request_topics_disconnects_it(setup: Setup, topic: str) -> None:
+    svc = setup.service()
+    assert svc.subscribe("#") == 1
+    claim = setup.claim()
+    claim.client.publish(topic, b"nope", qos=1)
+    assert claim.wait_disconnected()
+    svc.publish("marker", b"m")
+    assert svc.next_message() == ("marker", b"m", 1)
+
+
+def test_service_kick_disconnects_the_named_client_only(setup: Setup) -> None:
+    svc = setup.service()
+    a, b = setup.claim("kick-me"), setup.claim("keep-me")
+    assert b.subscribe(ACCEPTED) == 1
+    svc.publish("iotsim/kick/{}".format("kick-me".encode().hex()), b"")
+    assert a.wait_disconnected()
+    svc.publish(reply_topic("keep-me", ACCEPTED), b"still here")
+    assert b.next_message() == (ACCEPTED, b"still here", 1)
+    assert not b.disconnected.is_set()
+
+
+def test_device_revoked_while_connected_is_kicked_at_its_next_acl_check(setup: Setup) -> None:
+    svc = setup.service()
+    assert svc.subscribe("telemetry/#") == 1
+    ident = setup.identity("dev", "dev", "ACTIVE")
+    dev = setup.peer(ident).connect()
+    dev.publish("telemetry/1", b"ok")
+    assert svc.next_message() == ("telemetry/1", b"ok", 1)
+    setup.set_status(ident, "REVOKED")
+    dev.client.publish("telemetry/1", b"after revoke", qos=1)
+    assert dev.wait_disconnected()
+    svc.publish("telemetry/marker", b"m")
+    assert svc.next_message() == ("telemetry/marker", b"m", 1)
+    with pytest.raises(Refused):
+        setup.peer(ident).connect()
+
+
+def test_subscriber_revoked_while_connected_receives_nothing_and_is_kicked(setup: Setup) -> None:
+    svc = setup.service()
+    ident = setup.identity("dev", "dev", "ACTIVE")
+    dev = setup.peer(ident).connect()
+    assert dev.subscribe("news") == 1
+    setup.set_status(ident, "INACTIVE")
+    svc.publish("news", b"for active devices only")
+    assert dev.wait_disconnected()
+    assert dev.messages.empty()
+
+
+# --- the Broker runner ---------------------------------------------------------
+
+
+def test_broker_start_failure_names_the_cause_from_the_log(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        broker = Broker(tmp_path / "state", holder.getsockname()[1])
+        with pytest.raises(BrokerError, match="Address already in use"):
+            broker.start()
+    assert not broker.running
+
+
+def test_broker_context_manager_stops_mosquitto(tmp_path: Path) -> None:
+    with Broker(tmp_path / "state", free_port()) as broker:
+        assert broker.running
+        pid = broker.pid
+    assert not broker.running
+    assert pid is not None
+    assert not Path("/proc/{}/cmdline".format(pid)).exists() or \
+        Path("/proc/{}/stat".format(pid)).read_text().split()[2] == "Z"
+    conf = (tmp_path / "state" / "mosquitto.conf").read_text()
+    assert "use_identity_as_username false" in conf
+    assert "allow_anonymous false" in conf
+    assert "plugin_opt_status_file {}".format(tmp_path / "state" / "certs.status") in conf
+
+
+def test_broker_refuses_a_state_path_mosquitto_conf_cannot_express(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="whitespace"):
+        Broker(tmp_path / "with space", free_port()).start()
+
+
+def test_pki_is_idempotent_and_keys_are_private(tmp_path: Path) -> None:
+    ca = pki.CertificateAuthority.load_or_create(tmp_path)
+    first = pki.ensure_client_identity(tmp_path, ca, "claim", "iotsim-claim")
+    again = pki.ensure_client_identity(tmp_path, pki.CertificateAuthority.load_or_create(tmp_path),
+                                       "claim", "iotsim-claim")
+    assert again.certificate_id == first.certificate_id
+    assert (first.key_path.stat().st_mode & 0o777) == 0o600
+    der_key = serialization.load_der_private_key(first.key_der_path.read_bytes(), None)
+    assert der_key.public_key() == first.cert.public_key()
+    # A new CA invalidates identities issued by the old one.
+    for name in ("ca.pem", "ca.key.pem", "ca.der"):
+        (tmp_path / name).unlink()
+    new_ca = pki.CertificateAuthority.load_or_create(tmp_path)
+    renewed = pki.ensure_client_identity(tmp_path, new_ca, "claim", "iotsim-claim")
+    assert renewed.certificate_id != first.certificate_id
+    server_cert, _ = pki.ensure_server_identity(tmp_path, new_ca)
+    assert b"BEGIN CERTIFICATE" in server_cert.read_bytes()
