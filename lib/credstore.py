@@ -18,8 +18,7 @@ import binascii
 import hashlib
 import json
 import os
-
-import der
+import sys
 
 RECORD = "provisioned.json"
 DEVICE_CERT = "device.crt.der"
@@ -69,10 +68,23 @@ def pem_to_der(pem, label=None):
     if chars % 4 or len(out) != chars // 4 * 3 - _padding(pem, e):
         raise StoreError("PEM: {} block holds characters that are not base64".format(got))
     try:
-        der.check_sequence(out)
+        _der().check_sequence(out)
     except ValueError as ex:
         raise StoreError("PEM: {} block is not valid DER ({})".format(got, ex))
     return out
+
+
+def _der():
+    # The DER walker is needed only while a new identity is checked; it is
+    # imported then and dropped after (its code costs ~5 KB of RAM on a board).
+    import der
+
+    return der
+
+
+def _drop_der():
+    if sys.implementation.name == "micropython":
+        sys.modules.pop("der", None)
 
 
 def _padding(pem, e):
@@ -272,9 +284,11 @@ class Store:
         if not isinstance(key, (bytes, bytearray)):
             key = pem_to_der(key, "PRIVATE KEY")
         try:
-            match = der.same_key(cert, key)
+            match = _der().same_key(cert, key)
         except ValueError as ex:
             raise StoreError("cannot compare certificate and key: {}".format(ex))
+        finally:
+            _drop_der()
         if not match:
             raise StoreError(
                 "certificate {} does not certify this private key; refusing to store "

@@ -131,13 +131,3 @@ def load(path="config.json"):
     except ValueError as ex:
         raise ConfigError("{} is not valid JSON ({})".format(path, ex))
     return validate(raw)
-
-
-def substitute(params, uid, client_id):
-    """Return ``params`` with "{uid}" and "{client_id}" replaced in each value.
-
-    Plain replacement, not str.format: other braces in a value stay as they are."""
-    out = {}
-    for k in params:
-        out[k] = params[k].replace("{uid}", uid).replace("{client_id}", client_id)
-    return out

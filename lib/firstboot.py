@@ -14,7 +14,6 @@ import os
 import sys
 
 import credstore
-import devconfig
 import mqttlink
 
 try:
@@ -37,7 +36,7 @@ class FirstBootError(Exception):
     may succeed; ``refused``: the endpoint turned the device certificate down."""
 
     def __init__(self, msg, retryable=False, refused=False):
-        Exception.__init__(self, msg)
+        super().__init__(msg)
         self.retryable = retryable
         self.refused = refused
 
@@ -74,6 +73,14 @@ class Progress:
         self.t0 = ticks_ms()
         self.printer = printer
         self.hook = hook
+        self.heap_peak = 0  # most heap in use seen at a step, before collecting
+
+    def _heap(self):
+        alloc = getattr(gc, "mem_alloc", None)  # MicroPython only
+        if alloc is not None:
+            used = alloc()
+            if used > self.heap_peak:
+                self.heap_peak = used
 
     def elapsed(self):
         """Milliseconds since start."""
@@ -81,6 +88,7 @@ class Progress:
 
     def step(self, name, detail=""):
         """Report step ``name`` (never pass a secret in ``detail``)."""
+        self._heap()
         gc.collect()
         line = "fleetprov {:>6} ms  {}".format(self.elapsed(), name)
         if detail:
@@ -126,9 +134,9 @@ def hardware_uid():
 
 def _classify(ex):
     # -> (retryable, message). Messages name the cause and what to do.
-    import fleetprov
-
-    if isinstance(ex, fleetprov.ProvisioningError):
+    # (fleetprov is not imported here: if it is not loaded yet, ex cannot be its error.)
+    fleetprov = sys.modules.get("fleetprov")
+    if fleetprov is not None and isinstance(ex, fleetprov.ProvisioningError):
         if ex.status in (fleetprov.TIMEOUT, fleetprov.MQTT_ERROR):
             return True, str(ex)
         if ex.status == fleetprov.SERVER_REFUSED:
@@ -238,6 +246,8 @@ class FirstBoot:
                 'method "csr" needs lib/csr.py (on-device key) or {} and {} on flash'.format(
                     s.path(name), s.path(self.cfg["csr_key"])))
         key, csr_pem = csr.generate(self.client_id[:64])
+        csr = None
+        _unload("csr", "p256")  # about 14 KB of RAM, not needed again
         self.progress.step("keygen", "P-256 key and CSR made on the device")
         return csr_pem, key
 
@@ -279,7 +289,7 @@ class FirstBoot:
             ca = s.ca_der()
         except credstore.StoreError as ex:
             raise FirstBootError(str(ex))
-        params = devconfig.substitute(cfg["parameters"], self.uid, self.client_id)
+        params = substitute(cfg["parameters"], self.uid, self.client_id)
         csr_pem = csr_key = None
         if cfg["method"] == "csr":
             csr_pem, csr_key = self._csr()
@@ -307,6 +317,7 @@ class FirstBoot:
                     attempt, n, msg, wait))
                 self._sleep(wait)
         claim_key = csr_key = csr_pem = None
+        _unload("fleetprov", "cbor")  # the provisioning protocol is done
         try:
             try:
                 rec = s.commit(creds.certificate_id, creds.certificate_pem, key,
@@ -397,29 +408,29 @@ class FirstBoot:
 
 
 def publish_bounded(link, topic, payload, timeout_ms):
-    """Publish QoS 1 and wait for PUBACK at most ``timeout_ms``.
+    """Publish QoS 1 on ``link`` and wait for the PUBACK at most ``timeout_ms``
+    (see mqttlink.publish)."""
+    mqttlink.publish(link, topic, payload, timeout_ms, 1)
 
-    umqtt waits for PUBACK with no limit and its TLS socket has no
-    settimeout(); fleetprov's bounded socket wrapper gives the wait a deadline
-    (falling back to the raw socket's timeout where it is missing)."""
-    c = link.client
-    sock = getattr(c, "sock", None)
-    if sock is not None:
-        try:
-            import fleetprov
 
-            c.sock = fleetprov._BoundedSocket(sock, timeout_ms)
-        except (ImportError, AttributeError):
-            pass
-    try:
-        c.publish(topic, payload, False, 1)
-    finally:
-        if sock is not None:
-            c.sock = sock
-            try:
-                sock.setblocking(True)
-            except Exception:
-                pass
+def _unload(*names):
+    # MicroPython keeps an imported module's code in RAM (only frozen modules
+    # stay in flash): drop what the rest of the boot no longer needs.
+    # Harmless for frozen modules; skipped on CPython.
+    if sys.implementation.name == "micropython":
+        for n in names:
+            sys.modules.pop(n, None)
+        gc.collect()
+
+
+def substitute(params, uid, client_id):
+    """Return ``params`` with "{uid}" and "{client_id}" replaced in each value.
+
+    Plain replacement, not str.format: other braces in a value stay as they are."""
+    out = {}
+    for k in params:
+        out[k] = params[k].replace("{uid}", uid).replace("{client_id}", client_id)
+    return out
 
 
 def run(app=None, config="config.json", printer=print):
@@ -427,11 +438,16 @@ def run(app=None, config="config.json", printer=print):
     thing and call ``app(firstboot, link)``. Returns "ok", "retry" (a later
     boot may succeed) or "fatal" (fix the configuration or the cloud side)."""
     p = Progress(printer)
+    import devconfig
+
     try:
         cfg = devconfig.load(config)
     except devconfig.ConfigError as ex:
         printer("fleetprov: " + str(ex))
         return "fatal"
+    finally:
+        devconfig = None
+        _unload("devconfig")  # about 8 KB of RAM, needed only to read the file
     fb = FirstBoot(cfg, printer=printer, hook=stop_hook())
     fb.progress.t0 = p.t0
     fb.progress.step("config", "{} {} {} template {}".format(
@@ -446,4 +462,8 @@ def run(app=None, config="config.json", printer=print):
             app(fb, link)
     finally:
         link.close()
+    detail = ""
+    if fb.progress.heap_peak:
+        detail = "heap peak {} bytes (sampled at each step)".format(fb.progress.heap_peak)
+    fb.progress.step("done", detail)
     return "ok"
