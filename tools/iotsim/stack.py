@@ -110,7 +110,8 @@ class IotSim:
         if self.registry is None:
             self.registry = Registry(self.state, token_ttl=self.token_ttl, clock=self.clock)
         for identity, status in ((self.service_identity, SERVICE), (self.claim, CLAIM)):
-            if self.registry.status(identity.certificate_id) != status:
+            # Only when unknown: a claim revoked with `revoke` stays revoked across restarts.
+            if self.registry.status(identity.certificate_id) is None:
                 self.registry.add_certificate(
                     identity.certificate_id, identity.cert_path.read_text(encoding="ascii"), status
                 )

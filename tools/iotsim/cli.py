@@ -1,0 +1,265 @@
+"""``python -m tools.iotsim``: run and inspect the local AWS IoT fleet-provisioning stand-in.
+
+    up       prepare the state folder and run mosquitto + the provisioning service
+    down     stop a running `up` (through its pid file)
+    status   is it running, on which port, how many certificates and things
+    things   the things the registry holds
+    certs    the certificates and their status
+    revoke   revoke a certificate: the broker refuses it from then on
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from .registry import DB_FILE, DEFAULT_TOKEN_TTL, Registry
+
+DEFAULT_STATE = Path(".iotsim")
+PID_FILE = "iotsim.pid"
+
+
+class CliError(Exception):
+    """A user-facing error: printed without a traceback, exit status 1."""
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path("/proc/{}/stat".format(pid)).read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _pid_info(state: Path) -> dict[str, object] | None:
+    """The pid file's content when its process still runs; a stale file is removed."""
+    path = state / PID_FILE
+    try:
+        info = json.loads(path.read_text())
+        pid = int(info["pid"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    if not _alive(pid):
+        path.unlink(missing_ok=True)
+        return None
+    return info
+
+
+def _open_registry(state: Path) -> Registry:
+    if not (state / DB_FILE).exists():
+        raise CliError(
+            "no iotsim state in {}: start it with `python -m tools.iotsim up --state {}`".format(state, state)
+        )
+    return Registry(state)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .stack import IotSim  # imports paho and the broker only when needed
+
+    state: Path = args.state.resolve()
+    running = _pid_info(state)
+    if running is not None:
+        raise CliError(
+            "iotsim already runs for {} (pid {}, port {}); stop it with "
+            "`python -m tools.iotsim down --state {}`".format(state, running["pid"], running["port"], args.state)
+        )
+    if args.token_ttl <= 0:
+        raise CliError("--token-ttl must be positive seconds, got {}".format(args.token_ttl))
+    if args.tps is not None and args.tps <= 0:
+        raise CliError("--tps must be positive requests per second, got {}".format(args.tps))
+    sim = IotSim(state, args.port, tps=args.tps, token_ttl=args.token_ttl, hook=args.hook)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        sim.start()
+    except Exception as exc:
+        raise CliError("iotsim did not start: {}".format(exc)) from exc
+    pid_path = state / PID_FILE
+    try:
+        pid_path.write_text(json.dumps({"pid": os.getpid(), "port": sim.port, "started": time.time()}) + "\n")
+        assert sim.claim is not None
+        print("iotsim is running: mosquitto with TLS client certificates on 127.0.0.1:{}".format(sim.port))
+        print("state folder: {}".format(state))
+        print("  CA certificate          {} (DER: {})".format(sim.ca_path, sim.ca_der))
+        print("  claim certificate + key {}, {}".format(sim.claim.cert_path, sim.claim.key_path))
+        print("                    (DER) {}, {}".format(sim.claim.cert_der_path, sim.claim.key_der_path))
+        print("  provisioning template   {} (name: FleetprovDemo)".format(sim.templates.path("FleetprovDemo")))
+        print("  device config.json      {} (+ certs/ with ca.der, claim.der, claim.key.der)".format(sim.config_path))
+        print("  registry                {}".format(state / DB_FILE))
+        print("  broker log              {}".format(state / "mosquitto.log"))
+        throttle = "{:g} requests/s per operation".format(args.tps) if args.tps else "off"
+        print("throttling: {}; ownership tokens expire after {:g} s; hook: {}".format(
+            throttle, args.token_ttl, args.hook or "none"))
+        print("stop with Ctrl-C or `python -m tools.iotsim down --state {}`".format(args.state))
+        sys.stdout.flush()
+        while not stop.wait(1.0):
+            if sim.broker is not None and not sim.broker.running:
+                print("mosquitto exited; see {}".format(state / "mosquitto.log"), file=sys.stderr)
+                return 1
+    finally:
+        sim.stop()
+        pid_path.unlink(missing_ok=True)
+    print("iotsim stopped")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state: Path = args.state.resolve()
+    info = _pid_info(state)
+    if info is None:
+        print("iotsim is not running for {}".format(state))
+        return 0
+    pid = int(info["pid"])  # type: ignore[arg-type]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            (state / PID_FILE).unlink(missing_ok=True)
+            print("iotsim (pid {}) stopped".format(pid))
+            return 0
+        time.sleep(0.05)
+    raise CliError("iotsim (pid {}) did not stop within {:g} s; kill it with `kill -9 {}`".format(pid, args.timeout, pid))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state: Path = args.state.resolve()
+    info = _pid_info(state)
+    if info is None:
+        print("iotsim: not running (state folder {})".format(state))
+    else:
+        print("iotsim: running, pid {}, port {} (state folder {})".format(info["pid"], info["port"], state))
+    if (state / DB_FILE).exists():
+        with Registry(state) as reg:
+            counts = Counter(c.status for c in reg.certificates())
+            things = len(reg.things())
+        summary = ", ".join("{} {}".format(n, s) for s, n in sorted(counts.items())) or "none"
+        print("certificates: {}".format(summary))
+        print("things: {}".format(things))
+    return 0 if info is not None else 3
+
+
+def _when(stamp: float) -> str:
+    return dt.datetime.fromtimestamp(stamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_things(args: argparse.Namespace) -> int:
+    with _open_registry(args.state.resolve()) as reg:
+        things = reg.things()
+    if args.json:
+        print(json.dumps([{
+            "thingName": t.name, "attributes": t.attributes, "thingTypeName": t.thing_type,
+            "thingGroups": t.groups, "certificates": t.certificates,
+        } for t in things], indent=2))
+        return 0
+    if not things:
+        print("no things yet")
+        return 0
+    for t in things:
+        attrs = ",".join("{}={}".format(k, v) for k, v in sorted(t.attributes.items()))
+        print("{}  created {}  certificates {}  attributes {}".format(
+            t.name, _when(t.created), ",".join(c[:12] for c in t.certificates) or "-", attrs or "-"))
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    with _open_registry(args.state.resolve()) as reg:
+        rows = [(c, reg.thing_of(c.id)) for c in reg.certificates()]
+    if args.json:
+        print(json.dumps([{
+            "certificateId": c.id, "status": c.status, "created": c.created, "thingName": thing,
+        } for c, thing in rows], indent=2))
+        return 0
+    for c, thing in rows:
+        print("{}  {:<18}  {}  {}".format(c.id, c.status, _when(c.created), thing or "-"))
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    with _open_registry(args.state.resolve()) as reg:
+        wanted = args.certificate_id.lower()
+        matches = [c.id for c in reg.certificates() if c.id.startswith(wanted)]
+        if len(wanted) < 8 or not matches:
+            raise CliError(
+                "no certificate {!r} (give the 64-hex certificateId, or a unique prefix of at least 8); "
+                "`python -m tools.iotsim certs` lists them".format(args.certificate_id)
+            )
+        if len(matches) > 1:
+            raise CliError("{!r} matches {} certificates; give more of the id".format(args.certificate_id, len(matches)))
+        reg.revoke(matches[0])
+    print("revoked {}: the broker refuses it from its next connection or publish".format(matches[0]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.iotsim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, helptext: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("--state", type=Path, default=DEFAULT_STATE,
+                       help="state folder (default: .iotsim)")
+        return p
+
+    up = add("up", "prepare the state folder and run iotsim until Ctrl-C or `down`")
+    up.add_argument("--port", type=int, default=8883, help="MQTT over TLS port on 127.0.0.1 (default 8883)")
+    up.add_argument("--tps", type=float, default=None,
+                    help="throttle each operation to this many requests per second (default: off)")
+    up.add_argument("--token-ttl", type=float, default=DEFAULT_TOKEN_TTL,
+                    help="ownership token lifetime in seconds (default 3600, as AWS)")
+    up.add_argument("--hook", default=None, metavar="MODULE:FUNCTION",
+                    help="pre-provisioning hook, e.g. tools.iotsim.hooks:allowlist")
+    up.set_defaults(func=cmd_up)
+    down = add("down", "stop a running `up`")
+    down.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for it to exit")
+    down.set_defaults(func=cmd_down)
+    add("status", "running or not, port, certificate and thing counts").set_defaults(func=cmd_status)
+    things = add("things", "list the registry's things")
+    things.add_argument("--json", action="store_true")
+    things.set_defaults(func=cmd_things)
+    certs = add("certs", "list certificates and their status")
+    certs.add_argument("--json", action="store_true")
+    certs.set_defaults(func=cmd_certs)
+    revoke = add("revoke", "revoke a certificate")
+    revoke.add_argument("certificate_id", help="certificateId (64 hex digits) or a unique prefix")
+    revoke.set_defaults(func=cmd_revoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print("iotsim: {}".format(exc), file=sys.stderr)
+        return 1
