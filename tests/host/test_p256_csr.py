@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,84 @@ def test_hmac_sha256_on_hashlib_matches_the_hmac_module() -> None:
 
     for key, msg in ((b"k" * 32, b""), (bytes(range(64)), b"abc" * 100), (b"", b"x")):
         assert p256._hmac(key, msg) == hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def reference_nonces(d: int, digest: bytes, count: int) -> list[int]:
+    """RFC 6979 section 3.2 with Python's hmac, candidates taken as they come (no range check)."""
+    import hmac
+
+    def mac(key: bytes, data: bytes) -> bytes:
+        return hmac.new(key, data, hashlib.sha256).digest()
+
+    x = d.to_bytes(32, "big")
+    h = (int.from_bytes(digest, "big") % N).to_bytes(32, "big")
+    v, k = b"\x01" * 32, b"\x00" * 32
+    k = mac(k, v + b"\x00" + x + h)
+    v = mac(k, v)
+    k = mac(k, v + b"\x01" + x + h)
+    v = mac(k, v)
+    out = []
+    for _ in range(count):
+        v = mac(k, v)
+        out.append(int.from_bytes(v, "big"))
+        k = mac(k, v + b"\x00")
+        v = mac(k, v)
+    return out
+
+
+def test_later_rfc6979_candidates_follow_the_rfc_retry_step() -> None:
+    digest = hashlib.sha256(b"sample").digest()
+    got = list(itertools.islice(p256.nonces(RFC6979_KEY, digest), 4))
+    assert got == reference_nonces(RFC6979_KEY, digest, 4)
+    assert got[0] == RFC6979_VECTORS[b"sample"][0]
+
+
+def test_a_nonce_giving_r_zero_is_skipped_for_the_next_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = hashlib.sha256(b"sample").digest()
+    real = p256.mul_base
+    calls: list[int] = []
+
+    def first_gives_r_zero(k: int) -> tuple[int, int] | None:
+        calls.append(k)
+        return (N, 1) if len(calls) == 1 else real(k)  # x = n, so r = x mod n = 0
+
+    monkeypatch.setattr(p256, "mul_base", first_gives_r_zero)
+    rs = p256.sign(RFC6979_KEY, digest)
+    assert calls == reference_nonces(RFC6979_KEY, digest, 2)
+    assert rs != RFC6979_VECTORS[b"sample"][1:]
+    verify_signature(RFC6979_PUB, rs, b"sample")
+
+
+def test_a_nonce_giving_s_zero_is_skipped_for_the_next_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = p256._inv
+    calls: list[int] = []
+
+    def first_gives_zero(a: int, m: int) -> int:
+        if m != N:  # the field inversion inside mul_base
+            return real(a, m)
+        calls.append(a)  # k^-1 mod n: zero makes s zero
+        return 0 if len(calls) == 1 else real(a, m)
+
+    monkeypatch.setattr(p256, "_inv", first_gives_zero)
+    rs = p256.sign(RFC6979_KEY, hashlib.sha256(b"test").digest())
+    assert calls == reference_nonces(RFC6979_KEY, hashlib.sha256(b"test").digest(), 2)
+    verify_signature(RFC6979_PUB, rs, b"test")
+
+
+def test_signing_gives_up_after_a_bounded_number_of_rejected_nonces(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With a group order of 2 every 256-bit candidate is out of range.
+    monkeypatch.setattr(p256, "N", 2)
+    with pytest.raises(RuntimeError, match="no usable nonce in 8 candidates"):
+        p256.sign(1, hashlib.sha256(b"x").digest())
+
+
+def test_a_faulty_scalar_multiplication_never_yields_a_public_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(p256, "mul_base", lambda k: (p256.GX, p256.GY + 1))
+    with pytest.raises(RuntimeError, match="not on curve"):
+        p256.public_key(5)
+    monkeypatch.setattr(p256, "mul_base", lambda k: None)
+    with pytest.raises(RuntimeError, match="not on curve"):
+        p256.public_key(5)
 
 
 # --- scalar validation and key generation ------------------------------------
@@ -248,11 +327,12 @@ def trace_lines(func, *args: object) -> list[tuple[str, int]]:
             seen.append((frame.f_code.co_name, frame.f_lineno))
         return tracer
 
+    previous = sys.gettrace()  # coverage.py's tracer, when it runs: put it back after
     sys.settrace(tracer)
     try:
         func(*args)
     finally:
-        sys.settrace(None)
+        sys.settrace(previous)
     return seen
 
 
