@@ -248,7 +248,8 @@ def generate_key(urandom=None):
     """Return a new private key: an int d drawn uniformly from [1, n-1].
 
     urandom: callable(nbytes) -> bytes, default os.urandom (the hardware RNG
-    on ESP32). Draws of 32 bytes outside [1, n-1] are rejected and redrawn
+    on ESP32, truly random only while Wi-Fi or Bluetooth is on: call this
+    after the radio is active). Draws of 32 bytes outside [1, n-1] are rejected and redrawn
     (rejection sampling, no modular bias); after 16 rejections the RNG is
     taken to be broken and OSError is raised.
     """
