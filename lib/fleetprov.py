@@ -8,6 +8,7 @@
 
 import gc
 import json
+import re
 import sys
 
 try:
@@ -316,10 +317,8 @@ class Provisioner:
         """
         op = "RegisterThing"
         self._check(op, timeout_ms)
-        ok = isinstance(template_name, str) and 0 < len(template_name) <= 36
-        for c in template_name if ok else "":
-            ok = ok and ("0" <= c <= "9" or "A" <= c <= "Z" or "a" <= c <= "z" or c in "_-")
-        if not ok:
+        if not (isinstance(template_name, str) and 0 < len(template_name) <= 36
+                and re.match("[0-9A-Za-z_-]*", template_name).group(0) == template_name):
             raise _err(op, BAD_PARAMETER, "template_name must be 1-36 of 0-9 A-Z a-z _ -, not {!r}".format(template_name))
         request = {"certificateOwnershipToken": _text(op, "ownership_token", ownership_token)}
         if parameters is not None:
@@ -491,10 +490,7 @@ class Provisioner:
         code = msg.get("statusCode")
         if not _is_int(code):
             raise _err(op, BAD_RESPONSE, "rejected response without integer statusCode")
-        error_code = msg.get("errorCode")
-        error_message = msg.get("errorMessage")
-        error_code = error_code if isinstance(error_code, str) else None
-        error_message = error_message if isinstance(error_message, str) else None
+        error_code, error_message = [v if isinstance(v, str) else None for v in (msg.get("errorCode"), msg.get("errorMessage"))]
         raise ProvisioningError(
             SERVER_REFUSED,
             "{}: refused by the server: {} {}: {}".format(op, code, error_code, error_message),
