@@ -5,8 +5,10 @@
 #   libssl-dev      OpenSSL (SHA-256 of client certificates) for the plugin
 #   socat           the pseudo-terminal for the virtual-board deploy test
 #   openssl         `openssl req -verify` in the CSR tests
+#   python3-venv    `python3 -m venv` on Debian's own Python
 set -eu
 PACKAGES="mosquitto mosquitto-dev libssl-dev socat openssl gcc make"
+if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then PACKAGES="$PACKAGES python3-venv"; fi
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 [ -f /usr/include/mosquitto_plugin.h ] || missing="$missing mosquitto-dev"
@@ -14,6 +16,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$
 command -v socat >/dev/null 2>&1 || missing="$missing socat"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing="$missing python3-venv"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages:$missing"
