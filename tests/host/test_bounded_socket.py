@@ -1,0 +1,187 @@
+"""fleetprov's socket bound: reads and writes on a real socket pair never wait past mqtt_timeout_ms."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import fleetprov
+from fakemqtt import AwsResponder, FakeClient
+from tools.umqtt_host import HostSocket
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[HostSocket, socket.socket]]:
+    a, b = socket.socketpair()
+    yield HostSocket(a), b
+    a.close()
+    b.close()
+
+
+def bounded(sock: HostSocket, ms: int = 200) -> Any:
+    return fleetprov._BoundedSocket(sock, ms)
+
+
+def test_a_blocking_read_returns_exactly_n_bytes_across_chunks(pair) -> None:
+    ours, peer = pair
+    b = bounded(ours)
+    peer.sendall(b"ab")
+    feeder = threading.Timer(0.01, lambda: peer.sendall(b"cdef"))
+    feeder.start()
+    assert b.read(5) == b"abcde"
+    feeder.join()
+    assert b.read(1) == b"f"
+
+
+def test_a_blocking_read_with_nothing_arriving_raises_etimedout(pair) -> None:
+    ours, _ = pair
+    with pytest.raises(OSError) as info:
+        bounded(ours, 50).read(1)
+    assert info.value.args[0] == 110
+
+
+def test_a_read_cut_short_by_the_peer_closing_returns_the_short_data(pair) -> None:
+    ours, peer = pair
+    peer.sendall(b"xy")
+    peer.shutdown(socket.SHUT_WR)
+    assert bounded(ours).read(4) == b"xy"
+
+
+def test_non_blocking_mode_reads_what_is_there_or_none(pair) -> None:
+    ours, peer = pair
+    b = bounded(ours)
+    b.setblocking(False)
+    assert b.read(1) is None
+    peer.sendall(b"z")
+    b.setblocking(True)
+    assert b.read(1) == b"z"
+
+
+def test_a_large_write_completes_while_the_peer_drains_slowly(pair) -> None:
+    ours, peer = pair
+    payload = bytes(range(256)) * 8192  # 2 MB: more than the socket buffers hold
+    received = bytearray()
+
+    def drain() -> None:
+        peer.settimeout(5)
+        while len(received) < len(payload):
+            chunk = peer.recv(65536)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    assert bounded(ours, 5000).write(payload) == len(payload)
+    reader.join(10)
+    assert bytes(received) == payload
+
+
+def test_a_write_to_a_peer_that_never_reads_raises_etimedout(pair) -> None:
+    ours, _ = pair
+    with pytest.raises(OSError) as info:
+        bounded(ours, 100).write(b"x" * (8 << 20))
+    assert info.value.args[0] == 110
+
+
+def test_write_honours_the_length_argument_as_umqtt_passes_it(pair) -> None:
+    ours, peer = pair
+    assert bounded(ours).write(bytearray(b"\x30\x05\x00\x00"), 2) == 2
+    peer.settimeout(1)
+    assert peer.recv(10) == b"\x30\x05"
+
+
+def test_other_socket_methods_pass_through(pair) -> None:
+    ours, _ = pair
+    b = bounded(ours)
+    assert b.fileno() == ours.fileno()
+
+
+# -- the rest of fleetprov's rarely taken paths ---------------------------------------
+
+
+def test_cbor_without_the_codec_on_the_device_is_init_failed(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "cbor", None)  # import cbor -> ImportError
+    with pytest.raises(fleetprov.ProvisioningError) as info:
+        fleetprov.Provisioner(FakeClient(), fmt="cbor")
+    assert info.value.status == fleetprov.INIT_FAILED and "cbor.py" in str(info.value)
+
+
+def test_a_receive_buffer_too_large_for_the_heap_is_no_memory() -> None:
+    with pytest.raises(fleetprov.ProvisioningError) as info:
+        fleetprov.Provisioner(FakeClient(), rx_size=1 << 60)
+    assert info.value.status == fleetprov.NO_MEMORY and "rx_size" in str(info.value)
+
+
+def test_foreign_messages_without_an_application_callback_are_dropped() -> None:
+    responder = AwsResponder()
+    client = FakeClient(responder)
+    p = fleetprov.Provisioner(client)
+    client.queue(b"app/x", b"1")
+    assert p.create_keys_and_certificate().certificate_id == "c" * 64
+    assert client.inbox == []
+
+
+def test_a_flood_of_pending_messages_does_not_stall_the_request() -> None:
+    responder = AwsResponder()
+    client = FakeClient(responder)
+    seen: list[bytes] = []
+    client.set_callback(lambda t, m: seen.append(m))
+    p = fleetprov.Provisioner(client)
+    for i in range(40):  # more than the drain reads before publishing
+        client.inbox.append((b"app/flood", str(i).encode()))
+    client.subscribe = lambda topic, qos=0: client.subscribed.append((topic, qos))  # type: ignore[method-assign]
+    assert p.register_thing("demo", "tok").thing_name == "thing-0001"
+    assert seen == [str(i).encode() for i in range(40)]
+
+
+def test_a_socket_that_cannot_be_made_blocking_again_is_still_handed_back() -> None:
+    class BrokenSocket(HostSocket):
+        calls = 0
+
+        def setblocking(self, flag: bool) -> None:
+            BrokenSocket.calls += 1
+            if flag:
+                raise OSError(9)
+            super().setblocking(flag)
+
+    a, b = socket.socketpair()
+    try:
+        responder = AwsResponder()
+        client = FakeClient(responder)
+        client.sock = sock = BrokenSocket(a)
+        p = fleetprov.Provisioner(client)
+        assert p.create_keys_and_certificate().certificate_id == "c" * 64
+        assert client.sock is sock and BrokenSocket.calls >= 2
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_request_that_cannot_be_encoded_is_internal_failure() -> None:
+    p = fleetprov.Provisioner(FakeClient(AwsResponder()))
+
+    def broken(obj: Any) -> str:
+        raise ValueError("encoder bug")
+
+    p._dumps = broken
+    with pytest.raises(fleetprov.ProvisioningError) as info:
+        p.register_thing("demo", "tok")
+    assert info.value.status == fleetprov.INTERNAL_FAILURE
+
+
+def test_no_memory_while_encoding_is_no_memory() -> None:
+    p = fleetprov.Provisioner(FakeClient(AwsResponder()))
+
+    def broken(obj: Any) -> str:
+        raise MemoryError
+
+    p._dumps = broken
+    with pytest.raises(fleetprov.ProvisioningError) as info:
+        p.create_certificate_from_csr("csr")
+    assert info.value.status == fleetprov.NO_MEMORY
