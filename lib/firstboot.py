@@ -310,7 +310,8 @@ class FirstBoot:
                     raise FirstBootError("provisioning failed: " + msg)
                 if attempt >= n:
                     raise FirstBootError(
-                        "provisioning failed after {} attempts; last: {}".format(n, msg),
+                        "provisioning failed after {} attempt{}; last: {}".format(
+                            n, "" if n == 1 else "s", msg),
                         retryable=True)
                 wait = backoff_ms(attempt, cfg["retry_base_ms"], cfg["retry_max_ms"], self._rand)
                 self.progress.step("retry", "attempt {}/{} failed: {}; next in {} ms".format(

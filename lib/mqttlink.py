@@ -180,7 +180,9 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
         # OSError: TCP/TLS failure or timeout. ValueError: the unix port's TLS
         # reports a failed certificate check (wrong CA, name, clock) this way.
         _close(client)
-        raise ConnectError("cannot connect to {}: {}: {}".format(where, type(ex).__name__, ex))
+        # (mbedTLS messages span lines: keep the report on one.)
+        raise ConnectError("cannot connect to {}: {}: {}".format(
+            where, type(ex).__name__, " ".join(str(ex).split())))
     finally:
         if factory is not None:
             mqtt.socket = orig

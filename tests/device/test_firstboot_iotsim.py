@@ -1,0 +1,305 @@
+"""First boot on the MicroPython unix port against iotsim: the real boot.py and
+main.py in a scratch folder that plays the board's flash (tools/unixboard.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tools.unixboard import Board, BootResult, make_flash
+
+FAST_RETRY = {"retry_base_ms": 20, "retry_max_ms": 100}
+
+
+def claim_files(flash: Path) -> dict[str, bytes]:
+    return {n: (flash / "certs" / n).read_bytes() for n in ("ca.der", "claim.der", "claim.key.der")}
+
+
+def stored_identity(flash: Path) -> tuple[dict[str, Any], bytes, bytes]:
+    record = json.loads((flash / "certs" / "provisioned.json").read_text())
+    cert = (flash / "certs" / record["files"]["cert"]).read_bytes()
+    key = (flash / "certs" / record["files"]["key"]).read_bytes()
+    return record, cert, key
+
+
+def assert_provisioned_in_iotsim(iotsim: Any, flash: Path) -> tuple[str, str]:
+    record, cert_der, key_der = stored_identity(flash)
+    cert_id = hashlib.sha256(cert_der).hexdigest()
+    assert record["certificate_id"] == cert_id
+    cert = x509.load_der_x509_certificate(cert_der)
+    key = serialization.load_der_private_key(key_der, password=None)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert cert.public_key().public_bytes(serialization.Encoding.DER, spki) == key.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    )
+    thing = iotsim.registry.thing(record["thing_name"])
+    assert thing is not None and cert_id in thing.certificates
+    assert iotsim.registry.status(cert_id) == "ACTIVE"
+    return record["thing_name"], cert_id
+
+
+@pytest.fixture
+def flash(tmp_path: Path, iotsim: Any) -> Path:
+    return make_flash(tmp_path / "flash", iotsim.state, FAST_RETRY)
+
+
+def reconfigure(flash: Path, **changes: Any) -> None:
+    path = flash / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(changes)
+    path.write_text(json.dumps(cfg))
+
+
+def boot(flash: Path, **kw: Any) -> BootResult:
+    return Board(flash).boot(timeout=kw.pop("timeout", 60), **kw)
+
+
+def test_a_fresh_device_provisions_then_boots_straight_to_its_application(iotsim: Any, flash: Path) -> None:
+    before = claim_files(flash)
+    first = boot(flash)
+    assert first.returncode == 0, first.text
+    assert first.steps() == [
+        "config", "not-provisioned", "connect-claim", "certificate", "register", "commit",
+        "disconnect-claim", "connect-thing", "confirm", "hello", "done",
+    ]
+    thing, cert_id = assert_provisioned_in_iotsim(iotsim, flash)
+    assert thing.startswith("fleetprov-")  # the demo template: fleetprov-<SerialNumber>
+    second = boot(flash)
+    assert second.returncode == 0, second.text
+    assert second.steps() == ["config", "provisioned", "connect-thing", "hello", "done"]
+    assert "thing {} certificate {}".format(thing, cert_id) in second.text
+    assert claim_files(flash) == before
+    assert sorted(p.name for p in (flash / "certs").iterdir()) == [
+        "ca.der", "claim.der", "claim.key.der", "device.crt.der", "device.key.der", "provisioned.json", "uid",
+    ]
+
+
+@pytest.mark.parametrize(
+    "method, fmt, mpy",
+    [("keys", "cbor", False), ("csr", "json", True), ("csr", "cbor", False)],
+)
+def test_every_method_and_format_provisions_end_to_end(
+    iotsim: Any, tmp_path: Path, method: str, fmt: str, mpy: bool
+) -> None:
+    flash = make_flash(tmp_path / "flash", iotsim.state, dict(FAST_RETRY, method=method, format=fmt), mpy=mpy)
+    result = boot(flash)
+    assert result.returncode == 0, result.text
+    assert ("keygen" in result.steps()) == (method == "csr")
+    assert_provisioned_in_iotsim(iotsim, flash)
+    if method == "csr":
+        # the key iotsim certified is the one made on the device: iotsim never saw it
+        _, _, key_der = stored_identity(flash)
+        assert serialization.load_der_private_key(key_der, password=None).key_size == 256  # type: ignore[union-attr]
+
+
+def test_no_key_or_token_appears_in_the_device_output(iotsim: Any, flash: Path) -> None:
+    result = boot(flash)
+    assert result.returncode == 0, result.text
+    _, _, key_der = stored_identity(flash)
+    import base64
+
+    b64 = base64.b64encode(key_der).decode()
+    for i in range(0, len(b64) - 16, 16):
+        assert b64[i : i + 16] not in result.text
+    assert "PRIVATE KEY" not in result.text and "OwnershipToken" not in result.text
+
+
+def test_a_revoked_certificate_is_dropped_and_the_device_provisions_again_with_the_claim(
+    iotsim: Any, flash: Path
+) -> None:
+    before = claim_files(flash)
+    assert boot(flash).returncode == 0
+    thing, old_id = assert_provisioned_in_iotsim(iotsim, flash)
+    iotsim.registry.revoke(old_id)
+    result = boot(flash)
+    assert result.returncode == 0, result.text
+    steps = result.steps()
+    assert steps[:4] == ["config", "provisioned", "refused", "connect-claim"]
+    assert steps[-3:] == ["confirm", "hello", "done"]
+    assert "CONNACK" in result.text
+    new_thing, new_id = assert_provisioned_in_iotsim(iotsim, flash)
+    assert new_thing == thing and new_id != old_id
+    assert iotsim.registry.status(old_id) == "REVOKED"
+    assert claim_files(flash) == before
+    assert boot(flash).steps()[:3] == ["config", "provisioned", "connect-thing"]
+
+
+def test_throttled_twice_then_accepted(iotsim: Any, flash: Path) -> None:
+    iotsim.set_fault("register", "reject", status_code=429, error_code="ThrottlingException",
+                     error_message="Rate exceeded", times=2)
+    result = boot(flash)
+    assert result.returncode == 0, result.text
+    retries = [line for line in result.lines if " retry " in line]
+    assert len(retries) == 2 and all("429" in r and "Rate exceeded" in r for r in retries)
+    assert result.steps().count("connect-claim") == 3  # a fresh connection for each attempt
+    assert_provisioned_in_iotsim(iotsim, flash)
+
+
+def test_a_server_error_then_a_lost_response_are_retried(iotsim: Any, flash: Path) -> None:
+    reconfigure(flash, response_timeout_ms=1000)
+    iotsim.set_fault("keys", "reject", status_code=503, error_code="ServiceUnavailable", times=1)
+    iotsim.set_fault("register", "drop", times=1)
+    result = boot(flash)
+    assert result.returncode == 0, result.text
+    retries = [line for line in result.lines if " retry " in line]
+    assert len(retries) == 2
+    assert "503" in retries[0] and "TIMEOUT" not in retries[0]
+    assert "no answer" in retries[1]
+    assert_provisioned_in_iotsim(iotsim, flash)
+
+
+def test_access_denied_fails_at_once_with_the_servers_message(iotsim: Any, flash: Path) -> None:
+    iotsim.set_fault("register", "reject", status_code=403, error_code="AccessDenied",
+                     error_message="device 42 is not on the allow list")
+    result = boot(flash)
+    assert result.returncode == 1
+    assert "retry" not in result.steps()
+    last = result.lines[-1]
+    assert last.startswith("fleetprov: provisioning failed: ")
+    assert "403" in last and "AccessDenied" in last and "device 42 is not on the allow list" in last
+    assert not (flash / "certs" / "provisioned.json").exists()
+
+
+def test_attempts_are_bounded(iotsim: Any, flash: Path) -> None:
+    reconfigure(flash, retry_attempts=3)
+    iotsim.set_fault("keys", "reject", status_code=500, error_code="InternalFailure")
+    result = boot(flash)
+    assert result.returncode == 1
+    assert result.steps().count("connect-claim") == 3 and result.steps().count("retry") == 2
+    assert "after 3 attempts" in result.lines[-1]
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server that accepts connections and never sends a byte: a dead endpoint."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(timeout=5)
+    for c in held:
+        c.close()
+    srv.close()
+
+
+def test_a_silent_endpoint_ends_in_bounded_retries_never_a_hang(flash: Path, silent_server: int) -> None:
+    reconfigure(flash, port=silent_server, connect_timeout_ms=300, retry_attempts=2)
+    result = boot(flash, timeout=30)
+    assert result.returncode == 1
+    assert result.steps().count("retry") == 1
+    assert "after 2 attempts" in result.lines[-1] and "cannot connect" in result.lines[-1]
+
+
+def test_a_server_certificate_for_another_name_is_refused(iotsim: Any, flash: Path) -> None:
+    reconfigure(flash, server_hostname="not-the-endpoint.example", retry_attempts=1)
+    result = boot(flash)
+    assert result.returncode == 1, result.text
+    assert "cannot connect" in result.lines[-1], result.text
+    assert not (flash / "certs" / "provisioned.json").exists()
+
+
+def test_a_config_error_stops_the_device_with_one_line(flash: Path) -> None:
+    reconfigure(flash, port="8883")
+    result = boot(flash)
+    assert result.returncode == 1
+    assert result.lines == ['fleetprov: config.json: field \'port\' must be an integer, got str "8883" '
+                            "(the MQTT-over-TLS port, usually 8883)"]
+
+
+# umqtt.simple 1.4/1.5 (firmware 1.23-1.24) as far as mqttlink can tell: the
+# constructor takes `ssl=<SSLContext>` and no ssl_params, and connect() wraps
+# its socket with ctx.wrap_socket(sock, server_hostname=self.server).
+UMQTT_14 = """
+from umqtt import simple
+
+class _Made:
+    # hands 1.3.4's connect() the TLS socket that 1.4 would have made
+    def __init__(self, tls, real):
+        self.tls = tls
+        self.real = real
+    def socket(self, *a):
+        return self
+    def getaddrinfo(self, *a):
+        return self.real.getaddrinfo(*a)
+    def connect(self, addr):
+        pass
+    def __getattr__(self, name):
+        return getattr(self.tls, name)
+
+class MQTTClient(simple.MQTTClient):
+    def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0, ssl=None):
+        simple.MQTTClient.__init__(self, client_id, server, port, user, password, keepalive, False)
+        self.ctx = ssl
+
+    def connect(self, clean_session=True):
+        s = Umqtt14.socket.socket()  # the socket factory mqttlink installs
+        s.connect(Umqtt14.socket.getaddrinfo(self.server, self.port)[0][-1])
+        tls = self.ctx.wrap_socket(s, server_hostname=self.server)
+        real = simple.socket
+        simple.socket = _Made(tls, real)
+        try:
+            r = simple.MQTTClient.connect(self, clean_session)
+        finally:
+            simple.socket = real
+        self.sock = tls
+        return r
+
+class Umqtt14:
+    MQTTException = simple.MQTTException
+    MQTTClient = MQTTClient
+    socket = simple.socket
+"""
+
+PROBE_14 = UMQTT_14 + """
+import json
+import mqttlink
+
+def rd(n):
+    with open("certs/" + n, "rb") as f:
+        return f.read()
+
+cfg = json.load(open("config.json"))
+cert, key, ca = rd("claim.der"), rd("claim.key.der"), rd("ca.der")
+link = mqttlink.connect(b"ctx-test", cfg["endpoint"], cfg["port"], cert, key, ca, timeout_ms=5000, mqtt=Umqtt14)
+print("connected with", type(link.client.ctx).__name__)
+mqttlink.publish(link, b"$aws/certificates/create/json", b"{}", 5000, 0)
+link.close()
+try:
+    mqttlink.connect(b"ctx-test", cfg["endpoint"], cfg["port"], cert, key, ca,
+                     server_hostname="wrong.example", timeout_ms=5000, mqtt=Umqtt14)
+    print("wrong name accepted")
+except mqttlink.ConnectError as ex:
+    print("wrong name refused:", ex)
+"""
+
+
+def test_umqtt_without_ssl_params_connects_through_a_verifying_ssl_context(
+    iotsim: Any, flash: Path, micropython: Any
+) -> None:
+    result = micropython.run(PROBE_14, cwd=flash)
+    assert "connected with _Context" in result.stdout
+    assert "wrong name refused: cannot connect" in result.stdout
