@@ -489,6 +489,18 @@ def test_service_kick_disconnects_the_named_client_only(setup: Setup) -> None:
     assert not b.disconnected.is_set()
 
 
+def test_kicked_device_does_not_send_its_will(setup: Setup) -> None:
+    svc = setup.service()
+    assert svc.subscribe("status/#") == 1
+    dev = setup.peer(setup.identity("dev", "dev", "ACTIVE"), "willing")
+    dev.client.will_set("status/willing", b"offline", qos=1)
+    dev.connect()
+    svc.publish("iotsim/kick/{}".format("willing".encode().hex()), b"")
+    assert dev.wait_disconnected()
+    svc.publish("status/marker", b"m")
+    assert svc.next_message() == ("status/marker", b"m", 1)
+
+
 def test_device_revoked_while_connected_is_kicked_at_its_next_acl_check(setup: Setup) -> None:
     svc = setup.service()
     assert svc.subscribe("telemetry/#") == 1
