@@ -32,6 +32,8 @@ Unchanged files are skipped: one mpremote call hashes what the board holds
 `X.py` before `X.mpy` from the same folder, so deploying `lib/X.mpy` removes a
 stale `lib/X.py` (it would shadow the new build), and --source removes a stale
 `lib/X.mpy` (dead weight that would come back to life if the .py were deleted).
+A copy of a library module at the flash root (X.py or X.mpy) is removed too:
+the root comes before /lib on sys.path, so it would shadow either.
 
 Every mpremote call uses `resume`: no soft reset before the commands. On an
 ESP32 that saves re-running boot.py (Wi-Fi, clock) just to copy files; the unix
@@ -141,11 +143,17 @@ def collect_library(source: bool, mpy_dir: Path = MPY_BUILD) -> list[Upload]:
 
 
 def stale_twins(library: list[Upload]) -> list[str]:
-    """For each deployed lib/X.mpy the path lib/X.py, and the other way round."""
+    """Files that would hide the deployed library: for each lib/X.mpy the path
+    lib/X.py (and the other way round), and X.py / X.mpy at the flash root,
+    which comes before /lib on sys.path."""
     twins = []
     for up in library:
         stem, ext = up.dest.rsplit(".", 1)
         twins.append("{}.{}".format(stem, "py" if ext == "mpy" else "mpy"))
+    for up in library:
+        name = up.dest.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        if name + ".py" not in BOARD_FILES:
+            twins += [name + ".py", name + ".mpy"]
     return twins
 
 
@@ -363,7 +371,9 @@ def deploy(port: str | None, source: bool, config_dir: Path, dry_run: bool = Fal
         log.info("copy   %s -> %s (%s)", up.src.relative_to(ROOT) if up.src.is_relative_to(ROOT) else up.src,
                  up.dest, "changed" if up.dest in inventory else "new")
     for path in plan.removes:
-        if path.endswith(".py"):
+        if "/" not in path:
+            log.info("remove %s (a copy at the flash root: MicroPython would import it instead of lib/)", path)
+        elif path.endswith(".py"):
             log.info("remove %s (stale source: MicroPython would import it instead of %smpy)", path, path[:-2])
         else:
             log.info("remove %s (stale compiled build of %spy)", path, path[:-3])

@@ -245,9 +245,15 @@ def test_deploying_the_compiled_build_removes_a_stale_source_that_would_shadow_i
     (board.flash / "lib").mkdir()
     (board.flash / "lib" / "fleetprov.py").write_text("raise ImportError('the stale source was imported')\n")
     (board.flash / "lib" / "mine.py").write_text("# the user's own module: not ours to remove\n")
-    run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    # A copy at the flash root would shadow lib/ altogether (the root is first on sys.path).
+    (board.flash / "cbor.mpy").write_bytes(b"not even an mpy file")
+    out = run_deploy("deploy", "--port", str(board.pty), config=claim_config)
+    assert "remove lib/fleetprov.py (stale source" in out.stderr
+    assert "remove cbor.mpy (a copy at the flash root" in out.stderr
     assert not (board.flash / "lib" / "fleetprov.py").exists()
+    assert not (board.flash / "cbor.mpy").exists()
     assert (board.flash / "lib" / "mine.py").exists()
+    assert board.mpremote("exec", "import cbor; print(cbor.__file__)").stdout.strip() == "lib/cbor.mpy"
     out = board.mpremote("exec", "import fleetprov; print(fleetprov.__file__)")
     assert out.stdout.strip() == "lib/fleetprov.mpy"
 

@@ -50,9 +50,16 @@ def test_an_up_to_date_board_needs_no_mpremote_call(tmp_path: Path) -> None:
     assert plan.is_empty()
 
 
-def test_stale_twins_pair_each_module_with_its_other_form() -> None:
+def test_stale_twins_are_the_other_form_in_lib_and_both_forms_at_the_root() -> None:
     ups = [Upload(Path("x"), "lib/fleetprov.mpy"), Upload(Path("y"), "lib/cbor.py")]
-    assert deploy.stale_twins(ups) == ["lib/fleetprov.py", "lib/cbor.mpy"]
+    assert deploy.stale_twins(ups) == [
+        "lib/fleetprov.py", "lib/cbor.mpy", "fleetprov.py", "fleetprov.mpy", "cbor.py", "cbor.mpy"
+    ]
+
+
+def test_boot_and_main_at_the_root_are_never_taken_for_stale_twins() -> None:
+    ups = [Upload(Path("x"), "lib/main.mpy"), Upload(Path("y"), "lib/boot.mpy")]
+    assert "main.py" not in deploy.stale_twins(ups) and "boot.py" not in deploy.stale_twins(ups)
 
 
 def test_plan_commands_are_one_mpremote_chain_folders_first_removals_last(tmp_path: Path) -> None:
