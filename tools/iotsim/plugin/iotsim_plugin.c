@@ -109,6 +109,7 @@ int mosquitto_pub_topic_check(const char *topic);
 #define MAX_TOPIC_LEN 65535
 #define CLIENT_BUCKETS 1024
 #define FRESH_NS 50000000L /* 50 ms */
+#define FRESH_RELOAD_NS 10000000L /* re-read a fresh file at most every 10 ms */
 
 /* What the MESSAGE callback returns to drop a message. On mosquitto 2.0.11
  * (Debian 2.0.11-1.2+deb12u2) MOSQ_ERR_ACL_DENIED drops it without routing
@@ -173,6 +174,7 @@ static struct {
 	/* identity of the status file last loaded */
 	bool loaded;
 	bool fresh; /* loaded within one timestamp tick of its last write */
+	struct timespec loaded_at; /* CLOCK_MONOTONIC */
 	bool missing_logged;
 	dev_t dev;
 	ino_t ino;
@@ -288,7 +290,9 @@ static int parse_status(char *buf, size_t len, struct status_entry **out, size_t
 				"iotsim: %s: skipped %zu malformed line(s); expected '<certificateId> <STATUS>'",
 				g.status_path, bad);
 	}
-	if(count){
+	/* The service writes the file sorted by id; sort only when it is not. */
+	for(i = 1; i < count && entry_cmp_id(&entries[i - 1], &entries[i]) < 0; i++){}
+	if(count > 1 && i < count){
 		qsort(entries, count, sizeof(*entries), entry_cmp);
 		/* Keep the last line of each run of equal ids. */
 		for(i = 0, w = 0; i < count; i = j){
@@ -302,6 +306,11 @@ static int parse_status(char *buf, size_t len, struct status_entry **out, size_t
 	return MOSQ_ERR_SUCCESS;
 }
 
+static long long ns_between(const struct timespec *a, const struct timespec *b)
+{
+	return (long long)(b->tv_sec - a->tv_sec) * 1000000000LL + (b->tv_nsec - a->tv_nsec);
+}
+
 static void status_clear(void)
 {
 	free(g.entries);
@@ -312,8 +321,9 @@ static void status_clear(void)
 /* Re-read the status file if it changed since the last load. The service
  * replaces it by rename, so a new inode, size or mtime means new content. An
  * inode can be reused, and file timestamps advance only once per kernel tick
- * (several ms), so a file loaded within FRESH_NS of its mtime is read again at
- * the next lookup, until a load happens after that window. */
+ * (several ms), so a file loaded within FRESH_NS of its mtime is read again,
+ * at most every FRESH_RELOAD_NS (the service may rewrite it hundreds of times a
+ * second during a burst), until a load happens after that window. */
 static void status_refresh(void)
 {
 	struct stat st;
@@ -335,8 +345,10 @@ static void status_refresh(void)
 		g.loaded = false;
 		return;
 	}
-	if(g.loaded && !g.fresh && st.st_dev == g.dev && st.st_ino == g.ino && st.st_size == g.size
-			&& st.st_mtim.tv_sec == g.mtime.tv_sec && st.st_mtim.tv_nsec == g.mtime.tv_nsec){
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if(g.loaded && st.st_dev == g.dev && st.st_ino == g.ino && st.st_size == g.size
+			&& st.st_mtim.tv_sec == g.mtime.tv_sec && st.st_mtim.tv_nsec == g.mtime.tv_nsec
+			&& (!g.fresh || ns_between(&g.loaded_at, &now) < FRESH_RELOAD_NS)){
 		return;
 	}
 	f = fopen(g.status_path, "rb");
@@ -371,9 +383,9 @@ static void status_refresh(void)
 	g.ino = st.st_ino;
 	g.size = (off_t)n;
 	g.mtime = st.st_mtim;
+	g.loaded_at = now;
 	clock_gettime(CLOCK_REALTIME, &now);
-	g.fresh = (long long)(now.tv_sec - st.st_mtim.tv_sec) * 1000000000LL
-			+ (now.tv_nsec - st.st_mtim.tv_nsec) < FRESH_NS;
+	g.fresh = ns_between(&st.st_mtim, &now) < FRESH_NS;
 	mosquitto_log_printf(MOSQ_LOG_DEBUG, "iotsim: loaded %zu certificate status(es) from %s",
 			count, g.status_path);
 }
