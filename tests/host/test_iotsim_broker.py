@@ -321,6 +321,59 @@ def test_device_request_is_rewritten_with_its_certificate_and_retain_cleared(set
     assert svc2.next_message() == ("marker/x", b"m", 1)
 
 
+def test_request_whose_internal_topic_would_be_too_long_is_dropped(setup: Setup) -> None:
+    svc = setup.service()
+    huge = setup.claim("x" * 33000)  # hex doubles it beyond MQTT's 65535-byte topic limit
+    huge.publish(CREATE_JSON, b"{}")
+    normal = setup.claim("normal")
+    normal.publish(CREATE_JSON, b"marker")
+    topic, payload, _ = svc.next_message()
+    assert (topic, payload) == (request_topic("normal", setup.claim_id.certificate_id, CREATE_JSON), b"marker")
+    assert not huge.disconnected.is_set()
+
+
+def test_persistent_session_keeps_its_subscription_for_replies_after_reconnect(setup: Setup) -> None:
+    svc = setup.service()
+    first = setup.peer(setup.claim_id, "persistent")
+    first.client = _persistent(first)
+    first.connect()
+    assert first.subscribe(ACCEPTED) == 1
+    first.close()
+    second = setup.peer(setup.claim_id, "persistent")
+    second.client = _persistent(second)
+    second.connect()
+    svc.publish(reply_topic("persistent", ACCEPTED), b"after reconnect")
+    assert second.next_message() == (ACCEPTED, b"after reconnect", 1)
+
+
+def _persistent(peer: Peer) -> mqtt.Client:
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=peer.client_id, protocol=mqtt.MQTTv311,
+        clean_session=False, reconnect_on_failure=False,
+    )
+    client.tls_set(ca_certs=str(peer.broker.state / "ca.pem"),
+                   certfile=str(peer.broker.state / "claim.pem"),
+                   keyfile=str(peer.broker.state / "claim.key.pem"))
+    client.on_connect = peer._on_connect
+    client.on_disconnect = peer._on_disconnect
+    client.on_message = peer._on_message
+    client.on_subscribe = peer._on_subscribe
+    return client
+
+
+def test_clean_session_takeover_forgets_the_old_connections_subscriptions(setup: Setup) -> None:
+    svc = setup.service()
+    old = setup.claim("same-id")
+    assert old.subscribe(ACCEPTED) == 1
+    new = setup.claim("same-id")
+    assert old.wait_disconnected()  # MQTT: the newer connection takes over
+    rejected = CREATE_JSON + "/rejected"
+    assert new.subscribe(rejected) == 1
+    svc.publish(reply_topic("same-id", ACCEPTED), b"old subscription")
+    svc.publish(reply_topic("same-id", rejected), b"new subscription")
+    assert new.next_message() == (rejected, b"new subscription", 1)
+
+
 def test_service_reply_and_kick_messages_are_acknowledged_and_never_routed(setup: Setup) -> None:
     svc = setup.service()
     spy = setup.peer(setup.service_id, "spy").connect()
