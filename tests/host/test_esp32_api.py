@@ -34,26 +34,47 @@ def test_device_code_uses_only_the_esp32_ports_api() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("code", "line", "expected"),
-    [
-        ("import machine\nmachine.Pin(1).nonexistent()\n", 2, 'attribute "nonexistent" for class "Pin"'),
-        ("import ssl, socket\nssl.wrap_socket(socket.socket(), bogus=1)\n", 2, 'No parameter named "bogus"'),
-        ("import json\njson.dumps({}, sort_keys=True)\n", 2, 'No overloads for "dumps"'),
-        ("import time\ntime.monotonic()\n", 2, '"monotonic" is not a known attribute of module "time"'),
-        ("from time import ticks_ms\nticks_ms(5)\n", 2, "Expected 0 positional arguments"),
-        ("import cryptography\n", 1, 'Import "cryptography" could not be resolved'),
-        ("import network\nnetwork.WLAN(network.STA_IF).no_such_method()\n", 2, '"no_such_method"'),
-    ],
-    ids=["unknown-method", "unknown-keyword", "cpython-only-keyword", "cpython-only-function",
-         "too-many-arguments", "cpython-only-package", "unknown-wlan-method"],
-)
+# One misuse per snippet: (id, code, line of the misuse, what the report says).
+MISUSES = [
+    ("unknown-method", "import machine\nmachine.Pin(1).nonexistent()\n", 2, 'attribute "nonexistent" for class "Pin"'),
+    ("unknown-keyword", "import ssl, socket\nssl.wrap_socket(socket.socket(), bogus=1)\n", 2,
+     'No parameter named "bogus"'),
+    ("cpython-only-keyword", "import json\njson.dumps({}, sort_keys=True)\n", 2, 'No overloads for "dumps"'),
+    ("cpython-only-function", "import time\ntime.monotonic()\n", 2,
+     '"monotonic" is not a known attribute of module "time"'),
+    ("too-many-arguments", "from time import ticks_ms\nticks_ms(5)\n", 2, "Expected 0 positional arguments"),
+    ("cpython-only-package", "import cryptography\n", 1, 'Import "cryptography" could not be resolved'),
+    ("unknown-wlan-method", "import network\nnetwork.WLAN(network.STA_IF).no_such_method()\n", 2,
+     '"no_such_method"'),
+    ("os-fsync", "import os\nf = open('x')\nos.fsync(f.fileno())\n", 3,
+     '"fsync" is not in the ESP32 port\'s os module'),
+    ("os-makedirs", "import os\nos.makedirs('a/b')\n", 2, '"makedirs" is not in the ESP32 port\'s os module'),
+    ("from-os-import", "from os import fsync\n", 1, '"fsync" is not in the ESP32 port\'s os module'),
+    ("hexdigest", "import hashlib\nh = hashlib.sha256(b'x').hexdigest()\n", 2, "no hexdigest()"),
+]
+
+
+@pytest.fixture(scope="module")
+def misuse_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[esp32check.Diagnostic]]:
+    # One checker run for all snippets (each run costs a Node.js start-up).
+    folder = tmp_path_factory.mktemp("misuse")
+    files = []
+    for ident, code, _, _ in MISUSES:
+        path = folder / "snippet_{}.py".format(ident.replace("-", "_"))
+        path.write_text(code, encoding="utf-8")
+        files.append(path)
+    reports: dict[str, list[esp32check.Diagnostic]] = {f.name: [] for f in files}
+    for d in esp32check.check(files, root=folder):
+        reports[d.path].append(d)
+    return reports
+
+
+@pytest.mark.parametrize(("ident", "code", "line", "expected"), MISUSES, ids=[m[0] for m in MISUSES])
 def test_a_misuse_of_the_esp32_api_is_reported_with_its_line(
-    tmp_path: Path, code: str, line: int, expected: str
+    misuse_reports: dict[str, list[esp32check.Diagnostic]], ident: str, code: str, line: int, expected: str
 ) -> None:
-    problems = check_snippet(tmp_path, code)
+    problems = misuse_reports["snippet_{}.py".format(ident.replace("-", "_"))]
     assert len(problems) == 1, problems
-    assert problems[0].path == "snippet.py"
     assert problems[0].line == line
     assert expected in problems[0].message
 
@@ -83,6 +104,22 @@ def test_correct_use_of_the_esp32_api_passes(tmp_path: Path) -> None:
         c = MQTTClient("id", "host", port=8883, keepalive=60, ssl=ctx)
         c.set_callback(lambda topic, msg: None)
         json.dumps({"a": 1})
+        """,
+    )
+    assert problems == []
+
+
+def test_os_probed_by_name_is_fine_and_the_ports_os_functions_pass(tmp_path: Path) -> None:
+    problems = check_snippet(
+        tmp_path,
+        """
+        import os
+        fs = getattr(os, "fsync", None)
+        if hasattr(os, "sync"):
+            os.sync()
+        os.rename("a.tmp", "a")
+        os.remove("b")
+        print(os.listdir(), os.stat("a")[6], os.statvfs("/"), os.urandom(4), os.getcwd())
         """,
     )
     assert problems == []

@@ -20,9 +20,12 @@ What is checked, and what is not:
   reported, and a bad call is reported only when the function is reached
   through an import (`ssl.wrap_socket(...)`, `ticks_ms(...)`), not through a
   local object (`self._table.get(...)`).
-- The check is as complete as the stubs. Known gaps: `os` is typed from
-  CPython's typeshed (so `os.fsync` passes although the ESP32 lacks it), and
-  `hashlib`'s `hexdigest` is declared though not implemented.
+- The check is as complete as the stubs, with two gaps filled here: the
+  stubs type `os` from CPython's typeshed, so `os` attributes are checked
+  against `ESP32_OS` (the module's contents on ESP32 firmware 1.22, as the
+  1.22 stubs list them: no `fsync`, no `path`, no `makedirs`); and `hashlib`
+  objects declare `hexdigest()` though MicroPython does not implement it, so
+  `NOT_IMPLEMENTED` names it.
 - Device code carries CPython fallbacks (`try: import micropython` /
   `except ImportError: ...`). The handler body of an `except` that catches
   ImportError only runs where the MicroPython module is absent, never on the
@@ -76,6 +79,17 @@ ALLOWED: tuple[tuple[str, str, str], ...] = (
         "for a factory that sets a connect timeout and restores it afterwards",
     ),
 )
+
+
+# The `os` module of the ESP32 port (firmware 1.22; later releases keep these).
+ESP32_OS = frozenset(
+    "chdir dupterm dupterm_notify getcwd ilistdir listdir mkdir mount remove rename rmdir stat "
+    "statvfs sync umount uname unlink urandom VfsFat VfsLfs2".split()
+)
+# Attributes the stubs declare but MicroPython does not implement.
+NOT_IMPLEMENTED = {
+    "hexdigest": "MicroPython's hashlib objects have no hexdigest(): use binascii.hexlify(h.digest()).decode()",
+}
 
 
 class CheckError(Exception):
@@ -252,6 +266,32 @@ def _call_through_import(tree: ast.AST, imported: set[str], line: int, column: i
     return best is not None and _root_name(best.func) in imported
 
 
+def inventory_check(path: str, source: str) -> list[Diagnostic]:
+    """The gaps of the stubs (see the module docstring), on a source whose
+    import fallbacks are already blanked."""
+    tree = ast.parse(source)
+    aliases = set()
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases.update(a.asname or a.name for a in node.names if a.name in ("os", "uos"))
+        elif isinstance(node, ast.ImportFrom) and node.module in ("os", "uos"):
+            for a in node.names:
+                if a.name != "*" and a.name not in ESP32_OS:
+                    out.append(Diagnostic(path, node.lineno, node.col_offset + 1, "esp32Os",
+                                          '"{}" is not in the ESP32 port\'s os module'.format(a.name)))
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id in aliases and node.attr not in ESP32_OS:
+            out.append(Diagnostic(path, node.lineno, node.col_offset + 1, "esp32Os",
+                                  '"{}" is not in the ESP32 port\'s os module'.format(node.attr)))
+        elif node.attr in NOT_IMPLEMENTED:
+            out.append(Diagnostic(path, node.lineno, node.col_offset + 1, "esp32NotImplemented",
+                                  NOT_IMPLEMENTED[node.attr]))
+    return out
+
+
 def _in_scope(d: Diagnostic, source: str | None) -> bool:
     """Does this diagnostic concern the port's API (see the module docstring)?"""
     if d.rule == "reportAttributeAccessIssue":
@@ -305,6 +345,12 @@ def check(files: list[Path] | None = None, root: Path = ROOT, stubs: Path | None
         )
         if not _allowed(d) and _in_scope(d, sources.get(d.path)):
             out.append(d)
+    seen = {(d.path, d.line, d.message.split('"')[1] if '"' in d.message else "") for d in out}
+    for rel, source in sources.items():
+        for d in inventory_check(rel, source):
+            name = d.message.split('"')[1] if '"' in d.message else ""
+            if not _allowed(d) and (d.path, d.line, name) not in seen:
+                out.append(d)
     return sorted(out, key=lambda d: (d.path, d.line, d.column))
 
 
