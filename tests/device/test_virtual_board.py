@@ -392,8 +392,12 @@ def test_the_deployed_mpy_build_provisions_the_virtual_board_against_iotsim(boar
     for name in CLAIM_FILES:
         assert sha(board.flash / "certs" / name) == deployed["certs/" + name]
     key = (board.flash / "certs" / "device.key.der").read_bytes()
-    text = run_deploy("status", "--port", str(board.pty)).stdout
+    made = subprocess.run(["make", "-s", "status", "PORT={}".format(board.pty)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert made.returncode == 0, made.stdout + made.stderr
+    text = made.stdout
     assert "provisioned: yes" in text and "thing name: {}".format(thing_name) in text
+    assert "certificate id: {}".format(certificate_id) in text
     for shown in (proc.stdout, text):
         assert key.hex() not in shown and key[:32].hex() not in shown
         assert base64.b64encode(key)[:40].decode() not in shown
