@@ -208,6 +208,10 @@ def collect_config(config_dir: Path) -> tuple[list[Upload], str]:
     """config.json and the claim files to deploy, and the board's certificate folder."""
     config = read_config(config_dir)
     cert_dir = board_cert_dir(config)
+    endpoint = config.get("endpoint")
+    if isinstance(endpoint, str) and (endpoint.startswith("127.") or endpoint in ("localhost", "::1")):
+        log.warning("config.json's endpoint %s is this host's loopback address: right for the virtual board, "
+                    "unreachable from a real board (use the host's LAN address or AWS's -ats endpoint)", endpoint)
     uploads = [Upload(config_dir / "config.json", "config.json")]
     missing = []
     for key, name in claim_file_names(config).items():

@@ -228,6 +228,20 @@ def test_a_second_deploy_copies_nothing(board: VirtualBoard, claim_config: Path)
     assert {p: p.stat().st_mtime_ns for p in board.flash.rglob("*") if p.is_file()} == before
 
 
+def test_a_dry_run_shows_the_plan_and_writes_nothing(board: VirtualBoard, claim_config: Path) -> None:
+    build_mpy()
+    out = run_deploy("deploy", "--port", str(board.pty), "--dry-run", config=claim_config)
+    assert "mkdir  lib" in out.stderr and "-> lib/fleetprov.mpy (new)" in out.stderr
+    assert "{} file(s) to copy".format(len(LIB_MODULES) + 2 + 1 + len(CLAIM_FILES)) in out.stderr
+    assert flash_files(board.flash) == {} and not (board.flash / "lib").exists()
+
+
+def test_a_loopback_endpoint_is_deployed_with_a_warning_for_hardware(board: VirtualBoard, claim_config: Path) -> None:
+    build_mpy()
+    out = run_deploy("deploy", "--port", str(board.pty), "--dry-run", config=claim_config)
+    assert "endpoint 127.0.0.1 is this host's loopback address" in out.stderr
+
+
 def test_a_changed_file_is_the_only_one_copied_again(board: VirtualBoard, claim_config: Path) -> None:
     build_mpy()
     run_deploy("deploy", "--port", str(board.pty), config=claim_config)
