@@ -1,0 +1,196 @@
+"""Power loss during first boot: the unix-port device is SIGKILLed at every step
+boundary of the flow and at random instants, then booted again until it is
+provisioned.
+
+Every time: the device ends provisioned and connects as its thing; the claim
+files are byte-identical to before; the device trusts the flash exactly when an
+independent check on the host says the record and the files it names are
+complete (so no temporary or partial file is ever used as a credential); no
+temporary file survives the next boot; iotsim's registry shows the thing with
+the stored certificate ACTIVE.
+
+An exact boundary: with FLEETPROV_STOP_AT=<step> the device prints
+``fleetprov STOP <step>`` there and waits; the test kills it on reading that
+line. A random instant: the test kills it after a uniformly drawn delay within
+the length of a full first boot, measured at the start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tools.unixboard import Board, BootResult, make_flash
+
+pytestmark = pytest.mark.slow
+
+CLAIM = ("ca.der", "claim.der", "claim.key.der")
+MAX_RECOVERY_BOOTS = 3
+FAST_RETRY = {"retry_base_ms": 20, "retry_max_ms": 100, "response_timeout_ms": 5000}
+
+# Every boundary of a first boot, in order (progress steps and credential writes).
+KEYS_STEPS = [
+    "config", "not-provisioned", "uid.tmp", "uid", "connect-claim", "certificate", "register",
+    "device.key.der.tmp", "device.key.der", "device.crt.der.tmp", "device.crt.der",
+    "provisioned.json.tmp", "provisioned.json", "commit", "disconnect-claim",
+    "connect-thing", "confirm", "hello", "done",
+]
+# CSR mode shares the flow; cut where it differs (the key is made on the device
+# and written from RAM, not from the server's PEM) and around the commit.
+CSR_STEPS = ["keygen", "connect-claim", "certificate", "register", "device.key.der.tmp", "device.key.der",
+             "provisioned.json.tmp", "provisioned.json", "confirm"]
+# A provisioned device whose certificate was revoked: refused, record cleared, provision again.
+REVOKED_STEPS = ["refused", "clear", "register", "provisioned.json.tmp", "provisioned.json"]
+
+RANDOM_KEYS = 40
+RANDOM_CSR = 12
+SEED = 20261122
+
+
+def _template(tmp_path_factory: pytest.TempPathFactory, iotsim: Any, method: str) -> Path:
+    # One compiled flash image per method, copied for each case (mpy-cross once).
+    return make_flash(
+        tmp_path_factory.mktemp("template-" + method) / "flash",
+        iotsim.state,
+        dict(FAST_RETRY, method=method),
+        mpy=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory, iotsim_module: Any) -> dict[str, Path]:
+    return {m: _template(tmp_path_factory, iotsim_module, m) for m in ("keys", "csr")}
+
+
+class Device:
+    def __init__(self, template: Path, where: Path) -> None:
+        self.flash = where / "flash"
+        shutil.copytree(template, self.flash)
+        self.board = Board(self.flash)
+        self.claim = self.claim_files()
+
+    def claim_files(self) -> dict[str, bytes]:
+        return {n: (self.flash / "certs" / n).read_bytes() for n in CLAIM}
+
+    def boot(self, **kw: Any) -> BootResult:
+        return self.board.boot(timeout=60, **kw)
+
+
+def host_says_provisioned(flash: Path) -> bool:
+    """An independent reading of the flash: a complete record whose files match
+    their digests and whose certificate certifies its key."""
+    certs = flash / "certs"
+    try:
+        rec = json.loads((certs / "provisioned.json").read_text())
+        names = rec["files"]
+        if any(n.endswith(".tmp") or "/" in n for n in names.values()):
+            return False
+        blobs = {role: (certs / names[role]).read_bytes() for role in ("cert", "key")}
+        if any(hashlib.sha256(blobs[r]).hexdigest() != rec["sha256"][r] for r in blobs):
+            return False
+        cert = x509.load_der_x509_certificate(blobs["cert"])
+        key = serialization.load_der_private_key(blobs["key"], password=None)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+
+
+def recover(device: Device, iotsim: Any, after: str) -> None:
+    """Boot until provisioned and check every guarantee."""
+    assert device.claim_files() == device.claim, "claim files changed ({})".format(after)
+    expect = host_says_provisioned(device.flash)
+    results = []
+    for _ in range(MAX_RECOVERY_BOOTS):
+        r = device.boot()
+        results.append(r)
+        if r.returncode == 0 and "done" in r.steps():
+            break
+    else:
+        pytest.fail("not provisioned after {} boots ({}):\n{}".format(
+            MAX_RECOVERY_BOOTS, after, "\n---\n".join(r.text for r in results)))
+    first = results[0].steps()
+    # The device reads the flash exactly as the independent check does.
+    assert first[1] == ("provisioned" if expect else "not-provisioned"), (after, results[0].text)
+    final = results[-1]
+    assert "connect-thing" in final.steps() and "hello" in final.steps()
+    assert device.claim_files() == device.claim
+    assert not list((device.flash / "certs").glob("*.tmp")), after
+    assert host_says_provisioned(device.flash)
+    rec = json.loads((device.flash / "certs" / "provisioned.json").read_text())
+    cert_id = hashlib.sha256((device.flash / "certs" / rec["files"]["cert"]).read_bytes()).hexdigest()
+    thing = iotsim.registry.thing(rec["thing_name"])
+    assert thing is not None and cert_id in thing.certificates, after
+    assert iotsim.registry.status(cert_id) == "ACTIVE", after
+    assert "as {}".format(rec["thing_name"]) in final.text  # connected as its thing
+
+
+def cut_at(device: Device, step: str) -> BootResult:
+    r = device.boot(stop_at=step)
+    assert r.killed_at == step, "step {!r} was never reached:\n{}".format(step, r.text)
+    return r
+
+
+@pytest.mark.parametrize("step", KEYS_STEPS)
+def test_power_cut_at_each_boundary_of_a_keys_first_boot(
+    iotsim: Any, templates: dict[str, Path], tmp_path: Path, step: str
+) -> None:
+    device = Device(templates["keys"], tmp_path)
+    cut_at(device, step)
+    recover(device, iotsim, "cut at " + step)
+
+
+@pytest.mark.parametrize("step", CSR_STEPS)
+def test_power_cut_at_each_boundary_of_a_csr_first_boot(
+    iotsim: Any, templates: dict[str, Path], tmp_path: Path, step: str
+) -> None:
+    device = Device(templates["csr"], tmp_path)
+    cut_at(device, step)
+    recover(device, iotsim, "cut at " + step)
+
+
+@pytest.mark.parametrize("step", REVOKED_STEPS)
+def test_power_cut_while_recovering_from_a_revoked_certificate(
+    iotsim: Any, templates: dict[str, Path], tmp_path: Path, step: str
+) -> None:
+    device = Device(templates["keys"], tmp_path)
+    assert device.boot().returncode == 0
+    rec = json.loads((device.flash / "certs" / "provisioned.json").read_text())
+    iotsim.registry.revoke(rec["certificate_id"])
+    cut_at(device, step)
+    recover(device, iotsim, "revoked, cut at " + step)
+    rec2 = json.loads((device.flash / "certs" / "provisioned.json").read_text())
+    assert rec2["certificate_id"] != rec["certificate_id"]
+
+
+def _random_cuts(iotsim: Any, template: Path, tmp_path: Path, count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    probe = Device(template, tmp_path / "probe")
+    full = probe.boot()
+    assert full.returncode == 0, full.text
+    span = full.elapsed
+    for i in range(count):
+        device = Device(template, tmp_path / "cut{}".format(i))
+        delay = rng.uniform(0.0, span)
+        r = device.boot(kill_after=delay)
+        recover(device, iotsim, "random cut {} after {:.3f} s (seed {}); output:\n{}".format(i, delay, seed, r.text))
+
+
+def test_power_cut_at_random_instants_of_a_keys_first_boot(
+    iotsim: Any, templates: dict[str, Path], tmp_path: Path
+) -> None:
+    _random_cuts(iotsim, templates["keys"], tmp_path, RANDOM_KEYS, SEED)
+
+
+def test_power_cut_at_random_instants_of_a_csr_first_boot(
+    iotsim: Any, templates: dict[str, Path], tmp_path: Path
+) -> None:
+    _random_cuts(iotsim, templates["csr"], tmp_path, RANDOM_CSR, SEED + 1)
