@@ -2,8 +2,9 @@
 
 Key generation is CPU-bound and holds the GIL, so the service runs it in
 separate processes. They are plain subprocesses (``python -m
-tools.iotsim.keygen``) speaking a tiny pipe protocol — one line ``g`` in, one
-line with the byte count then the PEM out — rather than a multiprocessing
+tools.iotsim.keygen``) speaking a tiny pipe protocol — one line ``g`` in; one
+line with two byte counts, then the private key PEM and the public key DER
+out — rather than a multiprocessing
 pool: spawn and forkserver re-import the caller's main script, which breaks
 any script without a ``__main__`` guard, and fork is unsafe in a process that
 runs threads.
@@ -24,14 +25,24 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 REPO = Path(__file__).resolve().parents[2]
 
 
-def generate_rsa_key_pem() -> bytes:
-    """RSA-2048 private key as PKCS#1 PEM ("BEGIN RSA PRIVATE KEY"), as AWS returns it."""
+def generate_rsa_key() -> tuple[bytes, bytes]:
+    """A new RSA-2048 key: (private key as PKCS#1 PEM, "BEGIN RSA PRIVATE KEY" as AWS
+    returns it; public key as SubjectPublicKeyInfo DER).
+
+    The public half comes along so the service never parses the private key
+    (cryptography validates an RSA private key on load, which costs about as
+    much as generating it).
+    """
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
+    pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     )
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem, spki
 
 
 class KeygenError(RuntimeError):
@@ -40,6 +51,7 @@ class KeygenError(RuntimeError):
 
 class KeygenPool:
     """``processes`` worker processes; :meth:`generate` is thread-safe and blocks."""
+
 
     def __init__(self, processes: int | None = None) -> None:
         self.processes = max(1, processes or os.cpu_count() or 1)
@@ -64,8 +76,8 @@ class KeygenPool:
             self._all.append(proc)
         return proc
 
-    def generate(self, timeout: float = 60.0) -> bytes:
-        """Return a new RSA-2048 key as PKCS#1 PEM."""
+    def generate(self, timeout: float = 60.0) -> tuple[bytes, bytes]:
+        """Return a new RSA-2048 key: (PKCS#1 PEM private key, SPKI DER public key)."""
         if self._closed:
             raise KeygenError("the key generation pool is closed")
         try:
@@ -76,10 +88,11 @@ class KeygenPool:
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write(b"g\n")
             proc.stdin.flush()
-            header = proc.stdout.readline()
-            size = int(header)
-            pem = proc.stdout.read(size)
-            if len(pem) != size:
+            header = proc.stdout.readline().split()
+            pem_size, spki_size = int(header[0]), int(header[1])
+            pem = proc.stdout.read(pem_size)
+            spki = proc.stdout.read(spki_size)
+            if len(pem) != pem_size or len(spki) != spki_size:
                 raise ValueError("short read")
         except (OSError, ValueError) as exc:
             proc.kill()
@@ -90,7 +103,7 @@ class KeygenPool:
             raise KeygenError("a key generation worker died ({}); it was restarted".format(exc)) from None
         finally:
             self._idle.put(proc)
-        return pem
+        return pem, spki
 
     def close(self) -> None:
         self._closed = True
@@ -117,9 +130,10 @@ def main() -> int:
     for line in stdin:
         if line.strip() != b"g":
             return 2
-        pem = generate_rsa_key_pem()
-        stdout.write(b"%d\n" % len(pem))
+        pem, spki = generate_rsa_key()
+        stdout.write(b"%d %d\n" % (len(pem), len(spki)))
         stdout.write(pem)
+        stdout.write(spki)
         stdout.flush()
     return 0
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 import importlib
@@ -404,6 +405,14 @@ class ProvisioningService:
         if reason.is_failure:
             log.error("broker refused the service connection: %s", reason)
             return
+        # A request's PUBACK and its reply are two small writes in a row: with
+        # Nagle's algorithm the second waits for the broker's delayed ACK (40 ms).
+        sock = client.socket()
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         result, mid = client.subscribe("iotsim/req/#", qos=1)
         self._sub_mid = mid
 
@@ -595,9 +604,9 @@ class ProvisioningService:
         keygen = self._keygen
         if keygen is None:
             raise Rejection(503, "ServiceUnavailable", "iotsim is shutting down")
-        key_pem = keygen.generate()
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        cid, pem, token = self._new_certificate(req, key.public_key(), DEVICE_COMMON_NAME)
+        key_pem, spki = keygen.generate()
+        public_key = serialization.load_der_public_key(spki)
+        cid, pem, token = self._new_certificate(req, public_key, DEVICE_COMMON_NAME)
         return {
             "certificateId": cid,
             "certificatePem": pem,

@@ -1,0 +1,356 @@
+"""Fleet burst: N simulated devices provisioning against iotsim at once.
+
+Each device is a thread running the device library (lib/fleetprov.py) over the
+real umqtt.simple (tools/umqtt_host) with the shared claim certificate over
+mutual TLS: connect, CreateKeysAndCertificate or CreateCertificateFromCsr,
+RegisterThing, disconnect. C devices run at a time. The benchmark starts its
+own iotsim in a temporary folder.
+
+Reported: provisions per second and p50/p99 latency (connect to RegisterThing
+answer) per method, beside the machine's RSA-2048 key generation rate — the
+physical limit of the keys flow, since iotsim makes one RSA key per device as
+AWS does. Every device's result is verified: its certificate holds its own key
+(the key AWS returned, or the key behind its CSR), its certificateId is its
+own and no other device's, the registry's thing for its serial number has
+exactly that certificate and it is ACTIVE — so a reply delivered to the wrong
+connection would be caught ("cross-device leak").
+
+Targets (issue 3, 100 concurrent devices on a 2-core machine): keys + register
+>= 60% of the all-cores keygen rate; CSR + register >= 200/s; p99 < 2 s; zero
+leaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "lib") not in sys.path:
+    sys.path.insert(0, str(ROOT / "lib"))
+
+TEMPLATE = "FleetprovDemo"
+CONCURRENCY = 100
+DEVICES = 200
+QUICK_DEVICES = 20
+KEYS_SHARE_TARGET = 0.60
+CSR_RATE_TARGET = 200.0
+P99_TARGET_S = 2.0
+
+
+@dataclass
+class Outcome:
+    serial: str
+    latency: float
+    certificate_id: str = ""
+    certificate_pem: str = ""
+    thing_name: str = ""
+    key_spki: bytes = b""
+    error: str = ""
+
+
+def _spki(public_key: Any) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def keygen_rates(quick: bool) -> tuple[float, float, int]:
+    """RSA-2048 keys per second: in this process (one core) and over all cores."""
+    from tools.iotsim.keygen import KeygenPool
+
+    n = 6 if quick else 20
+    started = time.perf_counter()
+    for _ in range(n):
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    single = n / (time.perf_counter() - started)
+    cores = os.cpu_count() or 1
+    pool = KeygenPool(cores)
+    try:
+        for _ in range(cores):  # workers are warm once each has made a key
+            pool.generate()
+        per_worker = n // 2 if quick else n
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(cores) as ex:
+            list(ex.map(lambda _: [pool.generate() for _ in range(per_worker)], range(cores)))
+        multi = cores * per_worker / (time.perf_counter() - started)
+    finally:
+        pool.close()
+    return single, multi, cores
+
+
+def _nodelay_sockets() -> None:
+    """Give the simulated devices' sockets TCP_NODELAY.
+
+    umqtt writes each MQTT packet in several small writes; with Nagle's
+    algorithm each one after the first waits for the broker's delayed ACK
+    (about 40 ms), which would make this a benchmark of the host's TCP stack.
+    """
+    import socket
+
+    from tools import umqtt_host  # noqa: F401 - installs the usocket stand-in
+
+    usocket = sys.modules["usocket"]
+    if getattr(usocket, "_bench_nodelay", False):
+        return
+    make = usocket.socket
+
+    def nodelay_socket(*args: Any) -> Any:
+        s = make(*args)
+        try:
+            s.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):
+            pass
+        return s
+
+    usocket.socket = nodelay_socket
+    usocket._bench_nodelay = True
+
+
+def _device(sim: Any, method: str, fmt: str, serial: str, csr: tuple[str, bytes] | None) -> Outcome:
+    import fleetprov
+    from tools import umqtt_host
+
+    started = time.perf_counter()
+    out = Outcome(serial=serial, latency=0.0)
+    client = None
+    try:
+        client = umqtt_host.connect(
+            "bench-" + serial, sim.port, sim.ca_der.read_bytes(),
+            sim.claim_cert_der.read_bytes(), sim.claim_key_der.read_bytes(),
+        )
+        p = fleetprov.Provisioner(client, fmt=fmt, timeout_ms=30000, mqtt_timeout_ms=30000)
+        try:
+            if method == "keys":
+                creds = p.create_keys_and_certificate()
+                # The key is checked against the certificate in _verify; skip
+                # cryptography's RSA validation on load (as costly as keygen).
+                key = serialization.load_pem_private_key(
+                    creds.private_key.encode(), None, unsafe_skip_rsa_key_validation=True
+                )
+                out.key_spki = _spki(key.public_key())
+            else:
+                assert csr is not None
+                creds = p.create_certificate_from_csr(csr[0])
+                out.key_spki = csr[1]
+            reg = p.register_thing(TEMPLATE, creds.ownership_token, {"SerialNumber": serial})
+        finally:
+            p.close()
+        out.latency = time.perf_counter() - started
+        out.certificate_id = creds.certificate_id
+        out.certificate_pem = creds.certificate_pem
+        out.thing_name = reg.thing_name or ""
+    except Exception as exc:  # a failed device is counted and reported, not fatal
+        out.latency = time.perf_counter() - started
+        out.error = "{}: {}".format(type(exc).__name__, exc)
+    finally:
+        if client is not None:
+            try:
+                client.disconnect()
+            except OSError:
+                pass
+    return out
+
+
+def _verify(sim: Any, outcomes: list[Outcome]) -> list[str]:
+    """Problems found: a certificate not holding the device's key, shared ids, wrong things."""
+    problems = []
+    seen: dict[str, str] = {}
+    for o in outcomes:
+        if o.error:
+            continue
+        cert = x509.load_pem_x509_certificate(o.certificate_pem.encode())
+        if _spki(cert.public_key()) != o.key_spki:
+            problems.append("{}: certificate does not hold the device's key".format(o.serial))
+        der_id = __import__("hashlib").sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        if der_id != o.certificate_id:
+            problems.append("{}: certificateId is not the SHA-256 of its certificate".format(o.serial))
+        if o.certificate_id in seen:
+            problems.append("{} and {} got the same certificate".format(seen[o.certificate_id], o.serial))
+        seen[o.certificate_id] = o.serial
+        if o.thing_name != "fleetprov-" + o.serial:
+            problems.append("{}: got thing {!r}".format(o.serial, o.thing_name))
+        thing = sim.registry.thing("fleetprov-" + o.serial)
+        if thing is None or thing.certificates != [o.certificate_id]:
+            problems.append("{}: registry thing has certificates {}".format(o.serial, thing and thing.certificates))
+        if sim.registry.status(o.certificate_id) != "ACTIVE":
+            problems.append("{}: certificate is {}".format(o.serial, sim.registry.status(o.certificate_id)))
+    return problems
+
+
+def _burst(sim: Any, method: str, fmt: str, n: int, concurrency: int, tag: str) -> tuple[list[Outcome], float]:
+    from tqdm import tqdm
+
+    csrs: list[tuple[str, bytes] | None] = [None] * n
+    if method == "csr":  # made before the clock starts: the device's own work, not iotsim's
+        for i in range(n):
+            key = ec.generate_private_key(ec.SECP256R1())
+            req = x509.CertificateSigningRequestBuilder().subject_name(
+                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-{}-{}".format(tag, i))])
+            ).sign(key, hashes.SHA256())
+            csrs[i] = (req.public_bytes(serialization.Encoding.PEM).decode(), _spki(key.public_key()))
+    serials = ["{}{:05d}".format(tag, i) for i in range(n)]
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    bar = tqdm(total=n, desc="{} {} x{}".format(method, fmt, n), unit="dev", leave=True, file=sys.stderr)
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as ex:
+        futures = [ex.submit(_device, sim, method, fmt, serials[i], csrs[i]) for i in range(n)]
+        for f in concurrent.futures.as_completed(futures):
+            o = f.result()
+            with lock:
+                outcomes.append(o)
+            bar.update(1)
+    elapsed = time.perf_counter() - started
+    bar.close()
+    return outcomes, elapsed
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))]
+
+
+class _Sim:
+    """iotsim as its own process (``python -m tools.iotsim up``), as a user runs it.
+
+    In-process, the service would share the GIL with the 100 device threads and
+    the benchmark would measure Python's scheduler rather than iotsim.
+    """
+
+    def __init__(self, state: Path) -> None:
+        from tools.iotsim.broker import free_port
+
+        self.state = state
+        self.port = free_port()
+        self.ca_der = state / "ca.der"
+        self.claim_cert_der = state / "claim.der"
+        self.claim_key_der = state / "claim.key.der"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tools.iotsim", "up", "--state", str(state), "--port", str(self.port)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        if "iotsim is running" not in first:
+            self.proc.kill()
+            raise RuntimeError("iotsim did not start: " + first + self.proc.stdout.read())
+        from tools.iotsim.registry import Registry
+
+        self.registry = Registry(state)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by iotsim's service process and by mosquitto."""
+        times = {"service": _cpu(self.proc.pid)}
+        for child in Path("/proc/{}/task/{}/children".format(self.proc.pid, self.proc.pid)).read_text().split():
+            name = Path("/proc/{}/comm".format(child)).read_text().strip()
+            if name == "mosquitto":
+                times["mosquitto"] = _cpu(int(child))
+            else:
+                times["keygen"] = times.get("keygen", 0.0) + _cpu(int(child))
+        return times
+
+    def close(self) -> None:
+        self.registry.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _cpu(pid: int) -> float:
+    fields = Path("/proc/{}/stat".format(pid)).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(args: argparse.Namespace) -> None:
+    quick = bool(getattr(args, "quick", False))
+    n = QUICK_DEVICES if quick else DEVICES
+    concurrency = min(CONCURRENCY, n)
+    single, multi, cores = keygen_rates(quick)
+    _nodelay_sockets()
+    rows = []
+    all_problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="iotsim-bench-") as folder:
+        sim = _Sim(Path(folder) / "state")
+        try:
+            for method, fmt, tag in (("keys", "json", "k"), ("csr", "json", "c"), ("keys", "cbor", "kc"), ("csr", "cbor", "cc")):
+                if quick and fmt == "cbor":
+                    continue
+                before, mine = sim.cpu_seconds(), time.process_time()
+                outcomes, elapsed = _burst(sim, method, fmt, n, concurrency, tag)
+                after, mine = sim.cpu_seconds(), time.process_time() - mine
+                cpu = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+                cpu["devices"] = mine
+                ok = [o for o in outcomes if not o.error]
+                failed = [o for o in outcomes if o.error]
+                problems = _verify(sim, outcomes)
+                all_problems += problems
+                lat = [o.latency for o in ok]
+                rows.append({
+                    "flow": "{} + register ({})".format("keys" if method == "keys" else "csr", fmt),
+                    "method": method,
+                    "devices": n, "ok": len(ok), "failed": len(failed),
+                    "rate": len(ok) / elapsed if elapsed else 0.0,
+                    "p50": _pct(lat, 0.50), "p99": _pct(lat, 0.99),
+                    "leaks": len(problems),
+                    "cpu": "service {service:.1f} s, keygen {keygen:.1f} s, mosquitto {mosquitto:.1f} s, devices {devices:.1f} s".format(
+                        **{"service": 0.0, "keygen": 0.0, "mosquitto": 0.0, **cpu}),
+                })
+                for o in failed[:3]:
+                    print("  failed device {}: {}".format(o.serial, o.error))
+                for p in problems[:5]:
+                    print("  VERIFY: {}".format(p))
+        finally:
+            sim.close()
+
+    print("\nRSA-2048 key generation (cryptography): {:.1f} keys/s on one core, {:.1f} keys/s on all {} cores".format(
+        single, multi, cores))
+    print("fleet burst: {} devices per flow, {} at a time, fleetprov + umqtt.simple over mutual TLS\n".format(n, concurrency))
+    print("| flow | devices ok | provisions/s | p50 latency | p99 latency | cross-device leaks |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print("| {flow} | {ok}/{devices} | {rate:.1f} | {p50:.3f} s | {p99:.3f} s | {leaks} |".format(**r))
+    print("\nCPU time per flow:")
+    for r in rows:
+        print("  {flow}: {cpu}".format(**r))
+    print("\n| target | measured | goal | met |")
+    print("|---|---|---|---|")
+    keys_target = KEYS_SHARE_TARGET * multi
+    for r in rows:
+        if r["method"] == "keys":
+            print("| {} rate | {:.1f}/s ({:.0%} of keygen) | >= {:.1f}/s (60% of {:.1f}) | {} |".format(
+                r["flow"], r["rate"], r["rate"] / multi if multi else 0, keys_target, multi,
+                "yes" if r["rate"] >= keys_target else "NO"))
+        else:
+            print("| {} rate | {:.1f}/s | >= {:.0f}/s | {} |".format(
+                r["flow"], r["rate"], CSR_RATE_TARGET, "yes" if r["rate"] >= CSR_RATE_TARGET else "NO"))
+    for r in rows:
+        print("| {} p99 | {:.3f} s | < {:.0f} s | {} |".format(
+            r["flow"], r["p99"], P99_TARGET_S, "yes" if r["p99"] < P99_TARGET_S else "NO"))
+    total_failed = sum(r["failed"] for r in rows)
+    print("| failed devices | {} | 0 | {} |".format(total_failed, "yes" if total_failed == 0 else "NO"))
+    print("| cross-device leaks / wrong certificates | {} | 0 | {} |".format(
+        len(all_problems), "yes" if not all_problems else "NO"))
+    if quick:
+        print("\n(--quick: {} devices, JSON only; `make bench` runs {} per flow in both formats)".format(n, DEVICES))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    run(parser.parse_args())
