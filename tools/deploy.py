@@ -135,7 +135,9 @@ def collect_library(source: bool, mpy_dir: Path = MPY_BUILD) -> list[Upload]:
         py = LIB_SRC / (m + ".py")
         mpy = mpy_dir / (m + ".mpy")
         if not mpy.exists():
-            raise DeployError("{} is missing: run `make mpy` (or deploy the sources with --source)".format(mpy))
+            raise DeployError(
+                "{} is missing: run `make mpy` (or deploy the sources with --source)".format(mpy)
+            )
         if mpy.stat().st_mtime < py.stat().st_mtime:
             raise DeployError("{} is older than {}: run `make mpy` to rebuild it".format(mpy, py))
         uploads.append(Upload(mpy, "lib/{}.mpy".format(m)))
@@ -179,10 +181,14 @@ def board_cert_dir(config: dict[str, object]) -> str:
     """The certificate folder on the board, relative to the flash root, from config.json."""
     cert_dir = config.get(CERT_DIR_KEY, CERT_DIR_DEFAULT)
     if not isinstance(cert_dir, str) or not cert_dir.strip("/"):
-        raise DeployError("config.json: {!r} must be a non-empty folder name, got {!r}".format(CERT_DIR_KEY, cert_dir))
+        raise DeployError(
+            "config.json: {!r} must be a non-empty folder name, got {!r}".format(CERT_DIR_KEY, cert_dir)
+        )
     cert_dir = cert_dir.strip("/")
     if ".." in cert_dir.split("/"):
-        raise DeployError("config.json: {!r} must stay inside the flash, got {!r}".format(CERT_DIR_KEY, cert_dir))
+        raise DeployError(
+            "config.json: {!r} must stay inside the flash, got {!r}".format(CERT_DIR_KEY, cert_dir)
+        )
     return cert_dir
 
 
@@ -195,8 +201,8 @@ def claim_file_names(config: dict[str, object]) -> dict[str, str]:
             raise DeployError("config.json: {!r} must be a plain file name, got {!r}".format(key, name))
         if name in device_credential_names():
             raise DeployError(
-                "config.json: {!r} names {!r}, which is where the device keeps its own credentials; "
-                "deploy never copies device credentials from the host — name the claim file differently".format(
+                "config.json: {!r} names {!r}, which is where the device keeps its own credentials; deploy "
+                "never copies device credentials from the host — name the claim file differently".format(
                     key, name
                 )
             )
@@ -210,8 +216,11 @@ def collect_config(config_dir: Path) -> tuple[list[Upload], str]:
     cert_dir = board_cert_dir(config)
     endpoint = config.get("endpoint")
     if isinstance(endpoint, str) and (endpoint.startswith("127.") or endpoint in ("localhost", "::1")):
-        log.warning("config.json's endpoint %s is this host's loopback address: right for the virtual board, "
-                    "unreachable from a real board (use the host's LAN address or AWS's -ats endpoint)", endpoint)
+        log.warning(
+            "config.json's endpoint %s is this host's loopback address: right for the virtual board, "
+            "unreachable from a real board (use the host's LAN address or AWS's -ats endpoint)",
+            endpoint,
+        )
     uploads = [Upload(config_dir / "config.json", "config.json")]
     missing = []
     for key, name in claim_file_names(config).items():
@@ -303,7 +312,9 @@ def run_mpremote(port: str | None, args: list[str], what: str) -> str:
     except subprocess.TimeoutExpired:
         raise DeployError(
             "mpremote did not finish {} on {} within {:.0f}s: is the board running something that "
-            "ignores Ctrl-C? Reset it and try again".format(what, port or "the auto-detected port", MPREMOTE_TIMEOUT_S)
+            "ignores Ctrl-C? Reset it and try again".format(
+                what, port or "the auto-detected port", MPREMOTE_TIMEOUT_S
+            )
         ) from None
     if proc.returncode != 0:
         detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
@@ -326,7 +337,9 @@ def parse_marked_json(stdout: str, what: str) -> object:
 def board_inventory(port: str | None, folders: list[str]) -> dict[str, list | None]:
     """path -> [size, sha256 hex] for files, None for folders, over the flash root and `folders`."""
     script = INVENTORY_SCRIPT % (MARK, [""] + folders)
-    inventory = parse_marked_json(run_mpremote(port, ["exec", script], "listing the board's files"), "the listing")
+    inventory = parse_marked_json(
+        run_mpremote(port, ["exec", script], "listing the board's files"), "the listing"
+    )
     if not isinstance(inventory, dict):
         raise DeployError("the board's file listing is not a map: {!r}".format(inventory))
     return inventory
@@ -372,17 +385,29 @@ def deploy(port: str | None, source: bool, config_dir: Path, dry_run: bool = Fal
     for d in plan.mkdirs:
         log.info("mkdir  %s", d)
     for up in plan.copies:
-        log.info("copy   %s -> %s (%s)", up.src.relative_to(ROOT) if up.src.is_relative_to(ROOT) else up.src,
-                 up.dest, "changed" if up.dest in inventory else "new")
+        log.info(
+            "copy   %s -> %s (%s)",
+            up.src.relative_to(ROOT) if up.src.is_relative_to(ROOT) else up.src,
+            up.dest,
+            "changed" if up.dest in inventory else "new",
+        )
     for path in plan.removes:
         if "/" not in path:
-            log.info("remove %s (a copy at the flash root: MicroPython would import it instead of lib/)", path)
+            log.info(
+                "remove %s (a copy at the flash root: MicroPython would import it instead of lib/)", path
+            )
         elif path.endswith(".py"):
-            log.info("remove %s (stale source: MicroPython would import it instead of %smpy)", path, path[:-2])
+            log.info(
+                "remove %s (stale source: MicroPython would import it instead of %smpy)", path, path[:-2]
+            )
         else:
             log.info("remove %s (stale compiled build of %spy)", path, path[:-3])
-    log.info("%d file(s) to copy, %d unchanged, %d stale file(s) to remove",
-             len(plan.copies), len(plan.unchanged), len(plan.removes))
+    log.info(
+        "%d file(s) to copy, %d unchanged, %d stale file(s) to remove",
+        len(plan.copies),
+        len(plan.unchanged),
+        len(plan.removes),
+    )
     if plan.is_empty():
         log.info("the board is up to date")
     elif not dry_run:
@@ -447,7 +472,9 @@ def status(port: str | None) -> dict[str, object]:
     """What the board holds: its files (path -> size, None for folders), its
     certificate folder, and its identity (provisioned, thing name, certificate id)."""
     script = STATUS_SCRIPT % (STATUS_FIELDS, MARK)
-    report = parse_marked_json(run_mpremote(port, ["exec", script], "reading the board's status"), "the status")
+    report = parse_marked_json(
+        run_mpremote(port, ["exec", script], "reading the board's status"), "the status"
+    )
     if not isinstance(report, dict):
         raise DeployError("the board's status is not a map: {!r}".format(report))
     store = report.get("store")
@@ -497,11 +524,17 @@ def config_dir_from(arg: str | None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.deploy", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_deploy = sub.add_parser("deploy", help="copy the device library, boot.py, main.py, config and claim files")
+    p_deploy = sub.add_parser(
+        "deploy", help="copy the device library, boot.py, main.py, config and claim files"
+    )
     p_deploy.add_argument("--port", help="serial port (default: mpremote's auto-detect)")
-    p_deploy.add_argument("--source", action="store_true", help="deploy lib/*.py instead of the compiled .mpy")
-    p_deploy.add_argument("--config", help="folder with config.json and the claim files "
-                          "(default: ${} or device/)".format(CONFIG_ENV))
+    p_deploy.add_argument(
+        "--source", action="store_true", help="deploy lib/*.py instead of the compiled .mpy"
+    )
+    p_deploy.add_argument(
+        "--config",
+        help="folder with config.json and the claim files (default: ${} or device/)".format(CONFIG_ENV),
+    )
     p_deploy.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p_status = sub.add_parser("status", help="show what the board holds and whether it is provisioned")
     p_status.add_argument("--port", help="serial port (default: mpremote's auto-detect)")
@@ -514,7 +547,11 @@ def main(argv: list[str] | None = None) -> int:
             deploy(args.port, args.source, config_dir_from(args.config), dry_run=args.dry_run)
         else:
             report = status(args.port)
-            print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_status(report, args.port))
+            print(
+                json.dumps(report, indent=2, sort_keys=True)
+                if args.json
+                else format_status(report, args.port)
+            )
             if report.get("error"):
                 return 1
     except DeployError as exc:

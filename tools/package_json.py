@@ -60,7 +60,9 @@ def render(data: dict[str, object]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.package_json", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.package_json", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--check", action="store_true", help="only report whether package.json is up to date")
     args = parser.parse_args(argv)
     want = render(manifest())

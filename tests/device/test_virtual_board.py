@@ -170,7 +170,9 @@ def claim_config(tmp_path: Path) -> Path:
     return cfg
 
 
-def run_deploy(*args: str, config: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_deploy(
+    *args: str, config: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "tools.deploy", *args]
     if config is not None:
         cmd += ["--config", str(config)]
@@ -207,7 +209,11 @@ def test_make_deploy_puts_the_compiled_library_scripts_config_and_claim_files_on
     env = dict(os.environ, FLEETPROV_CONFIG=str(claim_config))
     proc = subprocess.run(
         ["make", "-s", "deploy", "PORT={}".format(board.pty)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     want = {"lib/{}.mpy".format(m): sha(MPY_BUILD / (m + ".mpy")) for m in LIB_MODULES}
@@ -236,7 +242,9 @@ def test_a_dry_run_shows_the_plan_and_writes_nothing(board: VirtualBoard, claim_
     assert flash_files(board.flash) == {} and not (board.flash / "lib").exists()
 
 
-def test_a_loopback_endpoint_is_deployed_with_a_warning_for_hardware(board: VirtualBoard, claim_config: Path) -> None:
+def test_a_loopback_endpoint_is_deployed_with_a_warning_for_hardware(
+    board: VirtualBoard, claim_config: Path
+) -> None:
     build_mpy()
     out = run_deploy("deploy", "--port", str(board.pty), "--dry-run", config=claim_config)
     assert "endpoint 127.0.0.1 is this host's loopback address" in out.stderr
@@ -245,7 +253,9 @@ def test_a_loopback_endpoint_is_deployed_with_a_warning_for_hardware(board: Virt
 def test_a_changed_file_is_the_only_one_copied_again(board: VirtualBoard, claim_config: Path) -> None:
     build_mpy()
     run_deploy("deploy", "--port", str(board.pty), config=claim_config)
-    (claim_config / "config.json").write_text('{"endpoint": "example.invalid", "template": "T"}', encoding="utf-8")
+    (claim_config / "config.json").write_text(
+        '{"endpoint": "example.invalid", "template": "T"}', encoding="utf-8"
+    )
     out = run_deploy("deploy", "--port", str(board.pty), config=claim_config)
     assert "1 file(s) to copy" in out.stderr
     assert "-> config.json (changed)" in out.stderr
@@ -280,7 +290,9 @@ def test_deploying_sources_removes_the_compiled_build_and_the_sources_run(
     run_deploy("deploy", "--port", str(board.pty), "--source", config=claim_config)
     lib = sorted(p.name for p in (board.flash / "lib").iterdir())
     assert lib == sorted(m + ".py" for m in LIB_MODULES)
-    out = board.mpremote("exec", "import fleetprov, cbor; print(fleetprov.__file__, cbor.loads(cbor.dumps([1, 'a'])))")
+    out = board.mpremote(
+        "exec", "import fleetprov, cbor; print(fleetprov.__file__, cbor.loads(cbor.dumps([1, 'a'])))"
+    )
     assert out.stdout.strip() == "lib/fleetprov.py [1, 'a']"
 
 
@@ -307,7 +319,9 @@ def test_deploy_refuses_a_config_that_is_not_json(board: VirtualBoard, claim_con
     assert flash_files(board.flash) == {}
 
 
-def test_deploy_never_copies_device_credentials_from_the_host(board: VirtualBoard, claim_config: Path) -> None:
+def test_deploy_never_copies_device_credentials_from_the_host(
+    board: VirtualBoard, claim_config: Path
+) -> None:
     build_mpy()
     device_files = ("device.crt.der", "device.key.der", "provisioned.json", "uid")
     for name in device_files:
@@ -350,7 +364,9 @@ def test_deploy_to_a_port_with_no_board_says_which_port_failed(tmp_path: Path, c
     assert "mpremote failed listing the board's files on {}".format(port) in proc.stderr
 
 
-def test_status_lists_the_files_and_reports_an_unprovisioned_board(board: VirtualBoard, claim_config: Path) -> None:
+def test_status_lists_the_files_and_reports_an_unprovisioned_board(
+    board: VirtualBoard, claim_config: Path
+) -> None:
     build_mpy()
     run_deploy("deploy", "--port", str(board.pty), config=claim_config)
     report = json.loads(run_deploy("status", "--port", str(board.pty), "--json").stdout)
@@ -375,10 +391,13 @@ def test_status_of_an_empty_board_says_to_deploy(board: VirtualBoard) -> None:
 
 # --- the deployed build provisions against iotsim --------------------------------------
 
-from tools.iotsim.testing import iotsim, iotsim_module  # noqa: E402,F401  (fixtures)
+from tools.iotsim.testing import iotsim, iotsim_module  # noqa: E402,F401  (pytest fixtures)
 
 
-def test_the_deployed_mpy_build_provisions_the_virtual_board_against_iotsim(board: VirtualBoard, iotsim) -> None:
+def test_the_deployed_mpy_build_provisions_the_virtual_board_against_iotsim(
+    board: VirtualBoard,
+    iotsim,  # noqa: F811  (the fixture imported above)
+) -> None:
     build_mpy()
     # The folder `python -m tools.iotsim up` writes: config.json, certs/, and
     # the simulator's own secrets (CA key, service key), which must stay home.
@@ -397,7 +416,9 @@ def test_the_deployed_mpy_build_provisions_the_virtual_board_against_iotsim(boar
     store = json.loads(proc.stdout)["store"]
     assert store["provisioned"] is True
     thing_name, certificate_id = store["thing_name"], store["certificate_id"]
-    assert iotsim.registry.thing(thing_name) is not None, "iotsim's registry does not know {}".format(thing_name)
+    assert iotsim.registry.thing(thing_name) is not None, "iotsim's registry does not know {}".format(
+        thing_name
+    )
     assert iotsim.registry.thing_of(certificate_id) == thing_name
     assert iotsim.registry.status(certificate_id) == "ACTIVE"
     # AWS's certificateId is the SHA-256 of the certificate's DER: the board holds that certificate.
@@ -406,8 +427,13 @@ def test_the_deployed_mpy_build_provisions_the_virtual_board_against_iotsim(boar
     for name in CLAIM_FILES:
         assert sha(board.flash / "certs" / name) == deployed["certs/" + name]
     key = (board.flash / "certs" / "device.key.der").read_bytes()
-    made = subprocess.run(["make", "-s", "status", "PORT={}".format(board.pty)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    made = subprocess.run(
+        ["make", "-s", "status", "PORT={}".format(board.pty)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     text = made.stdout
     assert "provisioned: yes" in text and "thing name: {}".format(thing_name) in text
@@ -419,29 +445,46 @@ def test_the_deployed_mpy_build_provisions_the_virtual_board_against_iotsim(boar
     # Deploying again (a library update) leaves the new identity in place.
     again = run_deploy("deploy", "--port", str(board.pty), config=iotsim.state)
     assert "0 file(s) to copy" in again.stderr
-    assert json.loads(run_deploy("status", "--port", str(board.pty), "--json").stdout)["store"]["provisioned"] is True
+    assert (
+        json.loads(run_deploy("status", "--port", str(board.pty), "--json").stdout)["store"]["provisioned"]
+        is True
+    )
 
 
 # --- mip --------------------------------------------------------------------------------
 
 
-def test_mip_installs_the_device_library_and_umqtt_from_package_json(board: VirtualBoard, tmp_path: Path) -> None:
+def test_mip_installs_the_device_library_and_umqtt_from_package_json(
+    board: VirtualBoard, tmp_path: Path
+) -> None:
     # A local stand-in for micropython-lib's index (mip would fetch umqtt.simple
     # from the network): package/py/<name>/<version>.json, as the real index lays it out.
     dep = tmp_path / "index" / "package" / "py" / "umqtt.simple"
     (dep / "umqtt").mkdir(parents=True)
     shutil.copyfile(DEPS / "umqtt" / "simple.py", dep / "umqtt" / "simple.py")
-    (dep / "latest.json").write_text(json.dumps({"urls": [["umqtt/simple.py", "umqtt/simple.py"]], "version": "1.3.4"}))
+    (dep / "latest.json").write_text(
+        json.dumps({"urls": [["umqtt/simple.py", "umqtt/simple.py"]], "version": "1.3.4"})
+    )
 
     # mpremote's mip reads a local package.json exactly as it reads one from
     # github: (relative sources resolved against the manifest's folder).
     out = board.mpremote(
-        "mip", "install", "--target", "lib", "--index", str(tmp_path / "index"), "--no-mpy", str(ROOT / "package.json")
+        "mip",
+        "install",
+        "--target",
+        "lib",
+        "--index",
+        str(tmp_path / "index"),
+        "--no-mpy",
+        str(ROOT / "package.json"),
     )
     assert "Installing: lib/umqtt/simple.py" in out.stdout
     installed = sorted(str(p.relative_to(board.flash)) for p in board.flash.rglob("*.py"))
     assert installed == sorted(["lib/{}.py".format(m) for m in LIB_MODULES] + ["lib/umqtt/simple.py"])
     for m in LIB_MODULES:
         assert (board.flash / "lib" / (m + ".py")).read_bytes() == (ROOT / "lib" / (m + ".py")).read_bytes()
-    run = board.mpremote("exec", "import fleetprov, credstore, cbor; print(fleetprov.__file__, cbor.loads(cbor.dumps({'a': 1})))")
+    run = board.mpremote(
+        "exec",
+        "import fleetprov, credstore, cbor; print(fleetprov.__file__, cbor.loads(cbor.dumps({'a': 1})))",
+    )
     assert run.stdout.strip() == "lib/fleetprov.py {'a': 1}"

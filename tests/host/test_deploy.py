@@ -53,7 +53,12 @@ def test_an_up_to_date_board_needs_no_mpremote_call(tmp_path: Path) -> None:
 def test_stale_twins_are_the_other_form_in_lib_and_both_forms_at_the_root() -> None:
     ups = [Upload(Path("x"), "lib/fleetprov.mpy"), Upload(Path("y"), "lib/cbor.py")]
     assert deploy.stale_twins(ups) == [
-        "lib/fleetprov.py", "lib/cbor.mpy", "fleetprov.py", "fleetprov.mpy", "cbor.py", "cbor.mpy"
+        "lib/fleetprov.py",
+        "lib/cbor.mpy",
+        "fleetprov.py",
+        "fleetprov.mpy",
+        "cbor.py",
+        "cbor.mpy",
     ]
 
 
@@ -66,7 +71,19 @@ def test_plan_commands_are_one_mpremote_chain_folders_first_removals_last(tmp_pa
     a = upload(tmp_path, "certs/ca.der", b"ca")
     plan = deploy.Plan(mkdirs=["certs"], copies=[a], removes=["lib/a.py"], unchanged=[])
     assert deploy.plan_commands(plan) == [
-        "fs", "mkdir", ":certs", "+", "fs", "cp", "-f", str(a.src), ":certs/ca.der", "+", "fs", "rm", ":lib/a.py",
+        "fs",
+        "mkdir",
+        ":certs",
+        "+",
+        "fs",
+        "cp",
+        "-f",
+        str(a.src),
+        ":certs/ca.der",
+        "+",
+        "fs",
+        "rm",
+        ":lib/a.py",
     ]
 
 
@@ -97,7 +114,10 @@ def test_device_credential_names_are_the_credential_stores_own() -> None:
     import credstore
 
     assert deploy.device_credential_names() == {
-        credstore.RECORD, credstore.DEVICE_CERT, credstore.DEVICE_KEY, credstore.UID
+        credstore.RECORD,
+        credstore.DEVICE_CERT,
+        credstore.DEVICE_KEY,
+        credstore.UID,
     }
 
 
@@ -127,7 +147,9 @@ def test_every_missing_claim_file_is_named_with_where_it_was_looked_for(tmp_path
     assert str(tmp_path / "certs" / "ca.der") in msg
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", '"text"', "{not json", "\udcff".encode("utf-8", "surrogatepass")])
+@pytest.mark.parametrize(
+    "content", ["[1, 2]", '"text"', "{not json", "\udcff".encode("utf-8", "surrogatepass")]
+)
 def test_a_config_that_is_not_a_json_object_is_refused(tmp_path: Path, content: str | bytes) -> None:
     path = tmp_path / "config.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -155,12 +177,25 @@ def test_status_passes_on_only_the_documented_fields(monkeypatch: pytest.MonkeyP
     board_answer = {
         "files": {"config.json": 10},
         "cert_dir": "certs",
-        "store": {"provisioned": True, "thing_name": "t", "certificate_id": "c", "device_configuration": {},
-                  "private_key": "-----BEGIN PRIVATE KEY-----", "token": "secret"},
+        "store": {
+            "provisioned": True,
+            "thing_name": "t",
+            "certificate_id": "c",
+            "device_configuration": {},
+            "private_key": "-----BEGIN PRIVATE KEY-----",
+            "token": "secret",
+        },
     }
-    monkeypatch.setattr(deploy, "run_mpremote", lambda port, args, what: deploy.MARK + json.dumps(board_answer))
+    monkeypatch.setattr(
+        deploy, "run_mpremote", lambda port, args, what: deploy.MARK + json.dumps(board_answer)
+    )
     report = deploy.status("/dev/null")
-    assert report["store"] == {"provisioned": True, "thing_name": "t", "certificate_id": "c", "device_configuration": {}}
+    assert report["store"] == {
+        "provisioned": True,
+        "thing_name": "t",
+        "certificate_id": "c",
+        "device_configuration": {},
+    }
     text = deploy.format_status(report, "/dev/null")
     assert "secret" not in text and "PRIVATE" not in text
     assert "thing name: t" in text

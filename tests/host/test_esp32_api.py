@@ -36,18 +36,39 @@ def test_device_code_uses_only_the_esp32_ports_api() -> None:
 
 # One misuse per snippet: (id, code, line of the misuse, what the report says).
 MISUSES = [
-    ("unknown-method", "import machine\nmachine.Pin(1).nonexistent()\n", 2, 'attribute "nonexistent" for class "Pin"'),
-    ("unknown-keyword", "import ssl, socket\nssl.wrap_socket(socket.socket(), bogus=1)\n", 2,
-     'No parameter named "bogus"'),
+    (
+        "unknown-method",
+        "import machine\nmachine.Pin(1).nonexistent()\n",
+        2,
+        'attribute "nonexistent" for class "Pin"',
+    ),
+    (
+        "unknown-keyword",
+        "import ssl, socket\nssl.wrap_socket(socket.socket(), bogus=1)\n",
+        2,
+        'No parameter named "bogus"',
+    ),
     ("cpython-only-keyword", "import json\njson.dumps({}, sort_keys=True)\n", 2, 'No overloads for "dumps"'),
-    ("cpython-only-function", "import time\ntime.monotonic()\n", 2,
-     '"monotonic" is not a known attribute of module "time"'),
+    (
+        "cpython-only-function",
+        "import time\ntime.monotonic()\n",
+        2,
+        '"monotonic" is not a known attribute of module "time"',
+    ),
     ("too-many-arguments", "from time import ticks_ms\nticks_ms(5)\n", 2, "Expected 0 positional arguments"),
     ("cpython-only-package", "import cryptography\n", 1, 'Import "cryptography" could not be resolved'),
-    ("unknown-wlan-method", "import network\nnetwork.WLAN(network.STA_IF).no_such_method()\n", 2,
-     '"no_such_method"'),
-    ("os-fsync", "import os\nf = open('x')\nos.fsync(f.fileno())\n", 3,
-     '"fsync" is not in the ESP32 port\'s os module'),
+    (
+        "unknown-wlan-method",
+        "import network\nnetwork.WLAN(network.STA_IF).no_such_method()\n",
+        2,
+        '"no_such_method"',
+    ),
+    (
+        "os-fsync",
+        "import os\nf = open('x')\nos.fsync(f.fileno())\n",
+        3,
+        '"fsync" is not in the ESP32 port\'s os module',
+    ),
     ("os-makedirs", "import os\nos.makedirs('a/b')\n", 2, '"makedirs" is not in the ESP32 port\'s os module'),
     ("from-os-import", "from os import fsync\n", 1, '"fsync" is not in the ESP32 port\'s os module'),
     ("hexdigest", "import hashlib\nh = hashlib.sha256(b'x').hexdigest()\n", 2, "no hexdigest()"),
@@ -170,10 +191,21 @@ def test_a_misuse_inside_the_try_body_of_an_import_guard_is_reported(tmp_path: P
 
 
 def test_blanking_a_fallback_keeps_every_other_line_in_place() -> None:
-    src = "import a\ntry:\n    import b\nexcept (ValueError, ImportError):\n    x = (1,\n         2)\n    y = 3\nz = 4\n"
+    src = (
+        "import a\ntry:\n    import b\nexcept (ValueError, ImportError):\n"
+        "    x = (1,\n         2)\n    y = 3\nz = 4\n"
+    )
     out = esp32check.blank_import_fallbacks(src)
-    assert out.splitlines() == ["import a", "try:", "    import b", "except (ValueError, ImportError):",
-                                "    pass", "", "", "z = 4"]
+    assert out.splitlines() == [
+        "import a",
+        "try:",
+        "    import b",
+        "except (ValueError, ImportError):",
+        "    pass",
+        "",
+        "",
+        "z = 4",
+    ]
     compile(out, "blanked", "exec")
 
 

@@ -28,7 +28,9 @@ def test_package_json_lists_exactly_the_device_library() -> None:
 
 
 def test_package_json_is_what_the_generator_writes() -> None:
-    assert (ROOT / "package.json").read_text(encoding="utf-8") == package_json.render(package_json.manifest()), STALE
+    assert (ROOT / "package.json").read_text(encoding="utf-8") == package_json.render(
+        package_json.manifest()
+    ), STALE
 
 
 def test_every_source_is_a_relative_path_to_an_existing_lib_file() -> None:

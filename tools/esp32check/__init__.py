@@ -88,7 +88,8 @@ ESP32_OS = frozenset(
 )
 # Attributes the stubs declare but MicroPython does not implement.
 NOT_IMPLEMENTED = {
-    "hexdigest": "MicroPython's hashlib objects have no hexdigest(): use binascii.hexlify(h.digest()).decode()",
+    "hexdigest": "MicroPython's hashlib objects have no hexdigest(): "
+    "use binascii.hexlify(h.digest()).decode()",
 }
 
 
@@ -165,7 +166,9 @@ def stub_files(stubs: Path | None = None) -> list[tuple[Path, str]]:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             raise CheckError(
-                "{} is not installed in {}: run `make test` (requirements.txt pins it)".format(name, sys.prefix)
+                "{} is not installed in {}: run `make test` (requirements.txt pins it)".format(
+                    name, sys.prefix
+                )
             ) from None
         for f in dist.files or ():
             rel = str(f)
@@ -201,7 +204,11 @@ def prepare(work: Path, files: list[Path], root: Path, stubs: Path | None = None
     (work / "venv" / "empty" / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
     mapping = {}
     for f in files:
-        rel = f.resolve().relative_to(root.resolve()) if f.resolve().is_relative_to(root.resolve()) else Path(f.name)
+        rel = (
+            f.resolve().relative_to(root.resolve())
+            if f.resolve().is_relative_to(root.resolve())
+            else Path(f.name)
+        )
         dest = work / "src" / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(blank_import_fallbacks(f.read_text(encoding="utf-8")), encoding="utf-8")
@@ -278,17 +285,34 @@ def inventory_check(path: str, source: str) -> list[Diagnostic]:
         elif isinstance(node, ast.ImportFrom) and node.module in ("os", "uos"):
             for a in node.names:
                 if a.name != "*" and a.name not in ESP32_OS:
-                    out.append(Diagnostic(path, node.lineno, node.col_offset + 1, "esp32Os",
-                                          '"{}" is not in the ESP32 port\'s os module'.format(a.name)))
+                    out.append(
+                        Diagnostic(
+                            path,
+                            node.lineno,
+                            node.col_offset + 1,
+                            "esp32Os",
+                            '"{}" is not in the ESP32 port\'s os module'.format(a.name),
+                        )
+                    )
     for node in ast.walk(tree):
         if not isinstance(node, ast.Attribute):
             continue
         if isinstance(node.value, ast.Name) and node.value.id in aliases and node.attr not in ESP32_OS:
-            out.append(Diagnostic(path, node.lineno, node.col_offset + 1, "esp32Os",
-                                  '"{}" is not in the ESP32 port\'s os module'.format(node.attr)))
+            out.append(
+                Diagnostic(
+                    path,
+                    node.lineno,
+                    node.col_offset + 1,
+                    "esp32Os",
+                    '"{}" is not in the ESP32 port\'s os module'.format(node.attr),
+                )
+            )
         elif node.attr in NOT_IMPLEMENTED:
-            out.append(Diagnostic(path, node.lineno, node.col_offset + 1, "esp32NotImplemented",
-                                  NOT_IMPLEMENTED[node.attr]))
+            out.append(
+                Diagnostic(
+                    path, node.lineno, node.col_offset + 1, "esp32NotImplemented", NOT_IMPLEMENTED[node.attr]
+                )
+            )
     return out
 
 
@@ -357,7 +381,9 @@ def check(files: list[Path] | None = None, root: Path = ROOT, stubs: Path | None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.esp32check", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", type=Path, help="files to check (default: the device files)")
-    parser.add_argument("--stubs", type=Path, help="a folder of stubs (pip install --target) instead of the venv's")
+    parser.add_argument(
+        "--stubs", type=Path, help="a folder of stubs (pip install --target) instead of the venv's"
+    )
     args = parser.parse_args(argv)
     files = args.files or None
     try:
