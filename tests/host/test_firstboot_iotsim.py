@@ -1,0 +1,129 @@
+"""The first-boot flow on CPython over real mutual TLS: lib/firstboot.py and
+lib/mqttlink.py drive the real umqtt.simple (tools/umqtt_host.py) against
+iotsim, and every network wait ends on its deadline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import credstore
+import devconfig
+import firstboot
+import mqttlink
+from tools import umqtt_host
+
+
+@pytest.fixture
+def device(tmp_path: Path, iotsim: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(iotsim.state / "certs", tmp_path / "certs")
+    cfg = json.loads((iotsim.state / "config.json").read_text())
+    cfg.update(retry_base_ms=10, retry_max_ms=50)
+    return devconfig.validate(cfg)
+
+
+def first_boot(cfg: dict[str, Any], uid: str, lines: list[str]) -> mqttlink.Link:
+    fb = firstboot.FirstBoot(cfg, printer=lines.append, mqtt=umqtt_host.umqtt_simple, uid=uid)
+    return fb.start()
+
+
+def test_cpython_device_provisions_and_reconnects_as_its_thing(iotsim: Any, device: dict[str, Any]) -> None:
+    lines: list[str] = []
+    link = first_boot(device, "host-a", lines)
+    link.close()
+    store = credstore.Store()
+    rec = store.load()
+    assert rec is not None and rec["thing_name"] == "fleetprov-host-a"
+    thing = iotsim.registry.thing("fleetprov-host-a")
+    assert thing is not None and rec["certificate_id"] in thing.certificates
+    assert iotsim.registry.status(rec["certificate_id"]) == "ACTIVE"
+    assert rec["device_configuration"]["HelloTopic"] == "fleetprov/fleetprov-host-a/hello"
+
+
+def test_cpython_device_with_a_revoked_certificate_provisions_again(iotsim: Any, device: dict[str, Any]) -> None:
+    first_boot(device, "host-b", []).close()
+    old = credstore.Store()
+    old_id = old.load()["certificate_id"]
+    iotsim.registry.revoke(old_id)
+    lines: list[str] = []
+    first_boot(device, "host-b", lines).close()
+    assert any(" refused " in line and "CONNACK" in line for line in lines)
+    new_id = credstore.Store().load()["certificate_id"]
+    assert new_id != old_id and iotsim.registry.status(new_id) == "ACTIVE"
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """Accepts TCP connections and never sends a byte."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(0.1)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(5)
+    for c in held:
+        c.close()
+    srv.close()
+
+
+def test_connect_to_a_silent_endpoint_ends_in_connect_error_on_its_deadline(
+    iotsim: Any, silent_server: int
+) -> None:
+    ca = Path(iotsim.ca_der).read_bytes()
+    cert = Path(iotsim.claim_cert_der).read_bytes()
+    key = Path(iotsim.claim_key_der).read_bytes()
+    with pytest.raises(mqttlink.ConnectError) as info:
+        mqttlink.connect(b"x", "127.0.0.1", silent_server, cert, key, ca, "localhost", 200, umqtt_host.umqtt_simple)
+    assert not info.value.refused and "cannot connect to 127.0.0.1:{}".format(silent_server) in str(info.value)
+    # the umqtt module got its own socket factory back
+    assert umqtt_host.umqtt_simple.socket is not None and not isinstance(
+        umqtt_host.umqtt_simple.socket, mqttlink._SocketFactory
+    )
+
+
+def test_a_publish_whose_puback_never_comes_times_out() -> None:
+    a, b = socket.socketpair()
+    try:
+        client = umqtt_host.MQTTClient(b"x", "127.0.0.1", 1)
+        client.sock = umqtt_host.HostSocket(a)
+        link = mqttlink.Link(client, None, 0)
+        with pytest.raises(OSError) as info:
+            mqttlink.publish(link, b"fleetprov/x/hello", b"hi", 200)
+        assert info.value.args[0] == 110  # ETIMEDOUT
+        assert b.recv(100).startswith(b"\x32")  # the PUBLISH (QoS 1) went out
+        assert client.sock.raw is a  # the real socket is back in place
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_claim_refused_by_the_broker_is_reported_as_refused(iotsim: Any, device: dict[str, Any]) -> None:
+    iotsim.registry.revoke(iotsim.claim_id)
+    try:
+        with pytest.raises(firstboot.FirstBootError) as info:
+            first_boot(device, "host-c", [])
+        assert not info.value.retryable
+        assert "CONNACK" in str(info.value) and "claim certificate is active" in str(info.value)
+    finally:
+        iotsim.registry.set_status(iotsim.claim_id, "CLAIM")
