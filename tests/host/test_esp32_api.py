@@ -218,3 +218,20 @@ def test_a_one_line_fallback_is_blanked_too() -> None:
 def test_a_handler_for_other_errors_is_left_alone() -> None:
     src = "try:\n    f()\nexcept OSError:\n    g()\n"
     assert esp32check.blank_import_fallbacks(src) == src
+
+
+def test_a_folder_that_holds_no_esp32_stubs_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "time.pyi").write_text("def sleep(s: float) -> None: ...\n")
+    with pytest.raises(esp32check.CheckError, match="holds no machine.pyi"):
+        esp32check.stub_files(tmp_path)
+
+
+def test_the_cli_exits_1_and_prints_each_problem_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import time\ntime.monotonic()\n", encoding="utf-8")
+    assert esp32check.main([str(bad)]) == 1
+    out = capsys.readouterr()
+    assert '2:6: "monotonic" is not a known attribute of module "time"' in out.out
+    assert "1 problem(s)" in out.err

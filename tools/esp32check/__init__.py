@@ -37,6 +37,13 @@ What is checked, and what is not:
 - `ALLOWED` lists deliberate uses the stubs cannot describe, each with its
   reason. Keep it short.
 
+Which stubs: the 1.29 release of micropython-esp32-stubs (pinned in
+requirements.txt). The device code must run on firmware 1.22 and later, but the
+1.22 stubs are generated from the board with less documentation merged in and
+report working code (`SSLContext.verify_mode`, `umqtt.simple.MQTTClient`) as
+missing; `--stubs DIR` checks against another release installed with
+`pip install --target DIR micropython-esp32-stubs==X`.
+
 Run it with `python -m tools.esp32check [FILE...]`; tests/host/test_esp32_api.py
 runs it in `make test`.
 """
