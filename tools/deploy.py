@@ -58,6 +58,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LIB_SRC = ROOT / "lib"
 MPY_BUILD = ROOT / "build" / "mpy" / "lib"
 DEFAULT_CONFIG_DIR = ROOT / "device"
+# `python -m tools.iotsim up`'s default state folder. Not the default source:
+# its config.json points at 127.0.0.1, which a real board cannot reach.
+IOTSIM_STATE = ROOT / ".iotsim"
 CONFIG_ENV = "FLEETPROV_CONFIG"
 BOARD_FILES = ("boot.py", "main.py")
 
@@ -163,10 +166,15 @@ def read_config(config_dir: Path) -> dict[str, object]:
     """config.json from the config folder, as a dict; refuses a missing or invalid file."""
     path = config_dir / "config.json"
     if not path.is_file():
+        hint = ""
+        if (IOTSIM_STATE / "config.json").is_file() and config_dir.resolve() != IOTSIM_STATE.resolve():
+            hint = " (iotsim's state folder has one, for the virtual board: FLEETPROV_CONFIG={})".format(
+                IOTSIM_STATE
+            )
         raise DeployError(
             "{} not found: the board needs a config.json (endpoint, template, certificate folder). "
-            "Write one as docs/configuration.md describes, or point --config at the folder "
-            "`python -m tools.iotsim up --state DIR` wrote".format(path)
+            "Write one as docs/configuration.md describes, or point --config / $FLEETPROV_CONFIG at the "
+            "folder `python -m tools.iotsim up --state DIR` wrote{}".format(path, hint)
         )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))

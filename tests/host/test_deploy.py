@@ -216,3 +216,17 @@ def test_the_compiled_build_is_bytecode_only_mpy_version_6() -> None:
         assert header[:2] == b"M\x06", (m, header)
         assert header[2] >> 2 == 0, "{}.mpy carries native code (arch {})".format(m, header[2] >> 2)
         assert header[3] <= 31, "{}.mpy needs {}-bit small ints; the ESP32 has 31".format(m, header[3])
+
+
+def test_a_missing_config_points_at_iotsims_state_folder_when_there_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / ".iotsim"
+    state.mkdir()
+    monkeypatch.setattr(deploy, "IOTSIM_STATE", state)
+    with pytest.raises(DeployError) as info:
+        deploy.read_config(tmp_path / "device")
+    assert "config.json not found" in str(info.value) and "iotsim" not in str(info.value).split("wrote")[-1]
+    (state / "config.json").write_text("{}")
+    with pytest.raises(DeployError, match="FLEETPROV_CONFIG={}".format(state)):
+        deploy.read_config(tmp_path / "device")
