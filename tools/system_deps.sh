@@ -1,16 +1,18 @@
 #!/bin/sh
 # Install the Debian packages the host tooling needs, or say exactly how to.
 #   mosquitto       the broker iotsim runs (2.0.11 on Debian 12)
+#   mosquitto-clients  mosquitto_rr/mosquitto_pub: docs/iotsim.md's manual steps (and their test)
 #   mosquitto-dev   headers for iotsim's broker plugin
 #   libssl-dev      OpenSSL (SHA-256 of client certificates) for the plugin
 #   socat           the pseudo-terminal for the virtual-board deploy test
 #   openssl         `openssl req -verify` in the CSR tests
 #   python3-venv    `python3 -m venv` on Debian's own Python
 set -eu
-PACKAGES="mosquitto mosquitto-dev libssl-dev socat openssl gcc make"
+PACKAGES="mosquitto mosquitto-clients mosquitto-dev libssl-dev socat openssl gcc make"
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then PACKAGES="$PACKAGES python3-venv"; fi
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
+command -v mosquitto_rr >/dev/null 2>&1 || missing="$missing mosquitto-clients"
 [ -f /usr/include/mosquitto_plugin.h ] || missing="$missing mosquitto-dev"
 [ -f /usr/include/openssl/sha.h ] || missing="$missing libssl-dev"
 command -v socat >/dev/null 2>&1 || missing="$missing socat"
