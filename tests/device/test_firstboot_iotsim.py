@@ -68,18 +68,33 @@ def test_a_fresh_device_provisions_then_boots_straight_to_its_application(iotsim
     first = boot(flash)
     assert first.returncode == 0, first.text
     assert first.steps() == [
-        "config", "not-provisioned", "connect-claim", "certificate", "register", "commit",
-        "disconnect-claim", "connect-thing", "confirm", "hello", "done",
+        "config",
+        "not-provisioned",
+        "connect-claim",
+        "certificate",
+        "register",
+        "commit",
+        "disconnect-claim",
+        "connect-thing",
+        "confirm",
+        "hello",
+        "done",
     ]
     thing, cert_id = assert_provisioned_in_iotsim(iotsim, flash)
     assert thing.startswith("fleetprov-")  # the demo template: fleetprov-<SerialNumber>
     second = boot(flash)
     assert second.returncode == 0, second.text
     assert second.steps() == ["config", "provisioned", "connect-thing", "hello", "done"]
-    assert "thing {} certificate {}".format(thing, cert_id) in second.text
+    assert f"thing {thing} certificate {cert_id}" in second.text
     assert claim_files(flash) == before
     assert sorted(p.name for p in (flash / "certs").iterdir()) == [
-        "ca.der", "claim.der", "claim.key.der", "device.crt.der", "device.key.der", "provisioned.json", "uid",
+        "ca.der",
+        "claim.der",
+        "claim.key.der",
+        "device.crt.der",
+        "device.key.der",
+        "provisioned.json",
+        "uid",
     ]
 
 
@@ -134,8 +149,14 @@ def test_a_revoked_certificate_is_dropped_and_the_device_provisions_again_with_t
 
 
 def test_throttled_twice_then_accepted(iotsim: Any, flash: Path) -> None:
-    iotsim.set_fault("register", "reject", status_code=429, error_code="ThrottlingException",
-                     error_message="Rate exceeded", times=2)
+    iotsim.set_fault(
+        "register",
+        "reject",
+        status_code=429,
+        error_code="ThrottlingException",
+        error_message="Rate exceeded",
+        times=2,
+    )
     result = boot(flash)
     assert result.returncode == 0, result.text
     retries = [line for line in result.lines if " retry " in line]
@@ -158,8 +179,13 @@ def test_a_server_error_then_a_lost_response_are_retried(iotsim: Any, flash: Pat
 
 
 def test_access_denied_fails_at_once_with_the_servers_message(iotsim: Any, flash: Path) -> None:
-    iotsim.set_fault("register", "reject", status_code=403, error_code="AccessDenied",
-                     error_message="device 42 is not on the allow list")
+    iotsim.set_fault(
+        "register",
+        "reject",
+        status_code=403,
+        error_code="AccessDenied",
+        error_message="device 42 is not on the allow list",
+    )
     result = boot(flash)
     assert result.returncode == 1
     assert "retry" not in result.steps()
@@ -226,8 +252,11 @@ def test_a_config_error_stops_the_device_with_one_line(flash: Path) -> None:
     reconfigure(flash, port="8883")
     result = boot(flash)
     assert result.returncode == 1
-    assert result.lines == ['fleetprov: config.json: field \'port\' must be an integer, got str "8883" '
-                            "(the MQTT-over-TLS port, usually 8883)"]
+    expected = (
+        "fleetprov: config.json: field 'port' must be an integer, got str \"8883\" "
+        "(the MQTT-over-TLS port, usually 8883)"
+    )
+    assert result.lines == [expected]
 
 
 # umqtt.simple 1.4/1.5 (firmware 1.23-1.24) as far as mqttlink can tell: the
@@ -274,7 +303,9 @@ class Umqtt14:
     socket = simple.socket
 """
 
-PROBE_14 = UMQTT_14 + """
+PROBE_14 = (
+    UMQTT_14
+    + """
 import json
 import mqttlink
 
@@ -295,6 +326,7 @@ try:
 except mqttlink.ConnectError as ex:
     print("wrong name refused:", ex)
 """
+)
 
 
 def test_umqtt_without_ssl_params_connects_through_a_verifying_ssl_context(

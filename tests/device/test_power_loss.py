@@ -38,15 +38,39 @@ FAST_RETRY = {"retry_base_ms": 20, "retry_max_ms": 100, "response_timeout_ms": 5
 
 # Every boundary of a first boot, in order (progress steps and credential writes).
 KEYS_STEPS = [
-    "config", "not-provisioned", "uid.tmp", "uid", "connect-claim", "certificate", "register",
-    "device.key.der.tmp", "device.key.der", "device.crt.der.tmp", "device.crt.der",
-    "provisioned.json.tmp", "provisioned.json", "commit", "disconnect-claim",
-    "connect-thing", "confirm", "hello", "done",
+    "config",
+    "not-provisioned",
+    "uid.tmp",
+    "uid",
+    "connect-claim",
+    "certificate",
+    "register",
+    "device.key.der.tmp",
+    "device.key.der",
+    "device.crt.der.tmp",
+    "device.crt.der",
+    "provisioned.json.tmp",
+    "provisioned.json",
+    "commit",
+    "disconnect-claim",
+    "connect-thing",
+    "confirm",
+    "hello",
+    "done",
 ]
 # CSR mode shares the flow; cut where it differs (the key is made on the device
 # and written from RAM, not from the server's PEM) and around the commit.
-CSR_STEPS = ["keygen", "connect-claim", "certificate", "register", "device.key.der.tmp", "device.key.der",
-             "provisioned.json.tmp", "provisioned.json", "confirm"]
+CSR_STEPS = [
+    "keygen",
+    "connect-claim",
+    "certificate",
+    "register",
+    "device.key.der.tmp",
+    "device.key.der",
+    "provisioned.json.tmp",
+    "provisioned.json",
+    "confirm",
+]
 # A provisioned device whose certificate was revoked: refused, record cleared, provision again.
 REVOKED_STEPS = ["refused", "clear", "register", "provisioned.json.tmp", "provisioned.json"]
 
@@ -106,7 +130,7 @@ def host_says_provisioned(flash: Path) -> bool:
 
 def recover(device: Device, iotsim: Any, after: str) -> None:
     """Boot until provisioned and check every guarantee."""
-    assert device.claim_files() == device.claim, "claim files changed ({})".format(after)
+    assert device.claim_files() == device.claim, f"claim files changed ({after})"
     expect = host_says_provisioned(device.flash)
     results = []
     for _ in range(MAX_RECOVERY_BOOTS):
@@ -115,8 +139,11 @@ def recover(device: Device, iotsim: Any, after: str) -> None:
         if r.returncode == 0 and "done" in r.steps():
             break
     else:
-        pytest.fail("not provisioned after {} boots ({}):\n{}".format(
-            MAX_RECOVERY_BOOTS, after, "\n---\n".join(r.text for r in results)))
+        pytest.fail(
+            "not provisioned after {} boots ({}):\n{}".format(
+                MAX_RECOVERY_BOOTS, after, "\n---\n".join(r.text for r in results)
+            )
+        )
     first = results[0].steps()
     # The device reads the flash exactly as the independent check does.
     assert first[1] == ("provisioned" if expect else "not-provisioned"), (after, results[0].text)
@@ -135,7 +162,7 @@ def recover(device: Device, iotsim: Any, after: str) -> None:
 
 def cut_at(device: Device, step: str) -> BootResult:
     r = device.boot(stop_at=step)
-    assert r.killed_at == step, "step {!r} was never reached:\n{}".format(step, r.text)
+    assert r.killed_at == step, f"step {step!r} was never reached:\n{r.text}"
     return r
 
 
@@ -178,10 +205,10 @@ def _random_cuts(iotsim: Any, template: Path, tmp_path: Path, count: int, seed: 
     assert full.returncode == 0, full.text
     span = full.elapsed
     for i in range(count):
-        device = Device(template, tmp_path / "cut{}".format(i))
+        device = Device(template, tmp_path / f"cut{i}")
         delay = rng.uniform(0.0, span)
         r = device.boot(kill_after=delay)
-        recover(device, iotsim, "random cut {} after {:.3f} s (seed {}); output:\n{}".format(i, delay, seed, r.text))
+        recover(device, iotsim, f"random cut {i} after {delay:.3f} s (seed {seed}); output:\n{r.text}")
 
 
 def test_power_cut_at_random_instants_of_a_keys_first_boot(

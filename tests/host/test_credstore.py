@@ -7,17 +7,16 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-from cryptography.hazmat.primitives import serialization
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 import credstore
 import csr
 import der
 import p256
-from devicepki import ca_der, ec_identity, rsa_identity
+import pytest
 from credstore import Store, StoreError
+from cryptography.hazmat.primitives import serialization
+from devicepki import ca_der, ec_identity, rsa_identity
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @pytest.fixture
@@ -93,7 +92,7 @@ def test_pem_whose_der_has_trailing_bytes_is_refused() -> None:
 
     body = base64.b64encode(ec_identity().cert_der + b"\x00\x00\x00").decode()
     with pytest.raises(StoreError, match="not valid DER"):
-        credstore.pem_to_der("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n".format(body))
+        credstore.pem_to_der(f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
 
 
 # -- public key comparison --------------------------------------------------------
@@ -126,7 +125,6 @@ def test_rsa_certificate_does_not_match_an_ec_key() -> None:
 
 def test_device_made_sec1_key_matches_a_certificate_for_its_csr() -> None:
     from cryptography import x509
-
     from devicepki import issue
 
     key_der, csr_pem = csr.generate("dev-1")
@@ -141,7 +139,10 @@ def test_ec_key_without_public_key_is_derived_with_p256() -> None:
     # SEC1 ECPrivateKey with only version and the scalar.
     scalar = d.to_bytes(32, "big")
     bare = bytes([0x30, 37, 0x02, 0x01, 0x01, 0x04, 0x20]) + scalar
-    assert der.key_public_key(bare) == ("ec", b"\x04" + b"".join(v.to_bytes(32, "big") for v in p256.public_key(d)))
+    assert der.key_public_key(bare) == (
+        "ec",
+        b"\x04" + b"".join(v.to_bytes(32, "big") for v in p256.public_key(d)),
+    )
     assert der.same_key(ident.cert_der, bare)
 
 
@@ -192,7 +193,14 @@ def test_committed_files_are_der_and_no_temporary_file_remains(flash: Path) -> N
     ident = rsa_identity()
     Store().commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
     names = sorted(p.name for p in (flash / "certs").iterdir())
-    assert names == ["ca.der", "claim.der", "claim.key.der", "device.crt.der", "device.key.der", "provisioned.json"]
+    assert names == [
+        "ca.der",
+        "claim.der",
+        "claim.key.der",
+        "device.crt.der",
+        "device.key.der",
+        "provisioned.json",
+    ]
     assert (flash / "certs" / "device.crt.der").read_bytes() == ident.cert_der
 
 
@@ -352,8 +360,12 @@ def test_a_power_cut_at_any_write_boundary_leaves_old_or_new_state(flash: Path) 
     before = shipped(flash)
     steps = _boundaries(flash)
     assert steps[:6] == [
-        "device.key.der.tmp", "device.key.der", "device.crt.der.tmp", "device.crt.der",
-        "provisioned.json.tmp", "provisioned.json",
+        "device.key.der.tmp",
+        "device.key.der",
+        "device.crt.der.tmp",
+        "device.crt.der",
+        "provisioned.json.tmp",
+        "provisioned.json",
     ]
     old, new = rsa_identity(), rsa_identity()
     for start_provisioned in (False, True):

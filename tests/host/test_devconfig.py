@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import devconfig
+import pytest
 from devconfig import ConfigError
 
 MINIMAL = {"endpoint": "127.0.0.1", "template": "FleetprovDemo"}
@@ -23,7 +22,11 @@ def test_minimal_config_gets_every_documented_default() -> None:
     assert (cfg["format"], cfg["method"], cfg["cert_dir"]) == ("json", "keys", "certs")
     assert (cfg["ca"], cfg["claim_cert"], cfg["claim_key"]) == ("ca.der", "claim.der", "claim.key.der")
     assert cfg["app_topic"] == "fleetprov/{thing_name}/hello"
-    assert (cfg["connect_timeout_ms"], cfg["mqtt_timeout_ms"], cfg["response_timeout_ms"]) == (10000, 5000, 10000)
+    assert (cfg["connect_timeout_ms"], cfg["mqtt_timeout_ms"], cfg["response_timeout_ms"]) == (
+        10000,
+        5000,
+        10000,
+    )
     assert (cfg["retry_attempts"], cfg["retry_base_ms"], cfg["retry_max_ms"]) == (5, 1000, 30000)
     assert cfg["rx_size"] == 6144 and cfg["wifi"] is None
 
@@ -31,7 +34,7 @@ def test_minimal_config_gets_every_documented_default() -> None:
 def test_every_field_in_the_documentation_is_validated() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for name, *_ in devconfig._FIELDS:
-        assert "| `{}` |".format(name) in doc, name
+        assert f"| `{name}` |" in doc, name
 
 
 def test_the_iotsim_example_in_the_documentation_is_valid() -> None:
@@ -44,7 +47,7 @@ def test_the_iotsim_example_in_the_documentation_is_valid() -> None:
 def test_a_missing_required_field_is_named(field: str) -> None:
     raw = dict(MINIMAL)
     del raw[field]
-    with pytest.raises(ConfigError, match="^config.json: field '{}' is missing".format(field)):
+    with pytest.raises(ConfigError, match=f"^config.json: field '{field}' is missing"):
         devconfig.validate(raw)
 
 
@@ -76,7 +79,9 @@ def test_a_missing_required_field_is_named(field: str) -> None:
         ("retry_max_ms", None, None),  # null means "use the default"
     ],
 )
-def test_a_field_of_the_wrong_type_or_value_is_named_with_the_value(field: str, value: Any, words: str | None) -> None:
+def test_a_field_of_the_wrong_type_or_value_is_named_with_the_value(
+    field: str, value: Any, words: str | None
+) -> None:
     raw = dict(MINIMAL, **{field: value})
     if words is None:
         assert devconfig.validate(raw)[field] == 30000
@@ -84,7 +89,7 @@ def test_a_field_of_the_wrong_type_or_value_is_named_with_the_value(field: str, 
     with pytest.raises(ConfigError) as info:
         devconfig.validate(raw)
     msg = str(info.value)
-    assert msg.startswith("config.json: field '{}' ".format(field))
+    assert msg.startswith(f"config.json: field '{field}' ")
     assert words in msg
     assert "\n" not in msg
 
@@ -104,10 +109,10 @@ def test_wifi_fields_are_checked_and_the_password_is_never_echoed(key: str) -> N
     wifi[key] = 12345678
     with pytest.raises(ConfigError) as info:
         devconfig.validate(dict(MINIMAL, wifi=wifi))
-    assert "field 'wifi.{}' must be a string, got int".format(key) in str(info.value)
+    assert f"field 'wifi.{key}' must be a string, got int" in str(info.value)
     assert "12345678" not in str(info.value) and "hunter2" not in str(info.value)
     del wifi[key]
-    with pytest.raises(ConfigError, match="field 'wifi.{}' is missing".format(key)):
+    with pytest.raises(ConfigError, match=f"field 'wifi.{key}' is missing"):
         devconfig.validate(dict(MINIMAL, wifi=wifi))
 
 

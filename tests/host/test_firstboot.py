@@ -5,31 +5,33 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
-
-import pytest
-from cryptography import x509
-from hypothesis import given
-from hypothesis import strategies as st
+from typing import Any
 
 import credstore
 import devconfig
 import firstboot
 import fleetprov
 import mqttlink
+import pytest
+from cryptography import x509
 from devicepki import Identity, ca_der, ec_identity, issue, rsa_identity
 from firstboot import FirstBoot, FirstBootError
+from hypothesis import given
+from hypothesis import strategies as st
 
 TOKEN = "OWNERSHIP-TOKEN-SECRET-0123456789"
 
 
-def refused(code: int, error_code: str = "Err", message: str = "server says no") -> fleetprov.ProvisioningError:
+def refused(
+    code: int, error_code: str = "Err", message: str = "server says no"
+) -> fleetprov.ProvisioningError:
     # the message fleetprov builds from a /rejected response
     return fleetprov.ProvisioningError(
         fleetprov.SERVER_REFUSED,
-        "RegisterThing: refused by the server: {} {}: {}".format(code, error_code, message),
+        f"RegisterThing: refused by the server: {code} {error_code}: {message}",
         code,
         error_code,
         message,
@@ -41,7 +43,7 @@ def status(s: int) -> fleetprov.ProvisioningError:
 
 
 class FakeClient:
-    def __init__(self, link: "FakeLink") -> None:
+    def __init__(self, link: FakeLink) -> None:
         self.link = link
         self.sock = None
         self.published: list[tuple[bytes, bytes, bool, int]] = []
@@ -84,9 +86,13 @@ class FakeCloud:
             raise self.fail["connect"].pop(0)
         assert ca == ca_der()
         if cert in self.revoked:
-            raise mqttlink.ConnectError("127.0.0.1:8883 refused the connection: CONNACK 5", refused=True, code=5)
+            raise mqttlink.ConnectError(
+                "127.0.0.1:8883 refused the connection: CONNACK 5", refused=True, code=5
+            )
         if cert != self.claim.cert_der and cert not in self.active:
-            raise mqttlink.ConnectError("127.0.0.1:8883 refused the connection: CONNACK 5", refused=True, code=5)
+            raise mqttlink.ConnectError(
+                "127.0.0.1:8883 refused the connection: CONNACK 5", refused=True, code=5
+            )
         link = FakeLink(client_id, cert)
         self.links.append(link)
         return link
@@ -126,7 +132,9 @@ class FakeProvisioner:
         assert req.is_signature_valid
         cert = issue(req.public_key(), "dev")
         ident = SimpleNamespace(cert=cert)
-        der = cert.public_bytes(__import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.DER)
+        der = cert.public_bytes(
+            __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.DER
+        )
         import hashlib
 
         token = TOKEN + str(len(self.cloud.tokens))
@@ -134,7 +142,9 @@ class FakeProvisioner:
         self.cloud.issued.append(ident)  # type: ignore[arg-type]
         return SimpleNamespace(
             certificate_id=hashlib.sha256(der).hexdigest(),
-            certificate_pem=cert.public_bytes(__import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.PEM).decode(),
+            certificate_pem=cert.public_bytes(
+                __import__("cryptography.hazmat.primitives.serialization", fromlist=["x"]).Encoding.PEM
+            ).decode(),
             private_key=None,
             ownership_token=token,
         )
@@ -211,8 +221,14 @@ def test_first_boot_provisions_commits_and_confirms_as_the_new_thing(flash: Path
     boot = Boot(cloud)
     link = boot.fb.start()
     assert boot.steps() == [
-        "not-provisioned", "connect-claim", "certificate", "register", "commit",
-        "disconnect-claim", "connect-thing", "confirm",
+        "not-provisioned",
+        "connect-claim",
+        "certificate",
+        "register",
+        "commit",
+        "disconnect-claim",
+        "connect-thing",
+        "confirm",
     ]
     assert list(cloud.things) == ["thing-a1b2c3"]
     claim_link, thing_link = cloud.links
@@ -220,7 +236,9 @@ def test_first_boot_provisions_commits_and_confirms_as_the_new_thing(flash: Path
     assert thing_link is link and not link.closed
     assert thing_link.client_id == "thing-a1b2c3"  # the thing name: what AWS policies expect
     assert thing_link.cert == cloud.things["thing-a1b2c3"]
-    assert thing_link.client.published == [(b"fleetprov/thing-a1b2c3/hello", b'{"event":"provisioned"}', False, 1)]
+    assert thing_link.client.published == [
+        (b"fleetprov/thing-a1b2c3/hello", b'{"event":"provisioned"}', False, 1)
+    ]
     store = credstore.Store()
     assert store.load()["thing_name"] == "thing-a1b2c3"
     assert store.summary()["device_configuration"] == {"Fallback": "no"}
@@ -278,7 +296,9 @@ def test_without_a_hardware_id_a_stored_random_uid_is_used_and_kept(
     flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(firstboot, "hardware_uid", lambda: None)
-    cfg = devconfig.validate({"endpoint": "h", "template": "FleetprovDemo", "parameters": {"SerialNumber": "{uid}"}})
+    cfg = devconfig.validate(
+        {"endpoint": "h", "template": "FleetprovDemo", "parameters": {"SerialNumber": "{uid}"}}
+    )
     fb = FirstBoot(cfg, printer=lambda s: None, connect=cloud.connect, provisioner=cloud.provisioner)
     fb.start()
     uid = (flash / "certs" / "uid").read_text()
@@ -368,7 +388,9 @@ def test_network_failures_on_connect_are_retried(flash: Path, cloud: FakeCloud) 
 
 
 def test_a_claim_refused_at_connack_fails_at_once(flash: Path, cloud: FakeCloud) -> None:
-    cloud.fail["connect"] = [mqttlink.ConnectError("refused: CONNACK 5 (not authorised)", refused=True, code=5)]
+    cloud.fail["connect"] = [
+        mqttlink.ConnectError("refused: CONNACK 5 (not authorised)", refused=True, code=5)
+    ]
     boot = Boot(cloud)
     with pytest.raises(FirstBootError, match="CONNACK 5.*claim certificate is active"):
         boot.fb.start()
@@ -381,7 +403,9 @@ def test_a_claim_refused_at_connack_fails_at_once(flash: Path, cloud: FakeCloud)
     cap=st.integers(0, 120_000),
     pick=st.sampled_from(["low", "high", "mid"]),
 )
-def test_backoff_doubles_is_capped_and_jitters_within_half_to_full_delay(attempt: int, base: int, cap: int, pick: str) -> None:
+def test_backoff_doubles_is_capped_and_jitters_within_half_to_full_delay(
+    attempt: int, base: int, cap: int, pick: str
+) -> None:
     delay = min(cap, base * 2 ** (attempt - 1))
     rand: Callable[[int], int] = {"low": lambda n: 0, "high": lambda n: n, "mid": lambda n: n // 2}[pick]
     wait = firstboot.backoff_ms(attempt, base, cap, rand)
@@ -424,7 +448,9 @@ def test_a_revoked_certificate_sends_the_device_back_to_the_claim(flash: Path, c
     assert claim_files(flash) == before
 
 
-def test_a_certificate_closed_before_connack_every_time_counts_as_refused(flash: Path, cloud: FakeCloud) -> None:
+def test_a_certificate_closed_before_connack_every_time_counts_as_refused(
+    flash: Path, cloud: FakeCloud
+) -> None:
     Boot(cloud).fb.start()
     boot = Boot(cloud, retry_attempts=3)
     closed = mqttlink.ConnectError("closed before CONNACK", refused=True)
@@ -433,7 +459,9 @@ def test_a_certificate_closed_before_connack_every_time_counts_as_refused(flash:
     assert boot.steps()[:5] == ["provisioned", "retry", "retry", "refused", "connect-claim"]
 
 
-def test_a_transient_failure_connecting_as_the_thing_keeps_the_identity(flash: Path, cloud: FakeCloud) -> None:
+def test_a_transient_failure_connecting_as_the_thing_keeps_the_identity(
+    flash: Path, cloud: FakeCloud
+) -> None:
     Boot(cloud).fb.start()
     boot = Boot(cloud, retry_attempts=2)
     cloud.fail["connect"] = [mqttlink.ConnectError("OSError 113")] * 2
@@ -486,7 +514,9 @@ def test_run_reports_a_config_error_in_one_line_and_says_fatal(flash: Path) -> N
     (flash / "config.json").write_text(json.dumps({"endpoint": "x"}))
     lines: list[str] = []
     assert firstboot.run(printer=lines.append) == "fatal"
-    assert lines == ["fleetprov: config.json: field 'template' is missing (the provisioning template name, e.g. \"FleetprovDemo\")"]
+    assert lines == [
+        "fleetprov: config.json: field 'template' is missing (the provisioning template name, e.g. \"FleetprovDemo\")"
+    ]
 
 
 def test_run_reports_missing_claim_files(flash: Path) -> None:

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import credstore
 import devconfig
 import firstboot
 import mqttlink
+import pytest
+
 from tools import umqtt_host
 
 
@@ -48,7 +48,9 @@ def test_cpython_device_provisions_and_reconnects_as_its_thing(iotsim: Any, devi
     assert rec["device_configuration"]["HelloTopic"] == "fleetprov/fleetprov-host-a/hello"
 
 
-def test_cpython_device_with_a_revoked_certificate_provisions_again(iotsim: Any, device: dict[str, Any]) -> None:
+def test_cpython_device_with_a_revoked_certificate_provisions_again(
+    iotsim: Any, device: dict[str, Any]
+) -> None:
     first_boot(device, "host-b", []).close()
     old = credstore.Store()
     old_id = old.load()["certificate_id"]
@@ -94,8 +96,10 @@ def test_connect_to_a_silent_endpoint_ends_in_connect_error_on_its_deadline(
     cert = Path(iotsim.claim_cert_der).read_bytes()
     key = Path(iotsim.claim_key_der).read_bytes()
     with pytest.raises(mqttlink.ConnectError) as info:
-        mqttlink.connect(b"x", "127.0.0.1", silent_server, cert, key, ca, "localhost", 200, umqtt_host.umqtt_simple)
-    assert not info.value.refused and "cannot connect to 127.0.0.1:{}".format(silent_server) in str(info.value)
+        mqttlink.connect(
+            b"x", "127.0.0.1", silent_server, cert, key, ca, "localhost", 200, umqtt_host.umqtt_simple
+        )
+    assert not info.value.refused and f"cannot connect to 127.0.0.1:{silent_server}" in str(info.value)
     # the umqtt module got its own socket factory back
     assert umqtt_host.umqtt_simple.socket is not None and not isinstance(
         umqtt_host.umqtt_simple.socket, mqttlink._SocketFactory
