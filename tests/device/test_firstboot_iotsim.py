@@ -335,3 +335,60 @@ def test_umqtt_without_ssl_params_connects_through_a_verifying_ssl_context(
     result = micropython.run(PROBE_14, cwd=flash)
     assert "connected with _Context" in result.stdout
     assert "wrong name refused: cannot connect" in result.stdout
+
+
+FAKE_NETWORK = """
+STA_IF = 0
+calls = []
+
+class WLAN:
+    def __init__(self, which):
+        calls.append(("WLAN", which))
+        self.up = False
+        self.polls = 0
+    def active(self, on):
+        calls.append(("active", on))
+    def isconnected(self):
+        self.polls += 1
+        return self.up and self.polls > 3
+    def connect(self, ssid, password):
+        calls.append(("connect", ssid, len(password)))
+        self.up = True
+    def ifconfig(self):
+        return ("192.0.2.7", "255.255.255.0", "192.0.2.1", "192.0.2.1")
+"""
+
+FAKE_NTPTIME = """
+host = None
+tries = []
+FAIL = {fail}
+
+def settime():
+    tries.append(host)
+    if len(tries) <= FAIL:
+        raise OSError(110)
+"""
+
+
+@pytest.mark.parametrize("ntp_failures", [0, 3])
+def test_boot_py_joins_wifi_and_sets_the_clock_on_a_board(
+    flash: Path, micropython: Any, ntp_failures: int
+) -> None:
+    (flash / "network.py").write_text(FAKE_NETWORK)
+    (flash / "ntptime.py").write_text(FAKE_NTPTIME.format(fail=ntp_failures))
+    reconfigure(flash, wifi={"ssid": "workshop", "password": "s3cret-pass"}, ntp_host="ntp.example")
+    code = "import boot, network, ntptime\nprint(network.calls)\nprint(ntptime.tries)\n"
+    out = micropython.run(code, cwd=flash).stdout
+    assert "boot: joining Wi-Fi workshop" in out
+    assert "boot: Wi-Fi up, address 192.0.2.7" in out
+    assert "[('WLAN', 0), ('active', True), ('connect', 'workshop', 11)]" in out
+    assert "s3cret-pass" not in out
+    if ntp_failures:
+        assert "['ntp.example', 'ntp.example', 'ntp.example']" in out
+        assert "boot: clock NOT set from ntp.example: TLS verification will fail" in out
+    else:
+        assert "boot: clock set from ntp.example" in out
+
+
+def test_boot_py_does_nothing_on_the_unix_port(flash: Path, micropython: Any) -> None:
+    assert micropython.run("import boot\nprint('after boot')", cwd=flash).stdout == "after boot\n"
