@@ -301,11 +301,8 @@ class FirstBoot:
                 link, creds, key, reg = self._attempt(claim_cert, claim_key, ca, params,
                                                       csr_pem, csr_key)
                 break
-            except FirstBootError:
-                raise
             except Exception as ex:
                 retry, msg = _classify(ex)
-                ex = None
                 if not retry:
                     raise FirstBootError("provisioning failed: " + msg)
                 if attempt >= n:
@@ -438,7 +435,7 @@ def run(app=None, config="config.json", printer=print):
     """Load ``config``, make sure the device is provisioned, connect as its
     thing and call ``app(firstboot, link)``. Returns "ok", "retry" (a later
     boot may succeed) or "fatal" (fix the configuration or the cloud side)."""
-    p = Progress(printer)
+    t0 = ticks_ms()  # the progress clock starts before the config is read
     import devconfig
 
     try:
@@ -450,7 +447,7 @@ def run(app=None, config="config.json", printer=print):
         devconfig = None
         _unload("devconfig")  # about 8 KB of RAM, needed only to read the file
     fb = FirstBoot(cfg, printer=printer, hook=stop_hook())
-    fb.progress.t0 = p.t0
+    fb.progress.t0 = t0
     fb.progress.step("config", "{} {} {} template {}".format(
         config, cfg["method"], cfg["format"], cfg["template"]))
     try:

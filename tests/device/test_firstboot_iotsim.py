@@ -392,3 +392,16 @@ def test_boot_py_joins_wifi_and_sets_the_clock_on_a_board(
 
 def test_boot_py_does_nothing_on_the_unix_port(flash: Path, micropython: Any) -> None:
     assert micropython.run("import boot\nprint('after boot')", cwd=flash).stdout == "after boot\n"
+
+
+@pytest.mark.parametrize("method", ["keys", "csr"])
+def test_first_boot_fits_a_96_kb_heap_with_the_compiled_library(
+    iotsim: Any, tmp_path: Path, method: str
+) -> None:
+    # An ESP32 without PSRAM has about 110 KB of MicroPython heap after Wi-Fi
+    # (mbedTLS buffers come from the system heap there, as on the unix port).
+    flash = make_flash(tmp_path / "flash", iotsim.state, dict(FAST_RETRY, method=method), mpy=True)
+    board = Board(flash, heapsize=96 * 1024)
+    first = board.boot(timeout=60)
+    assert first.returncode == 0, first.text
+    assert board.boot(timeout=60).steps()[-1] == "done"
