@@ -28,7 +28,11 @@ host, and never overwritten or deleted on the board: a config folder naming one
 of them as a claim file is refused.
 
 Unchanged files are skipped: one mpremote call hashes what the board holds
-(sha256, on the board), a second copies only what differs. MicroPython imports
+(sha256, on the board), a second copies only what differs. (mpremote 1.29's
+`fs sha256sum` and `fs cp`'s own hash check do the same per file, but a
+missing file is an error for the first and each file costs a round trip; one
+exec'd script lists every file and its hash at once, and the plan is known
+before anything is written, which --dry-run shows.) MicroPython imports
 `X.py` before `X.mpy` from the same folder, so deploying `lib/X.mpy` removes a
 stale `lib/X.py` (it would shadow the new build), and --source removes a stale
 `lib/X.mpy` (dead weight that would come back to life if the .py were deleted).
