@@ -138,6 +138,28 @@ def test_create_keys_with_a_malformed_payload_is_rejected_with_400(claim: MqttTe
     assert_rejected(claim.request(keys_topic(fmt), payload), 400, "InvalidPayload")
 
 
+@pytest.mark.parametrize(
+    "fmt,payload",
+    [
+        ("json", b"[" * 100000),
+        ("json", b"\xff\xfe\x00garbage"),
+        ("cbor", b"\x5b\xff\xff\xff\xff\xff\xff\xff\xff"),
+        ("cbor", b"\x81" * 100000),
+        ("cbor", b"\xbf\x61a\x01"),
+    ],
+    ids=["json-deep-nesting", "json-not-utf8", "cbor-huge-length", "cbor-deep-nesting", "cbor-truncated-map"],
+)
+def test_hostile_payloads_are_rejected_with_400_and_the_service_keeps_serving(
+    claim: MqttTestClient, fmt: str, payload: bytes
+) -> None:
+    assert_rejected(claim.request(csr_topic(fmt), payload), 400, "InvalidPayload")
+    provision_csr(claim, fmt)
+
+
+def test_self_described_cbor_map_is_accepted(claim: MqttTestClient) -> None:
+    assert claim.request(keys_topic("cbor"), b"\xd9\xd9\xf7\xa0")[0] == "accepted"
+
+
 # -- CreateCertificateFromCsr ----------------------------------------------------------
 
 

@@ -186,12 +186,19 @@ class Registry:
         with self._status_cond:
             self._generation += 1
 
-    def _flush_status(self) -> None:
-        """Return once certs.status reflects every status change made so far."""
+    def _flush_status(self, wait: bool = True) -> None:
+        """Return once certs.status reflects every status change made so far.
+
+        ``wait=False``: if another thread is writing the file right now, leave
+        this change to the next write instead of waiting (for changes the broker
+        cannot tell apart from "unknown", like a new PENDING_ACTIVATION).
+        """
         with self._status_cond:
             wanted = self._generation
             while self._written < wanted:
                 if self._writing:
+                    if not wait:
+                        return
                     self._status_cond.wait()
                     continue
                 self._writing = True
@@ -284,7 +291,9 @@ class Registry:
                 (_token_hash(token), certificate_id, owner, now, now + self.token_ttl),
             )
             self._bump()
-        self._flush_status()
+        # PENDING_ACTIVATION and "not listed" both keep the certificate out of
+        # the broker, so the reply need not wait for the file.
+        self._flush_status(wait=False)
         return token
 
     def set_status(self, certificate_id: str, status: str) -> None:

@@ -238,7 +238,7 @@ class ProvisioningService:
         hook: Callable[..., Any] | str | None = None,
         hook_timeout: float = HOOK_TIMEOUT,
         tps: float | None = None,
-        workers: int = 32,
+        workers: int = 8,
         keygen_processes: int | None = None,
         client_id: str = "iotsim-service",
         sweep_interval: float = 60.0,
@@ -265,6 +265,7 @@ class ProvisioningService:
         self._workers = workers
         self._keygen_processes = keygen_processes or os.cpu_count() or 1
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._keys_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._keygen: KeygenPool | None = None
         self._client: mqtt.Client | None = None
         self._subscribed = threading.Event()
@@ -328,6 +329,11 @@ class ProvisioningService:
         """Connect to the broker and subscribe; returns once requests can be served."""
         self._stopping.clear()
         self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="iotsim-req")
+        # CreateKeysAndCertificate requests mostly wait for a key: they get
+        # their own threads, so a burst of them never delays RegisterThing.
+        self._keys_pool = concurrent.futures.ThreadPoolExecutor(
+            2 * self._keygen_processes, thread_name_prefix="iotsim-keys"
+        )
         self._keygen = KeygenPool(self._keygen_processes)
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -369,9 +375,10 @@ class ProvisioningService:
             self._timers.clear()
         for t in timers:
             t.cancel()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        for pool in (self._pool, self._keys_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._keys_pool = None
         if self._client is not None:
             self._client.disconnect()
             self._client.loop_stop()
@@ -456,7 +463,7 @@ class ProvisioningService:
         self._submit(req, fault)
 
     def _submit(self, req: Request, fault: Fault | None) -> None:
-        pool = self._pool
+        pool = self._keys_pool if req.operation == CREATE_KEYS else self._pool
         if pool is None or self._stopping.is_set():
             return
         try:
@@ -580,6 +587,8 @@ class ProvisioningService:
                 400, INVALID_PAYLOAD,
                 "{} request payload is not valid {}: {}".format(req.operation, req.fmt.upper(), exc),
             ) from None
+        if isinstance(value, Mapping) and not isinstance(value, dict):
+            value = dict(value)  # cbor2 decodes a tagged map (e.g. self-described CBOR) immutable
         if not isinstance(value, dict):
             raise Rejection(
                 400, INVALID_PAYLOAD,

@@ -78,7 +78,7 @@ class IotSim:
         clock: Callable[[], float] = time.time,
         plugin: Path = DEFAULT_PLUGIN,
         keygen_processes: int | None = None,
-        workers: int = 32,
+        workers: int = 8,
     ) -> None:
         self.state = Path(state).resolve()
         self.port = int(port)
