@@ -573,16 +573,24 @@ def test_unknown_fault_kind_and_operation_are_refused_by_name(iotsim: RunningIot
 # -- topics, secrecy -----------------------------------------------------------------------------
 
 
-def test_requests_on_other_aws_topics_get_no_provisioning_reply(iotsim: RunningIotSim, claim: MqttTestClient) -> None:
-    before = iotsim.service.stats["ignored"]
-    token = provision_csr(claim)["certificateOwnershipToken"]
-    assert register(claim, token, "json", {"SerialNumber": "topics"})[0] == "accepted"
-    # A provisioned device may publish to $aws topics; the plugin forwards them, the service ignores them.
-    body = iotsim.registry  # noqa: F841 - keep the fixture alive
-    claim.subscribe("$aws/certificates/create/xml/accepted", "$aws/certificates/create/xml/rejected")
-    claim.publish("$aws/certificates/create/xml", b"{}", wait=False)
-    wait_for(lambda: iotsim.service.stats["ignored"] > before or not claim.connected)
-    assert claim.messages.empty()
+def test_requests_on_other_aws_topics_reach_the_service_and_get_no_reply(
+    iotsim: RunningIotSim, claim: MqttTestClient, tmp_path: Path
+) -> None:
+    # A provisioned device may publish to any $aws topic (the claim may not):
+    # the plugin forwards it, the service answers only the provisioning API.
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = provision_csr(claim, "json", key)
+    assert register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": "topics"})[0] == "accepted"
+    cert, key_path = write_identity(tmp_path, "topics", body["certificatePem"], key)
+    with iotsim.client("fleetprov-topics", cert, key_path) as device:
+        topics = ["$aws/certificates/create/xml", "$aws/things/fleetprov-topics/shadow/get",
+                  "$aws/provisioning-templates/bad name/provision/json"]
+        device.subscribe(*[t + "/accepted" for t in topics], *[t + "/rejected" for t in topics])
+        before = iotsim.service.stats["ignored"]
+        for topic in topics:
+            device.publish(topic, b"{}")
+        wait_for(lambda: iotsim.service.stats["ignored"] >= before + len(topics))
+        assert device.connected and device.messages.empty()
 
 
 def test_private_keys_and_tokens_never_reach_the_logs(iotsim: RunningIotSim, claim: MqttTestClient, caplog: pytest.LogCaptureFixture) -> None:
