@@ -236,7 +236,10 @@ class FirstBoot:
         except credstore.StoreError:
             csr_pem = None
         if csr_pem is not None:
-            key = s.read(self.cfg["csr_key"])
+            try:
+                key = s.read(self.cfg["csr_key"])
+            except credstore.StoreError as ex:
+                raise FirstBootError("{} is on flash but its key is not: {}".format(s.path(name), ex))
             self.progress.step("csr", "read {} from flash".format(s.path(name)))
             return csr_pem, key
         try:
@@ -245,7 +248,10 @@ class FirstBoot:
             raise FirstBootError(
                 'method "csr" needs lib/csr.py (on-device key) or {} and {} on flash'.format(
                     s.path(name), s.path(self.cfg["csr_key"])))
-        key, csr_pem = csr.generate(self.client_id[:64])
+        try:
+            key, csr_pem = csr.generate(self.client_id[:64])
+        except (ValueError, TypeError, OSError) as ex:
+            raise FirstBootError("cannot make a key and CSR on the device: {}".format(ex))
         csr = None
         _unload("csr", "p256")  # about 14 KB of RAM, not needed again
         self.progress.step("keygen", "P-256 key and CSR made on the device")
@@ -455,6 +461,9 @@ def run(app=None, config="config.json", printer=print):
     except FirstBootError as ex:
         printer("fleetprov: " + str(ex))
         return "retry" if ex.retryable else "fatal"
+    except OSError as ex:  # flash full or failing, outside the retried steps
+        printer("fleetprov: {}: {}".format(type(ex).__name__, ex))
+        return "retry"
     try:
         if app is not None:
             app(fb, link)

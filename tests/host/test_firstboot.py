@@ -525,3 +525,25 @@ def test_run_reports_missing_claim_files(flash: Path) -> None:
     lines: list[str] = []
     assert firstboot.run(printer=lines.append) == "fatal"
     assert "certs/claim.key.der" in lines[-1] and "copy it to the board" in lines[-1]
+
+
+def test_a_shipped_csr_without_its_key_is_reported(flash: Path, cloud: FakeCloud) -> None:
+    import csr
+
+    (flash / "certs" / "csr.pem").write_text(csr.generate("shipped")[1])
+    with pytest.raises(FirstBootError, match="csr.pem is on flash but its key is not"):
+        Boot(cloud, method="csr").fb.start()
+
+
+def test_a_failing_random_source_during_keygen_is_reported(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csr
+
+    def broken(common_name: str) -> tuple[bytes, str]:
+        raise OSError("random source gave no valid P-256 scalar in 16 draws: check os.urandom")
+
+    monkeypatch.setattr(csr, "generate", broken)
+    with pytest.raises(FirstBootError, match="cannot make a key and CSR on the device: random source"):
+        Boot(cloud, method="csr").fb.start()
+    assert cloud.calls == []
