@@ -120,6 +120,50 @@ def _nodelay_sockets() -> None:
     usocket._bench_nodelay = True
 
 
+def _shared_tls_context() -> None:
+    """Build the claim identity's TLS context once per device process.
+
+    tools/umqtt_host builds a fresh SSLContext for every connection (as a board
+    loads its certificate for every connect), which costs the simulator about
+    2 ms of CPU per device, all of it on the device side. Every simulated
+    device uses the same claim certificate, so the context is shared; each
+    connection still makes its own full TLS handshake (no session resumption).
+    """
+    import ssl
+
+    from tools import umqtt_host
+
+    contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
+    lock = threading.Lock()
+    original = umqtt_host.wrap_socket
+
+    def wrap_socket(sock: Any, key: bytes | None = None, cert: bytes | None = None, cadata: bytes | None = None,
+                    cert_reqs: int = umqtt_host.CERT_NONE, server_hostname: str | None = None,
+                    do_handshake: bool = True) -> Any:
+        if not (key and cert and cadata):
+            return original(sock, key, cert, cadata, cert_reqs, server_hostname, do_handshake)
+        ident = (key, cert, cadata, cert_reqs, bool(server_hostname))
+        with lock:
+            ctx = contexts.get(ident)
+            if ctx is None:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = bool(server_hostname) and cert_reqs == umqtt_host.CERT_REQUIRED
+                ctx.verify_mode = ssl.CERT_REQUIRED if cert_reqs == umqtt_host.CERT_REQUIRED else ssl.CERT_NONE
+                ctx.load_verify_locations(cadata=cadata)
+                cert_path, key_path = umqtt_host._pem_files(cert, key)
+                try:
+                    ctx.load_cert_chain(cert_path, key_path)
+                finally:
+                    os.unlink(cert_path)
+                    os.unlink(key_path)
+                contexts[ident] = ctx
+        return umqtt_host.HostSocket(
+            ctx.wrap_socket(sock.raw, server_hostname=server_hostname, do_handshake_on_connect=do_handshake)
+        )
+
+    sys.modules["ussl"].wrap_socket = wrap_socket
+
+
 _thread_socket = threading.local()
 
 
@@ -305,6 +349,7 @@ def _worker() -> int:
     """One device process: read the job, say ready, wait for go, run, stream results."""
     _nodelay_sockets()
     _quiet_polling()
+    _shared_tls_context()
 
     job = json.loads(sys.stdin.readline())
     sim = argparse.Namespace(
