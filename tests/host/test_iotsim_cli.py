@@ -112,3 +112,16 @@ def test_down_when_nothing_runs_says_so(tmp_path: Path) -> None:
 def test_up_refuses_a_non_positive_token_ttl(tmp_path: Path) -> None:
     proc = cli("up", "--state", str(tmp_path), "--token-ttl", "0", check=False)
     assert proc.returncode == 1 and "--token-ttl" in proc.stderr
+
+
+def test_up_on_a_taken_port_says_so_and_how_to_choose_another(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = cli("up", "--state", str(tmp_path), "--port", str(port), check=False)
+    assert proc.returncode == 1
+    assert "port {} is taken".format(port) in proc.stderr and "--port" in proc.stderr
+    assert not (tmp_path / "iotsim.pid").exists()

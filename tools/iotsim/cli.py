@@ -97,7 +97,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         sim.start()
     except Exception as exc:
-        raise CliError("iotsim did not start: {}".format(exc)) from exc
+        hint = ""
+        if "Address already in use" in str(exc):
+            hint = "\nport {} is taken: stop what uses it or choose another with --port".format(args.port)
+        raise CliError("iotsim did not start: {}{}".format(exc, hint)) from exc
     pid_path = state / PID_FILE
     try:
         pid_path.write_text(json.dumps({"pid": os.getpid(), "port": sim.port, "started": time.time()}) + "\n")
