@@ -10,13 +10,13 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import fleetprov
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-import fleetprov
 from tools import umqtt_host
 from tools.iotsim.testing import RunningIotSim
 
@@ -30,7 +30,9 @@ def serial() -> str:
     return "int{}".format(next(_serials))
 
 
-def connect(iotsim: RunningIotSim, client_id: str, cert_der: bytes | None = None, key_der: bytes | None = None) -> Any:
+def connect(
+    iotsim: RunningIotSim, client_id: str, cert_der: bytes | None = None, key_der: bytes | None = None
+) -> Any:
     return umqtt_host.connect(
         client_id,
         iotsim.port,
@@ -42,20 +44,26 @@ def connect(iotsim: RunningIotSim, client_id: str, cert_der: bytes | None = None
 
 def der_of(cert_pem: str, key: Any) -> tuple[bytes, bytes]:
     cert = x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(serialization.Encoding.DER)
-    return cert, key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert, key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def csr_pem(key: Any, cn: str) -> str:
-    csr = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    ).sign(key, hashes.SHA256())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 class Device:
     """A claim connection with a Provisioner on it; closed by the test's fixture."""
 
-    def __init__(self, iotsim: RunningIotSim, fmt: str = "json", timeout_ms: int = 10000, rx_size: int = 6144) -> None:
+    def __init__(
+        self, iotsim: RunningIotSim, fmt: str = "json", timeout_ms: int = 10000, rx_size: int = 6144
+    ) -> None:
         self.client_id = "dev-" + serial()
         self.client = connect(iotsim, self.client_id)
         self.p = fleetprov.Provisioner(self.client, fmt=fmt, timeout_ms=timeout_ms, rx_size=rx_size)
@@ -91,7 +99,9 @@ def assert_connects_as_itself(iotsim: RunningIotSim, thing: str, cert_der: bytes
 
 
 @pytest.mark.parametrize("fmt", ["json", "cbor"])
-def test_keys_then_register_then_reconnect_with_the_new_certificate(iotsim: RunningIotSim, devices: Any, fmt: str) -> None:
+def test_keys_then_register_then_reconnect_with_the_new_certificate(
+    iotsim: RunningIotSim, devices: Any, fmt: str
+) -> None:
     d = devices(fmt=fmt)
     keys = d.p.create_keys_and_certificate()
     assert keys.private_key.startswith("-----BEGIN RSA PRIVATE KEY-----")
@@ -106,9 +116,15 @@ def test_keys_then_register_then_reconnect_with_the_new_certificate(iotsim: Runn
 
 @pytest.mark.parametrize("fmt", ["json", "cbor"])
 @pytest.mark.parametrize("kind", ["ec-p256", "rsa-2048"])
-def test_csr_then_register_then_reconnect_with_the_new_certificate(iotsim: RunningIotSim, devices: Any, fmt: str, kind: str) -> None:
+def test_csr_then_register_then_reconnect_with_the_new_certificate(
+    iotsim: RunningIotSim, devices: Any, fmt: str, kind: str
+) -> None:
     d = devices(fmt=fmt)
-    key = ec.generate_private_key(ec.SECP256R1()) if kind == "ec-p256" else rsa.generate_private_key(65537, 2048)
+    key = (
+        ec.generate_private_key(ec.SECP256R1())
+        if kind == "ec-p256"
+        else rsa.generate_private_key(65537, 2048)
+    )
     cert = d.p.create_certificate_from_csr(csr_pem(key, d.client_id))
     assert cert.private_key is None
     sn = serial()
@@ -127,14 +143,22 @@ def test_unknown_template_reaches_the_device_as_404(devices: Any) -> None:
     d = devices()
     token = d.p.create_keys_and_certificate().ownership_token
     err = refused(d.p.register_thing, "NoSuchTemplate", token, {"SerialNumber": "x"})
-    assert (err.status, err.status_code, err.error_code) == (fleetprov.SERVER_REFUSED, 404, "ResourceNotFound")
+    assert (err.status, err.status_code, err.error_code) == (
+        fleetprov.SERVER_REFUSED,
+        404,
+        "ResourceNotFound",
+    )
 
 
 def test_missing_parameter_reaches_the_device_as_400(devices: Any) -> None:
     d = devices(fmt="cbor")
     token = d.p.create_keys_and_certificate().ownership_token
     err = refused(d.p.register_thing, TEMPLATE, token, {})
-    assert (err.status, err.status_code, err.error_code) == (fleetprov.SERVER_REFUSED, 400, "InvalidParameters")
+    assert (err.status, err.status_code, err.error_code) == (
+        fleetprov.SERVER_REFUSED,
+        400,
+        "InvalidParameters",
+    )
     assert "SerialNumber" in err.error_message
 
 
@@ -149,7 +173,9 @@ def test_reused_token_reaches_the_device_as_400_invalid_token(devices: Any) -> N
 
 def test_expired_token_reaches_the_device_as_400(iotsim: RunningIotSim, devices: Any) -> None:
     d = devices()
-    token = d.p.create_certificate_from_csr(csr_pem(ec.generate_private_key(ec.SECP256R1()), "exp")).ownership_token
+    token = d.p.create_certificate_from_csr(
+        csr_pem(ec.generate_private_key(ec.SECP256R1()), "exp")
+    ).ownership_token
     iotsim.clock.advance(3601)
     err = refused(d.p.register_thing, TEMPLATE, token, {"SerialNumber": serial()})
     assert (err.status_code, err.error_code) == (400, "InvalidCertificateOwnershipToken")
@@ -158,7 +184,10 @@ def test_expired_token_reaches_the_device_as_400(iotsim: RunningIotSim, devices:
 
 def test_bad_csr_reaches_the_device_as_400(devices: Any) -> None:
     d = devices(fmt="cbor")
-    err = refused(d.p.create_certificate_from_csr, "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
+    err = refused(
+        d.p.create_certificate_from_csr,
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+    )
     assert (err.status, err.status_code, err.error_code) == (fleetprov.SERVER_REFUSED, 400, "InvalidCsr")
 
 
@@ -173,8 +202,15 @@ def test_hook_refusal_reaches_the_device_as_403(iotsim: RunningIotSim, devices: 
 def test_throttling_reaches_the_device_as_429(iotsim: RunningIotSim, devices: Any) -> None:
     iotsim.set_throttle(0.001, "RegisterThing", burst=1)
     d = devices()
-    d.p.register_thing(TEMPLATE, d.p.create_keys_and_certificate().ownership_token, {"SerialNumber": serial()})
-    err = refused(d.p.register_thing, TEMPLATE, d.p.create_keys_and_certificate().ownership_token, {"SerialNumber": serial()})
+    d.p.register_thing(
+        TEMPLATE, d.p.create_keys_and_certificate().ownership_token, {"SerialNumber": serial()}
+    )
+    err = refused(
+        d.p.register_thing,
+        TEMPLATE,
+        d.p.create_keys_and_certificate().ownership_token,
+        {"SerialNumber": serial()},
+    )
     assert (err.status_code, err.error_code) == (429, "ThrottlingException")
 
 
@@ -185,8 +221,18 @@ def test_throttling_reaches_the_device_as_429(iotsim: RunningIotSim, devices: An
         ("CreateCertificateFromCsr", "drop", {}, fleetprov.TIMEOUT),
         ("RegisterThing", "drop", {}, fleetprov.TIMEOUT),
         ("CreateKeysAndCertificate", "delay", {"delay_ms": 5000}, fleetprov.TIMEOUT),
-        ("RegisterThing", "reject", {"status_code": 500, "error_code": "InternalFailure"}, fleetprov.SERVER_REFUSED),
-        ("CreateCertificateFromCsr", "reject", {"status_code": 503, "error_code": "ServiceUnavailable"}, fleetprov.SERVER_REFUSED),
+        (
+            "RegisterThing",
+            "reject",
+            {"status_code": 500, "error_code": "InternalFailure"},
+            fleetprov.SERVER_REFUSED,
+        ),
+        (
+            "CreateCertificateFromCsr",
+            "reject",
+            {"status_code": 503, "error_code": "ServiceUnavailable"},
+            fleetprov.SERVER_REFUSED,
+        ),
         ("CreateKeysAndCertificate", "malformed", {}, fleetprov.BAD_RESPONSE),
         ("RegisterThing", "malformed", {"topic": "rejected"}, fleetprov.BAD_RESPONSE),
         ("CreateKeysAndCertificate", "oversized", {"size": 9000}, fleetprov.NO_MEMORY),
@@ -224,7 +270,9 @@ def test_a_delay_within_the_timeout_still_succeeds(iotsim: RunningIotSim, device
 
 
 @pytest.mark.parametrize("fmt", ["json", "cbor"])
-def test_a_duplicated_reply_is_used_once_and_the_next_call_is_not_confused(iotsim: RunningIotSim, devices: Any, fmt: str) -> None:
+def test_a_duplicated_reply_is_used_once_and_the_next_call_is_not_confused(
+    iotsim: RunningIotSim, devices: Any, fmt: str
+) -> None:
     iotsim.set_fault("CreateKeysAndCertificate", "duplicate", times=1)
     d = devices(fmt=fmt)
     first = d.p.create_keys_and_certificate()

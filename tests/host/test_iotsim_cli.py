@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,9 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "tools.iotsim", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     if check and proc.returncode != 0:
-        raise AssertionError("iotsim {} exited {}:\n{}\n{}".format(args, proc.returncode, proc.stdout, proc.stderr))
+        raise AssertionError(
+            "iotsim {} exited {}:\n{}\n{}".format(args, proc.returncode, proc.stdout, proc.stderr)
+        )
     return proc
 
 
@@ -32,7 +32,10 @@ def running(tmp_path: Path) -> tuple[Path, int, subprocess.Popen[str]]:
     state, port = tmp_path / "state", free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tools.iotsim", "up", "--state", str(state), "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -49,14 +52,30 @@ def running(tmp_path: Path) -> tuple[Path, int, subprocess.Popen[str]]:
 
 def test_up_writes_everything_a_device_needs(running: tuple[Path, int, subprocess.Popen[str]]) -> None:
     state, port, _ = running
-    for name in ("ca.pem", "ca.der", "claim.pem", "claim.key.pem", "claim.der", "claim.key.der",
-                 "templates/FleetprovDemo.json", "certs/ca.der", "certs/claim.der", "certs/claim.key.der",
-                 "iotsim.pid", "certs.status"):
+    for name in (
+        "ca.pem",
+        "ca.der",
+        "claim.pem",
+        "claim.key.pem",
+        "claim.der",
+        "claim.key.der",
+        "templates/FleetprovDemo.json",
+        "certs/ca.der",
+        "certs/claim.der",
+        "certs/claim.key.der",
+        "iotsim.pid",
+        "certs.status",
+    ):
         assert (state / name).is_file(), name
     config = json.loads((state / "config.json").read_text())
     assert config == {
-        "endpoint": "127.0.0.1", "port": port, "template": "FleetprovDemo",
-        "parameters": {"SerialNumber": "{uid}"}, "format": "json", "method": "keys", "cert_dir": "certs",
+        "endpoint": "127.0.0.1",
+        "port": port,
+        "template": "FleetprovDemo",
+        "parameters": {"SerialNumber": "{uid}"},
+        "format": "json",
+        "method": "keys",
+        "cert_dir": "certs",
     }
     assert (state / "certs" / "claim.der").read_bytes() == (state / "claim.der").read_bytes()
 
@@ -71,7 +90,9 @@ def test_status_certs_things_revoke_and_down(running: tuple[Path, int, subproces
     assert "no things yet" in cli("things", "--state", str(state)).stdout
 
     def claim_client() -> MqttTestClient:
-        return MqttTestClient(port, state / "ca.pem", state / "claim.pem", state / "claim.key.pem", "cli-test")
+        return MqttTestClient(
+            port, state / "ca.pem", state / "claim.pem", state / "claim.key.pem", "cli-test"
+        )
 
     with claim_client():
         pass
@@ -99,7 +120,9 @@ def test_commands_on_a_folder_without_state_say_how_to_start(tmp_path: Path) -> 
         assert proc.returncode == 1 and "python -m tools.iotsim up" in proc.stderr
 
 
-def test_revoke_of_an_unknown_certificate_is_refused_by_name(running: tuple[Path, int, subprocess.Popen[str]]) -> None:
+def test_revoke_of_an_unknown_certificate_is_refused_by_name(
+    running: tuple[Path, int, subprocess.Popen[str]],
+) -> None:
     state, _, _ = running
     proc = cli("revoke", "deadbeefdeadbeef", "--state", str(state), check=False)
     assert proc.returncode == 1 and "deadbeefdeadbeef" in proc.stderr

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def block(name: str) -> str:
-    found = re.search(r"<!-- doc-test: {} -->\n```\w+\n(.*?)```".format(re.escape(name)), DOC.read_text(), re.S)
+    found = re.search(
+        r"<!-- doc-test: {} -->\n```\w+\n(.*?)```".format(re.escape(name)), DOC.read_text(), re.S
+    )
     assert found, "docs/iotsim.md has no block marked doc-test: {}".format(name)
     return found.group(1)
 
@@ -33,7 +35,9 @@ def localise(text: str, iotsim: RunningIotSim) -> str:
 
 def run_shell(script: str, cwd: Path) -> str:
     proc = subprocess.run(["bash", "-e", "-c", script], cwd=cwd, capture_output=True, text=True, timeout=90)
-    assert proc.returncode == 0, "exit {}\n--- stdout\n{}\n--- stderr\n{}".format(proc.returncode, proc.stdout, proc.stderr)
+    assert proc.returncode == 0, "exit {}\n--- stdout\n{}\n--- stderr\n{}".format(
+        proc.returncode, proc.stdout, proc.stderr
+    )
     return proc.stdout
 
 
@@ -57,8 +61,13 @@ def test_manual_csr_steps_provision_a_device_whose_key_stays_local(iotsim: Runni
 
 
 def test_manual_paho_script_provisions_and_reconnects(iotsim: RunningIotSim) -> None:
-    proc = subprocess.run([sys.executable, "-c", localise(block("manual-paho"), iotsim)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(
+        [sys.executable, "-c", localise(block("manual-paho"), iotsim)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "RegisterThing accepted" in proc.stdout
     assert "again rejected" in proc.stdout

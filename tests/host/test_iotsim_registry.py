@@ -53,8 +53,13 @@ def test_registry_survives_a_restart(tmp_path: Path, clock: Clock) -> None:
     with Registry(tmp_path, clock=clock) as r:
         r.add_certificate(CLAIM_ID, "PEM-claim", CLAIM)
         token = r.issue_certificate(cid(1), "PEM-1", owner=CLAIM_ID)
-        r.register(token, requester=CLAIM_ID, thing=ThingSpec("t1", {"a": "1"}), certificate_status=ACTIVE,
-                   policies=[("P", '{"Version": "2012-10-17"}')])
+        r.register(
+            token,
+            requester=CLAIM_ID,
+            thing=ThingSpec("t1", {"a": "1"}),
+            certificate_status=ACTIVE,
+            policies=[("P", '{"Version": "2012-10-17"}')],
+        )
     with Registry(tmp_path, clock=clock) as again:
         assert again.status(cid(1)) == ACTIVE
         assert again.status(CLAIM_ID) == CLAIM
@@ -84,7 +89,9 @@ def test_status_file_format_is_one_id_and_status_per_line(reg: Registry, tmp_pat
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
-def test_a_second_registry_on_the_same_state_sees_and_publishes_a_revoke(tmp_path: Path, clock: Clock) -> None:
+def test_a_second_registry_on_the_same_state_sees_and_publishes_a_revoke(
+    tmp_path: Path, clock: Clock
+) -> None:
     # The CLI's `revoke` opens its own Registry while the service runs.
     with Registry(tmp_path, clock=clock) as service, Registry(tmp_path, clock=clock) as cli:
         service.add_certificate(cid(1), "PEM", ACTIVE)
@@ -178,7 +185,9 @@ def test_token_of_a_revoked_certificate_is_refused(reg: Registry) -> None:
         reg.consume_token(token)
 
 
-def test_expired_pending_certificates_are_deleted_as_aws_does(reg: Registry, clock: Clock, tmp_path: Path) -> None:
+def test_expired_pending_certificates_are_deleted_as_aws_does(
+    reg: Registry, clock: Clock, tmp_path: Path
+) -> None:
     stale = reg.issue_certificate(cid(1), "PEM", owner=CLAIM_ID)
     used = reg.issue_certificate(cid(2), "PEM", owner=CLAIM_ID)
     reg.register(used, requester=CLAIM_ID, thing=None, certificate_status=INACTIVE)

@@ -49,14 +49,18 @@ def make_csr(key: Any, cn: str = "device-1") -> str:
 
 
 def spki(public_key: Any) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def write_identity(folder: Path, name: str, cert_pem: str, key: Any) -> tuple[Path, Path]:
     cert_path, key_path = folder / "{}.pem".format(name), folder / "{}.key.pem".format(name)
     cert_path.write_text(cert_pem)
     key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     return cert_path, key_path
 
@@ -77,8 +81,14 @@ def provision_csr(client: MqttTestClient, fmt: str = "json", key: Any = _EC_KEY)
     return body
 
 
-def register(client: MqttTestClient, token: Any, fmt: str = "json", params: Any = None,
-             template: str = TEMPLATE, **extra: Any) -> tuple[str, Any]:
+def register(
+    client: MqttTestClient,
+    token: Any,
+    fmt: str = "json",
+    params: Any = None,
+    template: str = TEMPLATE,
+    **extra: Any,
+) -> tuple[str, Any]:
     payload: dict[str, Any] = {"certificateOwnershipToken": token}
     if params is not None:
         payload["parameters"] = params
@@ -105,7 +115,9 @@ def wait_for(condition: Any, timeout: float = 10.0) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_create_keys_returns_an_rsa_2048_key_and_its_certificate(iotsim: RunningIotSim, claim: MqttTestClient, fmt: str) -> None:
+def test_create_keys_returns_an_rsa_2048_key_and_its_certificate(
+    iotsim: RunningIotSim, claim: MqttTestClient, fmt: str
+) -> None:
     outcome, body = claim.request(keys_topic(fmt), b"")
     assert outcome == "accepted"
     assert set(body) == {"certificateId", "certificatePem", "privateKey", "certificateOwnershipToken"}
@@ -122,19 +134,25 @@ def test_create_keys_returns_an_rsa_2048_key_and_its_certificate(iotsim: Running
 
 
 @pytest.mark.parametrize(
-    "fmt,payload", [("json", b""), ("json", b"{}"), ("cbor", b""), ("cbor", b"\xa0")],
+    "fmt,payload",
+    [("json", b""), ("json", b"{}"), ("cbor", b""), ("cbor", b"\xa0")],
     ids=["json-empty", "json-{}", "cbor-empty", "cbor-A0"],
 )
-def test_create_keys_accepts_an_empty_payload_and_an_empty_map(claim: MqttTestClient, fmt: str, payload: bytes) -> None:
+def test_create_keys_accepts_an_empty_payload_and_an_empty_map(
+    claim: MqttTestClient, fmt: str, payload: bytes
+) -> None:
     outcome, body = claim.request(keys_topic(fmt), payload)
     assert outcome == "accepted" and body["certificateId"]
 
 
 @pytest.mark.parametrize(
-    "fmt,payload", [("json", b"not json"), ("json", b"[1, 2]"), ("cbor", b"\xff\x00"), ("cbor", b"\x82\x01\x02")],
+    "fmt,payload",
+    [("json", b"not json"), ("json", b"[1, 2]"), ("cbor", b"\xff\x00"), ("cbor", b"\x82\x01\x02")],
     ids=["json-garbage", "json-array", "cbor-garbage", "cbor-array"],
 )
-def test_create_keys_with_a_malformed_payload_is_rejected_with_400(claim: MqttTestClient, fmt: str, payload: bytes) -> None:
+def test_create_keys_with_a_malformed_payload_is_rejected_with_400(
+    claim: MqttTestClient, fmt: str, payload: bytes
+) -> None:
     assert_rejected(claim.request(keys_topic(fmt), payload), 400, "InvalidPayload")
 
 
@@ -165,7 +183,9 @@ def test_self_described_cbor_map_is_accepted(claim: MqttTestClient) -> None:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("kind", ["ec-p256", "rsa-2048"])
-def test_csr_is_certified_with_its_own_public_key(iotsim: RunningIotSim, claim: MqttTestClient, fmt: str, kind: str) -> None:
+def test_csr_is_certified_with_its_own_public_key(
+    iotsim: RunningIotSim, claim: MqttTestClient, fmt: str, kind: str
+) -> None:
     key = _EC_KEY if kind == "ec-p256" else rsa.generate_private_key(65537, 2048)
     body = provision_csr(claim, fmt, key)
     assert set(body) == {"certificateId", "certificatePem", "certificateOwnershipToken"}
@@ -177,7 +197,9 @@ def test_csr_is_certified_with_its_own_public_key(iotsim: RunningIotSim, claim: 
 
 def _tampered_csr() -> str:
     # Re-sign nothing: flip a bit inside the signature of a valid CSR.
-    der = bytearray(x509.load_pem_x509_csr(make_csr(_EC_KEY).encode()).public_bytes(serialization.Encoding.DER))
+    der = bytearray(
+        x509.load_pem_x509_csr(make_csr(_EC_KEY).encode()).public_bytes(serialization.Encoding.DER)
+    )
     der[-5] ^= 0x01
     return x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM).decode()
 
@@ -186,13 +208,13 @@ def _other_key_csr() -> str:
     # A CSR whose public key is not the key that signed it.
     good = x509.load_pem_x509_csr(make_csr(_EC_KEY).encode())
     other = ec.generate_private_key(ec.SECP256R1())
-    forged = (
-        x509.CertificateSigningRequestBuilder().subject_name(good.subject).sign(other, hashes.SHA256())
-    )
+    forged = x509.CertificateSigningRequestBuilder().subject_name(good.subject).sign(other, hashes.SHA256())
     der = forged.public_bytes(serialization.Encoding.DER)
-    return x509.load_der_x509_csr(der.replace(spki(other.public_key()), spki(_EC_KEY.public_key()))).public_bytes(
-        serialization.Encoding.PEM
-    ).decode()
+    return (
+        x509.load_der_x509_csr(der.replace(spki(other.public_key()), spki(_EC_KEY.public_key())))
+        .public_bytes(serialization.Encoding.PEM)
+        .decode()
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -201,14 +223,28 @@ def _other_key_csr() -> str:
     [
         ({"certificateSigningRequest": "__TAMPERED__"}, "signature"),
         ({"certificateSigningRequest": "__OTHER_KEY__"}, "signature"),
-        ({"certificateSigningRequest": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"}, "PEM CSR"),
+        (
+            {
+                "certificateSigningRequest": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+            },
+            "PEM CSR",
+        ),
         ({"certificateSigningRequest": "hello"}, "PEM CSR"),
         ({"certificateSigningRequest": ""}, "missing"),
         ({"certificateSigningRequest": 42}, "missing"),
         ({}, "missing"),
         ({"certificateSigningRequest": "__RSA1024__"}, "1024 bits"),
     ],
-    ids=["tampered-signature", "signed-by-another-key", "truncated-der", "not-pem", "empty", "number", "absent", "rsa-1024"],
+    ids=[
+        "tampered-signature",
+        "signed-by-another-key",
+        "truncated-der",
+        "not-pem",
+        "empty",
+        "number",
+        "absent",
+        "rsa-1024",
+    ],
 )
 def test_bad_csr_is_rejected_with_400(claim: MqttTestClient, fmt: str, payload: dict, text: str) -> None:
     value = payload.get("certificateSigningRequest")
@@ -247,10 +283,14 @@ def test_register_thing_activates_the_certificate_and_returns_the_configuration(
     thing = iotsim.registry.thing("fleetprov-" + serial)
     assert thing is not None and body["certificateId"] in thing.certificates
     assert thing.attributes == {"serial": serial, "location": "lab"}
-    assert [name for name, _ in iotsim.registry.policies_of(body["certificateId"])] == ["FleetprovDemo-policy"]
+    assert [name for name, _ in iotsim.registry.policies_of(body["certificateId"])] == [
+        "FleetprovDemo-policy"
+    ]
 
 
-def test_register_thing_without_a_thing_resource_omits_thing_name(iotsim: RunningIotSim, claim: MqttTestClient) -> None:
+def test_register_thing_without_a_thing_resource_omits_thing_name(
+    iotsim: RunningIotSim, claim: MqttTestClient
+) -> None:
     iotsim.templates.put("NoThing", {"DeviceConfiguration": {"k": "v"}})
     body = provision_csr(claim)
     outcome, reg = register(claim, body["certificateOwnershipToken"], template="NoThing")
@@ -260,75 +300,132 @@ def test_register_thing_without_a_thing_resource_omits_thing_name(iotsim: Runnin
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_register_with_unknown_template_is_rejected_with_404(claim: MqttTestClient, fmt: str) -> None:
     body = provision_csr(claim, fmt)
-    assert_rejected(register(claim, body["certificateOwnershipToken"], fmt, template="NoSuchTemplate"),
-                    404, "ResourceNotFound", "NoSuchTemplate")
+    assert_rejected(
+        register(claim, body["certificateOwnershipToken"], fmt, template="NoSuchTemplate"),
+        404,
+        "ResourceNotFound",
+        "NoSuchTemplate",
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_register_without_a_required_parameter_is_rejected_with_400_naming_it(claim: MqttTestClient, fmt: str) -> None:
+def test_register_without_a_required_parameter_is_rejected_with_400_naming_it(
+    claim: MqttTestClient, fmt: str
+) -> None:
     body = provision_csr(claim, fmt)
-    assert_rejected(register(claim, body["certificateOwnershipToken"], fmt, {}), 400, "InvalidParameters", "SerialNumber")
+    assert_rejected(
+        register(claim, body["certificateOwnershipToken"], fmt, {}), 400, "InvalidParameters", "SerialNumber"
+    )
 
 
-@pytest.mark.parametrize("params", [["a"], {"SerialNumber": 5}, "SerialNumber=1"], ids=["list", "int-value", "string"])
-def test_register_with_parameters_that_are_not_a_string_map_is_rejected_with_400(claim: MqttTestClient, params: Any) -> None:
+@pytest.mark.parametrize(
+    "params", [["a"], {"SerialNumber": 5}, "SerialNumber=1"], ids=["list", "int-value", "string"]
+)
+def test_register_with_parameters_that_are_not_a_string_map_is_rejected_with_400(
+    claim: MqttTestClient, params: Any
+) -> None:
     body = provision_csr(claim)
-    assert_rejected(register(claim, body["certificateOwnershipToken"], "json", params), 400, "InvalidParameters")
+    assert_rejected(
+        register(claim, body["certificateOwnershipToken"], "json", params), 400, "InvalidParameters"
+    )
 
 
 @pytest.mark.parametrize("payload", [b"", b"{bad", b"[]"], ids=["empty", "garbage", "array"])
-def test_register_with_a_malformed_payload_is_rejected_with_400(claim: MqttTestClient, payload: bytes) -> None:
+def test_register_with_a_malformed_payload_is_rejected_with_400(
+    claim: MqttTestClient, payload: bytes
+) -> None:
     assert_rejected(claim.request(register_topic("json"), payload), 400, "InvalidPayload")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_register_with_a_missing_or_empty_token_is_rejected_as_aws_does(claim: MqttTestClient, fmt: str) -> None:
+def test_register_with_a_missing_or_empty_token_is_rejected_as_aws_does(
+    claim: MqttTestClient, fmt: str
+) -> None:
     params = {"SerialNumber": "1"}
-    assert_rejected(claim.request(register_topic(fmt), {"parameters": params}), 400,
-                    "InvalidCertificateOwnershipToken", "Certificate ownership token cannot be empty.")
-    assert_rejected(register(claim, "", fmt, params), 400, "InvalidCertificateOwnershipToken", "cannot be empty")
-    assert_rejected(register(claim, 12, fmt, params), 400, "InvalidCertificateOwnershipToken", "cannot be empty")
+    assert_rejected(
+        claim.request(register_topic(fmt), {"parameters": params}),
+        400,
+        "InvalidCertificateOwnershipToken",
+        "Certificate ownership token cannot be empty.",
+    )
+    assert_rejected(
+        register(claim, "", fmt, params), 400, "InvalidCertificateOwnershipToken", "cannot be empty"
+    )
+    assert_rejected(
+        register(claim, 12, fmt, params), 400, "InvalidCertificateOwnershipToken", "cannot be empty"
+    )
 
 
 def test_register_with_an_unknown_token_is_rejected_with_400(claim: MqttTestClient) -> None:
-    assert_rejected(register(claim, "QUJD" * 100, "json", {"SerialNumber": "1"}), 400,
-                    "InvalidCertificateOwnershipToken", "invalid")
+    assert_rejected(
+        register(claim, "QUJD" * 100, "json", {"SerialNumber": "1"}),
+        400,
+        "InvalidCertificateOwnershipToken",
+        "invalid",
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_token_works_only_once(claim: MqttTestClient, fmt: str) -> None:
     token = provision_csr(claim, fmt)["certificateOwnershipToken"]
     assert register(claim, token, fmt, {"SerialNumber": "once"})[0] == "accepted"
-    assert_rejected(register(claim, token, fmt, {"SerialNumber": "once"}), 400,
-                    "InvalidCertificateOwnershipToken", "already been used")
+    assert_rejected(
+        register(claim, token, fmt, {"SerialNumber": "once"}),
+        400,
+        "InvalidCertificateOwnershipToken",
+        "already been used",
+    )
 
 
-def test_an_expired_token_is_rejected_and_its_certificate_deleted(iotsim: RunningIotSim, claim: MqttTestClient) -> None:
+def test_an_expired_token_is_rejected_and_its_certificate_deleted(
+    iotsim: RunningIotSim, claim: MqttTestClient
+) -> None:
     body = provision_csr(claim)
     iotsim.clock.advance(3600)
-    assert_rejected(register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": "late"}), 400,
-                    "InvalidCertificateOwnershipToken", "expired")
+    assert_rejected(
+        register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": "late"}),
+        400,
+        "InvalidCertificateOwnershipToken",
+        "expired",
+    )
     assert body["certificateId"] in iotsim.registry.expire_pending()
     assert iotsim.registry.status(body["certificateId"]) is None
 
 
-def test_a_token_is_bound_to_the_identity_that_asked_for_the_certificate(iotsim: RunningIotSim, claim: MqttTestClient) -> None:
+def test_a_token_is_bound_to_the_identity_that_asked_for_the_certificate(
+    iotsim: RunningIotSim, claim: MqttTestClient
+) -> None:
     assert iotsim.sim.ca is not None
     other = pki.ensure_client_identity(iotsim.state, iotsim.sim.ca, "claim2", "second claim")
     iotsim.registry.add_certificate(other.certificate_id, other.cert_path.read_text(), CLAIM)
     token = provision_csr(claim)["certificateOwnershipToken"]
     with iotsim.client("thief", other.cert_path, other.key_path) as thief:
-        assert_rejected(register(thief, token, "json", {"SerialNumber": "x"}), 400,
-                        "InvalidCertificateOwnershipToken", "not issued to this client")
+        assert_rejected(
+            register(thief, token, "json", {"SerialNumber": "x"}),
+            400,
+            "InvalidCertificateOwnershipToken",
+            "not issued to this client",
+        )
     assert register(claim, token, "json", {"SerialNumber": "x"})[0] == "accepted"
 
 
 def test_template_status_inactive_leaves_the_certificate_unable_to_connect(
     iotsim: RunningIotSim, claim: MqttTestClient, tmp_path: Path
 ) -> None:
-    iotsim.templates.put("Inactive", {"Resources": {"certificate": {
-        "Type": "AWS::IoT::Certificate",
-        "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "INACTIVE"}}}})
+    iotsim.templates.put(
+        "Inactive",
+        {
+            "Resources": {
+                "certificate": {
+                    "Type": "AWS::IoT::Certificate",
+                    "Properties": {
+                        "CertificateId": {"Ref": "AWS::IoT::Certificate::Id"},
+                        "Status": "INACTIVE",
+                    },
+                }
+            }
+        },
+    )
     body = provision_csr(claim)
     assert register(claim, body["certificateOwnershipToken"], template="Inactive")[0] == "accepted"
     assert iotsim.registry.status(body["certificateId"]) == INACTIVE
@@ -354,7 +451,9 @@ def test_new_certificate_connects_only_after_register_thing_and_never_after_revo
     cert, key_path = write_identity(tmp_path, "device", body["certificatePem"], key)
     with pytest.raises(ConnectRefused):
         iotsim.client("device-" + method, cert, key_path)
-    assert register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": method})[0] == "accepted"
+    assert (
+        register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": method})[0] == "accepted"
+    )
     with iotsim.client("device-" + method, cert, key_path) as device:
         assert device.connected
     iotsim.registry.revoke(body["certificateId"])
@@ -369,7 +468,10 @@ def test_registry_and_certificates_survive_a_restart(tmp_path: Path) -> None:
     with running_iotsim(state) as first:
         with first.client("dev") as c:
             body = provision_csr(c, "json", key)
-            assert register(c, body["certificateOwnershipToken"], "json", {"SerialNumber": "persist"})[0] == "accepted"
+            assert (
+                register(c, body["certificateOwnershipToken"], "json", {"SerialNumber": "persist"})[0]
+                == "accepted"
+            )
         pending = None
         with first.client("dev2") as c:
             pending = provision_csr(c, "cbor")
@@ -391,7 +493,10 @@ def test_hook_gets_aws_input_and_its_overrides_win(iotsim: RunningIotSim, claim:
 
     def hook(event: dict[str, Any]) -> dict[str, Any]:
         seen.append(event)
-        return {"allowProvisioning": True, "parameterOverrides": {"SerialNumber": "hooked", "Location": "field"}}
+        return {
+            "allowProvisioning": True,
+            "parameterOverrides": {"SerialNumber": "hooked", "Location": "field"},
+        }
 
     iotsim.set_hook(hook)
     body = provision_csr(claim)
@@ -429,23 +534,32 @@ def test_hook_that_cannot_be_imported_is_refused_by_name(iotsim: RunningIotSim) 
 
 
 @pytest.mark.parametrize(
-    "answer", [{"allowProvisioning": False}, {}, None, "yes", {"allowProvisioning": "true"}],
+    "answer",
+    [{"allowProvisioning": False}, {}, None, "yes", {"allowProvisioning": "true"}],
     ids=["false", "absent", "none", "string", "string-true"],
 )
-def test_hook_that_does_not_allow_provisioning_gets_403(iotsim: RunningIotSim, claim: MqttTestClient, answer: Any) -> None:
+def test_hook_that_does_not_allow_provisioning_gets_403(
+    iotsim: RunningIotSim, claim: MqttTestClient, answer: Any
+) -> None:
     iotsim.set_hook(lambda event: answer)
     body = provision_csr(claim)
-    assert_rejected(register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": "1"}), 403, "AccessDenied")
+    assert_rejected(
+        register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": "1"}), 403, "AccessDenied"
+    )
     assert iotsim.registry.status(body["certificateId"]) == PENDING_ACTIVATION
 
 
-def test_hook_that_raises_gets_403_and_the_token_stays_usable(iotsim: RunningIotSim, claim: MqttTestClient) -> None:
+def test_hook_that_raises_gets_403_and_the_token_stays_usable(
+    iotsim: RunningIotSim, claim: MqttTestClient
+) -> None:
     def hook(event: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("database down")
 
     iotsim.set_hook(hook)
     token = provision_csr(claim)["certificateOwnershipToken"]
-    assert_rejected(register(claim, token, "json", {"SerialNumber": "1"}), 403, "AccessDenied", "RuntimeError")
+    assert_rejected(
+        register(claim, token, "json", {"SerialNumber": "1"}), 403, "AccessDenied", "RuntimeError"
+    )
     iotsim.set_hook(None)
     assert register(claim, token, "json", {"SerialNumber": "1"})[0] == "accepted"
 
@@ -456,7 +570,9 @@ def test_hook_that_does_not_answer_in_time_gets_403(iotsim: RunningIotSim, claim
     try:
         iotsim.set_hook(lambda event: release.wait(30) and {"allowProvisioning": True})
         token = provision_csr(claim)["certificateOwnershipToken"]
-        assert_rejected(register(claim, token, "json", {"SerialNumber": "1"}), 403, "AccessDenied", "did not answer")
+        assert_rejected(
+            register(claim, token, "json", {"SerialNumber": "1"}), 403, "AccessDenied", "did not answer"
+        )
     finally:
         release.set()
         iotsim.service.hook_timeout = 5.0
@@ -465,18 +581,26 @@ def test_hook_that_does_not_answer_in_time_gets_403(iotsim: RunningIotSim, claim
 def test_hook_with_bad_overrides_gets_403(iotsim: RunningIotSim, claim: MqttTestClient) -> None:
     iotsim.set_hook(lambda event: {"allowProvisioning": True, "parameterOverrides": {"SerialNumber": 5}})
     token = provision_csr(claim)["certificateOwnershipToken"]
-    assert_rejected(register(claim, token, "json", {"SerialNumber": "1"}), 403, "AccessDenied", "parameterOverrides")
+    assert_rejected(
+        register(claim, token, "json", {"SerialNumber": "1"}), 403, "AccessDenied", "parameterOverrides"
+    )
 
 
 # -- throttling ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_throttled_operation_is_rejected_with_429_and_others_are_not(iotsim: RunningIotSim, claim: MqttTestClient, fmt: str) -> None:
+def test_throttled_operation_is_rejected_with_429_and_others_are_not(
+    iotsim: RunningIotSim, claim: MqttTestClient, fmt: str
+) -> None:
     iotsim.set_throttle(0.001, op="CreateCertificateFromCsr", burst=1)
     provision_csr(claim, fmt)
-    assert_rejected(claim.request(csr_topic(fmt), {"certificateSigningRequest": make_csr(_EC_KEY)}), 429,
-                    "ThrottlingException", "CreateCertificateFromCsr")
+    assert_rejected(
+        claim.request(csr_topic(fmt), {"certificateSigningRequest": make_csr(_EC_KEY)}),
+        429,
+        "ThrottlingException",
+        "CreateCertificateFromCsr",
+    )
     assert claim.request(keys_topic(fmt), b"")[0] == "accepted"
 
 
@@ -488,7 +612,9 @@ def test_throttling_is_off_by_default(claim: MqttTestClient) -> None:
 # -- fault injection -----------------------------------------------------------------------------
 
 
-def test_fault_drop_sends_no_reply_and_applies_only_as_often_as_asked(iotsim: RunningIotSim, claim: MqttTestClient) -> None:
+def test_fault_drop_sends_no_reply_and_applies_only_as_often_as_asked(
+    iotsim: RunningIotSim, claim: MqttTestClient
+) -> None:
     iotsim.set_fault("CreateCertificateFromCsr", "drop", times=1)
     claim.subscribe(csr_topic("json") + "/accepted", csr_topic("json") + "/rejected")
     claim.publish(csr_topic("json"), json.dumps({"certificateSigningRequest": make_csr(_EC_KEY)}))
@@ -503,7 +629,9 @@ def test_fault_delay_holds_the_reply_back(iotsim: RunningIotSim, claim: MqttTest
     token = provision_csr(claim)["certificateOwnershipToken"]
     topic = register_topic("json")
     claim.subscribe(topic + "/accepted", topic + "/rejected")
-    claim.publish(topic, json.dumps({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "slow"}}))
+    claim.publish(
+        topic, json.dumps({"certificateOwnershipToken": token, "parameters": {"SerialNumber": "slow"}})
+    )
     with pytest.raises(TimeoutError):
         claim.expect(timeout=0.3)
     got, body = claim.expect(timeout=10)
@@ -511,15 +639,21 @@ def test_fault_delay_holds_the_reply_back(iotsim: RunningIotSim, claim: MqttTest
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_fault_reject_sends_the_given_status_code_and_message(iotsim: RunningIotSim, claim: MqttTestClient, fmt: str) -> None:
-    iotsim.set_fault("keys", "reject", status_code=503, error_code="ServiceUnavailable", error_message="try later")
+def test_fault_reject_sends_the_given_status_code_and_message(
+    iotsim: RunningIotSim, claim: MqttTestClient, fmt: str
+) -> None:
+    iotsim.set_fault(
+        "keys", "reject", status_code=503, error_code="ServiceUnavailable", error_message="try later"
+    )
     outcome, body = claim.request(keys_topic(fmt), b"")
     assert outcome == "rejected"
     assert body == {"statusCode": 503, "errorCode": "ServiceUnavailable", "errorMessage": "try later"}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_fault_malformed_sends_an_unparseable_accepted_payload(iotsim: RunningIotSim, claim: MqttTestClient, fmt: str) -> None:
+def test_fault_malformed_sends_an_unparseable_accepted_payload(
+    iotsim: RunningIotSim, claim: MqttTestClient, fmt: str
+) -> None:
     iotsim.set_fault("csr", "malformed")
     claim.subscribe(csr_topic(fmt) + "/accepted")
     claim.publish(csr_topic(fmt), cbor2.dumps({}) if fmt == "cbor" else b"{}")
@@ -530,7 +664,9 @@ def test_fault_malformed_sends_an_unparseable_accepted_payload(iotsim: RunningIo
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_fault_oversized_sends_a_payload_of_the_given_size(iotsim: RunningIotSim, claim: MqttTestClient, fmt: str) -> None:
+def test_fault_oversized_sends_a_payload_of_the_given_size(
+    iotsim: RunningIotSim, claim: MqttTestClient, fmt: str
+) -> None:
     iotsim.set_fault("keys", "oversized", size=20000)
     claim.subscribe(keys_topic(fmt) + "/accepted")
     claim.publish(keys_topic(fmt), b"")
@@ -548,7 +684,9 @@ def test_fault_duplicate_sends_the_same_reply_twice(iotsim: RunningIotSim, claim
     assert topic == csr_topic("json") + "/accepted" and json.loads(again) == body
 
 
-def test_fault_disconnect_drops_the_connection_instead_of_replying(iotsim: RunningIotSim, claim: MqttTestClient) -> None:
+def test_fault_disconnect_drops_the_connection_instead_of_replying(
+    iotsim: RunningIotSim, claim: MqttTestClient
+) -> None:
     iotsim.set_fault("register", "disconnect")
     claim.subscribe(register_topic("json") + "/accepted", register_topic("json") + "/rejected")
     claim.publish(register_topic("json"), b"{}", wait=False)
@@ -580,11 +718,17 @@ def test_requests_on_other_aws_topics_reach_the_service_and_get_no_reply(
     # the plugin forwards it, the service answers only the provisioning API.
     key = ec.generate_private_key(ec.SECP256R1())
     body = provision_csr(claim, "json", key)
-    assert register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": "topics"})[0] == "accepted"
+    assert (
+        register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": "topics"})[0]
+        == "accepted"
+    )
     cert, key_path = write_identity(tmp_path, "topics", body["certificatePem"], key)
     with iotsim.client("fleetprov-topics", cert, key_path) as device:
-        topics = ["$aws/certificates/create/xml", "$aws/things/fleetprov-topics/shadow/get",
-                  "$aws/provisioning-templates/bad name/provision/json"]
+        topics = [
+            "$aws/certificates/create/xml",
+            "$aws/things/fleetprov-topics/shadow/get",
+            "$aws/provisioning-templates/bad name/provision/json",
+        ]
         device.subscribe(*[t + "/accepted" for t in topics], *[t + "/rejected" for t in topics])
         before = iotsim.service.stats["ignored"]
         for topic in topics:
@@ -593,7 +737,9 @@ def test_requests_on_other_aws_topics_reach_the_service_and_get_no_reply(
         assert device.connected and device.messages.empty()
 
 
-def test_private_keys_and_tokens_never_reach_the_logs(iotsim: RunningIotSim, claim: MqttTestClient, caplog: pytest.LogCaptureFixture) -> None:
+def test_private_keys_and_tokens_never_reach_the_logs(
+    iotsim: RunningIotSim, claim: MqttTestClient, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     outcome, body = claim.request(keys_topic("json"), b"")
     token, key = body["certificateOwnershipToken"], body["privateKey"]

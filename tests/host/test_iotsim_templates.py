@@ -57,7 +57,10 @@ def test_select_out_of_range_is_refused_with_400() -> None:
 def test_find_in_map_looks_up_with_an_evaluated_key() -> None:
     mappings = {"Table": {"a,b,c": {"Url": "https://one"}, "z": {"Url": "https://two"}}}
     assert config_of({"Fn::FindInMap": ["Table", {"Ref": "P"}, "Url"]}, Mappings=mappings) == "https://one"
-    assert config_of({"Fn::FindInMap": ["Table", {"Ref": "P"}, "Url"]}, {"P": "z"}, Mappings=mappings) == "https://two"
+    assert (
+        config_of({"Fn::FindInMap": ["Table", {"Ref": "P"}, "Url"]}, {"P": "z"}, Mappings=mappings)
+        == "https://two"
+    )
 
 
 def test_find_in_map_with_an_unknown_key_is_refused_naming_the_key() -> None:
@@ -124,22 +127,24 @@ def test_parameters_that_are_not_strings_are_refused() -> None:
 
 
 def test_thing_resource_evaluates_every_property_and_keeps_override_settings() -> None:
-    t = template({
-        "Parameters": {"S": {"Type": "String"}},
-        "Resources": {
-            "thing": {
-                "Type": "AWS::IoT::Thing",
-                "Properties": {
-                    "ThingName": {"Fn::Join": ["", ["dev-", {"Ref": "S"}]]},
-                    "AttributePayload": {"serial": {"Ref": "S"}, "v": "1"},
-                    "ThingTypeName": "sensor",
-                    "ThingGroups": ["g1", {"Ref": "S"}],
-                    "BillingGroup": "b",
-                },
-                "OverrideSettings": {"AttributePayload": "MERGE", "ThingTypeName": "REPLACE"},
-            }
-        },
-    })
+    t = template(
+        {
+            "Parameters": {"S": {"Type": "String"}},
+            "Resources": {
+                "thing": {
+                    "Type": "AWS::IoT::Thing",
+                    "Properties": {
+                        "ThingName": {"Fn::Join": ["", ["dev-", {"Ref": "S"}]]},
+                        "AttributePayload": {"serial": {"Ref": "S"}, "v": "1"},
+                        "ThingTypeName": "sensor",
+                        "ThingGroups": ["g1", {"Ref": "S"}],
+                        "BillingGroup": "b",
+                    },
+                    "OverrideSettings": {"AttributePayload": "MERGE", "ThingTypeName": "REPLACE"},
+                }
+            },
+        }
+    )
     plan = t.evaluate({"S": "42"}, CERT_ID)
     assert plan.thing is not None
     assert plan.thing.name == "dev-42"
@@ -151,17 +156,22 @@ def test_thing_resource_evaluates_every_property_and_keeps_override_settings() -
 
 
 def test_invalid_thing_name_is_refused() -> None:
-    t = template({
-        "Parameters": {"S": {"Type": "String"}},
-        "Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "S"}}}},
-    })
+    t = template(
+        {
+            "Parameters": {"S": {"Type": "String"}},
+            "Resources": {"thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Ref": "S"}}}},
+        }
+    )
     with pytest.raises(TemplateError) as err:
         t.evaluate({"S": "has space"}, CERT_ID)
     assert "has space" in err.value.message
 
 
 def test_certificate_status_defaults_to_active_and_follows_the_template() -> None:
-    cert = {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}}}
+    cert = {
+        "Type": "AWS::IoT::Certificate",
+        "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}},
+    }
     assert template({"Resources": {"c": cert}}).evaluate({}, CERT_ID).certificate_status == "ACTIVE"
     assert template({}).evaluate({}, CERT_ID).certificate_status == "ACTIVE"
     cert["Properties"]["Status"] = "Inactive"  # type: ignore[index]
@@ -184,12 +194,18 @@ def test_bad_certificate_status_is_refused() -> None:
 
 
 def test_policy_by_name_and_by_inline_document() -> None:
-    t = template({
-        "Resources": {
-            "named": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "DevicePolicy"}},
-            "inline": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyDocument": {"Version": "2012-10-17"}}},
-        }
-    }, name="Tpl")
+    t = template(
+        {
+            "Resources": {
+                "named": {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "DevicePolicy"}},
+                "inline": {
+                    "Type": "AWS::IoT::Policy",
+                    "Properties": {"PolicyDocument": {"Version": "2012-10-17"}},
+                },
+            }
+        },
+        name="Tpl",
+    )
     policies = {p.name: p.document for p in t.evaluate({}, CERT_ID).policies}
     assert policies["DevicePolicy"] is None
     assert json.loads(policies["Tpl-inline"]) == {"Version": "2012-10-17"}
@@ -201,8 +217,15 @@ def test_policy_by_name_and_by_inline_document() -> None:
         {"Resources": {"x": {"Type": "AWS::S3::Bucket"}}},
         {"Resources": {"x": {"Type": "AWS::IoT::Thing", "Properties": {}}}},
         {"Resources": {"x": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "a", "Colour": "red"}}}},
-        {"Resources": {"x": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "a"},
-                             "OverrideSettings": {"ThingTypeName": "MERGE"}}}},
+        {
+            "Resources": {
+                "x": {
+                    "Type": "AWS::IoT::Thing",
+                    "Properties": {"ThingName": "a"},
+                    "OverrideSettings": {"ThingTypeName": "MERGE"},
+                }
+            }
+        },
         {"Resources": {"x": {"Type": "AWS::IoT::Policy", "Properties": {}}}},
         {"Resources": {"x": {"Type": "AWS::IoT::Certificate", "Properties": {}}}},
         {"Parameters": {"p": {"Type": "List"}}},
@@ -210,9 +233,18 @@ def test_policy_by_name_and_by_inline_document() -> None:
         {"Mappings": {"m": {"k": "not an object"}}},
         {"Surprise": {}},
     ],
-    ids=["unknown-type", "thing-without-name", "unknown-thing-property", "merge-on-scalar",
-         "policy-without-name-or-document", "certificate-without-id", "bad-parameter-type",
-         "parameters-not-object", "bad-mapping", "unknown-section"],
+    ids=[
+        "unknown-type",
+        "thing-without-name",
+        "unknown-thing-property",
+        "merge-on-scalar",
+        "policy-without-name-or-document",
+        "certificate-without-id",
+        "bad-parameter-type",
+        "parameters-not-object",
+        "bad-mapping",
+        "unknown-section",
+    ],
 )
 def test_invalid_templates_are_refused_when_loaded(body: dict) -> None:
     with pytest.raises(TemplateError) as err:

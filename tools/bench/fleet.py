@@ -65,7 +65,9 @@ class Outcome:
 
 
 def _spki(public_key: Any) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def keygen_rates(quick: bool) -> tuple[float, float, int]:
@@ -137,9 +139,15 @@ def _shared_tls_context() -> None:
     lock = threading.Lock()
     original = umqtt_host.wrap_socket
 
-    def wrap_socket(sock: Any, key: bytes | None = None, cert: bytes | None = None, cadata: bytes | None = None,
-                    cert_reqs: int = umqtt_host.CERT_NONE, server_hostname: str | None = None,
-                    do_handshake: bool = True) -> Any:
+    def wrap_socket(
+        sock: Any,
+        key: bytes | None = None,
+        cert: bytes | None = None,
+        cadata: bytes | None = None,
+        cert_reqs: int = umqtt_host.CERT_NONE,
+        server_hostname: str | None = None,
+        do_handshake: bool = True,
+    ) -> Any:
         if not (key and cert and cadata):
             return original(sock, key, cert, cadata, cert_reqs, server_hostname, do_handshake)
         ident = (key, cert, cadata, cert_reqs, bool(server_hostname))
@@ -148,7 +156,9 @@ def _shared_tls_context() -> None:
             if ctx is None:
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
                 ctx.check_hostname = bool(server_hostname) and cert_reqs == umqtt_host.CERT_REQUIRED
-                ctx.verify_mode = ssl.CERT_REQUIRED if cert_reqs == umqtt_host.CERT_REQUIRED else ssl.CERT_NONE
+                ctx.verify_mode = (
+                    ssl.CERT_REQUIRED if cert_reqs == umqtt_host.CERT_REQUIRED else ssl.CERT_NONE
+                )
                 ctx.load_verify_locations(cadata=cadata)
                 cert_path, key_path = umqtt_host._pem_files(cert, key)
                 try:
@@ -192,6 +202,7 @@ def _quiet_polling() -> None:
 
 def _device(sim: Any, method: str, fmt: str, serial: str, csr: tuple[str, bytes] | None) -> Outcome:
     import fleetprov
+
     from tools import umqtt_host
 
     started = time.perf_counter()
@@ -199,8 +210,11 @@ def _device(sim: Any, method: str, fmt: str, serial: str, csr: tuple[str, bytes]
     client = None
     try:
         client = umqtt_host.connect(
-            "bench-" + serial, sim.port, sim.ca_der.read_bytes(),
-            sim.claim_cert_der.read_bytes(), sim.claim_key_der.read_bytes(),
+            "bench-" + serial,
+            sim.port,
+            sim.ca_der.read_bytes(),
+            sim.claim_cert_der.read_bytes(),
+            sim.claim_key_der.read_bytes(),
         )
         _thread_socket.sock = client.sock.raw
         p = fleetprov.Provisioner(client, fmt=fmt, timeout_ms=30000, mqtt_timeout_ms=30000)
@@ -257,7 +271,9 @@ def _verify(sim: Any, outcomes: list[Outcome]) -> list[str]:
             problems.append("{}: got thing {!r}".format(o.serial, o.thing_name))
         thing = sim.registry.thing("fleetprov-" + o.serial)
         if thing is None or thing.certificates != [o.certificate_id]:
-            problems.append("{}: registry thing has certificates {}".format(o.serial, thing and thing.certificates))
+            problems.append(
+                "{}: registry thing has certificates {}".format(o.serial, thing and thing.certificates)
+            )
         if sim.registry.status(o.certificate_id) != "ACTIVE":
             problems.append("{}: certificate is {}".format(o.serial, sim.registry.status(o.certificate_id)))
     return problems
@@ -278,9 +294,13 @@ def _burst(
         dev: dict[str, Any] = {"serial": "{}{:05d}".format(tag, i)}
         if method == "csr":  # made before the clock starts: the device's own work, not iotsim's
             key = ec.generate_private_key(ec.SECP256R1())
-            req = x509.CertificateSigningRequestBuilder().subject_name(
-                x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-{}-{}".format(tag, i))])
-            ).sign(key, hashes.SHA256())
+            req = (
+                x509.CertificateSigningRequestBuilder()
+                .subject_name(
+                    x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-{}-{}".format(tag, i))])
+                )
+                .sign(key, hashes.SHA256())
+            )
             dev["csr"] = req.public_bytes(serialization.Encoding.PEM).decode()
             dev["spki"] = _spki(key.public_key()).hex()
         devices.append(dev)
@@ -288,13 +308,21 @@ def _burst(
     procs = []
     for w in range(workers):
         job = {
-            "port": sim.port, "ca": str(sim.ca_der), "cert": str(sim.claim_cert_der), "key": str(sim.claim_key_der),
-            "method": method, "fmt": fmt, "concurrency": concurrency // workers + (w < concurrency % workers),
+            "port": sim.port,
+            "ca": str(sim.ca_der),
+            "cert": str(sim.claim_cert_der),
+            "key": str(sim.claim_key_der),
+            "method": method,
+            "fmt": fmt,
+            "concurrency": concurrency // workers + (w < concurrency % workers),
             "devices": devices[w::workers],
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "tools.bench.fleet", "--worker"],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(json.dumps(job) + "\n")
@@ -353,7 +381,10 @@ def _worker() -> int:
 
     job = json.loads(sys.stdin.readline())
     sim = argparse.Namespace(
-        port=job["port"], ca_der=Path(job["ca"]), claim_cert_der=Path(job["cert"]), claim_key_der=Path(job["key"])
+        port=job["port"],
+        ca_der=Path(job["ca"]),
+        claim_cert_der=Path(job["cert"]),
+        claim_key_der=Path(job["key"]),
     )
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
@@ -400,7 +431,10 @@ class _Sim:
         self.claim_key_der = state / "claim.key.der"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tools.iotsim", "up", "--state", str(state), "--port", str(self.port)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
@@ -414,7 +448,9 @@ class _Sim:
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time used so far by iotsim's service process and by mosquitto."""
         times = {"service": _cpu(self.proc.pid)}
-        for child in Path("/proc/{}/task/{}/children".format(self.proc.pid, self.proc.pid)).read_text().split():
+        for child in (
+            Path("/proc/{}/task/{}/children".format(self.proc.pid, self.proc.pid)).read_text().split()
+        ):
             name = Path("/proc/{}/comm".format(child)).read_text().strip()
             if name == "mosquitto":
                 times["mosquitto"] = _cpu(int(child))
@@ -446,7 +482,12 @@ def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="iotsim-bench-") as folder:
         sim = _Sim(Path(folder) / "state")
         try:
-            for method, fmt, tag in (("keys", "json", "k"), ("csr", "json", "c"), ("keys", "cbor", "kc"), ("csr", "cbor", "cc")):
+            for method, fmt, tag in (
+                ("keys", "json", "k"),
+                ("csr", "json", "c"),
+                ("keys", "cbor", "kc"),
+                ("csr", "cbor", "cc"),
+            ):
                 if quick and fmt == "cbor":
                     continue
                 before = sim.cpu_seconds()
@@ -460,18 +501,27 @@ def run(args: argparse.Namespace) -> None:
                 problems = _verify(sim, outcomes)
                 all_problems += problems
                 lat = [o.latency for o in ok]
-                rows.append({
-                    "flow": "{} + register ({})".format("keys" if method == "keys" else "csr", fmt),
-                    "method": method,
-                    "devices": n, "ok": len(ok), "failed": len(failed),
-                    "rate": len(ok) / elapsed if elapsed else 0.0,
-                    "p50": _pct(lat, 0.50), "p99": _pct(lat, 0.99),
-                    "leaks": len(problems), "load": load,
-                    "iotsim_ms": 1000 * (cpu.get("service", 0.0) + cpu.get("keygen", 0.0) + cpu.get("mosquitto", 0.0)) / max(1, len(ok)),
-                    "devices_ms": 1000 * cpu.get("devices", 0.0) / max(1, len(ok)),
-                    "cpu": "service {service:.1f} s, keygen {keygen:.1f} s, mosquitto {mosquitto:.1f} s, devices {devices:.1f} s".format(
-                        **{"service": 0.0, "keygen": 0.0, "mosquitto": 0.0, **cpu}),
-                })
+                rows.append(
+                    {
+                        "flow": "{} + register ({})".format("keys" if method == "keys" else "csr", fmt),
+                        "method": method,
+                        "devices": n,
+                        "ok": len(ok),
+                        "failed": len(failed),
+                        "rate": len(ok) / elapsed if elapsed else 0.0,
+                        "p50": _pct(lat, 0.50),
+                        "p99": _pct(lat, 0.99),
+                        "leaks": len(problems),
+                        "load": load,
+                        "iotsim_ms": 1000
+                        * (cpu.get("service", 0.0) + cpu.get("keygen", 0.0) + cpu.get("mosquitto", 0.0))
+                        / max(1, len(ok)),
+                        "devices_ms": 1000 * cpu.get("devices", 0.0) / max(1, len(ok)),
+                        "cpu": "service {service:.1f} s, keygen {keygen:.1f} s, mosquitto {mosquitto:.1f} s, devices {devices:.1f} s".format(
+                            **{"service": 0.0, "keygen": 0.0, "mosquitto": 0.0, **cpu}
+                        ),
+                    }
+                )
                 for o in failed[:3]:
                     print("  failed device {}: {}".format(o.serial, o.error))
                 for p in problems[:5]:
@@ -479,9 +529,16 @@ def run(args: argparse.Namespace) -> None:
         finally:
             sim.close()
 
-    print("\nRSA-2048 key generation (cryptography): {:.1f} keys/s on one core, {:.1f} keys/s on all {} cores".format(
-        single, multi, cores))
-    print("fleet burst: {} devices per flow, {} at a time, fleetprov + umqtt.simple over mutual TLS\n".format(n, concurrency))
+    print(
+        "\nRSA-2048 key generation (cryptography): {:.1f} keys/s on one core, {:.1f} keys/s on all {} cores".format(
+            single, multi, cores
+        )
+    )
+    print(
+        "fleet burst: {} devices per flow, {} at a time, fleetprov + umqtt.simple over mutual TLS\n".format(
+            n, concurrency
+        )
+    )
     print("| flow | devices ok | provisions/s | p50 latency | p99 latency | cross-device leaks |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -489,35 +546,70 @@ def run(args: argparse.Namespace) -> None:
     print("\nCPU time per flow (and the machine's 1-minute load average when it started):")
     for r in rows:
         print("  {flow}: {cpu}; load {load:.1f}".format(**r))
-    print("\nCPU per provision: iotsim (service + keygen + mosquitto) vs the simulated devices; the devices run")
-    print("on the same {} cores, so iotsim alone could serve about cores / its CPU per provision:".format(cores))
+    print(
+        "\nCPU per provision: iotsim (service + keygen + mosquitto) vs the simulated devices; the devices run"
+    )
+    print(
+        "on the same {} cores, so iotsim alone could serve about cores / its CPU per provision:".format(cores)
+    )
     for r in rows:
-        print("  {}: iotsim {:.1f} ms, devices {:.1f} ms -> iotsim capacity ~{:.0f}/s".format(
-            r["flow"], r["iotsim_ms"], r["devices_ms"], cores * 1000 / r["iotsim_ms"] if r["iotsim_ms"] else 0))
+        print(
+            "  {}: iotsim {:.1f} ms, devices {:.1f} ms -> iotsim capacity ~{:.0f}/s".format(
+                r["flow"],
+                r["iotsim_ms"],
+                r["devices_ms"],
+                cores * 1000 / r["iotsim_ms"] if r["iotsim_ms"] else 0,
+            )
+        )
     print("\n| target | measured | goal | met |")
     print("|---|---|---|---|")
     keys_target = KEYS_SHARE_TARGET * multi
     for r in rows:
         if r["method"] == "keys":
-            print("| {} rate | {:.1f}/s ({:.0%} of keygen) | >= {:.1f}/s (60% of {:.1f}) | {} |".format(
-                r["flow"], r["rate"], r["rate"] / multi if multi else 0, keys_target, multi,
-                "yes" if r["rate"] >= keys_target else "NO"))
+            print(
+                "| {} rate | {:.1f}/s ({:.0%} of keygen) | >= {:.1f}/s (60% of {:.1f}) | {} |".format(
+                    r["flow"],
+                    r["rate"],
+                    r["rate"] / multi if multi else 0,
+                    keys_target,
+                    multi,
+                    "yes" if r["rate"] >= keys_target else "NO",
+                )
+            )
         else:
-            print("| {} rate | {:.1f}/s | >= {:.0f}/s | {} |".format(
-                r["flow"], r["rate"], CSR_RATE_TARGET, "yes" if r["rate"] >= CSR_RATE_TARGET else "NO"))
+            print(
+                "| {} rate | {:.1f}/s | >= {:.0f}/s | {} |".format(
+                    r["flow"], r["rate"], CSR_RATE_TARGET, "yes" if r["rate"] >= CSR_RATE_TARGET else "NO"
+                )
+            )
     for r in rows:
         # Little's law: C devices in flight at rate X spend C/X seconds each on average;
         # for the keys flow X is capped by key generation.
-        bound = "" if r["method"] != "keys" else " (C / keygen rate = {:.1f} s is a lower bound on the mean)".format(
-            concurrency / multi if multi else float("nan"))
-        print("| {} p99 | {:.3f} s | < {:.0f} s{} | {} |".format(
-            r["flow"], r["p99"], P99_TARGET_S, bound, "yes" if r["p99"] < P99_TARGET_S else "NO"))
+        bound = (
+            ""
+            if r["method"] != "keys"
+            else " (C / keygen rate = {:.1f} s is a lower bound on the mean)".format(
+                concurrency / multi if multi else float("nan")
+            )
+        )
+        print(
+            "| {} p99 | {:.3f} s | < {:.0f} s{} | {} |".format(
+                r["flow"], r["p99"], P99_TARGET_S, bound, "yes" if r["p99"] < P99_TARGET_S else "NO"
+            )
+        )
     total_failed = sum(r["failed"] for r in rows)
     print("| failed devices | {} | 0 | {} |".format(total_failed, "yes" if total_failed == 0 else "NO"))
-    print("| cross-device leaks / wrong certificates | {} | 0 | {} |".format(
-        len(all_problems), "yes" if not all_problems else "NO"))
+    print(
+        "| cross-device leaks / wrong certificates | {} | 0 | {} |".format(
+            len(all_problems), "yes" if not all_problems else "NO"
+        )
+    )
     if quick:
-        print("\n(--quick: {} devices, JSON only; `make bench` runs {} per flow in both formats)".format(n, DEVICES))
+        print(
+            "\n(--quick: {} devices, JSON only; `make bench` runs {} per flow in both formats)".format(
+                n, DEVICES
+            )
+        )
 
 
 if __name__ == "__main__":

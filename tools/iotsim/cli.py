@@ -1,11 +1,11 @@
 """``python -m tools.iotsim``: run and inspect the local AWS IoT fleet-provisioning stand-in.
 
-    up       prepare the state folder and run mosquitto + the provisioning service
-    down     stop a running `up` (through its pid file)
-    status   is it running, on which port, how many certificates and things
-    things   the things the registry holds
-    certs    the certificates and their status
-    revoke   revoke a certificate: the broker refuses it from then on
+up       prepare the state folder and run mosquitto + the provisioning service
+down     stop a running `up` (through its pid file)
+status   is it running, on which port, how many certificates and things
+things   the things the registry holds
+certs    the certificates and their status
+revoke   revoke a certificate: the broker refuses it from then on
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if running is not None:
         raise CliError(
             "iotsim already runs for {} (pid {}, port {}); stop it with "
-            "`python -m tools.iotsim down --state {}`".format(state, running["pid"], running["port"], args.state)
+            "`python -m tools.iotsim down --state {}`".format(
+                state, running["pid"], running["port"], args.state
+            )
         )
     if args.token_ttl <= 0:
         raise CliError("--token-ttl must be positive seconds, got {}".format(args.token_ttl))
@@ -110,13 +112,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("  CA certificate          {} (DER: {})".format(sim.ca_path, sim.ca_der))
         print("  claim certificate + key {}, {}".format(sim.claim.cert_path, sim.claim.key_path))
         print("                    (DER) {}, {}".format(sim.claim.cert_der_path, sim.claim.key_der_path))
-        print("  provisioning template   {} (name: FleetprovDemo)".format(sim.templates.path("FleetprovDemo")))
-        print("  device config.json      {} (+ certs/ with ca.der, claim.der, claim.key.der)".format(sim.config_path))
+        print(
+            "  provisioning template   {} (name: FleetprovDemo)".format(sim.templates.path("FleetprovDemo"))
+        )
+        print(
+            "  device config.json      {} (+ certs/ with ca.der, claim.der, claim.key.der)".format(
+                sim.config_path
+            )
+        )
         print("  registry                {}".format(state / DB_FILE))
         print("  broker log              {}".format(state / "mosquitto.log"))
         throttle = "{:g} requests/s per operation".format(args.tps) if args.tps else "off"
-        print("throttling: {}; ownership tokens expire after {:g} s; hook: {}".format(
-            throttle, args.token_ttl, args.hook or "none"))
+        print(
+            "throttling: {}; ownership tokens expire after {:g} s; hook: {}".format(
+                throttle, args.token_ttl, args.hook or "none"
+            )
+        )
         print("stop with Ctrl-C or `python -m tools.iotsim down --state {}`".format(args.state))
         sys.stdout.flush()
         while not stop.wait(1.0):
@@ -145,7 +156,9 @@ def cmd_down(args: argparse.Namespace) -> int:
             print("iotsim (pid {}) stopped".format(pid))
             return 0
         time.sleep(0.05)
-    raise CliError("iotsim (pid {}) did not stop within {:g} s; kill it with `kill -9 {}`".format(pid, args.timeout, pid))
+    raise CliError(
+        "iotsim (pid {}) did not stop within {:g} s; kill it with `kill -9 {}`".format(pid, args.timeout, pid)
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -173,18 +186,32 @@ def cmd_things(args: argparse.Namespace) -> int:
     with _open_registry(args.state.resolve()) as reg:
         things = reg.things()
     if args.json:
-        print(json.dumps([{
-            "thingName": t.name, "attributes": t.attributes, "thingTypeName": t.thing_type,
-            "thingGroups": t.groups, "certificates": t.certificates,
-        } for t in things], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "thingName": t.name,
+                        "attributes": t.attributes,
+                        "thingTypeName": t.thing_type,
+                        "thingGroups": t.groups,
+                        "certificates": t.certificates,
+                    }
+                    for t in things
+                ],
+                indent=2,
+            )
+        )
         return 0
     if not things:
         print("no things yet")
         return 0
     for t in things:
         attrs = ",".join("{}={}".format(k, v) for k, v in sorted(t.attributes.items()))
-        print("{}  created {}  certificates {}  attributes {}".format(
-            t.name, _when(t.created), ",".join(c[:12] for c in t.certificates) or "-", attrs or "-"))
+        print(
+            "{}  created {}  certificates {}  attributes {}".format(
+                t.name, _when(t.created), ",".join(c[:12] for c in t.certificates) or "-", attrs or "-"
+            )
+        )
     return 0
 
 
@@ -192,9 +219,20 @@ def cmd_certs(args: argparse.Namespace) -> int:
     with _open_registry(args.state.resolve()) as reg:
         rows = [(c, reg.thing_of(c.id)) for c in reg.certificates()]
     if args.json:
-        print(json.dumps([{
-            "certificateId": c.id, "status": c.status, "created": c.created, "thingName": thing,
-        } for c, thing in rows], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "certificateId": c.id,
+                        "status": c.status,
+                        "created": c.created,
+                        "thingName": thing,
+                    }
+                    for c, thing in rows
+                ],
+                indent=2,
+            )
+        )
         return 0
     for c, thing in rows:
         print("{}  {:<18}  {}  {}".format(c.id, c.status, _when(c.created), thing or "-"))
@@ -211,7 +249,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
                 "`python -m tools.iotsim certs` lists them".format(args.certificate_id)
             )
         if len(matches) > 1:
-            raise CliError("{!r} matches {} certificates; give more of the id".format(args.certificate_id, len(matches)))
+            raise CliError(
+                "{!r} matches {} certificates; give more of the id".format(args.certificate_id, len(matches))
+            )
         reg.revoke(matches[0])
     print("revoked {}: the broker refuses it from its next connection or publish".format(matches[0]))
     return 0
@@ -219,25 +259,38 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.iotsim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m tools.iotsim",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, helptext: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("--state", type=Path, default=DEFAULT_STATE,
-                       help="state folder (default: .iotsim)")
+        p.add_argument("--state", type=Path, default=DEFAULT_STATE, help="state folder (default: .iotsim)")
         return p
 
     up = add("up", "prepare the state folder and run iotsim until Ctrl-C or `down`")
     up.add_argument("--port", type=int, default=8883, help="MQTT over TLS port on 127.0.0.1 (default 8883)")
-    up.add_argument("--tps", type=float, default=None,
-                    help="throttle each operation to this many requests per second (default: off)")
-    up.add_argument("--token-ttl", type=float, default=DEFAULT_TOKEN_TTL,
-                    help="ownership token lifetime in seconds (default 3600, as AWS)")
-    up.add_argument("--hook", default=None, metavar="MODULE:FUNCTION",
-                    help="pre-provisioning hook, e.g. tools.iotsim.hooks:allowlist")
+    up.add_argument(
+        "--tps",
+        type=float,
+        default=None,
+        help="throttle each operation to this many requests per second (default: off)",
+    )
+    up.add_argument(
+        "--token-ttl",
+        type=float,
+        default=DEFAULT_TOKEN_TTL,
+        help="ownership token lifetime in seconds (default 3600, as AWS)",
+    )
+    up.add_argument(
+        "--hook",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="pre-provisioning hook, e.g. tools.iotsim.hooks:allowlist",
+    )
     up.set_defaults(func=cmd_up)
     down = add("down", "stop a running `up`")
     down.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for it to exit")

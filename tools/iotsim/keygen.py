@@ -52,7 +52,6 @@ class KeygenError(RuntimeError):
 class KeygenPool:
     """``processes`` worker processes; :meth:`generate` is thread-safe and blocks."""
 
-
     def __init__(self, processes: int | None = None) -> None:
         self.processes = max(1, processes or os.cpu_count() or 1)
         self._idle: queue.Queue[subprocess.Popen[bytes]] = queue.Queue()
@@ -83,7 +82,9 @@ class KeygenPool:
         try:
             proc = self._idle.get(timeout=timeout)
         except queue.Empty:
-            raise KeygenError("no key generation worker became free within {:.0f} s".format(timeout)) from None
+            raise KeygenError(
+                "no key generation worker became free within {:.0f} s".format(timeout)
+            ) from None
         try:
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write(b"g\n")

@@ -401,12 +401,16 @@ class Registry:
         ConflictError: nothing changed.
         """
         if certificate_status not in (ACTIVE, INACTIVE):
-            raise ValueError("certificate status must be ACTIVE or INACTIVE, got {!r}".format(certificate_status))
+            raise ValueError(
+                "certificate status must be ACTIVE or INACTIVE, got {!r}".format(certificate_status)
+            )
         now = self.clock()
         with self._tx() as db:
             cid = self._check_token(token, requester)
             if certificate_id is not None and cid != certificate_id:
-                raise TokenError("Certificate ownership token does not belong to certificate {}.".format(certificate_id))
+                raise TokenError(
+                    "Certificate ownership token does not belong to certificate {}.".format(certificate_id)
+                )
             db.execute("UPDATE tokens SET used=? WHERE hash=?", (now, _token_hash(token)))  # type: ignore[arg-type]
             if thing is not None:
                 self._upsert_thing(db, thing, now)
@@ -461,8 +465,13 @@ class Registry:
                 "INSERT INTO things(name, attributes, thing_type, groups, billing_group, created, updated) "
                 "VALUES (?,?,?,?,?,?,?)",
                 (
-                    spec.name, json.dumps(spec.attributes, sort_keys=True), spec.thing_type,
-                    json.dumps(spec.groups), spec.billing_group, now, now,
+                    spec.name,
+                    json.dumps(spec.attributes, sort_keys=True),
+                    spec.thing_type,
+                    json.dumps(spec.groups),
+                    spec.billing_group,
+                    now,
+                    now,
                 ),
             )
             return
@@ -497,8 +506,12 @@ class Registry:
         db.execute(
             "UPDATE things SET attributes=?, thing_type=?, groups=?, billing_group=?, updated=? WHERE name=?",
             (
-                json.dumps(result["AttributePayload"], sort_keys=True), result["ThingTypeName"],
-                json.dumps(result["ThingGroups"]), result["BillingGroup"], now, spec.name,
+                json.dumps(result["AttributePayload"], sort_keys=True),
+                result["ThingTypeName"],
+                json.dumps(result["ThingGroups"]),
+                result["BillingGroup"],
+                now,
+                spec.name,
             ),
         )
 

@@ -21,6 +21,7 @@ never logged.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import inspect
 import json
 import logging
@@ -29,7 +30,6 @@ import queue
 import socket
 import threading
 import time
-import importlib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,9 +54,15 @@ CREATE_FROM_CSR = "CreateCertificateFromCsr"
 REGISTER_THING = "RegisterThing"
 OPERATIONS = (CREATE_KEYS, CREATE_FROM_CSR, REGISTER_THING)
 _ALIASES = {
-    "keys": CREATE_KEYS, "create_keys": CREATE_KEYS, "createkeysandcertificate": CREATE_KEYS,
-    "csr": CREATE_FROM_CSR, "create_from_csr": CREATE_FROM_CSR, "createcertificatefromcsr": CREATE_FROM_CSR,
-    "register": REGISTER_THING, "register_thing": REGISTER_THING, "registerthing": REGISTER_THING,
+    "keys": CREATE_KEYS,
+    "create_keys": CREATE_KEYS,
+    "createkeysandcertificate": CREATE_KEYS,
+    "csr": CREATE_FROM_CSR,
+    "create_from_csr": CREATE_FROM_CSR,
+    "createcertificatefromcsr": CREATE_FROM_CSR,
+    "register": REGISTER_THING,
+    "register_thing": REGISTER_THING,
+    "registerthing": REGISTER_THING,
 }
 
 REQUEST_PREFIX = "iotsim/req/"
@@ -125,7 +131,9 @@ class Fault:
 class TokenBucket:
     """Token bucket: ``rate`` requests per second, bursts of ``burst``."""
 
-    def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if rate <= 0:
             raise ValueError("throttle rate must be positive requests per second, got {}".format(rate))
         self.rate = float(rate)
@@ -163,7 +171,7 @@ def parse_request_topic(topic: str) -> tuple[str, str, str] | None:
     """Split ``iotsim/req/<hexclient>/<certId>/<topic>``; None when it is not one."""
     if not topic.startswith(REQUEST_PREFIX):
         return None
-    parts = topic[len(REQUEST_PREFIX):].split("/", 2)
+    parts = topic[len(REQUEST_PREFIX) :].split("/", 2)
     if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
         return None
     return parts[0], parts[1], parts[2]
@@ -207,7 +215,8 @@ def _call_hook(hook: Callable[..., Any], event: dict[str, Any]) -> Any:
     try:
         params = inspect.signature(hook).parameters
         positional = [
-            p for p in params.values()
+            p
+            for p in params.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
         ]
         takes_context = len(positional) >= 2
@@ -362,7 +371,9 @@ class ProvisioningService:
             raise RuntimeError(
                 "the provisioning service could not connect and subscribe to the broker at {}:{} "
                 "within {:.0f} s; check that mosquitto runs and that certs.status lists the service "
-                "certificate {} as SERVICE".format(self.host, self.port, timeout, self.identity.certificate_id)
+                "certificate {} as SERVICE".format(
+                    self.host, self.port, timeout, self.identity.certificate_id
+                )
             )
         self._sweeper = threading.Thread(target=self._sweep, name="iotsim-sweep", daemon=True)
         self._sweeper.start()
@@ -492,7 +503,8 @@ class ProvisioningService:
             bucket = self._buckets.get(req.operation)
             if bucket is not None and not bucket.take():
                 raise Rejection(
-                    429, THROTTLED,
+                    429,
+                    THROTTLED,
                     "Rate exceeded for {}: iotsim allows {:g} requests per second; retry later "
                     "with backoff".format(req.operation, bucket.rate),
                 )
@@ -513,7 +525,9 @@ class ProvisioningService:
                 self._reject(req, rej.status_code, rej.error_code, rej.message)
         except Exception:
             log.exception("%s from client %s failed inside iotsim", req.operation, req.client_id)
-            self._reject(req, 500, INTERNAL_FAILURE, "iotsim failed to process the request; see the service log")
+            self._reject(
+                req, 500, INTERNAL_FAILURE, "iotsim failed to process the request; see the service log"
+            )
 
     def _apply_fault(self, req: Request, fault: Fault) -> bool:
         """Carry out a fault that replaces the reply; False for duplicate (handled later)."""
@@ -584,14 +598,16 @@ class ProvisioningService:
                 value = json.loads(data.decode("utf-8"))
         except Exception as exc:  # cbor2 raises several types on bad input
             raise Rejection(
-                400, INVALID_PAYLOAD,
+                400,
+                INVALID_PAYLOAD,
                 "{} request payload is not valid {}: {}".format(req.operation, req.fmt.upper(), exc),
             ) from None
         if isinstance(value, Mapping) and not isinstance(value, dict):
             value = dict(value)  # cbor2 decodes a tagged map (e.g. self-described CBOR) immutable
         if not isinstance(value, dict):
             raise Rejection(
-                400, INVALID_PAYLOAD,
+                400,
+                INVALID_PAYLOAD,
                 "{} request payload must be a {} map, got {}".format(
                     req.operation, req.fmt.upper(), type(value).__name__
                 ),
@@ -628,13 +644,16 @@ class ProvisioningService:
         csr_pem = body.get("certificateSigningRequest")
         if not isinstance(csr_pem, str) or not csr_pem.strip():
             raise Rejection(
-                400, INVALID_CSR,
+                400,
+                INVALID_CSR,
                 "certificateSigningRequest is missing or not a non-empty PEM string",
             )
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode("ascii", "replace"))
         except ValueError as exc:
-            raise Rejection(400, INVALID_CSR, "certificateSigningRequest is not a PEM CSR: {}".format(exc)) from None
+            raise Rejection(
+                400, INVALID_CSR, "certificateSigningRequest is not a PEM CSR: {}".format(exc)
+            ) from None
         try:
             public_key = csr.public_key()
             valid = csr.is_signature_valid
@@ -645,17 +664,25 @@ class ProvisioningService:
         if isinstance(public_key, rsa.RSAPublicKey):
             if public_key.key_size < MIN_RSA_BITS:
                 raise Rejection(
-                    400, INVALID_CSR,
-                    "the CSR's RSA key has {} bits; at least {} are required".format(public_key.key_size, MIN_RSA_BITS),
+                    400,
+                    INVALID_CSR,
+                    "the CSR's RSA key has {} bits; at least {} are required".format(
+                        public_key.key_size, MIN_RSA_BITS
+                    ),
                 )
         elif isinstance(public_key, ec.EllipticCurvePublicKey):
             if public_key.curve.name not in EC_CURVES:
                 raise Rejection(
-                    400, INVALID_CSR,
-                    "the CSR's EC curve {} is not supported; use P-256 or P-384".format(public_key.curve.name),
+                    400,
+                    INVALID_CSR,
+                    "the CSR's EC curve {} is not supported; use P-256 or P-384".format(
+                        public_key.curve.name
+                    ),
                 )
         else:
-            raise Rejection(400, INVALID_CSR, "the CSR's key type is not supported; use RSA-2048+ or EC P-256")
+            raise Rejection(
+                400, INVALID_CSR, "the CSR's key type is not supported; use RSA-2048+ or EC P-256"
+            )
         cns = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         cn = str(cns[0].value) if cns and cns[0].value else DEVICE_COMMON_NAME
         cid, pem, token = self._new_certificate(req, public_key, cn)
@@ -732,13 +759,15 @@ class ProvisioningService:
             ok, value = results.get(timeout=self.hook_timeout)
         except queue.Empty:
             raise Rejection(
-                403, ACCESS_DENIED,
+                403,
+                ACCESS_DENIED,
                 "The pre-provisioning hook did not answer within {:g} seconds".format(self.hook_timeout),
             ) from None
         if not ok:
             log.warning("pre-provisioning hook raised %s", type(value).__name__)
             raise Rejection(
-                403, ACCESS_DENIED,
+                403,
+                ACCESS_DENIED,
                 "The pre-provisioning hook failed: {}".format(type(value).__name__),
             )
         if not isinstance(value, dict) or value.get("allowProvisioning") is not True:
@@ -748,7 +777,8 @@ class ProvisioningService:
             isinstance(k, str) and isinstance(v, str) for k, v in overrides.items()
         ):
             raise Rejection(
-                403, ACCESS_DENIED,
+                403,
+                ACCESS_DENIED,
                 "The pre-provisioning hook returned parameterOverrides that are not a map of strings",
             )
         merged = dict(parameters)

@@ -45,7 +45,9 @@ class _Broker(Broker):
         return path
 
 
-def device_config(port: int, *, endpoint: str = "127.0.0.1", template: str = DEMO_TEMPLATE_NAME) -> dict[str, Any]:
+def device_config(
+    port: int, *, endpoint: str = "127.0.0.1", template: str = DEMO_TEMPLATE_NAME
+) -> dict[str, Any]:
     """The device ``config.json`` that points at this iotsim (see docs/configuration.md)."""
     return {
         "endpoint": endpoint,
@@ -141,13 +143,17 @@ class IotSim:
             (self.claim.key_der_path, "claim.key.der"),
         ):
             shutil.copyfile(src, certs / name)
-        pki.write_atomic(
-            self.config_path, (json.dumps(device_config(self.port), indent=2) + "\n").encode()
-        )
+        pki.write_atomic(self.config_path, (json.dumps(device_config(self.port), indent=2) + "\n").encode())
         return [
-            self.ca_path, self.ca_der,
-            self.claim.cert_path, self.claim.key_path, self.claim.cert_der_path, self.claim.key_der_path,
-            self.templates.path(DEMO_TEMPLATE_NAME), self.config_path, certs,
+            self.ca_path,
+            self.ca_der,
+            self.claim.cert_path,
+            self.claim.key_path,
+            self.claim.cert_der_path,
+            self.claim.key_der_path,
+            self.templates.path(DEMO_TEMPLATE_NAME),
+            self.config_path,
+            certs,
         ]
 
     def start(self, timeout: float = 20.0) -> IotSim:

@@ -252,9 +252,7 @@ class Template:
         for key, value in given.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise _invalid_parameters(
-                    "parameters must map strings to strings; got {!r}: {!r}".format(
-                        key, type(value).__name__
-                    )
+                    "parameters must map strings to strings; got {!r}: {!r}".format(key, type(value).__name__)
                 )
             values[key] = value
         for pname, decl in self.parameters.items():
@@ -296,7 +294,7 @@ class Template:
                 if cid != certificate_id:
                     raise _invalid_parameters(
                         "certificate resource {!r} names certificate {}, not the one being "
-                        "provisioned ({}); use {{\"Ref\": \"{}\"}}".format(
+                        'provisioned ({}); use {{"Ref": "{}"}}'.format(
                             rname, cid, certificate_id, CERTIFICATE_ID_PARAMETER
                         )
                     )
@@ -315,7 +313,9 @@ class Template:
             config[str(key)] = ev.string(value, "DeviceConfiguration.{}".format(key))
         return Provisioning(thing, status, policies, config, params)
 
-    def _thing(self, ev: _Evaluator, rname: str, props: Mapping[str, Any], overrides: Mapping[str, str]) -> ThingSpec:
+    def _thing(
+        self, ev: _Evaluator, rname: str, props: Mapping[str, Any], overrides: Mapping[str, str]
+    ) -> ThingSpec:
         name = ev.string(props["ThingName"], "{}.ThingName".format(rname))
         if not THING_NAME.match(name):
             raise _invalid_parameters(
@@ -381,7 +381,7 @@ class _Evaluator:
         if not isinstance(node, dict):
             return node
         if len(node) == 1:
-            (fn, arg), = node.items()
+            ((fn, arg),) = node.items()
             if fn == "Ref":
                 return self._ref(arg, where)
             handler = _FUNCTIONS.get(fn)
@@ -397,8 +397,9 @@ class _Evaluator:
         if name in self.params:
             return self.params[name]
         raise _invalid_parameters(
-            "{}: Ref to {!r}, which is neither a template parameter nor given in the "
-            "request".format(where, name)
+            "{}: Ref to {!r}, which is neither a template parameter nor given in the request".format(
+                where, name
+            )
         )
 
     def _join(self, arg: Any, where: str, depth: int) -> str:
@@ -417,7 +418,9 @@ class _Evaluator:
         try:
             i = int(index)
         except (TypeError, ValueError):
-            raise _invalid_template("{}: Fn::Select index {!r} is not an integer".format(where, index)) from None
+            raise _invalid_template(
+                "{}: Fn::Select index {!r} is not an integer".format(where, index)
+            ) from None
         if not isinstance(items, list):
             raise _invalid_template("{}: Fn::Select needs a list".format(where))
         if not 0 <= i < len(items):
@@ -501,7 +504,8 @@ class TemplateStore:
         """Return template ``name``; 404 when there is none, 400 when it is invalid."""
         if not TEMPLATE_NAME.match(name):
             raise TemplateError(
-                400, INVALID_PARAMETERS,
+                400,
+                INVALID_PARAMETERS,
                 "template name {!r} is invalid: 1-36 characters of [0-9A-Za-z_-]".format(name),
             )
         path = self.path(name)
@@ -509,7 +513,8 @@ class TemplateStore:
             st = path.stat()
         except FileNotFoundError:
             raise TemplateError(
-                404, RESOURCE_NOT_FOUND,
+                404,
+                RESOURCE_NOT_FOUND,
                 "The provisioning template {} does not exist; create {}".format(name, path),
             ) from None
         stamp = (st.st_mtime_ns, st.st_size)
@@ -524,7 +529,9 @@ class TemplateStore:
         """Validate and store a template (as ``aws iot create-provisioning-template`` would)."""
         text = body if isinstance(body, str) else json.dumps(body, indent=2)
         if not TEMPLATE_NAME.match(name):
-            raise _invalid_template("template name {!r} is invalid: 1-36 characters of [0-9A-Za-z_-]".format(name))
+            raise _invalid_template(
+                "template name {!r} is invalid: 1-36 characters of [0-9A-Za-z_-]".format(name)
+            )
         template = Template.from_json(name, text)
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.path(name).with_suffix(".json.tmp")

@@ -88,9 +88,7 @@ class MqttTestClient:
         self._acks: dict[int, threading.Event] = {}
         self._suback: dict[int, list[Any]] = {}
         self._lock = threading.Lock()
-        c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311
-        )
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311)
         c.tls_set(ca_certs=str(ca_path), certfile=str(cert_path), keyfile=str(key_path))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -294,7 +292,12 @@ class RunningIotSim:
     ) -> MqttTestClient:
         """A paho client (the claim identity unless ``cert``/``key`` are given), connected."""
         c = MqttTestClient(
-            self.port, self.ca_path, cert or self.claim_cert, key or self.claim_key, client_id, timeout=timeout
+            self.port,
+            self.ca_path,
+            cert or self.claim_cert,
+            key or self.claim_key,
+            client_id,
+            timeout=timeout,
         )
         return c.connect() if connect else c
 
