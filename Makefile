@@ -64,7 +64,7 @@ build/mpy/lib/%.mpy: lib/%.py | $(VENV)/.installed
 
 # Deploy to a board over serial with mpremote (PORT defaults to auto-detect).
 deploy: setup mpy
-	$(VPY) -m tools.deploy deploy $(if $(PORT),--port $(PORT),) $(if $(filter 0,$(MPY)),--source,)
+	$(VPY) -m tools.deploy deploy $(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(if $(filter 0,$(MPY)),--source,)
 
 status: venv
 	$(VPY) -m tools.deploy status $(if $(PORT),--port $(PORT),)

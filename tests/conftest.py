@@ -10,6 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Timings are measured in benchmarks, never asserted: no per-example deadline
+# (a loaded CI machine would turn it into flakiness).
+settings.register_profile("fleetprov", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("fleetprov")
 
 # iotsim's fixtures (iotsim, iotsim_factory): tools/iotsim/testing.py.
 pytest_plugins = ["tools.iotsim.testing"]
