@@ -240,3 +240,28 @@ def test_things_lists_every_thing_with_its_certificates(reg: Registry) -> None:
     register_thing(reg, 2, ThingSpec("two"))
     assert [(t.name, t.certificates) for t in reg.things()] == [("one", [cid(1)]), ("two", [cid(2)])]
     assert reg.thing_of(cid(2)) == "two"
+
+
+def test_a_change_made_while_another_thread_writes_still_reaches_the_status_file(
+    reg: Registry, tmp_path: Path
+) -> None:
+    # Hold the writer inside its write while a new certificate is issued; the
+    # issuer does not wait, but the writer must write again before it stops.
+    inside, release = threading.Event(), threading.Event()
+    write = reg._write_status_file
+
+    def slow_write() -> None:
+        if not inside.is_set():
+            inside.set()
+            assert release.wait(30)
+        write()
+
+    reg._write_status_file = slow_write  # type: ignore[method-assign]
+    writer = threading.Thread(target=reg.add_certificate, args=(cid(1), "PEM", ACTIVE))
+    writer.start()
+    assert inside.wait(30)
+    reg.issue_certificate(cid(2), "PEM", owner=CLAIM_ID)  # returns without waiting for the file
+    assert cid(2) not in read_status_file(tmp_path)
+    release.set()
+    writer.join(30)
+    assert read_status_file(tmp_path) == {cid(1): ACTIVE, cid(2): PENDING_ACTIVATION}

@@ -189,9 +189,10 @@ class Registry:
     def _flush_status(self, wait: bool = True) -> None:
         """Return once certs.status reflects every status change made so far.
 
-        ``wait=False``: if another thread is writing the file right now, leave
-        this change to the next write instead of waiting (for changes the broker
-        cannot tell apart from "unknown", like a new PENDING_ACTIVATION).
+        ``wait=False``: if another thread is writing the file right now, return
+        at once; that writer writes again before it stops, so this change still
+        reaches the file, just without the caller waiting for it (for changes the
+        broker cannot tell apart from "unknown", like a new PENDING_ACTIVATION).
         """
         with self._status_cond:
             wanted = self._generation
@@ -202,17 +203,20 @@ class Registry:
                     self._status_cond.wait()
                     continue
                 self._writing = True
-                target = self._generation
-                self._status_cond.release()
-                written = False
                 try:
-                    self._write_status_file()
-                    written = True
-                finally:
-                    self._status_cond.acquire()
-                    self._writing = False
-                    if written:
+                    # The writer keeps going until no change is left unwritten,
+                    # including changes made by callers that did not wait.
+                    while self._written < self._generation:
+                        target = self._generation
+                        self._status_cond.release()
+                        try:
+                            self._write_status_file()
+                        finally:
+                            self._status_cond.acquire()
                         self._written = max(self._written, target)
+                        self._status_cond.notify_all()
+                finally:
+                    self._writing = False
                     self._status_cond.notify_all()
 
     def _write_status_file(self) -> None:
