@@ -175,6 +175,16 @@ def _shared_tls_context() -> None:
 
 
 _thread_socket = threading.local()
+_files: dict[Path, bytes] = {}
+
+
+def _claim_files(sim: Any) -> tuple[bytes, bytes, bytes]:
+    """CA, claim certificate and claim key (DER), read once per process: a board has them in flash."""
+    paths = (sim.ca_der, sim.claim_cert_der, sim.claim_key_der)
+    for p in paths:
+        if p not in _files:
+            _files[p] = p.read_bytes()
+    return _files[paths[0]], _files[paths[1]], _files[paths[2]]
 
 
 def _quiet_polling() -> None:
@@ -212,9 +222,7 @@ def _device(sim: Any, method: str, fmt: str, serial: str, csr: tuple[str, bytes]
         client = umqtt_host.connect(
             "bench-" + serial,
             sim.port,
-            sim.ca_der.read_bytes(),
-            sim.claim_cert_der.read_bytes(),
-            sim.claim_key_der.read_bytes(),
+            *_claim_files(sim),
         )
         _thread_socket.sock = client.sock.raw
         p = fleetprov.Provisioner(client, fmt=fmt, timeout_ms=30000, mqtt_timeout_ms=30000)
