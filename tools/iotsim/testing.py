@@ -35,6 +35,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from .broker import free_port
+from .service import HOOK_TIMEOUT
 from .stack import IotSim
 
 DEFAULT_TIMEOUT = 15.0
@@ -274,11 +275,12 @@ class RunningIotSim:
         self.sim.service.set_hook(hook)  # type: ignore[union-attr]
 
     def reset(self) -> None:
-        """Clear faults, throttling and the hook; reset the clock."""
+        """Clear faults, throttling and the hook (and its time limit); reset the clock."""
         if self.sim.service is not None:
             self.clear_faults()
             self.set_throttle(None)
             self.set_hook(None)
+            self.sim.service.hook_timeout = HOOK_TIMEOUT
         self.clock.reset()
 
     def client(
