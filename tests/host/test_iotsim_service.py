@@ -748,3 +748,43 @@ def test_private_keys_and_tokens_never_reach_the_logs(
     key_line = key.splitlines()[1]
     logs = caplog.text + (iotsim.state / "mosquitto.log").read_text()
     assert token[:32] not in logs and key_line not in logs
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_devices_asking_at_the_same_moment_each_get_only_their_own_certificate(
+    iotsim: RunningIotSim, fmt: str
+) -> None:
+    n = 8
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(n)]
+    clients = [iotsim.client("same-moment-{}-{}".format(fmt, i)) for i in range(n)]
+    try:
+        topic = csr_topic(fmt)
+        for c in clients:
+            c.subscribe(topic + "/accepted", topic + "/rejected")
+        barrier = threading.Barrier(n)
+
+        def ask(i: int) -> None:
+            payload = {"certificateSigningRequest": make_csr(keys[i], "same-{}".format(i))}
+            barrier.wait(30)
+            clients[i].publish(topic, cbor2.dumps(payload) if fmt == "cbor" else json.dumps(payload), wait=False)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        ids = set()
+        for i, c in enumerate(clients):
+            got, payload = c.expect()
+            assert got == topic + "/accepted"
+            body = cbor2.loads(payload) if fmt == "cbor" else json.loads(payload)
+            cert = x509.load_pem_x509_certificate(body["certificatePem"].encode())
+            assert spki(cert.public_key()) == spki(keys[i].public_key()), "client {} got another's certificate".format(i)
+            ids.add(body["certificateId"])
+        assert len(ids) == n
+        for c in clients:  # and nobody got a second answer
+            with pytest.raises(TimeoutError):
+                c.expect(timeout=0.2)
+    finally:
+        for c in clients:
+            c.close()
