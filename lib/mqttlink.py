@@ -181,12 +181,23 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
         # reports a failed certificate check (wrong CA, name, clock) this way.
         _close(client)
         # (mbedTLS messages span lines: keep the report on one.)
-        raise ConnectError("cannot connect to {}: {}: {}".format(
-            where, type(ex).__name__, " ".join(str(ex).split())))
+        raise ConnectError("cannot connect to {}: {}: {}{}".format(
+            where, type(ex).__name__, " ".join(str(ex).split()), _clock_hint()))
     finally:
         if factory is not None:
             mqtt.socket = orig
     return Link(client, factory.raw if factory is not None else None, timeout_ms)
+
+
+def _clock_hint():
+    # A board whose clock was never set reads 2000-01-01 (epoch 1970 on some
+    # ports): every certificate is "not yet valid" and TLS fails for that.
+    import time
+
+    year = time.gmtime()[0]
+    if year < 2024:
+        return " (the clock reads {}: TLS cannot check certificate dates; set it with ntptime, as boot.py does)".format(year)
+    return ""
 
 
 def _close(client):

@@ -131,3 +131,18 @@ def test_a_claim_refused_by_the_broker_is_reported_as_refused(iotsim: Any, devic
         assert "CONNACK" in str(info.value) and "claim certificate is active" in str(info.value)
     finally:
         iotsim.registry.set_status(iotsim.claim_id, "CLAIM")
+
+
+def test_a_connect_failure_with_the_clock_unset_says_so(
+    iotsim: Any, silent_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setattr(time, "gmtime", lambda *a: (2000, 1, 1, 0, 0, 0, 5, 1, 0))
+    ca = Path(iotsim.ca_der).read_bytes()
+    cert = Path(iotsim.claim_cert_der).read_bytes()
+    key = Path(iotsim.claim_key_der).read_bytes()
+    with pytest.raises(mqttlink.ConnectError, match="the clock reads 2000: .*ntptime"):
+        mqttlink.connect(
+            b"x", "127.0.0.1", silent_server, cert, key, ca, "localhost", 200, umqtt_host.umqtt_simple
+        )
