@@ -232,6 +232,7 @@ def test_policy_by_name_and_by_inline_document() -> None:
         {"Parameters": []},
         {"Mappings": {"m": {"k": "not an object"}}},
         {"Surprise": {}},
+        {"Conditions": {"IsLab": {"Fn::Equals": ["a", "a"]}}},
     ],
     ids=[
         "unknown-type",
@@ -244,6 +245,7 @@ def test_policy_by_name_and_by_inline_document() -> None:
         "parameters-not-object",
         "bad-mapping",
         "unknown-section",
+        "conditions",
     ],
 )
 def test_invalid_templates_are_refused_when_loaded(body: dict) -> None:

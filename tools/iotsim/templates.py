@@ -149,10 +149,14 @@ class Template:
 
     def _validate(self) -> None:
         name = self.name
-        known = {"Parameters", "Mappings", "Resources", "DeviceConfiguration", "Conditions", "Description"}
+        known = {"Parameters", "Mappings", "Resources", "DeviceConfiguration", "Description"}
         for key in self.body:
             if key not in known:
-                raise _invalid_template("template {!r}: unknown section {!r}".format(name, key))
+                raise _invalid_template(
+                    "template {!r}: section {!r} is not supported by iotsim; use {}".format(
+                        name, key, ", ".join(sorted(known))
+                    )
+                )
         for section in ("Parameters", "Mappings", "Resources", "DeviceConfiguration"):
             if not isinstance(_section(self.body, section), dict):
                 raise _invalid_template("template {!r}: {} must be an object".format(name, section))
