@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--heapsize", type=int, default=None, help="MicroPython heap in bytes (default: the unix port's own)"
     )
+    p.add_argument(
+        "--min-heap",
+        action="store_true",
+        help="also find the smallest MicroPython heap a first boot needs (bisection, a few more boots)",
+    )
     p.add_argument("--dir", type=Path, default=DEMO_DIR, help="working folder (default build/demo)")
     return p.parse_args(argv)
 
@@ -64,6 +69,36 @@ def _heap(result: BootResult) -> int | None:
         if m:
             return int(m.group(1))
     return None
+
+
+def smallest_heap(
+    pristine: Path, work: Path, lo_kb: int = 32, hi_kb: int = 256, step_kb: int = 4
+) -> int | None:
+    """Smallest ``-X heapsize`` (KB, to ``step_kb``) at which a factory-fresh
+    copy of ``pristine`` completes its first boot; None if even ``hi_kb`` fails."""
+
+    def completes(kb: int) -> bool:
+        flash = work / f"heap-{kb}k"
+        shutil.copytree(pristine, flash)
+        try:
+            r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
+        finally:
+            shutil.rmtree(flash, ignore_errors=True)
+        print(
+            f"   -X heapsize={kb}k: {'provisioned' if r.returncode == 0 else 'out of memory or failed'}",
+            flush=True,
+        )
+        return r.returncode == 0 and "done" in r.steps()
+
+    if not completes(hi_kb):
+        return None
+    while hi_kb - lo_kb > step_kb:
+        mid = (lo_kb + hi_kb) // 2
+        if completes(mid):
+            hi_kb = mid
+        else:
+            lo_kb = mid
+    return hi_kb
 
 
 def _fail(msg: str, result: BootResult | None = None) -> int:
@@ -105,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         print("   config: method={method} format={format} template={template}".format(**config))
         claim_before = {n: (flash / "certs" / n).read_bytes() for n in ("claim.der", "claim.key.der")}
 
+        pristine = work / "pristine"
+        shutil.copytree(flash, pristine)
         board = Board(flash, heapsize=args.heapsize)
         print("\n== first boot: a factory-fresh device")
         first = board.boot(on_line=_show("device"), timeout=120)
@@ -133,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
             return _fail("the claim files changed")
 
         heap = _heap(first)
+        min_heap = None
+        if args.min_heap:
+            print("\n== smallest heap for a first boot (each probe is a new factory-fresh device)")
+            min_heap = smallest_heap(pristine, work)
         print("\n== summary")
         rows = [
             ("thing name", thing_name),
@@ -147,6 +188,11 @@ def run(args: argparse.Namespace) -> int:
             ("first boot", f"{first.elapsed * 1000:.0f} ms (provision, commit, reconnect as the thing)"),
             ("second boot", f"{second.elapsed * 1000:.0f} ms (provisioned: straight to the application)"),
             ("heap peak", f"{heap} bytes (MicroPython heap, sampled at each step)" if heap else "n/a"),
+            *(
+                [("smallest heap", f"{min_heap} KB (-X heapsize, 4 KB steps)" if min_heap else "over 256 KB")]
+                if args.min_heap
+                else []
+            ),
             ("iotsim registry", f"thing {thing_name} holds certificate {cert_id[:16]}… ({status})"),
             ("claim files", "unchanged"),
             ("flash folder", str(flash)),
