@@ -11,30 +11,15 @@ import json
 import re
 import sys
 
+import timedsock
+from timedsock import sleep_ms, ticks_add, ticks_diff, ticks_ms
+
 try:
     from micropython import const
 except ImportError:  # CPython
 
     def const(x):
         return x
-
-
-try:
-    from time import ticks_ms, ticks_add, ticks_diff, sleep_ms
-except ImportError:  # CPython: its ints do not wrap, so plain arithmetic will do
-    from time import monotonic, sleep
-
-    def ticks_ms():
-        return int(monotonic() * 1000)
-
-    def ticks_add(t, delta):
-        return t + delta
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def sleep_ms(ms):
-        sleep(ms / 1000)
 
 
 # Status values: AwsIotProvisioningError_t.
@@ -64,9 +49,7 @@ _NAMES = (
 
 _QOS = const(1)  # subscriptions, and the keys and register requests
 _POLL_IDLE_MS = const(2)  # rest between empty polls while waiting for the answer
-_POLL_SLICE_MS = const(20)
 _DRAIN_MAX = const(16)  # stale messages read off before a request is published
-_ETIMEDOUT = const(110)  # errno on MicroPython and Linux
 _MICROPYTHON = sys.implementation.name == "micropython"
 
 # Topics of this API; a late answer on one of them is never the application's.
@@ -153,73 +136,6 @@ def _type(value):
     return type(value).__name__
 
 
-def _decode_json(view):
-    try:
-        return json.loads(view)  # MicroPython reads any buffer in place
-    except TypeError:  # CPython wants bytes
-        return json.loads(bytes(view))
-
-
-class _BoundedSocket:
-    # umqtt waits for SUBACK/PUBACK with no limit and puts its socket back into
-    # blocking mode after every byte it polls; the TLS socket of MicroPython
-    # has no settimeout(). While fleetprov runs, the client's socket is wrapped:
-    # the real one stays non-blocking and "blocking" reads and writes wait at
-    # most mqtt_timeout_ms (polling), so a dead or half-open link ends in
-    # OSError(ETIMEDOUT) instead of a hang.
-    def __init__(self, sock, ms):
-        import select
-
-        self._sock = sock
-        self._ms = ms
-        self._blocking = True
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
-        self._events = (select.POLLIN, select.POLLOUT)
-        sock.setblocking(False)
-
-    def setblocking(self, flag):
-        self._blocking = flag
-
-    def _idle(self, deadline, writing):
-        left = ticks_diff(deadline, ticks_ms())
-        if left <= 0:
-            raise OSError(_ETIMEDOUT)
-        self._poll.modify(self._sock, self._events[writing])
-        # short slices: TLS may hold decrypted bytes the socket's poll cannot see
-        self._poll.poll(min(left, _POLL_SLICE_MS))
-
-    def read(self, n=-1):
-        if not self._blocking:
-            return self._sock.read(n)
-        deadline = ticks_add(ticks_ms(), self._ms)
-        data = b""
-        while len(data) < n:
-            chunk = self._sock.read(n - len(data))
-            if chunk is None:
-                self._idle(deadline, 0)
-            elif not chunk:
-                break  # end of stream: umqtt sees the short read
-            else:
-                data = data + chunk if data else chunk
-        return data
-
-    def write(self, buf, n=None):
-        view = memoryview(buf)[: len(buf) if n is None else n]
-        done = 0
-        deadline = ticks_add(ticks_ms(), self._ms)
-        while done < len(view):
-            sent = self._sock.write(view[done:])
-            if sent:
-                done += sent
-            else:
-                self._idle(deadline, 1)
-        return done
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-
 class Provisioner:
     """Runs the fleet provisioning operations on a connected MQTT client.
 
@@ -231,7 +147,7 @@ class Provisioner:
     rx_size: bytes of the receive buffer, allocated once (6144). A
         CreateKeysAndCertificate answer is about 4 KB.
     mqtt_timeout_ms: bound on each subscribe, publish and unsubscribe, in ms
-        (5000), applied through the client's socket when it has one.
+        (5000), applied to the client's socket (see timedsock) when it has one.
 
     Messages on topics other than the provisioning ones go on to the
     callback the client had; close() restores it.
@@ -244,7 +160,8 @@ class Provisioner:
                 raise _err(op, BAD_PARAMETER, "client has no {}(): pass an umqtt.simple MQTTClient".format(name))
         if fmt == "json":
             self._dumps = json.dumps
-            self._loads = _decode_json
+            # MicroPython decodes straight from the buffer; CPython wants bytes
+            self._loads = json.loads if _MICROPYTHON else lambda view: json.loads(bytes(view))
         elif fmt == "cbor":
             try:
                 import cbor
@@ -357,7 +274,7 @@ class Provisioner:
         for name in names:
             value = msg.get(name)
             if not isinstance(value, str):
-                raise _err(op, BAD_RESPONSE, "accepted response: {} is {}, not text".format(name, _type(value)))
+                raise _err(op, BAD_RESPONSE, "{} is {}, not text".format(name, _type(value)))
             out.append(value)
         return out
 
@@ -393,23 +310,28 @@ class Provisioner:
                 raise
             status = MQTT_ERROR
             if exc.args and exc.args[0] == 0x80:
-                cause = "refused by the broker (SUBACK 0x80): the claim policy must allow iot:Subscribe on it"
+                cause = "refused (SUBACK 0x80): the claim policy must allow iot:Subscribe on it"
             else:
                 cause = "failed: {}: {}; reconnect and retry".format(_type(exc), exc)
         raise _err(self._op, status, what + " " + cause)
 
+    def _convert(self, op, fn, data, status, what):
+        # Encode a request or decode an answer, failures mapped to statuses.
+        try:
+            return fn(data)
+        except MemoryError:
+            status, why = NO_MEMORY, "out of memory"
+        except Exception as exc:
+            why = _type(exc)
+        raise _err(op, status, "cannot {}: {}".format(what, why))
+
     def _request(self, op, topic, request, qos, timeout_ms):
         if isinstance(request, dict):
-            try:
-                request = self._dumps(request)
-            except MemoryError:
-                raise _err(op, NO_MEMORY, "no memory to encode the request")
-            except Exception as exc:
-                raise _err(op, INTERNAL_FAILURE, "cannot encode the request: " + _type(exc))
+            request = self._convert(op, self._dumps, request, INTERNAL_FAILURE, "encode the request")
             request = request.encode() if isinstance(request, str) else request
         topic += self._fmt
         client = self._client
-        sock = getattr(client, "sock", None)
+        sock = None
         self._op = op
         self._topics = (topic + b"/accepted", topic + b"/rejected")
         self._armed = False
@@ -417,8 +339,8 @@ class Provisioner:
         self._app_exc = None
         subscribed = 0
         try:
-            if sock is not None:
-                client.sock = self._mqtt("preparing the socket", _BoundedSocket, sock, self._mqtt_ms)
+            # umqtt has no time limits of its own: see timedsock
+            sock = self._mqtt("preparing the socket", timedsock.attach, client, self._mqtt_ms)
             for t in self._topics:
                 self._mqtt("subscribe to " + t.decode(), client.subscribe, t, _QOS)
                 subscribed += 1
@@ -429,12 +351,7 @@ class Provisioner:
             self._wait(topic, self._timeout_ms if timeout_ms is None else timeout_ms)
         finally:
             self._finish(subscribed)
-            if sock is not None and client.sock is not sock:
-                client.sock = sock
-                try:
-                    sock.setblocking(True)
-                except Exception:
-                    pass
+            timedsock.detach(client, sock)
         return self._parse(op)
 
     def _drain(self):
@@ -475,14 +392,9 @@ class Provisioner:
         if which is None:
             raise _err(op, NO_MEMORY, "the {}-byte response does not fit the {}-byte receive buffer; "
                        "use rx_size={} or more".format(n, len(self._rx), (n + 1023) & ~1023))
-        try:
-            if _MICROPYTHON:
-                gc.collect()  # umqtt's copy of the message is garbage now: make room to decode
-            msg = self._loads(self._view[:n])
-        except MemoryError:
-            raise _err(op, NO_MEMORY, "no memory to decode the {}-byte response".format(n))
-        except Exception as exc:
-            raise _err(op, BAD_RESPONSE, "undecodable {}-byte response: {}".format(n, _type(exc)))
+        if _MICROPYTHON:
+            gc.collect()  # umqtt's copy of the message is garbage now: make room to decode
+        msg = self._convert(op, self._loads, self._view[:n], BAD_RESPONSE, "decode the {}-byte response".format(n))
         if not isinstance(msg, dict):
             raise _err(op, BAD_RESPONSE, "the response is " + _type(msg) + ", not a map")
         if which == 0:

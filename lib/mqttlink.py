@@ -21,21 +21,7 @@ try:
 except ImportError:  # firmware <= 1.22 calls it ussl
     import ussl as ssl
 
-try:
-    from time import ticks_add, ticks_diff, ticks_ms
-except ImportError:  # CPython
-    import time as _time
-
-    def ticks_ms():
-        return int(_time.monotonic() * 1000)
-
-    def ticks_add(t, d):
-        return t + d
-
-    def ticks_diff(a, b):
-        return a - b
-
-_ETIMEDOUT = 110  # errno on MicroPython and Linux
+import timedsock
 
 
 class ConnectError(Exception):
@@ -209,80 +195,12 @@ def _close(client):
             pass
 
 
-class _Bounded:
-    # umqtt waits for PUBACK with no limit and sets its socket back to
-    # blocking after each polled byte; MicroPython's TLS socket has no
-    # settimeout(). Around one publish the client's socket is this wrapper:
-    # the real socket stays non-blocking and a "blocking" read or write waits
-    # at most `ms` (polling), then raises OSError(ETIMEDOUT).
-    def __init__(self, sock, ms):
-        import select
-
-        self._s = sock
-        self._ms = ms
-        self._blocking = True
-        self._p = select.poll()
-        self._p.register(sock, select.POLLIN)
-        self._in = select.POLLIN
-        self._out = select.POLLOUT
-        sock.setblocking(False)
-
-    def setblocking(self, flag):
-        self._blocking = flag
-
-    def _wait(self, deadline, event):
-        left = ticks_diff(deadline, ticks_ms())
-        if left <= 0:
-            raise OSError(_ETIMEDOUT)
-        self._p.modify(self._s, event)
-        # short slices: TLS may hold decrypted bytes that poll cannot see
-        self._p.poll(min(left, 20))
-
-    def read(self, n):
-        if not self._blocking:
-            return self._s.read(n)
-        deadline = ticks_add(ticks_ms(), self._ms)
-        data = b""
-        while len(data) < n:
-            chunk = self._s.read(n - len(data))
-            if chunk is None:
-                self._wait(deadline, self._in)
-            elif not chunk:
-                break  # end of stream: umqtt sees the short read
-            else:
-                data = data + chunk if data else chunk
-        return data
-
-    def write(self, buf, n=None):
-        view = memoryview(buf)
-        end = len(buf) if n is None else n
-        done = 0
-        deadline = ticks_add(ticks_ms(), self._ms)
-        while done < end:
-            sent = self._s.write(view[done:end])
-            if sent:
-                done += sent
-            else:
-                self._wait(deadline, self._out)
-        return done
-
-    def __getattr__(self, name):
-        return getattr(self._s, name)
-
-
 def publish(link, topic, payload, timeout_ms, qos=1):
     """Publish on ``link`` and, for QoS 1, wait for the PUBACK at most
     ``timeout_ms`` (OSError(ETIMEDOUT) after that). topic, payload: bytes."""
     c = link.client
-    sock = getattr(c, "sock", None)
-    if sock is not None:
-        c.sock = _Bounded(sock, timeout_ms)
+    sock = timedsock.attach(c, timeout_ms)  # umqtt waits for PUBACK with no limit
     try:
         c.publish(topic, payload, False, qos)
     finally:
-        if sock is not None:
-            c.sock = sock
-            try:
-                sock.setblocking(True)
-            except Exception:
-                pass
+        timedsock.detach(c, sock)

@@ -114,6 +114,10 @@ def _usocket_module() -> types.ModuleType:
         sock = _socket.socket(*args)
         # umqtt's connect() makes its own socket: bound TCP connect and TLS handshake.
         sock.settimeout(CONNECT_TIMEOUT_S)
+        # MQTT's small request/answer packets must not wait for Nagle's delayed ACKs
+        # (lwIP on a board sends them at once too).
+        if sock.type == _socket.SOCK_STREAM:
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         return HostSocket(sock)
 
     mod.socket = socket  # type: ignore[attr-defined]

@@ -220,6 +220,10 @@ def run(args: argparse.Namespace) -> None:
             subprocess.run([str(MPY_CROSS), "--version"], capture_output=True, text=True).stdout.split(";")[0].strip()))
         rows = [[name, size, TARGETS.get(name, ""), verdict(size, TARGETS[name]) if name in TARGETS else ""]
                 for name, size in sizes.items()]
+        # fleetprov always imports timedsock (its socket time limits, shared with mqttlink):
+        # a firmware budget has to count both.
+        both = sizes["fleetprov.mpy"] + sizes["timedsock.mpy"]
+        rows.append(["fleetprov + timedsock", both, "", ""])
         print(table(["module", ".mpy bytes", "target", ""], rows))
 
         print("\n### Bytes on the wire per operation (realistic payloads)\n")

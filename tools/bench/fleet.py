@@ -94,34 +94,6 @@ def keygen_rates(quick: bool) -> tuple[float, float, int]:
     return single, multi, cores
 
 
-def _nodelay_sockets() -> None:
-    """Give the simulated devices' sockets TCP_NODELAY.
-
-    umqtt writes each MQTT packet in several small writes; with Nagle's
-    algorithm each one after the first waits for the broker's delayed ACK
-    (about 40 ms), which would make this a benchmark of the host's TCP stack.
-    """
-    import socket
-
-    from tools import umqtt_host  # noqa: F401 - installs the usocket stand-in
-
-    usocket = sys.modules["usocket"]
-    if getattr(usocket, "_bench_nodelay", False):
-        return
-    make = usocket.socket
-
-    def nodelay_socket(*args: Any) -> Any:
-        s = make(*args)
-        try:
-            s.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (AttributeError, OSError):
-            pass
-        return s
-
-    usocket.socket = nodelay_socket
-    usocket._bench_nodelay = True
-
-
 def _shared_tls_context() -> None:
     """Build the claim identity's TLS context once per device process.
 
@@ -383,7 +355,6 @@ def _burst(
 
 def _worker() -> int:
     """One device process: read the job, say ready, wait for go, run, stream results."""
-    _nodelay_sockets()
     _quiet_polling()
     _shared_tls_context()
 
@@ -484,7 +455,6 @@ def run(args: argparse.Namespace) -> None:
     n = QUICK_DEVICES if quick else DEVICES
     concurrency = min(CONCURRENCY, n)
     single, multi, cores = keygen_rates(quick)
-    _nodelay_sockets()
     rows = []
     all_problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="iotsim-bench-") as folder:

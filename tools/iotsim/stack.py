@@ -29,22 +29,6 @@ DEFAULT_PORT = 8883
 DEVICE_CERT_DIR = "certs"
 
 
-class _Broker(Broker):
-    """The broker with TCP_NODELAY on client sockets.
-
-    Without it every request/reply exchange waits out Nagle's algorithm against
-    the peer's delayed ACK (about 40 ms a step: 150 ms per operation instead of
-    10). Appended here until broker.py writes it itself.
-    """
-
-    def write_config(self) -> Path:
-        path = super().write_config()
-        text = path.read_text()
-        if "set_tcp_nodelay" not in text:
-            pki.write_atomic(path, (text.rstrip("\n") + "\nset_tcp_nodelay true\n").encode())
-        return path
-
-
 def device_config(
     port: int, *, endpoint: str = "127.0.0.1", template: str = DEMO_TEMPLATE_NAME
 ) -> dict[str, Any]:
@@ -160,7 +144,7 @@ class IotSim:
         """Prepare, start mosquitto and the service; returns when provisioning works."""
         self.prepare()
         assert self.ca and self.service_identity and self.registry
-        self.broker = _Broker(self.state, self.port, self.plugin, host=self.host)
+        self.broker = Broker(self.state, self.port, self.plugin, host=self.host)
         try:
             self.broker.start()
             self.service = ProvisioningService(

@@ -1,4 +1,4 @@
-"""fleetprov's socket bound: reads and writes on a real socket pair never wait past mqtt_timeout_ms."""
+"""timedsock: reads and writes on a real socket pair never wait past the limit; fleetprov's rare paths."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import fleetprov
+import timedsock
 from fakemqtt import AwsResponder, FakeClient
 from tools.umqtt_host import HostSocket
 
@@ -24,7 +25,7 @@ def pair() -> Iterator[tuple[HostSocket, socket.socket]]:
 
 
 def bounded(sock: HostSocket, ms: int = 200) -> Any:
-    return fleetprov._BoundedSocket(sock, ms)
+    return timedsock.TimedSocket(sock, ms)
 
 
 def test_a_blocking_read_returns_exactly_n_bytes_across_chunks(pair) -> None:
@@ -185,3 +186,27 @@ def test_no_memory_while_encoding_is_no_memory() -> None:
     with pytest.raises(fleetprov.ProvisioningError) as info:
         p.create_certificate_from_csr("csr")
     assert info.value.status == fleetprov.NO_MEMORY
+
+
+def test_attach_and_detach_swap_the_clients_socket_and_restore_blocking(pair) -> None:
+    ours, _ = pair
+
+    class Client:
+        sock: Any = ours
+
+    client = Client()
+    original = timedsock.attach(client, 100)
+    assert original is ours and isinstance(client.sock, timedsock.TimedSocket)
+    assert ours.raw.gettimeout() == 0.0  # the real socket is non-blocking meanwhile
+    timedsock.detach(client, original)
+    assert client.sock is ours and ours.raw.gettimeout() is None
+
+
+def test_attach_to_a_client_without_a_socket_is_a_no_op() -> None:
+    class Client:
+        pass
+
+    client = Client()
+    assert timedsock.attach(client, 100) is None
+    timedsock.detach(client, None)
+    assert not hasattr(client, "sock")
