@@ -247,7 +247,8 @@ def test_each_fault_reaches_the_device_as_the_documented_status(
     d = devices(fmt=fmt, timeout_ms=1500)
     token = None
     if op == "RegisterThing":
-        token = d.p.create_keys_and_certificate().ownership_token
+        # the step before the fault gets all the time a loaded machine needs
+        token = d.p.create_keys_and_certificate(timeout_ms=30000).ownership_token
     iotsim.set_fault(op, kind, **options)
     if op == "CreateKeysAndCertificate":
         err = refused(d.p.create_keys_and_certificate)

@@ -2,7 +2,7 @@
 # over mutual TLS: claim connection -> Create* -> RegisterThing -> reconnect as
 # the new certificate and publish. Prints one "RESULT <json>" line.
 #
-#   micropython provision_once.py <port> <cert_dir> <fmt> <method> <template> <serial>
+#   micropython provision_once.py <port> <cert_dir> <fmt> <method> <template> <serial> [create_ms register_ms]
 #
 # cert_dir holds ca.der, claim.der, claim.key.der (and for method=csr a
 # host-made csr.pem + csr.key.der). The new credentials are written there as
@@ -40,16 +40,16 @@ def emit(**kw):
 ca = read("ca.der")
 link = mqttlink.connect("dev-" + serial, "127.0.0.1", port, read("claim.der"), read("claim.key.der"), ca,
                         server_hostname="localhost", timeout_ms=10000)
-p = fleetprov.Provisioner(link.client, fmt, timeout_ms=int(sys.argv[7]) if len(sys.argv) > 7 else 10000,
-                          mqtt_timeout_ms=3000)
+create_ms, register_ms = (int(sys.argv[7]), int(sys.argv[8])) if len(sys.argv) > 8 else (20000, 20000)
+p = fleetprov.Provisioner(link.client, fmt, mqtt_timeout_ms=3000)
 try:
     if method == "keys":
-        creds = p.create_keys_and_certificate()
+        creds = p.create_keys_and_certificate(timeout_ms=create_ms)
         key_der = pem_to_der(creds.private_key)
     else:
-        creds = p.create_certificate_from_csr(read("csr.pem").decode())
+        creds = p.create_certificate_from_csr(read("csr.pem").decode(), timeout_ms=create_ms)
         key_der = read("csr.key.der")
-    reg = p.register_thing(template, creds.ownership_token, {"SerialNumber": serial})
+    reg = p.register_thing(template, creds.ownership_token, {"SerialNumber": serial}, timeout_ms=register_ms)
 except fleetprov.ProvisioningError as exc:
     emit(ok=False, status=exc.status, status_code=exc.status_code, error_code=exc.error_code, message=str(exc))
     sys.exit(0)
