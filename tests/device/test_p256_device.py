@@ -353,15 +353,8 @@ def tls_server(pki: Pki) -> Iterator[tuple[int, ServerResult, threading.Thread]]
         thread.join(TLS_DEADLINE_S)
 
 
-MAKE_KEY = """
-import csr
-key, pem = csr.generate(%r)
-with open("key.der", "wb") as f:
-    f.write(key)
-with open("req.pem", "w") as f:
-    f.write(pem)
-print("made")
-"""
+# Key pair and CSR made on the device, written to key.der and req.pem in cwd.
+MAKE_KEY = Path(__file__).resolve().parent / "scripts" / "make_key.py"
 
 CONNECT = """
 import socket, ssl
@@ -392,7 +385,7 @@ print("reply:", got.decode().strip())
 def test_device_key_loads_in_micropython_ssl_with_a_certificate_issued_from_its_csr(
     micropython, pki: Pki, tmp_path: Path
 ) -> None:
-    micropython.run(MAKE_KEY % "load-check", cwd=tmp_path)
+    micropython.run(script=MAKE_KEY, args=("load-check",), cwd=tmp_path)
     cert = pki.issue((tmp_path / "req.pem").read_text())
     (tmp_path / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
     # The same key as PKCS#8 (written by cryptography): the other format mbedTLS takes.
@@ -425,7 +418,7 @@ def test_device_made_key_completes_mutual_tls_with_a_certificate_issued_from_its
     micropython, build: tuple[Path, ...], pki: Pki, tls_server, tmp_path: Path
 ) -> None:
     port, result, thread = tls_server
-    micropython.run(MAKE_KEY % "tls-device-1", cwd=tmp_path, extra_path=build)
+    micropython.run(script=MAKE_KEY, args=("tls-device-1",), cwd=tmp_path, extra_path=build)
     cert = pki.issue((tmp_path / "req.pem").read_text())
     (tmp_path / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
     proc = micropython.run(CONNECT % ("key.der", port), cwd=tmp_path, timeout=TLS_DEADLINE_S)
@@ -444,11 +437,11 @@ def test_a_certificate_used_with_another_device_key_fails_the_handshake(
     micropython, pki: Pki, tls_server, tmp_path: Path
 ) -> None:
     port, result, thread = tls_server
-    micropython.run(MAKE_KEY % "tls-device-2", cwd=tmp_path)
+    micropython.run(script=MAKE_KEY, args=("tls-device-2",), cwd=tmp_path)
     cert = pki.issue((tmp_path / "req.pem").read_text())
     (tmp_path / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
     (tmp_path / "key.der").rename(tmp_path / "first.der")
-    micropython.run(MAKE_KEY % "tls-device-2", cwd=tmp_path)  # a second, different key
+    micropython.run(script=MAKE_KEY, args=("tls-device-2",), cwd=tmp_path)  # a second, different key
     assert (tmp_path / "key.der").read_bytes() != (tmp_path / "first.der").read_bytes()
     proc = micropython.run(CONNECT % ("key.der", port), cwd=tmp_path, timeout=TLS_DEADLINE_S, check=False)
     thread.join(TLS_DEADLINE_S)
