@@ -28,7 +28,7 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(VPY) -m pip install -qq --disable-pip-version-check -r requirements.txt
 	@touch $@
 
 deps: $(VENV)/.installed
