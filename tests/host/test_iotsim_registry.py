@@ -265,3 +265,36 @@ def test_a_change_made_while_another_thread_writes_still_reaches_the_status_file
     release.set()
     writer.join(30)
     assert read_status_file(tmp_path) == {cid(1): ACTIVE, cid(2): PENDING_ACTIVATION}
+
+
+def test_status_file_stays_sorted_and_equal_to_the_database_after_mixed_changes(
+    reg: Registry, clock: Clock, tmp_path: Path
+) -> None:
+    # The registry renders certs.status from memory; it must match SQLite exactly.
+    tokens = {n: reg.issue_certificate(cid(n), "PEM", owner=CLAIM_ID) for n in (7, 3, 9, 1, 5)}
+    reg.register(tokens[3], requester=CLAIM_ID, thing=None, certificate_status=ACTIVE)
+    reg.revoke(cid(9))
+    reg.add_certificate(cid(4), "PEM", CLAIM)
+    clock.now += 3600
+    assert sorted(reg.expire_pending()) == [cid(1), cid(5), cid(7)]
+    text = (tmp_path / "certs.status").read_text()
+    assert text == "{} ACTIVE\n{} CLAIM\n{} REVOKED\n".format(cid(3), cid(4), cid(9))
+    with Registry(tmp_path, clock=clock):  # a fresh registry regenerates the same file
+        assert (tmp_path / "certs.status").read_text() == text
+
+
+def test_a_rolled_back_status_change_never_reaches_the_status_file(
+    reg: Registry, tmp_path: Path
+) -> None:
+    reg.add_certificate(cid(1), "PEM", ACTIVE)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with reg._tx():
+            reg._db.execute("UPDATE certificates SET status=? WHERE id=?", (REVOKED, cid(1)))
+            reg._set_line(cid(1), REVOKED)
+            raise Boom
+    reg.add_certificate(cid(2), "PEM", ACTIVE)  # triggers a rewrite
+    assert read_status_file(tmp_path) == {cid(1): ACTIVE, cid(2): ACTIVE}

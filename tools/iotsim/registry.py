@@ -3,9 +3,20 @@
 The database (``<state>/registry.sqlite3``, WAL mode) is the service's single
 source of truth and survives restarts. The broker plugin never opens it: after
 every change of a certificate's status the registry rewrites
-``<state>/certs.status`` atomically (temporary file, fsync, rename), one
+``<state>/certs.status`` atomically (temporary file, rename), one
 ``<certificateId> <STATUS>`` line per certificate, and the plugin re-reads that
 file when it changes.
+
+certs.status is derived data: every Registry regenerates it from SQLite when
+it opens (``python -m tools.iotsim up`` does so before the broker starts), so
+it is not fsynced. The rename alone makes each version appear whole to the
+broker; a power cut can at worst lose the last versions of the file, never a
+committed change, and the next start rewrites it. The registry keeps the
+file's lines in memory (a burst activates hundreds of certificates a second,
+and re-reading every row from SQLite for each version cost milliseconds per
+thousand certificates, under the registry lock); a change committed by another
+process (the CLI's ``revoke``) is noticed through SQLite's ``data_version``
+and the lines are reloaded from the database before the next write.
 
 Ownership tokens are opaque random strings. Only their SHA-256 is stored, so
 neither the database nor any log holds a usable token. A token is single use,
@@ -18,6 +29,7 @@ does (:meth:`Registry.expire_pending`).
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -67,6 +79,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     used REAL
 );
 CREATE INDEX IF NOT EXISTS tokens_by_certificate ON tokens(certificate_id);
+CREATE INDEX IF NOT EXISTS certificates_by_id_status ON certificates(id, status);
 CREATE TABLE IF NOT EXISTS things (
     name TEXT PRIMARY KEY,
     attributes TEXT NOT NULL,
@@ -164,6 +177,11 @@ class Registry:
         self._written = -1
         self._writing = False
         self._closed = False
+        # The status file's lines: certificate id -> "<id> <STATUS>\n", with the
+        # ids sorted; None until loaded (and after a rolled-back transaction).
+        self._lines: dict[str, str] | None = None
+        self._ids: list[str] = []
+        self._data_version = -1
         self._bump()
         self._flush_status()
 
@@ -177,10 +195,39 @@ class Registry:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._lines = None  # the cache may hold a change that did not happen
                 raise
-            self._db.execute("COMMIT")
+
+    def _set_line(self, certificate_id: str, status: str) -> None:
+        """Record a status change for the status file (inside the change's transaction)."""
+        lines = self._lines
+        if lines is None:
+            return  # reloaded from the database before the next write
+        if certificate_id not in lines:
+            bisect.insort(self._ids, certificate_id)
+        lines[certificate_id] = "{} {}\n".format(certificate_id, status)
+
+    def _drop_line(self, certificate_id: str) -> None:
+        lines = self._lines
+        if lines is not None and lines.pop(certificate_id, None) is not None:
+            i = bisect.bisect_left(self._ids, certificate_id)
+            del self._ids[i]
+
+    def _status_text(self) -> bytes:
+        """certs.status as of now (call with self._lock held)."""
+        # data_version changes when another connection (another process) commits.
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._lines is None or version != self._data_version:
+            rows = self._db.execute("SELECT id, status FROM certificates ORDER BY id").fetchall()
+            self._lines = {cid: "{} {}\n".format(cid, status) for cid, status in rows}
+            self._ids = [cid for cid, _ in rows]
+            self._data_version = version
+        lines = self._lines
+        return "".join([lines[cid] for cid in self._ids]).encode("ascii")
 
     def _bump(self) -> None:
         with self._status_cond:
@@ -228,18 +275,16 @@ class Registry:
             with self._lock:
                 if self._closed:
                     return
-                rows = self._db.execute("SELECT id, status FROM certificates ORDER BY id").fetchall()
-            self._write_rows(rows)
+                data = self._status_text()
+            self._write_data(data)
 
-    def _write_rows(self, rows: list[tuple[str, str]]) -> None:
-        data = "".join("{} {}\n".format(cid, status) for cid, status in rows).encode("ascii")
+    def _write_data(self, data: bytes) -> None:
+        # No fsync: see the module docstring (the file is regenerated at start).
         tmp = self.status_path.with_name(".{}.{}.tmp".format(STATUS_FILE, secrets.token_hex(4)))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, self.status_path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -274,6 +319,7 @@ class Registry:
                 "updated=excluded.updated",
                 (certificate_id, pem, status, now, now, owner),
             )
+            self._set_line(certificate_id, status)
             self._bump()
         self._flush_status()
 
@@ -294,6 +340,7 @@ class Registry:
                 "INSERT INTO tokens(hash, certificate_id, owner, issued, expires) VALUES (?,?,?,?,?)",
                 (_token_hash(token), certificate_id, owner, now, now + self.token_ttl),
             )
+            self._set_line(certificate_id, PENDING_ACTIVATION)
             self._bump()
         # PENDING_ACTIVATION and "not listed" both keep the certificate out of
         # the broker, so the reply need not wait for the file.
@@ -313,6 +360,7 @@ class Registry:
                     "no certificate {} in the registry ({}); `python -m tools.iotsim certs` "
                     "lists them".format(certificate_id, self.db_path)
                 )
+            self._set_line(certificate_id, status)
             self._bump()
         self._flush_status()
 
@@ -435,6 +483,7 @@ class Registry:
             db.execute(
                 "UPDATE certificates SET status=?, updated=? WHERE id=?", (certificate_status, now, cid)
             )
+            self._set_line(cid, certificate_status)
             self._bump()
         self._flush_status()
         return cid
@@ -452,6 +501,7 @@ class Registry:
             for cid in gone:
                 db.execute("DELETE FROM certificates WHERE id=?", (cid,))
                 db.execute("DELETE FROM tokens WHERE certificate_id=?", (cid,))
+                self._drop_line(cid)
             if gone:
                 self._bump()
         if gone:
