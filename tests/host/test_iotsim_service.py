@@ -788,3 +788,71 @@ def test_devices_asking_at_the_same_moment_each_get_only_their_own_certificate(
     finally:
         for c in clients:
             c.close()
+
+
+# -- the service's broker link ---------------------------------------------------------------------
+
+
+def test_service_reconnects_and_serves_again_after_the_broker_restarts(tmp_path: Path) -> None:
+    with running_iotsim(tmp_path / "state") as sim:
+        broker = sim.sim.broker
+        assert broker is not None
+        broker.stop()
+        wait_for(lambda: not sim.service._subscribed.is_set())
+        broker.start()
+        wait_for(sim.service._subscribed.is_set, timeout=30)
+        with sim.client("after-restart") as c:
+            body = provision_csr(c, "json")
+            result = register(c, body["certificateOwnershipToken"], "json", {"SerialNumber": "restart"})
+            assert result[0] == "accepted", result
+
+
+def _publish_packet(topic: str, payload: bytes, qos: int = 0, mid: int = 0) -> bytes:
+    from tools.iotsim.service import _put_length
+
+    t = topic.encode()
+    body = len(t).to_bytes(2, "big") + t + (mid.to_bytes(2, "big") if qos else b"") + payload
+    head = bytearray((0x30 | qos << 1,))
+    _put_length(head, len(body))
+    return bytes(head) + body
+
+
+def _parser() -> tuple[Any, list[tuple[str, bytes]]]:
+    from tools.iotsim.service import BrokerLink
+
+    seen: list[tuple[str, bytes]] = []
+    link = BrokerLink.__new__(BrokerLink)  # the parser alone: no TLS context, no socket
+    link.on_message = lambda topic, payload: seen.append((topic, payload))
+    link.subscription = "iotsim/req/#"
+    link.subscribed = threading.Event()
+    return link, seen
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 70000])
+def test_broker_link_parses_packets_split_at_every_boundary_and_acks_qos1(size: int) -> None:
+    link, seen = _parser()
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    stream = (
+        _publish_packet("iotsim/req/a", payload, qos=1, mid=0x1234)
+        + b"\xd0\x00"  # PINGRESP
+        + _publish_packet("iotsim/req/b", b"x")
+        + b"\x90\x03\x00\x01\x01"  # SUBACK granted QoS 1
+    )
+    cuts = sorted({1, 2, 3, 5, len(stream) // 2, len(stream) - 1})
+    buf, acks = bytearray(), bytearray()
+    last = 0
+    for cut in cuts + [len(stream)]:
+        buf += stream[last:cut]
+        last = cut
+        link._dispatch(buf, acks)
+    assert seen == [("iotsim/req/a", payload), ("iotsim/req/b", b"x")]
+    assert bytes(acks) == b"\x40\x02\x12\x34"
+    assert link.subscribed.is_set() and buf == bytearray()
+
+
+def test_broker_link_refuses_a_failed_subscription_and_a_malformed_length() -> None:
+    link, _ = _parser()
+    with pytest.raises(ValueError, match="refused the service's subscription"):
+        link._dispatch(bytearray(b"\x90\x03\x00\x01\x80"), bytearray())
+    with pytest.raises(ValueError, match="malformed remaining length"):
+        link._dispatch(bytearray(b"\x30\xff\xff\xff\xff\x01"), bytearray())
