@@ -2,7 +2,7 @@
 
 The broker plugin forwards every device's ``$aws/...`` publish to
 ``iotsim/req/<hex(client id)>/<certificateId>/<original topic>``; this service
-(an MQTT client with the SERVICE identity, :class:`BrokerLink`) answers each request on
+(a paho-mqtt client with the SERVICE identity) answers each request on
 ``iotsim/reply/<hex(client id)>/<original topic>/accepted|rejected``, which the
 plugin delivers to that one connection only — AWS's per-connection delivery.
 
@@ -20,18 +20,14 @@ never logged.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
-import contextlib
 import importlib
 import inspect
 import json
 import logging
 import os
 import queue
-import select
 import socket
-import ssl
 import threading
 import time
 from collections import Counter
@@ -41,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+import paho.mqtt.client as mqtt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -279,11 +276,12 @@ class ProvisioningService:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._keys_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._keygen: KeygenPool | None = None
-        self._client: BrokerLink | None = None
+        self._client: mqtt.Client | None = None
         self._subscribed = threading.Event()
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
         self._timers: set[threading.Timer] = set()
+        self._sub_mid: int | None = None
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -346,19 +344,28 @@ class ProvisioningService:
             2 * self._keygen_processes, thread_name_prefix="iotsim-keys"
         )
         self._keygen = KeygenPool(self._keygen_processes)
-        client = BrokerLink(
-            host=self.host,
-            port=self.port,
-            ca_path=self.ca_path,
-            cert_path=self.identity.cert_path,
-            key_path=self.identity.key_path,
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            subscription="iotsim/req/#",
-            on_message=self._on_message,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
         )
+        client.tls_set(
+            ca_certs=str(self.ca_path),
+            certfile=str(self.identity.cert_path),
+            keyfile=str(self.identity.key_path),
+        )
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(0.05, 1.0)
         self._client = client
-        self._subscribed = client.subscribed
-        client.start()
+        self._subscribed.clear()
+        client.connect_async(self.host, self.port, keepalive=30)
+        client.loop_start()
         if not self._subscribed.wait(timeout):
             self.stop()
             raise RuntimeError(
@@ -384,7 +391,8 @@ class ProvisioningService:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._keys_pool = None
         if self._client is not None:
-            self._client.stop()
+            self._client.disconnect()
+            self._client.loop_stop()
             self._client = None
         if self._keygen is not None:
             self._keygen.close()
@@ -409,10 +417,34 @@ class ProvisioningService:
             except Exception:  # the sweep must never kill the service
                 log.exception("expiring pending certificates failed")
 
-    # -- requests (the broker link's I/O thread) ----------------------------------------
+    # -- paho callbacks (network thread) -------------------------------------------------
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        parsed = parse_request_topic(topic)
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the service connection: %s", reason)
+            return
+        # A request's PUBACK and its reply are two small writes in a row: with
+        # Nagle's algorithm the second waits for the broker's delayed ACK (40 ms).
+        sock = client.socket()
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        result, mid = client.subscribe("iotsim/req/#", qos=1)
+        self._sub_mid = mid
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        if mid == self._sub_mid and reasons and not reasons[0].is_failure:
+            self._subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._subscribed.clear()
+        if not self._stopping.is_set():
+            log.warning("service lost its broker connection (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        parsed = parse_request_topic(msg.topic)
         if parsed is None:
             return
         client_hex, requester, topic = parsed
@@ -429,7 +461,7 @@ class ProvisioningService:
             log.debug("ignoring %s from %s", topic, client_id)
             return
         op, fmt, template = kind
-        req = Request(client_hex, client_id, requester, topic, op, fmt, template, payload)
+        req = Request(client_hex, client_id, requester, topic, op, fmt, template, bytes(msg.payload))
         self._count("requests")
         self._count("requests." + op)
         pool = self._pool
@@ -753,279 +785,3 @@ class ProvisioningService:
         merged = dict(parameters)
         merged.update(overrides)
         return merged
-
-
-# -- the service's own MQTT connection -----------------------------------------------
-
-
-class BrokerLink:
-    """The service's MQTT 3.1.1 connection to mosquitto: one I/O thread, mutual TLS.
-
-    Why not paho: per message paho builds several objects (message, message
-    info with its own condition variable), takes a handful of locks, matches
-    the topic against its callback tree and wakes its loop through a socket
-    pair for every publish from another thread; in a provisioning burst paho's
-    own code held the GIL about 40% of the time, and this client cut the
-    service's CPU per provision by about 15%. It does only what the service
-    needs: connect (clean session), subscribe once, receive PUBLISH (QoS 0/1,
-    acknowledging QoS 1), send PUBLISH (QoS 0/1), keep alive, and reconnect
-    with backoff until stopped. Every socket operation happens on the I/O
-    thread (an SSL object must not be read and written from two threads at
-    once); other threads queue packets and wake it.
-
-    ``on_message(topic, payload)`` runs on the I/O thread and must not block.
-    """
-
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        ca_path: Path,
-        cert_path: Path,
-        key_path: Path,
-        client_id: str,
-        subscription: str,
-        on_message: Callable[[str, bytes], None],
-        keepalive: int = 30,
-        reconnect_delay: tuple[float, float] = (0.05, 1.0),
-    ) -> None:
-        self.host, self.port = host, port
-        self.client_id = client_id
-        self.subscription = subscription
-        self.on_message = on_message
-        self.keepalive = keepalive
-        self.reconnect_delay = reconnect_delay
-        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the broker and its name
-        self._ctx.load_verify_locations(cafile=str(ca_path))
-        self._ctx.load_cert_chain(str(cert_path), str(key_path))
-        self.subscribed = threading.Event()
-        self._stopping = threading.Event()
-        self._out: collections.deque[bytes] = collections.deque()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._woken = False
-        self._mid = 0
-        self._mid_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    # -- API (any thread) -------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="iotsim-mqtt", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        self._out.append(b"\xe0\x00")  # DISCONNECT, sent if the link is up
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._wake_r.close()
-        self._wake_w.close()
-
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
-        """Queue a PUBLISH; dropped if the link is down (as paho drops QoS 0 then)."""
-        t = topic.encode("utf-8")
-        head = bytearray((0x30 | (qos << 1),))
-        body_len = 2 + len(t) + (2 if qos else 0) + len(payload)
-        _put_length(head, body_len)
-        head += len(t).to_bytes(2, "big")
-        head += t
-        if qos:
-            head += self._next_mid().to_bytes(2, "big")
-        self._out.append(bytes(head) + payload)
-        self._wake()
-
-    # -- internals ----------------------------------------------------------------------
-
-    def _next_mid(self) -> int:
-        with self._mid_lock:
-            self._mid = self._mid % 65535 + 1
-            return self._mid
-
-    def _wake(self) -> None:
-        if self._woken:
-            return  # a wake-up byte is already pending
-        self._woken = True
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:  # buffer full (it is being drained) or closed at stop
-            pass
-
-    def _run(self) -> None:
-        delay = self.reconnect_delay[0]
-        first = True
-        while not self._stopping.is_set():
-            if not first:
-                if self._stopping.wait(delay):
-                    break
-                delay = min(delay * 2, self.reconnect_delay[1])
-            first = False
-            try:
-                sock = self._connect()
-            except (OSError, ValueError) as exc:
-                log.warning(
-                    "service cannot connect to the broker at %s:%d (%s); retrying", self.host, self.port, exc
-                )
-                continue
-            delay = self.reconnect_delay[0]
-            try:
-                self._serve(sock)
-            except (OSError, ValueError) as exc:
-                if not self._stopping.is_set():
-                    log.warning("service lost its broker connection (%s); reconnecting", exc)
-            finally:
-                self.subscribed.clear()
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-    def _connect(self) -> ssl.SSLSocket:
-        raw = socket.create_connection((self.host, self.port), timeout=10)
-        try:
-            # A request's PUBACK and its reply are two small writes in a row: with
-            # Nagle's algorithm the second waits for the broker's delayed ACK (40 ms).
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = self._ctx.wrap_socket(raw, server_hostname=self.host)
-        except BaseException:
-            raw.close()
-            raise
-        try:
-            cid = self.client_id.encode("utf-8")
-            body = (
-                b"\x00\x04MQTT\x04\x02"
-                + self.keepalive.to_bytes(2, "big")
-                + len(cid).to_bytes(2, "big")
-                + cid
-            )
-            head = bytearray(b"\x10")
-            _put_length(head, len(body))
-            sock.sendall(bytes(head) + body)
-            ack = _read_exactly(sock, 4)
-            if ack[0] != 0x20 or ack[3] != 0:
-                raise ValueError("the broker refused the service connection (CONNACK {})".format(ack.hex()))
-            self._out.clear()  # replies queued for a lost connection are void
-            topic = self.subscription.encode("utf-8")
-            body = self._next_mid().to_bytes(2, "big") + len(topic).to_bytes(2, "big") + topic + b"\x01"
-            head = bytearray(b"\x82")
-            _put_length(head, len(body))
-            sock.sendall(bytes(head) + body)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def _serve(self, sock: ssl.SSLSocket) -> None:
-        buf = bytearray()
-        out = bytearray()
-        acks = bytearray()
-        last_out = time.monotonic()
-        ping_every = self.keepalive / 2
-        wake_r = self._wake_r
-        while not self._stopping.is_set() or self._out or out:
-            wait = max(0.0, last_out + ping_every - time.monotonic())
-            readable, _, _ = select.select([sock, wake_r], [sock] if out else [], [], wait)
-            if wake_r in readable:
-                # Drain first, then clear: a thread that sees the flag still set
-                # has queued its packet already, and it is sent below.
-                with contextlib.suppress(BlockingIOError):
-                    wake_r.recv(4096)
-                self._woken = False
-            if sock in readable or sock.pending():
-                while True:
-                    try:
-                        data = sock.recv(65536)
-                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
-                        break
-                    if not data:
-                        raise ConnectionError("the broker closed the connection")
-                    buf += data
-                    if not sock.pending():
-                        break
-                self._dispatch(buf, acks)
-            if acks:
-                out += acks
-                acks.clear()
-            while self._out:
-                out += self._out.popleft()
-            if not out and time.monotonic() - last_out >= ping_every:
-                out += b"\xc0\x00"  # PINGREQ
-            while out:
-                try:
-                    sent = sock.send(out[:65536])
-                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                    break
-                del out[:sent]
-                last_out = time.monotonic()
-            if self._stopping.is_set() and not out and not self._out:
-                return
-
-    def _dispatch(self, buf: bytearray, acks: bytearray) -> None:
-        """Handle every complete packet at the start of ``buf`` and remove them."""
-        pos = 0
-        end = len(buf)
-        while end - pos >= 2:
-            first = buf[pos]
-            length = shift = 0
-            i = pos + 1
-            complete = False
-            while i < end:
-                byte = buf[i]
-                i += 1
-                length |= (byte & 0x7F) << shift
-                if not byte & 0x80:
-                    complete = True
-                    break
-                shift += 7
-                if shift > 21:
-                    raise ValueError("malformed remaining length from the broker")
-            if not complete:
-                break  # the length itself is incomplete
-            if end - i < length:
-                break  # the packet is incomplete
-            kind = first >> 4
-            if kind == 3:  # PUBLISH
-                qos = (first >> 1) & 3
-                tlen = int.from_bytes(buf[i : i + 2], "big")
-                topic = bytes(buf[i + 2 : i + 2 + tlen]).decode("utf-8", "replace")
-                body = i + 2 + tlen
-                if qos:
-                    acks += b"\x40\x02" + bytes(buf[body : body + 2])
-                    body += 2
-                payload = bytes(buf[body : i + length])
-                try:
-                    self.on_message(topic, payload)
-                except Exception:  # a bad request must never kill the connection
-                    log.exception("handling a message on %s failed", topic[:120])
-            elif kind == 9:  # SUBACK
-                if length >= 3 and buf[i + 2] != 0x80:
-                    self.subscribed.set()
-                else:
-                    raise ValueError(
-                        "the broker refused the service's subscription to {}".format(self.subscription)
-                    )
-            # PUBACK (our QoS 1 kicks) and PINGRESP need nothing.
-            pos = i + length
-        del buf[:pos]
-
-
-def _put_length(out: bytearray, n: int) -> None:
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return
-
-
-def _read_exactly(sock: ssl.SSLSocket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("the broker closed the connection during connect")
-        data += chunk
-    return data
