@@ -332,7 +332,8 @@ def _burst(
     outcomes: list[Outcome] = []
     cpu_used = [0.0]
     lock = threading.Lock()
-    bar = tqdm(total=n, desc="{} {} x{}".format(method, fmt, n), unit="dev", leave=True, file=sys.stderr)
+    bar = tqdm(total=n, desc="{} {} x{}".format(method, fmt, n), unit="dev", leave=True, file=sys.stderr,
+               mininterval=0.1 if sys.stderr.isatty() else 5.0)  # a log (CI) gets a line every 5 s, not every device
 
     def collect(proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
