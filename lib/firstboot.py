@@ -16,19 +16,8 @@ import sys
 import credstore
 import mqttlink
 
-try:
-    from time import sleep_ms, ticks_diff, ticks_ms
-except ImportError:  # CPython
-    import time as _time
-
-    def ticks_ms():
-        return int(_time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def sleep_ms(ms):
-        _time.sleep(ms / 1000)
+# MicroPython's clock (with timedsock's CPython fallback, the project's one copy)
+from timedsock import sleep_ms, ticks_diff, ticks_ms
 
 
 class FirstBootError(Exception):

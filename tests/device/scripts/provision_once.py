@@ -7,12 +7,12 @@
 # cert_dir holds ca.der, claim.der, claim.key.der (and for method=csr a
 # host-made csr.pem + csr.key.der). The new credentials are written there as
 # device.der / device.key.der.
-import binascii
 import json
 import sys
 
 import fleetprov
 import mqttlink
+from credstore import pem_to_der
 
 port, cert_dir, fmt, method, template, serial = sys.argv[1:7]
 port = int(port)
@@ -26,11 +26,6 @@ def read(name):
 def write(name, data):
     with open(cert_dir + "/" + name, "wb") as f:
         f.write(data)
-
-
-def pem_to_der(pem):
-    lines = [l for l in pem.strip().split("\n") if l and not l.startswith("-----")]
-    return binascii.a2b_base64("".join(lines))
 
 
 def emit(**kw):
