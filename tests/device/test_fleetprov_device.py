@@ -45,7 +45,9 @@ def test_every_device_module_compiles_with_mpy_cross(source: Path, tmp_path: Pat
     assert target.stat().st_size > 0
 
 
-@pytest.mark.parametrize("source", [ROOT / "boot.py", ROOT / "main.py"], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "source", [ROOT / "boot.py", ROOT / "main.py", *sorted((ROOT / "examples").glob("*.py"))], ids=lambda p: p.name
+)
 def test_boot_and_main_compile_with_mpy_cross(source: Path, tmp_path: Path) -> None:
     if not source.exists():
         pytest.fail(f"{source.name} is missing")
