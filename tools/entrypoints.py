@@ -60,8 +60,10 @@ def missing_package_message(command: str, exc: ModuleNotFoundError, install: str
     distribution = DISTRIBUTIONS.get(top)
     if distribution is None:
         return None
-    return "{}: the Python package {} is not installed for {}: run `{}` (or `make setup`, then use {})".format(
-        command, pinned(distribution), sys.executable, install, ROOT / ".venv" / "bin" / "python"
+    return (
+        "{}: the Python package {} is not installed for {}: run `{}` (or `make setup`, then use {})".format(
+            command, pinned(distribution), sys.executable, install, ROOT / ".venv" / "bin" / "python"
+        )
     )
 
 
