@@ -75,7 +75,7 @@ build/mpy/lib/%.mpy: lib/%.py | $(DEPLOY_VENV)
 # Deploy to a board over serial with mpremote (PORT defaults to auto-detect).
 # Needs only the lean deploy venv, never `setup` (tests/host/test_packaging.py checks).
 deploy: mpy
-	$(VPY) -m tools.deploy deploy $(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(if $(filter 0,$(MPY)),--source,)
+	$(VPY) -m tools.deploy deploy $(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(if $(filter 0,$(MPY)),--source,) $(if $(filter 1,$(FROZEN)),--frozen,)
 
 status: $(DEPLOY_VENV)
 	$(VPY) -m tools.deploy status $(if $(PORT),--port $(PORT),)

@@ -1,6 +1,6 @@
 """Deploy fleetprov to a MicroPython board over serial, and read back what it holds.
 
-    python -m tools.deploy deploy [--port P] [--source] [--config DIR] [--dry-run]
+    python -m tools.deploy deploy [--port P] [--source | --frozen] [--config DIR] [--dry-run]
     python -m tools.deploy status [--port P] [--json]
 
 `make deploy PORT=/dev/ttyUSB0` and `make status PORT=...` call these;
@@ -42,6 +42,11 @@ stale `lib/X.py` (it would shadow the new build), and --source removes a stale
 `lib/X.mpy` (dead weight that would come back to life if the .py were deleted).
 A copy of a library module at the flash root (X.py or X.mpy) is removed too:
 the root comes before /lib on sys.path, so it would shadow either.
+
+With --frozen (a firmware built with manifest.py, docs/firmware.md) no library
+file is copied: deploy first checks on the board that every library module is
+frozen in, then removes any copy of one from the flash (at the root it would
+shadow the frozen module; in lib/ it is never imported).
 
 Every mpremote call uses `resume`: no soft reset before the commands. On an
 ESP32 that saves re-running boot.py (Wi-Fi, clock) just to copy files; the unix
@@ -292,13 +297,30 @@ def collect_config(config_dir: Path) -> tuple[list[Upload], str]:
     return uploads, cert_dir
 
 
-def collect(source: bool, config_dir: Path, build: bool = False) -> tuple[list[Upload], list[str], list[str]]:
+def frozen_twins() -> list[str]:
+    """With the library frozen into the firmware: every copy of a library module on the
+    flash. One at the root would be imported instead of the frozen module (the root comes
+    first on sys.path); one in lib/ never is (.frozen comes before /lib) and only takes flash."""
+    twins = []
+    for m in library_modules():
+        twins += ["lib/{}.py".format(m), "lib/{}.mpy".format(m), m + ".py", m + ".mpy"]
+    return twins
+
+
+def collect(
+    source: bool, config_dir: Path, build: bool = False, frozen: bool = False
+) -> tuple[list[Upload], list[str], list[str]]:
     """Everything to deploy, the stale twins to remove, and the folders the files need;
-    with ``build``, a missing or outdated .mpy is compiled first (after the config is checked)."""
+    with ``build``, a missing or outdated .mpy is compiled first (after the config is checked);
+    with ``frozen`` (the firmware has the library frozen in, docs/firmware.md) no library file
+    is copied and every copy of one on the board is removed."""
     config_uploads, cert_dir = collect_config(config_dir)
-    if build and not source:
-        build_library()
-    library = collect_library(source)
+    if frozen:
+        library: list[Upload] = []
+    else:
+        if build and not source:
+            build_library()
+        library = collect_library(source)
     scripts = []
     for name in BOARD_FILES:
         path = ROOT / name
@@ -309,7 +331,7 @@ def collect(source: bool, config_dir: Path, build: bool = False) -> tuple[list[U
     folders = ["lib"]
     parts = cert_dir.split("/")
     folders += ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    return uploads, stale_twins(library), folders
+    return uploads, frozen_twins() if frozen else stale_twins(library), folders
 
 
 # --- talking to the board -------------------------------------------------------
@@ -445,6 +467,50 @@ def board_inventory(port: str | None, folders: list[str]) -> dict[str, list | No
     return inventory
 
 
+# Runs on the board: which of the given modules the firmware does NOT have frozen in.
+# Each is imported with '.frozen' alone on sys.path (and a module already imported
+# this session set aside meanwhile), then sys.path and sys.modules are restored.
+FROZEN_CHECK_SCRIPT = """
+def _fp_frozen(names):
+    import sys, json
+    saved = list(sys.path)
+    missing = []
+    try:
+        sys.path.clear()
+        sys.path.append('.frozen')
+        for n in names:
+            old = sys.modules.pop(n, None)
+            try:
+                __import__(n)
+            except ImportError:
+                missing.append(n)
+            sys.modules.pop(n, None)
+            if old is not None:
+                sys.modules[n] = old
+    finally:
+        sys.path.clear()
+        sys.path.extend(saved)
+    print('%s' + json.dumps(missing))
+_fp_frozen(%r)
+del _fp_frozen
+"""
+
+
+def check_frozen(port: str | None) -> None:
+    """Refuse a --frozen deploy to firmware that lacks the frozen library."""
+    script = FROZEN_CHECK_SCRIPT % (MARK, library_modules())
+    missing = parse_marked_json(
+        run_mpremote(port, ["exec", script], "checking the firmware's frozen modules"), "the frozen check"
+    )
+    if missing:
+        raise DeployError(
+            "the firmware on {} does not have {} frozen in: flash a firmware built with manifest.py "
+            "(docs/firmware.md), or deploy without --frozen".format(
+                port or "the auto-detected port", ", ".join(map(str, missing))
+            )
+        )
+
+
 def make_plan(uploads: list[Upload], twins: list[str], folders: list[str], inventory: dict) -> Plan:
     """Compare what should be on the board with what is there."""
     mkdirs = [f for f in folders if f + "/" not in inventory]
@@ -477,9 +543,13 @@ def plan_commands(plan: Plan) -> list[str]:
     return args
 
 
-def deploy(port: str | None, source: bool, config_dir: Path, dry_run: bool = False) -> Plan:
+def deploy(
+    port: str | None, source: bool, config_dir: Path, dry_run: bool = False, frozen: bool = False
+) -> Plan:
     """Copy what changed onto the board; returns the plan it carried out."""
-    uploads, twins, folders = collect(source, config_dir, build=True)
+    uploads, twins, folders = collect(source, config_dir, build=True, frozen=frozen)
+    if frozen:
+        check_frozen(port)
     inventory = board_inventory(port, folders)
     plan = make_plan(uploads, twins, folders, inventory)
     for d in plan.mkdirs:
@@ -492,7 +562,9 @@ def deploy(port: str | None, source: bool, config_dir: Path, dry_run: bool = Fal
             "changed" if up.dest in inventory else "new",
         )
     for path in plan.removes:
-        if "/" not in path:
+        if frozen:
+            log.info("remove %s (the firmware has the library frozen in)", path)
+        elif "/" not in path:
             log.info(
                 "remove %s (a copy at the flash root: MicroPython would import it instead of lib/)", path
             )
@@ -635,6 +707,11 @@ def main(argv: list[str] | None = None) -> int:
         "--config",
         help="folder with config.json and the claim files (default: ${} or device/)".format(CONFIG_ENV),
     )
+    p_deploy.add_argument(
+        "--frozen",
+        action="store_true",
+        help="the firmware has the library frozen in (manifest.py): copy no library, remove copies",
+    )
     p_deploy.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p_status = sub.add_parser("status", help="show what the board holds and whether it is provisioned")
     p_status.add_argument("--port", help="serial port (default: mpremote's auto-detect)")
@@ -644,7 +721,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         if args.command == "deploy":
-            deploy(args.port, args.source, config_dir_from(args.config), dry_run=args.dry_run)
+            deploy(
+                args.port, args.source, config_dir_from(args.config), dry_run=args.dry_run, frozen=args.frozen
+            )
         else:
             report = status(args.port)
             print(

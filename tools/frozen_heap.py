@@ -113,7 +113,40 @@ def main(argv: list[str] | None = None) -> int:
                 label, modules, heap["frozen"], heap[".mpy"], heap[".py"], heap[".mpy"] - heap["frozen"]
             )
         )
+    print()
+    print_first_boot(micropython, mpy_dir)
     return 0
+
+
+def print_first_boot(micropython: Path, mpy_dir: Path) -> None:
+    """A whole first boot (main.py: keys + JSON, TLS) against iotsim, the library frozen and
+    as .mpy files: the peak heap main.py reports."""
+    import re
+    import tempfile
+
+    from tools.iotsim.broker import free_port
+    from tools.iotsim.stack import IotSim
+    from tools.unixboard import make_flash
+
+    print("first boot against iotsim, heap peak main.py reports (sampled at each step), bytes")
+    print("| library | heap peak |")
+    print("|---|---:|")
+    with tempfile.TemporaryDirectory() as tmp, IotSim(Path(tmp) / "iotsim", free_port()) as sim:
+        for kind, path in (("frozen", ".frozen"), (".mpy", "{}:.frozen".format(mpy_dir))):
+            flash = make_flash(Path(tmp) / kind, sim.state, modules=())  # no lib/ copy on the flash
+            proc = subprocess.run(
+                [str(micropython), "-c", "import boot, main"],
+                env=dict(os.environ, MICROPYPATH=path),
+                cwd=flash,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
+            peak = re.search(r"done\s+heap peak (\d+) bytes", proc.stdout)
+            if peak is None:
+                raise SystemExit("frozen_heap: the first boot did not finish:\n" + proc.stdout[-2000:])
+            print("| {} | {} |".format(kind, peak.group(1)))
 
 
 if __name__ == "__main__":
