@@ -61,7 +61,9 @@ def build(archive: Path) -> tuple[Path, Path]:
             tar.extractall(BUILD, filter="data")
     board_manifest = BUILD / "board_manifest.py"
     board_manifest.write_text(
-        'include("$(PORT_DIR)/variants/standard/manifest.py")\ninclude({!r})\n'.format(str(ROOT / "manifest.py"))
+        'include("$(PORT_DIR)/variants/standard/manifest.py")\ninclude({!r})\n'.format(
+            str(ROOT / "manifest.py")
+        )
     )
     jobs = "-j{}".format(os.cpu_count() or 1)
     subprocess.run(["make", "-s", "-C", "mpy-cross", jobs], cwd=tree, check=True)
@@ -71,7 +73,10 @@ def build(archive: Path) -> tuple[Path, Path]:
         cwd=tree,
         check=True,
     )
-    return tree / "ports" / "unix" / "build-standard" / "micropython", tree / "mpy-cross" / "build" / "mpy-cross"
+    return (
+        tree / "ports" / "unix" / "build-standard" / "micropython",
+        tree / "mpy-cross" / "build" / "mpy-cross",
+    )
 
 
 def heap_after_import(micropython: Path, path: str, modules: str) -> int:
@@ -92,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE, help="MicroPython source archive")
     args = parser.parse_args(argv)
     if not args.archive.is_file():
-        print("frozen_heap: {} not found (see its README for the upstream tag)".format(args.archive), file=sys.stderr)
+        print(
+            "frozen_heap: {} not found (see its README for the upstream tag)".format(args.archive),
+            file=sys.stderr,
+        )
         return 1
     micropython, mpy_cross = build(args.archive)
     mpy_dir = BUILD / "mpy"
@@ -102,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             [str(mpy_cross), "-s", src.name, "-o", str(mpy_dir / (src.stem + ".mpy")), str(src)], check=True
         )
     # umqtt.simple stays frozen in every column: only the library's own cost differs.
-    paths = {"frozen": ".frozen", ".mpy": "{}:.frozen".format(mpy_dir), ".py": "{}:.frozen".format(ROOT / "lib")}
+    paths = {
+        "frozen": ".frozen",
+        ".mpy": "{}:.frozen".format(mpy_dir),
+        ".py": "{}:.frozen".format(ROOT / "lib"),
+    }
     print("heap left allocated by the imports, bytes ({}, 64-bit unix port)".format(args.archive.name))
     print("| imports | frozen | .mpy | .py | saved vs .mpy |")
     print("|---|---:|---:|---:|---:|")

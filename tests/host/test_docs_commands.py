@@ -1,4 +1,4 @@
-"""Every command README.md, docs/hardware.md and docs/configuration.md show, run here where it can.
+"""Every command README, hardware.md, configuration.md and firmware.md show, run here where it can.
 
 Every line of every shell block (```sh, ```bat) in those documents, and the
 command in examples/provision_keys.py's header, is in exactly one of three
@@ -27,12 +27,17 @@ import pytest
 from tools.iotsim.testing import RunningIotSim
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ("README.md", "docs/hardware.md", "docs/configuration.md")
+DOCS = ("README.md", "docs/hardware.md", "docs/configuration.md", "docs/firmware.md")
 EXAMPLE = ROOT / "examples" / "provision_keys.py"
 SHELL_LANGUAGES = ("sh", "bash", "bat")
 pytestmark = pytest.mark.timeout(180)
 
 BOARD = "needs a board on a serial port"
+ESP_IDF = "builds ESP32 firmware from a GitHub clone with ESP-IDF, neither of which is here"
+FIRMWARE_BUILD = (
+    "builds a firmware (a minute of both cores): tools/frozen_heap.py runs it by hand, "
+    "docs/firmware.md has its numbers"
+)
 WINDOWS = "Windows only (the same tools.deploy and mpremote commands run on Linux in tests)"
 
 # The command (one logical line, comment stripped) -> how it is covered.
@@ -57,11 +62,10 @@ ELSEWHERE = {
     "python3 -m venv ~/fleetprov-venv": "tests/host/test_packaging.py (installed fixture, without the "
     "dependencies: no downloads in a test)",
     "~/fleetprov-venv/bin/pip install -e .": "tests/host/test_packaging.py (installed fixture)",
-    "~/fleetprov-venv/bin/iotsim status": "tests/host/test_packaging.py::test_the_installed_commands_run_from_any_folder",
+    "~/fleetprov-venv/bin/iotsim status": "tests/host/test_packaging.py (commands from any folder)",
     ".venv/bin/python -m tools.esp32check": "tests/host/test_esp32_api.py",
-    ".venv/bin/python -m tools.esp32check mycode.py": "tests/host/test_esp32_api.py (mycode.py is the reader's file)",
-    "make demo": "tests/device/test_firstboot_iotsim.py runs the same first boot; the demo itself takes about "
-    "a minute",
+    ".venv/bin/python -m tools.esp32check mycode.py": "tests/host/test_esp32_api.py (on the reader's file)",
+    "make demo": "tests/device/test_firstboot_iotsim.py runs the same first boot (the demo takes a minute)",
 }
 BY_DESIGN = {
     "make test": "the suite this test is part of (.ci/run runs it)",
@@ -83,6 +87,16 @@ BY_DESIGN = {
     r".venv\Scripts\python -m tools.deploy deploy --port COM3 --config device": WINDOWS,
     r".venv\Scripts\python -m tools.deploy status --port COM3": WINDOWS,
     r".venv\Scripts\python -m mpremote connect COM3 repl": WINDOWS,
+    "git clone --branch v1.24.1 https://github.com/micropython/micropython": ESP_IDF,
+    "cd micropython": ESP_IDF,
+    "make -C mpy-cross": ESP_IDF,
+    "cd ports/esp32": ESP_IDF,
+    "make BOARD=ESP32_GENERIC submodules": ESP_IDF,
+    "make BOARD=ESP32_GENERIC FROZEN_MANIFEST=/path/to/board_manifest.py": ESP_IDF,
+    "make deploy PORT=/dev/ttyUSB0 FROZEN=1": BOARD
+    + " with firmware built from manifest.py (test_deploy.py checks the refusal on stock firmware)",
+    "make -C ports/unix submodules": FIRMWARE_BUILD,
+    "make -C ports/unix FROZEN_MANIFEST=/path/to/board_manifest.py": FIRMWARE_BUILD,
 }
 
 
