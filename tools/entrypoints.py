@@ -87,6 +87,28 @@ def run(command: str, load_main: Callable[[], Callable[[], int]], install: str) 
         return 1
 
 
+def install_missing_package_hook() -> None:
+    """For `python -m tools.<anything>`: an uncaught ModuleNotFoundError of a known
+    third-party package ends in the one-line message instead of a traceback.
+    tools/__init__.py installs it when Python runs a tools module as a program."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: object) -> None:
+        if isinstance(exc, ModuleNotFoundError):
+            spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+            command = "python -m " + spec.name.removesuffix(".__main__") if spec else "python"
+            # The development tools (bench, demo, checks) need the whole pinned stack.
+            message = missing_package_message(
+                command, exc, install_command("-r {}".format(ROOT / DEV_REQUIREMENTS))
+            )
+            if message is not None:
+                print(message, file=sys.stderr)
+                return
+        previous(kind, exc, tb)  # type: ignore[arg-type]
+
+    sys.excepthook = hook
+
+
 def _main_of(module: str) -> Callable[[], Callable[[], int]]:
     return lambda: importlib.import_module(module).main
 

@@ -208,6 +208,19 @@ def test_python_m_tools_iotsim_from_the_root_says_the_same(installed: Path, tmp_
     assert_one_line_saying_what_to_run(proc, "is not installed", "pip install -e")
 
 
+@pytest.mark.parametrize("tool", [["tools.bench", "core"], ["tools.demo", "--dir", "DIR"]])
+def test_any_python_m_tool_without_its_packages_says_in_one_line_what_to_install(
+    installed: Path, tmp_path: Path, tool: list[str]
+) -> None:
+    args = [str(tmp_path) if a == "DIR" else a for a in tool]
+    proc = subprocess.run(
+        [str(installed / "python"), "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert_one_line_saying_what_to_run(
+        proc, "python -m " + tool[0], "pip install -r {}".format(ROOT / "requirements.txt")
+    )
+
+
 def test_deploy_without_mpremote_says_in_one_line_what_to_install(installed: Path, tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(installed / "fleetprov-deploy"), "status", "--port", "/dev/ttyUSB0"],
