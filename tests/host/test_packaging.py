@@ -283,3 +283,13 @@ def test_deploy_compiles_a_missing_or_outdated_build_itself(tmp_path: Path) -> N
     assert deploy.build_library(tmp_path) == [first]
     uploads = deploy.collect_library(source=False, mpy_dir=tmp_path)
     assert all(u.src.read_bytes()[:2] == b"M\x06" for u in uploads)
+
+
+def test_pyproject_lists_every_tools_package() -> None:
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"][
+        "packages"
+    ]
+    found = sorted(
+        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "tools").rglob("__init__.py")
+    )
+    assert sorted(packages) == found
