@@ -700,17 +700,18 @@ def main(argv: list[str] | None = None) -> int:
         "deploy", help="copy the device library, boot.py, main.py, config and claim files"
     )
     p_deploy.add_argument("--port", help="serial port (default: mpremote's auto-detect)")
-    p_deploy.add_argument(
+    library_form = p_deploy.add_mutually_exclusive_group()
+    library_form.add_argument(
         "--source", action="store_true", help="deploy lib/*.py instead of the compiled .mpy"
+    )
+    library_form.add_argument(
+        "--frozen",
+        action="store_true",
+        help="the firmware has the library frozen in (manifest.py): copy no library, remove copies",
     )
     p_deploy.add_argument(
         "--config",
         help="folder with config.json and the claim files (default: ${} or device/)".format(CONFIG_ENV),
-    )
-    p_deploy.add_argument(
-        "--frozen",
-        action="store_true",
-        help="the firmware has the library frozen in (manifest.py): copy no library, remove copies",
     )
     p_deploy.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p_status = sub.add_parser("status", help="show what the board holds and whether it is provisioned")
