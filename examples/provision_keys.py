@@ -3,15 +3,30 @@
 # the unix port. (main.py + lib/firstboot.py do the same with retries,
 # atomic storage and the reconnect; start there for a product.)
 #
-# Flash: lib/fleetprov.py, certs/ca.der, certs/claim.der, certs/claim.key.der
-# and set ENDPOINT / TEMPLATE below.
+# Flash: lib/fleetprov.py, lib/timedsock.py, certs/ca.der, certs/claim.der,
+# certs/claim.key.der and set ENDPOINT / TEMPLATE below.
+#
+# On the unix port, against iotsim (`.venv/bin/python -m tools.iotsim up` in
+# another terminal, after `make setup`): run it in iotsim's state folder, which
+# holds certs/, with the library and umqtt.simple on MICROPYPATH (deps/ is
+# umqtt.simple, tests/device/support the `ussl` name umqtt 1.3.4 imports):
+#
+#   cd .iotsim
+#   MICROPYPATH=.frozen:../lib:../deps:../tests/device/support \
+#       ../.venv/bin/micropython ../examples/provision_keys.py 127.0.0.1 8883
+#
+# The arguments replace ENDPOINT and the port; a board has no sys.argv.
 import ssl
+import sys
 
 import fleetprov
 from umqtt.simple import MQTTClient
 
 ENDPOINT = "xxxxxxxxxxxxxx-ats.iot.eu-west-1.amazonaws.com"
+PORT = 8883
 TEMPLATE = "FleetprovDemo"
+if len(sys.argv) > 2:
+    ENDPOINT, PORT = sys.argv[1], int(sys.argv[2])
 
 
 def read(name):
@@ -22,7 +37,7 @@ def read(name):
 client = MQTTClient(
     b"claim-example",
     ENDPOINT,
-    8883,
+    PORT,
     ssl=True,
     ssl_params={
         "key": read("certs/claim.key.der"),

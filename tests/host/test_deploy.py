@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,54 @@ def test_a_missing_config_points_at_iotsims_state_folder_when_there_is_one(
     (state / "config.json").write_text("{}")
     with pytest.raises(DeployError, match="FLEETPROV_CONFIG={}".format(state)):
         deploy.read_config(tmp_path / "device")
+
+
+# --- --frozen: a firmware with the library frozen in (manifest.py) ---------------------
+
+
+def test_a_frozen_deploy_copies_no_library_and_removes_every_copy(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "config.json").write_text(json.dumps({"endpoint": "e", "template": "t"}))
+    for name in ("ca.der", "claim.der", "claim.key.der"):
+        (tmp_path / "certs" / name).write_bytes(name.encode())
+    uploads, twins, _ = deploy.collect(False, tmp_path, frozen=True)
+    assert not [u for u in uploads if u.dest.startswith("lib/")]
+    assert {u.dest for u in uploads} >= {"boot.py", "main.py", "config.json", "certs/claim.der"}
+    for m in deploy.library_modules():
+        assert {"lib/{}.py".format(m), "lib/{}.mpy".format(m), m + ".py", m + ".mpy"} <= set(twins)
+    assert "main.py" not in twins and "boot.py" not in twins
+
+
+def test_the_frozen_check_script_compiles_and_names_every_module() -> None:
+    script = deploy.FROZEN_CHECK_SCRIPT % (deploy.MARK, deploy.library_modules())
+    compile(script, "frozen-check", "exec")
+    assert "'fleetprov'" in script
+
+
+def test_a_frozen_deploy_to_firmware_without_the_frozen_library_is_refused(
+    micropython, tmp_path: Path
+) -> None:
+    from tests.device.test_virtual_board import CLAIM_FILES, start_board
+
+    config = tmp_path / "device"
+    (config / "certs").mkdir(parents=True)
+    (config / "config.json").write_text(json.dumps({"endpoint": "e-ats.example", "template": "T"}))
+    for name in CLAIM_FILES:
+        (config / "certs" / name).write_bytes(name.encode())
+    board = start_board(micropython.binary, tmp_path / "flash", tmp_path / "pty")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tools.deploy", "deploy", "--frozen", "--config", str(config)]
+            + ["--port", str(board.pty)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        path_after = board.mpremote("exec", "import sys; print(sys.path)").stdout.strip()
+    finally:
+        board.stop()
+    assert proc.returncode == 1
+    assert "does not have" in proc.stderr and "fleetprov" in proc.stderr and "manifest.py" in proc.stderr
+    assert not (board.flash / "main.py").exists()  # refused before anything was copied
+    assert path_after.startswith("['', '.frozen'")  # the check restored sys.path

@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, helptext: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext, description=helptext)
         p.add_argument("--state", type=Path, default=DEFAULT_STATE, help="state folder (default: .iotsim)")
+        # -v after the subcommand too, as docs/iotsim.md's synopsis writes it; SUPPRESS
+        # keeps `-v up` (the option before the subcommand) from being reset to False.
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log requests")
         return p
 
     up = add("up", "prepare the state folder and run iotsim until Ctrl-C or `down`")
