@@ -83,7 +83,7 @@ def load_settings(getenv=os.getenv):
         raise BoardError("settings.toml: FLEETPROV_SOCKET_TIMEOUT_MS must be a positive whole number "
                          "of milliseconds, got {}".format(poll))
     cfg["socket_timeout_ms"] = poll
-    for field in ("response_timeout_ms", "mqtt_timeout_ms", "connect_timeout_ms"):
+    for field in ("response_timeout_ms", "mqtt_timeout_ms"):
         if cfg[field] <= poll:
             raise BoardError("settings.toml: {} = {} must exceed MiniMQTT's socket timeout, "
                              "FLEETPROV_SOCKET_TIMEOUT_MS = {}".format(setting_name(field), cfg[field], poll))
@@ -182,9 +182,12 @@ def connector(pool, cfg):
     """mqttlink.connect's signature over MiniMQTT, for firstboot.FirstBoot."""
     import mmqttclient
 
-    def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_ms=10000):
-        return mmqttclient.connect(client_id, host, port, cert, key, ca, server_hostname, timeout_ms,
-                                   pool=pool, mqtt_timeout_ms=cfg["mqtt_timeout_ms"],
+    def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_ms=None):
+        # MiniMQTT has one bound for every wait on the broker, CONNACK
+        # included: mqtt_timeout_ms. (connect_timeout_ms has no MiniMQTT
+        # counterpart; TCP and TLS are bounded by the socket timeout.)
+        return mmqttclient.connect(client_id, host, port, cert, key, ca, server_hostname,
+                                   cfg["mqtt_timeout_ms"], pool=pool,
                                    socket_timeout=cfg["socket_timeout_ms"] / 1000)
 
     return connect

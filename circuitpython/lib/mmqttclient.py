@@ -119,24 +119,24 @@ def tls_context(cert_path, key_path, ca_pem, server_hostname=None, host=None):
     return ctx
 
 
-def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_ms=10000,
-            pool=None, mqtt_timeout_ms=5000, socket_timeout=1):
+def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_ms=5000,
+            pool=None, socket_timeout=1):
     """Connect to host:port with mutual TLS over MiniMQTT and return a
     mqttlink.Link whose .client is a Client.
 
     client_id: str or bytes. cert, key: paths of PEM files; ca: the CA as
     PEM (str or bytes). server_hostname: the name the server certificate
-    must carry (default host). timeout_ms: bound on the CONNACK wait.
+    must carry (default host). timeout_ms: MiniMQTT's recv_timeout, its one
+    bound on every wait for the broker: CONNACK, SUBACK, PUBACK, UNSUBACK.
     pool: the socket pool (socketpool.SocketPool(wifi.radio) on a board,
-    the `socket` module on CPython). mqtt_timeout_ms: bound on each SUBACK,
-    PUBACK and UNSUBACK wait (MiniMQTT's recv_timeout); must exceed
-    socket_timeout (seconds, MiniMQTT's socket timeout and the length of
-    one poll). Raises ConnectError (``refused`` for a CONNACK refusal) or
-    ValueError for timeouts MiniMQTT cannot honour."""
-    if mqtt_timeout_ms <= socket_timeout * 1000 or timeout_ms <= socket_timeout * 1000:
-        raise ValueError("mqtt_timeout_ms={} and connect timeout_ms={} must exceed the socket "
-                         "timeout ({} s): MiniMQTT waits in steps of it".format(
-                             mqtt_timeout_ms, timeout_ms, socket_timeout))
+    the `socket` module on CPython). socket_timeout: MiniMQTT's socket
+    timeout in seconds: each blocking socket call (TCP connect and TLS
+    handshake included) and each poll for messages lasts at most that;
+    timeout_ms must exceed it. Raises ConnectError (``refused`` for a
+    CONNACK refusal) or ValueError for timeouts MiniMQTT cannot honour."""
+    if timeout_ms <= socket_timeout * 1000:
+        raise ValueError("timeout_ms={} must exceed the socket timeout ({} s): MiniMQTT waits "
+                         "in steps of it".format(timeout_ms, socket_timeout))
     if isinstance(client_id, (bytes, bytearray)):
         client_id = client_id.decode()
     where = "{}:{}".format(host, port)
@@ -166,10 +166,7 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
     except (OSError, RuntimeError) as ex:
         raise ConnectError("cannot connect to {}: {}: {}{}".format(
             where, type(ex).__name__, ex, _clock_hint()))
-    # MiniMQTT has one receive bound and no setter for it: CONNACK waited up
-    # to timeout_ms, each later SUBACK/PUBACK/UNSUBACK waits mqtt_timeout_ms.
-    mqtt._recv_timeout = mqtt_timeout_ms / 1000
-    return Link(Client(mqtt, socket_timeout), None, mqtt_timeout_ms)
+    return Link(Client(mqtt, socket_timeout), None, timeout_ms)
 
 
 def _clock_hint():

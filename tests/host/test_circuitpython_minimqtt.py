@@ -43,7 +43,7 @@ def serial() -> str:
 
 def claim_link(iotsim: RunningIotSim, client_id: str, **kw: Any) -> mqttlink.Link:
     kw.setdefault("socket_timeout", FAST_POLL_S)
-    kw.setdefault("mqtt_timeout_ms", 5000)
+    kw.setdefault("timeout_ms", 5000)
     return mmqttclient.connect(
         client_id, "127.0.0.1", iotsim.port, str(iotsim.claim_cert), str(iotsim.claim_key),
         iotsim.ca_path.read_text(), pool=socket, **kw,
@@ -139,7 +139,7 @@ def refused(call: Any, *args: Any) -> fleetprov.ProvisioningError:
 def test_each_fault_reaches_the_device_through_minimqtt_as_the_documented_status(
     iotsim: RunningIotSim, links: Any, fmt: str, op: str, kind: str, options: dict[str, Any], status: int
 ) -> None:
-    link = links(iotsim, mqtt_timeout_ms=2000)
+    link = links(iotsim, timeout_ms=2000)
     p = fleetprov.Provisioner(link.client, fmt=fmt, timeout_ms=1500)
     token = None
     if op == "RegisterThing":
@@ -201,7 +201,7 @@ def test_messages_on_other_topics_reach_the_applications_callback_as_bytes(
 
 def test_timeouts_shorter_than_the_socket_timeout_are_refused_before_connecting(iotsim: RunningIotSim) -> None:
     with pytest.raises(ValueError, match="socket timeout"):
-        claim_link(iotsim, "cp-short", socket_timeout=1, mqtt_timeout_ms=1000)
+        claim_link(iotsim, "cp-short", socket_timeout=1, timeout_ms=1000)
 
 
 def test_a_server_signed_by_another_ca_is_not_trusted(iotsim: RunningIotSim, tmp_path: Path) -> None:
