@@ -126,6 +126,15 @@ def test_without_wifi_the_board_reloads_to_try_again(iotsim: Any, flash: Any) ->
     assert rc == 3 and "did not connect" in text and "supervisor.reload()" in text
 
 
+def test_a_503_is_retried_on_a_fresh_connection_and_the_board_provisions(iotsim: Any, flash: Any) -> None:
+    iotsim.set_fault("CreateKeysAndCertificate", "reject", status_code=503, error_code="ServiceUnavailable",
+                     error_message="later", times=1)
+    rc, lines = boot(flash())
+    got = steps(lines)
+    assert rc == 0 and got.count("connect-claim") == 2 and got[-1] == "done", "\n".join(lines)
+    assert any("retry" in line and "503" in line for line in lines)
+
+
 def test_a_rejected_registration_is_final_and_names_the_server_message(iotsim: Any, flash: Any) -> None:
     folder = flash(FLEETPROV_TEMPLATE="NoSuchTemplate")
     rc, lines = boot(folder)
