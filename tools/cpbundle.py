@@ -113,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}: {len(names)} files")
     for n in names:
         print("  " + n)
-    print("then: circup install -r requirements.txt (Adafruit bundle libraries: {})".format(
-        ", ".join(CIRCUP_LIBRARIES)))
+    print(
+        "then: circup install -r requirements.txt (Adafruit bundle libraries: {})".format(
+            ", ".join(CIRCUP_LIBRARIES)
+        )
+    )
     return 0
 
 

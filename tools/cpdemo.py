@@ -40,7 +40,10 @@ def boot(folder: Path, timeout: float = 120.0) -> tuple[int, list[str], float]:
     lines: list[str] = []
     with subprocess.Popen(
         [sys.executable, "-m", "tools.cphost", str(folder)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -55,7 +58,9 @@ def boot(folder: Path, timeout: float = 120.0) -> tuple[int, list[str], float]:
 
 
 def _steps(lines: list[str]) -> list[str]:
-    return [p[3] for p in (line.split() for line in lines) if len(p) >= 4 and p[0] == "fleetprov" and p[2] == "ms"]
+    return [
+        p[3] for p in (line.split() for line in lines) if len(p) >= 4 and p[0] == "fleetprov" and p[2] == "ms"
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
     work: Path = args.dir
     shutil.rmtree(work, ignore_errors=True)
     print("== CircuitPython demo. No CircuitPython interpreter is installed here: the board's own")
-    print("   code.py, boot.py and lib/ run unchanged on CPython {} with the real Adafruit MiniMQTT;".format(
-        sys.version.split()[0]))
+    print(
+        "   code.py, boot.py and lib/ run unchanged on CPython {} with the real Adafruit MiniMQTT;".format(
+            sys.version.split()[0]
+        )
+    )
     print("   wifi, socketpool, storage, microcontroller, rtc, supervisor are stand-ins (tools/cphost.py).")
     print("== starting iotsim (mosquitto + plugin + provisioning service)")
     sim = None
@@ -81,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo FAILED: iotsim did not start: {last}", file=sys.stderr)
         return 1
     try:
-        folder = cpbundle.make_folder(work / "CIRCUITPY", sim.state, {
-            "FLEETPROV_METHOD": args.method, "FLEETPROV_FORMAT": args.format})
+        folder = cpbundle.make_folder(
+            work / "CIRCUITPY", sim.state, {"FLEETPROV_METHOD": args.method, "FLEETPROV_FORMAT": args.format}
+        )
         print(f"   endpoint 127.0.0.1:{sim.port}")
         print(f"== the board's drive: {folder}")
         for p in sorted(folder.rglob("*")):
@@ -108,9 +117,16 @@ def run(args: argparse.Namespace) -> int:
         assert sim.registry is not None
         thing = sim.registry.thing(record["thing_name"])
         status = sim.registry.status(cert_id)
-        if thing is None or cert_id not in thing.certificates or status != "ACTIVE" or cert_id != record["certificate_id"]:
-            print(f"\ndemo FAILED: the registry does not show {record['thing_name']} with {cert_id} ACTIVE",
-                  file=sys.stderr)
+        if (
+            thing is None
+            or cert_id not in thing.certificates
+            or status != "ACTIVE"
+            or cert_id != record["certificate_id"]
+        ):
+            print(
+                f"\ndemo FAILED: the registry does not show {record['thing_name']} with {cert_id} ACTIVE",
+                file=sys.stderr,
+            )
             return 1
         if {n: (folder / "certs" / n).read_bytes() for n in claim} != claim:
             print("\ndemo FAILED: the claim files changed", file=sys.stderr)
@@ -120,8 +136,12 @@ def run(args: argparse.Namespace) -> int:
             ("thing name", record["thing_name"]),
             ("certificate id", cert_id),
             ("method / format", f"{args.method} / {args.format}"),
-            ("identity on the drive", "certs/{} + certs/{} (PEM, as CircuitPython's ssl loads them)".format(
-                record["files"]["cert"], record["files"]["key"])),
+            (
+                "identity on the drive",
+                "certs/{} + certs/{} (PEM, as CircuitPython's ssl loads them)".format(
+                    record["files"]["cert"], record["files"]["key"]
+                ),
+            ),
             ("first boot", f"{t_first * 1000:.0f} ms including the CPython start-up"),
             ("second boot", f"{t_second * 1000:.0f} ms"),
             ("iotsim registry", f"thing holds certificate {cert_id[:16]}… ({status})"),

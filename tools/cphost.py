@@ -59,7 +59,7 @@ def read_settings(path: Path) -> dict[str, str | int]:
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if s and not s.startswith("#") and not _TOML_LINE.match(line):
-            raise SettingsError(f"{path}:{n}: CircuitPython reads only key = \"string\" or key = 123: {line!r}")
+            raise SettingsError(f'{path}:{n}: CircuitPython reads only key = "string" or key = 123: {line!r}')
     values = tomllib.loads(text)
     return {k: v for k, v in values.items() if isinstance(v, (str, int))}
 
@@ -72,7 +72,9 @@ class _Mount:
 class Board:
     """The stand-in modules and the state they share for one boot."""
 
-    def __init__(self, folder: Path, *, button: bool = False, wifi_up: bool = True, uid: str = "c0ffee01") -> None:
+    def __init__(
+        self, folder: Path, *, button: bool = False, wifi_up: bool = True, uid: str = "c0ffee01"
+    ) -> None:
         self.folder = folder.resolve()
         self.settings = read_settings(self.folder / "settings.toml")
         self.mount = _Mount()
@@ -111,7 +113,9 @@ class Board:
         module("socketpool", SocketPool=lambda radio: socket)
         module("microcontroller", cpu=types.SimpleNamespace(uid=bytearray(self.uid)))
 
-        def remount(path: str, readonly: bool = False, *, disable_concurrent_write_protection: bool = False) -> None:
+        def remount(
+            path: str, readonly: bool = False, *, disable_concurrent_write_protection: bool = False
+        ) -> None:
             if not board.in_boot_py:
                 raise RuntimeError("Cannot remount '/' when visible via USB.")
             board.mount.readonly = readonly
@@ -144,7 +148,9 @@ class Board:
         module("rtc", RTC=RTC)
 
         class NTP:
-            def __init__(self, pool: Any, *, server: str = "0.adafruit.pool.ntp.org", tz_offset: int = 0) -> None:
+            def __init__(
+                self, pool: Any, *, server: str = "0.adafruit.pool.ntp.org", tz_offset: int = 0
+            ) -> None:
                 pass
 
             @property
@@ -202,8 +208,12 @@ class Board:
         """Run boot.py (if any), then code.py, in the folder. Returns the exit status."""
         os.chdir(self.folder)
         self.install()
-        print("cphost: CPython {} standing in for CircuitPython; board-only modules are stand-ins".format(
-            sys.version.split()[0]), flush=True)
+        print(
+            "cphost: CPython {} standing in for CircuitPython; board-only modules are stand-ins".format(
+                sys.version.split()[0]
+            ),
+            flush=True,
+        )
         try:
             if (self.folder / "boot.py").is_file():
                 self.in_boot_py = True
@@ -219,7 +229,9 @@ class Board:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.cphost", description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="the board's CIRCUITPY folder (code.py, boot.py, lib/, certs/)")
+    parser.add_argument(
+        "folder", type=Path, help="the board's CIRCUITPY folder (code.py, boot.py, lib/, certs/)"
+    )
     parser.add_argument("--button", action="store_true", help="hold board.BUTTON low during the boot")
     parser.add_argument("--wifi-down", action="store_true", help="no Wi-Fi network")
     parser.add_argument("--uid", default="c0ffee01", help="microcontroller.cpu.uid, hex")

@@ -23,7 +23,6 @@ import ssl
 import time
 
 from adafruit_minimqtt.adafruit_minimqtt import MQTT, MMQTTException
-
 from mqttlink import ConnectError, Link
 
 _REFUSED = "SUBACK Failure"  # MiniMQTT's message for a SUBACK return code >= 0x80

@@ -32,7 +32,12 @@ def test_the_code_a_circuitpython_board_runs_uses_only_circuitpythons_api() -> N
 
 # One misuse per snippet: (id, code, line of the misuse, what the report says).
 MISUSES = [
-    ("micropython-clock", "import time\ntime.ticks_ms()\n", 2, '"ticks_ms" is not a known attribute of module "time"'),
+    (
+        "micropython-clock",
+        "import time\ntime.ticks_ms()\n",
+        2,
+        '"ticks_ms" is not a known attribute of module "time"',
+    ),
     ("hashlib-sha256", "import hashlib\nhashlib.sha256(b'x')\n", 2, '"sha256" is not a known attribute'),
     ("os-fsync", "import os\nos.fsync(3)\n", 2, '"fsync" is not a known attribute of module "os"'),
     (
@@ -41,12 +46,26 @@ MISUSES = [
         3,
         '"PROTOCOL_TLS_CLIENT" is not a known attribute of module "ssl"',
     ),
-    ("ssl-cafile", "import ssl\nssl.create_default_context().load_verify_locations(cafile='ca.pem')\n", 2,
-     'No parameter named "cafile"'),
+    (
+        "ssl-cafile",
+        "import ssl\nssl.create_default_context().load_verify_locations(cafile='ca.pem')\n",
+        2,
+        'No parameter named "cafile"',
+    ),
     ("no-machine", "import machine\n", 1, 'Import "machine" could not be resolved'),
     ("wifi-radio", "import wifi\nwifi.radio.no_such_method()\n", 2, '"no_such_method"'),
-    ("storage-keyword", "import storage\nstorage.remount('/', read_only=False)\n", 2, 'No parameter named "read_only"'),
-    ("cpu-attribute", "import microcontroller\nx = microcontroller.cpu.serial_number\n", 2, '"serial_number"'),
+    (
+        "storage-keyword",
+        "import storage\nstorage.remount('/', read_only=False)\n",
+        2,
+        'No parameter named "read_only"',
+    ),
+    (
+        "cpu-attribute",
+        "import microcontroller\nx = microcontroller.cpu.serial_number\n",
+        2,
+        '"serial_number"',
+    ),
     (
         "minimqtt-keyword",
         "from adafruit_minimqtt.adafruit_minimqtt import MQTT\nMQTT(broker='h', socket_timout=1)\n",

@@ -29,7 +29,10 @@ FAST = {"FLEETPROV_SOCKET_TIMEOUT_MS": 250, "FLEETPROV_RETRY_BASE_MS": 10, "FLEE
 def boot(folder: Path, *args: str) -> tuple[int, list[str]]:
     proc = subprocess.run(
         [sys.executable, "-m", "tools.cphost", str(folder), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=150,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     lines = (proc.stdout + proc.stderr).splitlines()
     return proc.returncode, lines
@@ -66,8 +69,19 @@ def test_first_boot_provisions_stores_pem_and_the_second_boot_connects_as_the_th
     rc, lines = boot(folder, "--uid", "a1b2c3" + method.encode().hex() + fmt.encode().hex())
     assert rc == 0, "\n".join(lines)
     got = steps(lines)
-    expected = ["config", "not-provisioned", "connect-claim", "certificate", "register", "commit",
-                "disconnect-claim", "connect-thing", "confirm", "hello", "done"]
+    expected = [
+        "config",
+        "not-provisioned",
+        "connect-claim",
+        "certificate",
+        "register",
+        "commit",
+        "disconnect-claim",
+        "connect-thing",
+        "confirm",
+        "hello",
+        "done",
+    ]
     if method == "csr":
         expected.insert(2, "keygen")
     assert got == expected, "\n".join(lines)
@@ -76,7 +90,9 @@ def test_first_boot_provisions_stores_pem_and_the_second_boot_connects_as_the_th
     cert_pem = (folder / "certs" / record["files"]["cert"]).read_bytes()
     key_pem = (folder / "certs" / record["files"]["key"]).read_bytes()
     assert cert_pem.startswith(b"-----BEGIN CERTIFICATE-----\n")
-    assert key_pem.startswith(b"-----BEGIN EC PRIVATE KEY-----" if method == "csr" else b"-----BEGIN RSA PRIVATE KEY")
+    assert key_pem.startswith(
+        b"-----BEGIN EC PRIVATE KEY-----" if method == "csr" else b"-----BEGIN RSA PRIVATE KEY"
+    )
     thing = iotsim.registry.thing(record["thing_name"])
     assert thing is not None and record["certificate_id"] in thing.certificates
     assert iotsim.registry.status(record["certificate_id"]) == "ACTIVE"
@@ -127,8 +143,14 @@ def test_without_wifi_the_board_reloads_to_try_again(iotsim: Any, flash: Any) ->
 
 
 def test_a_503_is_retried_on_a_fresh_connection_and_the_board_provisions(iotsim: Any, flash: Any) -> None:
-    iotsim.set_fault("CreateKeysAndCertificate", "reject", status_code=503, error_code="ServiceUnavailable",
-                     error_message="later", times=1)
+    iotsim.set_fault(
+        "CreateKeysAndCertificate",
+        "reject",
+        status_code=503,
+        error_code="ServiceUnavailable",
+        error_message="later",
+        times=1,
+    )
     rc, lines = boot(flash())
     got = steps(lines)
     assert rc == 0 and got.count("connect-claim") == 2 and got[-1] == "done", "\n".join(lines)

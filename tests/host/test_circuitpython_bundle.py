@@ -9,8 +9,29 @@ from pathlib import Path
 from tools import cpbundle
 
 # Modules CircuitPython has built in (circuitpython-stubs and tools/cpcheck/stubs name them).
-BUILTIN = {"binascii", "board", "digitalio", "errno", "gc", "hashlib", "json", "microcontroller", "micropython",
-           "os", "re", "rtc", "select", "socketpool", "ssl", "storage", "struct", "supervisor", "sys", "time", "wifi"}
+BUILTIN = {
+    "binascii",
+    "board",
+    "digitalio",
+    "errno",
+    "gc",
+    "hashlib",
+    "json",
+    "microcontroller",
+    "micropython",
+    "os",
+    "re",
+    "rtc",
+    "select",
+    "socketpool",
+    "ssl",
+    "storage",
+    "struct",
+    "supervisor",
+    "sys",
+    "time",
+    "wifi",
+}
 # Imported only on MicroPython, behind an ImportError probe or in a MicroPython-only function.
 MICROPYTHON_ONLY = {"machine", "ussl", "umqtt"}
 
@@ -21,11 +42,22 @@ def test_the_bundle_is_the_circuitpy_layout_with_sources_and_a_circup_list(tmp_p
         names = set(z.namelist())
         requirements = z.read("fleetprov-circuitpython/requirements.txt").decode()
     top = "fleetprov-circuitpython/"
-    for n in ("code.py", "boot.py", "settings.toml.example", "lib/fleetprov.py", "lib/mmqttclient.py",
-              "lib/cpboard.py", "lib/credstore.py", "lib/firstboot.py", "certs/README.txt"):
+    for n in (
+        "code.py",
+        "boot.py",
+        "settings.toml.example",
+        "lib/fleetprov.py",
+        "lib/mmqttclient.py",
+        "lib/cpboard.py",
+        "lib/credstore.py",
+        "lib/firstboot.py",
+        "certs/README.txt",
+    ):
         assert top + n in names
     assert not any(n.endswith((".mpy", ".der", ".key.pem")) or n.endswith("/settings.toml") for n in names)
-    assert [line for line in requirements.splitlines() if not line.startswith("#")] == list(cpbundle.CIRCUP_LIBRARIES)
+    assert [line for line in requirements.splitlines() if not line.startswith("#")] == list(
+        cpbundle.CIRCUP_LIBRARIES
+    )
 
 
 def test_everything_the_board_imports_is_in_the_bundle_circup_or_circuitpython() -> None:
@@ -55,7 +87,13 @@ def test_the_board_files_compile_with_mpy_cross(tmp_path: Path) -> None:
 
     from tools.unixboard import mpy_cross_binary
 
-    for src in (cpbundle.BOARD / "code.py", cpbundle.BOARD / "boot.py", *sorted((cpbundle.BOARD / "lib").glob("*.py"))):
+    for src in (
+        cpbundle.BOARD / "code.py",
+        cpbundle.BOARD / "boot.py",
+        *sorted((cpbundle.BOARD / "lib").glob("*.py")),
+    ):
         out = tmp_path / (src.stem + ".mpy")
-        proc = subprocess.run([str(mpy_cross_binary()), "-o", str(out), str(src)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [str(mpy_cross_binary()), "-o", str(out), str(src)], capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stderr

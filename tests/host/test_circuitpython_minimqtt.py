@@ -45,8 +45,14 @@ def claim_link(iotsim: RunningIotSim, client_id: str, **kw: Any) -> mqttlink.Lin
     kw.setdefault("socket_timeout", FAST_POLL_S)
     kw.setdefault("timeout_ms", 5000)
     return mmqttclient.connect(
-        client_id, "127.0.0.1", iotsim.port, str(iotsim.claim_cert), str(iotsim.claim_key),
-        iotsim.ca_path.read_text(), pool=socket, **kw,
+        client_id,
+        "127.0.0.1",
+        iotsim.port,
+        str(iotsim.claim_cert),
+        str(iotsim.claim_key),
+        iotsim.ca_path.read_text(),
+        pool=socket,
+        **kw,
     )
 
 
@@ -72,8 +78,16 @@ def write_identity(folder: Path, cert_pem: str, key_der: bytes) -> tuple[str, st
 
 
 def connects_as_itself(iotsim: RunningIotSim, thing: str, cert: str, key: str) -> None:
-    link = mmqttclient.connect(thing, "127.0.0.1", iotsim.port, cert, key, iotsim.ca_path.read_text(),
-                               pool=socket, socket_timeout=FAST_POLL_S)
+    link = mmqttclient.connect(
+        thing,
+        "127.0.0.1",
+        iotsim.port,
+        cert,
+        key,
+        iotsim.ca_path.read_text(),
+        pool=socket,
+        socket_timeout=FAST_POLL_S,
+    )
     try:
         link.client.publish("fleetprov/{}/hello".format(thing).encode(), b"hello", False, 1)
     finally:
@@ -139,9 +153,7 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "fmt,op,kind,options,status", FAULTS, ids=lambda v: v if isinstance(v, str) else ""
-)
+@pytest.mark.parametrize("fmt,op,kind,options,status", FAULTS, ids=lambda v: v if isinstance(v, str) else "")
 def test_each_fault_reaches_the_device_through_minimqtt_as_the_documented_status(
     iotsim: RunningIotSim, links: Any, fmt: str, op: str, kind: str, options: dict[str, Any], status: int
 ) -> None:
@@ -161,7 +173,10 @@ def test_each_fault_reaches_the_device_through_minimqtt_as_the_documented_status
     assert str(err).startswith(op + ": ")
     if kind == "reject":
         assert (err.status_code, err.error_code, err.error_message) == (
-            options["status_code"], options["error_code"], options["error_message"])
+            options["status_code"],
+            options["error_code"],
+            options["error_message"],
+        )
     if kind == "oversized":
         assert "9000" in str(err) and "6144" in str(err)
     if token is not None:
@@ -205,7 +220,9 @@ def test_messages_on_other_topics_reach_the_applications_callback_as_bytes(
     assert seen == []  # nothing but fleetprov's own answers arrived
 
 
-def test_timeouts_shorter_than_the_socket_timeout_are_refused_before_connecting(iotsim: RunningIotSim) -> None:
+def test_timeouts_shorter_than_the_socket_timeout_are_refused_before_connecting(
+    iotsim: RunningIotSim,
+) -> None:
     with pytest.raises(ValueError, match="socket timeout"):
         claim_link(iotsim, "cp-short", socket_timeout=1, timeout_ms=1000)
 
@@ -213,16 +230,24 @@ def test_timeouts_shorter_than_the_socket_timeout_are_refused_before_connecting(
 def test_a_server_signed_by_another_ca_is_not_trusted(iotsim: RunningIotSim, tmp_path: Path) -> None:
     from tools.iotsim import pki
 
-    other = pki.CertificateAuthority.load_or_create(tmp_path)
+    pki.CertificateAuthority.load_or_create(tmp_path)  # another CA, in tmp_path/ca.pem
     with pytest.raises(mqttlink.ConnectError) as err:
-        mmqttclient.connect("cp-ca", "127.0.0.1", iotsim.port, str(iotsim.claim_cert),
-                            str(iotsim.claim_key), (tmp_path / "ca.pem").read_text(), pool=socket,
-                            socket_timeout=FAST_POLL_S)
+        mmqttclient.connect(
+            "cp-ca",
+            "127.0.0.1",
+            iotsim.port,
+            str(iotsim.claim_cert),
+            str(iotsim.claim_key),
+            (tmp_path / "ca.pem").read_text(),
+            pool=socket,
+            socket_timeout=FAST_POLL_S,
+        )
     assert not err.value.refused and "127.0.0.1:{}".format(iotsim.port) in str(err.value)
 
 
-def test_a_revoked_certificate_is_refused_with_its_connack_code(iotsim: RunningIotSim, links: Any,
-                                                                tmp_path: Path) -> None:
+def test_a_revoked_certificate_is_refused_with_its_connack_code(
+    iotsim: RunningIotSim, links: Any, tmp_path: Path
+) -> None:
     p = fleetprov.Provisioner(links(iotsim).client, timeout_ms=15000)
     creds = p.create_keys_and_certificate()
     reg = p.register_thing(TEMPLATE, creds.ownership_token, {"SerialNumber": serial()})

@@ -14,9 +14,9 @@ from pathlib import Path
 import credstore
 import devicepki
 import pytest
+from credstore import Store, StoreError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from credstore import Store, StoreError
 
 
 @pytest.fixture
@@ -27,8 +27,12 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
 
 @pytest.mark.parametrize(
     "kind,fmt,label",
-    [("rsa", "pkcs1", "RSA PRIVATE KEY"), ("rsa", "pkcs8", "PRIVATE KEY"),
-     ("ec", "sec1", "EC PRIVATE KEY"), ("ec", "pkcs8", "PRIVATE KEY")],
+    [
+        ("rsa", "pkcs1", "RSA PRIVATE KEY"),
+        ("rsa", "pkcs8", "PRIVATE KEY"),
+        ("ec", "sec1", "EC PRIVATE KEY"),
+        ("ec", "pkcs8", "PRIVATE KEY"),
+    ],
 )
 def test_pem_mode_writes_pem_files_that_load_back_as_the_same_key_and_certificate(
     store: Store, kind: str, fmt: str, label: str
@@ -38,7 +42,9 @@ def test_pem_mode_writes_pem_files_that_load_back_as_the_same_key_and_certificat
     assert rec["files"] == {"cert": "device.crt.pem", "key": "device.key.pem"}
     cert_pem = Path("certs/device.crt.pem").read_bytes()
     key_pem = Path("certs/device.key.pem").read_bytes()
-    assert cert_pem.startswith(b"-----BEGIN CERTIFICATE-----\n") and cert_pem.endswith(b"-----END CERTIFICATE-----\n")
+    assert cert_pem.startswith(b"-----BEGIN CERTIFICATE-----\n") and cert_pem.endswith(
+        b"-----END CERTIFICATE-----\n"
+    )
     assert key_pem.startswith("-----BEGIN {}-----\n".format(label).encode())
     assert max(len(line) for line in key_pem.splitlines()) <= 64
     assert x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER) == ident.cert_der
@@ -139,7 +145,7 @@ def test_a_power_cut_at_any_write_boundary_leaves_the_old_identity_or_the_new_on
     probe = Store("probe", pem=True, hook=steps.append)
     probe.commit(old.certificate_id, old.cert_pem, old.key_pem("sec1"))
     probe.commit(new.certificate_id, new.cert_pem, new.key_pem("pkcs1"))
-    boundaries = steps[len(steps) // 2:]  # those of the second commit, over an existing identity
+    boundaries = steps[len(steps) // 2 :]  # those of the second commit, over an existing identity
     assert boundaries[-1] == "provisioned.json"
     for cut in boundaries:
         folder = "certs-" + cut.replace(".", "_")

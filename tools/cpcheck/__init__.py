@@ -143,7 +143,11 @@ def prepare(work: Path, files: list[Path], root: Path) -> dict[str, str]:
             else Path(f.name)
         )
         # As on CIRCUITPY: code.py and boot.py at the top, every module in lib/.
-        dest = work / "src" / (rel.name if rel.suffix == ".py" and rel.parent.name != "lib" else "lib/" + rel.name)
+        dest = (
+            work
+            / "src"
+            / (rel.name if rel.suffix == ".py" and rel.parent.name != "lib" else "lib/" + rel.name)
+        )
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
         mapping[str(dest)] = str(rel)
@@ -283,7 +287,11 @@ def check(files: list[Path] | None = None, root: Path = ROOT) -> list[Diagnostic
             rule=diag.get("rule", "error"),
             message=diag.get("message", "").replace("\n", " / "),
         )
-        if _allowed(d) or _probe(d, guarded.get(d.path, set())) or _reexported(d, sources.get(d.path), modules):
+        if (
+            _allowed(d)
+            or _probe(d, guarded.get(d.path, set()))
+            or _reexported(d, sources.get(d.path), modules)
+        ):
             continue
         if _in_scope(d, sources.get(d.path)):
             out.append(d)
