@@ -233,7 +233,10 @@ def run(app=None, printer=print):
             app(fb, link)
     finally:
         link.close()
-    fb.progress.step("done")
+    detail = ""
+    if fb.progress.heap_peak:
+        detail = "heap peak {} bytes (sampled at each step)".format(fb.progress.heap_peak)
+    fb.progress.step("done", detail)
     return "ok"
 
 
