@@ -197,3 +197,46 @@ def test_the_settings_example_uses_only_what_circuitpython_reads() -> None:
 
     values = cphost.read_settings(ROOT / "circuitpython" / "settings.toml.example")
     assert values["FLEETPROV_PARAMETERS"] == '{"SerialNumber": "{uid}"}'
+
+
+def boot_and_cut_power_at(folder: Path, step: str) -> list[str]:
+    """Boot until firstboot's stop hook reports ``step`` (FLEETPROV_STOP_AT, read
+    from settings.toml as a board reads it), then kill the process: a power cut."""
+    settings = folder / "settings.toml"
+    original = settings.read_text()
+    settings.write_text(original + f'FLEETPROV_STOP_AT = "{step}"\n')
+    lines: list[str] = []
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "tools.cphost", str(folder)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # bounded: the process ends by itself if the step never comes
+                lines.append(line.rstrip("\n"))
+                if line.startswith("fleetprov STOP " + step):
+                    proc.kill()
+                    break
+            proc.wait(timeout=30)
+    finally:
+        settings.write_text(original)
+    assert lines and lines[-1] == "fleetprov STOP " + step, "\n".join(lines)
+    return lines
+
+
+@pytest.mark.parametrize("step", ["device.key.pem", "provisioned.json.tmp", "provisioned.json"])
+def test_a_power_cut_during_the_commit_leaves_a_board_that_boots_into_a_working_identity(
+    iotsim: Any, flash: Any, step: str
+) -> None:
+    folder = flash()
+    claim = claim_digests(folder)
+    boot_and_cut_power_at(folder, step)
+    rc, lines = boot(folder)
+    got = steps(lines)
+    assert rc == 0 and got[-1] == "done", "\n".join(lines)
+    # before the record landed the board starts over with the claim; after, it is provisioned
+    assert ("connect-claim" in got) == (step != "provisioned.json"), got
+    record = json.loads((folder / "certs" / "provisioned.json").read_text())
+    assert iotsim.registry.status(record["certificate_id"]) == "ACTIVE"
+    assert claim_digests(folder) == claim
+    assert not list((folder / "certs").glob("*.tmp"))
