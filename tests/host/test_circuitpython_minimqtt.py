@@ -206,6 +206,18 @@ def test_the_link_still_provisions_after_an_operation_timed_out(iotsim: RunningI
     assert reg.thing_name and iotsim.registry.status(second.certificate_id) == "ACTIVE"
 
 
+def test_a_duplicated_answer_is_used_once_and_the_next_call_gets_a_new_certificate(
+    iotsim: RunningIotSim, links: Any
+) -> None:
+    iotsim.set_fault("CreateKeysAndCertificate", "duplicate", times=1)
+    p = fleetprov.Provisioner(links(iotsim).client, timeout_ms=15000)
+    first = p.create_keys_and_certificate()
+    second = p.create_keys_and_certificate()
+    assert first.certificate_id != second.certificate_id
+    reg = p.register_thing(TEMPLATE, second.ownership_token, {"SerialNumber": serial()})
+    assert reg.thing_name and iotsim.registry.status(second.certificate_id) == "ACTIVE"
+
+
 def test_messages_on_other_topics_reach_the_applications_callback_as_bytes(
     iotsim: RunningIotSim, links: Any
 ) -> None:
