@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEVICE_LIB := $(wildcard lib/*.py)
 MPY_OUT := $(patsubst lib/%.py,build/mpy/lib/%.mpy,$(DEVICE_LIB))
 
-.PHONY: all setup system-deps venv deploy-venv deps plugin test test-host test-device bench demo mpy deploy status clean
+.PHONY: all setup system-deps venv deploy-venv deps plugin test test-host test-device bench demo mpy deploy status clean circuitpython-bundle
 
 all: test
 
@@ -66,7 +66,11 @@ bench: setup mpy
 	$(VPY) -m tools.bench
 
 demo: setup
-	$(VPY) -m tools.demo $(if $(CSR),--method csr,)
+	$(VPY) -m tools.demo $(if $(CSR),--method csr,) $(if $(BOARD),--board $(BOARD),)
+
+# CircuitPython: the CIRCUITPY layout as a zip (sources; circup installs the Adafruit libraries).
+circuitpython-bundle: venv
+	$(VPY) -m tools.cpbundle bundle
 
 mpy: $(MPY_OUT)
 

@@ -23,6 +23,9 @@ import sys
 RECORD = "provisioned.json"
 DEVICE_CERT = "device.crt.der"
 DEVICE_KEY = "device.key.der"
+# PEM-mode names (Store(pem=True)): CircuitPython's TLS loads PEM files only.
+DEVICE_CERT_PEM = "device.crt.pem"
+DEVICE_KEY_PEM = "device.key.pem"
 UID = "uid"
 _TMP = ".tmp"
 _VERSION = 1
@@ -123,7 +126,39 @@ def _read(path):
 
 
 def _digest(data):
-    return binascii.hexlify(hashlib.sha256(data).digest()).decode()
+    return binascii.hexlify(sha256(data).digest()).decode()
+
+
+def sha256(data):
+    """hashlib.sha256(data) on MicroPython and CPython; CircuitPython's hashlib
+    has only new(name, data)."""
+    make = getattr(hashlib, "sha256", None)
+    if make is not None:
+        return make(data)
+    return getattr(hashlib, "new")("sha256", data)  # not in MicroPython's hashlib
+
+
+def der_to_pem(der, label):
+    """PEM text (str) of one DER block under ``label``, 64 characters a line."""
+    b64 = binascii.b2a_base64(der).strip()
+    lines = ["-----BEGIN " + label + "-----"]
+    for i in range(0, len(b64), 64):
+        lines.append(b64[i : i + 64].decode())
+    lines.append("-----END " + label + "-----\n")
+    return "\n".join(lines)
+
+
+def _key_label(key):
+    # The PEM label a private key's DER structure calls for: PKCS#8 holds an
+    # AlgorithmIdentifier SEQUENCE after the version, PKCS#1 RSA an INTEGER,
+    # SEC1 EC an OCTET STRING.
+    der = _der()
+    _, s, e = der.tlv(key, 0, len(key))
+    _, _, after = der.tlv(key, s, e)  # the version INTEGER
+    tag = der.tlv(key, after, e)[0]
+    if tag == 0x30:
+        return "PRIVATE KEY"
+    return "RSA PRIVATE KEY" if tag == 0x02 else "EC PRIVATE KEY"
 
 
 def _makedirs(folder):
@@ -144,15 +179,19 @@ class Store:
     directory (the board's flash root) or absolute. ``claim_cert``,
     ``claim_key``, ``ca``: the file names of the shipped files in it.
     ``hook``: optional callable(step) called at each write boundary (tests
-    use it to cut power at exactly that point)."""
+    use it to cut power at exactly that point). ``pem``: store the identity
+    as PEM text (device.crt.pem, device.key.pem) instead of DER, for TLS
+    stacks that load only PEM files (CircuitPython); same checks, same
+    commit protocol."""
 
     def __init__(self, folder="certs", claim_cert="claim.der", claim_key="claim.key.der",
-                 ca="ca.der", hook=None):
+                 ca="ca.der", hook=None, pem=False):
         self.folder = folder
         self.claim_cert = claim_cert
         self.claim_key = claim_key
         self.ca = ca
         self.hook = hook
+        self.pem = pem
         self.record = None  # the verified record, or None
 
     def path(self, name):
@@ -267,8 +306,8 @@ class Store:
         _remove(self.path(RECORD))
         _sync()
         self._step("clear")
-        _remove(self.path(DEVICE_CERT))
-        _remove(self.path(DEVICE_KEY))
+        for name in (DEVICE_CERT, DEVICE_KEY, DEVICE_CERT_PEM, DEVICE_KEY_PEM):
+            _remove(self.path(name))
         self.cleanup()
         self.record = None
 
@@ -296,13 +335,25 @@ class Store:
             )
         if device_configuration is None:
             device_configuration = {}
+        names = (DEVICE_CERT, DEVICE_KEY)
+        if self.pem:
+            # Re-encoded from the DER just checked: what lands on flash is
+            # exactly what was verified, whatever line ends AWS sent.
+            try:
+                key = der_to_pem(key, _key_label(key)).encode()
+            except ValueError as ex:
+                raise StoreError("cannot tell the private key's format: {}".format(ex))
+            finally:
+                _drop_der()
+            cert = der_to_pem(cert, "CERTIFICATE").encode()
+            names = (DEVICE_CERT_PEM, DEVICE_KEY_PEM)
         rec = {
             "version": _VERSION,
             "thing_name": thing_name,
             "certificate_id": certificate_id,
             "endpoint": endpoint,
             "device_configuration": device_configuration,
-            "files": {"cert": DEVICE_CERT, "key": DEVICE_KEY},
+            "files": {"cert": names[0], "key": names[1]},
             "sha256": {"cert": _digest(cert), "key": _digest(key)},
         }
         # Whatever was committed before is gone first: from here until the
@@ -310,8 +361,8 @@ class Store:
         if _exists(self.path(RECORD)):
             _remove(self.path(RECORD))
             _sync()
-        self.write_atomic(DEVICE_KEY, key)
-        self.write_atomic(DEVICE_CERT, cert)
+        self.write_atomic(names[1], key)
+        self.write_atomic(names[0], cert)
         self.write_atomic(RECORD, json.dumps(rec).encode())
         self.record = rec
         return rec

@@ -25,7 +25,6 @@ bytes, without any crypto library.
 """
 
 import binascii
-import hashlib
 
 import p256
 
@@ -126,7 +125,7 @@ def request_der(d, common_name, pub=None):
     subject = _seq(_tlv(0x31, _seq(_OID_COMMON_NAME, _tlv(0x0C, cn))))  # UTF8String
     # version 0, subject, key, attributes [0] (empty set: no extensions asked for).
     info = _seq(b"\x02\x01\x00", subject, public_key_info(pub), b"\xa0\x00")
-    r, s = p256.sign(d, hashlib.sha256(info).digest())
+    r, s = p256.sign(d, p256.sha256(info).digest())
     sig = _seq(_uint(r), _uint(s))
     return _seq(info, _seq(_OID_ECDSA_SHA256), _tlv(0x03, b"\x00" + sig))
 

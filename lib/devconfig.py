@@ -41,6 +41,8 @@ _FIELDS = (
     ("retry_base_ms", int, 1000, "milliseconds"),
     ("retry_max_ms", int, 30000, "milliseconds"),
 )
+# The field names in documentation order (CircuitPython settings.toml keys derive from them).
+FIELD_NAMES = tuple(f[0] for f in _FIELDS)
 _ZERO_OK = ("retry_base_ms", "retry_max_ms")
 _CHOICES = {"format": ("json", "cbor"), "method": ("keys", "csr")}
 

@@ -44,6 +44,14 @@ except ImportError:  # CPython
         return x
 
 
+def sha256(data):
+    """hashlib.sha256(data); CircuitPython's hashlib has only new(name, data)."""
+    make = getattr(hashlib, "sha256", None)
+    if make is not None:
+        return make(data)
+    return getattr(hashlib, "new")("sha256", data)  # not in MicroPython's hashlib
+
+
 # Curve: y^2 = x^3 - 3x + B over GF(P), group order N, generator (GX, GY).
 P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -281,8 +289,8 @@ def _hmac(key, msg):
     k = key + bytes(64 - len(key))
     ipad = bytes([c ^ 0x36 for c in k])
     opad = bytes([c ^ 0x5C for c in k])
-    inner = hashlib.sha256(ipad + msg).digest()
-    return hashlib.sha256(opad + inner).digest()
+    inner = sha256(ipad + msg).digest()
+    return sha256(opad + inner).digest()
 
 
 def _digest_int(digest):

@@ -14,17 +14,22 @@
 #   finally:
 #       timedsock.detach(client, sock)
 
-import select
+try:
+    import select
+except ImportError:  # CircuitPython builds without it: TimedSocket is umqtt's only
+    select = None
 
-# MicroPython's millisecond clock; on CPython a fallback with the same
-# contract (fleetprov takes these from here too, so there is one fallback).
+# MicroPython's millisecond clock; on CPython and CircuitPython a fallback with
+# the same contract (fleetprov takes these from here too, so there is one
+# fallback). monotonic_ns, not monotonic: CircuitPython's float monotonic()
+# loses millisecond resolution after about an hour of uptime.
 try:
     from time import ticks_ms, ticks_add, ticks_diff, sleep_ms
-except ImportError:  # CPython: its ints do not wrap, so plain arithmetic will do
-    from time import monotonic, sleep
+except ImportError:  # CPython, CircuitPython: ints do not wrap, so plain arithmetic will do
+    from time import monotonic_ns, sleep
 
     def ticks_ms():
-        return int(monotonic() * 1000)
+        return monotonic_ns() // 1000000
 
     def ticks_add(t, delta):
         return t + delta

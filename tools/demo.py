@@ -52,7 +52,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also find the smallest MicroPython heap a first boot needs (bisection, a few more boots)",
     )
-    p.add_argument("--dir", type=Path, default=DEMO_DIR, help="working folder (default build/demo)")
+    p.add_argument("--dir", type=Path, default=None, help="working folder (default build/demo)")
+    p.add_argument(
+        "--board",
+        choices=("micropython", "circuitpython"),
+        default="micropython",
+        help="circuitpython: the CircuitPython board files on CPython with the real MiniMQTT (tools/cpdemo.py)",
+    )
     return p.parse_args(argv)
 
 
@@ -208,7 +214,14 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    if args.board == "circuitpython":
+        from tools import cpdemo
+
+        args.dir = args.dir or cpdemo.DEMO_DIR
+        return cpdemo.run(args)
+    args.dir = args.dir or DEMO_DIR
+    return run(args)
 
 
 if __name__ == "__main__":

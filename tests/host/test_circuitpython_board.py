@@ -1,0 +1,242 @@
+"""The CircuitPython board folder (code.py, boot.py, lib/) booted on CPython against iotsim.
+
+tools/cphost runs the board's own files unchanged, with the real MiniMQTT, and
+stands in only for the modules a board has (wifi, socketpool, microcontroller,
+storage, rtc, adafruit_ntp, supervisor, board, digitalio), including
+CIRCUITPY's rule that code cannot write the drive unless boot.py remounted it.
+Each boot is a fresh process, as a reset is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tools import cpbundle
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = {"FLEETPROV_SOCKET_TIMEOUT_MS": 250, "FLEETPROV_RETRY_BASE_MS": 10, "FLEETPROV_RETRY_MAX_MS": 50}
+
+
+def boot(folder: Path, *args: str) -> tuple[int, list[str]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.cphost", str(folder), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return proc.returncode, lines
+
+
+def steps(lines: list[str]) -> list[str]:
+    out = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 4 and parts[0] == "fleetprov" and parts[2] == "ms":
+            out.append(parts[3])
+    return out
+
+
+@pytest.fixture
+def flash(tmp_path: Path, iotsim: Any) -> Any:
+    def make(**settings: str | int) -> Path:
+        return cpbundle.make_folder(tmp_path / "CIRCUITPY", iotsim.state, {**FAST, **settings})
+
+    return make
+
+
+def claim_digests(folder: Path) -> dict[str, str]:
+    return {n: hashlib.sha256((folder / "certs" / n).read_bytes()).hexdigest() for n in cpbundle.CLAIM_FILES}
+
+
+@pytest.mark.parametrize("fmt", ["json", "cbor"])
+@pytest.mark.parametrize("method", ["keys", "csr"])
+def test_first_boot_provisions_stores_pem_and_the_second_boot_connects_as_the_thing(
+    iotsim: Any, flash: Any, method: str, fmt: str
+) -> None:
+    folder = flash(FLEETPROV_METHOD=method, FLEETPROV_FORMAT=fmt)
+    claim = claim_digests(folder)
+    rc, lines = boot(folder, "--uid", "a1b2c3" + method.encode().hex() + fmt.encode().hex())
+    assert rc == 0, "\n".join(lines)
+    got = steps(lines)
+    expected = [
+        "config",
+        "not-provisioned",
+        "connect-claim",
+        "certificate",
+        "register",
+        "commit",
+        "disconnect-claim",
+        "connect-thing",
+        "confirm",
+        "hello",
+        "done",
+    ]
+    if method == "csr":
+        expected.insert(2, "keygen")
+    assert got == expected, "\n".join(lines)
+    assert any("CircuitPython" in line for line in lines)  # it says plainly what it is
+    record = json.loads((folder / "certs" / "provisioned.json").read_text())
+    cert_pem = (folder / "certs" / record["files"]["cert"]).read_bytes()
+    key_pem = (folder / "certs" / record["files"]["key"]).read_bytes()
+    assert cert_pem.startswith(b"-----BEGIN CERTIFICATE-----\n")
+    assert key_pem.startswith(
+        b"-----BEGIN EC PRIVATE KEY-----" if method == "csr" else b"-----BEGIN RSA PRIVATE KEY"
+    )
+    thing = iotsim.registry.thing(record["thing_name"])
+    assert thing is not None and record["certificate_id"] in thing.certificates
+    assert iotsim.registry.status(record["certificate_id"]) == "ACTIVE"
+    assert claim_digests(folder) == claim
+    key_text = key_pem.decode()
+    assert not any(key_text.split("\n")[1] in line for line in lines)  # no key material printed
+
+    rc, lines = boot(folder)
+    assert rc == 0, "\n".join(lines)
+    assert steps(lines) == ["config", "provisioned", "connect-thing", "hello", "done"], "\n".join(lines)
+
+
+def test_a_read_only_drive_stops_before_anything_is_sent_and_says_how_to_free_it(
+    iotsim: Any, flash: Any
+) -> None:
+    folder = flash()
+    (folder / "usb-write").write_text("")  # the user keeps the drive for the computer
+    before = len(iotsim.registry.certificates())
+    rc, lines = boot(folder)
+    assert rc == 0
+    text = "\n".join(lines)
+    assert "CIRCUITPY is read-only to code" in text and "usb-write" in text and "Nothing was sent" in text
+    assert "connect-claim" not in steps(lines)
+    assert not (folder / "certs" / "provisioned.json").exists()
+    assert len(iotsim.registry.certificates()) == before  # no certificate issued for nothing
+
+
+def test_the_button_held_at_reset_keeps_the_drive_for_the_computer(iotsim: Any, flash: Any) -> None:
+    folder = flash(FLEETPROV_USB_WRITE_PIN="BUTTON")
+    rc, lines = boot(folder, "--button")
+    text = "\n".join(lines)
+    assert "BUTTON held at reset" in text and "CIRCUITPY is read-only to code" in text
+    assert not (folder / "certs" / "provisioned.json").exists()
+
+
+def test_a_provisioned_board_runs_with_the_drive_left_to_the_computer(iotsim: Any, flash: Any) -> None:
+    folder = flash()
+    assert boot(folder)[0] == 0
+    (folder / "usb-write").write_text("")
+    rc, lines = boot(folder)
+    assert rc == 0 and steps(lines)[-2:] == ["hello", "done"], "\n".join(lines)
+
+
+def test_without_wifi_the_board_reloads_to_try_again(iotsim: Any, flash: Any) -> None:
+    rc, lines = boot(flash(), "--wifi-down")
+    text = "\n".join(lines)
+    assert rc == 3 and "did not connect" in text and "supervisor.reload()" in text
+
+
+def test_a_503_is_retried_on_a_fresh_connection_and_the_board_provisions(iotsim: Any, flash: Any) -> None:
+    iotsim.set_fault(
+        "CreateKeysAndCertificate",
+        "reject",
+        status_code=503,
+        error_code="ServiceUnavailable",
+        error_message="later",
+        times=1,
+    )
+    rc, lines = boot(flash())
+    got = steps(lines)
+    assert rc == 0 and got.count("connect-claim") == 2 and got[-1] == "done", "\n".join(lines)
+    assert any("retry" in line and "503" in line for line in lines)
+
+
+def test_a_rejected_registration_is_final_and_names_the_server_message(iotsim: Any, flash: Any) -> None:
+    folder = flash(FLEETPROV_TEMPLATE="NoSuchTemplate")
+    rc, lines = boot(folder)
+    text = "\n".join(lines)
+    assert rc == 0 and "404" in text and "ResourceNotFound" in text, text
+    assert "supervisor.reload()" not in text
+    assert not (folder / "certs" / "provisioned.json").exists()
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"FLEETPROV_ENDPOINT": ""}, "settings.toml: FLEETPROV_ENDPOINT must not be empty"),
+        ({"FLEETPROV_FORMAT": "xml"}, "settings.toml: FLEETPROV_FORMAT must be one of json or cbor"),
+        ({"FLEETPROV_PARAMETERS": "{not json"}, "FLEETPROV_PARAMETERS is not JSON text"),
+        ({"FLEETPROV_RESPONSE_TIMEOUT_MS": 200}, "must exceed MiniMQTT's socket timeout"),
+        ({"FLEETPROV_PORT": "eighty"}, "settings.toml: FLEETPROV_PORT must be an integer"),
+    ],
+)
+def test_a_bad_setting_stops_with_one_line_naming_the_key(
+    iotsim: Any, flash: Any, settings: dict[str, Any], message: str
+) -> None:
+    rc, lines = boot(flash(**settings))
+    assert rc == 0 and any(message in line for line in lines), "\n".join(lines)
+    assert "connect-claim" not in steps(lines)
+
+
+def test_settings_the_board_could_not_read_are_refused_by_the_stand_in(tmp_path: Path) -> None:
+    (tmp_path / "settings.toml").write_text("FLEETPROV_PORT = 8883.5\n")
+    from tools import cphost
+
+    with pytest.raises(cphost.SettingsError):
+        cphost.read_settings(tmp_path / "settings.toml")
+
+
+def test_the_settings_example_uses_only_what_circuitpython_reads() -> None:
+    from tools import cphost
+
+    values = cphost.read_settings(ROOT / "circuitpython" / "settings.toml.example")
+    assert values["FLEETPROV_PARAMETERS"] == '{"SerialNumber": "{uid}"}'
+
+
+def boot_and_cut_power_at(folder: Path, step: str) -> list[str]:
+    """Boot until firstboot's stop hook reports ``step`` (FLEETPROV_STOP_AT, read
+    from settings.toml as a board reads it), then kill the process: a power cut."""
+    settings = folder / "settings.toml"
+    original = settings.read_text()
+    settings.write_text(original + f'FLEETPROV_STOP_AT = "{step}"\n')
+    lines: list[str] = []
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "tools.cphost", str(folder)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # bounded: the process ends by itself if the step never comes
+                lines.append(line.rstrip("\n"))
+                if line.startswith("fleetprov STOP " + step):
+                    proc.kill()
+                    break
+            proc.wait(timeout=30)
+    finally:
+        settings.write_text(original)
+    assert lines and lines[-1] == "fleetprov STOP " + step, "\n".join(lines)
+    return lines
+
+
+@pytest.mark.parametrize("step", ["device.key.pem", "provisioned.json.tmp", "provisioned.json"])
+def test_a_power_cut_during_the_commit_leaves_a_board_that_boots_into_a_working_identity(
+    iotsim: Any, flash: Any, step: str
+) -> None:
+    folder = flash()
+    claim = claim_digests(folder)
+    boot_and_cut_power_at(folder, step)
+    rc, lines = boot(folder)
+    got = steps(lines)
+    assert rc == 0 and got[-1] == "done", "\n".join(lines)
+    # before the record landed the board starts over with the claim; after, it is provisioned
+    assert ("connect-claim" in got) == (step != "provisioned.json"), got
+    record = json.loads((folder / "certs" / "provisioned.json").read_text())
+    assert iotsim.registry.status(record["certificate_id"]) == "ACTIVE"
+    assert claim_digests(folder) == claim
+    assert not list((folder / "certs").glob("*.tmp"))

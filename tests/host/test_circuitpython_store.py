@@ -1,0 +1,164 @@
+"""credstore in PEM mode (Store(pem=True)): the identity CircuitPython's TLS can load.
+
+CircuitPython's ssl parses the certificate and key files as PEM only (it passes
+length + 1 to mbedTLS, the terminating NUL of PEM text), so the board keeps the
+identity as PEM; the checks and the commit protocol are credstore's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import credstore
+import devicepki
+import pytest
+from credstore import Store, StoreError
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    monkeypatch.chdir(tmp_path)
+    return Store("certs", "claim.pem", "claim.key.pem", "ca.pem", pem=True)
+
+
+@pytest.mark.parametrize(
+    "kind,fmt,label",
+    [
+        ("rsa", "pkcs1", "RSA PRIVATE KEY"),
+        ("rsa", "pkcs8", "PRIVATE KEY"),
+        ("ec", "sec1", "EC PRIVATE KEY"),
+        ("ec", "pkcs8", "PRIVATE KEY"),
+    ],
+)
+def test_pem_mode_writes_pem_files_that_load_back_as_the_same_key_and_certificate(
+    store: Store, kind: str, fmt: str, label: str
+) -> None:
+    ident = devicepki.rsa_identity() if kind == "rsa" else devicepki.ec_identity()
+    rec = store.commit(ident.certificate_id, ident.cert_pem, ident.key_pem(fmt), "thing-1")
+    assert rec["files"] == {"cert": "device.crt.pem", "key": "device.key.pem"}
+    cert_pem = Path("certs/device.crt.pem").read_bytes()
+    key_pem = Path("certs/device.key.pem").read_bytes()
+    assert cert_pem.startswith(b"-----BEGIN CERTIFICATE-----\n") and cert_pem.endswith(
+        b"-----END CERTIFICATE-----\n"
+    )
+    assert key_pem.startswith("-----BEGIN {}-----\n".format(label).encode())
+    assert max(len(line) for line in key_pem.splitlines()) <= 64
+    assert x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER) == ident.cert_der
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert key.private_numbers() == ident.key.private_numbers()  # type: ignore[attr-defined]
+    assert not Path("certs/device.crt.der").exists()
+    assert Store("certs", pem=True).load()["certificate_id"] == ident.certificate_id
+
+
+def test_a_device_made_der_key_is_stored_as_an_ec_pem(store: Store) -> None:
+    ident = devicepki.ec_identity()
+    store.commit(ident.certificate_id, ident.cert_pem, ident.key_der("sec1"))
+    assert Path("certs/device.key.pem").read_bytes().startswith(b"-----BEGIN EC PRIVATE KEY-----\n")
+
+
+def test_a_tampered_pem_file_is_not_trusted(store: Store) -> None:
+    ident = devicepki.ec_identity()
+    store.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("sec1"))
+    p = Path("certs/device.key.pem")
+    p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n"))
+    assert Store("certs", pem=True).load() is None
+
+
+def test_a_mismatched_key_is_refused_in_pem_mode_and_nothing_is_written(store: Store) -> None:
+    a, b = devicepki.ec_identity(), devicepki.ec_identity()
+    with pytest.raises(StoreError, match="does not certify"):
+        store.commit(a.certificate_id, a.cert_pem, b.key_pem("sec1"))
+    assert not Path("certs/provisioned.json").exists() and not Path("certs/device.key.pem").exists()
+
+
+def test_clear_forgets_a_pem_identity_and_keeps_the_claim(store: Store) -> None:
+    Path("certs").mkdir()
+    Path("certs/claim.pem").write_text("claim")
+    ident = devicepki.ec_identity()
+    store.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("sec1"))
+    store.clear()
+    assert sorted(p.name for p in Path("certs").iterdir()) == ["claim.pem"]
+
+
+def test_the_record_holds_no_key_material(store: Store) -> None:
+    ident = devicepki.rsa_identity()
+    store.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"))
+    record = Path("certs/provisioned.json").read_text()
+    body = ident.key_pem("pkcs1").splitlines()[1]
+    assert body not in record and json.loads(record)["sha256"]["key"]
+
+
+def test_der_to_pem_round_trips_through_pem_to_der() -> None:
+    der = devicepki.rsa_identity().cert_der
+    assert credstore.pem_to_der(credstore.der_to_pem(der, "CERTIFICATE"), "CERTIFICATE") == der
+
+
+class _NewOnlyHashlib:
+    """CircuitPython's hashlib: new(name, data) and nothing else."""
+
+    @staticmethod
+    def new(name: str, data: bytes = b"") -> object:
+        import hashlib
+
+        assert name == "sha256"
+        return hashlib.sha256(data)
+
+
+def test_digests_work_with_circuitpythons_hashlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    import csr
+    import p256
+
+    expected = credstore.sha256(b"abc").digest()
+    monkeypatch.setattr(credstore, "hashlib", _NewOnlyHashlib)
+    monkeypatch.setattr(p256, "hashlib", _NewOnlyHashlib)
+    assert credstore.sha256(b"abc").digest() == expected
+    key, csr_pem = csr.generate("cp-board")  # signs with p256.sha256
+    assert csr_pem.startswith("-----BEGIN CERTIFICATE REQUEST-----")
+    assert x509.load_pem_x509_csr(csr_pem.encode()).is_signature_valid
+
+
+class _PowerCut(Exception):
+    pass
+
+
+def _fat_rename(real: object) -> object:
+    # CIRCUITPY is FAT: rename onto an existing file is refused.
+    def rename(a: str, b: str) -> None:
+        if os.path.exists(b):
+            raise OSError(17, "File exists")
+        real(a, b)  # type: ignore[operator]
+
+    return rename
+
+
+def test_a_power_cut_at_any_write_boundary_leaves_the_old_identity_or_the_new_one_on_fat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "rename", _fat_rename(os.rename))
+    old, new = devicepki.ec_identity(), devicepki.rsa_identity()
+    steps: list[str] = []
+    probe = Store("probe", pem=True, hook=steps.append)
+    probe.commit(old.certificate_id, old.cert_pem, old.key_pem("sec1"))
+    probe.commit(new.certificate_id, new.cert_pem, new.key_pem("pkcs1"))
+    boundaries = steps[len(steps) // 2 :]  # those of the second commit, over an existing identity
+    assert boundaries[-1] == "provisioned.json"
+    for cut in boundaries:
+        folder = "certs-" + cut.replace(".", "_")
+        Store(folder, pem=True).commit(old.certificate_id, old.cert_pem, old.key_pem("sec1"))
+
+        def hook(step: str, cut: str = cut) -> None:
+            if step == cut:
+                raise _PowerCut(step)
+
+        with pytest.raises(_PowerCut):
+            Store(folder, pem=True, hook=hook).commit(new.certificate_id, new.cert_pem, new.key_pem("pkcs1"))
+        rec = Store(folder, pem=True).load()
+        # the record goes first, so a cut before the new one lands reads "not provisioned"
+        assert rec is None or rec["certificate_id"] == new.certificate_id, cut
+        if cut == "provisioned.json":
+            assert rec is not None and rec["certificate_id"] == new.certificate_id

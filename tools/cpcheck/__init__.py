@@ -1,0 +1,330 @@
+"""CircuitPython API check: the code a CircuitPython board runs may use only what CircuitPython provides.
+
+The board files (circuitpython/code.py, boot.py, circuitpython/lib/*.py), the
+shared device library they load (lib/*.py) and examples/*circuitpython*.py are
+type-checked by
+basedpyright, as tools/esp32check does for the ESP32, but against:
+
+- PyPI `circuitpython-stubs` (pinned in requirements.txt): wifi, socketpool,
+  microcontroller, storage, supervisor, rtc, board, digitalio, hashlib (only
+  `new()`), micropython, ...; its `X-stubs` packages are laid out as `X`;
+- `tools/cpcheck/stubs/`: CircuitPython's own versions of the core modules
+  that circuitpython-stubs leaves to CPython's typeshed (time without
+  ticks_ms/sleep_ms/gmtime, os without fsync, ssl without PROTOCOL_*/CERT_*
+  constants and with PEM-only loading, gc, binascii, errno, select), written
+  from CircuitPython's shared-bindings documentation;
+- the builtins and the rest of the standard library of
+  `micropython-stdlib-stubs`, as esp32check uses them;
+- the Adafruit bundle libraries the board installs with circup, as the real
+  sources from PyPI (adafruit_minimqtt, adafruit_connection_manager,
+  adafruit_ticks, adafruit_ntp), so a MiniMQTT call with a wrong keyword fails.
+
+Rules and filters are esp32check's (see its docstring), with one difference:
+esp32check blanks `except ImportError` bodies because MicroPython never runs
+them, but CircuitPython often does (timedsock's clock fallback is
+CircuitPython's clock), so here every line is checked, and an import inside
+such a `try` or its handler is a probe for an optional module (MicroPython's
+`time.ticks_ms`, `machine`, `ussl`): a missing module or name there is not
+reported.
+
+`ALLOWED` lists the deliberate exceptions with their reasons.
+
+Run it with `python -m tools.cpcheck [FILE...]`; tests/host/test_circuitpython_api.py
+runs it in `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from tools.esp32check import CheckError, Diagnostic, _in_scope, checker_command
+
+# esp32check's API rules, kept here so a rule added there for the ESP32 is a
+# deliberate choice here too.
+RULES = (
+    "reportMissingImports",
+    "reportAttributeAccessIssue",
+    "reportCallIssue",
+    "reportUndefinedVariable",
+)
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAY = Path(__file__).resolve().parent / "stubs"
+CHECKER_TIMEOUT_S = 300.0
+STUB_DIST = "circuitpython-stubs"
+STDLIB_DIST = "micropython-stdlib-stubs"
+# Adafruit bundle libraries the board code imports: (distribution, top-level names).
+BUNDLE_DISTS = (
+    ("adafruit-circuitpython-minimqtt", ("adafruit_minimqtt",)),
+    ("adafruit-circuitpython-connectionmanager", ("adafruit_connection_manager",)),
+    ("adafruit-circuitpython-ticks", ("adafruit_ticks",)),
+    ("adafruit-circuitpython-ntp", ("adafruit_ntp",)),
+)
+
+# (repository path, regex on the message, why it is fine)
+ALLOWED: tuple[tuple[str, str, str], ...] = (
+    (
+        "lib/mqttlink.py",
+        r'"(PROTOCOL_TLS_CLIENT|CERT_REQUIRED|SSLContext)" is not a known attribute of module "ssl"'
+        r'|Expected 0 positional arguments|No parameter named "(cert_reqs|key|cert)"'
+        r'|"verify_mode" .*"SSLContext"|"socket" is not a known attribute of module "umqtt'
+        r'|Import "umqtt" could not be resolved|"gmtime" is not a known attribute of module "time"',
+        "mqttlink.connect() is the umqtt.simple connection (MicroPython); on CircuitPython only "
+        "its ConnectError and Link are used, and mmqttclient.connect() makes the connection",
+    ),
+)
+
+
+def board_files(root: Path = ROOT) -> list[Path]:
+    """What a CircuitPython board runs: the board folder, the shared device library
+and the CircuitPython examples."""
+    board = root / "circuitpython"
+    files = [p for p in (board / "code.py", board / "boot.py") if p.is_file()]
+    files += sorted((board / "lib").glob("*.py")) + sorted((root / "lib").glob("*.py"))
+    files += sorted((root / "examples").glob("*circuitpython*.py"))
+    return files
+
+
+def _dist_files(name: str) -> list[tuple[Path, str]]:
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        raise CheckError(
+            "{} is not installed in {}: run `make test` (requirements.txt pins it)".format(name, sys.prefix)
+        ) from None
+    return [(Path(str(dist.locate_file(f))), str(f)) for f in dist.files or ()]
+
+
+def _stub_layout() -> list[tuple[Path, str]]:
+    """(file, path in typings/) of every stub, later entries replacing earlier ones."""
+    out = []
+    for src, rel in _dist_files(STDLIB_DIST):
+        if rel.endswith(".pyi") or rel.endswith("/VERSIONS"):
+            out.append((src, rel))
+    for src, rel in _dist_files(STUB_DIST):
+        top, _, rest = rel.partition("/")
+        if top.endswith("-stubs") and rel.endswith(".pyi"):
+            out.append((src, top[: -len("-stubs")] + "/" + rest))
+    for src in sorted(OVERLAY.glob("*.pyi")):
+        out.append((src, src.name))
+    return out
+
+
+def prepare(work: Path, files: list[Path], root: Path) -> dict[str, str]:
+    """Lay out the check in `work` (stubs, bundle libraries, the files with
+    their fallbacks blanked, the checker's configuration); returns checked path
+    -> repository path."""
+    typings = work / "typings"
+    for src, rel in _stub_layout():
+        dest = typings / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    # CircuitPython's own os and ssl replace CPython's from the stdlib stubs.
+    for name in ("os", "ssl"):
+        for stale in (typings / "stdlib" / name, typings / "stdlib" / (name + ".pyi")):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+        (typings / "stdlib" / (name + ".pyi")).write_text(
+            (OVERLAY / (name + ".pyi")).read_text(encoding="utf-8"), encoding="utf-8"
+        )
+    bundle = work / "bundle"
+    for dist, tops in BUNDLE_DISTS:
+        for src, rel in _dist_files(dist):
+            if rel.split("/")[0].removesuffix(".py") in tops and rel.endswith(".py"):
+                dest = bundle / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest)
+    (work / "venv" / "empty" / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
+    mapping = {}
+    for f in files:
+        rel = (
+            f.resolve().relative_to(root.resolve())
+            if f.resolve().is_relative_to(root.resolve())
+            else Path(f.name)
+        )
+        # As on CIRCUITPY: code.py and boot.py at the top, every module in lib/.
+        dest = (
+            work
+            / "src"
+            / (rel.name if rel.suffix == ".py" and rel.parent.name != "lib" else "lib/" + rel.name)
+        )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
+        mapping[str(dest)] = str(rel)
+    config = {
+        "include": ["src"],
+        "typeshedPath": "typings",
+        "stubPath": "typings",
+        "venvPath": "venv",
+        "venv": "empty",
+        "extraPaths": ["src", "src/lib", "bundle"],
+        "pythonVersion": "3.11",
+        "typeCheckingMode": "off",
+        "enableTypeIgnoreComments": True,
+        "reportMissingModuleSource": "none",
+        "failOnWarnings": False,
+    }
+    for rule in RULES:
+        config[rule] = "error"
+    (work / "pyrightconfig.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return mapping
+
+
+def guarded_import_lines(source: str) -> set[int]:
+    """Lines of import statements inside a `try` whose handler catches
+    ImportError, or inside that handler."""
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Try):
+            continue
+        handlers = [h for h in node.handlers if _catches_import_error(h)]
+        if not handlers:
+            continue
+        for stmt in node.body + [s for h in handlers for s in h.body]:
+            for sub in ast.walk(stmt):
+                if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    lines.update(range(sub.lineno, (sub.end_lineno or sub.lineno) + 1))
+    return lines
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    names = {"ImportError", "ModuleNotFoundError"}
+    t = handler.type
+    if isinstance(t, ast.Name):
+        return t.id in names
+    if isinstance(t, ast.Tuple):
+        return any(isinstance(e, ast.Name) and e.id in names for e in t.elts)
+    return False
+
+
+def module_names(source: str) -> set[str]:
+    """Names a module defines at its top level, in either branch of a try or if."""
+    names: set[str] = set()
+
+    def walk(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Assign):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            elif isinstance(node, ast.Try):
+                walk(node.body)
+                for h in node.handlers:
+                    walk(h.body)
+                walk(node.orelse)
+            elif isinstance(node, ast.If):
+                walk(node.body)
+                walk(node.orelse)
+
+    walk(ast.parse(source).body)
+    return names
+
+
+def _reexported(d: Diagnostic, source: str | None, modules: dict[str, set[str]]) -> bool:
+    # pyright calls a name "unknown" when its first definition in the module it
+    # comes from is a probe that failed (timedsock's `from time import ticks_ms`),
+    # although the fallback defines it: a name the module does define is fine.
+    m = re.match(r'"(\w+)" is unknown import symbol', d.message)
+    if not m or source is None:
+        return False
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.lineno <= d.line <= (node.end_lineno or node.lineno):
+            return m.group(1) in modules.get(node.module or "", set())
+    return False
+
+
+def _probe(d: Diagnostic, guarded: set[int]) -> bool:
+    if d.line not in guarded:
+        return False
+    return d.rule == "reportMissingImports" or "is unknown import symbol" in d.message
+
+
+def _allowed(d: Diagnostic) -> bool:
+    return any(path == d.path and re.search(pattern, d.message) for path, pattern, _ in ALLOWED)
+
+
+def check(files: list[Path] | None = None, root: Path = ROOT) -> list[Diagnostic]:
+    """Check `files` (default: board_files()) against CircuitPython's API; the
+    diagnostics not covered by ALLOWED, in file and line order."""
+    files = board_files(root) if files is None else files
+    if not files:
+        return []
+    with tempfile.TemporaryDirectory(prefix="cpcheck-") as tmp:
+        work = Path(tmp)
+        mapping = prepare(work, files, root)
+        env = dict(os.environ)
+        env.pop("VIRTUAL_ENV", None)
+        proc = subprocess.run(
+            checker_command() + ["--outputjson", "-p", str(work / "pyrightconfig.json")],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CHECKER_TIMEOUT_S,
+        )
+        sources = {rel: Path(checked).read_text(encoding="utf-8") for checked, rel in mapping.items()}
+        try:
+            report = json.loads(proc.stdout)
+        except ValueError:
+            raise CheckError(
+                "basedpyright exited {} without a JSON report:\n{}\n{}".format(
+                    proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]
+                )
+            ) from None
+    guarded = {rel: guarded_import_lines(src) for rel, src in sources.items()}
+    modules = {Path(rel).stem: module_names(src) for rel, src in sources.items()}
+    out = []
+    for diag in report.get("generalDiagnostics", []):
+        if diag.get("severity") != "error":
+            continue
+        start = diag.get("range", {}).get("start", {})
+        d = Diagnostic(
+            path=mapping.get(diag.get("file", ""), diag.get("file", "?")),
+            line=start.get("line", 0) + 1,
+            column=start.get("character", 0) + 1,
+            rule=diag.get("rule", "error"),
+            message=diag.get("message", "").replace("\n", " / "),
+        )
+        if (
+            _allowed(d)
+            or _probe(d, guarded.get(d.path, set()))
+            or _reexported(d, sources.get(d.path), modules)
+        ):
+            continue
+        if _in_scope(d, sources.get(d.path)):
+            out.append(d)
+    return sorted(out, key=lambda d: (d.path, d.line, d.column))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.cpcheck", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", type=Path, help="files to check (default: what a board runs)")
+    args = parser.parse_args(argv)
+    try:
+        diagnostics = check(args.files or None)
+    except CheckError as exc:
+        print("cpcheck: {}".format(exc), file=sys.stderr)
+        return 2
+    for d in diagnostics:
+        print(d)
+    versions = ", ".join(
+        "{} {}".format(n, metadata.version(n)) for n in (STUB_DIST, STDLIB_DIST, BUNDLE_DISTS[0][0])
+    )
+    if diagnostics:
+        print("cpcheck: {} use(s) of API CircuitPython lacks ({})".format(len(diagnostics), versions))
+        return 1
+    print("cpcheck: clean ({})".format(versions))
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from tools.cpcheck import main
+
+sys.exit(main())
