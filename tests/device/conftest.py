@@ -1,0 +1,79 @@
+"""Which firmware each device test runs on: the version matrix.
+
+A target (tools/unixboard.py) is a MicroPython unix port standing in for a
+firmware release plus the umqtt.simple that release freezes. Every device
+test runs on the default target (the newest port from PyPI, umqtt.simple
+1.3.4). The modules in ``OLD_FIRMWARE_MODULES`` also run on each old firmware
+(1.22.2 + umqtt 1.3.4, 1.24.1 + umqtt 1.4.0, library compiled with that
+release's own mpy-cross); modules marked ``umqtt_matrix`` run on the newest
+port with every umqtt.simple release and on the old firmware: the cases whose
+behaviour differs between versions. Test ids name the target, e.g.
+``[mp1.22.2-umqtt1.3.4]``.
+
+An old port that is not built (``make test OLD_PORTS=0``, or pytest run by
+hand before ``make ports``) skips its tests with the command to run; under
+``make test`` (which sets FLEETPROV_OLD_PORTS=1 unless OLD_PORTS=0) a missing
+target fails instead, so a broken build never passes as skips.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tools.unixboard import (
+    DEFAULT_TARGET,
+    OLD_FIRMWARE_TARGETS,
+    Target,
+    TargetUnavailable,
+    umqtt_matrix,
+    use_target,
+)
+
+# The device tier that must hold on the oldest firmware we claim (issue 15).
+OLD_FIRMWARE_MODULES = {
+    "test_fleetprov_device",  # fleetprov's device cases, from .py and from .mpy
+    "test_iotsim_device",  # keys and CSR, JSON and CBOR against iotsim
+    "test_firstboot_iotsim",  # boot.py + main.py first boot against iotsim
+    "test_csr_iotsim",  # the on-device key and CSR through iotsim
+    "test_power_loss",  # power cut at every step
+    "test_virtual_board",  # make deploy to a virtual board, then its first boot
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "umqtt_matrix: run on the newest port with every umqtt.simple release and on the old firmware"
+    )
+
+
+def _targets_for(metafunc: pytest.Metafunc) -> tuple[Target, ...] | None:
+    if metafunc.definition.get_closest_marker("umqtt_matrix") is not None:
+        return umqtt_matrix()
+    if metafunc.module.__name__.rsplit(".", 1)[-1] in OLD_FIRMWARE_MODULES:
+        return (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS)
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    targets = _targets_for(metafunc)
+    if targets is not None:
+        # module scope: a module's tests run target by target, so module-scoped
+        # fixtures that ask for device_target are built once per target.
+        metafunc.parametrize("device_target", targets, ids=[t.id for t in targets], indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def device_target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    """The target the test runs on; boards, mpy-cross helpers and `micropython` follow it."""
+    target: Target = getattr(request, "param", DEFAULT_TARGET)
+    try:
+        target.check()
+    except TargetUnavailable as exc:
+        if os.environ.get("FLEETPROV_OLD_PORTS") == "1":
+            pytest.fail(f"{target.id}: {exc}", pytrace=False)
+        pytest.skip(f"{target.id}: {exc}")
+    with use_target(target):
+        yield target
