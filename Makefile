@@ -18,7 +18,7 @@ MPY_OUT := $(patsubst lib/%.py,build/mpy/lib/%.mpy,$(DEVICE_LIB))
 # OLD_PORTS=0 skips building the MicroPython 1.22/1.24 unix ports (their device tests then skip).
 OLD_PORTS ?= 1
 
-.PHONY: all setup system-deps venv deps plugin ports test test-host test-device bench demo mpy deploy status clean
+.PHONY: all setup system-deps venv deps plugin ports esp32-stubs test test-host test-device bench demo mpy deploy status clean
 
 all: test
 
@@ -51,7 +51,11 @@ ifneq ($(OLD_PORTS),0)
 	$(PYTHON) -m tools.oldports
 endif
 
-test: setup ports
+# micropython-esp32-stubs of every firmware release we claim, each in build/esp32-stubs/<release>/.
+esp32-stubs: $(VENV)/.installed
+	$(VPY) -m tools.esp32check.stubs
+
+test: setup ports esp32-stubs
 	FLEETPROV_OLD_PORTS=$(OLD_PORTS) $(VPY) -m pytest -q $(PYTEST_ARGS) tests
 
 test-host: setup
