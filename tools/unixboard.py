@@ -348,3 +348,39 @@ def _kill(proc: subprocess.Popen[str]) -> None:
         proc.send_signal(signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def smallest_heap(
+    pristine: Path,
+    work: Path,
+    lo_kb: int = 32,
+    hi_kb: int = 256,
+    step_kb: int = 4,
+    on_probe: Callable[[int, bool], None] | None = None,
+) -> int | None:
+    """Smallest ``-X heapsize`` (KB, to ``step_kb``) at which a factory-fresh
+    copy of the flash folder ``pristine`` completes its first boot on the
+    current target; None if even ``hi_kb`` fails. ``on_probe(kb, ok)`` is
+    called after each boot."""
+
+    def completes(kb: int) -> bool:
+        flash = work / f"heap-{kb}k"
+        shutil.copytree(pristine, flash)
+        try:
+            r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
+        finally:
+            shutil.rmtree(flash, ignore_errors=True)
+        ok = r.returncode == 0 and "done" in r.steps()
+        if on_probe is not None:
+            on_probe(kb, ok)
+        return ok
+
+    if not completes(hi_kb):
+        return None
+    while hi_kb - lo_kb > step_kb:
+        mid = (lo_kb + hi_kb) // 2
+        if completes(mid):
+            hi_kb = mid
+        else:
+            lo_kb = mid
+    return hi_kb
