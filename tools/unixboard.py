@@ -131,10 +131,16 @@ OLD_FIRMWARE_TARGETS = (Target("1.22.2", "1.3.4"), Target("1.24.1", "1.4.0"))
 
 
 def umqtt_matrix() -> tuple[Target, ...]:
-    """The newest port with every umqtt.simple release, then the old firmware targets."""
+    """The newest port with every umqtt.simple release, the old firmware targets, and the
+    oldest firmware with the release package.json pins (what mip installs where none is frozen)."""
     from tools.fetch_deps import UMQTT_VERSIONS
+    from tools.package_json import UMQTT_SIMPLE_PIN
 
-    return tuple(Target(NEWEST_PORT, v) for v in UMQTT_VERSIONS) + OLD_FIRMWARE_TARGETS
+    return (
+        tuple(Target(NEWEST_PORT, v) for v in UMQTT_VERSIONS)
+        + OLD_FIRMWARE_TARGETS
+        + (Target(OLD_PORTS[0], UMQTT_SIMPLE_PIN),)
+    )
 
 
 _current = [DEFAULT_TARGET]

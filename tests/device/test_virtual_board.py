@@ -32,10 +32,11 @@ from pathlib import Path
 
 import pytest
 
+from tools import package_json
+from tools.fetch_deps import umqtt_dir
 from tools.unixboard import DEFAULT_TARGET, Board, Target, current_target, use_target
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPS = ROOT / "deps"
 MPREMOTE = Path(sys.executable).parent / "mpremote"
 MPY_BUILD = ROOT / "build" / "mpy" / "lib"
 LIB_MODULES = sorted(p.stem for p in (ROOT / "lib").glob("*.py"))
@@ -465,11 +466,13 @@ def test_mip_installs_the_device_library_and_umqtt_from_package_json(
 ) -> None:
     # A local stand-in for micropython-lib's index (mip would fetch umqtt.simple
     # from the network): package/py/<name>/<version>.json, as the real index lays it out.
+    # package.json pins umqtt.simple's version: mip asks for <version>.json.
+    pin = package_json.UMQTT_SIMPLE_PIN
     dep = tmp_path / "index" / "package" / "py" / "umqtt.simple"
     (dep / "umqtt").mkdir(parents=True)
-    shutil.copyfile(DEPS / "umqtt" / "simple.py", dep / "umqtt" / "simple.py")
-    (dep / "latest.json").write_text(
-        json.dumps({"urls": [["umqtt/simple.py", "umqtt/simple.py"]], "version": "1.3.4"})
+    shutil.copyfile(umqtt_dir(pin) / "umqtt" / "simple.py", dep / "umqtt" / "simple.py")
+    (dep / (pin + ".json")).write_text(
+        json.dumps({"urls": [["umqtt/simple.py", "umqtt/simple.py"]], "version": pin})
     )
 
     # mpremote's mip reads a local package.json exactly as it reads one from
