@@ -64,7 +64,7 @@ test-host: setup
 test-device: setup ports
 	FLEETPROV_OLD_PORTS=$(OLD_PORTS) $(VPY) -m pytest -q $(PYTEST_ARGS) tests/device
 
-bench: setup mpy
+bench: setup mpy ports
 	$(VPY) -m tools.bench
 
 demo: setup
