@@ -21,8 +21,6 @@ pytest_plugins = ["tools.iotsim.testing"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib"
-DEPS = ROOT / "deps"
-DEVICE_SUPPORT = ROOT / "tests" / "device" / "support"
 FAKES = ROOT / "tests" / "fakes"
 
 # Device code is imported by host tests exactly as it is deployed: from lib/.
