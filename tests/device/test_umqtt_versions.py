@@ -49,6 +49,13 @@ def probe(micropython: Any, iotsim_module: Any, device_target: Target, tmp_path_
     return report
 
 
+def test_the_probe_ran_on_the_targets_port_and_umqtt(probe: dict[str, Any], device_target: Target) -> None:
+    assert (probe["micropython"] + ".").startswith(device_target.port + ".")
+    umqtt_folder = Path(device_target.umqtt_path()[0])
+    assert Path(probe["umqtt_file"]) == umqtt_folder / "umqtt" / "simple.py"
+    assert umqtt_folder.name == device_target.umqtt  # ../shared/vendor/umqtt.simple/<version>
+
+
 def test_the_server_name_is_verified(probe: dict[str, Any]) -> None:
     assert probe["wrong_name"] == "tls-error"
 

@@ -24,6 +24,9 @@ def read(name):
 
 
 ca, claim, claim_key = read("ca.der"), read("claim.der"), read("claim.key.der")
+# which interpreter and which umqtt.simple this really is
+result["micropython"] = ".".join(str(n) for n in sys.implementation.version[:3])
+result["umqtt_file"] = simple.__file__
 
 # 1. A name the server certificate does not carry is refused by TLS, not by MQTT.
 try:
