@@ -116,7 +116,9 @@ def _vendor_dir(release: UmqttRelease, vendor: Path) -> Path | None:
         return None
     digest = _sha256(simple.read_bytes())
     if digest != release.sha256:
-        raise FetchError(f"{simple}: sha256 {digest} does not match the pinned {release.sha256}; refusing to use it")
+        raise FetchError(
+            f"{simple}: sha256 {digest} does not match the pinned {release.sha256}; refusing to use it"
+        )
     return vendor / release.version
 
 
@@ -181,7 +183,9 @@ def configured_index() -> str:
         return os.environ["PIP_INDEX_URL"].rstrip("/")
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
-        capture_output=True, text=True, timeout=TIMEOUT_S,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
     )
     value = proc.stdout.strip()
     return value.rstrip("/") if proc.returncode == 0 and value else DEFAULT_PYPI_INDEX
@@ -205,7 +209,8 @@ def _unpack(pin: PinnedSdist, archive: bytes, dest: Path) -> list[Path]:
     digest = _sha256(archive)
     if digest != pin.sha256:
         raise FetchError(
-            f"{pin.project}=={pin.version}: sha256 {digest} does not match the pinned {pin.sha256}; refusing to use it"
+            f"{pin.project}=={pin.version}: sha256 {digest} does not match the pinned {pin.sha256}; "
+            "refusing to use it"
         )
     written = []
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
@@ -238,7 +243,9 @@ def _write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def fetch(dest: Path = DEPS, vendor: Path = VENDOR_UMQTT, force: bool = False, index: str = MIP_INDEX) -> list[str]:
+def fetch(
+    dest: Path = DEPS, vendor: Path = VENDOR_UMQTT, force: bool = False, index: str = MIP_INDEX
+) -> list[str]:
     dest.mkdir(parents=True, exist_ok=True)
     lines = [fetch_sdist(UMQTT_SIMPLE_PYPI, dest, force)]
     for release in UMQTT_RELEASES:

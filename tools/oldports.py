@@ -50,10 +50,16 @@ class OldPort:
 
 # From ../shared/vendor/micropython/README.md.
 OLD_PORTS = (
-    OldPort("1.22.2", "8e746ae56bf31dd7f9fa85e18e1ef7060bad6e8f5637569c0b31fa67fce1d517",
-            "8cd15829e293f01dae91b6a2d4a995bfaeca887b"),
-    OldPort("1.24.1", "73c68099dc296bbdd4552b8f3524cfbdc174eb2d29f6eb253abde437467a168b",
-            "ecfdd5d6f9be971852003c2049600dc7b3e2a838"),
+    OldPort(
+        "1.22.2",
+        "8e746ae56bf31dd7f9fa85e18e1ef7060bad6e8f5637569c0b31fa67fce1d517",
+        "8cd15829e293f01dae91b6a2d4a995bfaeca887b",
+    ),
+    OldPort(
+        "1.24.1",
+        "73c68099dc296bbdd4552b8f3524cfbdc174eb2d29f6eb253abde437467a168b",
+        "ecfdd5d6f9be971852003c2049600dc7b3e2a838",
+    ),
 )
 
 UPSTREAM_STEPS = """\
@@ -111,7 +117,8 @@ def _source(port: OldPort, vendor: Path) -> tuple[Path, str]:
         digest = _sha256(archive)
         if digest != port.archive_sha256:
             raise PortBuildError(
-                f"{archive}: sha256 {digest} does not match the pinned {port.archive_sha256}; refusing to build it"
+                f"{archive}: sha256 {digest} does not match the pinned {port.archive_sha256}; "
+                "refusing to build it"
             )
         return archive, "archive " + digest
     src_root = os.environ.get(SOURCE_ENV)
@@ -120,7 +127,9 @@ def _source(port: OldPort, vendor: Path) -> tuple[Path, str]:
         if (tree / "ports" / "unix" / "Makefile").exists():
             return tree, "tree " + str(tree)
     raise PortBuildError(
-        UPSTREAM_STEPS.format(version=port.version, archive=port.archive_name, env=SOURCE_ENV, tree=port.tree_name)
+        UPSTREAM_STEPS.format(
+            version=port.version, archive=port.archive_name, env=SOURCE_ENV, tree=port.tree_name
+        )
     )
 
 
@@ -184,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         ports = [find_port(v) for v in args.versions] if args.versions else list(OLD_PORTS)
         for port in ports:
             if build(port, args.vendor, args.jobs, args.force):
-                print(f"MicroPython {port.version} unix port and mpy-cross -> {port_dir(port.version).relative_to(ROOT)}")
+                where = port_dir(port.version).relative_to(ROOT)
+                print(f"MicroPython {port.version} unix port and mpy-cross -> {where}")
             else:
-                print(f"MicroPython {port.version} unix port already built in {port_dir(port.version).relative_to(ROOT)}")
+                where = port_dir(port.version).relative_to(ROOT)
+                print(f"MicroPython {port.version} unix port already built in {where}")
     except PortBuildError as exc:
         print(f"oldports: {exc}", file=sys.stderr)
         return 1

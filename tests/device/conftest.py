@@ -5,7 +5,8 @@ firmware release plus the umqtt.simple that release freezes. Every device
 test runs on the default target (the newest port from PyPI, umqtt.simple
 1.3.4). The modules in ``OLD_FIRMWARE_MODULES`` also run on each old firmware
 (1.22.2 + umqtt 1.3.4, 1.24.1 + umqtt 1.4.0, library compiled with that
-release's own mpy-cross); tests marked ``old_firmware`` run on the old firmware only; tests marked ``umqtt_matrix`` run on the newest
+release's own mpy-cross); tests marked ``old_firmware`` run on the old
+firmware only; tests marked ``umqtt_matrix`` run on the newest
 port with every umqtt.simple release and on the old firmware: the cases whose
 behaviour differs between versions. Test ids name the target, e.g.
 ``[mp1.22.2-umqtt1.3.4]``.
@@ -69,7 +70,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "old_firmware: run on each old firmware target only")
     config.addinivalue_line(
-        "markers", "umqtt_matrix: run on the newest port with every umqtt.simple release and on the old firmware"
+        "markers",
+        "umqtt_matrix: run on the newest port with every umqtt.simple release and on the old firmware",
     )
 
 
@@ -88,7 +90,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if targets is not None:
         # module scope: a module's tests run target by target, so module-scoped
         # fixtures that ask for device_target are built once per target.
-        metafunc.parametrize("device_target", targets, ids=[t.id for t in targets], indirect=True, scope="module")
+        metafunc.parametrize(
+            "device_target", targets, ids=[t.id for t in targets], indirect=True, scope="module"
+        )
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -34,7 +34,9 @@ PUBLISH_RETURNS_NONE = {"1.3.4"}
 
 
 @pytest.fixture(scope="module")
-def probe(micropython: Any, iotsim_module: Any, device_target: Target, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def probe(
+    micropython: Any, iotsim_module: Any, device_target: Target, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     serial = "probe-" + device_target.id.replace(".", "")
     proc = micropython.run(
         script=PROBE,
@@ -44,7 +46,7 @@ def probe(micropython: Any, iotsim_module: Any, device_target: Target, tmp_path_
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert len(lines) == 1, proc.stdout + proc.stderr
-    report: dict[str, Any] = json.loads(lines[0][len("RESULT "):])
+    report: dict[str, Any] = json.loads(lines[0][len("RESULT ") :])
     report["serial"] = serial
     return report
 
@@ -64,7 +66,9 @@ def test_mqttlink_picks_the_tls_form_this_umqtt_takes(probe: dict[str, Any], dev
     assert probe["tls_form"] == ("context" if device_target.umqtt in CONTEXT_ONLY else "ssl_params")
 
 
-def test_fleetprov_reads_answers_whatever_check_msg_returns(probe: dict[str, Any], device_target: Target) -> None:
+def test_fleetprov_reads_answers_whatever_check_msg_returns(
+    probe: dict[str, Any], device_target: Target
+) -> None:
     returns = probe["check_msg_returns"]
     publish_ops = [r for r in returns if isinstance(r, int) and r & 0xF0 == 0x30]
     if device_target.umqtt in PUBLISH_RETURNS_NONE:

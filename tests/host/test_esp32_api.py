@@ -46,7 +46,8 @@ def test_the_default_stubs_are_the_newest_pinned_release() -> None:
         line.split("==") for line in REQUIREMENTS.read_text().splitlines() if line.startswith("micropython-")
     )
     newest = stub_releases.STUB_RELEASES[-1]
-    assert (pins["micropython-esp32-stubs"], pins["micropython-stdlib-stubs"]) == (newest.esp32, newest.stdlib)
+    assert pins["micropython-esp32-stubs"] == newest.esp32
+    assert pins["micropython-stdlib-stubs"] == newest.stdlib
     assert [r.firmware for r in stub_releases.STUB_RELEASES] == ["1.{}".format(n) for n in range(22, 30)]
 
 

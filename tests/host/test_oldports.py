@@ -1,4 +1,5 @@
-"""tools/oldports.py: the 1.22.2/1.24.1 unix ports are built once, from pinned sources, or the user is told how."""
+"""tools/oldports.py: the 1.22.2/1.24.1 unix ports are built once, from pinned sources,
+or the user is told how."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ def test_without_sources_the_message_gives_the_upstream_steps(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.startswith("oldports: MicroPython 1.22.2's sources are needed")
-    assert "git clone --branch v1.22.2 --depth 1 https://github.com/micropython/micropython micropython-1.22.2" in err
+    assert (
+        "git clone --branch v1.22.2 --depth 1 https://github.com/micropython/micropython micropython-1.22.2"
+        in err
+    )
     assert "submodule update --init --depth 1 lib/mbedtls lib/micropython-lib" in err
     assert f"export {oldports.SOURCE_ENV}=" in err and "OLD_PORTS=0" in err
 

@@ -40,7 +40,9 @@ METHODS = ("keys", "csr")
 
 def _first_boots(sim_state: Path, work: Path, method: str, runs: int) -> tuple[list[float], Path]:
     """Wall times (ms) of ``runs`` first boots, and a pristine flash for the heap search."""
-    pristine = make_flash(work / f"pristine-{method}", sim_state, {"method": method, "format": "json"}, mpy=True)
+    pristine = make_flash(
+        work / f"pristine-{method}", sim_state, {"method": method, "format": "json"}, mpy=True
+    )
     times = []
     for i in range(runs):
         flash = work / f"flash-{method}-{i}"
@@ -74,30 +76,45 @@ def run(args: argparse.Namespace) -> None:
                 with use_target(target):
                     out = work / f"mpy-{target.id}"
                     sizes = compile_lib(out)
-                    digest = hashlib.sha256(b"".join((out / n).read_bytes() for n in sorted(sizes))).hexdigest()
+                    digest = hashlib.sha256(
+                        b"".join((out / n).read_bytes() for n in sorted(sizes))
+                    ).hexdigest()
                     size_rows.append([target.port, sizes["fleetprov.mpy"], sum(sizes.values()), digest[:12]])
                     for method in METHODS:
                         where = work / f"{target.id}-{method}"
                         where.mkdir()
                         times, pristine = _first_boots(sim.state, where, method, runs)
                         heap_kb = smallest_heap(pristine, where)
-                        boot_rows.append([
-                            target.id,
-                            method,
-                            runs,
-                            f"{statistics.median(times):.0f}",
-                            f"{heap_kb} KB" if heap_kb else "over 256 KB",
-                        ])
+                        boot_rows.append(
+                            [
+                                target.id,
+                                method,
+                                runs,
+                                f"{statistics.median(times):.0f}",
+                                f"{heap_kb} KB" if heap_kb else "over 256 KB",
+                            ]
+                        )
         finally:
             sim.stop()
 
-    print("### First boot per firmware (unix ports, each with its own mpy-cross and frozen umqtt.simple, "
-          "JSON, iotsim on loopback)\n")
-    print(table(["target", "method", "runs", "first boot median ms", "smallest heap (-X heapsize)"], boot_rows))
-    print("\n(the 1.22 and 1.24 unix ports allocate mbedTLS's buffers from MicroPython's heap, ESP32 "
-          "firmware from the ESP-IDF heap: compare heaps within a port, not across)")
+    print(
+        "### First boot per firmware (unix ports, each with its own mpy-cross and frozen umqtt.simple, "
+        "JSON, iotsim on loopback)\n"
+    )
+    print(
+        table(["target", "method", "runs", "first boot median ms", "smallest heap (-X heapsize)"], boot_rows)
+    )
+    print(
+        "\n(the 1.22 and 1.24 unix ports allocate mbedTLS's buffers from MicroPython's heap, ESP32 "
+        "firmware from the ESP-IDF heap: compare heaps within a port, not across)"
+    )
     print("\n### Compiled library per mpy-cross\n")
-    print(table(["mpy-cross of port", "fleetprov.mpy bytes", "lib/*.mpy total bytes", "sha256 of all .mpy"], size_rows))
+    print(
+        table(
+            ["mpy-cross of port", "fleetprov.mpy bytes", "lib/*.mpy total bytes", "sha256 of all .mpy"],
+            size_rows,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         "--stubs", type=Path, help="a folder of stubs (pip install --target) instead of the venv's"
     )
     parser.add_argument(
-        "--firmware", help="check against this firmware release's stubs (1.22 ... 1.29; installed on first use)"
+        "--firmware",
+        help="check against this firmware release's stubs (1.22 ... 1.29; installed on first use)",
     )
     args = parser.parse_args(argv)
     files = args.files or None
@@ -428,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     checked = len(device_files()) if files is None else len(files)
     against = str(args.stubs) if args.stubs else _stub_versions()
     if args.firmware:
-        against = "the firmware {} stubs ({})".format(args.firmware, args.stubs or "build/esp32-stubs/" + args.firmware)
+        folder = args.stubs or "build/esp32-stubs/" + args.firmware
+        against = "the firmware {} stubs ({})".format(args.firmware, folder)
     print(
         "esp32check: {} file(s) against {}: {} problem(s)".format(checked, against, len(diagnostics)),
         file=sys.stderr,

@@ -99,9 +99,21 @@ def install(rel: StubRelease, force: bool = False) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--target", str(tmp), *rel.pins],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--target",
+            str(tmp),
+            *rel.pins,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode != 0:
         raise StubInstallError(
@@ -115,7 +127,9 @@ def install(rel: StubRelease, force: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.esp32check.stubs", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.esp32check.stubs", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("firmware", nargs="*", help="releases to install (default: all)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
