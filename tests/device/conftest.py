@@ -41,6 +41,14 @@ OLD_FIRMWARE_MODULES = {
     "test_csr_iotsim",  # the on-device key and CSR through iotsim
     "test_power_loss",  # power cut at every step
 }
+# Matrix economics: in those modules, cases that only repeat what others cover
+# on every port run on the default target alone. Random power-cut instants
+# (about 50 boots) add nothing port-specific to the cuts at every step
+# boundary, which do run on the old firmware.
+DEFAULT_TARGET_ONLY = {
+    "test_power_cut_at_random_instants_of_a_keys_first_boot",
+    "test_power_cut_at_random_instants_of_a_csr_first_boot",
+}
 # test_virtual_board's `old_firmware` case: what make deploy writes, booted on each old port
 # (their unix ports have no raw REPL, so mpremote cannot drive them as a board).
 
@@ -80,6 +88,8 @@ def _targets_for(metafunc: pytest.Metafunc) -> tuple[Target, ...] | None:
         return umqtt_matrix()
     if metafunc.definition.get_closest_marker("old_firmware") is not None:
         return OLD_FIRMWARE_TARGETS
+    if metafunc.definition.originalname in DEFAULT_TARGET_ONLY:
+        return None
     if metafunc.module.__name__.rsplit(".", 1)[-1] in OLD_FIRMWARE_MODULES:
         return (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS)
     return None
