@@ -15,7 +15,10 @@ PYTEST_ARGS ?=
 DEVICE_LIB := $(wildcard lib/*.py)
 MPY_OUT := $(patsubst lib/%.py,build/mpy/lib/%.mpy,$(DEVICE_LIB))
 
-.PHONY: all setup system-deps venv deploy-venv deps plugin test test-host test-device bench demo mpy deploy status clean circuitpython-bundle
+# OLD_PORTS=0 skips building the MicroPython 1.22/1.24 unix ports (their device tests then skip).
+OLD_PORTS ?= 1
+
+.PHONY: all setup system-deps venv deploy-venv deps plugin ports esp32-stubs test test-host test-device bench demo mpy deploy status clean circuitpython-bundle
 
 all: test
 
@@ -53,16 +56,27 @@ $(PLUGIN): tools/iotsim/plugin/iotsim_plugin.c | system-deps
 	@mkdir -p build
 	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o $@ $< -lcrypto
 
-test: setup
-	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+# MicroPython 1.22.2 and 1.24.1 unix ports + mpy-cross from ../shared/vendor/micropython
+# (or $$FLEETPROV_MICROPYTHON_SRC), into build/ports/; built once, kept by a stamp.
+ports: system-deps
+ifneq ($(OLD_PORTS),0)
+	$(PYTHON) -m tools.oldports
+endif
+
+# micropython-esp32-stubs of every firmware release we claim, each in build/esp32-stubs/<release>/.
+esp32-stubs: $(VENV)/.installed
+	$(VPY) -m tools.esp32check.stubs
+
+test: setup ports esp32-stubs
+	FLEETPROV_OLD_PORTS=$(OLD_PORTS) $(VPY) -m pytest -q $(PYTEST_ARGS) tests
 
 test-host: setup
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/host
 
-test-device: setup
-	$(VPY) -m pytest -q $(PYTEST_ARGS) tests/device
+test-device: setup ports
+	FLEETPROV_OLD_PORTS=$(OLD_PORTS) $(VPY) -m pytest -q $(PYTEST_ARGS) tests/device
 
-bench: setup mpy
+bench: setup mpy ports
 	$(VPY) -m tools.bench
 
 demo: setup

@@ -121,6 +121,10 @@ def _remove(path):
 
 
 def _read(path):
+    # stat first: on firmware 1.22's unix port a failed open() leaves a file
+    # object holding fd 0 that closes fd 0 when collected, whatever owns it
+    # by then (here: the claim connection's socket). Fixed in 1.23.
+    os.stat(path)
     with open(path, "rb") as f:
         return f.read()
 

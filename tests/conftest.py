@@ -21,8 +21,6 @@ pytest_plugins = ["tools.iotsim.testing"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib"
-DEPS = ROOT / "deps"
-DEVICE_SUPPORT = ROOT / "tests" / "device" / "support"
 FAKES = ROOT / "tests" / "fakes"
 
 # Device code is imported by host tests exactly as it is deployed: from lib/.
@@ -34,17 +32,28 @@ if str(ROOT) not in sys.path:
 if str(FAKES) not in sys.path:
     sys.path.append(str(FAKES))
 
+from tools.unixboard import Target, current_target  # noqa: E402  (needs ROOT on sys.path first)
+
 
 @dataclass
 class MicroPython:
-    """Runs code on the real MicroPython unix port, with lib/ and deps/ on its path."""
+    """Runs code on the real MicroPython unix port, with lib/ and umqtt.simple on its path.
 
-    binary: Path
+    Port and umqtt.simple are the current target's (tools/unixboard.py): the
+    default one, or the one tests/device/conftest.py selects for a test."""
+
+    @property
+    def target(self) -> Target:
+        return current_target()
+
+    @property
+    def binary(self) -> Path:
+        return self.target.micropython()
 
     def path(self, extra: tuple[Path, ...] = ()) -> str:
-        # .frozen first, as on a board; then the device library, umqtt, and the
-        # test-only support modules (the ussl alias, the fake MQTT client).
-        parts = [".frozen", *map(str, extra), str(LIB), str(DEPS), str(DEVICE_SUPPORT), str(FAKES)]
+        # .frozen first, as on a board; then the device library, umqtt (and the
+        # ussl alias where it needs one), and the test-only fake MQTT client.
+        parts = [".frozen", *map(str, extra), str(LIB), *self.target.umqtt_path(), str(FAKES)]
         return os.pathsep.join(parts)
 
     def run(
@@ -85,6 +94,4 @@ class MicroPython:
 
 @pytest.fixture(scope="session")
 def micropython() -> MicroPython:
-    from tools.unixboard import micropython_binary
-
-    return MicroPython(micropython_binary())
+    return MicroPython()

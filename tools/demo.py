@@ -27,6 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from tools import unixboard
 from tools.unixboard import ROOT, Board, BootResult, make_flash
 
 log = logging.getLogger("demo")
@@ -77,34 +78,13 @@ def _heap(result: BootResult) -> int | None:
     return None
 
 
-def smallest_heap(
-    pristine: Path, work: Path, lo_kb: int = 32, hi_kb: int = 256, step_kb: int = 4
-) -> int | None:
-    """Smallest ``-X heapsize`` (KB, to ``step_kb``) at which a factory-fresh
-    copy of ``pristine`` completes its first boot; None if even ``hi_kb`` fails."""
+def smallest_heap(pristine: Path, work: Path) -> int | None:
+    """tools/unixboard.smallest_heap, saying how each probe went."""
 
-    def completes(kb: int) -> bool:
-        flash = work / f"heap-{kb}k"
-        shutil.copytree(pristine, flash)
-        try:
-            r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
-        finally:
-            shutil.rmtree(flash, ignore_errors=True)
-        print(
-            f"   -X heapsize={kb}k: {'provisioned' if r.returncode == 0 else 'out of memory or failed'}",
-            flush=True,
-        )
-        return r.returncode == 0 and "done" in r.steps()
+    def show(kb: int, ok: bool) -> None:
+        print(f"   -X heapsize={kb}k: {'provisioned' if ok else 'out of memory or failed'}", flush=True)
 
-    if not completes(hi_kb):
-        return None
-    while hi_kb - lo_kb > step_kb:
-        mid = (lo_kb + hi_kb) // 2
-        if completes(mid):
-            hi_kb = mid
-        else:
-            lo_kb = mid
-    return hi_kb
+    return unixboard.smallest_heap(pristine, work, on_probe=show)
 
 
 def _fail(msg: str, result: BootResult | None = None) -> int:

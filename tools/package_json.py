@@ -25,7 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_JSON = ROOT / "package.json"
-DEPS = [["umqtt.simple", "latest"]]
+# Pinned, not "latest": the newest release the device tier runs (tools/fetch_deps.UMQTT_VERSIONS,
+# on the newest port and on firmware 1.22). mip then fetches exactly that file.
+UMQTT_SIMPLE_PIN = "1.8.0"
+DEPS = [["umqtt.simple", UMQTT_SIMPLE_PIN]]
 
 
 def project_version(root: Path = ROOT) -> str:

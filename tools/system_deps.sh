@@ -6,6 +6,7 @@
 #   libssl-dev      OpenSSL (SHA-256 of client certificates) for the plugin
 #   socat           the pseudo-terminal for the virtual-board deploy test
 #   openssl         `openssl req -verify` in the CSR tests
+#   gcc, make       the plugin; the MicroPython 1.22/1.24 unix ports (tools/oldports.py)
 #   python3-venv    `python3 -m venv` on Debian's own Python
 set -eu
 PACKAGES="mosquitto mosquitto-clients mosquitto-dev libssl-dev socat openssl gcc make"
@@ -18,6 +19,7 @@ command -v mosquitto_rr >/dev/null 2>&1 || missing="$missing mosquitto-clients"
 command -v socat >/dev/null 2>&1 || missing="$missing socat"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
+command -v make >/dev/null 2>&1 || missing="$missing make"
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing="$missing python3-venv"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ]; then

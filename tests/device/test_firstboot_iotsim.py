@@ -315,7 +315,8 @@ def rd(n):
 
 cfg = json.load(open("config.json"))
 cert, key, ca = rd("claim.der"), rd("claim.key.der"), rd("ca.der")
-link = mqttlink.connect(b"ctx-test", cfg["endpoint"], cfg["port"], cert, key, ca, timeout_ms=5000, mqtt=Umqtt14)
+link = mqttlink.connect(b"ctx-test", cfg["endpoint"], cfg["port"], cert, key, ca,
+                        server_hostname=cfg.get("server_hostname"), timeout_ms=5000, mqtt=Umqtt14)
 print("connected with", type(link.client.ctx).__name__)
 mqttlink.publish(link, b"$aws/certificates/create/json", b"{}", 5000, 0)
 link.close()

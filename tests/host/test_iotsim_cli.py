@@ -70,6 +70,7 @@ def test_up_writes_everything_a_device_needs(running: tuple[Path, int, subproces
     config = json.loads((state / "config.json").read_text())
     assert config == {
         "endpoint": "127.0.0.1",
+        "server_hostname": "localhost",
         "port": port,
         "template": "FleetprovDemo",
         "parameters": {"SerialNumber": "{uid}"},

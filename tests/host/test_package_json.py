@@ -53,8 +53,12 @@ def test_package_json_has_mips_shape_and_nothing_else() -> None:
         assert "/" not in dest and dest.endswith(".py"), dest
 
 
-def test_umqtt_simple_is_the_only_dependency() -> None:
-    assert load()["deps"] == [["umqtt.simple", "latest"]]
+def test_umqtt_simple_is_the_only_dependency_pinned_to_a_tested_release() -> None:
+    from tools.fetch_deps import UMQTT_VERSIONS
+
+    assert load()["deps"] == [["umqtt.simple", package_json.UMQTT_SIMPLE_PIN]]
+    # a release the device tier's version matrix runs (tests/device/test_umqtt_versions.py)
+    assert package_json.UMQTT_SIMPLE_PIN in UMQTT_VERSIONS
 
 
 def test_package_version_is_the_projects_version() -> None:

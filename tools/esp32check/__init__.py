@@ -37,12 +37,14 @@ What is checked, and what is not:
 - `ALLOWED` lists deliberate uses the stubs cannot describe, each with its
   reason. Keep it short.
 
-Which stubs: the 1.29 release of micropython-esp32-stubs (pinned in
-requirements.txt). The device code must run on firmware 1.22 and later, but the
-1.22 stubs are generated from the board with less documentation merged in and
+Which stubs: by default the 1.29 release of micropython-esp32-stubs (pinned in
+requirements.txt). `--firmware 1.22` (… 1.29) checks against that release's
+stubs, installed on first use into build/esp32-stubs/ (tools/esp32check/stubs.py,
+which pins every release we claim); `make test` checks every one. The 1.22
+stubs are generated from the board with less documentation merged in and
 report working code (`SSLContext.verify_mode`, `umqtt.simple.MQTTClient`) as
-missing; `--stubs DIR` checks against another release installed with
-`pip install --target DIR micropython-esp32-stubs==X`.
+missing: `stubs.STUB_GAPS` lists those per release, with why. `--stubs DIR`
+checks against any folder made with `pip install --target DIR micropython-esp32-stubs==X`.
 
 Run it with `python -m tools.esp32check [FILE...]`; tests/host/test_esp32_api.py
 runs it in `make test`.
@@ -246,8 +248,8 @@ BUILTIN_TYPES = frozenset(
 )
 
 
-def _allowed(d: Diagnostic) -> bool:
-    return any(path == d.path and re.search(pattern, d.message) for path, pattern, _ in ALLOWED)
+def _allowed(d: Diagnostic, gaps: tuple[tuple[str, str, str], ...] = ()) -> bool:
+    return any(path == d.path and re.search(pattern, d.message) for path, pattern, _ in ALLOWED + gaps)
 
 
 def _imported_names(tree: ast.AST) -> set[str]:
@@ -334,9 +336,29 @@ def _in_scope(d: Diagnostic, source: str | None) -> bool:
     return True
 
 
-def check(files: list[Path] | None = None, root: Path = ROOT, stubs: Path | None = None) -> list[Diagnostic]:
+def check(
+    files: list[Path] | None = None,
+    root: Path = ROOT,
+    stubs: Path | None = None,
+    firmware: str | None = None,
+    with_gaps: bool = True,
+) -> list[Diagnostic]:
     """Check `files` (default: the device files) against the ESP32 stubs; the
-    diagnostics not covered by ALLOWED, in file and line order."""
+    diagnostics not covered by ALLOWED, in file and line order.
+
+    `firmware`: check against that release's stubs (installed on first use)
+    and, unless `with_gaps` is false, leave out its known stub gaps."""
+    gaps: tuple[tuple[str, str, str], ...] = ()
+    if firmware is not None:
+        from tools.esp32check import stubs as stub_releases
+
+        try:
+            if stubs is None:
+                stubs = stub_releases.install(stub_releases.release(firmware))
+        except stub_releases.StubInstallError as exc:
+            raise CheckError(str(exc)) from None
+        if with_gaps:
+            gaps = stub_releases.STUB_GAPS.get(firmware, ())
     files = device_files(root) if files is None else files
     if not files:
         return []
@@ -374,13 +396,13 @@ def check(files: list[Path] | None = None, root: Path = ROOT, stubs: Path | None
             rule=diag.get("rule", "error"),
             message=diag.get("message", "").replace("\n", " / "),
         )
-        if not _allowed(d) and _in_scope(d, sources.get(d.path)):
+        if not _allowed(d, gaps) and _in_scope(d, sources.get(d.path)):
             out.append(d)
     seen = {(d.path, d.line, d.message.split('"')[1] if '"' in d.message else "") for d in out}
     for rel, source in sources.items():
         for d in inventory_check(rel, source):
             name = d.message.split('"')[1] if '"' in d.message else ""
-            if not _allowed(d) and (d.path, d.line, name) not in seen:
+            if not _allowed(d, gaps) and (d.path, d.line, name) not in seen:
                 out.append(d)
     return sorted(out, key=lambda d: (d.path, d.line, d.column))
 
@@ -391,10 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stubs", type=Path, help="a folder of stubs (pip install --target) instead of the venv's"
     )
+    parser.add_argument(
+        "--firmware",
+        help="check against this firmware release's stubs (1.22 ... 1.29; installed on first use)",
+    )
     args = parser.parse_args(argv)
     files = args.files or None
     try:
-        diagnostics = check(files, stubs=args.stubs)
+        diagnostics = check(files, stubs=args.stubs, firmware=args.firmware)
     except CheckError as exc:
         print("esp32check: {}".format(exc), file=sys.stderr)
         return 2
@@ -402,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         print(d)
     checked = len(device_files()) if files is None else len(files)
     against = str(args.stubs) if args.stubs else _stub_versions()
+    if args.firmware:
+        folder = args.stubs or "build/esp32-stubs/" + args.firmware
+        against = "the firmware {} stubs ({})".format(args.firmware, folder)
     print(
         "esp32check: {} file(s) against {}: {} problem(s)".format(checked, against, len(diagnostics)),
         file=sys.stderr,

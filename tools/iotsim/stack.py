@@ -32,9 +32,14 @@ DEVICE_CERT_DIR = "certs"
 def device_config(
     port: int, *, endpoint: str = "127.0.0.1", template: str = DEMO_TEMPLATE_NAME
 ) -> dict[str, Any]:
-    """The device ``config.json`` that points at this iotsim (see docs/configuration.md)."""
+    """The device ``config.json`` that points at this iotsim (see docs/configuration.md).
+
+    ``server_hostname`` is the DNS name in iotsim's server certificate, as a
+    board checks AWS's endpoint by its DNS name: the mbedTLS 2.28 of firmware
+    1.22 does not match an IP address against an IP SAN at all."""
     return {
         "endpoint": endpoint,
+        "server_hostname": "localhost",
         "port": port,
         "template": template,
         "parameters": {"SerialNumber": "{uid}"},

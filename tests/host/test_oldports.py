@@ -1,0 +1,52 @@
+"""tools/oldports.py: the 1.22.2/1.24.1 unix ports are built once, from pinned sources,
+or the user is told how."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tools import oldports
+
+
+def test_without_sources_the_message_gives_the_upstream_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(oldports.SOURCE_ENV, raising=False)
+    assert oldports.main(["1.22.2", "--vendor", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("oldports: MicroPython 1.22.2's sources are needed")
+    assert (
+        "git clone --branch v1.22.2 --depth 1 https://github.com/micropython/micropython micropython-1.22.2"
+        in err
+    )
+    assert "submodule update --init --depth 1 lib/mbedtls lib/micropython-lib" in err
+    assert f"export {oldports.SOURCE_ENV}=" in err and "OLD_PORTS=0" in err
+
+
+def test_an_archive_that_does_not_match_its_pin_is_not_built(tmp_path: Path) -> None:
+    port = oldports.find_port("1.24.1")
+    (tmp_path / port.archive_name).write_bytes(b"not the release\n")
+    with pytest.raises(oldports.PortBuildError, match="does not match the pinned"):
+        oldports.build(port, vendor=tmp_path)
+
+
+def test_an_unknown_version_is_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert oldports.main(["1.19.1"]) == 1
+    assert "no such old port: 1.19.1 (known: 1.22.2, 1.24.1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", [p.version for p in oldports.OLD_PORTS])
+def test_a_built_port_is_not_built_again(version: str) -> None:
+    port = oldports.find_port(version)
+    if not (oldports.VENDOR / port.archive_name).exists() or not oldports.is_built(version):
+        pytest.skip(f"MicroPython {version} is not built from ../shared here (make ports)")
+    before = oldports.micropython_path(version).stat().st_mtime_ns
+    assert oldports.build(port) is False  # the stamp is current: nothing to do
+    assert oldports.micropython_path(version).stat().st_mtime_ns == before
+    stamp = (oldports.port_dir(version) / "stamp").read_text()
+    assert port.archive_sha256 in stamp and "MICROPY_PY_BTREE=0" in stamp
+    assert os.access(oldports.mpy_cross_path(version), os.X_OK)

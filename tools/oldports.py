@@ -1,0 +1,208 @@
+"""Build the MicroPython unix ports (and their mpy-cross) of older firmware releases.
+
+PyPI has only the newest unix port. The device tier also runs on the oldest
+firmware we claim (1.22) and on 1.24, built here from the unmodified source
+archives in ``../shared/vendor/micropython/`` (sha256-pinned; see its README)
+into ``build/ports/<version>/`` (git-ignored). A build runs once: a stamp file
+records the archive's sha256 and the build command, and a later run with the
+same stamp only checks that both binaries are there.
+
+Without ``../shared`` the same sources come from the upstream tags: point
+``FLEETPROV_MICROPYTHON_SRC`` at a folder holding ``micropython-<version>/``
+checkouts (README.md, "Older firmware ports"); they are built in place.
+
+Needs gcc and make only (tools/system_deps.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENDOR = ROOT.parent / "shared" / "vendor" / "micropython"
+BUILD = ROOT / "build" / "ports"
+SOURCE_ENV = "FLEETPROV_MICROPYTHON_SRC"
+# The unix port's optional parts we do not use and that need more than gcc/make.
+UNIX_MAKE_ARGS = ("MICROPY_PY_BTREE=0", "MICROPY_PY_FFI=0")
+
+
+@dataclass(frozen=True)
+class OldPort:
+    version: str
+    archive_sha256: str
+    tag_commit: str  # upstream MicroPython commit of the tag, for users without the archive
+
+    @property
+    def archive_name(self) -> str:
+        return f"micropython-{self.version}-src.tar.gz"
+
+    @property
+    def tree_name(self) -> str:
+        return f"micropython-{self.version}"
+
+
+# From ../shared/vendor/micropython/README.md.
+OLD_PORTS = (
+    OldPort(
+        "1.22.2",
+        "8e746ae56bf31dd7f9fa85e18e1ef7060bad6e8f5637569c0b31fa67fce1d517",
+        "8cd15829e293f01dae91b6a2d4a995bfaeca887b",
+    ),
+    OldPort(
+        "1.24.1",
+        "73c68099dc296bbdd4552b8f3524cfbdc174eb2d29f6eb253abde437467a168b",
+        "ecfdd5d6f9be971852003c2049600dc7b3e2a838",
+    ),
+)
+
+UPSTREAM_STEPS = """\
+MicroPython {version}'s sources are needed to build its unix port and mpy-cross.
+Neither {archive} (in ../shared/vendor/micropython/) nor ${env}/{tree} exists.
+Get the same sources from the upstream tag:
+
+    mkdir -p ~/mp-src && cd ~/mp-src
+    git clone --branch v{version} --depth 1 https://github.com/micropython/micropython {tree}
+    git -C {tree} submodule update --init --depth 1 lib/mbedtls lib/micropython-lib
+    export {env}=~/mp-src
+
+then run `make ports` again (or `make test OLD_PORTS=0` to skip the old ports)."""
+
+
+class PortBuildError(RuntimeError):
+    pass
+
+
+def port_dir(version: str) -> Path:
+    return BUILD / version
+
+
+def micropython_path(version: str) -> Path:
+    return port_dir(version) / "micropython"
+
+
+def mpy_cross_path(version: str) -> Path:
+    return port_dir(version) / "mpy-cross"
+
+
+def find_port(version: str) -> OldPort:
+    for port in OLD_PORTS:
+        if port.version == version:
+            return port
+    raise PortBuildError(f"no such old port: {version} (known: {', '.join(p.version for p in OLD_PORTS)})")
+
+
+def is_built(version: str) -> bool:
+    return micropython_path(version).exists() and mpy_cross_path(version).exists()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _source(port: OldPort, vendor: Path) -> tuple[Path, str]:
+    """The source tree to build in, and what the stamp records about it."""
+    archive = vendor / port.archive_name
+    if archive.exists():
+        digest = _sha256(archive)
+        if digest != port.archive_sha256:
+            raise PortBuildError(
+                f"{archive}: sha256 {digest} does not match the pinned {port.archive_sha256}; "
+                "refusing to build it"
+            )
+        return archive, "archive " + digest
+    src_root = os.environ.get(SOURCE_ENV)
+    if src_root:
+        tree = Path(src_root).expanduser() / port.tree_name
+        if (tree / "ports" / "unix" / "Makefile").exists():
+            return tree, "tree " + str(tree)
+    raise PortBuildError(
+        UPSTREAM_STEPS.format(
+            version=port.version, archive=port.archive_name, env=SOURCE_ENV, tree=port.tree_name
+        )
+    )
+
+
+def _stamp_text(origin: str) -> str:
+    return "{}\nmake -C ports/unix {}\n".format(origin, " ".join(UNIX_MAKE_ARGS))
+
+
+def _run(cmd: list[str], cwd: Path, log: Path) -> None:
+    with log.open("a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        # The ceiling keeps MicroPython's version header from describing the
+        # fleetprov checkout that build/ sits in (it runs `git describe`).
+        env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(BUILD))
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise PortBuildError(f"`{' '.join(cmd)}` failed in {cwd} (full log: {log}):\n{tail}")
+
+
+def build(port: OldPort, vendor: Path = VENDOR, jobs: int = 2, force: bool = False) -> bool:
+    """Build ``port`` into build/ports/<version>/ unless its stamp is current; True if it built."""
+    origin, origin_text = _source(port, vendor)
+    out = port_dir(port.version)
+    stamp = out / "stamp"
+    wanted = _stamp_text(origin_text)
+    if not force and is_built(port.version) and stamp.exists() and stamp.read_text() == wanted:
+        return False
+    for tool in ("gcc", "make"):
+        if shutil.which(tool) is None:
+            raise PortBuildError(f"{tool} is not installed: run `make system-deps` (tools/system_deps.sh)")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    log = out / "build.log"
+    if origin.is_file():
+        (out / "src").mkdir()
+        _run(["tar", "-xzf", str(origin), "-C", str(out / "src")], out, log)
+        tree = out / "src" / port.tree_name
+    else:
+        tree = origin
+    make_jobs = f"-j{jobs}"
+    _run(["make", "-C", "mpy-cross", make_jobs], tree, log)
+    _run(["make", "-C", "ports/unix", make_jobs, *UNIX_MAKE_ARGS], tree, log)
+    shutil.copy2(tree / "ports" / "unix" / "build-standard" / "micropython", micropython_path(port.version))
+    shutil.copy2(tree / "mpy-cross" / "build" / "mpy-cross", mpy_cross_path(port.version))
+    if origin.is_file():
+        shutil.rmtree(out / "src")  # about 100 MB of objects; the two binaries are all we use
+    stamp.write_text(wanted)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("versions", nargs="*", help="versions to build (default: all)")
+    parser.add_argument("--vendor", type=Path, default=VENDOR, help="folder with the source archives")
+    parser.add_argument("-j", "--jobs", type=int, default=2)
+    parser.add_argument("--force", action="store_true", help="build again even if the stamp is current")
+    args = parser.parse_args(argv)
+    try:
+        ports = [find_port(v) for v in args.versions] if args.versions else list(OLD_PORTS)
+        for port in ports:
+            if build(port, args.vendor, args.jobs, args.force):
+                where = port_dir(port.version).relative_to(ROOT)
+                print(f"MicroPython {port.version} unix port and mpy-cross -> {where}")
+            else:
+                where = port_dir(port.version).relative_to(ROOT)
+                print(f"MicroPython {port.version} unix port already built in {where}")
+    except PortBuildError as exc:
+        print(f"oldports: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
