@@ -48,7 +48,7 @@ _NAMES = (
 )
 
 _QOS = const(1)  # subscriptions, and the keys and register requests
-_POLL_IDLE_MS = const(2)  # rest between empty polls while waiting for the answer
+_WAIT_SLICE_MS = const(40)  # longest idle wait between polls for the answer (<= 25 polls/s)
 _DRAIN_MAX = const(16)  # stale messages read off before a request is published
 _MICROPYTHON = sys.implementation.name == "micropython"
 
@@ -186,6 +186,7 @@ class Provisioner:
         self._armed = False  # the request is published: answers count from now
         self._got = None  # (0 accepted / 1 rejected / None too large, length)
         self._app_exc = None
+        self._sock = None  # the TimedSocket while an operation runs
         self._seen = 0  # messages handled, so _drain can tell "nothing" from "one"
         try:
             client.set_callback(self._on_message)
@@ -301,6 +302,8 @@ class Provisioner:
 
     def _mqtt(self, what, call, *args):
         # One client call, its failure mapped to the contract's statuses.
+        if self._sock is not None:
+            self._sock.arm()  # each call gets mqtt_timeout_ms, however busy the link
         try:
             return call(*args)
         except MemoryError:
@@ -309,10 +312,13 @@ class Provisioner:
             if exc is self._app_exc:
                 raise
             status = MQTT_ERROR
-            if exc.args and exc.args[0] == 0x80:
+            # umqtt raises its MQTTException only for a SUBACK refusal (known
+            # by class name: fleetprov does not import umqtt), never an errno
+            # (ENOTCONN is 128 == 0x80 on ESP32).
+            if _type(exc) == "MQTTException" and what.startswith("sub"):
                 cause = "refused (SUBACK 0x80): the claim policy must allow iot:Subscribe on it"
             else:
-                cause = "failed: {}: {}; reconnect and retry".format(_type(exc), exc)
+                cause = "failed: {}; reconnect and retry".format(timedsock.describe(exc))
         raise _err(self._op, status, what + " " + cause)
 
     def _convert(self, op, fn, data, status, what):
@@ -341,6 +347,8 @@ class Provisioner:
         try:
             # umqtt has no time limits of its own: see timedsock
             sock = self._mqtt("preparing the socket", timedsock.attach, client, self._mqtt_ms)
+            if sock is not None:
+                self._sock = client.sock
             for t in self._topics:
                 self._mqtt("subscribe to " + t.decode(), client.subscribe, t, _QOS)
                 subscribed += 1
@@ -351,6 +359,7 @@ class Provisioner:
             self._wait(topic, self._timeout_ms if timeout_ms is None else timeout_ms)
         finally:
             self._finish(subscribed)
+            self._sock = None
             timedsock.detach(client, sock)
         return self._parse(op)
 
@@ -364,15 +373,26 @@ class Provisioner:
                 return
 
     def _wait(self, topic, timeout_ms):
+        # The deadline holds whatever check_msg() returns: umqtt returns the
+        # type of any non-PUBLISH packet, so a flood of strays is not "idle".
+        # When nothing came, rest until the socket is readable or a slice
+        # passes: no busy poll, and nothing allocated per idle round.
         deadline = ticks_add(ticks_ms(), timeout_ms)
-        while self._got is None:
-            late = ticks_diff(deadline, ticks_ms()) <= 0
+        check = self._client.check_msg  # one bound method for every poll
+        # idle: until the socket is readable (see timedsock), or a plain sleep
+        rest = sleep_ms if self._sock is None else self._sock.wait_readable
+        while True:
+            left = ticks_diff(deadline, ticks_ms())
+            seen = self._seen
             # after the deadline, one last look: an answer racing it still counts
-            if self._mqtt("polling for the answer", self._client.check_msg) is None and self._got is None:
-                if late:
-                    raise _err(self._op, TIMEOUT, "no answer on {}/accepted|rejected in {} ms; check "
-                               "endpoint, template, claim policy (iot:Receive)".format(topic.decode(), timeout_ms))
-                sleep_ms(_POLL_IDLE_MS)
+            op = self._mqtt("polling for the answer", check)
+            if self._got is not None:
+                return
+            if left <= 0:
+                raise _err(self._op, TIMEOUT, "no answer on {}/accepted|rejected in {} ms; check "
+                           "endpoint, template, claim policy (iot:Receive)".format(topic.decode(), timeout_ms))
+            if op is None and seen == self._seen:
+                rest(min(left, _WAIT_SLICE_MS))
 
     def _finish(self, subscribed):
         self._op = None
@@ -380,6 +400,9 @@ class Provisioner:
         unsubscribe = getattr(self._client, "unsubscribe", None)
         if unsubscribe is not None:
             for t in self._topics[:subscribed]:
+                if self._sock is not None:
+                    # after a failure (the caller's time is up) one slice each
+                    self._sock.arm(None if self._got else _WAIT_SLICE_MS)
                 try:
                     unsubscribe(t)
                 except Exception:

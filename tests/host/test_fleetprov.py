@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
 import cbor2
 import pytest
 
+import esp32errno
 import fleetprov
+import timedsock
 from fakemqtt import AwsResponder, FakeClient, MQTTException
 from fleetprov import ProvisioningError
 
@@ -428,6 +431,36 @@ def test_refused_subscription_names_the_claim_policy() -> None:
     err = expect_error(fleetprov.MQTT_ERROR, p.create_certificate_from_csr, CSR)
     assert "SUBACK 0x80" in str(err) and "policy" in str(err)
     assert "create-from-csr" in str(err)
+
+
+@pytest.fixture(params=["linux", "esp32"])
+def errnos(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The errno table of the unix port (Linux) or of ESP32 firmware (newlib) in the device code."""
+    table = errno if request.param == "linux" else esp32errno
+    monkeypatch.setattr(timedsock, "errno", table)
+    return table
+
+
+@pytest.mark.parametrize("method", ["subscribe", "publish", "check_msg"])
+@pytest.mark.parametrize("name", ["ETIMEDOUT", "ENOTCONN", "ECONNRESET"])
+def test_a_dropped_link_is_an_mqtt_error_named_by_errno_never_a_policy_refusal(
+    errnos: Any, method: str, name: str
+) -> None:
+    # ENOTCONN is 128 == 0x80 on an ESP32: once read as "SUBACK refused"
+    number = getattr(errnos, name)
+    p, client, _ = make()
+    client.fail[method] = OSError(number)
+    err = expect_error(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
+    assert "OSError {} ({})".format(name, number) in str(err)
+    assert "reconnect and retry" in str(err)
+    assert "SUBACK" not in str(err) and "policy" not in str(err)
+
+
+def test_an_mqtt_exception_outside_subscribe_is_not_called_a_suback_refusal() -> None:
+    p, client, _ = make()
+    client.fail["publish"] = MQTTException(0x80)
+    err = expect_error(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
+    assert "SUBACK" not in str(err) and "MQTTException" in str(err)
 
 
 def test_failure_of_the_second_subscription_undoes_the_first() -> None:
