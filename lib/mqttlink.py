@@ -21,6 +21,8 @@ try:
 except ImportError:  # firmware <= 1.22 calls it ussl
     import ussl as ssl
 
+import sys
+
 import timedsock
 
 
@@ -56,6 +58,7 @@ class _SocketFactory:
     def socket(self, *args):
         s = self._mod.socket(*args)
         s.settimeout(self._t)
+        nodelay(s, self._mod)
         self.raw = s
         return s
 
@@ -64,6 +67,29 @@ class _SocketFactory:
 
     def __getattr__(self, name):
         return getattr(self._mod, name)
+
+
+def nodelay(sock, mod=None):
+    """Turn Nagle's algorithm off on ``sock`` where the port allows; True if done.
+
+    umqtt writes each packet in several small pieces (TLS makes each its own
+    record): with Nagle and the peer's delayed ACK every request then waits
+    ~40 ms. The ESP32 port's socket module has IPPROTO_TCP and TCP_NODELAY
+    (lwIP); the unix port has neither name but passes the option to Linux,
+    whose numbers are 6 (the IP protocol number) and 1. Elsewhere: skipped."""
+    if mod is None:
+        import socket as mod
+    level = getattr(mod, "IPPROTO_TCP", None)
+    opt = getattr(mod, "TCP_NODELAY", None)
+    if (level is None or opt is None) and sys.platform == "linux":
+        level, opt = 6, 1
+    if level is None or opt is None:
+        return False
+    try:
+        sock.setsockopt(level, opt, 1)
+        return True
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 class _Context:
