@@ -48,7 +48,7 @@ _NAMES = (
 )
 
 _QOS = const(1)  # subscriptions, and the keys and register requests
-_WAIT_SLICE_MS = const(40)  # longest idle wait between polls for the answer (<= 25 polls/s)
+_WAIT_SLICE_MS = const(50)  # longest idle wait between polls for the answer (<= 20 polls/s)
 _DRAIN_MAX = const(16)  # stale messages read off before a request is published
 _MICROPYTHON = sys.implementation.name == "micropython"
 

@@ -1,11 +1,13 @@
 # fleetprov with the real umqtt.simple on the MicroPython unix port, against
 # a scripted broker on 127.0.0.1 (tests/fakes/rawbroker.py).
-#   micropython hostile_broker.py <port> <timeout_ms> <mqtt_timeout_ms> [esp32]
+#   micropython hostile_broker.py <port> <timeout_ms> <mqtt_timeout_ms> [esp32] [heap]
 # Runs one CreateKeysAndCertificate and prints
 #   status <n> elapsed_ms <ms> check_msg <calls> idle_alloc <bytes,...>
 #   message <str(err)>
-# idle_alloc: heap allocated between consecutive check_msg() calls that found
-# nothing (gc disabled while waiting, so every allocation shows).
+# esp32: timedsock numbers errors as ESP32 firmware does (compiled code only).
+# heap: gc is off during the call, so idle_alloc, the heap allocated between
+# consecutive check_msg() calls, shows every allocation (a silent server only:
+# a flood would fill the heap).
 import gc
 import sys
 
@@ -15,7 +17,7 @@ import timedsock
 from umqtt.simple import MQTTClient
 
 port, timeout_ms, mqtt_ms = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-if len(sys.argv) > 4 and sys.argv[4] == "esp32":
+if "esp32" in sys.argv[4:]:
     import esp32errno
 
     timedsock.errno = esp32errno
@@ -39,7 +41,8 @@ c.connect()
 mqttlink.nodelay(c.sock)  # as mqttlink.connect does: no Nagle delays
 p = fleetprov.Provisioner(c, timeout_ms=timeout_ms, mqtt_timeout_ms=mqtt_ms)
 gc.collect()
-gc.disable()
+if "heap" in sys.argv[4:]:
+    gc.disable()
 t0 = timedsock.ticks_ms()
 status, message = 0, ""
 try:
