@@ -31,6 +31,7 @@ from tools.unixboard import DEPS, SUPPORT, Board, ROOT, compile_lib, make_flash,
 FAKES = ROOT / "tests" / "fakes"
 HOSTILE_SCRIPT = ROOT / "tests" / "device" / "scripts" / "hostile_broker.py"
 POLLS_PER_S_TARGET = 25
+FIRST_BOOT_TARGET_MS = 150
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> None:
         try:
             summary = []
             steps_by_method: dict[str, dict[str, list[int]]] = {}
+            # PyPI's unix port runs inside a CPython launcher: its start is not the device's
+            idle = Board(make_flash(work / "flash-idle", sim.state))
+            start_ms = statistics.median(idle.boot(code="", timeout=60).elapsed * 1000 for _ in range(5))
             for method in ("keys", "csr"):
                 first: list[float] = []
                 again: list[float] = []
@@ -78,11 +82,13 @@ def run(args: argparse.Namespace) -> None:
                         raise RuntimeError(f"{method} run {i}: the provisioned boot failed:\n{second.text}")
                     again.append(second.elapsed * 1000)
                     shutil.rmtree(flash, ignore_errors=True)
+                device_ms = statistics.median(first) - start_ms
                 summary.append([
                     method,
                     runs,
                     f"{statistics.median(first):.0f}",
                     f"{_percentile(first, 0.9):.0f}",
+                    f"{device_ms:.0f} ({'ok' if device_ms <= FIRST_BOOT_TARGET_MS else 'OVER'})",
                     f"{statistics.median(again):.0f}",
                     f"{_percentile(again, 0.9):.0f}",
                 ])
@@ -91,7 +97,11 @@ def run(args: argparse.Namespace) -> None:
             sim.stop()
 
     print("### One device end to end (unix port, compiled library, JSON, iotsim on loopback)\n")
-    print(table(["method", "runs", "first boot median ms", "p90", "provisioned boot median ms", "p90"], summary))
+    print(table(["method", "runs", "first boot median ms", "p90",
+                 f"less interpreter start, target <= {FIRST_BOOT_TARGET_MS}", "provisioned boot median ms", "p90"],
+                summary))
+    print(f"\n(interpreter start: {start_ms:.0f} ms, the median of `micropython -c ''` from PyPI's "
+          "package, a CPython launcher around the unix port)")
     print("\n### Where the first boot spends its time (median ms since power-on at each progress line)\n")
     names: list[str] = []
     for steps in steps_by_method.values():
