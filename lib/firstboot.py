@@ -320,8 +320,8 @@ class FirstBoot:
             link = self._open(self.client_id, s.read(pend["files"]["cert"]),
                               s.read(pend["files"]["key"]), ca)
         except mqttlink.ConnectError as ex:
-            if not ex.refused:
-                raise
+            if not (ex.refused or ex.handshake):
+                raise  # the network: try again later, with the same certificate
             s.drop_pending()
             self.pending = None
             self.progress.step("dropped", "certificate {} is not active; starting over".format(cid))
@@ -351,7 +351,7 @@ class FirstBoot:
             self.progress.step("resume", "certificate {} staged {} s ago".format(
                 self.pending["certificate_id"], int(time.time() - self.pending["issued"])))
         n = cfg["retry_attempts"]
-        attempt = 0
+        attempt = handshakes = 0
         while True:
             attempt += 1
             if self.pending is None and cfg["method"] == "csr" and csr_pem is None:
@@ -375,6 +375,9 @@ class FirstBoot:
                     except Exception as ex2:
                         ex = ex2
                 retry, msg = _classify(ex)
+                if getattr(ex, "handshake", False):
+                    handshakes += 1
+                    retry = handshakes < 2  # once may be a glitch; twice, the certificate
                 if not retry:
                     raise FirstBootError("provisioning failed: " + msg)
                 if attempt >= n:
@@ -416,6 +419,7 @@ class FirstBoot:
         n = cfg["retry_attempts"]
         name = self.thing_name()
         last = None
+        handshakes = 0
         for attempt in range(1, n + 1):
             try:
                 # The thing name as client id: AWS policies commonly allow
@@ -426,8 +430,10 @@ class FirstBoot:
             except mqttlink.ConnectError as ex:
                 last = ex
             # CONNACK "bad credentials"/"not authorised" is final; a close
-            # before CONNACK may be a glitch, so it is retried first.
-            if last.code in (4, 5) or attempt == n:
+            # before CONNACK may be a glitch, so it is retried first, and so
+            # is a closed TLS handshake, once.
+            handshakes += last.handshake
+            if last.code in (4, 5) or attempt == n or handshakes > 1:
                 break
             wait = backoff_ms(attempt, cfg["retry_base_ms"], cfg["retry_max_ms"], self._rand)
             self.progress.step("retry", "attempt {}/{} failed: {}; next in {} ms".format(
@@ -435,7 +441,8 @@ class FirstBoot:
             self._sleep(wait)
         if last.refused:
             raise FirstBootError("device certificate refused: {}".format(last), refused=True)
-        raise FirstBootError("cannot connect as {}: {}".format(name, last), retryable=True)
+        raise FirstBootError("cannot connect as {}: {}".format(name, last),
+                             retryable=not last.handshake)
 
     def confirm(self, link):
         """Prove the identity works: a QoS 1 publish that gets its PUBACK."""

@@ -637,3 +637,48 @@ def test_a_damaged_pending_record_is_not_trusted_and_provisioning_starts_over(
     boot.fb.start()
     assert "resume" not in boot.steps() and cloud.calls.count("keys") == 2
     assert credstore.Store().load() is not None
+
+
+# -- connection errors a user can act on ------------------------------------------------
+
+
+def handshake_closed() -> mqttlink.ConnectError:
+    return mqttlink.ConnectError("127.0.0.1:8883 closed the TLS handshake (OSError: 32): ...", handshake=True)
+
+
+def test_a_closed_tls_handshake_on_the_claim_is_retried_once_then_fatal(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["connect"] = [handshake_closed(), handshake_closed(), handshake_closed()]
+    boot = Boot(cloud, retry_attempts=5)
+    with pytest.raises(FirstBootError) as info:
+        boot.fb.start()
+    assert not info.value.retryable and "closed the TLS handshake" in str(info.value)
+    assert boot.steps().count("retry") == 1 and cloud.calls.count("connect") == 2
+
+
+def test_one_closed_handshake_then_success_provisions(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["connect"] = [handshake_closed()]
+    Boot(cloud).fb.start()
+    assert credstore.Store().load() is not None
+
+
+def test_a_closed_tls_handshake_as_the_thing_is_retried_once_and_keeps_the_identity(
+    flash: Path, cloud: FakeCloud
+) -> None:
+    Boot(cloud).fb.start()
+    cloud.fail["connect"] = [handshake_closed(), handshake_closed()]
+    boot = Boot(cloud, retry_attempts=5)
+    with pytest.raises(FirstBootError) as info:
+        boot.fb.start()
+    assert not info.value.retryable and not info.value.refused
+    assert boot.steps().count("retry") == 1
+    assert credstore.Store().load() is not None  # maybe the clock: the identity is kept
+
+
+def test_run_reports_a_closed_handshake_as_fatal(flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = {"endpoint": "127.0.0.1", "template": "FleetprovDemo", "parameters": {"SerialNumber": "{uid}"}}
+    (flash / "config.json").write_text(json.dumps(raw))
+    cloud.fail["connect"] = [handshake_closed(), handshake_closed()]
+    monkeypatch.setattr(mqttlink, "connect", cloud.connect)
+    lines: list[str] = []
+    assert firstboot.run(printer=lines.append) == "fatal"
+    assert "closed the TLS handshake" in lines[-1]

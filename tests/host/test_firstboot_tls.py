@@ -147,3 +147,26 @@ def test_a_connect_failure_with_the_clock_unset_says_so(
         mqttlink.connect(
             b"x", "127.0.0.1", silent_server, cert, key, ca, "localhost", 200, umqtt_host.umqtt_simple
         )
+
+
+def test_a_claim_from_a_ca_the_server_does_not_trust_is_a_closed_handshake_naming_the_causes(iotsim: Any) -> None:
+    from devicepki import ec_identity  # signed by the tests' own CA, unknown to iotsim
+
+    stranger = ec_identity("stranger")
+    ca = Path(iotsim.ca_der).read_bytes()
+    with pytest.raises(mqttlink.ConnectError) as info:
+        mqttlink.connect(b"x", "127.0.0.1", iotsim.port, stranger.cert_der, stranger.key_der(), ca, "localhost",
+                         3000, umqtt_host.umqtt_simple)
+    assert info.value.handshake and not info.value.refused
+    assert "closed the TLS handshake" in str(info.value) and "CA the endpoint does not trust" in str(info.value)
+
+
+def test_an_unresolvable_endpoint_names_the_host_and_the_config_field(iotsim: Any) -> None:
+    ca = Path(iotsim.ca_der).read_bytes()
+    cert = Path(iotsim.claim_cert_der).read_bytes()
+    key = Path(iotsim.claim_key_der).read_bytes()
+    with pytest.raises(mqttlink.ConnectError) as info:
+        mqttlink.connect(b"x", "no-such-endpoint.invalid", 8883, cert, key, ca, "localhost", 3000,
+                         umqtt_host.umqtt_simple)
+    assert "cannot resolve no-such-endpoint.invalid" in str(info.value)
+    assert "`endpoint` in config.json" in str(info.value) and not info.value.handshake
