@@ -272,29 +272,36 @@ class FirstBoot:
         try:
             self.progress.step("connect-claim", "{}:{} as {}".format(
                 cfg["endpoint"], cfg["port"], self.client_id))
-            p = self._new_provisioner(link.client)
-            try:
-                if self.pending is None:
-                    if csr_pem is None:
-                        creds = p.create_keys_and_certificate()
-                        key = creds.private_key
-                    else:
-                        creds = p.create_certificate_from_csr(csr_pem)
-                        key = csr_key
-                    self.progress.step("certificate", creds.certificate_id)
-                    self._stage(creds, key)
-                    creds = key = None  # on flash now: free the RAM before the next answer
-                reg = p.register_thing(cfg["template"], self.pending["ownership_token"], params)
-                self.progress.step("register", "thing {}".format(reg.thing_name))
-            finally:
-                try:
-                    p.close()
-                except Exception:
-                    pass
+            if self.pending is None:
+                if csr_pem is None:
+                    creds = self._call(link.client, "create_keys_and_certificate")
+                    key = creds.private_key
+                else:
+                    creds = self._call(link.client, "create_certificate_from_csr", csr_pem)
+                    key = csr_key
+                self.progress.step("certificate", creds.certificate_id)
+                self._stage(creds, key)
+                creds = key = None  # on flash now: free the RAM before the next answer
+                gc.collect()
+            reg = self._call(link.client, "register_thing", cfg["template"],
+                             self.pending["ownership_token"], params)
+            self.progress.step("register", "thing {}".format(reg.thing_name))
         except BaseException:
             link.close()
             raise
         return link, reg
+
+    def _call(self, client, op, *args):
+        # One operation on a Provisioner of its own, closed after it: its
+        # receive buffer is free again while the answer is staged on flash.
+        p = self._new_provisioner(client)
+        try:
+            return getattr(p, op)(*args)
+        finally:
+            try:
+                p.close()
+            except Exception:
+                pass
 
     def _stage(self, creds, key):
         # Store the identity before RegisterThing activates it, so that a cut
