@@ -18,7 +18,7 @@ import credstore
 import mqttlink
 
 # MicroPython's clock (with timedsock's CPython fallback, the project's one copy)
-from timedsock import sleep_ms, ticks_diff, ticks_ms
+from timedsock import describe, sleep_ms, ticks_diff, ticks_ms
 
 
 # AWS deletes a certificate still PENDING_ACTIVATION, and refuses its
@@ -157,7 +157,7 @@ def _classify(ex):
             return False, "{}: check that the claim certificate is active and its policy allows iot:Connect".format(ex)
         return True, str(ex)
     if isinstance(ex, OSError):
-        return True, "network error: {}".format(ex)
+        return True, "network error: " + describe(ex)
     if isinstance(ex, MemoryError):
         return False, "out of memory: {}".format(ex)
     return False, "{}: {}".format(type(ex).__name__, ex)
@@ -459,8 +459,8 @@ class FirstBoot:
             publish_bounded(link, topic, payload, self.cfg["mqtt_timeout_ms"])
         except Exception as ex:
             link.close()
-            raise FirstBootError("publish to {} as the new thing failed: {}: {}".format(
-                topic.decode(), type(ex).__name__, ex), retryable=True)
+            raise FirstBootError("publish to {} as the new thing failed: {}".format(
+                topic.decode(), describe(ex)), retryable=True)
         self.progress.step("confirm", "PUBACK on {}".format(topic.decode()))
 
     def start(self):

@@ -683,3 +683,40 @@ def test_run_reports_a_closed_handshake_as_fatal(flash: Path, cloud: FakeCloud, 
     lines: list[str] = []
     assert firstboot.run(printer=lines.append) == "fatal"
     assert "closed the TLS handshake" in lines[-1]
+
+
+@pytest.mark.parametrize("numbering", ["linux", "esp32"])
+def test_network_errors_are_retried_and_named_by_errno_on_either_numbering(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch, numbering: str
+) -> None:
+    import errno
+
+    import esp32errno
+    import timedsock
+
+    table = esp32errno if numbering == "esp32" else errno
+    monkeypatch.setattr(timedsock, "errno", table)
+    cloud.fail["connect"] = [OSError(table.ENOTCONN), OSError(table.ECONNRESET)]
+    boot = Boot(cloud)
+    boot.fb.start()
+    retries = [line for line in boot.lines if " retry " in line]
+    assert len(retries) == 2
+    assert "network error: OSError ENOTCONN ({})".format(table.ENOTCONN) in retries[0]
+    assert "network error: OSError ECONNRESET ({})".format(table.ECONNRESET) in retries[1]
+
+
+def test_a_confirming_publish_that_times_out_names_etimedout_as_esp32_numbers_it(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import esp32errno
+    import timedsock
+
+    monkeypatch.setattr(timedsock, "errno", esp32errno)
+
+    def no_puback(self: FakeClient, topic: bytes, msg: bytes, retain: bool = False, qos: int = 0) -> None:
+        raise OSError(esp32errno.ETIMEDOUT)
+
+    monkeypatch.setattr(FakeClient, "publish", no_puback)
+    with pytest.raises(FirstBootError) as info:
+        Boot(cloud).fb.start()
+    assert info.value.retryable and "OSError ETIMEDOUT (116)" in str(info.value)

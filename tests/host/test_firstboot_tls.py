@@ -11,6 +11,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import credstore
@@ -170,3 +171,37 @@ def test_an_unresolvable_endpoint_names_the_host_and_the_config_field(iotsim: An
                          umqtt_host.umqtt_simple)
     assert "cannot resolve no-such-endpoint.invalid" in str(info.value)
     assert "`endpoint` in config.json" in str(info.value) and not info.value.handshake
+
+
+class OptionSocket:
+    """Records setsockopt calls; refuses them when told to."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.options: list[tuple[int, int, int]] = []
+        self.refuse = refuse
+
+    def setsockopt(self, level: int, opt: int, value: int) -> None:
+        if self.refuse:
+            raise OSError(errno.ENOPROTOOPT, "not supported")
+        self.options.append((level, opt, value))
+
+
+def test_nodelay_uses_the_ports_names_where_it_has_them() -> None:
+    sock = OptionSocket()
+    mod = SimpleNamespace(IPPROTO_TCP=6, TCP_NODELAY=1)  # an ESP32's socket module (lwIP values)
+    assert mqttlink.nodelay(sock, mod) and sock.options == [(6, 1, 1)]
+
+
+def test_nodelay_falls_back_to_linuxs_numbers_on_the_unix_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mqttlink.sys, "platform", "linux")
+    sock = OptionSocket()
+    assert mqttlink.nodelay(sock, SimpleNamespace()) and sock.options == [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+@pytest.mark.parametrize("case", ["no-names-elsewhere", "refused", "no-setsockopt"])
+def test_nodelay_is_skipped_silently_where_the_port_cannot(monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    monkeypatch.setattr(mqttlink.sys, "platform", "rp2" if case == "no-names-elsewhere" else "linux")
+    sock: Any = {"no-names-elsewhere": OptionSocket(), "refused": OptionSocket(refuse=True), "no-setsockopt": object()}[case]
+    assert mqttlink.nodelay(sock, SimpleNamespace()) is False
+    assert not getattr(sock, "options", [])
+

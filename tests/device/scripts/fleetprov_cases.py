@@ -179,6 +179,34 @@ def mqtt_errors():
             expect(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
 
 
+def dropped_link_by_errno():
+    # ESP32 firmware numbers errors as newlib does (ENOTCONN 128 == 0x80, the
+    # SUBACK failure code); Linux otherwise. Either way: MQTT_ERROR, named.
+    import errno
+
+    import esp32errno
+    import timedsock
+
+    try:
+        for table in (errno, esp32errno):
+            timedsock.errno = table
+            for name in ("ETIMEDOUT", "ENOTCONN", "ECONNRESET"):
+                n = getattr(table, name)
+                for method in ("subscribe", "publish", "check_msg"):
+                    p, c, r = make()
+                    c.fail[method] = OSError(n)
+                    e = expect(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
+                    msg = str(e)
+                    assert "OSError {} ({})".format(name, n) in msg, msg
+                    assert "SUBACK" not in msg and "policy" not in msg, msg
+    finally:
+        timedsock.errno = errno
+    p, c, r = make()
+    c.fail["subscribe"] = MQTTException(0x80)  # what umqtt raises for a refusal
+    e = expect(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
+    assert "SUBACK 0x80" in str(e) and "iot:Subscribe" in str(e), str(e)
+
+
 def reentrancy_and_close():
     r = AwsResponder()
     c = FakeClient(r)
@@ -238,7 +266,8 @@ for fmt in FORMATS:
         check("malformed-{}-{}".format(payload[:4], fmt), malformed(fmt, payload))
 for name, fn in (("timeout", timeout), ("early-answer-ignored", early_answer_ignored),
                  ("foreign-topics-to-app", foreign_topics_to_app), ("oversize", oversize),
-                 ("mqtt-errors", mqtt_errors), ("reentrancy-and-close", reentrancy_and_close),
+                 ("mqtt-errors", mqtt_errors), ("dropped-link-by-errno", dropped_link_by_errno),
+                 ("reentrancy-and-close", reentrancy_and_close),
                  ("validation", validation), ("strerror", strerror)):
     check(name, fn)
 
