@@ -398,11 +398,12 @@ class Provisioner:
         self._op = None
         self._armed = False
         unsubscribe = getattr(self._client, "unsubscribe", None)
+        if self._sock is not None:
+            # the unsubscribes share one mqtt_timeout_ms; after a failure (the
+            # caller's time is up) one slice
+            self._sock.arm(None if self._got else _WAIT_SLICE_MS)
         if unsubscribe is not None:
             for t in self._topics[:subscribed]:
-                if self._sock is not None:
-                    # after a failure (the caller's time is up) one slice each
-                    self._sock.arm(None if self._got else _WAIT_SLICE_MS)
                 try:
                     unsubscribe(t)
                 except Exception:
