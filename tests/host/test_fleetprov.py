@@ -663,3 +663,31 @@ def test_secrets_never_appear_in_errors_or_reprs() -> None:
     messages += [repr(keys), repr(p2.register_thing("demo", token))]
     for text in messages:
         assert "SECRET" not in text, text
+
+
+# -- waiting for the answer --------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_a_client_whose_check_msg_always_returns_a_packet_type_still_times_out() -> None:
+    # umqtt returns the type of every non-PUBLISH packet (0x40: a PUBACK) from
+    # check_msg(); a broker sending strays without end once kept the wait alive for ever
+    p, client, responder = make(timeout_ms=100)
+    responder.silent = True
+    real = client.check_msg
+
+    def stray() -> int:
+        real()
+        return 0x40
+
+    client.check_msg = stray  # type: ignore[method-assign]
+    expect_error(fleetprov.TIMEOUT, p.create_keys_and_certificate)
+    assert client.check_calls > 16  # it kept reading: strays are not "idle"
+
+
+def test_an_idle_wait_without_a_socket_sleeps_between_polls() -> None:
+    p, client, responder = make(timeout_ms=200)
+    responder.silent = True
+    expect_error(fleetprov.TIMEOUT, p.create_keys_and_certificate)
+    # a 200 ms wait with 50 ms rests: a handful of polls, not thousands
+    assert client.check_calls <= 200 // 50 + 3, client.check_calls
