@@ -49,7 +49,7 @@ _NAMES = (
 
 _QOS = const(1)  # subscriptions, and the keys and register requests
 _WAIT_SLICE_MS = const(50)  # longest idle wait between polls for the answer (<= 20 polls/s)
-_DRAIN_MAX = const(16)  # stale messages read off before a request is published
+_DRAIN_MS = const(100)  # longest time spent reading stale messages before a request
 _MICROPYTHON = sys.implementation.name == "micropython"
 
 # Topics of this API; a late answer on one of them is never the application's.
@@ -352,7 +352,7 @@ class Provisioner:
             for t in self._topics:
                 self._mqtt("subscribe to " + t.decode(), client.subscribe, t, _QOS)
                 subscribed += 1
-            self._drain()
+            self._wait(None, _DRAIN_MS)  # what came before the request is not its answer
             self._armed = True
             self._mqtt("publish to " + topic.decode(), client.publish, topic, request, False, qos)
             request = None
@@ -363,35 +363,31 @@ class Provisioner:
             timedsock.detach(client, sock)
         return self._parse(op)
 
-    def _drain(self):
-        # Anything already waiting on the socket was sent before our request.
-        # umqtt's check_msg() returns None both for "nothing waiting" and for
-        # "one message handled", so count the messages to tell them apart.
-        for _ in range(_DRAIN_MAX):
-            seen = self._seen
-            if self._mqtt("reading pending messages", self._client.check_msg) is None and seen == self._seen:
-                return
-
     def _wait(self, topic, timeout_ms):
-        # The deadline holds whatever check_msg() returns: umqtt returns the
-        # type of any non-PUBLISH packet, so a flood of strays is not "idle".
-        # When nothing came, rest until the socket is readable or a slice
-        # passes: no busy poll, and nothing allocated per idle round.
+        # Read until the answer or the deadline (topic None: until nothing is
+        # waiting, to drain what came before the request). The deadline holds
+        # whatever check_msg() returns: umqtt returns the type of any
+        # non-PUBLISH packet (and 1.3.4 None for a message handled, hence the
+        # count), so a flood of strays is not "idle". When nothing came, rest
+        # until the socket is readable or a slice passes: no busy poll, and
+        # nothing allocated per idle round.
         deadline = ticks_add(ticks_ms(), timeout_ms)
         check = self._client.check_msg  # one bound method for every poll
-        # idle: until the socket is readable (see timedsock), or a plain sleep
         rest = sleep_ms if self._sock is None else self._sock.wait_readable
         while True:
             left = ticks_diff(deadline, ticks_ms())
             seen = self._seen
             # after the deadline, one last look: an answer racing it still counts
-            op = self._mqtt("polling for the answer", check)
+            idle = self._mqtt("reading from the server", check) is None and seen == self._seen
             if self._got is not None:
                 return
-            if left <= 0:
+            if topic is None:
+                if idle or left <= 0:
+                    return
+            elif left <= 0:
                 raise _err(self._op, TIMEOUT, "no answer on {}/accepted|rejected in {} ms; check "
                            "endpoint, template, claim policy (iot:Receive)".format(topic.decode(), timeout_ms))
-            if op is None and seen == self._seen:
+            elif idle:
                 rest(min(left, _WAIT_SLICE_MS))
 
     def _finish(self, subscribed):
