@@ -422,7 +422,12 @@ class Provisioner:
         code = msg.get("statusCode")
         if not _is_int(code):
             raise _err(op, BAD_RESPONSE, "rejected response without integer statusCode")
-        error_code, error_message = [v if isinstance(v, str) else None for v in (msg.get("errorCode"), msg.get("errorMessage"))]
+        error_code = msg.get("errorCode")
+        error_message = msg.get("errorMessage")
+        if not isinstance(error_code, str):
+            error_code = None
+        if not isinstance(error_message, str):
+            error_message = None
         raise ProvisioningError(
             SERVER_REFUSED,
             "{}: refused by the server: {} {}: {}".format(op, code, error_code, error_message),
