@@ -59,8 +59,10 @@ class TimedSocket:
         self._blocking = True
         self._poll = p = select.poll()
         p.register(sock, select.POLLIN)
-        # MicroPython's ipoll() reuses one result tuple: no allocation per wait
+        # MicroPython's ipoll() reuses one result tuple, made by its first
+        # call (here, not in the first wait): no allocation per wait
         self._ipoll = getattr(p, "ipoll", p.poll)
+        self._ipoll(0)
         self._events = (select.POLLIN, select.POLLOUT)
         sock.setblocking(False)
         self.arm()
