@@ -272,7 +272,8 @@ class Store:
         try:
             rec = json.loads(_read(self.path(PENDING)))
             if (rec["version"] == _VERSION and isinstance(rec["certificate_id"], str)
-                    and isinstance(rec["ownership_token"], str) and self._verified(rec)):
+                    and isinstance(rec["ownership_token"], str)
+                    and isinstance(rec["issued"], (int, float)) and self._verified(rec)):
                 return rec
         except (OSError, ValueError, KeyError, TypeError):
             pass

@@ -336,6 +336,7 @@ class FirstBoot:
         link.close()
         rec = s.commit_pending(pend, None, None, self.cfg["endpoint"])
         self.pending = None
+        _unload("fleetprov", "cbor")  # the provisioning protocol is done
         self.progress.step("adopted", "certificate {} is active; its thing name was lost, "
                            "using the client id".format(cid))
         return rec

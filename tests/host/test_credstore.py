@@ -472,8 +472,10 @@ def test_drop_pending_forgets_the_staged_identity_and_keeps_the_claim(flash: Pat
         lambda r: r.update(version=99),
         lambda r: r["sha256"].update(key="0" * 64),
         lambda r: r["files"].update(cert="../claim.der"),
+        lambda r: r.update(issued="yesterday"),
+        lambda r: r.pop("issued"),
     ],
-    ids=["no-token", "token-not-text", "no-id", "version", "key-digest", "path"],
+    ids=["no-token", "token-not-text", "no-id", "version", "key-digest", "path", "issued-not-a-number", "no-issued"],
 )
 def test_a_pending_record_with_a_bad_field_is_not_trusted(flash: Path, edit) -> None:
     ident = rsa_identity()
