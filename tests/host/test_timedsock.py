@@ -92,6 +92,20 @@ def test_a_write_to_a_peer_that_never_reads_raises_etimedout(pair) -> None:
     assert info.value.args[0] == errno.ETIMEDOUT
 
 
+def test_the_deadline_covers_the_operation_however_much_data_flows(pair) -> None:
+    # umqtt reads packet after packet until its ACK: a flood must not extend the wait
+    ours, peer = pair
+    peer.sendall(b"abc")
+    b = bounded(ours)
+    assert b.read(1) == b"a"
+    b.arm(0)  # the operation's time is up
+    with pytest.raises(OSError) as info:
+        b.read(1)  # though "b" is waiting
+    assert info.value.args[0] == errno.ETIMEDOUT
+    b.arm()  # the next operation: a fresh timeout_ms
+    assert b.read(2) == b"bc"
+
+
 def test_on_esp32_numbering_a_timeout_raises_newlibs_etimedout(pair, monkeypatch) -> None:
     monkeypatch.setattr(timedsock, "errno", esp32errno)
     ours, _ = pair
