@@ -370,6 +370,8 @@ class FirstBoot:
                     rec = self._adopt(ca)  # its token has expired: no RegisterThing with it
                     if rec is not None:
                         return rec
+                    attempt -= 1  # dropped: start over at once (a CSR first, for csr)
+                    continue
                 link, reg = self._attempt(claim_cert, claim_key, ca, params, csr_pem, csr_key)
                 break
             except Exception as ex:

@@ -621,6 +621,20 @@ def test_a_staged_certificate_past_its_token_lifetime_is_not_registered_again(
     assert cloud.calls.count("keys") == 2
 
 
+def test_an_expired_staged_csr_identity_is_dropped_and_a_new_csr_made(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending = staged_boot(flash, cloud, method="csr")
+    now = pending["issued"] + firstboot.TOKEN_TTL_S + 1
+    monkeypatch.setattr(firstboot.time, "time", lambda: now)
+    boot = Boot(cloud, method="csr")
+    boot.fb.start()
+    steps = boot.steps()
+    assert steps.index("dropped") < steps.index("keygen"), boot.output()
+    assert cloud.calls.count("csr") == 2 and cloud.calls.count("keys") == 0
+    assert credstore.Store().load()["certificate_id"] != pending["certificate_id"]
+
+
 @pytest.mark.parametrize("damage", ["torn-record", "wrong-digest", "missing-key"])
 def test_a_damaged_pending_record_is_not_trusted_and_provisioning_starts_over(
     flash: Path, cloud: FakeCloud, damage: str
