@@ -262,6 +262,18 @@ def test_power_cut_while_resuming_a_staged_identity(
     assert len(device.made()) == 1  # the staged certificate is the one: no second
 
 
+def test_a_cut_after_registerthing_answered_adopts_the_active_certificate(
+    iotsim: Any, templates: dict[str, Path], tmp_path: Path
+) -> None:
+    # The answer was in RAM, not on flash: the token is spent, the certificate ACTIVE.
+    device = Device(templates["keys"], tmp_path, iotsim)
+    cut_at(device, "register")
+    r = device.boot()
+    assert r.returncode == 0 and "adopted" in r.steps(), r.text
+    recover(device, iotsim, "cut after RegisterThing answered")
+    assert len(device.made()) == 1
+
+
 def test_no_thing_ends_with_two_active_certificates_and_orphans_are_reported(
     iotsim: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
