@@ -12,6 +12,12 @@
 #   3. load() trusts nothing the record does not vouch for: a missing, torn or
 #      corrupt record, a missing file or a digest mismatch all mean "not
 #      provisioned", and leftover *.tmp files are deleted, never read.
+# A new identity is staged before RegisterThing activates it: certificate and
+# key, then the pending record (pending.json: certificate id, ownership token,
+# when it was issued, the files' SHA-256) last, under the same three rules. A
+# boot cut short after that resumes with the same certificate instead of
+# orphaning it; commit_pending() writes the provisioning record naming the
+# staged files, then removes pending.json.
 # The claim certificate and key are only ever opened for reading.
 
 import binascii
@@ -21,6 +27,7 @@ import os
 import sys
 
 RECORD = "provisioned.json"
+PENDING = "pending.json"
 DEVICE_CERT = "device.crt.der"
 DEVICE_KEY = "device.key.der"
 # PEM-mode names (Store(pem=True)): CircuitPython's TLS loads PEM files only.
@@ -276,12 +283,8 @@ class Store:
         try:
             if rec["version"] != _VERSION:
                 return None
-            files = rec["files"]
-            for role in ("cert", "key"):
-                if not isinstance(files[role], str) or "/" in files[role]:
-                    return None
-                if _digest(_read(self.path(files[role]))) != rec["sha256"][role]:
-                    return None
+            if not self._verified(rec):
+                return None
             if not isinstance(rec["certificate_id"], str) or not isinstance(
                 rec["device_configuration"], dict
             ):
@@ -291,7 +294,83 @@ class Store:
         except (KeyError, TypeError, OSError):
             return None
         self.record = rec
+        # a cut after the record landed, before pending.json went: done, drop it
+        _remove(self.path(PENDING))
         return rec
+
+    def _verified(self, rec):
+        # True when rec's files exist with the digests it records.
+        files = rec["files"]
+        for role in ("cert", "key"):
+            if not isinstance(files[role], str) or "/" in files[role]:
+                return False
+            if _digest(_read(self.path(files[role]))) != rec["sha256"][role]:
+                return False
+        return True
+
+    def load_pending(self):
+        """The staged identity (dict: certificate_id, ownership_token, issued,
+        files, sha256) when pending.json and the files it names check out;
+        else None. Call after load() found no record."""
+        try:
+            rec = json.loads(_read(self.path(PENDING)))
+            if (rec["version"] == _VERSION and isinstance(rec["certificate_id"], str)
+                    and isinstance(rec["ownership_token"], str)
+                    and isinstance(rec["issued"], (int, float)) and self._verified(rec)):
+                return rec
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return None
+
+    def stage(self, certificate_id, cert, key, ownership_token, issued):
+        """Store a new, not yet registered identity (see commit() for cert and
+        key); pending.json last. ``issued``: time.time() when the certificate
+        came, to tell an expired ownership token. Returns the pending record."""
+        cert, key = self._pair(certificate_id, cert, key)
+        rec = {
+            "version": _VERSION,
+            "certificate_id": certificate_id,
+            "ownership_token": ownership_token,
+            "issued": issued,
+            "files": {"cert": DEVICE_CERT, "key": DEVICE_KEY},
+            "sha256": {"cert": _digest(cert), "key": _digest(key)},
+        }
+        # Nothing may vouch for the files while they are rewritten.
+        for name in (RECORD, PENDING):
+            if _exists(self.path(name)):
+                _remove(self.path(name))
+                _sync()
+        self.write_atomic(DEVICE_KEY, key)
+        self.write_atomic(DEVICE_CERT, cert)
+        self.write_atomic(PENDING, json.dumps(rec).encode())
+        return rec
+
+    def commit_pending(self, pending, thing_name=None, device_configuration=None, endpoint=None):
+        """RegisterThing succeeded: write the provisioning record naming the
+        staged files (the commit point), then drop pending.json. Returns the record."""
+        rec = {
+            "version": _VERSION,
+            "thing_name": thing_name,
+            "certificate_id": pending["certificate_id"],
+            "endpoint": endpoint,
+            "device_configuration": {} if device_configuration is None else device_configuration,
+            "files": pending["files"],
+            "sha256": pending["sha256"],
+        }
+        self.write_atomic(RECORD, json.dumps(rec).encode())
+        self.record = rec
+        _remove(self.path(PENDING))
+        _sync()
+        self._step("pending-cleared")
+        return rec
+
+    def drop_pending(self):
+        """Give up the staged identity: pending.json first, then its files."""
+        _remove(self.path(PENDING))
+        _sync()
+        self._step("pending-dropped")
+        _remove(self.path(DEVICE_CERT))
+        _remove(self.path(DEVICE_KEY))
 
     def provisioned(self):
         """True when load() found a complete, verified identity."""
@@ -308,6 +387,7 @@ class Store:
         """Forget the provisioned identity (the record goes first, so a cut
         halfway leaves "not provisioned"). The claim files stay."""
         _remove(self.path(RECORD))
+        _remove(self.path(PENDING))
         _sync()
         self._step("clear")
         for name in (DEVICE_CERT, DEVICE_KEY, DEVICE_CERT_PEM, DEVICE_KEY_PEM):
@@ -322,21 +402,7 @@ class Store:
         ``cert`` and ``key``: PEM (str) or DER (bytes). They are converted to
         DER, checked to belong together (StoreError otherwise, nothing
         written) and written atomically. Returns the record."""
-        if not isinstance(cert, (bytes, bytearray)):
-            cert = pem_to_der(cert, "CERTIFICATE")
-        if not isinstance(key, (bytes, bytearray)):
-            key = pem_to_der(key, "PRIVATE KEY")
-        try:
-            match = _der().same_key(cert, key)
-        except ValueError as ex:
-            raise StoreError("cannot compare certificate and key: {}".format(ex))
-        finally:
-            _drop_der()
-        if not match:
-            raise StoreError(
-                "certificate {} does not certify this private key; refusing to store "
-                "them (provision again)".format(certificate_id)
-            )
+        cert, key = self._pair(certificate_id, cert, key)
         if device_configuration is None:
             device_configuration = {}
         names = (DEVICE_CERT, DEVICE_KEY)
@@ -370,6 +436,25 @@ class Store:
         self.write_atomic(RECORD, json.dumps(rec).encode())
         self.record = rec
         return rec
+
+    def _pair(self, certificate_id, cert, key):
+        # (cert DER, key DER) from PEM or DER, checked to belong together.
+        if not isinstance(cert, (bytes, bytearray)):
+            cert = pem_to_der(cert, "CERTIFICATE")
+        if not isinstance(key, (bytes, bytearray)):
+            key = pem_to_der(key, "PRIVATE KEY")
+        try:
+            match = _der().same_key(cert, key)
+        except ValueError as ex:
+            raise StoreError("cannot compare certificate and key: {}".format(ex))
+        finally:
+            _drop_der()
+        if not match:
+            raise StoreError(
+                "certificate {} does not certify this private key; refusing to store "
+                "them (provision again)".format(certificate_id)
+            )
+        return cert, key
 
     def uid(self):
         """A random device id kept in the store (for ports without

@@ -12,12 +12,19 @@
 import gc
 import os
 import sys
+import time
 
 import credstore
 import mqttlink
 
 # MicroPython's clock (with timedsock's CPython fallback, the project's one copy)
-from timedsock import sleep_ms, ticks_diff, ticks_ms
+from timedsock import describe, sleep_ms, ticks_diff, ticks_ms
+
+
+# AWS deletes a certificate still PENDING_ACTIVATION, and refuses its
+# ownership token, one hour after issue; a staged identity older than this
+# (less a margin for the clocks) is not registered again.
+TOKEN_TTL_S = 3600 - 60
 
 
 class FirstBootError(Exception):
@@ -121,8 +128,18 @@ def hardware_uid():
         return None
 
 
+def _token_refused(ex):
+    # RegisterThing turned the saved ownership token down: already used (the
+    # registration went through, its answer was lost) or expired.
+    fleetprov = sys.modules.get("fleetprov")
+    return (fleetprov is not None and isinstance(ex, fleetprov.ProvisioningError)
+            and ex.error_code == "InvalidCertificateOwnershipToken")
+
+
 def _classify(ex):
     # -> (retryable, message). Messages name the cause and what to do.
+    if isinstance(ex, FirstBootError):
+        return ex.retryable, str(ex)
     # (fleetprov is not imported here: if it is not loaded yet, ex cannot be its error.)
     fleetprov = sys.modules.get("fleetprov")
     if fleetprov is not None and isinstance(ex, fleetprov.ProvisioningError):
@@ -140,7 +157,7 @@ def _classify(ex):
             return False, "{}: check that the claim certificate is active and its policy allows iot:Connect".format(ex)
         return True, str(ex)
     if isinstance(ex, OSError):
-        return True, "network error: {}".format(ex)
+        return True, "network error: " + describe(ex)
     if isinstance(ex, MemoryError):
         return False, "out of memory: {}".format(ex)
     return False, "{}: {}".format(type(ex).__name__, ex)
@@ -169,6 +186,7 @@ class FirstBoot:
         self._mqtt = mqtt
         self.uid = uid
         self.client_id = None
+        self.pending = None  # the staged identity (credstore.load_pending) while provisioning
 
     # -- identity and names ---------------------------------------------------
 
@@ -247,31 +265,81 @@ class FirstBoot:
         return csr_pem, key
 
     def _attempt(self, claim_cert, claim_key, ca, params, csr_pem, csr_key):
+        # One attempt on a fresh claim connection: a new certificate, staged
+        # on flash, unless one is staged already; then RegisterThing.
         cfg = self.cfg
         link = self._open(self.client_id, claim_cert, claim_key, ca)
         try:
             self.progress.step("connect-claim", "{}:{} as {}".format(
                 cfg["endpoint"], cfg["port"], self.client_id))
-            p = self._new_provisioner(link.client)
-            try:
+            if self.pending is None:
                 if csr_pem is None:
-                    creds = p.create_keys_and_certificate()
+                    creds = self._call(link.client, "create_keys_and_certificate")
                     key = creds.private_key
                 else:
-                    creds = p.create_certificate_from_csr(csr_pem)
+                    creds = self._call(link.client, "create_certificate_from_csr", csr_pem)
                     key = csr_key
                 self.progress.step("certificate", creds.certificate_id)
-                reg = p.register_thing(cfg["template"], creds.ownership_token, params)
-                self.progress.step("register", "thing {}".format(reg.thing_name))
-            finally:
-                try:
-                    p.close()
-                except Exception:
-                    pass
+                self._stage(creds, key)
+                creds = key = None  # on flash now: free the RAM before the next answer
+                gc.collect()
+            reg = self._call(link.client, "register_thing", cfg["template"],
+                             self.pending["ownership_token"], params)
+            self.progress.step("register", "thing {}".format(reg.thing_name))
         except BaseException:
             link.close()
             raise
-        return link, creds, key, reg
+        return link, reg
+
+    def _call(self, client, op, *args):
+        # One operation on a Provisioner of its own, closed after it: its
+        # receive buffer is free again while the answer is staged on flash.
+        p = self._new_provisioner(client)
+        try:
+            return getattr(p, op)(*args)
+        finally:
+            try:
+                p.close()
+            except Exception:
+                pass
+
+    def _stage(self, creds, key):
+        # Store the identity before RegisterThing activates it, so that a cut
+        # from here on resumes with it instead of orphaning it.
+        try:
+            self.pending = self.store.stage(creds.certificate_id, creds.certificate_pem, key,
+                                            creds.ownership_token, time.time())
+        except credstore.StoreError as ex:
+            raise FirstBootError("cannot store the new identity: {}".format(ex))
+        except OSError as ex:
+            raise FirstBootError("cannot write the new identity to flash: {}".format(ex),
+                                 retryable=True)
+
+    def _adopt(self, ca):
+        # The staged certificate's token is spent or expired. ACTIVE (it was
+        # registered, the answer lost): keep it, thing name unknown. Refused
+        # (never activated, or deleted): drop it and start over. Returns the
+        # record, or None.
+        s = self.store
+        pend = self.pending
+        cid = pend["certificate_id"]
+        try:
+            link = self._open(self.client_id, s.read(pend["files"]["cert"]),
+                              s.read(pend["files"]["key"]), ca)
+        except mqttlink.ConnectError as ex:
+            if not (ex.refused or ex.handshake):
+                raise  # the network: try again later, with the same certificate
+            s.drop_pending()
+            self.pending = None
+            self.progress.step("dropped", "certificate {} is not active; starting over".format(cid))
+            return None
+        link.close()
+        rec = s.commit_pending(pend, None, None, self.cfg["endpoint"])
+        self.pending = None
+        _unload("fleetprov", "cbor")  # the provisioning protocol is done
+        self.progress.step("adopted", "certificate {} is active; its thing name was lost, "
+                           "using the client id".format(cid))
+        return rec
 
     def provision(self):
         """Provision with the claim and commit the new identity. Returns the
@@ -286,18 +354,40 @@ class FirstBoot:
             raise FirstBootError(str(ex))
         params = substitute(cfg["parameters"], self.uid, self.client_id)
         csr_pem = csr_key = None
-        if cfg["method"] == "csr":
-            csr_pem, csr_key = self._csr()
+        self.pending = s.load_pending()
+        if self.pending is not None:
+            self.progress.step("resume", "certificate {} staged {} s ago".format(
+                self.pending["certificate_id"], int(time.time() - self.pending["issued"])))
         n = cfg["retry_attempts"]
-        attempt = 0
+        attempt = handshakes = 0
         while True:
             attempt += 1
+            if self.pending is None and cfg["method"] == "csr" and csr_pem is None:
+                csr_pem, csr_key = self._csr()  # made once, kept across attempts
             try:
-                link, creds, key, reg = self._attempt(claim_cert, claim_key, ca, params,
-                                                      csr_pem, csr_key)
+                pend = self.pending
+                if pend is not None and not 0 <= time.time() - pend["issued"] < TOKEN_TTL_S:
+                    rec = self._adopt(ca)  # its token has expired: no RegisterThing with it
+                    if rec is not None:
+                        return rec
+                    attempt -= 1  # dropped: start over at once (a CSR first, for csr)
+                    continue
+                link, reg = self._attempt(claim_cert, claim_key, ca, params, csr_pem, csr_key)
                 break
             except Exception as ex:
+                if self.pending is not None and _token_refused(ex):
+                    try:
+                        rec = self._adopt(ca)
+                        if rec is not None:
+                            return rec
+                        attempt -= 1  # start over at once: not a failed attempt
+                        continue
+                    except Exception as ex2:
+                        ex = ex2
                 retry, msg = _classify(ex)
+                if getattr(ex, "handshake", False):
+                    handshakes += 1
+                    retry = handshakes < 2  # once may be a glitch; twice, the certificate
                 if not retry:
                     raise FirstBootError("provisioning failed: " + msg)
                 if attempt >= n:
@@ -313,15 +403,12 @@ class FirstBoot:
         _unload("fleetprov", "cbor")  # the provisioning protocol is done
         try:
             try:
-                rec = s.commit(creds.certificate_id, creds.certificate_pem, key,
-                               reg.thing_name, reg.device_configuration, cfg["endpoint"])
-            except credstore.StoreError as ex:
-                raise FirstBootError("cannot store the new identity: {}".format(ex))
+                rec = s.commit_pending(self.pending, reg.thing_name, reg.device_configuration,
+                                       cfg["endpoint"])
             except OSError as ex:
                 raise FirstBootError("cannot write the new identity to flash: {}".format(ex),
                                      retryable=True)
-            # The PEM strings and the key are on flash now; drop them from RAM.
-            creds = key = reg = None
+            self.pending = reg = None
             self.progress.step("commit", "{} in {}".format(credstore.RECORD, s.folder or "."))
         finally:
             link.close()
@@ -342,6 +429,7 @@ class FirstBoot:
         n = cfg["retry_attempts"]
         name = self.thing_name()
         last = None
+        handshakes = 0
         for attempt in range(1, n + 1):
             try:
                 # The thing name as client id: AWS policies commonly allow
@@ -352,8 +440,10 @@ class FirstBoot:
             except mqttlink.ConnectError as ex:
                 last = ex
             # CONNACK "bad credentials"/"not authorised" is final; a close
-            # before CONNACK may be a glitch, so it is retried first.
-            if last.code in (4, 5) or attempt == n:
+            # before CONNACK may be a glitch, so it is retried first, and so
+            # is a closed TLS handshake, once.
+            handshakes += last.handshake
+            if last.code in (4, 5) or attempt == n or handshakes > 1:
                 break
             wait = backoff_ms(attempt, cfg["retry_base_ms"], cfg["retry_max_ms"], self._rand)
             self.progress.step("retry", "attempt {}/{} failed: {}; next in {} ms".format(
@@ -361,7 +451,8 @@ class FirstBoot:
             self._sleep(wait)
         if last.refused:
             raise FirstBootError("device certificate refused: {}".format(last), refused=True)
-        raise FirstBootError("cannot connect as {}: {}".format(name, last), retryable=True)
+        raise FirstBootError("cannot connect as {}: {}".format(name, last),
+                             retryable=not last.handshake)
 
     def confirm(self, link):
         """Prove the identity works: a QoS 1 publish that gets its PUBACK."""
@@ -371,8 +462,8 @@ class FirstBoot:
             publish_bounded(link, topic, payload, self.cfg["mqtt_timeout_ms"])
         except Exception as ex:
             link.close()
-            raise FirstBootError("publish to {} as the new thing failed: {}: {}".format(
-                topic.decode(), type(ex).__name__, ex), retryable=True)
+            raise FirstBootError("publish to {} as the new thing failed: {}".format(
+                topic.decode(), describe(ex)), retryable=True)
         self.progress.step("confirm", "PUBACK on {}".format(topic.decode()))
 
     def start(self):

@@ -48,8 +48,8 @@ _NAMES = (
 )
 
 _QOS = const(1)  # subscriptions, and the keys and register requests
-_POLL_IDLE_MS = const(2)  # rest between empty polls while waiting for the answer
-_DRAIN_MAX = const(16)  # stale messages read off before a request is published
+_WAIT_SLICE_MS = const(50)  # longest idle wait between polls for the answer (<= 20 polls/s)
+_DRAIN_MS = const(100)  # longest time spent reading stale messages before a request
 _MICROPYTHON = sys.implementation.name == "micropython"
 
 # Topics of this API; a late answer on one of them is never the application's.
@@ -186,6 +186,7 @@ class Provisioner:
         self._armed = False  # the request is published: answers count from now
         self._got = None  # (0 accepted / 1 rejected / None too large, length)
         self._app_exc = None
+        self._sock = None  # the TimedSocket while an operation runs
         self._seen = 0  # messages handled, so _drain can tell "nothing" from "one"
         try:
             client.set_callback(self._on_message)
@@ -301,6 +302,8 @@ class Provisioner:
 
     def _mqtt(self, what, call, *args):
         # One client call, its failure mapped to the contract's statuses.
+        if self._sock is not None:
+            self._sock.arm()  # each call gets mqtt_timeout_ms, however busy the link
         try:
             return call(*args)
         except MemoryError:
@@ -309,10 +312,13 @@ class Provisioner:
             if exc is self._app_exc:
                 raise
             status = MQTT_ERROR
-            if exc.args and exc.args[0] == 0x80:
+            # umqtt raises its MQTTException only for a SUBACK refusal (known
+            # by class name: fleetprov does not import umqtt), never an errno
+            # (ENOTCONN is 128 == 0x80 on ESP32).
+            if _type(exc) == "MQTTException" and what.startswith("sub"):
                 cause = "refused (SUBACK 0x80): the claim policy must allow iot:Subscribe on it"
             else:
-                cause = "failed: {}: {}; reconnect and retry".format(_type(exc), exc)
+                cause = "failed: {}; reconnect and retry".format(timedsock.describe(exc))
         raise _err(self._op, status, what + " " + cause)
 
     def _convert(self, op, fn, data, status, what):
@@ -341,43 +347,57 @@ class Provisioner:
         try:
             # umqtt has no time limits of its own: see timedsock
             sock = self._mqtt("preparing the socket", timedsock.attach, client, self._mqtt_ms)
+            if sock is not None:
+                self._sock = client.sock
             for t in self._topics:
                 self._mqtt("subscribe to " + t.decode(), client.subscribe, t, _QOS)
                 subscribed += 1
-            self._drain()
+            self._wait(None, _DRAIN_MS)  # what came before the request is not its answer
             self._armed = True
             self._mqtt("publish to " + topic.decode(), client.publish, topic, request, False, qos)
             request = None
             self._wait(topic, self._timeout_ms if timeout_ms is None else timeout_ms)
         finally:
             self._finish(subscribed)
+            self._sock = None
             timedsock.detach(client, sock)
         return self._parse(op)
 
-    def _drain(self):
-        # Anything already waiting on the socket was sent before our request.
-        # umqtt's check_msg() returns None both for "nothing waiting" and for
-        # "one message handled", so count the messages to tell them apart.
-        for _ in range(_DRAIN_MAX):
-            seen = self._seen
-            if self._mqtt("reading pending messages", self._client.check_msg) is None and seen == self._seen:
-                return
-
     def _wait(self, topic, timeout_ms):
+        # Read until the answer or the deadline (topic None: until nothing is
+        # waiting, to drain what came before the request). The deadline holds
+        # whatever check_msg() returns: umqtt returns the type of any
+        # non-PUBLISH packet (and 1.3.4 None for a message handled, hence the
+        # count), so a flood of strays is not "idle". When nothing came, rest
+        # until the socket is readable or a slice passes: no busy poll, and
+        # nothing allocated per idle round.
         deadline = ticks_add(ticks_ms(), timeout_ms)
-        while self._got is None:
-            late = ticks_diff(deadline, ticks_ms()) <= 0
+        check = self._client.check_msg  # one bound method for every poll
+        rest = sleep_ms if self._sock is None else self._sock.wait_readable
+        while True:
+            left = ticks_diff(deadline, ticks_ms())
+            seen = self._seen
             # after the deadline, one last look: an answer racing it still counts
-            if self._mqtt("polling for the answer", self._client.check_msg) is None and self._got is None:
-                if late:
-                    raise _err(self._op, TIMEOUT, "no answer on {}/accepted|rejected in {} ms; check "
-                               "endpoint, template, claim policy (iot:Receive)".format(topic.decode(), timeout_ms))
-                sleep_ms(_POLL_IDLE_MS)
+            idle = self._mqtt("reading from the server", check) is None and seen == self._seen
+            if self._got is not None:
+                return
+            if topic is None:
+                if idle or left <= 0:
+                    return
+            elif left <= 0:
+                raise _err(self._op, TIMEOUT, "no answer on {}/accepted|rejected in {} ms; check "
+                           "endpoint, template, claim policy (iot:Receive)".format(topic.decode(), timeout_ms))
+            elif idle:
+                rest(min(left, _WAIT_SLICE_MS))
 
     def _finish(self, subscribed):
         self._op = None
         self._armed = False
         unsubscribe = getattr(self._client, "unsubscribe", None)
+        if self._sock is not None:
+            # the unsubscribes share one mqtt_timeout_ms; after a failure (the
+            # caller's time is up) one slice
+            self._sock.arm(None if self._got else _WAIT_SLICE_MS)
         if unsubscribe is not None:
             for t in self._topics[:subscribed]:
                 try:
@@ -402,7 +422,12 @@ class Provisioner:
         code = msg.get("statusCode")
         if not _is_int(code):
             raise _err(op, BAD_RESPONSE, "rejected response without integer statusCode")
-        error_code, error_message = [v if isinstance(v, str) else None for v in (msg.get("errorCode"), msg.get("errorMessage"))]
+        error_code = msg.get("errorCode")
+        error_message = msg.get("errorMessage")
+        if not isinstance(error_code, str):
+            error_code = None
+        if not isinstance(error_message, str):
+            error_message = None
         raise ProvisioningError(
             SERVER_REFUSED,
             "{}: refused by the server: {} {}: {}".format(op, code, error_code, error_message),

@@ -21,6 +21,9 @@ try:
 except ImportError:  # firmware <= 1.22 calls it ussl
     import ussl as ssl
 
+import errno
+import sys
+
 import timedsock
 
 
@@ -29,12 +32,29 @@ class ConnectError(Exception):
 
     ``refused``: the server answered and turned our certificate down (CONNACK
     with a non-zero code, or the connection closed before CONNACK).
-    ``code``: the CONNACK return code, or None."""
+    ``code``: the CONNACK return code, or None.
+    ``handshake``: the server hung up on the TLS handshake: most likely it
+    refused the certificate, which retrying does not change."""
 
-    def __init__(self, msg, refused=False, code=None):
+    def __init__(self, msg, refused=False, code=None, handshake=False):
         super().__init__(msg)
         self.refused = refused
         self.code = code
+        self.handshake = handshake
+
+
+class _Unresolved(Exception):
+    # getaddrinfo() failed: raised through umqtt's connect() to connect()
+    pass
+
+
+# Failures of the network itself while connecting: nothing listening, no
+# route, no answer in time, out of buffers. Any other OSError after the name
+# resolved means the server hung up during the TLS handshake or right after it
+# (a refused client certificate: EPIPE on the next write, ECONNRESET, an
+# mbedTLS alert; MicroPython's errno has no EPIPE to name).
+_NETWORK = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EAGAIN,
+            errno.ENOMEM, errno.ENOBUFS, errno.EINPROGRESS, errno.EALREADY)
 
 
 _CONNACK = {
@@ -52,18 +72,48 @@ class _SocketFactory:
         self._mod = mod
         self._t = timeout_s
         self.raw = None
+        self.resolved = False
 
     def socket(self, *args):
         s = self._mod.socket(*args)
         s.settimeout(self._t)
+        nodelay(s, self._mod)
         self.raw = s
         return s
 
     def getaddrinfo(self, *args):
-        return self._mod.getaddrinfo(*args)
+        try:
+            out = self._mod.getaddrinfo(*args)
+        except Exception as ex:
+            raise _Unresolved(ex)
+        self.resolved = True
+        return out
 
     def __getattr__(self, name):
         return getattr(self._mod, name)
+
+
+def nodelay(sock, mod=None):
+    """Turn Nagle's algorithm off on ``sock`` where the port allows; True if done.
+
+    umqtt writes each packet in several small pieces (TLS makes each its own
+    record): with Nagle and the peer's delayed ACK every request then waits
+    ~40 ms. The ESP32 port's socket module has IPPROTO_TCP and TCP_NODELAY
+    (lwIP); the unix port has neither name but passes the option to Linux,
+    whose numbers are 6 (the IP protocol number) and 1. Elsewhere: skipped."""
+    if mod is None:
+        import socket as mod
+    level = getattr(mod, "IPPROTO_TCP", None)
+    opt = getattr(mod, "TCP_NODELAY", None)
+    if (level is None or opt is None) and sys.platform == "linux":
+        level, opt = 6, 1
+    if level is None or opt is None:
+        return False
+    try:
+        sock.setsockopt(level, opt, 1)
+        return True
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 class _Context:
@@ -162,10 +212,24 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
         # without a CONNACK: how AWS turns away a revoked certificate.
         _close(client)
         raise ConnectError("{} closed the connection before CONNACK".format(where), refused=True)
+    except _Unresolved as ex:
+        _close(client)
+        raise ConnectError("cannot resolve {} ({}): check `endpoint` in config.json (the "
+                           "account's -ats endpoint) and the network".format(
+                               host, timedsock.describe(ex.args[0])))
     except (OSError, ValueError) as ex:
         # OSError: TCP/TLS failure or timeout. ValueError: the unix port's TLS
         # reports a failed certificate check (wrong CA, name, clock) this way.
         _close(client)
+        n = ex.args[0] if ex.args else None
+        if (factory is not None and factory.resolved and isinstance(ex, OSError)
+                and isinstance(n, int) and n not in _NETWORK):
+            raise ConnectError(
+                "{} closed the TLS handshake ({}): it refused this device's certificate. Likely: "
+                "the certificate has expired or is not yet valid{}; it was issued by a CA the "
+                "endpoint does not trust (a claim certificate not registered in this account); "
+                "or it belongs to another endpoint (account or region). The server's log names "
+                "the cause".format(where, timedsock.describe(ex), _clock_hint()), handshake=True)
         # (mbedTLS messages span lines: keep the report on one.)
         raise ConnectError("cannot connect to {}: {}: {}{}".format(
             where, type(ex).__name__, " ".join(str(ex).split()), _clock_hint()))

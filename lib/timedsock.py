@@ -3,16 +3,23 @@
 # umqtt waits for SUBACK, PUBACK and CONNACK with no limit of its own, and
 # after every byte it polls it puts the socket back into blocking mode (which
 # drops any timeout); MicroPython's TLS socket has no settimeout() at all. So
-# for the duration of an MQTT operation the client's socket is replaced by a
-# TimedSocket: the real socket stays non-blocking and every "blocking" read or
-# write polls it until done or until timeout_ms has passed, then raises
-# OSError(ETIMEDOUT). A dead or half-open link becomes an error, not a hang.
+# for the duration of MQTT operations the client's socket is replaced by a
+# TimedSocket: the real socket stays non-blocking, and every "blocking" read or
+# write polls it until done or until the operation's deadline (timeout_ms after
+# attach() or the last arm()) has passed, then raises OSError(errno.ETIMEDOUT).
+# The deadline covers the whole operation, not each read: umqtt loops reading
+# packets until its ACK comes, so a flood of stray packets cannot stretch it.
+# A dead, half-open or flooding link becomes an error, not a hang.
 #
 #   sock = timedsock.attach(client, 5000)
 #   try:
 #       client.subscribe(topic, 1)
+#       client.sock.arm()  # a fresh timeout_ms for the next operation
+#       client.publish(topic, msg, False, 1)
 #   finally:
 #       timedsock.detach(client, sock)
+
+import errno
 
 try:
     import select
@@ -41,48 +48,69 @@ except ImportError:  # CPython, CircuitPython: ints do not wrap, so plain arithm
         sleep(ms / 1000)
 
 
-ETIMEDOUT = 110  # errno on MicroPython and Linux
 _SLICE_MS = 20  # longest single poll: TLS may hold decrypted bytes poll cannot see
 
 
 class TimedSocket:
-    """A stream socket whose blocking reads and writes end after timeout_ms.
+    """A stream socket whose blocking reads and writes end at a deadline.
 
     sock: a socket (plain or TLS) with read, write, setblocking and poll
         support; it is switched to non-blocking mode.
-    timeout_ms: the limit for each read(n) or write(buf) call, in ms.
+    timeout_ms: the time each operation gets (see arm()).
     """
 
     def __init__(self, sock, timeout_ms):
         self._sock = sock
         self._ms = timeout_ms
         self._blocking = True
-        self._poll = select.poll()
-        self._poll.register(sock, select.POLLIN)
+        self._poll = p = select.poll()
+        p.register(sock, select.POLLIN)
+        # MicroPython's ipoll() reuses one result tuple, made by its first
+        # call (here, not in the first wait): no allocation per wait
+        self._ipoll = getattr(p, "ipoll", p.poll)
+        self._ipoll(0)
         self._events = (select.POLLIN, select.POLLOUT)
         sock.setblocking(False)
+        self.arm()
+
+    def arm(self, ms=None):
+        """Start an operation: blocking reads and writes from now on end
+        ms (default timeout_ms) from now. Allocates nothing."""
+        self._deadline = ticks_add(ticks_ms(), self._ms if ms is None else ms)
 
     def setblocking(self, flag):
-        # umqtt's "blocking" becomes "blocking for at most timeout_ms"
+        # umqtt's "blocking" becomes "blocking until the deadline"
         self._blocking = flag
 
-    def _idle(self, deadline, writing):
-        left = ticks_diff(deadline, ticks_ms())
+    def _left(self):
+        left = ticks_diff(self._deadline, ticks_ms())
         if left <= 0:
-            raise OSError(ETIMEDOUT)
+            # by name: ESP32 firmware says 116 (newlib), Linux 110
+            raise OSError(errno.ETIMEDOUT)
+        return left
+
+    def _idle(self, writing):
+        left = self._left()
         self._poll.modify(self._sock, self._events[writing])
-        self._poll.poll(min(left, _SLICE_MS))
+        self._ipoll(min(left, _SLICE_MS))
+
+    def wait_readable(self, ms):
+        """Sleep until the socket has data (or its peer closed) or ms pass,
+        without allocating. Only after a read found nothing: data already
+        decrypted by TLS is not seen by poll."""
+        self._poll.modify(self._sock, select.POLLIN)
+        self._ipoll(ms)
 
     def read(self, n=-1):
         """n bytes (fewer only at end of stream); in non-blocking mode what is there, or None."""
         if not self._blocking:
             return self._sock.read(n)
-        deadline = ticks_add(ticks_ms(), self._ms)
+        self._left()  # data flowing does not extend the operation
         data = b""
         while len(data) < n:
             chunk = self._sock.read(n - len(data))
             if chunk is None:
-                self._idle(deadline, 0)
+                self._idle(0)
             elif not chunk:
                 break  # end of stream: umqtt sees the short read
             else:
@@ -93,22 +121,32 @@ class TimedSocket:
         """Write the first n bytes of buf (all of it by default); returns the count."""
         view = memoryview(buf)[: len(buf) if n is None else n]
         done = 0
-        deadline = ticks_add(ticks_ms(), self._ms)
         while done < len(view):
             sent = self._sock.write(view[done:])
             if sent:
                 done += sent
             else:
-                self._idle(deadline, 1)
+                self._idle(1)
         return done
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
 
 
+def describe(exc):
+    """One line for an exception: an OSError named from this port's errno
+    table ("OSError ENOTCONN (128)"; ESP32 and Linux number errors apart)."""
+    n = exc.args[0] if exc.args else None
+    name = getattr(errno, "errorcode", {}).get(n) if isinstance(n, int) else None
+    if name is not None:
+        return "{} {} ({})".format(type(exc).__name__, name, n)
+    return "{}: {}".format(type(exc).__name__, exc)
+
+
 def attach(client, timeout_ms):
-    """Bound client's socket I/O to timeout_ms per call; returns the original
-    socket for detach() (None when the client has no socket)."""
+    """Bound client's socket I/O to timeout_ms per operation (armed now; see
+    TimedSocket.arm); returns the original socket for detach() (None when the
+    client has no socket)."""
     sock = getattr(client, "sock", None)
     if sock is not None:
         client.sock = TimedSocket(sock, timeout_ms)

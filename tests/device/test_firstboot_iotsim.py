@@ -248,6 +248,75 @@ def test_a_server_certificate_for_another_name_is_refused(iotsim: Any, flash: Pa
     assert not (flash / "certs" / "provisioned.json").exists()
 
 
+def _client_identity(iotsim: Any, *, expired: bool) -> tuple[bytes, bytes]:
+    """(cert DER, key DER): an expired certificate from iotsim's CA, or a valid
+    one from a CA iotsim does not know."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if expired:
+        issuer_cert = x509.load_pem_x509_certificate((iotsim.state / "ca.pem").read_bytes())
+        issuer_key = serialization.load_pem_private_key((iotsim.state / "ca.key.pem").read_bytes(), None)
+        issuer = issuer_cert.subject
+    else:
+        issuer_key = ec.generate_private_key(ec.SECP256R1())
+        issuer = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "a CA iotsim does not trust")])
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    start, end = (now - dt.timedelta(days=10), now - dt.timedelta(days=1)) if expired else (now, now + dt.timedelta(days=1))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "claim")]))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    der = serialization.Encoding.DER
+    return cert.public_bytes(der), key.private_bytes(der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+@pytest.mark.parametrize("claim", ["expired", "unknown-ca"])
+def test_a_claim_the_server_hangs_up_on_names_the_causes_and_is_retried_once(
+    iotsim: Any, flash: Path, claim: str
+) -> None:
+    cert, key = _client_identity(iotsim, expired=claim == "expired")
+    (flash / "certs" / "claim.der").write_bytes(cert)
+    (flash / "certs" / "claim.key.der").write_bytes(key)
+    reconfigure(flash, retry_attempts=5)
+    result = boot(flash)
+    assert result.returncode == 1, result.text
+    assert result.steps().count("retry") == 1, result.text  # once, not five times
+    last = result.lines[-1]
+    assert "closed the TLS handshake" in last, result.text
+    for cause in ("expired or is not yet valid", "CA the endpoint does not trust", "another endpoint"):
+        assert cause in last
+    print(last)
+
+
+def test_an_unresolvable_endpoint_names_the_host_and_the_config_field(flash: Path) -> None:
+    reconfigure(flash, endpoint="no-such-endpoint.invalid", retry_attempts=1)
+    result = boot(flash)
+    assert result.returncode == 1, result.text
+    last = result.lines[-1]
+    assert "cannot resolve no-such-endpoint.invalid" in last and "`endpoint` in config.json" in last, last
+
+
+def test_the_unix_ports_socket_takes_tcp_nodelay(micropython: Any) -> None:
+    # The unix port's socket module has neither IPPROTO_TCP nor TCP_NODELAY, yet
+    # passes the option to Linux: without it each request waits for delayed ACKs
+    # (`make bench`: first boot 650 -> 170 ms).
+    code = (
+        "import socket, mqttlink\n"
+        "print(hasattr(socket, 'TCP_NODELAY'), mqttlink.nodelay(socket.socket()))\n"
+    )
+    assert micropython.run(code).stdout.split() == ["False", "True"]
+
+
 def test_a_config_error_stops_the_device_with_one_line(flash: Path) -> None:
     reconfigure(flash, port="8883")
     result = boot(flash)

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from rawbroker import RawBroker
 
 from tools.unixboard import compile_lib, mpy_cross_binary
 
@@ -52,3 +53,65 @@ def test_boot_and_main_compile_with_mpy_cross(source: Path, tmp_path: Path) -> N
         pytest.fail(f"{source.name} is missing")
     proc = subprocess.run([str(mpy_cross_binary()), "-o", str(tmp_path / "x.mpy"), str(source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- the real umqtt.simple against a hostile broker (tests/fakes/rawbroker.py) --
+
+HOSTILE = ROOT / "tests" / "device" / "scripts" / "hostile_broker.py"
+
+
+def run_against(
+    micropython, broker: RawBroker, timeout_ms: int, mqtt_ms: int, *extra: str, mpy: Path | None = None
+) -> dict[str, str]:
+    try:
+        proc = micropython.run(
+            script=HOSTILE,
+            args=(str(broker.port), str(timeout_ms), str(mqtt_ms), *extra),
+            extra_path=() if mpy is None else (mpy,),
+            timeout=60,
+        )
+    finally:
+        broker.close()
+    lines = proc.stdout.splitlines()
+    words = lines[-2].split()
+    out = dict(zip(words[::2], words[1::2]))
+    out["message"] = lines[-1][len("message ") :]
+    return out
+
+
+def test_a_flood_of_stray_pubacks_ends_in_timeout_at_the_deadline(micropython) -> None:
+    # umqtt returns the type of every non-PUBLISH packet from check_msg(): the
+    # wait once ran 15 s on a 500 ms deadline, or for ever
+    broker = RawBroker(publish="flood")
+    out = run_against(micropython, broker, 500, 5000)
+    assert int(out["status"]) == 7, out  # TIMEOUT
+    assert "no answer" in out["message"]
+    assert int(out["elapsed_ms"]) <= 500 + 100, out  # including the unsubscribes
+    assert broker.flooded > int(out["check_msg"]) // 8  # the flood was on while it waited
+
+
+def test_a_silent_server_is_polled_at_most_25_times_a_second(micropython) -> None:
+    out = run_against(micropython, RawBroker(), 1000, 5000)
+    assert int(out["status"]) == 7, out
+    assert int(out["check_msg"]) <= 25 + 3, out  # the drain, the wait, one last look
+
+
+def test_a_subscription_refused_by_real_umqtt_names_the_claim_policy(micropython) -> None:
+    out = run_against(micropython, RawBroker(subscribe="refuse"), 1000, 5000)
+    assert int(out["status"]) == 10, out  # MQTT_ERROR
+    assert "SUBACK 0x80" in out["message"] and "iot:Subscribe" in out["message"]
+
+
+@pytest.mark.parametrize("numbering", ["linux", "esp32"])
+def test_an_unanswered_subscribe_times_out_named_by_errno_not_as_a_refusal(
+    micropython, numbering: str, tmp_path: Path
+) -> None:
+    # Compiled with mpy-cross, as deployed: the unix port's own compiler folds
+    # errno.ETIMEDOUT into the constant 110, so only .mpy code can be given
+    # ESP32's numbers (mpy-cross leaves the lookup to the board, rightly).
+    compile_lib(tmp_path)
+    out = run_against(micropython, RawBroker(subscribe="none"), 1000, 200, numbering, mpy=tmp_path)
+    assert int(out["status"]) == 10, out
+    number = 116 if numbering == "esp32" else 110
+    assert "OSError ETIMEDOUT ({})".format(number) in out["message"], out
+    assert "SUBACK" not in out["message"] and "policy" not in out["message"]

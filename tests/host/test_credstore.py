@@ -426,3 +426,94 @@ def test_store_in_an_absolute_nested_folder_is_created_on_first_write(tmp_path: 
     s = Store(str(folder))
     s.commit(ident.certificate_id, ident.cert_der, ident.key_der("sec1"), None)
     assert Store(str(folder)).load()["thing_name"] is None
+
+
+# -- the staged identity (pending.json) ----------------------------------------------
+
+
+def test_stage_then_commit_pending_makes_the_staged_files_the_identity(flash: Path) -> None:
+    ident = rsa_identity()
+    s = Store()
+    pending = s.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "TOKEN-xyz", 1234.5)
+    assert Store().load() is None  # staged is not provisioned
+    again = Store().load_pending()
+    assert again == pending and again["ownership_token"] == "TOKEN-xyz" and again["issued"] == 1234.5
+    s.commit_pending(again, "thing-9", {"Mode": "y"}, "host")
+    t = Store()
+    assert t.load()["thing_name"] == "thing-9" and t.load_pending() is None
+    assert t.identity() == (ident.cert_der, ident.key_der("pkcs1"))
+    assert not (flash / "certs" / credstore.PENDING).exists()
+
+
+def test_staging_mismatched_certificate_and_key_writes_nothing(flash: Path) -> None:
+    a, b = rsa_identity(), rsa_identity()
+    with pytest.raises(StoreError, match="does not certify"):
+        Store().stage(a.certificate_id, a.cert_pem, b.key_pem("pkcs1"), "T", 1.0)
+    assert sorted(p.name for p in (flash / "certs").iterdir()) == ["ca.der", "claim.der", "claim.key.der"]
+
+
+def test_drop_pending_forgets_the_staged_identity_and_keeps_the_claim(flash: Path) -> None:
+    before = shipped(flash)
+    ident = ec_identity("dev")
+    s = Store()
+    s.stage(ident.certificate_id, ident.cert_der, ident.key_der(), "T", 1.0)
+    s.drop_pending()
+    assert Store().load_pending() is None
+    assert sorted(p.name for p in (flash / "certs").iterdir()) == ["ca.der", "claim.der", "claim.key.der"]
+    assert shipped(flash) == before
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: r.pop("ownership_token"),
+        lambda r: r.update(ownership_token=7),
+        lambda r: r.update(certificate_id=None),
+        lambda r: r.update(version=99),
+        lambda r: r["sha256"].update(key="0" * 64),
+        lambda r: r["files"].update(cert="../claim.der"),
+        lambda r: r.update(issued="yesterday"),
+        lambda r: r.pop("issued"),
+    ],
+    ids=["no-token", "token-not-text", "no-id", "version", "key-digest", "path", "issued-not-a-number", "no-issued"],
+)
+def test_a_pending_record_with_a_bad_field_is_not_trusted(flash: Path, edit) -> None:
+    ident = rsa_identity()
+    rec = Store().stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "T", 1.0)
+    edit(rec)
+    (flash / "certs" / credstore.PENDING).write_text(json.dumps(rec))
+    assert Store().load_pending() is None
+
+
+def test_a_power_cut_at_any_staging_boundary_leaves_nothing_or_the_staged_identity(flash: Path) -> None:
+    before = shipped(flash)
+    seen: list[str] = []
+    ident = rsa_identity()
+    s = Store(hook=seen.append)
+    s.commit_pending(s.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "T", 1.0), "t")
+    assert seen == [
+        "device.key.der.tmp", "device.key.der", "device.crt.der.tmp", "device.crt.der",
+        "pending.json.tmp", "pending.json", "provisioned.json.tmp", "provisioned.json", "pending-cleared",
+    ]
+    for cut in seen:
+        Store().clear()
+
+        def hook(step: str, cut: str = cut) -> None:
+            if step == cut:
+                raise PowerCut(step)
+
+        with pytest.raises(PowerCut):
+            t = Store(hook=hook)
+            t.commit_pending(t.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "T", 1.0), "t")
+        after = Store()
+        rec, pending = after.load(), after.load_pending()
+        order = seen.index(cut)
+        if order >= seen.index("provisioned.json"):
+            assert rec is not None and rec["thing_name"] == "t" and pending is None
+            assert not (flash / "certs" / credstore.PENDING).exists()  # load() tidied it
+        elif order >= seen.index("pending.json"):
+            assert rec is None and pending is not None and pending["certificate_id"] == ident.certificate_id
+        else:
+            assert rec is None and pending is None
+        assert shipped(flash) == before
+        assert not list((flash / "certs").glob("*.tmp"))

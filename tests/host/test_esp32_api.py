@@ -107,6 +107,21 @@ MISUSES = [
     ("os-makedirs", "import os\nos.makedirs('a/b')\n", 2, '"makedirs" is not in the ESP32 port\'s os module'),
     ("from-os-import", "from os import fsync\n", 1, '"fsync" is not in the ESP32 port\'s os module'),
     ("hexdigest", "import hashlib\nh = hashlib.sha256(b'x').hexdigest()\n", 2, "no hexdigest()"),
+    # error numbers differ between ESP32 (newlib) and Linux: only names from errno
+    ("numeric-oserror", "def f():\n    raise OSError(110)\n", 2, "OSError(110): raise with a name from errno"),
+    (
+        "numeric-args-compare",
+        "try:\n    pass\nexcept OSError as e:\n    ok = e.args[0] == 0x80\n",
+        4,
+        "error number compared with a number",
+    ),
+    (
+        "numeric-errno-in",
+        "try:\n    pass\nexcept OSError as e:\n    ok = e.errno in (104, 113)\n",
+        4,
+        "error number compared with a number",
+    ),
+    ("numeric-errno-name", "ETIMEDOUT = 110\n", 1, "ETIMEDOUT = 110: import errno"),
 ]
 
 
@@ -270,3 +285,19 @@ def test_the_cli_exits_1_and_prints_each_problem_with_file_and_line(
     out = capsys.readouterr()
     assert '2:6: "monotonic" is not a known attribute of module "time"' in out.out
     assert "1 problem(s)" in out.err
+
+
+def test_error_numbers_by_name_and_non_errno_numbers_pass_the_errno_rule() -> None:
+    source = textwrap.dedent(
+        """
+        import errno
+        try:
+            raise OSError(errno.ETIMEDOUT)
+        except OSError as e:
+            lost = e.args[0] in (errno.ENOTCONN, errno.ECONNRESET)
+        code = e.args[0] if e.args else None  # a CONNACK code, read not compared
+        refused = code in (4, 5)
+        TIMEOUT = 7
+        """
+    )
+    assert esp32check.errno_check("snippet.py", source) == []

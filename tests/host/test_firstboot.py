@@ -78,6 +78,7 @@ class FakeCloud:
         self.provisioner_args: list[tuple[Any, ...]] = []
         self.calls: list[str] = []
         self.wrong_key = False
+        self.lose_register_answers = 0
 
     # mqttlink.connect's signature
     def connect(self, client_id, host, port, cert, key, ca, server_hostname=None, timeout_ms=10000):
@@ -152,10 +153,15 @@ class FakeProvisioner:
     def register_thing(self, template, token, parameters=None, timeout_ms=None):
         self._maybe_fail("register")
         assert template == "FleetprovDemo"
-        cert = self.cloud.tokens.pop(token)
+        cert = self.cloud.tokens.pop(token, None)
+        if cert is None:  # single use, as iotsim has it
+            raise refused(400, "InvalidCertificateOwnershipToken", "Certificate ownership token has already been used")
         name = "thing-" + parameters["SerialNumber"]
         self.cloud.active.add(cert)
         self.cloud.things[name] = cert
+        if self.cloud.lose_register_answers:
+            self.cloud.lose_register_answers -= 1
+            raise status(fleetprov.TIMEOUT)  # registered; the answer never came
         return SimpleNamespace(thing_name=name, device_configuration={"Fallback": "no"})
 
     def close(self):
@@ -243,7 +249,8 @@ def test_first_boot_provisions_commits_and_confirms_as_the_new_thing(flash: Path
     assert store.load()["thing_name"] == "thing-a1b2c3"
     assert store.summary()["device_configuration"] == {"Fallback": "no"}
     assert claim_files(flash) == before
-    assert cloud.provisioner_args == [("json", 10000, 6144, 5000)]
+    # one Provisioner per operation: the receive buffer is free while the certificate is staged
+    assert cloud.provisioner_args == [("json", 10000, 6144, 5000)] * 2
 
 
 def test_each_progress_line_carries_elapsed_milliseconds(flash: Path, cloud: FakeCloud) -> None:
@@ -282,7 +289,7 @@ def test_second_boot_skips_provisioning_and_connects_as_the_thing(flash: Path, c
 
 def test_cbor_format_and_sizes_reach_the_provisioner(flash: Path, cloud: FakeCloud) -> None:
     Boot(cloud, format="cbor", rx_size=8192, response_timeout_ms=700, mqtt_timeout_ms=300).fb.start()
-    assert cloud.provisioner_args == [("cbor", 700, 8192, 300)]
+    assert cloud.provisioner_args == [("cbor", 700, 8192, 300)] * 2
 
 
 def test_config_client_id_is_used_and_uid_still_fills_parameters(flash: Path, cloud: FakeCloud) -> None:
@@ -316,8 +323,9 @@ def test_throttled_twice_then_accepted_backs_off_on_fresh_connections(flash: Pat
     assert boot.steps().count("retry") == 2 and boot.steps()[-1] == "confirm"
     claim_links = [l for l in cloud.links if l.cert == cloud.claim.cert_der]
     assert len(claim_links) == 3 and all(l.closed for l in claim_links)
-    # each attempt starts over with a new certificate: a used token is never replayed
-    assert cloud.calls.count("keys") == 3
+    # the certificate staged by the first attempt is registered by the next: no orphan
+    assert cloud.calls.count("keys") == 1 and cloud.calls.count("register") == 3
+    assert len(cloud.active) == 1
 
 
 @pytest.mark.parametrize("code", [500, 503, 504])
@@ -490,7 +498,9 @@ def test_csr_method_reuses_its_key_across_retries(flash: Path, cloud: FakeCloud)
     cloud.fail["register"] = [refused(503, "ServiceUnavailable")]
     boot = Boot(cloud, method="csr")
     boot.fb.start()
-    assert boot.steps().count("keygen") == 1 and cloud.calls.count("csr") == 2
+    # the staged certificate (and its key) is registered on the retry: one key, one certificate
+    assert boot.steps().count("keygen") == 1 and cloud.calls.count("csr") == 1
+    assert cloud.calls.count("register") == 2 and len(cloud.active) == 1
 
 
 def test_csr_method_uses_a_csr_shipped_on_flash(flash: Path, cloud: FakeCloud) -> None:
@@ -547,3 +557,180 @@ def test_a_failing_random_source_during_keygen_is_reported(
     with pytest.raises(FirstBootError, match="cannot make a key and CSR on the device: random source"):
         Boot(cloud, method="csr").fb.start()
     assert cloud.calls == []
+
+
+# -- a first boot that resumes (the staged identity) ------------------------------------
+
+
+def staged_boot(flash: Path, cloud: FakeCloud, **cfg: Any) -> dict[str, Any]:
+    """A first boot cut short right after the certificate was staged, before RegisterThing."""
+    cloud.fail["register"] = [KeyboardInterrupt()]  # the power goes: nothing after it runs
+    with pytest.raises(KeyboardInterrupt):
+        Boot(cloud, **cfg).fb.start()
+    pending = credstore.Store().load_pending()
+    assert pending is not None and credstore.Store().load() is None
+    return pending
+
+
+def test_a_cut_before_registerthing_resumes_with_the_staged_certificate(flash: Path, cloud: FakeCloud) -> None:
+    pending = staged_boot(flash, cloud)
+    boot = Boot(cloud)
+    boot.fb.start()
+    assert boot.steps()[:3] == ["not-provisioned", "resume", "connect-claim"]
+    assert cloud.calls.count("keys") == 1  # no second certificate
+    rec = credstore.Store().load()
+    assert rec["certificate_id"] == pending["certificate_id"] and rec["thing_name"] == "thing-a1b2c3"
+    assert not (flash / "certs" / credstore.PENDING).exists()
+    assert TOKEN not in boot.output()
+
+
+def test_a_registration_whose_answer_was_lost_adopts_the_active_certificate(flash: Path, cloud: FakeCloud) -> None:
+    cloud.lose_register_answers = 1  # registered and activated; the device never hears it
+    boot = Boot(cloud, retry_attempts=3)
+    boot.fb.start()
+    steps = boot.steps()
+    assert "adopted" in steps and steps[-1] == "confirm", boot.output()
+    assert cloud.calls.count("keys") == 1 and len(cloud.active) == 1  # one certificate, ACTIVE
+    rec = credstore.Store().load()
+    assert rec["thing_name"] is None
+    assert (flash / "certs" / credstore.DEVICE_CERT).read_bytes() in cloud.active
+
+
+def test_a_staged_certificate_that_is_not_active_and_whose_token_is_spent_is_dropped(
+    flash: Path, cloud: FakeCloud
+) -> None:
+    staged_boot(flash, cloud)
+    cloud.tokens.clear()  # the token was spent or expired and the certificate never activated
+    boot = Boot(cloud)
+    boot.fb.start()
+    steps = boot.steps()
+    assert "dropped" in steps and steps.count("certificate") == 1, boot.output()
+    assert cloud.calls.count("keys") == 2 and len(cloud.active) == 1
+    assert credstore.Store().load() is not None
+
+
+def test_a_staged_certificate_past_its_token_lifetime_is_not_registered_again(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending = staged_boot(flash, cloud)
+    now = pending["issued"] + firstboot.TOKEN_TTL_S + 1
+    monkeypatch.setattr(firstboot.time, "time", lambda: now)
+    boot = Boot(cloud)
+    boot.fb.start()
+    assert "dropped" in boot.steps() and cloud.calls.count("register") == 2  # the cut one, the new one
+    assert cloud.calls.count("keys") == 2
+
+
+def test_an_expired_staged_csr_identity_is_dropped_and_a_new_csr_made(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending = staged_boot(flash, cloud, method="csr")
+    now = pending["issued"] + firstboot.TOKEN_TTL_S + 1
+    monkeypatch.setattr(firstboot.time, "time", lambda: now)
+    boot = Boot(cloud, method="csr")
+    boot.fb.start()
+    steps = boot.steps()
+    assert steps.index("dropped") < steps.index("keygen"), boot.output()
+    assert cloud.calls.count("csr") == 2 and cloud.calls.count("keys") == 0
+    assert credstore.Store().load()["certificate_id"] != pending["certificate_id"]
+
+
+@pytest.mark.parametrize("damage", ["torn-record", "wrong-digest", "missing-key"])
+def test_a_damaged_pending_record_is_not_trusted_and_provisioning_starts_over(
+    flash: Path, cloud: FakeCloud, damage: str
+) -> None:
+    staged_boot(flash, cloud)
+    certs = flash / "certs"
+    if damage == "torn-record":
+        data = (certs / credstore.PENDING).read_bytes()
+        (certs / credstore.PENDING).write_bytes(data[: len(data) // 2])
+    elif damage == "wrong-digest":
+        (certs / credstore.DEVICE_CERT).write_bytes(b"\x30\x00")
+    else:
+        (certs / credstore.DEVICE_KEY).unlink()
+    boot = Boot(cloud)
+    boot.fb.start()
+    assert "resume" not in boot.steps() and cloud.calls.count("keys") == 2
+    assert credstore.Store().load() is not None
+
+
+# -- connection errors a user can act on ------------------------------------------------
+
+
+def handshake_closed() -> mqttlink.ConnectError:
+    return mqttlink.ConnectError("127.0.0.1:8883 closed the TLS handshake (OSError: 32): ...", handshake=True)
+
+
+def test_a_closed_tls_handshake_on_the_claim_is_retried_once_then_fatal(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["connect"] = [handshake_closed(), handshake_closed(), handshake_closed()]
+    boot = Boot(cloud, retry_attempts=5)
+    with pytest.raises(FirstBootError) as info:
+        boot.fb.start()
+    assert not info.value.retryable and "closed the TLS handshake" in str(info.value)
+    assert boot.steps().count("retry") == 1 and cloud.calls.count("connect") == 2
+
+
+def test_one_closed_handshake_then_success_provisions(flash: Path, cloud: FakeCloud) -> None:
+    cloud.fail["connect"] = [handshake_closed()]
+    Boot(cloud).fb.start()
+    assert credstore.Store().load() is not None
+
+
+def test_a_closed_tls_handshake_as_the_thing_is_retried_once_and_keeps_the_identity(
+    flash: Path, cloud: FakeCloud
+) -> None:
+    Boot(cloud).fb.start()
+    cloud.fail["connect"] = [handshake_closed(), handshake_closed()]
+    boot = Boot(cloud, retry_attempts=5)
+    with pytest.raises(FirstBootError) as info:
+        boot.fb.start()
+    assert not info.value.retryable and not info.value.refused
+    assert boot.steps().count("retry") == 1
+    assert credstore.Store().load() is not None  # maybe the clock: the identity is kept
+
+
+def test_run_reports_a_closed_handshake_as_fatal(flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = {"endpoint": "127.0.0.1", "template": "FleetprovDemo", "parameters": {"SerialNumber": "{uid}"}}
+    (flash / "config.json").write_text(json.dumps(raw))
+    cloud.fail["connect"] = [handshake_closed(), handshake_closed()]
+    monkeypatch.setattr(mqttlink, "connect", cloud.connect)
+    lines: list[str] = []
+    assert firstboot.run(printer=lines.append) == "fatal"
+    assert "closed the TLS handshake" in lines[-1]
+
+
+@pytest.mark.parametrize("numbering", ["linux", "esp32"])
+def test_network_errors_are_retried_and_named_by_errno_on_either_numbering(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch, numbering: str
+) -> None:
+    import errno
+
+    import esp32errno
+    import timedsock
+
+    table = esp32errno if numbering == "esp32" else errno
+    monkeypatch.setattr(timedsock, "errno", table)
+    cloud.fail["connect"] = [OSError(table.ENOTCONN), OSError(table.ECONNRESET)]
+    boot = Boot(cloud)
+    boot.fb.start()
+    retries = [line for line in boot.lines if " retry " in line]
+    assert len(retries) == 2
+    assert "network error: OSError ENOTCONN ({})".format(table.ENOTCONN) in retries[0]
+    assert "network error: OSError ECONNRESET ({})".format(table.ECONNRESET) in retries[1]
+
+
+def test_a_confirming_publish_that_times_out_names_etimedout_as_esp32_numbers_it(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import esp32errno
+    import timedsock
+
+    monkeypatch.setattr(timedsock, "errno", esp32errno)
+
+    def no_puback(self: FakeClient, topic: bytes, msg: bytes, retain: bool = False, qos: int = 0) -> None:
+        raise OSError(esp32errno.ETIMEDOUT)
+
+    monkeypatch.setattr(FakeClient, "publish", no_puback)
+    with pytest.raises(FirstBootError) as info:
+        Boot(cloud).fb.start()
+    assert info.value.retryable and "OSError ETIMEDOUT (116)" in str(info.value)

@@ -4,12 +4,14 @@ iotsim, and every network wait ends on its deadline."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import credstore
@@ -114,7 +116,7 @@ def test_a_publish_whose_puback_never_comes_times_out() -> None:
         link = mqttlink.Link(client, None, 0)
         with pytest.raises(OSError) as info:
             mqttlink.publish(link, b"fleetprov/x/hello", b"hi", 200)
-        assert info.value.args[0] == 110  # ETIMEDOUT
+        assert info.value.args[0] == errno.ETIMEDOUT
         assert b.recv(100).startswith(b"\x32")  # the PUBLISH (QoS 1) went out
         assert client.sock.raw is a  # the real socket is back in place
     finally:
@@ -146,3 +148,60 @@ def test_a_connect_failure_with_the_clock_unset_says_so(
         mqttlink.connect(
             b"x", "127.0.0.1", silent_server, cert, key, ca, "localhost", 200, umqtt_host.umqtt_simple
         )
+
+
+def test_a_claim_from_a_ca_the_server_does_not_trust_is_a_closed_handshake_naming_the_causes(iotsim: Any) -> None:
+    from devicepki import ec_identity  # signed by the tests' own CA, unknown to iotsim
+
+    stranger = ec_identity("stranger")
+    ca = Path(iotsim.ca_der).read_bytes()
+    with pytest.raises(mqttlink.ConnectError) as info:
+        mqttlink.connect(b"x", "127.0.0.1", iotsim.port, stranger.cert_der, stranger.key_der(), ca, "localhost",
+                         3000, umqtt_host.umqtt_simple)
+    assert info.value.handshake and not info.value.refused
+    assert "closed the TLS handshake" in str(info.value) and "CA the endpoint does not trust" in str(info.value)
+
+
+def test_an_unresolvable_endpoint_names_the_host_and_the_config_field(iotsim: Any) -> None:
+    ca = Path(iotsim.ca_der).read_bytes()
+    cert = Path(iotsim.claim_cert_der).read_bytes()
+    key = Path(iotsim.claim_key_der).read_bytes()
+    with pytest.raises(mqttlink.ConnectError) as info:
+        mqttlink.connect(b"x", "no-such-endpoint.invalid", 8883, cert, key, ca, "localhost", 3000,
+                         umqtt_host.umqtt_simple)
+    assert "cannot resolve no-such-endpoint.invalid" in str(info.value)
+    assert "`endpoint` in config.json" in str(info.value) and not info.value.handshake
+
+
+class OptionSocket:
+    """Records setsockopt calls; refuses them when told to."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.options: list[tuple[int, int, int]] = []
+        self.refuse = refuse
+
+    def setsockopt(self, level: int, opt: int, value: int) -> None:
+        if self.refuse:
+            raise OSError(errno.ENOPROTOOPT, "not supported")
+        self.options.append((level, opt, value))
+
+
+def test_nodelay_uses_the_ports_names_where_it_has_them() -> None:
+    sock = OptionSocket()
+    mod = SimpleNamespace(IPPROTO_TCP=6, TCP_NODELAY=1)  # an ESP32's socket module (lwIP values)
+    assert mqttlink.nodelay(sock, mod) and sock.options == [(6, 1, 1)]
+
+
+def test_nodelay_falls_back_to_linuxs_numbers_on_the_unix_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mqttlink.sys, "platform", "linux")
+    sock = OptionSocket()
+    assert mqttlink.nodelay(sock, SimpleNamespace()) and sock.options == [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+@pytest.mark.parametrize("case", ["no-names-elsewhere", "refused", "no-setsockopt"])
+def test_nodelay_is_skipped_silently_where_the_port_cannot(monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    monkeypatch.setattr(mqttlink.sys, "platform", "rp2" if case == "no-names-elsewhere" else "linux")
+    sock: Any = {"no-names-elsewhere": OptionSocket(), "refused": OptionSocket(refuse=True), "no-setsockopt": object()}[case]
+    assert mqttlink.nodelay(sock, SimpleNamespace()) is False
+    assert not getattr(sock, "options", [])
+

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
 import cbor2
 import pytest
 
+import esp32errno
 import fleetprov
+import timedsock
 from fakemqtt import AwsResponder, FakeClient, MQTTException
 from fleetprov import ProvisioningError
 
@@ -430,6 +433,36 @@ def test_refused_subscription_names_the_claim_policy() -> None:
     assert "create-from-csr" in str(err)
 
 
+@pytest.fixture(params=["linux", "esp32"])
+def errnos(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The errno table of the unix port (Linux) or of ESP32 firmware (newlib) in the device code."""
+    table = errno if request.param == "linux" else esp32errno
+    monkeypatch.setattr(timedsock, "errno", table)
+    return table
+
+
+@pytest.mark.parametrize("method", ["subscribe", "publish", "check_msg"])
+@pytest.mark.parametrize("name", ["ETIMEDOUT", "ENOTCONN", "ECONNRESET"])
+def test_a_dropped_link_is_an_mqtt_error_named_by_errno_never_a_policy_refusal(
+    errnos: Any, method: str, name: str
+) -> None:
+    # ENOTCONN is 128 == 0x80 on an ESP32: once read as "SUBACK refused"
+    number = getattr(errnos, name)
+    p, client, _ = make()
+    client.fail[method] = OSError(number)
+    err = expect_error(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
+    assert "OSError {} ({})".format(name, number) in str(err)
+    assert "reconnect and retry" in str(err)
+    assert "SUBACK" not in str(err) and "policy" not in str(err)
+
+
+def test_an_mqtt_exception_outside_subscribe_is_not_called_a_suback_refusal() -> None:
+    p, client, _ = make()
+    client.fail["publish"] = MQTTException(0x80)
+    err = expect_error(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
+    assert "SUBACK" not in str(err) and "MQTTException" in str(err)
+
+
 def test_failure_of_the_second_subscription_undoes_the_first() -> None:
     p, client, _ = make()
     calls = {"n": 0}
@@ -630,3 +663,31 @@ def test_secrets_never_appear_in_errors_or_reprs() -> None:
     messages += [repr(keys), repr(p2.register_thing("demo", token))]
     for text in messages:
         assert "SECRET" not in text, text
+
+
+# -- waiting for the answer --------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_a_client_whose_check_msg_always_returns_a_packet_type_still_times_out() -> None:
+    # umqtt returns the type of every non-PUBLISH packet (0x40: a PUBACK) from
+    # check_msg(); a broker sending strays without end once kept the wait alive for ever
+    p, client, responder = make(timeout_ms=100)
+    responder.silent = True
+    real = client.check_msg
+
+    def stray() -> int:
+        real()
+        return 0x40
+
+    client.check_msg = stray  # type: ignore[method-assign]
+    expect_error(fleetprov.TIMEOUT, p.create_keys_and_certificate)
+    assert client.check_calls > 16  # it kept reading: strays are not "idle"
+
+
+def test_an_idle_wait_without_a_socket_sleeps_between_polls() -> None:
+    p, client, responder = make(timeout_ms=200)
+    responder.silent = True
+    expect_error(fleetprov.TIMEOUT, p.create_keys_and_certificate)
+    # a 200 ms wait with 50 ms rests: a handful of polls, not thousands
+    assert client.check_calls <= 200 // 50 + 3, client.check_calls

@@ -105,7 +105,7 @@ def test_a_server_that_never_answers_subscribe_ends_in_mqtt_error(broker_factory
     with pytest.raises(fleetprov.ProvisioningError) as info:
         p.create_keys_and_certificate()
     assert info.value.status == fleetprov.MQTT_ERROR
-    assert "subscribe" in str(info.value) and "110" in str(info.value)
+    assert "subscribe" in str(info.value) and "ETIMEDOUT" in str(info.value)
 
 
 @pytest.mark.timeout(30)
@@ -130,3 +130,34 @@ def test_the_socket_is_handed_back_unwrapped_and_blocking(broker_factory) -> Non
     assert info.value.status == fleetprov.TIMEOUT
     assert client.sock is sock
     assert sock.raw.gettimeout() is None
+
+
+@pytest.mark.timeout(20)
+def test_a_flood_of_stray_pubacks_ends_in_timeout_with_the_real_umqtt_on_cpython() -> None:
+    # (the unix-port test measures the bound: tests/device/test_fleetprov_device.py)
+    from rawbroker import RawBroker
+
+    broker = RawBroker(publish="flood")
+    try:
+        client = connected_client(broker.port)
+        p = fleetprov.Provisioner(client, timeout_ms=300, mqtt_timeout_ms=300)
+        with pytest.raises(fleetprov.ProvisioningError) as info:
+            p.create_keys_and_certificate()
+        assert info.value.status == fleetprov.TIMEOUT
+        assert broker.flooded > 0
+    finally:
+        broker.close()
+
+
+@pytest.mark.timeout(20)
+def test_a_subscription_refused_by_the_real_umqtt_on_cpython_names_the_claim_policy() -> None:
+    from rawbroker import RawBroker
+
+    broker = RawBroker(subscribe="refuse")
+    try:
+        client = connected_client(broker.port)
+        with pytest.raises(fleetprov.ProvisioningError) as info:
+            fleetprov.Provisioner(client).create_keys_and_certificate()
+        assert info.value.status == fleetprov.MQTT_ERROR and "SUBACK 0x80" in str(info.value)
+    finally:
+        broker.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import sys
 import threading
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import esp32errno
 import fleetprov
 import timedsock
 from fakemqtt import AwsResponder, FakeClient
@@ -43,7 +45,7 @@ def test_a_blocking_read_with_nothing_arriving_raises_etimedout(pair) -> None:
     ours, _ = pair
     with pytest.raises(OSError) as info:
         bounded(ours, 50).read(1)
-    assert info.value.args[0] == 110
+    assert info.value.args[0] == errno.ETIMEDOUT
 
 
 def test_a_read_cut_short_by_the_peer_closing_returns_the_short_data(pair) -> None:
@@ -87,7 +89,48 @@ def test_a_write_to_a_peer_that_never_reads_raises_etimedout(pair) -> None:
     ours, _ = pair
     with pytest.raises(OSError) as info:
         bounded(ours, 100).write(b"x" * (8 << 20))
-    assert info.value.args[0] == 110
+    assert info.value.args[0] == errno.ETIMEDOUT
+
+
+def test_the_deadline_covers_the_operation_however_much_data_flows(pair) -> None:
+    # umqtt reads packet after packet until its ACK: a flood must not extend the wait
+    ours, peer = pair
+    peer.sendall(b"abc")
+    b = bounded(ours)
+    assert b.read(1) == b"a"
+    b.arm(0)  # the operation's time is up
+    with pytest.raises(OSError) as info:
+        b.read(1)  # though "b" is waiting
+    assert info.value.args[0] == errno.ETIMEDOUT
+    b.arm()  # the next operation: a fresh timeout_ms
+    assert b.read(2) == b"bc"
+
+
+def test_on_esp32_numbering_a_timeout_raises_newlibs_etimedout(pair, monkeypatch) -> None:
+    monkeypatch.setattr(timedsock, "errno", esp32errno)
+    ours, _ = pair
+    with pytest.raises(OSError) as info:
+        bounded(ours, 30).read(1)
+    assert info.value.args[0] == 116
+    assert timedsock.describe(info.value) == "OSError ETIMEDOUT (116)"
+
+
+def test_describe_names_the_error_from_the_ports_table_or_falls_back_to_str() -> None:
+    assert timedsock.describe(OSError(errno.ECONNRESET)) == "OSError ECONNRESET ({})".format(errno.ECONNRESET)
+    assert timedsock.describe(OSError(-1)) == "OSError: -1"  # umqtt's "connection closed"
+    assert timedsock.describe(OSError("no route")) == "OSError: no route"
+    assert timedsock.describe(ValueError()) == "ValueError: "
+
+
+@pytest.mark.timeout(10)
+def test_wait_readable_returns_at_once_for_waiting_data_and_after_the_slice_otherwise(pair) -> None:
+    ours, peer = pair
+    b = bounded(ours)
+    b.wait_readable(10)  # nothing to read: back after the slice
+    peer.sendall(b"q")
+    b.wait_readable(600_000)  # data waiting: back at once (a hang trips the timeout)
+    b.setblocking(False)
+    assert b.read(1) == b"q"
 
 
 def test_write_honours_the_length_argument_as_umqtt_passes_it(pair) -> None:

@@ -26,6 +26,12 @@ What is checked, and what is not:
   1.22 stubs list them: no `fsync`, no `path`, no `makedirs`); and `hashlib`
   objects declare `hexdigest()` though MicroPython does not implement it, so
   `NOT_IMPLEMENTED` names it.
+- Error numbers by name: ESP32 firmware numbers errors as newlib does
+  (ETIMEDOUT 116, ENOTCONN 128, ECONNRESET 104), Linux and the unix port
+  otherwise (110, 107, 104), so a number in device code is right on one of
+  them only. `errno_check` reports an `OSError(<int>)`, a comparison of
+  `.errno` or `.args[0]` with an int (or a tuple of ints), and an errno name
+  assigned an int (`ETIMEDOUT = 110`): use `errno.ETIMEDOUT`.
 - Device code carries CPython fallbacks (`try: import micropython` /
   `except ImportError: ...`). The handler body of an `except` that catches
   ImportError only runs where the MicroPython module is absent, never on the
@@ -54,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import json
 import os
 import re
@@ -325,6 +332,61 @@ def inventory_check(path: str, source: str) -> list[Diagnostic]:
     return out
 
 
+ERRNO_NAMES = frozenset(errno.errorcode.values())
+OSERROR_NAMES = frozenset(("OSError", "IOError", "EnvironmentError"))
+
+
+def _int_literal(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) is int
+
+
+def _ints(node: ast.expr) -> bool:
+    """An int literal, or a tuple/list/set of them (`in (104, 113)`)."""
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return bool(node.elts) and all(_int_literal(e) for e in node.elts)
+    return _int_literal(node)
+
+
+def _holds_errno(node: ast.expr) -> bool:
+    """`x.errno` or `x.args[0]`: where an OSError keeps its number."""
+    if isinstance(node, ast.Attribute):
+        return node.attr == "errno"
+    return (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "args"
+        and isinstance(node.slice, ast.Constant)
+        and node.slice.value == 0
+    )
+
+
+def errno_check(path: str, source: str) -> list[Diagnostic]:
+    """Error numbers written as numbers (see the module docstring)."""
+    out = []
+
+    def report(node: ast.AST, message: str) -> None:
+        out.append(Diagnostic(path, node.lineno, node.col_offset + 1, "esp32NumericErrno", message))
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if name in OSERROR_NAMES and node.args and _int_literal(node.args[0]):
+                report(node, "{}({}): raise with a name from errno (errno.ETIMEDOUT is 116 on ESP32, "
+                       "110 on Linux)".format(name, node.args[0].value))  # type: ignore[attr-defined]
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(_holds_errno(s) for s in sides) and any(_ints(s) for s in sides):
+                report(node, "error number compared with a number: compare with names from errno "
+                       "(ENOTCONN is 128 on ESP32, 107 on Linux)")
+        elif isinstance(node, ast.Assign) and _int_literal(node.value):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id in ERRNO_NAMES:
+                    report(node, "{} = {}: import errno and use errno.{} (the number differs "
+                           "between ESP32 and Linux)".format(target.id, node.value.value, target.id))  # type: ignore[attr-defined]
+    return out
+
+
 def _in_scope(d: Diagnostic, source: str | None) -> bool:
     """Does this diagnostic concern the port's API (see the module docstring)?"""
     if d.rule == "reportAttributeAccessIssue":
@@ -400,7 +462,7 @@ def check(
             out.append(d)
     seen = {(d.path, d.line, d.message.split('"')[1] if '"' in d.message else "") for d in out}
     for rel, source in sources.items():
-        for d in inventory_check(rel, source):
+        for d in inventory_check(rel, source) + errno_check(rel, source):
             name = d.message.split('"')[1] if '"' in d.message else ""
             if not _allowed(d, gaps) and (d.path, d.line, name) not in seen:
                 out.append(d)

@@ -146,6 +146,20 @@ def timeout():
     expect(fleetprov.TIMEOUT, p.create_keys_and_certificate, 20)
 
 
+def stray_packets_end_at_the_deadline():
+    # check_msg() returning a packet type for ever (a PUBACK flood) still times out
+    p, c, r = make(timeout_ms=50)
+    r.silent = True
+    real = c.check_msg
+
+    def stray():
+        real()
+        return 0x40
+
+    c.check_msg = stray
+    expect(fleetprov.TIMEOUT, p.create_keys_and_certificate)
+
+
 def early_answer_ignored():
     p, c, r = make()
     c.queue(b"$aws/certificates/create/json/rejected", r.rejected(500, "Stale", "x"))
@@ -177,6 +191,34 @@ def mqtt_errors():
             p, c, r = make()
             c.fail[method] = exc
             expect(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
+
+
+def dropped_link_by_errno():
+    # ESP32 firmware numbers errors as newlib does (ENOTCONN 128 == 0x80, the
+    # SUBACK failure code); Linux otherwise. Either way: MQTT_ERROR, named.
+    import errno
+
+    import esp32errno
+    import timedsock
+
+    try:
+        for table in (errno, esp32errno):
+            timedsock.errno = table
+            for name in ("ETIMEDOUT", "ENOTCONN", "ECONNRESET"):
+                n = getattr(table, name)
+                for method in ("subscribe", "publish", "check_msg"):
+                    p, c, r = make()
+                    c.fail[method] = OSError(n)
+                    e = expect(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
+                    msg = str(e)
+                    assert "OSError {} ({})".format(name, n) in msg, msg
+                    assert "SUBACK" not in msg and "policy" not in msg, msg
+    finally:
+        timedsock.errno = errno
+    p, c, r = make()
+    c.fail["subscribe"] = MQTTException(0x80)  # what umqtt raises for a refusal
+    e = expect(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
+    assert "SUBACK 0x80" in str(e) and "iot:Subscribe" in str(e), str(e)
 
 
 def reentrancy_and_close():
@@ -236,9 +278,11 @@ for fmt in FORMATS:
         check("bad-config-{!r}-{}".format(config, fmt), bad_config(fmt, config))
     for payload in (b"", b"{", b"\xff", b"\x81" * 100, b"\x7b\xff\xff\xff\xff\xff\xff\xff\xff"):
         check("malformed-{}-{}".format(payload[:4], fmt), malformed(fmt, payload))
-for name, fn in (("timeout", timeout), ("early-answer-ignored", early_answer_ignored),
+for name, fn in (("timeout", timeout), ("stray-packets-end-at-the-deadline", stray_packets_end_at_the_deadline),
+                 ("early-answer-ignored", early_answer_ignored),
                  ("foreign-topics-to-app", foreign_topics_to_app), ("oversize", oversize),
-                 ("mqtt-errors", mqtt_errors), ("reentrancy-and-close", reentrancy_and_close),
+                 ("mqtt-errors", mqtt_errors), ("dropped-link-by-errno", dropped_link_by_errno),
+                 ("reentrancy-and-close", reentrancy_and_close),
                  ("validation", validation), ("strerror", strerror)):
     check(name, fn)
 
