@@ -324,8 +324,9 @@ class Store:
 
     def stage(self, certificate_id, cert, key, ownership_token, issued):
         """Store a new, not yet registered identity (see commit() for cert and
-        key; PEM files in PEM mode, as commit() writes them); pending.json last. ``issued``: time.time() when the certificate
-        came, to tell an expired ownership token. Returns the pending record."""
+        key; PEM files in PEM mode, as commit() writes them); pending.json
+        last. ``issued``: time.time() when the certificate came, to tell an
+        expired ownership token. Returns the pending record."""
         cert, key, names = self._encoded(certificate_id, cert, key)
         rec = {
             "version": _VERSION,

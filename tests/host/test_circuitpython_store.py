@@ -179,8 +179,10 @@ def test_a_staged_identity_in_pem_mode_is_pem_and_survives_a_power_cut_at_any_wr
     pending = probe.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "token", 1.0)
     assert pending["files"] == {"cert": "device.crt.pem", "key": "device.key.pem"}
     cert, key = probe.pending_identity(pending)
-    assert cert.startswith(b"-----BEGIN CERTIFICATE-----\n") and key.startswith(b"-----BEGIN RSA PRIVATE KEY-----\n")
-    assert serialization.load_pem_private_key(key, None).private_numbers() == ident.key.private_numbers()  # type: ignore[attr-defined]
+    assert cert.startswith(b"-----BEGIN CERTIFICATE-----\n")
+    assert key.startswith(b"-----BEGIN RSA PRIVATE KEY-----\n")
+    loaded = serialization.load_pem_private_key(key, None)
+    assert loaded.private_numbers() == ident.key.private_numbers()  # type: ignore[union-attr,attr-defined]
     probe.commit_pending(pending, "thing-1")
     assert sorted(os.listdir("probe")) == ["device.crt.pem", "device.key.pem", "provisioned.json"]
     rec = Store("probe", pem=True).load()
@@ -196,7 +198,8 @@ def test_a_staged_identity_in_pem_mode_is_pem_and_survives_a_power_cut_at_any_wr
 
         store = Store(folder, pem=True, hook=hook)
         with pytest.raises(_PowerCut):
-            store.commit_pending(store.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "token", 1.0))
+            pend = store.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "token", 1.0)
+            store.commit_pending(pend)
         after = Store(folder, pem=True)
         rec = after.load()
         if i < steps.index("provisioned.json"):
