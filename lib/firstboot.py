@@ -324,8 +324,8 @@ class FirstBoot:
         pend = self.pending
         cid = pend["certificate_id"]
         try:
-            link = self._open(self.client_id, s.read(pend["files"]["cert"]),
-                              s.read(pend["files"]["key"]), ca)
+            cert, key = s.pending_identity(pend)
+            link = self._open(self.client_id, cert, key, ca)
         except mqttlink.ConnectError as ex:
             if not (ex.refused or ex.handshake):
                 raise  # the network: try again later, with the same certificate

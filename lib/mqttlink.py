@@ -100,9 +100,14 @@ def nodelay(sock, mod=None):
     record): with Nagle and the peer's delayed ACK every request then waits
     ~40 ms. The ESP32 port's socket module has IPPROTO_TCP and TCP_NODELAY
     (lwIP); the unix port has neither name but passes the option to Linux,
-    whose numbers are 6 (the IP protocol number) and 1. Elsewhere: skipped."""
+    whose numbers are 6 (the IP protocol number) and 1. Elsewhere: skipped.
+    ``mod``: the socket module ``sock`` came from; None imports ``socket``,
+    a probe, since CircuitPython has no such module (socketpool instead)."""
     if mod is None:
-        import socket as mod
+        try:
+            import socket as mod
+        except ImportError:
+            return False
     level = getattr(mod, "IPPROTO_TCP", None)
     opt = getattr(mod, "TCP_NODELAY", None)
     if (level is None or opt is None) and sys.platform == "linux":

@@ -127,6 +127,11 @@ class Store(credstore.Store):
         f = self.record["files"]
         return self._existing(f["cert"]), self._existing(f["key"])
 
+    def pending_identity(self, pending):
+        """Paths of the staged certificate and key (PEM)."""
+        f = pending["files"]
+        return self._existing(f["cert"]), self._existing(f["key"])
+
     def ca_der(self):
         """The CA certificate as PEM text (the name is the store's interface)."""
         return self.read(self.ca).decode()

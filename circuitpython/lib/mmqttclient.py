@@ -143,7 +143,7 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
         ctx = tls_context(cert, key, ca, server_hostname, host)
     except (OSError, ValueError) as ex:
         raise ConnectError("cannot load the TLS files {} / {}: {}: {}".format(
-            cert, key, type(ex).__name__, ex))
+            _shown(cert), _shown(key), type(ex).__name__, ex))
     mqtt = MQTT(broker=host, port=port, client_id=client_id, is_ssl=True, keep_alive=_KEEPALIVE_S,
                 recv_timeout=timeout_ms / 1000, socket_pool=pool, ssl_context=ctx,
                 use_binary_mode=True, socket_timeout=socket_timeout, connect_retries=1)
@@ -174,3 +174,8 @@ def _clock_hint():
     if year < 2024:
         return " (the clock reads {}: set it (boot.py uses NTP) or TLS cannot check certificate dates)".format(year)
     return ""
+
+
+def _shown(f):
+    # A file's path as an error may name it; never the bytes of a key.
+    return f if isinstance(f, str) else "<{} bytes, not a path>".format(len(f))

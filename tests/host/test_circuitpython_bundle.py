@@ -33,7 +33,8 @@ BUILTIN = {
     "wifi",
 }
 # Imported only on MicroPython, behind an ImportError probe or in a MicroPython-only function.
-MICROPYTHON_ONLY = {"machine", "ussl", "umqtt"}
+# socket: mqttlink.nodelay's probe for the socket module (CircuitPython has socketpool).
+MICROPYTHON_ONLY = {"machine", "ussl", "umqtt", "socket"}
 
 
 def test_the_bundle_is_the_circuitpy_layout_with_sources_and_a_circup_list(tmp_path: Path) -> None:

@@ -270,3 +270,12 @@ def test_a_revoked_certificate_is_refused_with_its_connack_code(
     with pytest.raises(mqttlink.ConnectError) as err:
         connects_as_itself(iotsim, reg.thing_name, *files)
     assert err.value.refused and err.value.code in (4, 5), str(err.value)
+
+
+def test_a_key_given_as_bytes_is_never_quoted_in_the_error() -> None:
+    # CircuitPython's ssl loads files by path; bytes handed in by mistake must
+    # not put key material into the log the error reaches.
+    key = b"-----BEGIN EC PRIVATE KEY-----\nSECRETSECRETSECRET\n-----END EC PRIVATE KEY-----\n"
+    with pytest.raises(mqttlink.ConnectError, match="cannot load the TLS files") as got:
+        mmqttclient.connect("c", "127.0.0.1", 1, b"not a path", key, "", pool=socket)
+    assert "SECRET" not in str(got.value) and "<{} bytes, not a path>".format(len(key)) in str(got.value)

@@ -162,3 +162,53 @@ def test_a_power_cut_at_any_write_boundary_leaves_the_old_identity_or_the_new_on
         assert rec is None or rec["certificate_id"] == new.certificate_id, cut
         if cut == "provisioned.json":
             assert rec is not None and rec["certificate_id"] == new.certificate_id
+
+
+def test_a_staged_identity_in_pem_mode_is_pem_and_survives_a_power_cut_at_any_write_boundary_on_fat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # firstboot stages the new identity before RegisterThing and commits it after:
+    # in PEM mode the staged files are the PEM files the board's TLS loads, under the
+    # names the record then names, and every cut reads "not provisioned" (with the
+    # staged identity to resume, once pending.json landed) or the new identity.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "rename", _fat_rename(os.rename))
+    ident = devicepki.rsa_identity()
+    steps: list[str] = []
+    probe = Store("probe", pem=True, hook=steps.append)
+    pending = probe.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "token", 1.0)
+    assert pending["files"] == {"cert": "device.crt.pem", "key": "device.key.pem"}
+    cert, key = probe.pending_identity(pending)
+    assert cert.startswith(b"-----BEGIN CERTIFICATE-----\n")
+    assert key.startswith(b"-----BEGIN RSA PRIVATE KEY-----\n")
+    loaded = serialization.load_pem_private_key(key, None)
+    assert loaded.private_numbers() == ident.key.private_numbers()  # type: ignore[union-attr,attr-defined]
+    probe.commit_pending(pending, "thing-1")
+    assert sorted(os.listdir("probe")) == ["device.crt.pem", "device.key.pem", "provisioned.json"]
+    rec = Store("probe", pem=True).load()
+    assert rec is not None and rec["files"] == pending["files"] and rec["thing_name"] == "thing-1"
+    staged_at = steps.index("pending.json")
+    assert steps[-2:] == ["provisioned.json", "pending-cleared"]
+    for i, cut in enumerate(steps):
+        folder = "certs-" + cut.replace(".", "_")
+
+        def hook(step: str, cut: str = cut) -> None:
+            if step == cut:
+                raise _PowerCut(step)
+
+        store = Store(folder, pem=True, hook=hook)
+        with pytest.raises(_PowerCut):
+            pend = store.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "token", 1.0)
+            store.commit_pending(pend)
+        after = Store(folder, pem=True)
+        rec = after.load()
+        if i < steps.index("provisioned.json"):
+            assert rec is None, cut
+            staged = after.load_pending()
+            assert (staged is not None) == (i >= staged_at), cut
+            if staged is not None:
+                assert after.pending_identity(staged) == (cert, key), cut
+        else:
+            assert rec is not None and rec["certificate_id"] == ident.certificate_id, cut
+            assert after.load_pending() is None and not Path(folder, "pending.json").exists(), cut
+        assert not list(Path(folder).glob("*.tmp")) and not list(Path(folder).glob("*.der")), cut

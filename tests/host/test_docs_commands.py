@@ -38,6 +38,10 @@ FIRMWARE_BUILD = (
     "builds a firmware (a minute of both cores): tools/frozen_heap.py runs it by hand, "
     "docs/firmware.md has its numbers"
 )
+UPSTREAM_TAGS = (
+    "clones MicroPython's release tags from GitHub, which is not reachable here; make test builds "
+    "the same versions from the pinned archives in ../shared/vendor/micropython"
+)
 WINDOWS = "Windows only (the same tools.deploy and mpremote commands run on Linux in tests)"
 
 # The command (one logical line, comment stripped) -> how it is covered.
@@ -95,6 +99,13 @@ BY_DESIGN = {
     "make BOARD=ESP32_GENERIC FROZEN_MANIFEST=/path/to/board_manifest.py": ESP_IDF,
     "make deploy PORT=/dev/ttyUSB0 FROZEN=1": BOARD
     + " with firmware built from manifest.py (test_deploy.py checks the refusal on stock firmware)",
+    "mkdir -p ~/mp-src && cd ~/mp-src": UPSTREAM_TAGS,
+    "for v in 1.22.2 1.24.1; do": UPSTREAM_TAGS,
+    "git clone --branch v$v --depth 1 https://github.com/micropython/micropython "
+    "micropython-$v": UPSTREAM_TAGS,
+    "git -C micropython-$v submodule update --init --depth 1 lib/mbedtls lib/micropython-lib": UPSTREAM_TAGS,
+    "done": UPSTREAM_TAGS,
+    "export FLEETPROV_MICROPYTHON_SRC=~/mp-src": UPSTREAM_TAGS,
     "make -C ports/unix submodules": FIRMWARE_BUILD,
     "make -C ports/unix FROZEN_MANIFEST=/path/to/board_manifest.py": FIRMWARE_BUILD,
 }

@@ -8,6 +8,7 @@ import errno
 import json
 import shutil
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +206,10 @@ def test_nodelay_is_skipped_silently_where_the_port_cannot(monkeypatch: pytest.M
     assert mqttlink.nodelay(sock, SimpleNamespace()) is False
     assert not getattr(sock, "options", [])
 
+
+
+def test_nodelay_skips_a_port_without_a_socket_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CircuitPython has socketpool, no socket: the default probe must not raise.
+    monkeypatch.setitem(sys.modules, "socket", None)  # `import socket` now raises ImportError
+    sock = OptionSocket()
+    assert mqttlink.nodelay(sock) is False and sock.options == []
