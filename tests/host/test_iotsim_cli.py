@@ -64,9 +64,9 @@ def test_up_writes_everything_a_device_needs(running: tuple[Path, int, subproces
         "certs/claim.der",
         "certs/claim.key.der",
         "iotsim.pid",
-        "certs.status",
     ):
         assert (state / name).is_file(), name
+    assert len(list((state / "principals").iterdir())) >= 2  # the service and the claim
     config = json.loads((state / "config.json").read_text())
     assert config == {
         "endpoint": "127.0.0.1",
