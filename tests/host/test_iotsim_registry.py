@@ -135,6 +135,32 @@ def test_a_status_change_rewrites_one_file_whatever_the_registry_size(reg: Regis
     assert [p.name for p in written] == [cid(7)]
 
 
+def test_registering_with_an_unchanged_inline_policy_rewrites_one_file(reg: Registry) -> None:
+    def register(n: int, document: str) -> None:
+        token = reg.issue_certificate(cid(n), "PEM", owner=CLAIM_ID)
+        reg.register(
+            token, requester=CLAIM_ID, thing=ThingSpec("t{}".format(n)), certificate_status=ACTIVE,
+            policies=[("Inline", document)],
+        )
+
+    for n in range(40):
+        register(n, DOC)
+    written: list[str] = []
+    write = reg._write_file
+
+    def counting(path: Path, data: bytes) -> None:
+        written.append(path.name)
+        write(path, data)
+
+    reg._write_file = counting  # type: ignore[method-assign]
+    register(40, DOC)
+    assert written == [cid(40), cid(40)]  # issued (PENDING_ACTIVATION), then registered
+    written.clear()
+    changed = DOC.replace("iot:Publish", "iot:Receive")
+    register(41, changed)  # a changed document reaches every certificate it is attached to
+    assert len(set(written)) == 42
+
+
 def test_a_file_lost_between_commit_and_write_is_written_at_the_next_open(tmp_path: Path, clock: Clock) -> None:
     with Registry(tmp_path, clock=clock) as r:
         r.add_certificate(cid(1), "PEM", ACTIVE)

@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE INDEX IF NOT EXISTS tokens_by_certificate ON tokens(certificate_id);
 CREATE INDEX IF NOT EXISTS certificates_by_id_status ON certificates(id, status);
+CREATE INDEX IF NOT EXISTS certificates_by_status ON certificates(status);
 CREATE TABLE IF NOT EXISTS things (
     name TEXT PRIMARY KEY,
     attributes TEXT NOT NULL,
@@ -515,14 +516,18 @@ class Registry:
                         policy_mod.parse_policy(document)
                     except policy_mod.PolicyError as exc:
                         raise ResourceError(exc.error_code, "policy {}: {}".format(name, exc)) from None
-                    db.execute(
-                        "INSERT INTO policies(name, document) VALUES (?,?) ON CONFLICT(name) DO UPDATE "
-                        "SET document=excluded.document",
-                        (name, document),
-                    )
-                    dirty += [
-                        r[0] for r in db.execute("SELECT certificate_id FROM policy_attachments WHERE policy=?", (name,))
-                    ]
+                    row = db.execute("SELECT document FROM policies WHERE name=?", (name,)).fetchone()
+                    if row is None:
+                        db.execute("INSERT INTO policies(name, document) VALUES (?,?)", (name, document))
+                    elif row[0] != document:
+                        # A template's inline policy changed: every certificate it is
+                        # attached to gets the new rules (the usual case, the same
+                        # document again, rewrites nothing).
+                        db.execute("UPDATE policies SET document=? WHERE name=?", (document, name))
+                        dirty += [
+                            r[0]
+                            for r in db.execute("SELECT certificate_id FROM policy_attachments WHERE policy=?", (name,))
+                        ]
                 db.execute(
                     "INSERT OR IGNORE INTO policy_attachments(policy, certificate_id) VALUES (?,?)",
                     (name, cid),
