@@ -329,3 +329,46 @@ def test_template_naming_a_missing_policy_fails_until_it_exists(iotsim: RunningI
         "NamedDevicePolicy", _policy({"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"})
     )
     assert register(claim, token, template="NamedPolicy")[0] == "accepted"
+
+
+def test_template_with_a_malformed_inline_policy_fails_and_registers_nothing(
+    iotsim: RunningIotSim, claim: MqttTestClient
+) -> None:
+    template = _template()
+    template["Resources"]["policy"] = {
+        "Type": "AWS::IoT::Policy",
+        "Properties": {"PolicyDocument": json.dumps({"Statement": [{"Effect": "Perhaps", "Action": "iot:*", "Resource": "*"}]})},
+    }
+    iotsim.templates.put("BadInline", template)
+    body = provision_csr(claim, ec.generate_private_key(ec.SECP256R1()))
+    outcome, answer = register(claim, body["certificateOwnershipToken"], template="BadInline")
+    assert outcome == "rejected" and "MalformedPolicyException" in answer["errorMessage"]
+    assert iotsim.registry.status(body["certificateId"]) == "PENDING_ACTIVATION"
+
+
+# -- iotsim's choices where AWS documents nothing: switches on `up` --------------------------------
+
+
+def test_token_reuse_is_refused_by_default_and_allowed_with_the_switch(iotsim_factory: Any) -> None:
+    for reuse in (False, True):
+        sim = iotsim_factory(single_use_tokens=not reuse)
+        with sim.client("reuse") as c:
+            token = provision_csr(c, ec.generate_private_key(ec.SECP256R1()))["certificateOwnershipToken"]
+            assert register(c, token, {"SerialNumber": "r1"})[0] == "accepted"
+            outcome, body = register(c, token, {"SerialNumber": "r1"})
+            assert outcome == ("accepted" if reuse else "rejected"), body
+
+
+def test_token_bound_to_the_claim_by_default_and_unbound_with_the_switch(iotsim_factory: Any) -> None:
+    from tools.iotsim import pki
+    from tools.iotsim.registry import CLAIM, CLAIM_POLICY
+
+    for unbound in (False, True):
+        sim = iotsim_factory(tokens_bound_to_requester=not unbound)
+        other = pki.ensure_client_identity(sim.state, sim.sim.ca, "claim2", "second claim")
+        sim.registry.add_certificate(other.certificate_id, other.cert_path.read_text(), CLAIM)
+        sim.registry.attach_policy(CLAIM_POLICY, other.certificate_id)
+        with sim.client("asker") as asker, sim.client("user", other.cert_path, other.key_path) as user:
+            token = provision_csr(asker, ec.generate_private_key(ec.SECP256R1()))["certificateOwnershipToken"]
+            outcome, body = register(user, token, {"SerialNumber": "b1"})
+            assert outcome == ("accepted" if unbound else "rejected"), body
