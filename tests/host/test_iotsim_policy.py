@@ -372,3 +372,23 @@ def test_token_bound_to_the_claim_by_default_and_unbound_with_the_switch(iotsim_
             token = provision_csr(asker, ec.generate_private_key(ec.SECP256R1()))["certificateOwnershipToken"]
             outcome, body = register(user, token, {"SerialNumber": "b1"})
             assert outcome == ("accepted" if unbound else "rejected"), body
+
+
+def test_policies_are_evaluated_against_the_region_and_account_of_up(iotsim_factory: Any, tmp_path: Path) -> None:
+    sim = iotsim_factory(region="eu-west-1", account="123456789012")
+    with sim.client("region-claim") as claim:
+        device = Device(sim, claim, tmp_path, "arn")
+    for account in ("123456789012", "000000000000"):
+        name = "Acct" + account
+        sim.registry.create_policy(
+            name,
+            _policy({"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:eu-west-1:{}:topic/acct/*".format(account)}),
+        )
+        sim.registry.attach_policy(name, device.certificate_id)
+    with device.client() as c:
+        c.publish("acct/x", b"ours")  # allowed by the policy naming this region and account
+        assert c.connected
+    sim.registry.detach_policy("Acct123456789012", device.certificate_id)
+    with device.client() as c:
+        c.publish("acct/x", b"another account's ARN", wait=False)
+        assert c.wait_disconnected()

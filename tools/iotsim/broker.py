@@ -14,6 +14,7 @@ import ctypes.util
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -143,7 +144,14 @@ class Broker:
         *,
         host: str = "127.0.0.1",
         startup_timeout: float = 10.0,
+        region: str = REGION,
+        account: str = ACCOUNT,
     ) -> None:
+        for what, value in (("region", region), ("account", account)):
+            if not re.fullmatch(r"[a-z0-9-]{1,64}", value):
+                raise BrokerError("the {} in resource ARNs must be 1-64 of [a-z0-9-], got {!r}".format(what, value))
+        self.region = region
+        self.account = account
         self.state = Path(state).resolve()
         self.port = int(port)
         self.plugin = Path(plugin).resolve()
@@ -205,8 +213,8 @@ class Broker:
             "plugin_opt_principals_dir {}".format(
                 _check_conf_value("principals path", str(self.principals_dir))
             ),
-            "plugin_opt_region {}".format(REGION),
-            "plugin_opt_account {}".format(ACCOUNT),
+            "plugin_opt_region {}".format(self.region),
+            "plugin_opt_account {}".format(self.account),
             "max_packet_size {}".format(MAX_PACKET_SIZE),
             "",
         ]

@@ -111,6 +111,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         hook=args.hook,
         single_use_tokens=not args.token_reuse,
         tokens_bound_to_requester=not args.token_unbound,
+        region=args.region,
+        account=args.account,
     )
     stop = threading.Event()
 
@@ -408,6 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MODULE:FUNCTION",
         help="pre-provisioning hook, e.g. tools.iotsim.hooks:allowlist",
+    )
+    up.add_argument(
+        "--region", default="local", help="the region in the resource ARNs policies are evaluated against (default local)"
+    )
+    up.add_argument(
+        "--account",
+        default="000000000000",
+        help="the account in the resource ARNs policies are evaluated against (default 000000000000)",
     )
     up.add_argument(
         "--token-reuse",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import pki
-from .broker import DEFAULT_PLUGIN, Broker
+from .broker import ACCOUNT, DEFAULT_PLUGIN, REGION, Broker
 from .policy import claim_policy_document
 from .registry import CLAIM, CLAIM_POLICY, DEFAULT_TOKEN_TTL, SERVICE, THING_GROUP, Registry
 from .service import ProvisioningService
@@ -77,6 +77,8 @@ class IotSim:
         workers: int = 8,
         single_use_tokens: bool = True,
         tokens_bound_to_requester: bool = True,
+        region: str = REGION,
+        account: str = ACCOUNT,
     ) -> None:
         self.state = Path(state).resolve()
         self.port = int(port)
@@ -90,6 +92,8 @@ class IotSim:
         self.workers = workers
         self.single_use_tokens = single_use_tokens
         self.tokens_bound_to_requester = tokens_bound_to_requester
+        self.region = region
+        self.account = account
         self.ca: pki.CertificateAuthority | None = None
         self.claim: pki.ClientIdentity | None = None
         self.service_identity: pki.ClientIdentity | None = None
@@ -167,7 +171,9 @@ class IotSim:
         """Prepare, start mosquitto and the service; returns when provisioning works."""
         self.prepare()
         assert self.ca and self.service_identity and self.registry
-        self.broker = Broker(self.state, self.port, self.plugin, host=self.host)
+        self.broker = Broker(
+            self.state, self.port, self.plugin, host=self.host, region=self.region, account=self.account
+        )
         try:
             self.broker.start()
             self.service = ProvisioningService(
