@@ -38,7 +38,9 @@ def provision_csr(client: MqttTestClient, key: Any) -> dict[str, Any]:
         .sign(key, hashes.SHA256())
     )
     pem = csr.public_bytes(serialization.Encoding.PEM).decode()
-    outcome, body = client.request("$aws/certificates/create-from-csr/json", {"certificateSigningRequest": pem})
+    outcome, body = client.request(
+        "$aws/certificates/create-from-csr/json", {"certificateSigningRequest": pem}
+    )
     assert outcome == "accepted", body
     return body
 
@@ -56,7 +58,9 @@ def write_identity(folder: Path, name: str, cert_pem: str, key: Any) -> tuple[Pa
     cert_path, key_path = folder / (name + ".pem"), folder / (name + ".key")
     cert_path.write_text(cert_pem)
     key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     return cert_path, key_path
 
@@ -106,7 +110,7 @@ def test_takeover_while_create_keys_is_in_flight_never_delivers_the_old_answer(i
     # to the same response topics.
     for attempt in range(3):
         iotsim.set_fault("keys", "delay", delay_ms=300, times=1)
-        victim = iotsim.client("takeover-{}".format(attempt)).connect()
+        victim = iotsim.client("takeover-{}".format(attempt))
         assert victim.subscribe(KEYS_JSON + "/accepted", KEYS_JSON + "/rejected") == [1, 1]
         victim.publish(KEYS_JSON, b"{}")
         with iotsim.client(victim.client_id) as attacker:
@@ -145,7 +149,11 @@ def test_device_may_not_subscribe_outside_its_policy(
 ) -> None:
     other = Device(iotsim, claim, tmp_path, "beta")
     with device.client() as c:
-        assert c.subscribe("#", "fleetprov/{}/hello".format(other.thing), "fleetprov/+/hello") == [128, 128, 128]
+        assert c.subscribe("#", "fleetprov/{}/hello".format(other.thing), "fleetprov/+/hello") == [
+            128,
+            128,
+            128,
+        ]
         assert c.connected
     with pytest.raises(ConnectRefused):
         device.client(other.thing)  # another thing's client id: cannot knock it off
@@ -179,7 +187,11 @@ def test_explicit_deny_wins_over_allow(iotsim: RunningIotSim, device: Device) ->
     iotsim.registry.create_policy(
         "DenySecret",
         _policy(
-            {"Effect": "Deny", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/fleetprov/*/secret"}
+            {
+                "Effect": "Deny",
+                "Action": "iot:Publish",
+                "Resource": "arn:aws:iot:*:*:topic/fleetprov/*/secret",
+            }
         ),
     )
     iotsim.registry.attach_policy("DenySecret", device.certificate_id)
@@ -190,12 +202,22 @@ def test_explicit_deny_wins_over_allow(iotsim: RunningIotSim, device: Device) ->
         assert c.wait_disconnected()
 
 
-def test_receive_is_checked_per_delivery(iotsim: RunningIotSim, claim: MqttTestClient, device: Device) -> None:
+def test_receive_is_checked_per_delivery(
+    iotsim: RunningIotSim, claim: MqttTestClient, device: Device
+) -> None:
     iotsim.registry.create_policy(
         "Shared",
         _policy(
-            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/shared/*"},
-            {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/shared/${iot:ClientId}"},
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": "arn:aws:iot:*:*:topicfilter/shared/*",
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Receive",
+                "Resource": "arn:aws:iot:*:*:topic/shared/${iot:ClientId}",
+            },
             {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/shared/*"},
         ),
     )
@@ -208,7 +230,9 @@ def test_receive_is_checked_per_delivery(iotsim: RunningIotSim, claim: MqttTestC
         assert no_message(c)
 
 
-def test_revoked_policy_attachment_applies_to_a_connected_device(iotsim: RunningIotSim, device: Device) -> None:
+def test_revoked_policy_attachment_applies_to_a_connected_device(
+    iotsim: RunningIotSim, device: Device
+) -> None:
     with device.client() as c:
         assert c.subscribe("fleetprov/{}/a".format(device.thing)) == [1]
         iotsim.registry.detach_policy("{}-policy".format(TEMPLATE), device.certificate_id)
@@ -273,7 +297,9 @@ def test_fifty_subscriptions_per_connection(device: Device) -> None:
     base = "fleetprov/{}/s".format(device.thing)
     with device.client() as c:
         for start in range(0, 50, 8):  # AWS: at most 8 filters per SUBSCRIBE
-            assert c.subscribe(*[base + str(i) for i in range(start, min(start + 8, 50))]) == [1] * min(8, 50 - start)
+            assert c.subscribe(*[base + str(i) for i in range(start, min(start + 8, 50))]) == [1] * min(
+                8, 50 - start
+            )
         assert c.subscribe(base + "50") == [128]
         assert c.subscribe(base + "0") == [1]  # renewing one it holds is fine
         c.paho.unsubscribe(base + "1")
@@ -318,9 +344,14 @@ def test_template_naming_a_missing_resource_fails_until_it_exists(
     assert register(claim, token, template=template)[0] == "accepted"
 
 
-def test_template_naming_a_missing_policy_fails_until_it_exists(iotsim: RunningIotSim, claim: MqttTestClient) -> None:
+def test_template_naming_a_missing_policy_fails_until_it_exists(
+    iotsim: RunningIotSim, claim: MqttTestClient
+) -> None:
     template = _template()
-    template["Resources"]["policy"] = {"Type": "AWS::IoT::Policy", "Properties": {"PolicyName": "NamedDevicePolicy"}}
+    template["Resources"]["policy"] = {
+        "Type": "AWS::IoT::Policy",
+        "Properties": {"PolicyName": "NamedDevicePolicy"},
+    }
     iotsim.templates.put("NamedPolicy", template)
     token = provision_csr(claim, ec.generate_private_key(ec.SECP256R1()))["certificateOwnershipToken"]
     outcome, body = register(claim, token, template="NamedPolicy")
@@ -337,7 +368,11 @@ def test_template_with_a_malformed_inline_policy_fails_and_registers_nothing(
     template = _template()
     template["Resources"]["policy"] = {
         "Type": "AWS::IoT::Policy",
-        "Properties": {"PolicyDocument": json.dumps({"Statement": [{"Effect": "Perhaps", "Action": "iot:*", "Resource": "*"}]})},
+        "Properties": {
+            "PolicyDocument": json.dumps(
+                {"Statement": [{"Effect": "Perhaps", "Action": "iot:*", "Resource": "*"}]}
+            )
+        },
     }
     iotsim.templates.put("BadInline", template)
     body = provision_csr(claim, ec.generate_private_key(ec.SECP256R1()))
@@ -374,7 +409,9 @@ def test_token_bound_to_the_claim_by_default_and_unbound_with_the_switch(iotsim_
             assert outcome == ("accepted" if unbound else "rejected"), body
 
 
-def test_policies_are_evaluated_against_the_region_and_account_of_up(iotsim_factory: Any, tmp_path: Path) -> None:
+def test_policies_are_evaluated_against_the_region_and_account_of_up(
+    iotsim_factory: Any, tmp_path: Path
+) -> None:
     sim = iotsim_factory(region="eu-west-1", account="123456789012")
     with sim.client("region-claim") as claim:
         device = Device(sim, claim, tmp_path, "arn")
@@ -382,7 +419,13 @@ def test_policies_are_evaluated_against_the_region_and_account_of_up(iotsim_fact
         name = "Acct" + account
         sim.registry.create_policy(
             name,
-            _policy({"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:eu-west-1:{}:topic/acct/*".format(account)}),
+            _policy(
+                {
+                    "Effect": "Allow",
+                    "Action": "iot:Publish",
+                    "Resource": "arn:aws:iot:eu-west-1:{}:topic/acct/*".format(account),
+                }
+            ),
         )
         sim.registry.attach_policy(name, device.certificate_id)
     with device.client() as c:

@@ -49,14 +49,46 @@ THING = "fleetprov-bench"
 TEN_STATEMENTS = {
     "Version": "2012-10-17",
     "Statement": [
-        {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
-        {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/fleetprov/${iot:Connection.Thing.ThingName}/*"},
-        {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/fleetprov/${iot:Connection.Thing.ThingName}/*"},
-        {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/$aws/things/${iot:Connection.Thing.ThingName}/shadow/*"},
-        {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/shadow/*"},
-        {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/$aws/things/${iot:Connection.Thing.ThingName}/jobs/*"},
-        {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/jobs/*"},
-        {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:*:*:topic/broadcast/${iot:ClientId}/?"},
+        {
+            "Effect": "Allow",
+            "Action": "iot:Connect",
+            "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}",
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["iot:Publish", "iot:Receive"],
+            "Resource": "arn:aws:iot:*:*:topic/fleetprov/${iot:Connection.Thing.ThingName}/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": "iot:Subscribe",
+            "Resource": "arn:aws:iot:*:*:topicfilter/fleetprov/${iot:Connection.Thing.ThingName}/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["iot:Publish", "iot:Receive"],
+            "Resource": "arn:aws:iot:*:*:topic/$aws/things/${iot:Connection.Thing.ThingName}/shadow/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": "iot:Subscribe",
+            "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/shadow/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["iot:Publish", "iot:Receive"],
+            "Resource": "arn:aws:iot:*:*:topic/$aws/things/${iot:Connection.Thing.ThingName}/jobs/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": "iot:Subscribe",
+            "Resource": "arn:aws:iot:*:*:topicfilter/$aws/things/${iot:Connection.Thing.ThingName}/jobs/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": "iot:Receive",
+            "Resource": "arn:aws:iot:*:*:topic/broadcast/${iot:ClientId}/?",
+        },
         {"Effect": "Deny", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/fleetprov/*/admin/*"},
         {"Effect": "Deny", "Action": "iot:*", "Resource": "arn:aws:iot:*:*:topicfilter/#"},
     ],
@@ -97,7 +129,11 @@ def acl_decisions(quick: bool) -> None:
         stdin = "".join("{} {}\n".format(mask, res) for _, mask, res in REQUESTS)
         out = subprocess.run(
             [str(binary), str(principal), THING, str(rounds)],
-            input=stdin, capture_output=True, text=True, check=True, timeout=300,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
         ).stdout.split("\n")
     print("ACL decision (policy.h, 10 statements, {} batches of 1000 decisions each):\n".format(rounds))
     print("| request | decision | median | p99 |")
@@ -106,7 +142,11 @@ def acl_decisions(quick: bool) -> None:
     for (label, _, _), line in zip(REQUESTS, out):
         median, p99, allowed = line.split()
         medians.append(float(median))
-        print("| {} | {} | {:.0f} ns | {:.0f} ns |".format(label, "allow" if allowed == "1" else "deny", float(median), float(p99)))
+        print(
+            "| {} | {} | {:.0f} ns | {:.0f} ns |".format(
+                label, "allow" if allowed == "1" else "deny", float(median), float(p99)
+            )
+        )
     stat_ns = _stat_cost(rounds)
     worst = max(medians)
     print("\nplus at every check: one stat() of the principal file, {:.0f} ns median".format(stat_ns))
@@ -160,13 +200,17 @@ def populate(state: Path, count: int) -> None:
                 [("pre-" + c[-12:], "{}", None, "[]", None, now, now) for c in ids],
             )
             db.executemany(
-                "INSERT INTO thing_principals(thing, certificate_id) VALUES (?,?)", [("pre-" + c[-12:], c) for c in ids]
+                "INSERT INTO thing_principals(thing, certificate_id) VALUES (?,?)",
+                [("pre-" + c[-12:], c) for c in ids],
             )
             db.executemany(
-                "INSERT INTO policy_attachments(policy, certificate_id) VALUES (?,?)", [(policy_name, c) for c in ids]
+                "INSERT INTO policy_attachments(policy, certificate_id) VALUES (?,?)",
+                [(policy_name, c) for c in ids],
             )
             for c in ids:
-                (reg.principals_dir / c).write_bytes(template.replace(b"THING-PLACEHOLDER", ("pre-" + c[-12:]).encode()))
+                (reg.principals_dir / c).write_bytes(
+                    template.replace(b"THING-PLACEHOLDER", ("pre-" + c[-12:]).encode())
+                )
         db.execute("COMMIT")
 
 
@@ -225,13 +269,17 @@ def registry_size(quick: bool) -> None:
             print("  registry of {:,} certificates prepared in {:.1f} s".format(size, fill))
     print(
         "\niotsim CPU per provision ({keys} keys and {csr} CSR devices, {c} at a time): service + mosquitto"
-        " (what the registry's size can affect), and the RSA key generation of the keys flow:\n".format(c=CONCURRENCY, **n)
+        " (what the registry's size can affect), and the RSA key generation of the keys flow:\n".format(
+            c=CONCURRENCY, **n
+        )
     )
     print("| certificates registered | keys + register | (+ keygen) | csr + register |")
     print("|---|---|---|---|")
     for size in sizes:
         keys, keygen = rows[(size, "keys")]
-        print("| {:,} | {:.1f} ms | {:.1f} ms | {:.1f} ms |".format(size, keys, keygen, rows[(size, "csr")][0]))
+        print(
+            "| {:,} | {:.1f} ms | {:.1f} ms | {:.1f} ms |".format(size, keys, keygen, rows[(size, "csr")][0])
+        )
     print("\n| target | measured | goal | met |")
     print("|---|---|---|---|")
     for size in sizes[1:]:

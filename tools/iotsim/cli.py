@@ -314,8 +314,11 @@ def cmd_new_claim(args: argparse.Namespace) -> int:
     for src, name in ((claim.cert_der_path, "claim.der"), (claim.key_der_path, "claim.key.der")):
         pki.write_atomic(certs / name, src.read_bytes(), private=name.endswith("key.der"))
     print("new claim certificate {}".format(claim.certificate_id))
-    print("  files: {}, {} (DER: {}, {}; and {}/claim.der, claim.key.der)".format(
-        claim.cert_path, claim.key_path, claim.cert_der_path, claim.key_der_path, certs))
+    print(
+        "  files: {}, {} (DER: {}, {}; and {}/claim.der, claim.key.der)".format(
+            claim.cert_path, claim.key_path, claim.cert_der_path, claim.key_der_path, certs
+        )
+    )
     for cid in old:
         print("retired the old claim {}: INACTIVE, the broker refuses it from now on".format(cid))
     return 0
@@ -331,7 +334,9 @@ def _control(action: object) -> int:
 def cmd_create_resource(args: argparse.Namespace) -> int:
     with _open_registry(args.state.resolve()) as reg:
         created = _control(lambda: reg.create_resource(args.kind, args.name))
-    print("{} {} {}".format(args.kind.replace("-", " "), args.name, "created" if created else "already exists"))
+    print(
+        "{} {} {}".format(args.kind.replace("-", " "), args.name, "created" if created else "already exists")
+    )
     return 0
 
 
@@ -360,7 +365,11 @@ def cmd_attach_policy(args: argparse.Namespace) -> int:
             reg.detach_policy(args.name, cid)
         else:
             _control(lambda: reg.attach_policy(args.name, cid) or 0)
-    print("policy {} {} certificate {}".format(args.name, "detached from" if args.detach else "attached to", cid))
+    print(
+        "policy {} {} certificate {}".format(
+            args.name, "detached from" if args.detach else "attached to", cid
+        )
+    )
     return 0
 
 
@@ -368,7 +377,9 @@ def cmd_policies(args: argparse.Namespace) -> int:
     with _open_registry(args.state.resolve()) as reg:
         rows = reg.policies()
     if args.json:
-        print(json.dumps([{"policyName": n, "policyDocument": d, "targets": t} for n, d, t in rows], indent=2))
+        print(
+            json.dumps([{"policyName": n, "policyDocument": d, "targets": t} for n, d, t in rows], indent=2)
+        )
         return 0
     for name, _, targets in rows:
         print("{}  attached to {} certificate(s)".format(name, targets))
@@ -412,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="pre-provisioning hook, e.g. tools.iotsim.hooks:allowlist",
     )
     up.add_argument(
-        "--region", default="local", help="the region in the resource ARNs policies are evaluated against (default local)"
+        "--region",
+        default="local",
+        help="the region in the resource ARNs policies are evaluated against (default local)",
     )
     up.add_argument(
         "--account",
@@ -445,11 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("certificate_id", help="certificateId (64 hex digits) or a unique prefix")
     revoke.add_argument("--force", action="store_true", help="also revoke the claim certificate")
     revoke.set_defaults(func=cmd_revoke)
-    add("new-claim", "issue a fresh claim certificate (files in the state folder and certs/), retire the old").set_defaults(
-        func=cmd_new_claim
-    )
+    add(
+        "new-claim", "issue a fresh claim certificate (files in the state folder and certs/), retire the old"
+    ).set_defaults(func=cmd_new_claim)
     for kind in (THING_GROUP, THING_TYPE, BILLING_GROUP):
-        p = add("create-" + kind, "create a {} (a template may name it from then on)".format(kind.replace("-", " ")))
+        p = add(
+            "create-" + kind,
+            "create a {} (a template may name it from then on)".format(kind.replace("-", " ")),
+        )
         p.add_argument("name")
         p.set_defaults(func=cmd_create_resource, kind=kind)
     create_policy = add("create-policy", "create a named policy from an AWS IoT policy document (JSON file)")
@@ -457,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     create_policy.add_argument("file", help="the policy document")
     create_policy.set_defaults(func=cmd_create_policy)
     for verb, detach in (("attach-policy", False), ("detach-policy", True)):
-        p = add(verb, "{} a named policy {} a certificate".format(verb.split("-")[0], "from" if detach else "to"))
+        p = add(
+            verb, "{} a named policy {} a certificate".format(verb.split("-")[0], "from" if detach else "to")
+        )
         p.add_argument("name")
         p.add_argument("certificate_id", help="certificateId or a unique prefix of at least 8")
         p.set_defaults(func=cmd_attach_policy, detach=detach)

@@ -42,7 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONNECT, PUBLISH, SUBSCRIBE, RECEIVE = 1, 2, 4, 8
-MQTT_ACTIONS = {"iot:Connect": CONNECT, "iot:Publish": PUBLISH, "iot:Subscribe": SUBSCRIBE, "iot:Receive": RECEIVE}
+MQTT_ACTIONS = {
+    "iot:Connect": CONNECT,
+    "iot:Publish": PUBLISH,
+    "iot:Subscribe": SUBSCRIBE,
+    "iot:Receive": RECEIVE,
+}
 VERSIONS = ("2012-10-17", "2008-10-17")
 MAX_DOCUMENT_BYTES = 2048  # AWS: a policy document holds at most 2048 characters (spaces excluded)
 
@@ -196,7 +201,9 @@ def parse_policy(document: str | bytes | Mapping[str, Any]) -> Policy:
                         "{}: iotsim does not support the condition key {}; supported: the "
                         "iot:Connection.Thing.* variables".format(where, key)
                     )
-                conditions.append((op, key, tuple(_strings(values, "{}.Condition.{}.{}".format(where, op, key)))))
+                conditions.append(
+                    (op, key, tuple(_strings(values, "{}.Condition.{}.{}".format(where, op, key))))
+                )
         statements.append(Statement(effect == "Deny", mask, tuple(resources), tuple(conditions)))
     return Policy(tuple(statements))
 
@@ -247,7 +254,9 @@ def _escape_literal_keep_wildcards(text: str) -> str:
     return text.replace("\\", "\\\\")
 
 
-def _condition_holds(op: str, key: str, values: Sequence[str], thing: ThingContext | None, deny: bool) -> bool:
+def _condition_holds(
+    op: str, key: str, values: Sequence[str], thing: ThingContext | None, deny: bool
+) -> bool:
     actual = _thing_value(key, thing)
     if actual is None:
         return deny  # unresolved: an Allow does not apply, a Deny does
@@ -269,7 +278,9 @@ def compile_rules(policies: Iterable[Policy], thing: ThingContext | None) -> lis
         for st in policy.statements:
             if not st.actions:
                 continue
-            if not all(_condition_holds(op, key, values, thing, st.deny) for op, key, values in st.conditions):
+            if not all(
+                _condition_holds(op, key, values, thing, st.deny) for op, key, values in st.conditions
+            ):
                 continue
             for res in st.resources:
                 pattern = _compile_resource(res, thing)
@@ -352,8 +363,16 @@ def claim_policy_document(region: str = "*", account: str = "*", templates: str 
         "Version": "2012-10-17",
         "Statement": [
             {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"},
-            {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": [arn + "topic/" + t for t in topics]},
-            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": [arn + "topicfilter/" + t for t in topics]},
+            {
+                "Effect": "Allow",
+                "Action": ["iot:Publish", "iot:Receive"],
+                "Resource": [arn + "topic/" + t for t in topics],
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": [arn + "topicfilter/" + t for t in topics],
+            },
         ],
     }
     return json.dumps(doc, indent=2)

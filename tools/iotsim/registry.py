@@ -217,7 +217,9 @@ class Registry:
         if not self.principals_dir.is_dir():
             self.principals_dir.mkdir(parents=True, exist_ok=True)
             with self._tx() as db:
-                db.execute("INSERT OR IGNORE INTO principal_dirty(certificate_id) SELECT id FROM certificates")
+                db.execute(
+                    "INSERT OR IGNORE INTO principal_dirty(certificate_id) SELECT id FROM certificates"
+                )
         self.sync_principals()
 
     # -- plumbing ----------------------------------------------------------------
@@ -240,7 +242,8 @@ class Registry:
     def _dirty(db: sqlite3.Connection, certificate_ids: Iterable[str]) -> None:
         """Record, inside the change's transaction, whose principal files must be rewritten."""
         db.executemany(
-            "INSERT OR IGNORE INTO principal_dirty(certificate_id) VALUES (?)", [(c,) for c in certificate_ids]
+            "INSERT OR IGNORE INTO principal_dirty(certificate_id) VALUES (?)",
+            [(c,) for c in certificate_ids],
         )
 
     def _parsed_policy(self, document: str) -> policy_mod.Policy | None:
@@ -303,7 +306,9 @@ class Registry:
                             path.unlink()
                     else:
                         self._write_file(path, data)
-                self._db.executemany("DELETE FROM principal_dirty WHERE certificate_id=?", [(c,) for c in ids])
+                self._db.executemany(
+                    "DELETE FROM principal_dirty WHERE certificate_id=?", [(c,) for c in ids]
+                )
         return len(ids)
 
     @staticmethod
@@ -439,7 +444,12 @@ class Registry:
                 "Certificate ownership token has expired; call CreateKeysAndCertificate or "
                 "CreateCertificateFromCsr for a new certificate and token."
             )
-        if self.tokens_bound_to_requester and requester is not None and owner is not None and requester != owner:
+        if (
+            self.tokens_bound_to_requester
+            and requester is not None
+            and owner is not None
+            and requester != owner
+        ):
             raise TokenError(
                 "Certificate ownership token was not issued to this client's certificate; "
                 "RegisterThing must be called by the identity that created the certificate."
@@ -501,7 +511,9 @@ class Registry:
                 # to it sees them through the thing policy variables.
                 dirty += [
                     r[0]
-                    for r in db.execute("SELECT certificate_id FROM thing_principals WHERE thing=?", (thing.name,))
+                    for r in db.execute(
+                        "SELECT certificate_id FROM thing_principals WHERE thing=?", (thing.name,)
+                    )
                 ]
             for name, document in policies:
                 if document is None:
@@ -526,7 +538,9 @@ class Registry:
                         db.execute("UPDATE policies SET document=? WHERE name=?", (document, name))
                         dirty += [
                             r[0]
-                            for r in db.execute("SELECT certificate_id FROM policy_attachments WHERE policy=?", (name,))
+                            for r in db.execute(
+                                "SELECT certificate_id FROM policy_attachments WHERE policy=?", (name,)
+                            )
                         ]
                 db.execute(
                     "INSERT OR IGNORE INTO policy_attachments(policy, certificate_id) VALUES (?,?)",
@@ -594,12 +608,17 @@ class Registry:
 
     def resources(self, kind: str) -> list[str]:
         with self._lock:
-            return [r[0] for r in self._db.execute("SELECT name FROM resources WHERE kind=? ORDER BY name", (kind,))]
+            return [
+                r[0]
+                for r in self._db.execute("SELECT name FROM resources WHERE kind=? ORDER BY name", (kind,))
+            ]
 
     def create_policy(self, name: str, document: str) -> None:
         """CreatePolicy: a named policy (ResourceError if it exists or is malformed)."""
         if not _POLICY_NAME.match(name):
-            raise ResourceError("InvalidRequestException", "policy name {!r} must be 1-128 of [\\w+=,.@-]".format(name))
+            raise ResourceError(
+                "InvalidRequestException", "policy name {!r} must be 1-128 of [\\w+=,.@-]".format(name)
+            )
         try:
             policy_mod.parse_policy(document)
         except policy_mod.PolicyError as exc:
@@ -619,14 +638,17 @@ class Registry:
                     "ResourceNotFoundException", "Certificate {} does not exist".format(certificate_id)
                 )
             db.execute(
-                "INSERT OR IGNORE INTO policy_attachments(policy, certificate_id) VALUES (?,?)", (name, certificate_id)
+                "INSERT OR IGNORE INTO policy_attachments(policy, certificate_id) VALUES (?,?)",
+                (name, certificate_id),
             )
             self._dirty(db, [certificate_id])
         self.sync_principals([certificate_id])
 
     def detach_policy(self, name: str, certificate_id: str) -> None:
         with self._tx() as db:
-            db.execute("DELETE FROM policy_attachments WHERE policy=? AND certificate_id=?", (name, certificate_id))
+            db.execute(
+                "DELETE FROM policy_attachments WHERE policy=? AND certificate_id=?", (name, certificate_id)
+            )
             self._dirty(db, [certificate_id])
         self.sync_principals([certificate_id])
 
