@@ -39,6 +39,8 @@ QUICK_SIZES = (0, 10_000)
 DEVICES = {"keys": 40, "csr": 160}
 QUICK_DEVICES = {"keys": 12, "csr": 40}
 WARM_UP = 8
+RUNS = 2
+REGISTRY_PROVISIONS = 400
 CONCURRENCY = 8
 RATIO_TARGET = 1.15
 ARN = "arn:aws:iot:local:000000000000:"
@@ -234,13 +236,48 @@ def _cpu_ns(sim: object) -> dict[str, float]:
     return result
 
 
+def registry_alone(state: Path, count: int) -> float:
+    """Registry CPU (ms) per provision, in-process: issue a certificate and register it with the demo template."""
+    from tools.iotsim.registry import CLAIM, THING_GROUP, Registry
+    from tools.iotsim.templates import ThingSpec, demo_template_text
+
+    document = json.loads(demo_template_text())["Resources"]["policy"]["Properties"]["PolicyDocument"]
+    claim = "c" * 64
+    with Registry(state) as reg:
+        reg.create_resource(THING_GROUP, "fleetprov-demo")
+        reg.add_certificate(claim, "PEM", CLAIM)
+        # Batches of 50; the cheapest batch is the nearest to the registry's own
+        # cost on a machine shared with other work.
+        batches = []
+        for i in range(-WARM_UP, count):  # the first few pay for caches and lazy imports
+            if i >= 0 and i % 50 == 0:
+                started = time.process_time()
+            cid = "e{:063x}".format(i + WARM_UP)
+            token = reg.issue_certificate(cid, "PEM" * 300, owner=claim)
+            reg.check_token(token, requester=claim)
+            reg.register(
+                token,
+                requester=claim,
+                thing=ThingSpec("alone-{}".format(i + WARM_UP), {"serial": str(i)}, None, ["fleetprov-demo"]),
+                certificate_status="ACTIVE",
+                policies=[("FleetprovDemo-policy", document)],
+                certificate_id=cid,
+            )
+            if i >= 0 and i % 50 == 49:
+                batches.append((time.process_time() - started) / 50)
+        return 1000 * min(batches)
+
+
 def registry_size(quick: bool) -> None:
     from tools.bench import fleet
 
     sizes = QUICK_SIZES if quick else SIZES
     n = QUICK_DEVICES if quick else DEVICES
     rows: dict[tuple[int, str], tuple[float, float]] = {}  # (service + mosquitto, keygen) ms per provision
+    alone: dict[int, float] = {}
     problems = 0
+    with tempfile.TemporaryDirectory(prefix="iotsim-warm-") as folder:
+        registry_alone(Path(folder), 100)  # the process's first provisions are dearer, whatever the size
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="iotsim-size-") as folder:
             state = Path(folder) / "state"
@@ -251,21 +288,32 @@ def registry_size(quick: bool) -> None:
             try:
                 fleet._burst(sim, "csr", "json", WARM_UP, CONCURRENCY, "w{}".format(size))  # first-use costs
                 for method in ("keys", "csr"):
-                    before = _cpu_ns(sim)
-                    outcomes, _, _ = fleet._burst(
-                        sim, method, "json", n[method], CONCURRENCY, "s{}{}".format(size, method[0])
-                    )
-                    after = _cpu_ns(sim)
-                    ok = [o for o in outcomes if not o.error]
-                    problems += len(outcomes) - len(ok) + len(fleet._verify(sim, outcomes))
-                    spent = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
-                    per = 1000 / max(1, len(ok))
-                    rows[(size, method)] = (
-                        per * (spent.get("service", 0.0) + spent.get("mosquitto", 0.0)),
-                        per * spent.get("keygen", 0.0),
-                    )
+                    # The machine is shared: of two runs, the cheaper one is the
+                    # nearer to iotsim's own cost.
+                    for run in range(RUNS):
+                        before = _cpu_ns(sim)
+                        outcomes, _, _ = fleet._burst(
+                            sim,
+                            method,
+                            "json",
+                            n[method],
+                            CONCURRENCY,
+                            "s{}{}{}".format(size, method[0], run),
+                        )
+                        after = _cpu_ns(sim)
+                        ok = [o for o in outcomes if not o.error]
+                        problems += len(outcomes) - len(ok) + len(fleet._verify(sim, outcomes))
+                        spent = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+                        per = 1000 / max(1, len(ok))
+                        row = (
+                            per * (spent.get("service", 0.0) + spent.get("mosquitto", 0.0)),
+                            per * spent.get("keygen", 0.0),
+                        )
+                        if (size, method) not in rows or row[0] < rows[(size, method)][0]:
+                            rows[(size, method)] = row
             finally:
                 sim.close()
+            alone[size] = registry_alone(state, REGISTRY_PROVISIONS // (4 if quick else 1))
             print("  registry of {:,} certificates prepared in {:.1f} s".format(size, fill))
     print(
         "\niotsim CPU per provision ({keys} keys and {csr} CSR devices, {c} at a time): service + mosquitto"
@@ -283,6 +331,12 @@ def registry_size(quick: bool) -> None:
     print("\n| target | measured | goal | met |")
     print("|---|---|---|---|")
     for size in sizes[1:]:
+        ratio = alone[size] / alone[0] if alone[0] else float("nan")
+        print(
+            "| registry alone at {:,} vs empty | {:.2f}x | <= {:.2f}x | {} |".format(
+                size, ratio, RATIO_TARGET, "yes" if ratio <= RATIO_TARGET else "NO"
+            )
+        )
         for method in ("keys", "csr"):
             base = rows[(0, method)][0]
             ratio = rows[(size, method)][0] / base if base else float("nan")
