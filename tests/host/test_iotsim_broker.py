@@ -411,6 +411,18 @@ def test_clean_session_takeover_forgets_the_old_connections_subscriptions(setup:
     assert new.next_message() == (rejected, b"new subscription", 1)
 
 
+def test_will_of_a_connection_closed_by_a_takeover_is_checked_against_its_own_grant(setup: Setup) -> None:
+    svc = setup.service()
+    assert svc.subscribe("status/#") == 1
+    ident = setup.identity("dev", "dev", "ACTIVE")
+    old = setup.peer(ident, "taken")
+    old.client.will_set("status/taken", b"offline", qos=1)
+    old.connect()
+    setup.peer(ident, "taken").connect()  # takes the client id over
+    assert old.wait_disconnected()
+    assert svc.next_message() == ("status/taken", b"offline", 1)
+
+
 def test_service_reply_and_kick_messages_are_acknowledged_and_never_routed(setup: Setup) -> None:
     svc = setup.service()
     dev = setup.claim()

@@ -691,6 +691,14 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		grant_clear(&gr);
 		return MOSQ_ERR_AUTH;
 	}
+	if(c && c->owner && c->owner != ed->client){
+		/* A takeover: mosquitto closes the old connection next and checks its
+		 * Will with what that connection was granted. */
+		grant_clear(&g.gone_grant);
+		g.gone = c->owner;
+		g.gone_grant = c->grant;
+		memset(&c->grant, 0, sizeof(c->grant));
+	}
 	/* A clean session starts with no subscriptions; a persistent one keeps
 	 * what the plugin knew about the previous connection. */
 	if(c && mosquitto_client_clean_session(ed->client)){
