@@ -85,7 +85,7 @@ INJECTED = "InjectedFault"
 RESOURCE_REGISTRATION_FAILURE = "ResourceRegistrationFailure"
 
 HOOK_TIMEOUT = 5.0
-TEMPLATE_ARN = "arn:aws:iot:local:000000000000:provisioningtemplate/{}"
+TEMPLATE_ARN = "arn:aws:iot:{region}:{account}:provisioningtemplate/{name}"
 # AWS signs device certificates with this subject; the CSR flow keeps the CSR's CN.
 DEVICE_COMMON_NAME = "AWS IoT Certificate"
 EC_CURVES = ("secp256r1", "secp384r1")
@@ -256,6 +256,8 @@ class ProvisioningService:
         keygen_processes: int | None = None,
         client_id: str = "iotsim-service",
         sweep_interval: float = 60.0,
+        region: str = "local",
+        account: str = "000000000000",
     ) -> None:
         self.host = host
         self.port = port
@@ -267,6 +269,8 @@ class ProvisioningService:
         self.hook_timeout = hook_timeout
         self.client_id = client_id
         self.sweep_interval = sweep_interval
+        self.region = region
+        self.account = account
         self._hook: Callable[..., Any] | None = None
         self.set_hook(hook)
         self._faults: dict[str, Fault] = {}
@@ -748,7 +752,7 @@ class ProvisioningService:
             "claimCertificateId": req.requester,
             "certificateId": certificate_id,
             "certificatePem": record.pem if record else "",
-            "templateArn": TEMPLATE_ARN.format(req.template),
+            "templateArn": TEMPLATE_ARN.format(region=self.region, account=self.account, name=req.template),
             "clientId": req.client_id,
             "parameters": dict(parameters),
         }

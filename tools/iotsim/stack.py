@@ -188,6 +188,8 @@ class IotSim:
                 tps=self.tps,
                 keygen_processes=self.keygen_processes,
                 workers=self.workers,
+                region=self.region,
+                account=self.account,
             )
             self.service.start(timeout=timeout)
         except BaseException:
