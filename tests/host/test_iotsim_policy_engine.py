@@ -48,8 +48,10 @@ def c_decisions(
         text=True,
         check=True,
         timeout=60,
-    ).stdout.split()
-    return [flag == "1" for flag in out[2::3]]
+    ).stdout.splitlines()
+    decisions = [line.split()[2] == "1" for line in out if not line.startswith("stat ")]
+    assert len(decisions) == len(requests)
+    return decisions
 
 
 # -- documents ----------------------------------------------------------------------------------------
