@@ -165,7 +165,6 @@ struct client {
 	struct grant grant;
 	struct sub *subs;
 	unsigned nsubs;
-	uint64_t reply_tick; /* the loop iteration in which a reply was last queued for it */
 };
 
 struct kick {
@@ -182,7 +181,9 @@ static struct {
 	uint64_t next_serial;
 	struct client *clients[CLIENT_BUCKETS];
 	struct kick *kicks;
-	uint64_t tick; /* counts mosquitto's main-loop iterations (MOSQ_EVT_TICK) */
+	/* Client ids with a reply queued in this main-loop iteration (mosquitto
+	 * routes them by client id at the start of the next one). */
+	struct kick *replied;
 	/* The connection that disconnected last and what it was granted:
 	 * mosquitto checks a Will's topic after MOSQ_EVT_DISCONNECT. */
 	const struct mosquitto *gone;
@@ -446,6 +447,47 @@ static void kicks_run(void)
 	}
 }
 
+/* ---- replies queued in this main-loop iteration ------------------------ */
+
+/* (The list reuses struct kick: a client id; its serial is unused here.) */
+
+static bool replied_now(const char *client_id)
+{
+	struct kick *r;
+
+	for(r = g.replied; r; r = r->next){
+		if(!strcmp(r->id, client_id)) return true;
+	}
+	return false;
+}
+
+/* O(1); a client id may appear twice (the list lives one loop iteration). */
+static void replied_add(const char *client_id)
+{
+	struct kick *r;
+
+	r = calloc(1, sizeof(*r));
+	if(!r) return;
+	r->id = strdup(client_id);
+	if(!r->id){
+		free(r);
+		return;
+	}
+	r->next = g.replied;
+	g.replied = r;
+}
+
+static void replied_clear(void)
+{
+	struct kick *r;
+
+	while((r = g.replied)){
+		g.replied = r->next;
+		free(r->id);
+		free(r);
+	}
+}
+
 /* ---- subscriptions held by each client id ---------------------------- */
 
 /* "$share/<group>/<filter>" -> "<filter>"; other filters unchanged. */
@@ -681,10 +723,12 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_AUTH;
 	}
 	c = client_find(client_id, false);
-	if(c && c->owner && c->reply_tick == g.tick){
+	if(replied_now(client_id)){
 		/* mosquitto routes a queued reply by client id at its next loop
-		 * iteration: taking the id over now would hand the old connection's
-		 * answer to this one. Refuse; the client retries (a reconnect). */
+		 * iteration: a connection that takes the id now (over a live
+		 * connection, or after the old one closed in this same iteration)
+		 * would receive the old connection's answer. Refuse; the client
+		 * retries (a reconnect). */
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
 				"iotsim: refused client '%s' for now: a reply to the connection it would take over is in flight",
 				client_id);
@@ -902,7 +946,7 @@ static void deliver_reply(const char *rest, const struct mosquitto_evt_message *
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "iotsim: could not queue reply to '%s' on '%.300s' (error %d)",
 				client_id, topic, rc);
 	}else{
-		c->reply_tick = g.tick;
+		replied_add(client_id);
 	}
 	free(client_id);
 }
@@ -1010,7 +1054,7 @@ static int on_tick(int event, void *event_data, void *userdata)
 	kicks_run();
 	/* mosquitto routes the replies queued so far at the start of its next
 	 * loop iteration, before it reads any new CONNECT. */
-	g.tick++;
+	replied_clear();
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -1042,7 +1086,6 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	(void)userdata;
 	memset(&g, 0, sizeof(g));
 	g.pid = identifier;
-	g.tick = 1; /* a client's reply_tick starts at 0: no reply pending */
 	for(i = 0; i < option_count; i++){
 		if(!options[i].value || !options[i].value[0]) continue;
 		if(!strcmp(options[i].key, "principals_dir")){
@@ -1111,6 +1154,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 		free(k->id);
 		free(k);
 	}
+	replied_clear();
 	grant_clear(&g.gone_grant);
 	free(g.dir);
 	free(g.arn_prefix);
