@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from tools.iotsim import pki
 from tools.iotsim.broker import Broker, BrokerError, free_port
 from tools.iotsim.policy import claim_policy_document, parse_policy, render_principal
+from tools.iotsim.registry import principal_path
 
 ALLOW_ALL = parse_policy('{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}}')
 CLAIM_POLICY = parse_policy(claim_policy_document())
@@ -144,10 +145,9 @@ class Setup:
         """Rewrite the certificate's principal file atomically, as the service's registry does."""
         self.statuses[ident.certificate_id] = status
         policies = {"ACTIVE": [ALLOW_ALL], "CLAIM": [CLAIM_POLICY]}.get(status, [])
-        self.broker.principals_dir.mkdir(exist_ok=True)
-        pki.write_atomic(
-            self.broker.principals_dir / ident.certificate_id, render_principal(status, policies, [])
-        )
+        path = principal_path(self.state, ident.certificate_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pki.write_atomic(path, render_principal(status, policies, []))
 
     def connection(self, peer: Peer, svc: Peer) -> int:
         """The plugin's serial number of peer's connection (learnt from a request it sends)."""
@@ -251,7 +251,9 @@ def test_certificate_from_another_ca_is_refused_even_if_listed_active(setup: Set
 ])
 def test_malformed_principal_file_grants_nothing(setup: Setup, content: bytes) -> None:
     dev = setup.identity("dev", "dev", None)
-    pki.write_atomic(setup.broker.principals_dir / dev.certificate_id, content)
+    path = principal_path(setup.state, dev.certificate_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pki.write_atomic(path, content)
     with pytest.raises(Refused, match="CONNACK Not authorized"):
         setup.peer(dev).connect()
     setup.set_status(dev, "ACTIVE")
@@ -270,7 +272,7 @@ def test_status_change_applies_to_the_next_connection_without_restart(setup: Set
 
 
 def test_missing_principal_file_refuses_until_it_appears(setup: Setup) -> None:
-    (setup.broker.principals_dir / setup.service_id.certificate_id).unlink()
+    principal_path(setup.state, setup.service_id.certificate_id).unlink()
     with pytest.raises(Refused):
         setup.peer(setup.service_id).connect()
     setup.set_status(setup.service_id, "SERVICE")

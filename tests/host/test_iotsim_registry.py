@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from tools.iotsim.registry import (
     Registry,
     ResourceError,
     TokenError,
+    principal_path,
     read_status_file,
 )
 from tools.iotsim.policy import CONNECT, PUBLISH, allowed, parse_principal
@@ -32,8 +33,16 @@ DOC = json.dumps(
     {
         "Version": "2012-10-17",
         "Statement": [
-            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"},
-            {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:*:*:topic/t/${iot:Connection.Thing.Attributes[a]}/*"},
+            {
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}",
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Publish",
+                "Resource": "arn:aws:iot:*:*:topic/t/${iot:Connection.Thing.Attributes[a]}/*",
+            },
         ],
     }
 )
@@ -99,15 +108,22 @@ def test_status_file_lists_every_certificate_after_each_change(reg: Registry, tm
 
 
 def principal(tmp_path: Path, certificate_id: str) -> tuple[str, dict]:
-    return parse_principal((tmp_path / PRINCIPALS_DIR / certificate_id).read_bytes())
+    return parse_principal(principal_path(tmp_path, certificate_id).read_bytes())
 
 
-def test_principal_file_holds_the_status_and_the_compiled_policy_per_thing(reg: Registry, tmp_path: Path) -> None:
+def test_principal_file_holds_the_status_and_the_compiled_policy_per_thing(
+    reg: Registry, tmp_path: Path
+) -> None:
     reg.add_certificate(cid(2), "PEM", ACTIVE)
-    assert (tmp_path / PRINCIPALS_DIR / cid(2)).read_text() == "iotsim-principal 1\nstatus ACTIVE\ndefault\n"
+    assert principal_path(tmp_path, cid(2)) == tmp_path / PRINCIPALS_DIR / cid(2)[:2] / cid(2)
+    assert principal_path(tmp_path, cid(2)).read_text() == "iotsim-principal 1\nstatus ACTIVE\ndefault\n"
     token = reg.issue_certificate(cid(1), "PEM", owner=CLAIM_ID)
     reg.register(
-        token, requester=CLAIM_ID, thing=ThingSpec("t1", {"a": "x"}), certificate_status=ACTIVE, policies=[("P", DOC)]
+        token,
+        requester=CLAIM_ID,
+        thing=ThingSpec("t1", {"a": "x"}),
+        certificate_status=ACTIVE,
+        policies=[("P", DOC)],
     )
     status, sections = principal(tmp_path, cid(1))
     assert status == ACTIVE
@@ -117,7 +133,7 @@ def test_principal_file_holds_the_status_and_the_compiled_policy_per_thing(reg: 
     assert not allowed(rules, CONNECT, "arn:aws:iot:local:000000000000:client/t2", "t2")
     assert allowed(rules, PUBLISH, "arn:aws:iot:local:000000000000:topic/t/x/y", "t1")
     assert not allowed(rules, PUBLISH, "arn:aws:iot:local:000000000000:topic/t/z/y", "t1")
-    assert not [p for p in os.listdir(tmp_path / PRINCIPALS_DIR) if p.endswith(".tmp")]
+    assert not [p for p in (tmp_path / PRINCIPALS_DIR).glob("*/*") if p.name.endswith(".tmp")]
 
 
 def test_a_status_change_rewrites_one_file_whatever_the_registry_size(reg: Registry) -> None:
@@ -139,7 +155,10 @@ def test_registering_with_an_unchanged_inline_policy_rewrites_one_file(reg: Regi
     def register(n: int, document: str) -> None:
         token = reg.issue_certificate(cid(n), "PEM", owner=CLAIM_ID)
         reg.register(
-            token, requester=CLAIM_ID, thing=ThingSpec("t{}".format(n)), certificate_status=ACTIVE,
+            token,
+            requester=CLAIM_ID,
+            thing=ThingSpec("t{}".format(n)),
+            certificate_status=ACTIVE,
             policies=[("Inline", document)],
         )
 
@@ -161,7 +180,9 @@ def test_registering_with_an_unchanged_inline_policy_rewrites_one_file(reg: Regi
     assert len(set(written)) == 42
 
 
-def test_a_file_lost_between_commit_and_write_is_written_at_the_next_open(tmp_path: Path, clock: Clock) -> None:
+def test_a_file_lost_between_commit_and_write_is_written_at_the_next_open(
+    tmp_path: Path, clock: Clock
+) -> None:
     with Registry(tmp_path, clock=clock) as r:
         r.add_certificate(cid(1), "PEM", ACTIVE)
 
@@ -181,9 +202,7 @@ def test_a_missing_principals_folder_is_regenerated_whole(tmp_path: Path, clock:
     with Registry(tmp_path, clock=clock) as r:
         r.add_certificate(cid(1), "PEM", ACTIVE)
         r.add_certificate(cid(2), "PEM", CLAIM)
-    for f in (tmp_path / PRINCIPALS_DIR).iterdir():
-        f.unlink()
-    (tmp_path / PRINCIPALS_DIR).rmdir()
+    shutil.rmtree(tmp_path / PRINCIPALS_DIR)
     with Registry(tmp_path, clock=clock):
         assert read_status_file(tmp_path) == {cid(1): ACTIVE, cid(2): CLAIM}
 
@@ -345,14 +364,16 @@ def test_things_lists_every_thing_with_its_certificates(reg: Registry) -> None:
     assert reg.thing_of(cid(2)) == "two"
 
 
-def test_principal_files_equal_the_database_after_mixed_changes(reg: Registry, clock: Clock, tmp_path: Path) -> None:
+def test_principal_files_equal_the_database_after_mixed_changes(
+    reg: Registry, clock: Clock, tmp_path: Path
+) -> None:
     tokens = {n: reg.issue_certificate(cid(n), "PEM", owner=CLAIM_ID) for n in (7, 3, 9, 1, 5)}
     reg.register(tokens[3], requester=CLAIM_ID, thing=None, certificate_status=ACTIVE)
     reg.revoke(cid(9))
     reg.add_certificate(cid(4), "PEM", CLAIM)
     clock.now += 3600
     assert sorted(reg.expire_pending()) == [cid(1), cid(5), cid(7)]
-    files = {p.name: p.read_bytes() for p in (tmp_path / PRINCIPALS_DIR).iterdir()}
+    files = {p.name: p.read_bytes() for p in (tmp_path / PRINCIPALS_DIR).glob("*/*")}
     assert read_status_file(tmp_path) == {cid(3): ACTIVE, cid(4): CLAIM, cid(9): REVOKED}
     assert files == {c: reg.principal_text(c) for c in (cid(3), cid(4), cid(9))}
 
@@ -397,11 +418,24 @@ def test_named_policies_are_validated_and_unique(reg: Registry) -> None:
     with pytest.raises(ResourceError, match="already exists"):
         reg.create_policy("P", DOC)
     with pytest.raises(ResourceError, match="Effect must be Allow or Deny"):
-        reg.create_policy("Bad", json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Maybe", "Action": "*", "Resource": "*"}]}))
+        reg.create_policy(
+            "Bad",
+            json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Maybe", "Action": "*", "Resource": "*"}]}
+            ),
+        )
     with pytest.raises(ResourceError, match="does not support the policy variable"):
         reg.create_policy(
             "Var",
-            json.dumps({"Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "${iot:Certificate.Subject.CommonName}"}}),
+            json.dumps(
+                {
+                    "Statement": {
+                        "Effect": "Allow",
+                        "Action": "iot:*",
+                        "Resource": "${iot:Certificate.Subject.CommonName}",
+                    }
+                }
+            ),
         )
     with pytest.raises(ResourceError, match="Policy Missing does not exist"):
         reg.attach_policy("Missing", cid(1))

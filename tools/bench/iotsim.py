@@ -168,7 +168,7 @@ def acl_decisions(quick: bool) -> None:
 def populate(state: Path, count: int) -> None:
     """A registry with ``count`` ACTIVE certificates, each with a thing and the demo policy."""
     from tools.iotsim.policy import ThingContext, parse_policy, render_principal
-    from tools.iotsim.registry import Registry
+    from tools.iotsim.registry import Registry, principal_path
     from tools.iotsim.templates import DEMO_TEMPLATE_NAME, demo_template_text
 
     demo = json.loads(demo_template_text())
@@ -202,9 +202,9 @@ def populate(state: Path, count: int) -> None:
                 [(policy_name, c) for c in ids],
             )
             for c in ids:
-                (reg.principals_dir / c).write_bytes(
-                    template.replace(b"THING-PLACEHOLDER", ("pre-" + c[-12:]).encode())
-                )
+                path = principal_path(state, c)
+                path.parent.mkdir(exist_ok=True)
+                path.write_bytes(template.replace(b"THING-PLACEHOLDER", ("pre-" + c[-12:]).encode()))
         db.execute("COMMIT")
 
 

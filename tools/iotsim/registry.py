@@ -4,7 +4,7 @@ The database (``<state>/registry.sqlite3``, WAL mode) is the service's single
 source of truth and survives restarts. The broker plugin never opens it: after
 every change that concerns a certificate (its status, its policies, the things
 it is attached to) the registry rewrites that certificate's *principal file*,
-``<state>/principals/<certificateId>`` (status plus compiled policy rules, see
+``<state>/principals/<2 chars>/<certificateId>`` (status plus compiled policy rules, see
 tools/iotsim/policy.py), atomically (temporary file, rename). One change
 rewrites one small file, so its cost does not depend on how many certificates
 the registry holds.
@@ -304,7 +304,7 @@ class Registry:
                     ids = list(certificate_ids)
                 for cid in ids:
                     data = self.principal_text(cid)
-                    path = self.principals_dir / cid
+                    path = principal_path(self.state, cid)
                     if data is None:
                         with contextlib.suppress(FileNotFoundError):
                             path.unlink()
@@ -319,7 +319,11 @@ class Registry:
     def _write_file(path: Path, data: bytes) -> None:
         # No fsync: see the module docstring (principal_dirty covers a crash).
         tmp = path.with_name(".{}.{}.tmp".format(path.name, secrets.token_hex(4)))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # the first certificate of its sub-folder
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -770,13 +774,23 @@ class Registry:
             ]
 
 
+def principal_path(state: Path, certificate_id: str) -> Path:
+    """``<state>/principals/<first two characters>/<certificateId>``.
+
+    256 sub-folders: creating and renaming a file in one folder of 100,000
+    entries costs the file system twice what it costs in a small folder, so a
+    flat folder would make every status change dearer as the registry grows.
+    """
+    return Path(state) / PRINCIPALS_DIR / certificate_id[:2] / certificate_id
+
+
 def read_status_file(state: Path) -> dict[str, str]:
     """Every certificate's status as the broker plugin sees it (its principal files)."""
     folder = Path(state) / PRINCIPALS_DIR
     result: dict[str, str] = {}
     if not folder.is_dir():
         return result
-    for path in folder.iterdir():
+    for path in folder.glob("*/*"):
         if path.name.startswith("."):
             continue
         with contextlib.suppress(OSError, ValueError):

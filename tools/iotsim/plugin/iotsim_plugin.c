@@ -15,7 +15,7 @@
  * Identity. Every client connects over TLS with a client certificate. Its
  * certificateId is the lowercase hex SHA-256 of the certificate DER (as AWS).
  * The service's registry writes one principal file per certificate,
- * <principals_dir>/<certificateId> (policy.h documents the format): its
+ * <principals_dir>/<first 2 hex>/<certificateId> (policy.h documents the format): its
  * status and its policies compiled to allow/deny rules. A status change
  * rewrites one small file, so its cost does not depend on how many
  * certificates exist. The status decides the role:
@@ -227,7 +227,7 @@ static void grant_refresh(struct grant *gr, const char *client_id)
 	struct pol_set rules = {NULL, 0};
 	char status[STATUS_LEN];
 
-	if(snprintf(path, sizeof(path), "%s/%s", g.dir, gr->cert_id) >= (int)sizeof(path)){
+	if(snprintf(path, sizeof(path), "%s/%.2s/%s", g.dir, gr->cert_id, gr->cert_id) >= (int)sizeof(path)){
 		grant_clear(gr);
 		return;
 	}
