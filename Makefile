@@ -51,8 +51,8 @@ deps: $(VENV)/.installed
 
 plugin: $(if $(wildcard tools/iotsim/plugin/iotsim_plugin.c),$(PLUGIN),)
 
-# iotsim's broker plugin: per-connection delivery, certificate status, claim policy.
-$(PLUGIN): tools/iotsim/plugin/iotsim_plugin.c | system-deps
+# iotsim's broker plugin: per-connection delivery, certificate status, AWS IoT policies (policy.h).
+$(PLUGIN): tools/iotsim/plugin/iotsim_plugin.c tools/iotsim/plugin/policy.h | system-deps
 	@mkdir -p build
 	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o $@ $< -lcrypto
 

@@ -1,4 +1,4 @@
-"""`python -m tools.iotsim`: up, status, certs, things, revoke, down — as a user runs them."""
+"""`python -m tools.iotsim`: up, status, certs, things, revoke, new-claim, resources, down — as a user runs them."""
 
 from __future__ import annotations
 
@@ -64,9 +64,9 @@ def test_up_writes_everything_a_device_needs(running: tuple[Path, int, subproces
         "certs/claim.der",
         "certs/claim.key.der",
         "iotsim.pid",
-        "certs.status",
     ):
         assert (state / name).is_file(), name
+    assert len(list((state / "principals").glob("*/*"))) >= 2  # the service and the claim
     config = json.loads((state / "config.json").read_text())
     assert config == {
         "endpoint": "127.0.0.1",
@@ -97,7 +97,13 @@ def test_status_certs_things_revoke_and_down(running: tuple[Path, int, subproces
 
     with claim_client():
         pass
-    revoked = cli("revoke", claim_id[:12], "--state", str(state))
+    refused = cli("revoke", claim_id[:12], "--state", str(state), check=False)
+    assert refused.returncode == 1
+    assert "is the claim certificate" in refused.stderr and "--force" in refused.stderr
+    assert "new-claim" in refused.stderr
+    with claim_client():  # still usable
+        pass
+    revoked = cli("revoke", claim_id[:12], "--force", "--state", str(state))
     assert claim_id in revoked.stdout
     with pytest.raises(ConnectRefused):
         claim_client().connect()
@@ -149,3 +155,60 @@ def test_up_on_a_taken_port_says_so_and_how_to_choose_another(tmp_path: Path) ->
     assert proc.returncode == 1
     assert "port {} is taken".format(port) in proc.stderr and "--port" in proc.stderr
     assert not (tmp_path / "iotsim.pid").exists()
+
+
+def test_new_claim_replaces_the_claim_files_and_retires_the_old_one(
+    running: tuple[Path, int, subprocess.Popen[str]],
+) -> None:
+    state, port, _ = running
+    old_der = (state / "claim.der").read_bytes()
+    old_pem = state / "old.pem"
+    old_pem.write_bytes((state / "claim.pem").read_bytes())
+    (state / "old.key.pem").write_bytes((state / "claim.key.pem").read_bytes())
+    old_id = next(c["certificateId"] for c in json.loads(cli("certs", "--state", str(state), "--json").stdout)
+                  if c["status"] == "CLAIM")
+    out = cli("new-claim", "--state", str(state)).stdout
+    certs = {c["certificateId"]: c["status"] for c in json.loads(cli("certs", "--state", str(state), "--json").stdout)}
+    new_id = next(cid for cid, status in certs.items() if status == "CLAIM")
+    assert new_id != old_id and certs[old_id] == "INACTIVE"
+    assert new_id in out and old_id in out
+    assert (state / "claim.der").read_bytes() != old_der
+    assert (state / "certs" / "claim.key.der").read_bytes() == (state / "claim.key.der").read_bytes()
+    with MqttTestClient(port, state / "ca.pem", state / "claim.pem", state / "claim.key.pem", "fresh") as c:
+        outcome, body = c.request("$aws/certificates/create/json", b"{}")
+        assert outcome == "accepted", body
+    with pytest.raises(ConnectRefused):  # the retired claim
+        MqttTestClient(port, state / "ca.pem", old_pem, state / "old.key.pem", "stale").connect()
+
+
+def test_resources_and_policies_from_the_cli(running: tuple[Path, int, subprocess.Popen[str]], tmp_path: Path) -> None:
+    state, _, _ = running
+    assert "thing groups: fleetprov-demo" in cli("things", "--state", str(state)).stdout  # `up` made it
+    assert "created" in cli("create-thing-group", "lab", "--state", str(state)).stdout
+    assert "already exists" in cli("create-thing-group", "lab", "--state", str(state)).stdout
+    cli("create-thing-type", "sensor", "--state", str(state))
+    cli("create-billing-group", "team-a", "--state", str(state))
+    listed = cli("things", "--state", str(state)).stdout
+    assert "thing groups: fleetprov-demo, lab" in listed
+    assert "thing types: sensor" in listed and "billing groups: team-a" in listed
+    bad = cli("create-thing-group", "bad name", "--state", str(state), check=False)
+    assert bad.returncode == 1 and "InvalidRequestException" in bad.stderr
+
+    doc = tmp_path / "policy.json"
+    doc.write_text(json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]}))
+    cli("create-policy", "Mine", str(doc), "--state", str(state))
+    again = cli("create-policy", "Mine", str(doc), "--state", str(state), check=False)
+    assert again.returncode == 1 and "ResourceAlreadyExistsException" in again.stderr
+    doc.write_text('{"Statement": [{"Effect": "Permit", "Action": "iot:*", "Resource": "*"}]}')
+    malformed = cli("create-policy", "Broken", str(doc), "--state", str(state), check=False)
+    assert malformed.returncode == 1 and "MalformedPolicyException" in malformed.stderr
+    certs = json.loads(cli("certs", "--state", str(state), "--json").stdout)
+    claim_id = next(c["certificateId"] for c in certs if c["status"] == "CLAIM")
+    cli("attach-policy", "Mine", claim_id[:16], "--state", str(state))
+    policies = json.loads(cli("policies", "--state", str(state), "--json").stdout)
+    assert {p["policyName"]: p["targets"] for p in policies} == {"Mine": 1, "iotsim-claim-policy": 1}
+    cli("detach-policy", "Mine", claim_id[:16], "--state", str(state))
+    assert "Mine  attached to 0 certificate(s)" in cli("policies", "--state", str(state)).stdout
+    missing = cli("attach-policy", "Nope", claim_id[:16], "--state", str(state), check=False)
+    assert missing.returncode == 1 and "ResourceNotFoundException" in missing.stderr

@@ -1,8 +1,9 @@
-"""iotsim's registry: persistence, the status file, ownership tokens and things."""
+"""iotsim's registry: persistence, principal files, ownership tokens, things and resources."""
 
 from __future__ import annotations
 
-import os
+import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -10,16 +11,41 @@ import pytest
 
 from tools.iotsim.registry import (
     ACTIVE,
+    BILLING_GROUP,
     CLAIM,
+    PRINCIPALS_DIR,
+    THING_GROUP,
+    THING_TYPE,
     INACTIVE,
     PENDING_ACTIVATION,
     REVOKED,
     ConflictError,
     Registry,
+    ResourceError,
     TokenError,
+    principal_path,
     read_status_file,
 )
+from tools.iotsim.policy import CONNECT, PUBLISH, allowed, parse_principal
 from tools.iotsim.templates import ThingSpec
+
+DOC = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}",
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Publish",
+                "Resource": "arn:aws:iot:*:*:topic/t/${iot:Connection.Thing.Attributes[a]}/*",
+            },
+        ],
+    }
+)
 
 CLAIM_ID = "c1" * 32
 OTHER_CLAIM = "c2" * 32
@@ -58,14 +84,14 @@ def test_registry_survives_a_restart(tmp_path: Path, clock: Clock) -> None:
             requester=CLAIM_ID,
             thing=ThingSpec("t1", {"a": "1"}),
             certificate_status=ACTIVE,
-            policies=[("P", '{"Version": "2012-10-17"}')],
+            policies=[("P", DOC)],
         )
     with Registry(tmp_path, clock=clock) as again:
         assert again.status(cid(1)) == ACTIVE
         assert again.status(CLAIM_ID) == CLAIM
         thing = again.thing("t1")
         assert thing is not None and thing.attributes == {"a": "1"} and thing.certificates == [cid(1)]
-        assert again.policies_of(cid(1)) == [("P", '{"Version": "2012-10-17"}')]
+        assert again.policies_of(cid(1)) == [("P", DOC)]
         with pytest.raises(TokenError, match="already been used"):
             again.consume_token(token)
 
@@ -81,12 +107,104 @@ def test_status_file_lists_every_certificate_after_each_change(reg: Registry, tm
     assert read_status_file(tmp_path)[cid(1)] == REVOKED
 
 
-def test_status_file_format_is_one_id_and_status_per_line(reg: Registry, tmp_path: Path) -> None:
+def principal(tmp_path: Path, certificate_id: str) -> tuple[str, dict]:
+    return parse_principal(principal_path(tmp_path, certificate_id).read_bytes())
+
+
+def test_principal_file_holds_the_status_and_the_compiled_policy_per_thing(
+    reg: Registry, tmp_path: Path
+) -> None:
     reg.add_certificate(cid(2), "PEM", ACTIVE)
-    reg.add_certificate(cid(1), "PEM", CLAIM)
-    text = (tmp_path / "certs.status").read_text()
-    assert text == "{} CLAIM\n{} ACTIVE\n".format(cid(1), cid(2))
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert principal_path(tmp_path, cid(2)) == tmp_path / PRINCIPALS_DIR / cid(2)[:2] / cid(2)
+    assert principal_path(tmp_path, cid(2)).read_text() == "iotsim-principal 1\nstatus ACTIVE\ndefault\n"
+    token = reg.issue_certificate(cid(1), "PEM", owner=CLAIM_ID)
+    reg.register(
+        token,
+        requester=CLAIM_ID,
+        thing=ThingSpec("t1", {"a": "x"}),
+        certificate_status=ACTIVE,
+        policies=[("P", DOC)],
+    )
+    status, sections = principal(tmp_path, cid(1))
+    assert status == ACTIVE
+    assert sections[None] == []  # thing variables unresolved: nothing is allowed
+    rules = sections["t1"]
+    assert allowed(rules, CONNECT, "arn:aws:iot:local:000000000000:client/t1", "t1")
+    assert not allowed(rules, CONNECT, "arn:aws:iot:local:000000000000:client/t2", "t2")
+    assert allowed(rules, PUBLISH, "arn:aws:iot:local:000000000000:topic/t/x/y", "t1")
+    assert not allowed(rules, PUBLISH, "arn:aws:iot:local:000000000000:topic/t/z/y", "t1")
+    assert not [p for p in (tmp_path / PRINCIPALS_DIR).glob("*/*") if p.name.endswith(".tmp")]
+
+
+def test_a_status_change_rewrites_one_file_whatever_the_registry_size(reg: Registry) -> None:
+    for n in range(300):
+        reg.add_certificate(cid(n), "PEM", ACTIVE)
+    written: list[Path] = []
+    write = reg._write_file
+
+    def counting(path: Path, data: bytes) -> None:
+        written.append(path)
+        write(path, data)
+
+    reg._write_file = counting  # type: ignore[method-assign]
+    reg.revoke(cid(7))
+    assert [p.name for p in written] == [cid(7)]
+
+
+def test_registering_with_an_unchanged_inline_policy_rewrites_one_file(reg: Registry) -> None:
+    def register(n: int, document: str) -> None:
+        token = reg.issue_certificate(cid(n), "PEM", owner=CLAIM_ID)
+        reg.register(
+            token,
+            requester=CLAIM_ID,
+            thing=ThingSpec("t{}".format(n)),
+            certificate_status=ACTIVE,
+            policies=[("Inline", document)],
+        )
+
+    for n in range(40):
+        register(n, DOC)
+    written: list[str] = []
+    write = reg._write_file
+
+    def counting(path: Path, data: bytes) -> None:
+        written.append(path.name)
+        write(path, data)
+
+    reg._write_file = counting  # type: ignore[method-assign]
+    register(40, DOC)
+    assert written == [cid(40), cid(40)]  # issued (PENDING_ACTIVATION), then registered
+    written.clear()
+    changed = DOC.replace("iot:Publish", "iot:Receive")
+    register(41, changed)  # a changed document reaches every certificate it is attached to
+    assert len(set(written)) == 42
+
+
+def test_a_file_lost_between_commit_and_write_is_written_at_the_next_open(
+    tmp_path: Path, clock: Clock
+) -> None:
+    with Registry(tmp_path, clock=clock) as r:
+        r.add_certificate(cid(1), "PEM", ACTIVE)
+
+        def crash(path: Path, data: bytes) -> None:
+            raise OSError("simulated crash before the file was written")
+
+        r._write_file = crash  # type: ignore[method-assign]
+        with pytest.raises(OSError):
+            r.revoke(cid(1))
+        assert r.status(cid(1)) == REVOKED
+        assert read_status_file(tmp_path)[cid(1)] == ACTIVE  # stale, but recorded as dirty
+    with Registry(tmp_path, clock=clock):
+        assert read_status_file(tmp_path)[cid(1)] == REVOKED
+
+
+def test_a_missing_principals_folder_is_regenerated_whole(tmp_path: Path, clock: Clock) -> None:
+    with Registry(tmp_path, clock=clock) as r:
+        r.add_certificate(cid(1), "PEM", ACTIVE)
+        r.add_certificate(cid(2), "PEM", CLAIM)
+    shutil.rmtree(tmp_path / PRINCIPALS_DIR)
+    with Registry(tmp_path, clock=clock):
+        assert read_status_file(tmp_path) == {cid(1): ACTIVE, cid(2): CLAIM}
 
 
 def test_a_second_registry_on_the_same_state_sees_and_publishes_a_revoke(
@@ -201,6 +319,10 @@ def test_expired_pending_certificates_are_deleted_as_aws_does(
 
 
 def register_thing(reg: Registry, n: int, spec: ThingSpec) -> None:
+    for group in spec.groups:
+        reg.create_resource(THING_GROUP, group)
+    if spec.thing_type:
+        reg.create_resource(THING_TYPE, spec.thing_type)
     token = reg.issue_certificate(cid(n), "PEM", owner=CLAIM_ID)
     reg.register(token, requester=CLAIM_ID, thing=spec, certificate_status=ACTIVE)
 
@@ -242,59 +364,79 @@ def test_things_lists_every_thing_with_its_certificates(reg: Registry) -> None:
     assert reg.thing_of(cid(2)) == "two"
 
 
-def test_a_change_made_while_another_thread_writes_still_reaches_the_status_file(
-    reg: Registry, tmp_path: Path
-) -> None:
-    # Hold the writer inside its write while a new certificate is issued; the
-    # issuer does not wait, but the writer must write again before it stops.
-    inside, release = threading.Event(), threading.Event()
-    write = reg._write_status_file
-
-    def slow_write() -> None:
-        if not inside.is_set():
-            inside.set()
-            assert release.wait(30)
-        write()
-
-    reg._write_status_file = slow_write  # type: ignore[method-assign]
-    writer = threading.Thread(target=reg.add_certificate, args=(cid(1), "PEM", ACTIVE))
-    writer.start()
-    assert inside.wait(30)
-    reg.issue_certificate(cid(2), "PEM", owner=CLAIM_ID)  # returns without waiting for the file
-    assert cid(2) not in read_status_file(tmp_path)
-    release.set()
-    writer.join(30)
-    assert read_status_file(tmp_path) == {cid(1): ACTIVE, cid(2): PENDING_ACTIVATION}
-
-
-def test_status_file_stays_sorted_and_equal_to_the_database_after_mixed_changes(
+def test_principal_files_equal_the_database_after_mixed_changes(
     reg: Registry, clock: Clock, tmp_path: Path
 ) -> None:
-    # The registry renders certs.status from memory; it must match SQLite exactly.
     tokens = {n: reg.issue_certificate(cid(n), "PEM", owner=CLAIM_ID) for n in (7, 3, 9, 1, 5)}
     reg.register(tokens[3], requester=CLAIM_ID, thing=None, certificate_status=ACTIVE)
     reg.revoke(cid(9))
     reg.add_certificate(cid(4), "PEM", CLAIM)
     clock.now += 3600
     assert sorted(reg.expire_pending()) == [cid(1), cid(5), cid(7)]
-    text = (tmp_path / "certs.status").read_text()
-    assert text == "{} ACTIVE\n{} CLAIM\n{} REVOKED\n".format(cid(3), cid(4), cid(9))
-    with Registry(tmp_path, clock=clock):  # a fresh registry regenerates the same file
-        assert (tmp_path / "certs.status").read_text() == text
+    files = {p.name: p.read_bytes() for p in (tmp_path / PRINCIPALS_DIR).glob("*/*")}
+    assert read_status_file(tmp_path) == {cid(3): ACTIVE, cid(4): CLAIM, cid(9): REVOKED}
+    assert files == {c: reg.principal_text(c) for c in (cid(3), cid(4), cid(9))}
 
 
-def test_a_rolled_back_status_change_never_reaches_the_status_file(
-    reg: Registry, tmp_path: Path
-) -> None:
+def test_a_rolled_back_status_change_never_reaches_a_principal_file(reg: Registry, tmp_path: Path) -> None:
     reg.add_certificate(cid(1), "PEM", ACTIVE)
 
     class Boom(Exception):
         pass
 
     with pytest.raises(Boom):
-        with reg._tx():
-            reg._db.execute("UPDATE certificates SET status=? WHERE id=?", (REVOKED, cid(1)))
-            reg._set_line(cid(1), REVOKED)
+        with reg._tx() as db:
+            db.execute("UPDATE certificates SET status=? WHERE id=?", (REVOKED, cid(1)))
+            reg._dirty(db, [cid(1)])
             raise Boom
-    reg.add_certificate(cid(2), "PEM", ACTIVE)  # triggers a rewrite
-    assert read_status_file(tmp_path) == {cid(1): ACTIVE, cid(2): ACTIVE}
+    reg.sync_principals()
+    assert read_status_file(tmp_path) == {cid(1): ACTIVE}
+
+
+def test_resources_must_exist_before_a_thing_names_them(reg: Registry) -> None:
+    for n, (spec, missing) in enumerate(
+        (
+            (ThingSpec("t", groups=["g"]), "thing group g"),
+            (ThingSpec("t", thing_type="ty"), "thing type ty"),
+            (ThingSpec("t", billing_group="b"), "billing group b"),
+        )
+    ):
+        token = reg.issue_certificate(cid(n), "PEM", owner=CLAIM_ID)
+        with pytest.raises(ResourceError, match=missing + " does not exist"):
+            reg.register(token, requester=CLAIM_ID, thing=spec, certificate_status=ACTIVE)
+        assert reg.status(cid(n)) == PENDING_ACTIVATION and reg.thing("t") is None
+    assert reg.create_resource(THING_GROUP, "g") is True
+    assert reg.create_resource(THING_GROUP, "g") is False  # idempotent, as AWS for equal properties
+    assert reg.create_resource(BILLING_GROUP, "b") is True
+    assert reg.resources(THING_GROUP) == ["g"]
+    with pytest.raises(ResourceError, match="must be 1-128"):
+        reg.create_resource(THING_GROUP, "bad name")
+
+
+def test_named_policies_are_validated_and_unique(reg: Registry) -> None:
+    reg.create_policy("P", DOC)
+    with pytest.raises(ResourceError, match="already exists"):
+        reg.create_policy("P", DOC)
+    with pytest.raises(ResourceError, match="Effect must be Allow or Deny"):
+        reg.create_policy(
+            "Bad",
+            json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Maybe", "Action": "*", "Resource": "*"}]}
+            ),
+        )
+    with pytest.raises(ResourceError, match="does not support the policy variable"):
+        reg.create_policy(
+            "Var",
+            json.dumps(
+                {
+                    "Statement": {
+                        "Effect": "Allow",
+                        "Action": "iot:*",
+                        "Resource": "${iot:Certificate.Subject.CommonName}",
+                    }
+                }
+            ),
+        )
+    with pytest.raises(ResourceError, match="Policy Missing does not exist"):
+        reg.attach_policy("Missing", cid(1))
+    assert [(name, n) for name, _, n in reg.policies()] == [("P", 0)]

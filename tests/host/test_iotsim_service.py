@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from tools.iotsim import pki
-from tools.iotsim.registry import ACTIVE, CLAIM, INACTIVE, PENDING_ACTIVATION, REVOKED
+from tools.iotsim.registry import ACTIVE, CLAIM, CLAIM_POLICY, INACTIVE, PENDING_ACTIVATION, REVOKED
 from tools.iotsim.testing import ConnectRefused, MqttTestClient, RunningIotSim, running_iotsim
 
 pytestmark = pytest.mark.timeout(120)
@@ -398,6 +398,7 @@ def test_a_token_is_bound_to_the_identity_that_asked_for_the_certificate(
     assert iotsim.sim.ca is not None
     other = pki.ensure_client_identity(iotsim.state, iotsim.sim.ca, "claim2", "second claim")
     iotsim.registry.add_certificate(other.certificate_id, other.cert_path.read_text(), CLAIM)
+    iotsim.registry.attach_policy(CLAIM_POLICY, other.certificate_id)
     token = provision_csr(claim)["certificateOwnershipToken"]
     with iotsim.client("thief", other.cert_path, other.key_path) as thief:
         assert_rejected(
@@ -454,12 +455,15 @@ def test_new_certificate_connects_only_after_register_thing_and_never_after_revo
     assert (
         register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": method})[0] == "accepted"
     )
-    with iotsim.client("device-" + method, cert, key_path) as device:
+    # The demo policy allows iot:Connect only with the thing's name as client id.
+    with pytest.raises(ConnectRefused):
+        iotsim.client("device-" + method, cert, key_path)
+    with iotsim.client("fleetprov-" + method, cert, key_path) as device:
         assert device.connected
     iotsim.registry.revoke(body["certificateId"])
     assert iotsim.registry.status(body["certificateId"]) == REVOKED
     with pytest.raises(ConnectRefused):
-        iotsim.client("device-" + method, cert, key_path)
+        iotsim.client("fleetprov-" + method, cert, key_path)
 
 
 def test_registry_and_certificates_survive_a_restart(tmp_path: Path) -> None:
@@ -478,7 +482,7 @@ def test_registry_and_certificates_survive_a_restart(tmp_path: Path) -> None:
     cert, key_path = write_identity(tmp_path, "dev", body["certificatePem"], key)
     with running_iotsim(state) as second:
         assert second.registry.thing("fleetprov-persist") is not None
-        with second.client("dev", cert, key_path) as device:
+        with second.client("fleetprov-persist", cert, key_path) as device:
             assert device.connected
         with second.client("dev2") as c:
             result = register(c, pending["certificateOwnershipToken"], "cbor", {"SerialNumber": "later"})
@@ -714,14 +718,27 @@ def test_unknown_fault_kind_and_operation_are_refused_by_name(iotsim: RunningIot
 def test_requests_on_other_aws_topics_reach_the_service_and_get_no_reply(
     iotsim: RunningIotSim, claim: MqttTestClient, tmp_path: Path
 ) -> None:
-    # A provisioned device may publish to any $aws topic (the claim may not):
-    # the plugin forwards it, the service answers only the provisioning API.
+    # A device whose policy allows $aws topics may publish to them: the plugin
+    # forwards them, the service answers only the provisioning API.
     key = ec.generate_private_key(ec.SECP256R1())
     body = provision_csr(claim, "json", key)
     assert (
         register(claim, body["certificateOwnershipToken"], "json", {"SerialNumber": "topics"})[0]
         == "accepted"
     )
+    iotsim.registry.create_policy(
+        "AwsTopics",
+        json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": "arn:aws:iot:*:*:topic/$aws/*"},
+                    {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": "arn:aws:iot:*:*:topicfilter/$aws/*"},
+                ],
+            }
+        ),
+    )
+    iotsim.registry.attach_policy("AwsTopics", body["certificateId"])
     cert, key_path = write_identity(tmp_path, "topics", body["certificatePem"], key)
     with iotsim.client("fleetprov-topics", cert, key_path) as device:
         topics = [

@@ -14,6 +14,7 @@ import ctypes.util
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -29,8 +30,17 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_SOURCE = REPO / "tools" / "iotsim" / "plugin" / "iotsim_plugin.c"
+# Sources the plugin is built from besides PLUGIN_SOURCE (a change rebuilds it).
+PLUGIN_HEADERS = (REPO / "tools" / "iotsim" / "plugin" / "policy.h",)
 DEFAULT_PLUGIN = REPO / "build" / "iotsim_plugin.so"
-STATUS_FILE = "certs.status"
+PRINCIPALS_DIR = "principals"
+# The account and region in the resource ARNs iotsim evaluates policies against.
+REGION = "local"
+ACCOUNT = "000000000000"
+# AWS IoT refuses payloads over 128 KB; mosquitto drops a packet larger than this
+# before reading it (the topic and headers add at most 64 KiB), so an oversized
+# publish costs no memory. The plugin disconnects anything over 128 KB.
+MAX_PACKET_SIZE = 128 * 1024 + 65536 + 16
 LOG_TAIL_LINES = 30
 
 
@@ -56,8 +66,9 @@ def build_plugin(plugin: Path = DEFAULT_PLUGIN, source: Path = PLUGIN_SOURCE) ->
     concurrent build never leaves a half-written library behind.
     """
     plugin = Path(plugin)
-    if plugin.exists() and (
-        not source.exists() or plugin.stat().st_mtime >= source.stat().st_mtime
+    inputs = [source, *(h for h in PLUGIN_HEADERS if source == PLUGIN_SOURCE)]
+    if plugin.exists() and all(
+        not p.exists() or plugin.stat().st_mtime >= p.stat().st_mtime for p in inputs
     ):
         return plugin
     if not source.exists():
@@ -120,7 +131,7 @@ def _check_conf_value(what: str, value: str) -> str:
 class Broker:
     """mosquitto on ``host:port`` with TLS client certificates and the iotsim plugin.
 
-    ``state`` holds the PKI, certs.status (written by the service), the
+    ``state`` holds the PKI, principals/ (written by the service's registry), the
     generated mosquitto.conf and mosquitto.log. Use as a context manager or
     call ``start()``/``stop()``.
     """
@@ -133,7 +144,14 @@ class Broker:
         *,
         host: str = "127.0.0.1",
         startup_timeout: float = 10.0,
+        region: str = REGION,
+        account: str = ACCOUNT,
     ) -> None:
+        for what, value in (("region", region), ("account", account)):
+            if not re.fullmatch(r"[a-z0-9-]{1,64}", value):
+                raise BrokerError("the {} in resource ARNs must be 1-64 of [a-z0-9-], got {!r}".format(what, value))
+        self.region = region
+        self.account = account
         self.state = Path(state).resolve()
         self.port = int(port)
         self.plugin = Path(plugin).resolve()
@@ -141,7 +159,7 @@ class Broker:
         self.startup_timeout = startup_timeout
         self.conf_path = self.state / "mosquitto.conf"
         self.log_path = self.state / "mosquitto.log"
-        self.status_path = self.state / STATUS_FILE
+        self.principals_dir = self.state / PRINCIPALS_DIR
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -192,9 +210,12 @@ class Broker:
             "use_identity_as_username false",
             "tls_version tlsv1.2",
             "plugin {}".format(_check_conf_value("plugin path", str(self.plugin))),
-            "plugin_opt_status_file {}".format(
-                _check_conf_value("status file path", str(self.status_path))
+            "plugin_opt_principals_dir {}".format(
+                _check_conf_value("principals path", str(self.principals_dir))
             ),
+            "plugin_opt_region {}".format(self.region),
+            "plugin_opt_account {}".format(self.account),
+            "max_packet_size {}".format(MAX_PACKET_SIZE),
             "",
         ]
         pki.write_atomic(self.conf_path, "\n".join(lines).encode())

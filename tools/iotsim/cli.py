@@ -3,9 +3,13 @@
 up       prepare the state folder and run mosquitto + the provisioning service
 down     stop a running `up` (through its pid file)
 status   is it running, on which port, how many certificates and things
-things   the things the registry holds
+things   the things the registry holds, and its thing groups, thing types, billing groups
 certs    the certificates and their status
-revoke   revoke a certificate: the broker refuses it from then on
+revoke   revoke a certificate: the broker refuses it from then on (the claim: --force)
+new-claim  issue a fresh claim certificate and retire the old one
+policies   the named policies and how many certificates each is attached to
+create-thing-group, create-thing-type, create-billing-group NAME
+create-policy NAME FILE, attach-policy NAME CERT, detach-policy NAME CERT
 """
 
 from __future__ import annotations
@@ -22,7 +26,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .registry import DB_FILE, DEFAULT_TOKEN_TTL, Registry
+from . import pki
+from .registry import (
+    BILLING_GROUP,
+    CLAIM,
+    DB_FILE,
+    DEFAULT_TOKEN_TTL,
+    INACTIVE,
+    THING_GROUP,
+    THING_TYPE,
+    Registry,
+    ResourceError,
+)
 
 DEFAULT_STATE = Path(".iotsim")
 PID_FILE = "iotsim.pid"
@@ -88,7 +103,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise CliError("--token-ttl must be positive seconds, got {}".format(args.token_ttl))
     if args.tps is not None and args.tps <= 0:
         raise CliError("--tps must be positive requests per second, got {}".format(args.tps))
-    sim = IotSim(state, args.port, tps=args.tps, token_ttl=args.token_ttl, hook=args.hook)
+    sim = IotSim(
+        state,
+        args.port,
+        tps=args.tps,
+        token_ttl=args.token_ttl,
+        hook=args.hook,
+        single_use_tokens=not args.token_reuse,
+        tokens_bound_to_requester=not args.token_unbound,
+        region=args.region,
+        account=args.account,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -126,6 +151,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(
             "throttling: {}; ownership tokens expire after {:g} s; hook: {}".format(
                 throttle, args.token_ttl, args.hook or "none"
+            )
+        )
+        print(
+            "ownership tokens: {}, {} (iotsim's choices; AWS documents neither)".format(
+                "reusable" if args.token_reuse else "single use",
+                "usable by any identity" if args.token_unbound else "bound to the identity that asked",
             )
         )
         print("stop with Ctrl-C or `python -m tools.iotsim down --state {}`".format(args.state))
@@ -185,6 +216,7 @@ def _when(stamp: float) -> str:
 def cmd_things(args: argparse.Namespace) -> int:
     with _open_registry(args.state.resolve()) as reg:
         things = reg.things()
+        resources = {kind: reg.resources(kind) for kind in (THING_GROUP, THING_TYPE, BILLING_GROUP)}
     if args.json:
         print(
             json.dumps(
@@ -204,7 +236,6 @@ def cmd_things(args: argparse.Namespace) -> int:
         return 0
     if not things:
         print("no things yet")
-        return 0
     for t in things:
         attrs = ",".join("{}={}".format(k, v) for k, v in sorted(t.attributes.items()))
         print(
@@ -212,6 +243,8 @@ def cmd_things(args: argparse.Namespace) -> int:
                 t.name, _when(t.created), ",".join(c[:12] for c in t.certificates) or "-", attrs or "-"
             )
         )
+    for kind, names in resources.items():
+        print("{}s: {}".format(kind.replace("-", " "), ", ".join(names) or "none"))
     return 0
 
 
@@ -252,8 +285,106 @@ def cmd_revoke(args: argparse.Namespace) -> int:
             raise CliError(
                 "{!r} matches {} certificates; give more of the id".format(args.certificate_id, len(matches))
             )
+        if reg.status(matches[0]) == CLAIM and not args.force:
+            raise CliError(
+                "{} is the claim certificate. Revoking it stops every device that is not provisioned yet: "
+                "they connect with it, so none of them can provision until it gets a new claim "
+                "(`python -m tools.iotsim new-claim` issues one). Devices already provisioned keep working. "
+                "Run again with --force to revoke it.".format(matches[0])
+            )
         reg.revoke(matches[0])
     print("revoked {}: the broker refuses it from its next connection or publish".format(matches[0]))
+    return 0
+
+
+def cmd_new_claim(args: argparse.Namespace) -> int:
+    from .stack import DEVICE_CERT_DIR, ensure_claim_policy
+
+    state: Path = args.state.resolve()
+    with _open_registry(state) as reg:
+        ca = pki.CertificateAuthority.load_or_create(state)
+        old = [c.id for c in reg.certificates() if c.status == CLAIM]
+        claim = pki.ensure_client_identity(state, ca, "claim", "iotsim-claim", renew=True)
+        reg.add_certificate(claim.certificate_id, claim.cert_path.read_text(encoding="ascii"), CLAIM)
+        ensure_claim_policy(reg, claim.certificate_id)
+        for cid in old:
+            reg.set_status(cid, INACTIVE)
+    certs = state / DEVICE_CERT_DIR
+    certs.mkdir(exist_ok=True)
+    for src, name in ((claim.cert_der_path, "claim.der"), (claim.key_der_path, "claim.key.der")):
+        pki.write_atomic(certs / name, src.read_bytes(), private=name.endswith("key.der"))
+    print("new claim certificate {}".format(claim.certificate_id))
+    print(
+        "  files: {}, {} (DER: {}, {}; and {}/claim.der, claim.key.der)".format(
+            claim.cert_path, claim.key_path, claim.cert_der_path, claim.key_der_path, certs
+        )
+    )
+    for cid in old:
+        print("retired the old claim {}: INACTIVE, the broker refuses it from now on".format(cid))
+    return 0
+
+
+def _control(action: object) -> int:
+    try:
+        return int(action())  # type: ignore[operator]
+    except ResourceError as exc:
+        raise CliError("{}: {}".format(exc.error_code, exc.message)) from None
+
+
+def cmd_create_resource(args: argparse.Namespace) -> int:
+    with _open_registry(args.state.resolve()) as reg:
+        created = _control(lambda: reg.create_resource(args.kind, args.name))
+    print(
+        "{} {} {}".format(args.kind.replace("-", " "), args.name, "created" if created else "already exists")
+    )
+    return 0
+
+
+def cmd_create_policy(args: argparse.Namespace) -> int:
+    try:
+        document = Path(args.file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError("cannot read the policy document {}: {}".format(args.file, exc)) from None
+    with _open_registry(args.state.resolve()) as reg:
+        _control(lambda: reg.create_policy(args.name, document) or 0)
+    print("policy {} created".format(args.name))
+    return 0
+
+
+def _certificate(reg: Registry, wanted: str) -> str:
+    matches = [c.id for c in reg.certificates() if c.id.startswith(wanted.lower())]
+    if len(wanted) < 8 or len(matches) != 1:
+        raise CliError("no unique certificate {!r}; `python -m tools.iotsim certs` lists them".format(wanted))
+    return matches[0]
+
+
+def cmd_attach_policy(args: argparse.Namespace) -> int:
+    with _open_registry(args.state.resolve()) as reg:
+        cid = _certificate(reg, args.certificate_id)
+        if args.detach:
+            reg.detach_policy(args.name, cid)
+        else:
+            _control(lambda: reg.attach_policy(args.name, cid) or 0)
+    print(
+        "policy {} {} certificate {}".format(
+            args.name, "detached from" if args.detach else "attached to", cid
+        )
+    )
+    return 0
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    with _open_registry(args.state.resolve()) as reg:
+        rows = reg.policies()
+    if args.json:
+        print(
+            json.dumps([{"policyName": n, "policyDocument": d, "targets": t} for n, d, t in rows], indent=2)
+        )
+        return 0
+    for name, _, targets in rows:
+        print("{}  attached to {} certificate(s)".format(name, targets))
+    if not rows:
+        print("no policies")
     return 0
 
 
@@ -294,6 +425,27 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:FUNCTION",
         help="pre-provisioning hook, e.g. tools.iotsim.hooks:allowlist",
     )
+    up.add_argument(
+        "--region",
+        default="local",
+        help="the region in the resource ARNs policies are evaluated against (default local)",
+    )
+    up.add_argument(
+        "--account",
+        default="000000000000",
+        help="the account in the resource ARNs policies are evaluated against (default 000000000000)",
+    )
+    up.add_argument(
+        "--token-reuse",
+        action="store_true",
+        help="let an ownership token be used more than once (AWS documents no rule; default: single use)",
+    )
+    up.add_argument(
+        "--token-unbound",
+        action="store_true",
+        help="let any identity use a token, not only the one that asked for the certificate "
+        "(AWS documents no rule; default: bound)",
+    )
     up.set_defaults(func=cmd_up)
     down = add("down", "stop a running `up`")
     down.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for it to exit")
@@ -307,7 +459,32 @@ def build_parser() -> argparse.ArgumentParser:
     certs.set_defaults(func=cmd_certs)
     revoke = add("revoke", "revoke a certificate")
     revoke.add_argument("certificate_id", help="certificateId (64 hex digits) or a unique prefix")
+    revoke.add_argument("--force", action="store_true", help="also revoke the claim certificate")
     revoke.set_defaults(func=cmd_revoke)
+    add(
+        "new-claim", "issue a fresh claim certificate (files in the state folder and certs/), retire the old"
+    ).set_defaults(func=cmd_new_claim)
+    for kind in (THING_GROUP, THING_TYPE, BILLING_GROUP):
+        p = add(
+            "create-" + kind,
+            "create a {} (a template may name it from then on)".format(kind.replace("-", " ")),
+        )
+        p.add_argument("name")
+        p.set_defaults(func=cmd_create_resource, kind=kind)
+    create_policy = add("create-policy", "create a named policy from an AWS IoT policy document (JSON file)")
+    create_policy.add_argument("name")
+    create_policy.add_argument("file", help="the policy document")
+    create_policy.set_defaults(func=cmd_create_policy)
+    for verb, detach in (("attach-policy", False), ("detach-policy", True)):
+        p = add(
+            verb, "{} a named policy {} a certificate".format(verb.split("-")[0], "from" if detach else "to")
+        )
+        p.add_argument("name")
+        p.add_argument("certificate_id", help="certificateId or a unique prefix of at least 8")
+        p.set_defaults(func=cmd_attach_policy, detach=detach)
+    policies = add("policies", "list the named policies")
+    policies.add_argument("--json", action="store_true")
+    policies.set_defaults(func=cmd_policies)
     return parser
 
 

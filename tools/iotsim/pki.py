@@ -297,12 +297,13 @@ def ensure_server_identity(state: Path, ca: CertificateAuthority) -> tuple[Path,
 
 
 def ensure_client_identity(
-    state: Path, ca: CertificateAuthority, name: str, common_name: str
+    state: Path, ca: CertificateAuthority, name: str, common_name: str, *, renew: bool = False
 ) -> ClientIdentity:
     """Ensure a client identity ``name`` exists in ``state`` and return it.
 
     Writes <name>.pem, <name>.key.pem, <name>.der and <name>.key.der (PKCS#8),
-    reusing them while they are valid and issued by ``ca``.
+    reusing them while they are valid and issued by ``ca`` (``renew``: always
+    a new key and certificate).
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError("identity name must be a plain file stem, got {!r}".format(name))
@@ -314,7 +315,7 @@ def ensure_client_identity(
         state / "{}.key.der".format(name),
     )
     with _state_lock(state):
-        cert = _load_reusable(ca, paths)
+        cert = None if renew else _load_reusable(ca, paths)
         if cert is None:
             key = new_key()
             cert = ca.issue(key.public_key(), common_name)

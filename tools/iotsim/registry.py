@@ -1,48 +1,52 @@
-"""iotsim's registry: certificates, things, policies and ownership tokens in SQLite.
+"""iotsim's registry: certificates, things, policies, groups and ownership tokens in SQLite.
 
 The database (``<state>/registry.sqlite3``, WAL mode) is the service's single
 source of truth and survives restarts. The broker plugin never opens it: after
-every change of a certificate's status the registry rewrites
-``<state>/certs.status`` atomically (temporary file, rename), one
-``<certificateId> <STATUS>`` line per certificate, and the plugin re-reads that
-file when it changes.
+every change that concerns a certificate (its status, its policies, the things
+it is attached to) the registry rewrites that certificate's *principal file*,
+``<state>/principals/<2 chars>/<certificateId>`` (status plus compiled policy rules, see
+tools/iotsim/policy.py), atomically (temporary file, rename). One change
+rewrites one small file, so its cost does not depend on how many certificates
+the registry holds.
 
-certs.status is derived data: every Registry regenerates it from SQLite when
-it opens (``python -m tools.iotsim up`` does so before the broker starts), so
-it is not fsynced. The rename alone makes each version appear whole to the
-broker; a power cut can at worst lose the last versions of the file, never a
-committed change, and the next start rewrites it. The registry keeps the
-file's lines in memory (a burst activates hundreds of certificates a second,
-and re-reading every row from SQLite for each version cost milliseconds per
-thousand certificates, under the registry lock); a change committed by another
-process (the CLI's ``revoke``) is noticed through SQLite's ``data_version``
-and the lines are reloaded from the database before the next write.
+Principal files are derived data and are not fsynced. The certificates a
+transaction changes are recorded in the table ``principal_dirty`` inside that
+transaction and removed once their files are written; every Registry writes
+the files still listed there when it opens (``python -m tools.iotsim up``
+does so before the broker starts), and all of them when the folder is missing.
+A crash between a commit and its file write therefore never leaves a stale
+file behind.
 
 Ownership tokens are opaque random strings. Only their SHA-256 is stored, so
-neither the database nor any log holds a usable token. A token is single use,
-bound to the certificate it was issued with (and to the identity that asked
-for it) and expires ``token_ttl`` seconds after issue (AWS: one hour). A
-certificate still PENDING_ACTIVATION when its token expires is deleted, as AWS
-does (:meth:`Registry.expire_pending`).
+neither the database nor any log holds a usable token. A token expires
+``token_ttl`` seconds after issue (AWS: one hour); a certificate still
+PENDING_ACTIVATION when its token expires is deleted, as AWS does
+(:meth:`Registry.expire_pending`). Whether a token is single use and whether
+it is bound to the identity that asked for it are switches (AWS documents
+neither; see docs/iotsim.md).
+
+The resource functions (``create_thing_group``, ``create_policy``, ...) are the
+control plane: the CLI calls them, and a later HTTP API can call the same ones.
 """
 
 from __future__ import annotations
 
 import base64
-import bisect
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import policy as policy_mod
 from .templates import ThingSpec
 
 ACTIVE = "ACTIVE"
@@ -58,8 +62,9 @@ DEFAULT_TOKEN_TTL = 3600.0
 # device buffers honest (the CreateKeys response is about 4 KB with it).
 TOKEN_BYTES = 480
 
-STATUS_FILE = "certs.status"
+PRINCIPALS_DIR = "principals"
 DB_FILE = "registry.sqlite3"
+CLAIM_POLICY = "iotsim-claim-policy"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS certificates (
@@ -80,6 +85,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE INDEX IF NOT EXISTS tokens_by_certificate ON tokens(certificate_id);
 CREATE INDEX IF NOT EXISTS certificates_by_id_status ON certificates(id, status);
+CREATE INDEX IF NOT EXISTS certificates_by_status ON certificates(status);
 CREATE TABLE IF NOT EXISTS things (
     name TEXT PRIMARY KEY,
     attributes TEXT NOT NULL,
@@ -103,7 +109,28 @@ CREATE TABLE IF NOT EXISTS policy_attachments (
     certificate_id TEXT NOT NULL,
     PRIMARY KEY (policy, certificate_id)
 );
+CREATE INDEX IF NOT EXISTS policy_attachments_by_certificate ON policy_attachments(certificate_id);
+CREATE INDEX IF NOT EXISTS thing_principals_by_certificate ON thing_principals(certificate_id);
+CREATE TABLE IF NOT EXISTS principal_dirty (
+    certificate_id TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    properties TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 """
+
+# Registry resources that must exist before a template may name them (AWS:
+# CreateThingGroup, CreateThingType, CreateBillingGroup; policies have their own table).
+THING_GROUP = "thing-group"
+THING_TYPE = "thing-type"
+BILLING_GROUP = "billing-group"
+RESOURCE_KINDS = (THING_GROUP, THING_TYPE, BILLING_GROUP)
+_RESOURCE_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
+_POLICY_NAME = re.compile(r"^[\w+=,.@-]{1,128}$")
 
 
 class TokenError(Exception):
@@ -112,6 +139,15 @@ class TokenError(Exception):
 
 class ConflictError(Exception):
     """A thing update hit an OverrideSettings FAIL."""
+
+
+class ResourceError(Exception):
+    """A control-plane request was refused; ``error_code`` is AWS's exception name."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -144,7 +180,9 @@ class Registry:
     """Thread-safe registry over one SQLite connection (guarded by a lock).
 
     ``clock`` returns seconds (``time.time`` by default); tests inject their own
-    to move tokens past their expiry.
+    to move tokens past their expiry. ``single_use_tokens`` and
+    ``tokens_bound_to_requester`` are iotsim's choices where AWS documents
+    nothing (both on by default; ``up --token-reuse``/``--token-unbound``).
     """
 
     def __init__(
@@ -153,6 +191,8 @@ class Registry:
         *,
         token_ttl: float = DEFAULT_TOKEN_TTL,
         clock: Callable[[], float] = time.time,
+        single_use_tokens: bool = True,
+        tokens_bound_to_requester: bool = True,
     ) -> None:
         if token_ttl <= 0:
             raise ValueError("token_ttl must be positive seconds, got {}".format(token_ttl))
@@ -160,8 +200,10 @@ class Registry:
         self.state.mkdir(parents=True, exist_ok=True)
         self.token_ttl = float(token_ttl)
         self.clock = clock
+        self.single_use_tokens = single_use_tokens
+        self.tokens_bound_to_requester = tokens_bound_to_requester
         self.db_path = self.state / DB_FILE
-        self.status_path = self.state / STATUS_FILE
+        self.principals_dir = self.state / PRINCIPALS_DIR
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -169,21 +211,20 @@ class Registry:
         # cut can lose the last transactions. Good enough for a test endpoint.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # 32 MiB of page cache (default 2 MiB): a registry of 100k certificates
+        # keeps its B-tree interior pages in memory, so a provision's lookups do
+        # not go to the file whatever the registry's size.
+        self._db.execute("PRAGMA cache_size=-32768")
         self._db.executescript(_SCHEMA)
-        # Group commit of the status file: every change bumps _generation; a
-        # writer publishes a snapshot and records the generation it covered.
-        self._status_cond = threading.Condition()
-        self._generation = 0
-        self._written = -1
-        self._writing = False
         self._closed = False
-        # The status file's lines: certificate id -> "<id> <STATUS>\n", with the
-        # ids sorted; None until loaded (and after a rolled-back transaction).
-        self._lines: dict[str, str] | None = None
-        self._ids: list[str] = []
-        self._data_version = -1
-        self._bump()
-        self._flush_status()
+        self._parsed: dict[str, policy_mod.Policy] = {}  # policy document -> parsed
+        if not self.principals_dir.is_dir():
+            self.principals_dir.mkdir(parents=True, exist_ok=True)
+            with self._tx() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO principal_dirty(certificate_id) SELECT id FROM certificates"
+                )
+        self.sync_principals()
 
     # -- plumbing ----------------------------------------------------------------
 
@@ -199,93 +240,94 @@ class Registry:
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                self._lines = None  # the cache may hold a change that did not happen
                 raise
 
-    def _set_line(self, certificate_id: str, status: str) -> None:
-        """Record a status change for the status file (inside the change's transaction)."""
-        lines = self._lines
-        if lines is None:
-            return  # reloaded from the database before the next write
-        if certificate_id not in lines:
-            bisect.insort(self._ids, certificate_id)
-        lines[certificate_id] = "{} {}\n".format(certificate_id, status)
+    @staticmethod
+    def _dirty(db: sqlite3.Connection, certificate_ids: Iterable[str]) -> None:
+        """Record, inside the change's transaction, whose principal files must be rewritten."""
+        db.executemany(
+            "INSERT OR IGNORE INTO principal_dirty(certificate_id) VALUES (?)",
+            [(c,) for c in certificate_ids],
+        )
 
-    def _drop_line(self, certificate_id: str) -> None:
-        lines = self._lines
-        if lines is not None and lines.pop(certificate_id, None) is not None:
-            i = bisect.bisect_left(self._ids, certificate_id)
-            del self._ids[i]
+    def _parsed_policy(self, document: str) -> policy_mod.Policy | None:
+        parsed = self._parsed.get(document)
+        if parsed is None:
+            try:
+                parsed = policy_mod.parse_policy(document)
+            except policy_mod.PolicyError:
+                return None  # refused when created; a hand-edited database grants nothing
+            if len(self._parsed) > 10000:
+                self._parsed.clear()
+            self._parsed[document] = parsed
+        return parsed
 
-    def _status_text(self) -> bytes:
-        """certs.status as of now (call with self._lock held)."""
-        # data_version changes when another connection (another process) commits.
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if self._lines is None or version != self._data_version:
-            rows = self._db.execute("SELECT id, status FROM certificates ORDER BY id").fetchall()
-            self._lines = {cid: "{} {}\n".format(cid, status) for cid, status in rows}
-            self._ids = [cid for cid, _ in rows]
-            self._data_version = version
-        lines = self._lines
-        return "".join([lines[cid] for cid in self._ids]).encode("ascii")
+    def principal_text(self, certificate_id: str) -> bytes | None:
+        """The principal file for a certificate as of now; None when it does not exist."""
+        with self._lock:
+            row = self._db.execute("SELECT status FROM certificates WHERE id=?", (certificate_id,)).fetchone()
+            if row is None:
+                return None
+            docs = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT p.document FROM policy_attachments a JOIN policies p ON p.name=a.policy "
+                    "WHERE a.certificate_id=? ORDER BY p.name",
+                    (certificate_id,),
+                )
+                if r[0]
+            ]
+            things = [
+                policy_mod.ThingContext(r[0], r[1], json.loads(r[2]))
+                for r in self._db.execute(
+                    "SELECT t.name, t.thing_type, t.attributes FROM thing_principals p JOIN things t "
+                    "ON t.name=p.thing WHERE p.certificate_id=? ORDER BY t.name",
+                    (certificate_id,),
+                )
+            ]
+        policies = [p for p in (self._parsed_policy(d) for d in docs) if p is not None]
+        return policy_mod.render_principal(row[0], policies, things)
 
-    def _bump(self) -> None:
-        with self._status_cond:
-            self._generation += 1
-
-    def _flush_status(self, wait: bool = True) -> None:
-        """Return once certs.status reflects every status change made so far.
-
-        ``wait=False``: if another thread is writing the file right now, return
-        at once; that writer writes again before it stops, so this change still
-        reaches the file, just without the caller waiting for it (for changes the
-        broker cannot tell apart from "unknown", like a new PENDING_ACTIVATION).
-        """
-        with self._status_cond:
-            wanted = self._generation
-            while self._written < wanted:
-                if self._writing:
-                    if not wait:
-                        return
-                    self._status_cond.wait()
-                    continue
-                self._writing = True
-                try:
-                    # The writer keeps going until no change is left unwritten,
-                    # including changes made by callers that did not wait.
-                    while self._written < self._generation:
-                        target = self._generation
-                        self._status_cond.release()
-                        try:
-                            self._write_status_file()
-                        finally:
-                            self._status_cond.acquire()
-                        self._written = max(self._written, target)
-                        self._status_cond.notify_all()
-                finally:
-                    self._writing = False
-                    self._status_cond.notify_all()
-
-    def _write_status_file(self) -> None:
+    def sync_principals(self, certificate_ids: Iterable[str] | None = None) -> int:
+        """Write the principal files of ``certificate_ids`` (None: every dirty one); returns how many."""
         # The lock file serialises writers across processes (the running service
-        # and a CLI `revoke`): each snapshot is read under the lock after its
+        # and a CLI command): each file is rendered under the lock after its
         # writer's commit, so the last file written holds every committed change.
-        with open(self.state / ".certs.status.lock", "a+b") as lock:
+        with open(self.state / ".principals.lock", "a+b") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             with self._lock:
                 if self._closed:
-                    return
-                data = self._status_text()
-            self._write_data(data)
+                    return 0
+                if certificate_ids is None:
+                    ids = [r[0] for r in self._db.execute("SELECT certificate_id FROM principal_dirty")]
+                else:
+                    ids = list(certificate_ids)
+                for cid in ids:
+                    data = self.principal_text(cid)
+                    path = principal_path(self.state, cid)
+                    if data is None:
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
+                    else:
+                        self._write_file(path, data)
+                self._db.executemany(
+                    "DELETE FROM principal_dirty WHERE certificate_id=?", [(c,) for c in ids]
+                )
+        return len(ids)
 
-    def _write_data(self, data: bytes) -> None:
-        # No fsync: see the module docstring (the file is regenerated at start).
-        tmp = self.status_path.with_name(".{}.{}.tmp".format(STATUS_FILE, secrets.token_hex(4)))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    @staticmethod
+    def _write_file(path: Path, data: bytes) -> None:
+        # No fsync: see the module docstring (principal_dirty covers a crash).
+        tmp = path.with_name(".{}.{}.tmp".format(path.name, secrets.token_hex(4)))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # the first certificate of its sub-folder
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.replace(tmp, self.status_path)
+            os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -319,9 +361,8 @@ class Registry:
                 "updated=excluded.updated",
                 (certificate_id, pem, status, now, now, owner),
             )
-            self._set_line(certificate_id, status)
-            self._bump()
-        self._flush_status()
+            self._dirty(db, [certificate_id])
+        self.sync_principals([certificate_id])
 
     def issue_certificate(self, certificate_id: str, pem: str, *, owner: str | None) -> str:
         """Record a new PENDING_ACTIVATION certificate and return its ownership token.
@@ -340,11 +381,8 @@ class Registry:
                 "INSERT INTO tokens(hash, certificate_id, owner, issued, expires) VALUES (?,?,?,?,?)",
                 (_token_hash(token), certificate_id, owner, now, now + self.token_ttl),
             )
-            self._set_line(certificate_id, PENDING_ACTIVATION)
-            self._bump()
-        # PENDING_ACTIVATION and "not listed" both keep the certificate out of
-        # the broker, so the reply need not wait for the file.
-        self._flush_status(wait=False)
+            self._dirty(db, [certificate_id])
+        self.sync_principals([certificate_id])
         return token
 
     def set_status(self, certificate_id: str, status: str) -> None:
@@ -360,9 +398,8 @@ class Registry:
                     "no certificate {} in the registry ({}); `python -m tools.iotsim certs` "
                     "lists them".format(certificate_id, self.db_path)
                 )
-            self._set_line(certificate_id, status)
-            self._bump()
-        self._flush_status()
+            self._dirty(db, [certificate_id])
+        self.sync_principals([certificate_id])
 
     def revoke(self, certificate_id: str) -> None:
         """Mark a certificate REVOKED: the broker refuses it from its next connection or ACL check."""
@@ -405,7 +442,7 @@ class Registry:
         if row is None:
             raise TokenError("Certificate ownership token is invalid.")
         certificate_id, owner, expires, used = row
-        if used is not None:
+        if used is not None and self.single_use_tokens:
             raise TokenError(
                 "Certificate ownership token has already been used; call CreateKeysAndCertificate "
                 "or CreateCertificateFromCsr for a new certificate and token."
@@ -415,13 +452,19 @@ class Registry:
                 "Certificate ownership token has expired; call CreateKeysAndCertificate or "
                 "CreateCertificateFromCsr for a new certificate and token."
             )
-        if requester is not None and owner is not None and requester != owner:
+        if (
+            self.tokens_bound_to_requester
+            and requester is not None
+            and owner is not None
+            and requester != owner
+        ):
             raise TokenError(
                 "Certificate ownership token was not issued to this client's certificate; "
                 "RegisterThing must be called by the identity that created the certificate."
             )
         row = self._db.execute("SELECT status FROM certificates WHERE id=?", (certificate_id,)).fetchone()
-        if row is None or row[0] != PENDING_ACTIVATION:
+        reusable = used is not None and row is not None and row[0] in (ACTIVE, INACTIVE)
+        if row is None or (row[0] != PENDING_ACTIVATION and not reusable):
             raise TokenError(
                 "Certificate ownership token refers to certificate {} which is {}, not "
                 "PENDING_ACTIVATION.".format(certificate_id, row[0] if row else "deleted")
@@ -464,18 +507,49 @@ class Registry:
                     "Certificate ownership token does not belong to certificate {}.".format(certificate_id)
                 )
             db.execute("UPDATE tokens SET used=? WHERE hash=?", (now, _token_hash(token)))  # type: ignore[arg-type]
+            dirty = [cid]
             if thing is not None:
+                self._check_thing_resources(db, thing)
                 self._upsert_thing(db, thing, now)
                 db.execute(
                     "INSERT OR IGNORE INTO thing_principals(thing, certificate_id) VALUES (?,?)",
                     (thing.name, cid),
                 )
+                # The thing's attributes may have changed: every certificate attached
+                # to it sees them through the thing policy variables.
+                dirty += [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT certificate_id FROM thing_principals WHERE thing=?", (thing.name,)
+                    )
+                ]
             for name, document in policies:
-                db.execute(
-                    "INSERT INTO policies(name, document) VALUES (?,?) ON CONFLICT(name) DO UPDATE "
-                    "SET document=COALESCE(excluded.document, policies.document)",
-                    (name, document),
-                )
+                if document is None:
+                    if db.execute("SELECT 1 FROM policies WHERE name=?", (name,)).fetchone() is None:
+                        raise ResourceError(
+                            "ResourceNotFoundException",
+                            "Policy {} does not exist; create it first (python -m tools.iotsim "
+                            "create-policy {} FILE)".format(name, name),
+                        )
+                else:
+                    try:
+                        policy_mod.parse_policy(document)
+                    except policy_mod.PolicyError as exc:
+                        raise ResourceError(exc.error_code, "policy {}: {}".format(name, exc)) from None
+                    row = db.execute("SELECT document FROM policies WHERE name=?", (name,)).fetchone()
+                    if row is None:
+                        db.execute("INSERT INTO policies(name, document) VALUES (?,?)", (name, document))
+                    elif row[0] != document:
+                        # A template's inline policy changed: every certificate it is
+                        # attached to gets the new rules (the usual case, the same
+                        # document again, rewrites nothing).
+                        db.execute("UPDATE policies SET document=? WHERE name=?", (document, name))
+                        dirty += [
+                            r[0]
+                            for r in db.execute(
+                                "SELECT certificate_id FROM policy_attachments WHERE policy=?", (name,)
+                            )
+                        ]
                 db.execute(
                     "INSERT OR IGNORE INTO policy_attachments(policy, certificate_id) VALUES (?,?)",
                     (name, cid),
@@ -483,9 +557,9 @@ class Registry:
             db.execute(
                 "UPDATE certificates SET status=?, updated=? WHERE id=?", (certificate_status, now, cid)
             )
-            self._set_line(cid, certificate_status)
-            self._bump()
-        self._flush_status()
+            dirty = list(dict.fromkeys(dirty))
+            self._dirty(db, dirty)
+        self.sync_principals(dirty)
         return cid
 
     def expire_pending(self) -> list[str]:
@@ -501,12 +575,101 @@ class Registry:
             for cid in gone:
                 db.execute("DELETE FROM certificates WHERE id=?", (cid,))
                 db.execute("DELETE FROM tokens WHERE certificate_id=?", (cid,))
-                self._drop_line(cid)
-            if gone:
-                self._bump()
+            self._dirty(db, gone)
         if gone:
-            self._flush_status()
+            self.sync_principals(gone)
         return gone
+
+    # -- control plane: resources that must exist -------------------------------------
+
+    def _check_thing_resources(self, db: sqlite3.Connection, thing: ThingSpec) -> None:
+        """AWS refuses a thing that names a group, type or billing group that does not exist."""
+        wanted = [(THING_GROUP, g) for g in thing.groups]
+        if thing.thing_type:
+            wanted.append((THING_TYPE, thing.thing_type))
+        if thing.billing_group:
+            wanted.append((BILLING_GROUP, thing.billing_group))
+        for kind, name in wanted:
+            if db.execute("SELECT 1 FROM resources WHERE kind=? AND name=?", (kind, name)).fetchone() is None:
+                raise ResourceError(
+                    "ResourceNotFoundException",
+                    "The {} {} does not exist; create it first (python -m tools.iotsim create-{} {})".format(
+                        kind.replace("-", " "), name, kind, name
+                    ),
+                )
+
+    def create_resource(self, kind: str, name: str, properties: dict[str, object] | None = None) -> bool:
+        """CreateThingGroup / CreateThingType / CreateBillingGroup; False when it already existed."""
+        if kind not in RESOURCE_KINDS:
+            raise ValueError("unknown resource kind {!r}; use one of {}".format(kind, RESOURCE_KINDS))
+        if not _RESOURCE_NAME.match(name):
+            raise ResourceError(
+                "InvalidRequestException",
+                "{} name {!r} must be 1-128 of [a-zA-Z0-9:_-]".format(kind.replace("-", " "), name),
+            )
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO resources(kind, name, properties, created) VALUES (?,?,?,?)",
+                (kind, name, json.dumps(properties or {}, sort_keys=True), self.clock()),
+            )
+            return cur.rowcount == 1
+
+    def resources(self, kind: str) -> list[str]:
+        with self._lock:
+            return [
+                r[0]
+                for r in self._db.execute("SELECT name FROM resources WHERE kind=? ORDER BY name", (kind,))
+            ]
+
+    def create_policy(self, name: str, document: str) -> None:
+        """CreatePolicy: a named policy (ResourceError if it exists or is malformed)."""
+        if not _POLICY_NAME.match(name):
+            raise ResourceError(
+                "InvalidRequestException", "policy name {!r} must be 1-128 of [\\w+=,.@-]".format(name)
+            )
+        try:
+            policy_mod.parse_policy(document)
+        except policy_mod.PolicyError as exc:
+            raise ResourceError(exc.error_code, str(exc)) from None
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM policies WHERE name=?", (name,)).fetchone() is not None:
+                raise ResourceError("ResourceAlreadyExistsException", "Policy {} already exists".format(name))
+            db.execute("INSERT INTO policies(name, document) VALUES (?,?)", (name, document))
+
+    def attach_policy(self, name: str, certificate_id: str) -> None:
+        """AttachPolicy to a certificate; the broker applies it from the connection's next check."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM policies WHERE name=?", (name,)).fetchone() is None:
+                raise ResourceError("ResourceNotFoundException", "Policy {} does not exist".format(name))
+            if db.execute("SELECT 1 FROM certificates WHERE id=?", (certificate_id,)).fetchone() is None:
+                raise ResourceError(
+                    "ResourceNotFoundException", "Certificate {} does not exist".format(certificate_id)
+                )
+            db.execute(
+                "INSERT OR IGNORE INTO policy_attachments(policy, certificate_id) VALUES (?,?)",
+                (name, certificate_id),
+            )
+            self._dirty(db, [certificate_id])
+        self.sync_principals([certificate_id])
+
+    def detach_policy(self, name: str, certificate_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM policy_attachments WHERE policy=? AND certificate_id=?", (name, certificate_id)
+            )
+            self._dirty(db, [certificate_id])
+        self.sync_principals([certificate_id])
+
+    def policies(self) -> list[tuple[str, str | None, int]]:
+        """(name, document, number of certificates it is attached to), by name."""
+        with self._lock:
+            return [
+                (r[0], r[1], r[2])
+                for r in self._db.execute(
+                    "SELECT p.name, p.document, (SELECT COUNT(*) FROM policy_attachments a WHERE a.policy=p.name) "
+                    "FROM policies p ORDER BY p.name"
+                )
+            ]
 
     # -- things ---------------------------------------------------------------------
 
@@ -611,14 +774,25 @@ class Registry:
             ]
 
 
+def principal_path(state: Path, certificate_id: str) -> Path:
+    """``<state>/principals/<first two characters>/<certificateId>``.
+
+    256 sub-folders: creating and renaming a file in one folder of 100,000
+    entries costs the file system twice what it costs in a small folder, so a
+    flat folder would make every status change dearer as the registry grows.
+    """
+    return Path(state) / PRINCIPALS_DIR / certificate_id[:2] / certificate_id
+
+
 def read_status_file(state: Path) -> dict[str, str]:
-    """Parse ``<state>/certs.status`` (what the broker plugin sees)."""
-    path = Path(state) / STATUS_FILE
+    """Every certificate's status as the broker plugin sees it (its principal files)."""
+    folder = Path(state) / PRINCIPALS_DIR
     result: dict[str, str] = {}
-    if not path.exists():
+    if not folder.is_dir():
         return result
-    for line in path.read_text(encoding="ascii").splitlines():
-        if line.strip():
-            cid, status = line.split()
-            result[cid] = status
+    for path in folder.glob("*/*"):
+        if path.name.startswith("."):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            result[path.name] = policy_mod.parse_principal(path.read_bytes())[0]
     return result

@@ -1,10 +1,13 @@
 """iotsim's provisioning service: AWS IoT fleet provisioning over MQTT.
 
 The broker plugin forwards every device's ``$aws/...`` publish to
-``iotsim/req/<hex(client id)>/<certificateId>/<original topic>``; this service
-(a paho-mqtt client with the SERVICE identity) answers each request on
-``iotsim/reply/<hex(client id)>/<original topic>/accepted|rejected``, which the
-plugin delivers to that one connection only — AWS's per-connection delivery.
+``iotsim/req/<hex(client id)>/<connection>/<certificateId>/<original topic>``;
+this service (a paho-mqtt client with the SERVICE identity) answers each
+request on ``iotsim/reply/<hex(client id)>/<connection>/<original
+topic>/accepted|rejected``, which the plugin delivers to that one connection
+only — AWS's per-connection delivery. ``<connection>`` is the plugin's serial
+number of the connection that asked: a later connection that takes over the
+client id never receives the answer.
 
 Operations (``<fmt>`` is ``json`` or ``cbor``):
 
@@ -44,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import pki
 from .keygen import KeygenPool
-from .registry import ConflictError, Registry, TokenError
+from .registry import ConflictError, Registry, ResourceError, TokenError
 from .templates import TEMPLATE_NAME, TemplateError, TemplateStore
 
 log = logging.getLogger("iotsim.service")
@@ -79,9 +82,10 @@ ACCESS_DENIED = "AccessDenied"
 THROTTLED = "ThrottlingException"
 INTERNAL_FAILURE = "InternalFailure"
 INJECTED = "InjectedFault"
+RESOURCE_REGISTRATION_FAILURE = "ResourceRegistrationFailure"
 
 HOOK_TIMEOUT = 5.0
-TEMPLATE_ARN = "arn:aws:iot:local:000000000000:provisioningtemplate/{}"
+TEMPLATE_ARN = "arn:aws:iot:{region}:{account}:provisioningtemplate/{name}"
 # AWS signs device certificates with this subject; the CSR flow keeps the CSR's CN.
 DEVICE_COMMON_NAME = "AWS IoT Certificate"
 EC_CURVES = ("secp256r1", "secp384r1")
@@ -157,6 +161,7 @@ class TokenBucket:
 @dataclass
 class Request:
     client_hex: str
+    connection: str  # the plugin's serial number of the requesting connection
     client_id: str
     requester: str  # certificateId of the connection that published
     topic: str  # original $aws/... topic
@@ -167,14 +172,14 @@ class Request:
     received: float = field(default_factory=time.monotonic)
 
 
-def parse_request_topic(topic: str) -> tuple[str, str, str] | None:
-    """Split ``iotsim/req/<hexclient>/<certId>/<topic>``; None when it is not one."""
+def parse_request_topic(topic: str) -> tuple[str, str, str, str] | None:
+    """Split ``iotsim/req/<hexclient>/<connection>/<certId>/<topic>``; None when it is not one."""
     if not topic.startswith(REQUEST_PREFIX):
         return None
-    parts = topic[len(REQUEST_PREFIX) :].split("/", 2)
-    if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2]:
+    parts = topic[len(REQUEST_PREFIX) :].split("/", 3)
+    if len(parts) != 4 or not all(parts) or not parts[1].isdigit():
         return None
-    return parts[0], parts[1], parts[2]
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def classify(topic: str) -> tuple[str, str, str | None] | None:
@@ -251,6 +256,8 @@ class ProvisioningService:
         keygen_processes: int | None = None,
         client_id: str = "iotsim-service",
         sweep_interval: float = 60.0,
+        region: str = "local",
+        account: str = "000000000000",
     ) -> None:
         self.host = host
         self.port = port
@@ -262,6 +269,8 @@ class ProvisioningService:
         self.hook_timeout = hook_timeout
         self.client_id = client_id
         self.sweep_interval = sweep_interval
+        self.region = region
+        self.account = account
         self._hook: Callable[..., Any] | None = None
         self.set_hook(hook)
         self._faults: dict[str, Fault] = {}
@@ -370,8 +379,8 @@ class ProvisioningService:
             self.stop()
             raise RuntimeError(
                 "the provisioning service could not connect and subscribe to the broker at {}:{} "
-                "within {:.0f} s; check that mosquitto runs and that certs.status lists the service "
-                "certificate {} as SERVICE".format(
+                "within {:.0f} s; check that mosquitto runs and that principals/{} says "
+                "status SERVICE".format(
                     self.host, self.port, timeout, self.identity.certificate_id
                 )
             )
@@ -447,7 +456,7 @@ class ProvisioningService:
         parsed = parse_request_topic(msg.topic)
         if parsed is None:
             return
-        client_hex, requester, topic = parsed
+        client_hex, connection, requester, topic = parsed
         try:
             client_id = bytes.fromhex(client_hex).decode("utf-8", "replace")
         except ValueError:
@@ -461,7 +470,7 @@ class ProvisioningService:
             log.debug("ignoring %s from %s", topic, client_id)
             return
         op, fmt, template = kind
-        req = Request(client_hex, client_id, requester, topic, op, fmt, template, bytes(msg.payload))
+        req = Request(client_hex, connection, client_id, requester, topic, op, fmt, template, bytes(msg.payload))
         self._count("requests")
         self._count("requests." + op)
         pool = self._pool
@@ -549,7 +558,7 @@ class ProvisioningService:
         if kind == "disconnect":
             client = self._client
             if client is not None:
-                client.publish(KICK_PREFIX + req.client_hex, b"", qos=1)
+                client.publish("{}{}/{}".format(KICK_PREFIX, req.client_hex, req.connection), b"", qos=1)
             return True
         return False
 
@@ -569,7 +578,7 @@ class ProvisioningService:
         client = self._client
         if client is None:
             return
-        topic = "{}{}/{}/{}".format(REPLY_PREFIX, req.client_hex, req.topic, outcome)
+        topic = "{}{}/{}/{}/{}".format(REPLY_PREFIX, req.client_hex, req.connection, req.topic, outcome)
         # QoS 0 to the broker on loopback: the plugin delivers to the device at QoS 1.
         client.publish(topic, payload, qos=0)
 
@@ -727,7 +736,9 @@ class ProvisioningService:
         except TokenError as exc:  # used by a concurrent request in the meantime
             raise Rejection(400, INVALID_TOKEN, str(exc)) from None
         except ConflictError as exc:
-            raise Rejection(400, "ResourceRegistrationFailure", str(exc)) from None
+            raise Rejection(400, RESOURCE_REGISTRATION_FAILURE, str(exc)) from None
+        except ResourceError as exc:
+            raise Rejection(400, RESOURCE_REGISTRATION_FAILURE, "{}: {}".format(exc.error_code, exc.message)) from None
         result: dict[str, Any] = {"deviceConfiguration": plan.device_configuration}
         if plan.thing is not None:
             result["thingName"] = plan.thing.name
@@ -741,7 +752,7 @@ class ProvisioningService:
             "claimCertificateId": req.requester,
             "certificateId": certificate_id,
             "certificatePem": record.pem if record else "",
-            "templateArn": TEMPLATE_ARN.format(req.template),
+            "templateArn": TEMPLATE_ARN.format(region=self.region, account=self.account, name=req.template),
             "clientId": req.client_id,
             "parameters": dict(parameters),
         }

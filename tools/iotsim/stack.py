@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from . import pki
-from .broker import DEFAULT_PLUGIN, Broker
-from .registry import CLAIM, DEFAULT_TOKEN_TTL, SERVICE, Registry
+from .broker import ACCOUNT, DEFAULT_PLUGIN, REGION, Broker
+from .policy import claim_policy_document
+from .registry import CLAIM, CLAIM_POLICY, DEFAULT_TOKEN_TTL, SERVICE, THING_GROUP, Registry
 from .service import ProvisioningService
 from .templates import DEMO_TEMPLATE_NAME, TemplateStore, demo_template_text
 
@@ -27,6 +28,8 @@ log = logging.getLogger("iotsim")
 
 DEFAULT_PORT = 8883
 DEVICE_CERT_DIR = "certs"
+# What the demo template names, created by `up` as docs/aws-setup.md creates it on AWS.
+DEMO_THING_GROUPS = ("fleetprov-demo",)
 
 
 def device_config(
@@ -47,6 +50,13 @@ def device_config(
         "method": "keys",
         "cert_dir": DEVICE_CERT_DIR,
     }
+
+
+def ensure_claim_policy(registry: Registry, claim_id: str) -> None:
+    """The claim policy of docs/aws-setup.md (any template), attached to the claim certificate."""
+    if CLAIM_POLICY not in {name for name, _, _ in registry.policies()}:
+        registry.create_policy(CLAIM_POLICY, claim_policy_document())
+    registry.attach_policy(CLAIM_POLICY, claim_id)
 
 
 class IotSim:
@@ -70,6 +80,10 @@ class IotSim:
         plugin: Path = DEFAULT_PLUGIN,
         keygen_processes: int | None = None,
         workers: int = 8,
+        single_use_tokens: bool = True,
+        tokens_bound_to_requester: bool = True,
+        region: str = REGION,
+        account: str = ACCOUNT,
     ) -> None:
         self.state = Path(state).resolve()
         self.port = int(port)
@@ -81,6 +95,10 @@ class IotSim:
         self.plugin = Path(plugin)
         self.keygen_processes = keygen_processes
         self.workers = workers
+        self.single_use_tokens = single_use_tokens
+        self.tokens_bound_to_requester = tokens_bound_to_requester
+        self.region = region
+        self.account = account
         self.ca: pki.CertificateAuthority | None = None
         self.claim: pki.ClientIdentity | None = None
         self.service_identity: pki.ClientIdentity | None = None
@@ -115,13 +133,22 @@ class IotSim:
         self.service_identity = pki.ensure_client_identity(self.state, self.ca, "service", "iotsim-service")
         self.claim = pki.ensure_client_identity(self.state, self.ca, "claim", "iotsim-claim")
         if self.registry is None:
-            self.registry = Registry(self.state, token_ttl=self.token_ttl, clock=self.clock)
+            self.registry = Registry(
+                self.state,
+                token_ttl=self.token_ttl,
+                clock=self.clock,
+                single_use_tokens=self.single_use_tokens,
+                tokens_bound_to_requester=self.tokens_bound_to_requester,
+            )
         for identity, status in ((self.service_identity, SERVICE), (self.claim, CLAIM)):
             # Only when unknown: a claim revoked with `revoke` stays revoked across restarts.
             if self.registry.status(identity.certificate_id) is None:
                 self.registry.add_certificate(
                     identity.certificate_id, identity.cert_path.read_text(encoding="ascii"), status
                 )
+        ensure_claim_policy(self.registry, self.claim.certificate_id)
+        for group in DEMO_THING_GROUPS:
+            self.registry.create_resource(THING_GROUP, group)
         if DEMO_TEMPLATE_NAME not in self.templates.names():
             self.templates.put(DEMO_TEMPLATE_NAME, demo_template_text())
         certs = self.state / DEVICE_CERT_DIR
@@ -149,7 +176,9 @@ class IotSim:
         """Prepare, start mosquitto and the service; returns when provisioning works."""
         self.prepare()
         assert self.ca and self.service_identity and self.registry
-        self.broker = Broker(self.state, self.port, self.plugin, host=self.host)
+        self.broker = Broker(
+            self.state, self.port, self.plugin, host=self.host, region=self.region, account=self.account
+        )
         try:
             self.broker.start()
             self.service = ProvisioningService(
@@ -164,6 +193,8 @@ class IotSim:
                 tps=self.tps,
                 keygen_processes=self.keygen_processes,
                 workers=self.workers,
+                region=self.region,
+                account=self.account,
             )
             self.service.start(timeout=timeout)
         except BaseException:

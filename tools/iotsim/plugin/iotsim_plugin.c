@@ -1,59 +1,63 @@
 /*
  * iotsim_plugin.c - mosquitto 2.0 plugin (plugin API v5) that makes mosquitto
- * behave like AWS IoT Core for fleet provisioning.
+ * behave like AWS IoT Core: certificate status, AWS IoT policies, AWS's
+ * message-broker limits and per-connection replies for fleet provisioning.
  *
  * Build:  gcc -shared -fPIC -O2 -Wall -Wextra -Werror \
  *             -o build/iotsim_plugin.so tools/iotsim/plugin/iotsim_plugin.c -lcrypto
  * Config: plugin build/iotsim_plugin.so
- *         plugin_opt_status_file <STATE>/certs.status
+ *         plugin_opt_principals_dir <STATE>/principals
+ *         plugin_opt_region local            (the ARN's region, default "local")
+ *         plugin_opt_account 000000000000    (the ARN's account)
  *         (with use_identity_as_username false and allow_anonymous false, so
  *         that MOSQ_EVT_BASIC_AUTH sees every connection)
  *
  * Identity. Every client connects over TLS with a client certificate. Its
  * certificateId is the lowercase hex SHA-256 of the certificate DER (as AWS).
- * The status of each known certificate comes from the status file, one line
- * per certificate, "<certificateId> <STATUS>\n", written atomically by the
- * provisioning service and re-read here whenever its inode, size or mtime
- * changes. STATUS decides the role:
- *   SERVICE  the provisioning service      CLAIM  the shared claim certificate
- *   ACTIVE   a device (role DEVICE)        anything else / unknown: no role
- * A connection without a role is refused (CONNACK "not authorised"). The status
- * is looked up again at every ACL check, so a certificate revoked while
- * connected is denied and disconnected at its next publish/subscribe/delivery.
+ * The service's registry writes one principal file per certificate,
+ * <principals_dir>/<first 2 hex>/<certificateId> (policy.h documents the format): its
+ * status and its policies compiled to allow/deny rules. A status change
+ * rewrites one small file, so its cost does not depend on how many
+ * certificates exist. The status decides the role:
+ *   SERVICE  the provisioning service: everything allowed, no policy
+ *   ACTIVE, CLAIM  AWS policy evaluation (the claim is an ordinary certificate
+ *            with a policy attached; CLAIM only marks it in listings)
+ *   anything else, no file: CONNACK "not authorised"
+ * Each connection keeps its own rules (with ${iot:ClientId} expanded); at
+ * every ACL check the plugin stat()s the connection's principal file and
+ * reloads it when it changed, so a revocation or a policy change applies to a
+ * connected client at its next publish, subscribe or delivery.
  *
- * Policy (MOSQ_EVT_ACL_CHECK).
- *   - "iotsim" and "iotsim/..." are internal: only SERVICE may publish,
- *     subscribe to or receive them.
- *   - CLAIM may subscribe only to the provisioning response topics
- *       $aws/certificates/create/{json|cbor}/{accepted|rejected}
- *       $aws/certificates/create-from-csr/{json|cbor}/{accepted|rejected}
- *       $aws/provisioning-templates/<name>/provision/{json|cbor}/{accepted|rejected}
- *     (<name>: 1-36 of [0-9A-Za-z_-]); anything else gets SUBACK 0x80. It may
- *     publish only to the three request topics (the same without the last
- *     level); any other publish is denied and the client is disconnected, as
- *     AWS does on a policy violation.
- *   - DEVICE may use any non-internal topic, except publishing to a
- *     provisioning response topic (reserved, as on AWS; this also stops a
- *     device from forging a reply through its Will message).
+ * Policy (AWS's decisions, evaluated in policy.h):
+ *   - iot:Connect on client/<client id> at CONNECT; refused: CONNACK 5.
+ *   - iot:Publish on topic/<topic>; denied: the message is dropped and the
+ *     client disconnected, as AWS does.
+ *   - iot:Subscribe on topicfilter/<filter>; denied: SUBACK 0x80.
+ *   - iot:Receive on topic/<topic> at every delivery (replies included);
+ *     denied: that delivery is dropped.
+ *   - "iotsim", "iotsim/..." and "$SYS/..." exist on no AWS endpoint: only
+ *     SERVICE may use them, whatever a policy says. Provisioning response
+ *     topics are AWS's to publish (also stops forging a reply with a Will).
+ * AWS's limits (the quotas page, cited in docs/iotsim.md): client id <= 128
+ * bytes (else CONNACK 5); topic and filter <= 256 bytes with at most 7 '/'
+ * (a publish beyond: disconnect; a filter: SUBACK 0x80); payload <= 128 KiB
+ * (disconnect); at most 50 subscriptions per connection (SUBACK 0x80).
  *
- * Per-connection delivery (MOSQ_EVT_MESSAGE).
+ * Per-connection delivery (MOSQ_EVT_MESSAGE). Every accepted connection gets
+ * a serial number, unique for the life of the broker.
  *   - A publish from a non-SERVICE client to "$aws/..." is rewritten to
- *       iotsim/req/<hex(client id)>/<certificateId>/<original topic>
+ *       iotsim/req/<hex(client id)>/<serial>/<certificateId>/<original topic>
  *     (payload unchanged, retain cleared). The service subscribes to
- *     iotsim/req/#. hex() is the lowercase hex of the client id's bytes, so
- *     any client id is safe inside a topic.
- *   - A publish from SERVICE to iotsim/reply/<hex(client id)>/<response topic>
- *     is delivered to that one client only, with
- *     mosquitto_broker_publish_copy(client id, response topic, ...), and only
- *     if the client holds a subscription matching the response topic (AWS
- *     delivers responses only to subscribers; mosquitto's publish_copy would
- *     deliver regardless, so the plugin tracks subscriptions itself). The QoS
- *     is the lower of 1 and the matching subscription's QoS.
- *   - A publish from SERVICE to iotsim/kick/<hex(client id)> disconnects that
- *     client.
- *   - Reply and kick messages are then dropped (never routed). A malformed
- *     internal topic (bad hex, missing parts, invalid response topic) is
- *     dropped with a warning.
+ *     iotsim/req/#.
+ *   - The service answers on iotsim/reply/<hex(client id)>/<serial>/<topic>.
+ *     It reaches that client only while the connection with that serial is
+ *     the one holding the client id (a connection that took the id over never
+ *     sees the old connection's answers), only if it holds a matching
+ *     subscription (AWS delivers only to subscribers), and only if its policy
+ *     allows iot:Receive. The QoS is the lower of 1 and the subscription's.
+ *   - iotsim/kick/<hex(client id)>/<serial> disconnects that connection.
+ *   - Reply and kick messages are never routed. A malformed internal topic
+ *     is dropped with a warning.
  *
  * Disconnects requested from inside a callback are queued and carried out on
  * the next MOSQ_EVT_TICK, from the broker's main loop, so that no client
@@ -62,11 +66,13 @@
  */
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -82,6 +88,8 @@
 
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+
+#include "policy.h"
 
 #ifndef IOTSIM_HAVE_MOSQUITTO_H
 /* Debian's mosquitto-dev ships only the broker and plugin headers; these
@@ -107,9 +115,17 @@ int mosquitto_pub_topic_check(const char *topic);
 
 #define ID_HEX_LEN 64 /* SHA-256 in hex */
 #define MAX_TOPIC_LEN 65535
-#define CLIENT_BUCKETS 1024
+#define CLIENT_BUCKETS 4096
 #define FRESH_NS 50000000L /* 50 ms */
-#define FRESH_RELOAD_NS 10000000L /* re-read a fresh file at most every 10 ms */
+#define STATUS_LEN 32
+#define PRINCIPAL_MAX_BYTES (1024 * 1024)
+
+/* AWS IoT Core message broker quotas (docs/iotsim.md cites them). */
+#define AWS_MAX_CLIENT_ID 128
+#define AWS_MAX_TOPIC 256
+#define AWS_MAX_SLASHES 7
+#define AWS_MAX_PAYLOAD (128 * 1024)
+#define AWS_MAX_SUBSCRIPTIONS 50
 
 /* What the MESSAGE callback returns to drop a message. On mosquitto 2.0.11
  * (Debian 2.0.11-1.2+deb12u2) MOSQ_ERR_ACL_DENIED drops it without routing
@@ -117,289 +133,153 @@ int mosquitto_pub_topic_check(const char *topic);
  * (tests/host/test_iotsim_broker.py checks this). */
 #define DROP_MESSAGE MOSQ_ERR_ACL_DENIED
 
-enum status {
-	ST_UNKNOWN = 0,
-	ST_ACTIVE,
-	ST_INACTIVE,
-	ST_PENDING_ACTIVATION,
-	ST_REVOKED,
-	ST_CLAIM,
-	ST_SERVICE,
-};
-
-enum role { ROLE_NONE = 0, ROLE_DEVICE, ROLE_CLAIM, ROLE_SERVICE };
-
-static const struct {
-	const char *name;
-	enum status status;
-} STATUS_NAMES[] = {
-	{"ACTIVE", ST_ACTIVE},
-	{"INACTIVE", ST_INACTIVE},
-	{"PENDING_ACTIVATION", ST_PENDING_ACTIVATION},
-	{"REVOKED", ST_REVOKED},
-	{"CLAIM", ST_CLAIM},
-	{"SERVICE", ST_SERVICE},
-};
-
-struct status_entry {
-	char id[ID_HEX_LEN];
-	unsigned line; /* later lines win over earlier ones for the same id */
-	enum status status;
-};
+enum role { ROLE_NONE = 0, ROLE_POLICY, ROLE_SERVICE };
 
 /* A subscription the plugin knows a client holds (for "deliver only to
- * subscribers"). */
+ * subscribers" and the per-connection limit). */
 struct sub {
 	struct sub *next;
 	char *filter; /* without any $share/<group>/ prefix */
 	int qos;
 };
 
+/* What one connection may do: its certificate's principal file, as loaded. */
+struct grant {
+	char cert_id[ID_HEX_LEN + 1];
+	char status[STATUS_LEN];
+	enum role role;
+	struct pol_set rules; /* ${iot:ClientId} expanded for this connection */
+	bool loaded;
+	bool fresh; /* loaded within one timestamp tick of its last write */
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+};
+
 struct client {
 	struct client *next;
 	char *id;
-	const struct mosquitto *owner; /* connection that last authenticated */
-	char cert_id[ID_HEX_LEN + 1];  /* its certificate */
+	const struct mosquitto *owner; /* the connection holding the id, NULL when none */
+	uint64_t serial;               /* that connection's serial */
+	struct grant grant;
 	struct sub *subs;
+	unsigned nsubs;
 };
 
 struct kick {
 	struct kick *next;
 	char *id;
+	uint64_t serial;
 };
 
 static struct {
 	mosquitto_plugin_id_t *pid;
-	char *status_path;
-	/* identity of the status file last loaded */
-	bool loaded;
-	bool fresh; /* loaded within one timestamp tick of its last write */
-	struct timespec loaded_at; /* CLOCK_MONOTONIC */
-	bool missing_logged;
-	dev_t dev;
-	ino_t ino;
-	off_t size;
-	struct timespec mtime;
-	struct status_entry *entries;
-	size_t count;
+	char *dir;
+	char *arn_prefix; /* "arn:aws:iot:<region>:<account>:" */
+	size_t arn_prefix_len;
+	uint64_t next_serial;
 	struct client *clients[CLIENT_BUCKETS];
 	struct kick *kicks;
-	/* The connection that disconnected last and its certificate: mosquitto
-	 * checks a Will's topic after MOSQ_EVT_DISCONNECT, when the TLS session
-	 * (and so the certificate) may already be gone. */
+	/* Client ids with a reply queued in this main-loop iteration (mosquitto
+	 * routes them by client id at the start of the next one). */
+	struct kick *replied;
+	/* The connection that disconnected last and what it was granted:
+	 * mosquitto checks a Will's topic after MOSQ_EVT_DISCONNECT. */
 	const struct mosquitto *gone;
-	char gone_cert_id[ID_HEX_LEN + 1];
+	struct grant gone_grant;
 } g;
-
-static const char *status_name(enum status s)
-{
-	size_t i;
-
-	for(i = 0; i < sizeof(STATUS_NAMES) / sizeof(STATUS_NAMES[0]); i++){
-		if(STATUS_NAMES[i].status == s) return STATUS_NAMES[i].name;
-	}
-	return "UNKNOWN";
-}
-
-static enum role role_of_status(enum status s)
-{
-	switch(s){
-		case ST_SERVICE: return ROLE_SERVICE;
-		case ST_CLAIM: return ROLE_CLAIM;
-		case ST_ACTIVE: return ROLE_DEVICE;
-		default: return ROLE_NONE;
-	}
-}
-
-/* ---- status file ------------------------------------------------------ */
-
-static int entry_cmp_id(const void *a, const void *b)
-{
-	return memcmp(((const struct status_entry *)a)->id, ((const struct status_entry *)b)->id, ID_HEX_LEN);
-}
-
-static int entry_cmp(const void *a, const void *b)
-{
-	const struct status_entry *x = a, *y = b;
-	int c = memcmp(x->id, y->id, ID_HEX_LEN);
-
-	if(c) return c;
-	return (x->line > y->line) - (x->line < y->line);
-}
-
-static bool is_lower_hex(const char *s, size_t n)
-{
-	size_t i;
-
-	for(i = 0; i < n; i++){
-		if(!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return false;
-	}
-	return true;
-}
-
-/* Parse "<64 lowercase hex> <STATUS>" lines. Blank lines and '#' comments are
- * skipped; other malformed lines are counted and skipped. */
-static int parse_status(char *buf, size_t len, struct status_entry **out, size_t *out_count)
-{
-	struct status_entry *entries = NULL, *e;
-	size_t count = 0, cap = 0, bad = 0, i, j, w;
-	unsigned line = 0;
-	char *p = buf, *end = buf + len, *nl, *name;
-
-	while(p < end){
-		nl = memchr(p, '\n', (size_t)(end - p));
-		if(!nl) nl = end;
-		*nl = '\0';
-		line++;
-		if(nl > p && nl[-1] == '\r') nl[-1] = '\0';
-		if(p[0] == '\0' || p[0] == '#'){
-			p = nl + 1;
-			continue;
-		}
-		name = p + ID_HEX_LEN + 1;
-		if((size_t)(nl - p) <= ID_HEX_LEN + 1 || p[ID_HEX_LEN] != ' ' || !is_lower_hex(p, ID_HEX_LEN)){
-			bad++;
-			p = nl + 1;
-			continue;
-		}
-		for(i = 0; i < sizeof(STATUS_NAMES) / sizeof(STATUS_NAMES[0]); i++){
-			if(!strcmp(name, STATUS_NAMES[i].name)) break;
-		}
-		if(i == sizeof(STATUS_NAMES) / sizeof(STATUS_NAMES[0])){
-			bad++;
-			p = nl + 1;
-			continue;
-		}
-		if(count == cap){
-			cap = cap ? cap * 2 : 64;
-			e = realloc(entries, cap * sizeof(*entries));
-			if(!e){
-				free(entries);
-				return MOSQ_ERR_NOMEM;
-			}
-			entries = e;
-		}
-		memcpy(entries[count].id, p, ID_HEX_LEN);
-		entries[count].line = line;
-		entries[count].status = STATUS_NAMES[i].status;
-		count++;
-		p = nl + 1;
-	}
-	if(bad){
-		mosquitto_log_printf(MOSQ_LOG_WARNING,
-				"iotsim: %s: skipped %zu malformed line(s); expected '<certificateId> <STATUS>'",
-				g.status_path, bad);
-	}
-	/* The service writes the file sorted by id; sort only when it is not. */
-	for(i = 1; i < count && entry_cmp_id(&entries[i - 1], &entries[i]) < 0; i++){}
-	if(count > 1 && i < count){
-		qsort(entries, count, sizeof(*entries), entry_cmp);
-		/* Keep the last line of each run of equal ids. */
-		for(i = 0, w = 0; i < count; i = j){
-			for(j = i + 1; j < count && !memcmp(entries[j].id, entries[i].id, ID_HEX_LEN); j++){}
-			entries[w++] = entries[j - 1];
-		}
-		count = w;
-	}
-	*out = entries;
-	*out_count = count;
-	return MOSQ_ERR_SUCCESS;
-}
 
 static long long ns_between(const struct timespec *a, const struct timespec *b)
 {
 	return (long long)(b->tv_sec - a->tv_sec) * 1000000000LL + (b->tv_nsec - a->tv_nsec);
 }
 
-static void status_clear(void)
+/* ---- principal files --------------------------------------------------- */
+
+static void grant_clear(struct grant *gr)
 {
-	free(g.entries);
-	g.entries = NULL;
-	g.count = 0;
+	pol_set_free(&gr->rules);
+	gr->loaded = false;
+	gr->status[0] = '\0';
+	gr->role = ROLE_NONE;
 }
 
-/* Re-read the status file if it changed since the last load. The service
- * replaces it by rename, so a new inode, size or mtime means new content. An
- * inode can be reused, and file timestamps advance only once per kernel tick
- * (several ms), so a file loaded within FRESH_NS of its mtime is read again,
- * at most every FRESH_RELOAD_NS (the service may rewrite it hundreds of times a
- * second during a burst), until a load happens after that window. */
-static void status_refresh(void)
+static enum role role_of_status(const char *status)
 {
+	if(!strcmp(status, "SERVICE")) return ROLE_SERVICE;
+	if(!strcmp(status, "ACTIVE") || !strcmp(status, "CLAIM")) return ROLE_POLICY;
+	return ROLE_NONE;
+}
+
+/* Bring gr up to date with its principal file for client_id. The service
+ * replaces the file by rename, so a new inode, size or mtime means new
+ * content; inodes are reused and timestamps advance once per kernel tick, so
+ * a file loaded within FRESH_NS of its mtime is read again at the next check. */
+static void grant_refresh(struct grant *gr, const char *client_id)
+{
+	char path[4096];
 	struct stat st;
+	struct timespec now;
 	FILE *f;
 	char *buf;
 	size_t n;
-	struct status_entry *entries;
-	size_t count;
-	struct timespec now;
+	struct pol_set rules = {NULL, 0};
+	char status[STATUS_LEN];
 
-	if(stat(g.status_path, &st) != 0){
-		if(!g.missing_logged){
-			mosquitto_log_printf(MOSQ_LOG_WARNING,
-					"iotsim: cannot read certificate status file %s: %s; refusing every client until it exists",
-					g.status_path, strerror(errno));
-			g.missing_logged = true;
-		}
-		status_clear();
-		g.loaded = false;
+	if(snprintf(path, sizeof(path), "%s/%.2s/%s", g.dir, gr->cert_id, gr->cert_id) >= (int)sizeof(path)){
+		grant_clear(gr);
 		return;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	if(g.loaded && st.st_dev == g.dev && st.st_ino == g.ino && st.st_size == g.size
-			&& st.st_mtim.tv_sec == g.mtime.tv_sec && st.st_mtim.tv_nsec == g.mtime.tv_nsec
-			&& (!g.fresh || ns_between(&g.loaded_at, &now) < FRESH_RELOAD_NS)){
+	if(stat(path, &st) != 0){
+		grant_clear(gr);
 		return;
 	}
-	f = fopen(g.status_path, "rb");
+	if(gr->loaded && !gr->fresh && st.st_dev == gr->dev && st.st_ino == gr->ino
+			&& st.st_size == gr->size && st.st_mtim.tv_sec == gr->mtime.tv_sec
+			&& st.st_mtim.tv_nsec == gr->mtime.tv_nsec){
+		return;
+	}
+	if(st.st_size < 0 || st.st_size > PRINCIPAL_MAX_BYTES) goto bad;
+	f = fopen(path, "rb");
 	if(!f){
-		mosquitto_log_printf(MOSQ_LOG_WARNING, "iotsim: cannot open %s: %s",
-				g.status_path, strerror(errno));
-		return; /* keep the previous table */
-	}
-	if(fstat(fileno(f), &st) != 0 || st.st_size < 0){
-		fclose(f);
+		grant_clear(gr);
 		return;
+	}
+	if(fstat(fileno(f), &st) != 0 || st.st_size < 0 || st.st_size > PRINCIPAL_MAX_BYTES){
+		fclose(f);
+		goto bad;
 	}
 	buf = malloc((size_t)st.st_size + 1);
 	if(!buf){
 		fclose(f);
-		return;
+		goto bad;
 	}
 	n = fread(buf, 1, (size_t)st.st_size, f);
 	fclose(f);
 	buf[n] = '\0';
-	if(parse_status(buf, n, &entries, &count) != MOSQ_ERR_SUCCESS){
+	if(!pol_parse_principal(buf, client_id, status, sizeof(status), &rules)){
 		free(buf);
-		return;
+		goto bad;
 	}
 	free(buf);
-	status_clear();
-	g.entries = entries;
-	g.count = count;
-	g.loaded = true;
-	g.missing_logged = false;
-	g.dev = st.st_dev;
-	g.ino = st.st_ino;
-	g.size = (off_t)n;
-	g.mtime = st.st_mtim;
-	g.loaded_at = now;
+	pol_set_free(&gr->rules);
+	gr->rules = rules;
+	memcpy(gr->status, status, sizeof(status));
+	gr->role = role_of_status(status);
+	gr->loaded = true;
+	gr->dev = st.st_dev;
+	gr->ino = st.st_ino;
+	gr->size = (off_t)n;
+	gr->mtime = st.st_mtim;
 	clock_gettime(CLOCK_REALTIME, &now);
-	g.fresh = ns_between(&st.st_mtim, &now) < FRESH_NS;
-	mosquitto_log_printf(MOSQ_LOG_DEBUG, "iotsim: loaded %zu certificate status(es) from %s",
-			count, g.status_path);
-}
-
-static enum status status_lookup(const char *cert_id)
-{
-	struct status_entry key, *e;
-
-	status_refresh();
-	if(!g.count) return ST_UNKNOWN;
-	memcpy(key.id, cert_id, ID_HEX_LEN);
-	key.line = 0;
-	e = bsearch(&key, g.entries, g.count, sizeof(key), entry_cmp_id);
-	return e ? e->status : ST_UNKNOWN;
+	gr->fresh = ns_between(&st.st_mtim, &now) < FRESH_NS;
+	return;
+bad:
+	mosquitto_log_printf(MOSQ_LOG_WARNING,
+			"iotsim: principal file %s is unreadable or malformed; the certificate gets no access",
+			path);
+	grant_clear(gr);
 }
 
 /* ---- identity --------------------------------------------------------- */
@@ -440,67 +320,7 @@ static bool client_cert_id(const struct mosquitto *client, char out[ID_HEX_LEN +
 	return true;
 }
 
-/* The client's role right now, from its certificate and the status file.
- * *live is false when the connection's certificate is no longer available
- * (the connection is closing: a Will being checked) and the identity came
- * from what the plugin recorded. */
-static struct client *client_find(const char *id, bool create);
-
-static enum role client_role(const struct mosquitto *client, char cert_id[ID_HEX_LEN + 1], bool *live)
-{
-	const char *client_id;
-	struct client *c;
-
-	*live = client_cert_id(client, cert_id);
-	if(!*live){
-		client_id = mosquitto_client_id(client);
-		c = client_id ? client_find(client_id, false) : NULL;
-		if(c && c->owner == client && c->cert_id[0]){
-			memcpy(cert_id, c->cert_id, sizeof(c->cert_id));
-		}else if(g.gone == client && g.gone_cert_id[0]){
-			memcpy(cert_id, g.gone_cert_id, sizeof(g.gone_cert_id));
-		}else{
-			strcpy(cert_id, "(none)");
-			return ROLE_NONE;
-		}
-	}
-	return role_of_status(status_lookup(cert_id));
-}
-
-/* ---- deferred disconnects -------------------------------------------- */
-
-static void kick_later(const char *client_id)
-{
-	struct kick *k;
-
-	if(!client_id || !client_id[0]) return;
-	for(k = g.kicks; k; k = k->next){
-		if(!strcmp(k->id, client_id)) return;
-	}
-	k = calloc(1, sizeof(*k));
-	if(!k) return;
-	k->id = strdup(client_id);
-	if(!k->id){
-		free(k);
-		return;
-	}
-	k->next = g.kicks;
-	g.kicks = k;
-}
-
-static void kicks_run(void)
-{
-	struct kick *k;
-
-	while((k = g.kicks)){
-		g.kicks = k->next;
-		mosquitto_kick_client_by_clientid(k->id, false);
-		free(k->id);
-		free(k);
-	}
-}
-
-/* ---- subscriptions held by each client id ---------------------------- */
+/* ---- clients ------------------------------------------------------------ */
 
 static unsigned bucket_of(const char *id)
 {
@@ -533,15 +353,25 @@ static struct client *client_find(const char *id, bool create)
 	return c;
 }
 
-static void subs_free(struct sub *s)
+static void subs_free(struct client *c)
 {
-	struct sub *next;
+	struct sub *s, *next;
 
-	for(; s; s = next){
+	for(s = c->subs; s; s = next){
 		next = s->next;
 		free(s->filter);
 		free(s);
 	}
+	c->subs = NULL;
+	c->nsubs = 0;
+}
+
+static void client_free(struct client *c)
+{
+	subs_free(c);
+	grant_clear(&c->grant);
+	free(c->id);
+	free(c);
 }
 
 static void client_forget(const char *id)
@@ -551,13 +381,114 @@ static void client_forget(const char *id)
 	for(; (c = *pp); pp = &c->next){
 		if(!strcmp(c->id, id)){
 			*pp = c->next;
-			subs_free(c->subs);
-			free(c->id);
-			free(c);
+			client_free(c);
 			return;
 		}
 	}
 }
+
+/* The record of the connection behind this ACL/message event, or NULL. For a
+ * Will checked after MOSQ_EVT_DISCONNECT, what that connection was granted. */
+static struct grant *grant_of(const struct mosquitto *client, struct client **out)
+{
+	const char *client_id = mosquitto_client_id(client);
+	struct client *c = client_id ? client_find(client_id, false) : NULL;
+
+	*out = NULL;
+	if(c && c->owner == client){
+		*out = c;
+		grant_refresh(&c->grant, c->id);
+		return &c->grant;
+	}
+	if(client == g.gone && g.gone_grant.cert_id[0] && client_id){
+		grant_refresh(&g.gone_grant, client_id);
+		return &g.gone_grant;
+	}
+	return NULL;
+}
+
+/* ---- deferred disconnects -------------------------------------------- */
+
+static void kick_later(const char *client_id, uint64_t serial)
+{
+	struct kick *k;
+
+	if(!client_id || !client_id[0]) return;
+	for(k = g.kicks; k; k = k->next){
+		if(!strcmp(k->id, client_id) && k->serial == serial) return;
+	}
+	k = calloc(1, sizeof(*k));
+	if(!k) return;
+	k->id = strdup(client_id);
+	if(!k->id){
+		free(k);
+		return;
+	}
+	k->serial = serial;
+	k->next = g.kicks;
+	g.kicks = k;
+}
+
+static void kicks_run(void)
+{
+	struct kick *k;
+	struct client *c;
+
+	while((k = g.kicks)){
+		g.kicks = k->next;
+		/* Only the connection that earned the kick: a newer connection that
+		 * took over the client id in the meantime stays. */
+		c = client_find(k->id, false);
+		if(c && c->owner && c->serial == k->serial){
+			mosquitto_kick_client_by_clientid(k->id, false);
+		}
+		free(k->id);
+		free(k);
+	}
+}
+
+/* ---- replies queued in this main-loop iteration ------------------------ */
+
+/* (The list reuses struct kick: a client id; its serial is unused here.) */
+
+static bool replied_now(const char *client_id)
+{
+	struct kick *r;
+
+	for(r = g.replied; r; r = r->next){
+		if(!strcmp(r->id, client_id)) return true;
+	}
+	return false;
+}
+
+/* O(1); a client id may appear twice (the list lives one loop iteration). */
+static void replied_add(const char *client_id)
+{
+	struct kick *r;
+
+	r = calloc(1, sizeof(*r));
+	if(!r) return;
+	r->id = strdup(client_id);
+	if(!r->id){
+		free(r);
+		return;
+	}
+	r->next = g.replied;
+	g.replied = r;
+}
+
+static void replied_clear(void)
+{
+	struct kick *r;
+
+	while((r = g.replied)){
+		g.replied = r->next;
+		free(r->id);
+		free(r);
+	}
+}
+
+/* ---- subscriptions held by each client id ---------------------------- */
 
 /* "$share/<group>/<filter>" -> "<filter>"; other filters unchanged. */
 static const char *strip_share(const char *filter)
@@ -569,18 +500,24 @@ static const char *strip_share(const char *filter)
 	return p ? p + 1 : filter + strlen(filter);
 }
 
-static void sub_add(const char *client_id, const char *filter, int qos)
+static struct sub *sub_find(struct client *c, const char *filter)
 {
-	struct client *c = client_find(client_id, true);
 	struct sub *s;
 
-	if(!c) return;
-	filter = strip_share(filter);
 	for(s = c->subs; s; s = s->next){
-		if(!strcmp(s->filter, filter)){
-			s->qos = qos;
-			return;
-		}
+		if(!strcmp(s->filter, filter)) return s;
+	}
+	return NULL;
+}
+
+static void sub_add(struct client *c, const char *filter, int qos)
+{
+	struct sub *s;
+
+	filter = strip_share(filter);
+	if((s = sub_find(c, filter))){
+		s->qos = qos;
+		return;
 	}
 	s = calloc(1, sizeof(*s));
 	if(!s) return;
@@ -592,34 +529,32 @@ static void sub_add(const char *client_id, const char *filter, int qos)
 	s->qos = qos;
 	s->next = c->subs;
 	c->subs = s;
+	c->nsubs++;
 }
 
-static void sub_remove(const char *client_id, const char *filter)
+static void sub_remove(struct client *c, const char *filter)
 {
-	struct client *c = client_find(client_id, false);
 	struct sub **pp, *s;
 
-	if(!c) return;
 	filter = strip_share(filter);
 	for(pp = &c->subs; (s = *pp); pp = &s->next){
 		if(!strcmp(s->filter, filter)){
 			*pp = s->next;
 			free(s->filter);
 			free(s);
+			c->nsubs--;
 			return;
 		}
 	}
 }
 
 /* Highest QoS of the client's subscriptions matching topic, or -1. */
-static int sub_match_qos(const char *client_id, const char *topic)
+static int sub_match_qos(const struct client *c, const char *topic)
 {
-	struct client *c = client_find(client_id, false);
 	struct sub *s;
 	bool match;
 	int best = -1;
 
-	if(!c) return -1;
 	for(s = c->subs; s; s = s->next){
 		match = false;
 		if(mosquitto_topic_matches_sub(s->filter, topic, &match) == MOSQ_ERR_SUCCESS
@@ -640,14 +575,15 @@ static const char *after(const char *s, const char *prefix)
 	return strncmp(s, prefix, n) ? NULL : s + n;
 }
 
+/* Topics that exist on no AWS endpoint: iotsim's own and mosquitto's $SYS. */
 static bool is_internal(const char *topic)
 {
-	return !strcmp(topic, "iotsim") || !strncmp(topic, "iotsim/", 7);
+	return !strcmp(topic, "iotsim") || !strncmp(topic, "iotsim/", 7)
+		|| !strcmp(topic, "$SYS") || !strncmp(topic, "$SYS/", 5);
 }
 
-/* A fleet-provisioning request topic (response == false) or response topic
- * (response == true: ".../accepted" or ".../rejected"), exactly. */
-static bool is_provisioning_topic(const char *topic, bool response)
+/* A fleet-provisioning response topic (".../accepted" or ".../rejected"). */
+static bool is_provisioning_response(const char *topic)
 {
 	static const char TEMPLATE_CHARS[] =
 		"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-";
@@ -666,8 +602,40 @@ static bool is_provisioning_topic(const char *topic, bool response)
 	if((fmt_end = after(rest, "json")) == NULL && (fmt_end = after(rest, "cbor")) == NULL){
 		return false;
 	}
-	if(!response) return fmt_end[0] == '\0';
 	return !strcmp(fmt_end, "/accepted") || !strcmp(fmt_end, "/rejected");
+}
+
+/* AWS's topic limits: <= 256 bytes, <= 7 forward slashes (Basic Ingest's
+ * "$aws/rules/<rule>/" prefix does not count). NULL when within them, else
+ * what is wrong. */
+static const char *topic_limit_error(const char *topic)
+{
+	size_t slashes = 0;
+	const char *p;
+
+	if(strlen(topic) > AWS_MAX_TOPIC) return "is longer than 256 bytes";
+	for(p = topic; *p; p++){
+		if(*p == '/') slashes++;
+	}
+	if(!strncasecmp(topic, "$aws/rules/", 11) && slashes >= 3) slashes -= 3;
+	if(slashes > AWS_MAX_SLASHES) return "has more than 7 forward slashes";
+	return NULL;
+}
+
+/* The policy decision for one request: kind is "client/", "topic/" or
+ * "topicfilter/". */
+static bool policy_allows(const struct grant *gr, unsigned action, const char *kind, const char *name)
+{
+	char buf[1024];
+	size_t k = strlen(kind), n = strlen(name);
+
+	if(gr->role == ROLE_SERVICE) return true;
+	if(gr->role != ROLE_POLICY) return false;
+	if(g.arn_prefix_len + k + n + 1 > sizeof(buf)) return false;
+	memcpy(buf, g.arn_prefix, g.arn_prefix_len);
+	memcpy(buf + g.arn_prefix_len, kind, k);
+	memcpy(buf + g.arn_prefix_len + k, name, n + 1);
+	return pol_allowed(&gr->rules, action, buf);
 }
 
 /* Decode the lowercase hex client id at s, ending at '/' or NUL, into a new
@@ -699,42 +667,100 @@ static char *hex_client_id(const char *s, const char **end)
 	return id;
 }
 
+/* A decimal serial at s ending at '/' or NUL; false when malformed. */
+static bool parse_serial(const char *s, uint64_t *out, const char **end)
+{
+	char *e;
+	unsigned long long v;
+
+	if(*s < '0' || *s > '9') return false;
+	errno = 0;
+	v = strtoull(s, &e, 10);
+	if(errno || (*e != '/' && *e != '\0')) return false;
+	*out = (uint64_t)v;
+	*end = e;
+	return true;
+}
+
 /* ---- callbacks -------------------------------------------------------- */
 
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_basic_auth *ed = event_data;
 	const char *client_id = mosquitto_client_id(ed->client);
-	char cert_id[ID_HEX_LEN + 1];
-	enum status st;
+	struct grant gr;
 	struct client *c;
 
 	(void)event;
 	(void)userdata;
+	memset(&gr, 0, sizeof(gr));
 	if(!client_id) client_id = "";
-	if(!client_cert_id(ed->client, cert_id)){
+	if(!client_cert_id(ed->client, gr.cert_id)){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
 				"iotsim: refused client '%s' from %s: no client certificate",
 				client_id, mosquitto_client_address(ed->client));
 		return MOSQ_ERR_AUTH;
 	}
-	st = status_lookup(cert_id);
-	if(role_of_status(st) == ROLE_NONE){
+	if(strlen(client_id) > AWS_MAX_CLIENT_ID){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: refused a client with a %zu-byte client id: AWS IoT allows at most %d bytes",
+				strlen(client_id), AWS_MAX_CLIENT_ID);
+		return MOSQ_ERR_AUTH;
+	}
+	grant_refresh(&gr, client_id);
+	if(gr.role == ROLE_NONE){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
 				"iotsim: refused client '%s': certificate %s is %s",
-				client_id, cert_id, status_name(st));
+				client_id, gr.cert_id, gr.status[0] ? gr.status : "unknown");
+		grant_clear(&gr);
 		return MOSQ_ERR_AUTH;
+	}
+	if(!policy_allows(&gr, POL_CONNECT, "client/", client_id)){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: refused client '%s': the policies of certificate %s do not allow iot:Connect on client/%s",
+				client_id, gr.cert_id, client_id);
+		grant_clear(&gr);
+		return MOSQ_ERR_AUTH;
+	}
+	c = client_find(client_id, false);
+	if(replied_now(client_id)){
+		/* mosquitto routes a queued reply by client id at its next loop
+		 * iteration: a connection that takes the id now (over a live
+		 * connection, or after the old one closed in this same iteration)
+		 * would receive the old connection's answer. Refuse; the client
+		 * retries (a reconnect). */
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: refused client '%s' for now: a reply to the connection it would take over is in flight",
+				client_id);
+		grant_clear(&gr);
+		return MOSQ_ERR_AUTH;
+	}
+	if(c && c->owner && c->owner != ed->client){
+		/* A takeover: mosquitto closes the old connection next and checks its
+		 * Will with what that connection was granted. */
+		grant_clear(&g.gone_grant);
+		g.gone = c->owner;
+		g.gone_grant = c->grant;
+		memset(&c->grant, 0, sizeof(c->grant));
 	}
 	/* A clean session starts with no subscriptions; a persistent one keeps
 	 * what the plugin knew about the previous connection. */
-	if(mosquitto_client_clean_session(ed->client)) client_forget(client_id);
-	c = client_find(client_id, true);
-	if(c){
-		c->owner = ed->client;
-		memcpy(c->cert_id, cert_id, sizeof(c->cert_id));
+	if(c && mosquitto_client_clean_session(ed->client)){
+		client_forget(client_id);
+		c = NULL;
 	}
-	mosquitto_log_printf(MOSQ_LOG_INFO, "iotsim: client '%s' connected as %s (certificate %s)",
-			client_id, status_name(st), cert_id);
+	if(!c) c = client_find(client_id, true);
+	if(!c){
+		grant_clear(&gr);
+		return MOSQ_ERR_NOMEM;
+	}
+	grant_clear(&c->grant);
+	c->grant = gr;
+	c->owner = ed->client;
+	c->serial = ++g.next_serial;
+	mosquitto_log_printf(MOSQ_LOG_INFO,
+			"iotsim: client '%s' connected as %s (certificate %s, connection %" PRIu64 ")",
+			client_id, gr.status, gr.cert_id, c->serial);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -751,8 +777,10 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	/* Only the connection that owns the entry may clear it: a refused or
 	 * superseded connection with the same client id must not. */
 	if(c && c->owner == ed->client){
+		grant_clear(&g.gone_grant);
 		g.gone = ed->client;
-		memcpy(g.gone_cert_id, c->cert_id, sizeof(c->cert_id));
+		g.gone_grant = c->grant;
+		memset(&c->grant, 0, sizeof(c->grant));
 		if(mosquitto_client_clean_session(ed->client)){
 			client_forget(client_id);
 		}else{
@@ -762,30 +790,60 @@ static int on_disconnect(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 
-static int acl_claim(const char *client_id, const char *topic, int access, bool live)
+static int acl_write(struct client *c, const struct grant *gr, const char *client_id,
+		const struct mosquitto_evt_acl_check *ed, bool live)
 {
-	switch(access){
-		case MOSQ_ACL_SUBSCRIBE:
-		case MOSQ_ACL_READ:
-			return is_provisioning_topic(topic, true) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
-		case MOSQ_ACL_WRITE:
-			if(is_provisioning_topic(topic, false)) return MOSQ_ERR_SUCCESS;
-			mosquitto_log_printf(MOSQ_LOG_NOTICE,
-					"iotsim: claim client '%s' published to '%s', which the claim policy does not allow; disconnecting it",
-					client_id, topic);
-			if(live) kick_later(client_id);
-			return MOSQ_ERR_ACL_DENIED;
-		default: /* unsubscribing is always harmless */
-			return MOSQ_ERR_SUCCESS;
+	const char *why;
+	char reason[160];
+
+	if(gr->role == ROLE_SERVICE) return MOSQ_ERR_SUCCESS; /* iotsim's own plumbing */
+	why = topic_limit_error(ed->topic);
+	if(why){
+		snprintf(reason, sizeof(reason), "the topic %s (AWS IoT quota)", why);
+	}else if(ed->payloadlen > AWS_MAX_PAYLOAD){
+		snprintf(reason, sizeof(reason), "the payload of %" PRIu32 " bytes exceeds AWS IoT's 128 KB",
+				ed->payloadlen);
+	}else if(is_internal(ed->topic) || is_provisioning_response(ed->topic)){
+		snprintf(reason, sizeof(reason), "the topic is reserved");
+	}else if(policy_allows(gr, POL_PUBLISH, "topic/", ed->topic)){
+		return MOSQ_ERR_SUCCESS;
+	}else{
+		snprintf(reason, sizeof(reason), "its policies do not allow iot:Publish on it");
 	}
+	mosquitto_log_printf(MOSQ_LOG_NOTICE,
+			"iotsim: client '%s' (certificate %s) published to '%.300s', refused: %s; disconnecting it",
+			client_id, gr->cert_id, ed->topic, reason);
+	if(live && c) kick_later(client_id, c->serial);
+	return MOSQ_ERR_ACL_DENIED;
 }
 
-static int acl_device(const char *topic, int access)
+static int acl_subscribe(struct client *c, const struct grant *gr, const char *client_id,
+		const struct mosquitto_evt_acl_check *ed)
 {
-	if(access == MOSQ_ACL_UNSUBSCRIBE) return MOSQ_ERR_SUCCESS;
-	if(access == MOSQ_ACL_SUBSCRIBE) topic = strip_share(topic);
-	if(is_internal(topic)) return MOSQ_ERR_ACL_DENIED;
-	if(access == MOSQ_ACL_WRITE && is_provisioning_topic(topic, true)) return MOSQ_ERR_ACL_DENIED;
+	const char *filter = strip_share(ed->topic);
+	const char *why;
+
+	if(gr->role == ROLE_SERVICE) return MOSQ_ERR_SUCCESS;
+	why = topic_limit_error(ed->topic);
+	if(why){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: client '%s' subscription to '%.300s' refused: the filter %s (AWS IoT quota)",
+				client_id, ed->topic, why);
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	if(is_internal(filter)) return MOSQ_ERR_ACL_DENIED;
+	if(!policy_allows(gr, POL_SUBSCRIBE, "topicfilter/", ed->topic)){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: client '%s' subscription to '%.300s' refused: its policies do not allow iot:Subscribe on it",
+				client_id, ed->topic);
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	if(c && !sub_find(c, filter) && c->nsubs >= AWS_MAX_SUBSCRIPTIONS){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: client '%s' subscription to '%.300s' refused: it holds %d subscriptions, AWS IoT's limit per connection",
+				client_id, ed->topic, AWS_MAX_SUBSCRIPTIONS);
+		return MOSQ_ERR_ACL_DENIED;
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -793,54 +851,59 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_acl_check *ed = event_data;
 	const char *client_id = mosquitto_client_id(ed->client);
-	char cert_id[ID_HEX_LEN + 1];
-	enum role role;
+	struct client *c;
+	struct grant *gr;
 	bool live;
 	int rc;
 
 	(void)event;
 	(void)userdata;
 	if(!client_id || !ed->topic) return MOSQ_ERR_ACL_DENIED;
-	role = client_role(ed->client, cert_id, &live);
-	switch(role){
-		case ROLE_SERVICE:
-			rc = MOSQ_ERR_SUCCESS;
-			break;
-		case ROLE_CLAIM:
-			rc = acl_claim(client_id, ed->topic, ed->access, live);
-			break;
-		case ROLE_DEVICE:
-			rc = acl_device(ed->topic, ed->access);
-			break;
+	gr = grant_of(ed->client, &c);
+	live = c != NULL;
+	if(!gr) return MOSQ_ERR_ACL_DENIED;
+	if(gr->role == ROLE_NONE){
+		if(live){
+			mosquitto_log_printf(MOSQ_LOG_NOTICE,
+					"iotsim: client '%s' (certificate %s) is no longer allowed to connect; disconnecting it",
+					client_id, gr->cert_id);
+			kick_later(client_id, c->serial);
+		}
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	switch(ed->access){
+		case MOSQ_ACL_WRITE:
+			return acl_write(c, gr, client_id, ed, live);
+		case MOSQ_ACL_SUBSCRIBE:
+			rc = acl_subscribe(c, gr, client_id, ed);
+			if(rc == MOSQ_ERR_SUCCESS && c) sub_add(c, ed->topic, ed->qos);
+			return rc;
+		case MOSQ_ACL_UNSUBSCRIBE:
+			if(c) sub_remove(c, ed->topic);
+			return MOSQ_ERR_SUCCESS;
+		case MOSQ_ACL_READ:
+			if(gr->role == ROLE_SERVICE) return MOSQ_ERR_SUCCESS;
+			if(is_internal(ed->topic)) return MOSQ_ERR_ACL_DENIED;
+			return policy_allows(gr, POL_RECEIVE, "topic/", ed->topic)
+				? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		default:
-			if(live){
-				mosquitto_log_printf(MOSQ_LOG_NOTICE,
-						"iotsim: client '%s' (certificate %s) is no longer allowed to connect; disconnecting it",
-						client_id, cert_id);
-				kick_later(client_id);
-			}
 			return MOSQ_ERR_ACL_DENIED;
 	}
-	if(rc == MOSQ_ERR_SUCCESS){
-		if(ed->access == MOSQ_ACL_SUBSCRIBE){
-			sub_add(client_id, ed->topic, ed->qos);
-		}else if(ed->access == MOSQ_ACL_UNSUBSCRIBE){
-			sub_remove(client_id, ed->topic);
-		}
-	}
-	return rc;
 }
 
-/* iotsim/reply/<hex client id>/<response topic> from the service. */
+/* iotsim/reply/<hex client id>/<serial>/<response topic> from the service. */
 static void deliver_reply(const char *rest, const struct mosquitto_evt_message *ed)
 {
 	const char *end, *topic;
 	char *client_id = hex_client_id(rest, &end);
+	struct client *c;
+	uint64_t serial = 0;
 	int qos, rc;
 
-	if(!client_id || end[0] != '/' || end[1] == '\0'){
+	if(!client_id || end[0] != '/' || !parse_serial(end + 1, &serial, &end)
+			|| end[0] != '/' || end[1] == '\0'){
 		mosquitto_log_printf(MOSQ_LOG_WARNING,
-				"iotsim: dropped reply on malformed topic '%s'; expected iotsim/reply/<hex client id>/<topic>",
+				"iotsim: dropped reply on malformed topic '%.300s'; expected iotsim/reply/<hex client id>/<connection>/<topic>",
 				ed->topic);
 		free(client_id);
 		return;
@@ -848,15 +911,31 @@ static void deliver_reply(const char *rest, const struct mosquitto_evt_message *
 	topic = end + 1;
 	if(mosquitto_pub_topic_check(topic) != MOSQ_ERR_SUCCESS){
 		mosquitto_log_printf(MOSQ_LOG_WARNING,
-				"iotsim: dropped reply to '%s': '%s' is not a valid topic to publish to",
+				"iotsim: dropped reply to '%s': '%.300s' is not a valid topic to publish to",
 				client_id, topic);
 		free(client_id);
 		return;
 	}
-	qos = sub_match_qos(client_id, topic);
+	c = client_find(client_id, false);
+	if(!c || !c->owner || c->serial != serial){
+		mosquitto_log_printf(MOSQ_LOG_INFO,
+				"iotsim: reply on '%.300s' not delivered: connection %" PRIu64 " of client '%s' is gone",
+				topic, serial, client_id);
+		free(client_id);
+		return;
+	}
+	grant_refresh(&c->grant, c->id);
+	if(!policy_allows(&c->grant, POL_RECEIVE, "topic/", topic)){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: reply on '%.300s' not delivered: the policies of client '%s' do not allow iot:Receive on it",
+				topic, client_id);
+		free(client_id);
+		return;
+	}
+	qos = sub_match_qos(c, topic);
 	if(qos < 0){
 		mosquitto_log_printf(MOSQ_LOG_INFO,
-				"iotsim: reply on '%s' not delivered: client '%s' is not connected or not subscribed to it",
+				"iotsim: reply on '%.300s' not delivered: client '%s' is not subscribed to it",
 				topic, client_id);
 		free(client_id);
 		return;
@@ -864,42 +943,49 @@ static void deliver_reply(const char *rest, const struct mosquitto_evt_message *
 	rc = mosquitto_broker_publish_copy(client_id, topic, (int)ed->payloadlen, ed->payload,
 			qos > 1 ? 1 : qos, false, NULL);
 	if(rc != MOSQ_ERR_SUCCESS){
-		mosquitto_log_printf(MOSQ_LOG_WARNING, "iotsim: could not queue reply to '%s' on '%s' (error %d)",
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "iotsim: could not queue reply to '%s' on '%.300s' (error %d)",
 				client_id, topic, rc);
+	}else{
+		replied_add(client_id);
 	}
 	free(client_id);
 }
 
-/* iotsim/kick/<hex client id> from the service. */
+/* iotsim/kick/<hex client id>/<serial> from the service. */
 static void kick_request(const char *rest, const char *full_topic)
 {
 	const char *end;
 	char *client_id = hex_client_id(rest, &end);
+	uint64_t serial = 0;
 
-	if(!client_id || end[0] != '\0'){
+	if(!client_id || end[0] != '/' || !parse_serial(end + 1, &serial, &end) || end[0] != '\0'){
 		mosquitto_log_printf(MOSQ_LOG_WARNING,
-				"iotsim: dropped kick on malformed topic '%s'; expected iotsim/kick/<hex client id>",
+				"iotsim: dropped kick on malformed topic '%.300s'; expected iotsim/kick/<hex client id>/<connection>",
 				full_topic);
 		free(client_id);
 		return;
 	}
-	mosquitto_log_printf(MOSQ_LOG_NOTICE, "iotsim: disconnecting client '%s' at the service's request",
-			client_id);
-	kick_later(client_id);
+	mosquitto_log_printf(MOSQ_LOG_NOTICE,
+			"iotsim: disconnecting client '%s' (connection %" PRIu64 ") at the service's request",
+			client_id, serial);
+	kick_later(client_id, serial);
 	free(client_id);
 }
 
-/* $aws/... from a device or claim client -> iotsim/req/<hex id>/<cert id>/<topic> */
-static int rewrite_request(struct mosquitto_evt_message *ed, const char *client_id, const char *cert_id)
+/* $aws/... from a client -> iotsim/req/<hex id>/<serial>/<cert id>/<topic> */
+static int rewrite_request(struct mosquitto_evt_message *ed, const struct client *c)
 {
-	size_t id_len = strlen(client_id), topic_len = strlen(ed->topic);
-	size_t len = strlen("iotsim/req/") + 2 * id_len + 1 + ID_HEX_LEN + 1 + topic_len;
+	char serial[24];
+	size_t id_len = strlen(c->id), topic_len = strlen(ed->topic), serial_len;
+	size_t len;
 	char *topic, *p;
 
+	serial_len = (size_t)snprintf(serial, sizeof(serial), "%" PRIu64, c->serial);
+	len = strlen("iotsim/req/") + 2 * id_len + 1 + serial_len + 1 + ID_HEX_LEN + 1 + topic_len;
 	if(id_len == 0 || len > MAX_TOPIC_LEN){
 		mosquitto_log_printf(MOSQ_LOG_WARNING,
-				"iotsim: dropped request from '%s' on '%s': the internal topic would exceed %d bytes",
-				client_id, ed->topic, MAX_TOPIC_LEN);
+				"iotsim: dropped request from '%s' on '%.300s': the internal topic would exceed %d bytes",
+				c->id, ed->topic, MAX_TOPIC_LEN);
 		return DROP_MESSAGE;
 	}
 	topic = mosquitto_malloc(len + 1);
@@ -907,10 +993,13 @@ static int rewrite_request(struct mosquitto_evt_message *ed, const char *client_
 	p = topic;
 	memcpy(p, "iotsim/req/", strlen("iotsim/req/"));
 	p += strlen("iotsim/req/");
-	hex_encode((const unsigned char *)client_id, id_len, p);
+	hex_encode((const unsigned char *)c->id, id_len, p);
 	p += 2 * id_len;
 	*p++ = '/';
-	memcpy(p, cert_id, ID_HEX_LEN);
+	memcpy(p, serial, serial_len);
+	p += serial_len;
+	*p++ = '/';
+	memcpy(p, c->grant.cert_id, ID_HEX_LEN);
 	p += ID_HEX_LEN;
 	*p++ = '/';
 	memcpy(p, ed->topic, topic_len + 1);
@@ -927,16 +1016,19 @@ static int on_message(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_message *ed = event_data;
 	const char *client_id = mosquitto_client_id(ed->client);
-	char cert_id[ID_HEX_LEN + 1];
 	const char *rest;
-	enum role role;
-	bool live;
+	struct client *c;
+	struct grant *gr;
 
 	(void)event;
 	(void)userdata;
 	if(!client_id || !ed->topic) return DROP_MESSAGE;
-	role = client_role(ed->client, cert_id, &live);
-	if(role == ROLE_SERVICE){
+	gr = grant_of(ed->client, &c);
+	if(!gr || gr->role == ROLE_NONE){
+		/* The ACL check has already denied it; never route it. */
+		return DROP_MESSAGE;
+	}
+	if(gr->role == ROLE_SERVICE){
 		if((rest = after(ed->topic, "iotsim/reply/"))){
 			deliver_reply(rest, ed);
 			return DROP_MESSAGE;
@@ -947,12 +1039,9 @@ static int on_message(int event, void *event_data, void *userdata)
 		}
 		return MOSQ_ERR_SUCCESS;
 	}
-	if(role == ROLE_NONE){
-		/* The ACL check has already denied it; never route it. */
-		return DROP_MESSAGE;
-	}
 	if(!strncmp(ed->topic, "$aws/", 5)){
-		return rewrite_request(ed, client_id, cert_id);
+		if(!c) return DROP_MESSAGE; /* a Will: no connection left to answer */
+		return rewrite_request(ed, c);
 	}
 	return MOSQ_ERR_SUCCESS;
 }
@@ -963,6 +1052,9 @@ static int on_tick(int event, void *event_data, void *userdata)
 	(void)event_data;
 	(void)userdata;
 	kicks_run();
+	/* mosquitto routes the replies queued so far at the start of its next
+	 * loop iteration, before it reads any new CONNECT. */
+	replied_clear();
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -978,26 +1070,52 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 	return -1;
 }
 
+static bool arn_part_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	return n > 0 && n <= 64 && strspn(s, "0123456789abcdefghijklmnopqrstuvwxyz-") == n;
+}
+
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		struct mosquitto_opt *options, int option_count)
 {
+	const char *region = "local", *account = "000000000000";
 	int i, rc;
 
 	(void)userdata;
 	memset(&g, 0, sizeof(g));
 	g.pid = identifier;
 	for(i = 0; i < option_count; i++){
-		if(!strcmp(options[i].key, "status_file") && options[i].value && options[i].value[0]){
-			g.status_path = strdup(options[i].value);
-			if(!g.status_path) return MOSQ_ERR_NOMEM;
+		if(!options[i].value || !options[i].value[0]) continue;
+		if(!strcmp(options[i].key, "principals_dir")){
+			free(g.dir);
+			g.dir = strdup(options[i].value);
+			if(!g.dir) return MOSQ_ERR_NOMEM;
+		}else if(!strcmp(options[i].key, "region")){
+			region = options[i].value;
+		}else if(!strcmp(options[i].key, "account")){
+			account = options[i].value;
 		}
 	}
-	if(!g.status_path){
+	if(!g.dir){
 		mosquitto_log_printf(MOSQ_LOG_ERR,
-				"iotsim: plugin_opt_status_file is not set; add 'plugin_opt_status_file <STATE>/certs.status' to mosquitto.conf");
+				"iotsim: plugin_opt_principals_dir is not set; add 'plugin_opt_principals_dir <STATE>/principals' to mosquitto.conf");
 		return MOSQ_ERR_INVAL;
 	}
-	status_refresh();
+	if(!arn_part_ok(region) || !arn_part_ok(account)){
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				"iotsim: plugin_opt_region and plugin_opt_account must be 1-64 of [a-z0-9-]");
+		free(g.dir);
+		return MOSQ_ERR_INVAL;
+	}
+	g.arn_prefix_len = strlen("arn:aws:iot:") + strlen(region) + 1 + strlen(account) + 1;
+	g.arn_prefix = malloc(g.arn_prefix_len + 1);
+	if(!g.arn_prefix){
+		free(g.dir);
+		return MOSQ_ERR_NOMEM;
+	}
+	snprintf(g.arn_prefix, g.arn_prefix_len + 1, "arn:aws:iot:%s:%s:", region, account);
 	if((rc = mosquitto_callback_register(g.pid, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, NULL))
 			|| (rc = mosquitto_callback_register(g.pid, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, NULL))
 			|| (rc = mosquitto_callback_register(g.pid, MOSQ_EVT_MESSAGE, on_message, NULL, NULL))
@@ -1006,8 +1124,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		mosquitto_log_printf(MOSQ_LOG_ERR, "iotsim: cannot register plugin callbacks (error %d)", rc);
 		return rc;
 	}
-	mosquitto_log_printf(MOSQ_LOG_INFO, "iotsim: plugin ready; certificate status from %s",
-			g.status_path);
+	mosquitto_log_printf(MOSQ_LOG_INFO, "iotsim: plugin ready; principals in %s, resources %s...",
+			g.dir, g.arn_prefix);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -1028,9 +1146,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 	for(i = 0; i < CLIENT_BUCKETS; i++){
 		for(c = g.clients[i]; c; c = next){
 			next = c->next;
-			subs_free(c->subs);
-			free(c->id);
-			free(c);
+			client_free(c);
 		}
 	}
 	while((k = g.kicks)){
@@ -1038,8 +1154,10 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 		free(k->id);
 		free(k);
 	}
-	status_clear();
-	free(g.status_path);
+	replied_clear();
+	grant_clear(&g.gone_grant);
+	free(g.dir);
+	free(g.arn_prefix);
 	memset(&g, 0, sizeof(g));
 	return MOSQ_ERR_SUCCESS;
 }
