@@ -20,6 +20,7 @@ _FIELDS = (
     ("port", int, 8883, "the MQTT-over-TLS port, usually 8883"),
     ("server_hostname", str, None, "the name the server certificate carries"),
     ("client_id", str, None, "the MQTT client id"),
+    ("thing_name", str, None, 'the thing name the template gives, e.g. "fleetprov-{uid}"'),
     ("template", str, _REQUIRED, 'the provisioning template name, e.g. "FleetprovDemo"'),
     ("parameters", dict, None, 'an object of strings, e.g. {"SerialNumber": "{uid}"}'),
     ("format", str, "json", '"json" or "cbor"'),

@@ -323,9 +323,14 @@ class FirstBoot:
         s = self.store
         pend = self.pending
         cid = pend["certificate_id"]
+        # The thing's policy usually admits only client id == thing name, so
+        # connect as the name the template gives (config "thing_name").
+        name = self.cfg["thing_name"]
+        if name:
+            name = substitute({"n": name}, self.uid, self.client_id)["n"]
         try:
             cert, key = s.pending_identity(pend)
-            link = self._open(self.client_id, cert, key, ca)
+            link = self._open(name or self.client_id, cert, key, ca)
         except mqttlink.ConnectError as ex:
             if not (ex.refused or ex.handshake):
                 raise  # the network: try again later, with the same certificate
@@ -334,11 +339,12 @@ class FirstBoot:
             self.progress.step("dropped", "certificate {} is not active; starting over".format(cid))
             return None
         link.close()
-        rec = s.commit_pending(pend, None, None, self.cfg["endpoint"])
+        rec = s.commit_pending(pend, name, None, self.cfg["endpoint"])
         self.pending = None
         _unload("fleetprov", "cbor")  # the provisioning protocol is done
-        self.progress.step("adopted", "certificate {} is active; its thing name was lost, "
-                           "using the client id".format(cid))
+        self.progress.step("adopted", "certificate {} is active as thing {}".format(cid, name) if name else
+                           "certificate {} is active; its thing name was lost, using the client id "
+                           "(set thing_name in config.json)".format(cid))
         return rec
 
     def provision(self):

@@ -74,6 +74,7 @@ def test_up_writes_everything_a_device_needs(running: tuple[Path, int, subproces
         "port": port,
         "template": "FleetprovDemo",
         "parameters": {"SerialNumber": "{uid}"},
+        "thing_name": "fleetprov-{uid}",
         "format": "json",
         "method": "keys",
         "cert_dir": "certs",

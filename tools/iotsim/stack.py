@@ -46,6 +46,8 @@ def device_config(
         "port": port,
         "template": template,
         "parameters": {"SerialNumber": "{uid}"},
+        # the demo template's ThingName: "fleetprov-" + SerialNumber
+        "thing_name": "fleetprov-{uid}",
         "format": "json",
         "method": "keys",
         "cert_dir": DEVICE_CERT_DIR,
