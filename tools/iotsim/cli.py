@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from . import pki
 from .registry import (
     BILLING_GROUP,
     CLAIM,
@@ -298,6 +297,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_new_claim(args: argparse.Namespace) -> int:
+    from . import pki  # cryptography: loaded only by the commands that make certificates
     from .stack import DEVICE_CERT_DIR, ensure_claim_policy
 
     state: Path = args.state.resolve()
