@@ -6,6 +6,7 @@
 # knows nothing of files, Wi-Fi or the application: it takes a connected
 # client and returns credentials as strings.
 
+import binascii
 import gc
 import json
 import re
@@ -188,6 +189,9 @@ class Provisioner:
         self._app_exc = None
         self._sock = None  # the TimedSocket while an operation runs
         self._seen = 0  # messages handled, so _drain can tell "nothing" from "one"
+        # CRC of the last certificate answer taken: a duplicate of it arriving
+        # during the next create (umqtt < 1.7 cannot unsubscribe) is not its answer
+        self._last_crc = None
         try:
             client.set_callback(self._on_message)
         except Exception as exc:
@@ -286,11 +290,17 @@ class Provisioner:
             # Answers published before our request, and any after the first, are not ours.
             if self._armed and self._got is None:
                 n = len(msg)
+                which = topics.index(topic)
+                if which == 0 and topic.startswith(_CERTS):
+                    crc = binascii.crc32(msg)
+                    if crc == self._last_crc:
+                        return  # the previous certificate again: a late duplicate
+                    self._last_crc = crc
                 if n > len(self._rx):
                     self._got = (None, n)
                 else:
                     self._view[:n] = msg
-                    self._got = (topics.index(topic), n)
+                    self._got = (which, n)
         elif topic.startswith(_CERTS) or topic.startswith(_TEMPLATES):
             pass  # a late answer to an earlier operation
         elif self._app_cb is not None:

@@ -359,6 +359,30 @@ def test_only_the_first_of_duplicated_answers_counts() -> None:
     assert p.register_thing("demo", "tok").thing_name == "first"
 
 
+def test_a_late_duplicate_of_the_previous_certificate_is_not_the_next_answer() -> None:
+    # umqtt < 1.7 cannot unsubscribe: a duplicate of the first answer may arrive
+    # after the second request is published, before that request's own answer
+    p, client, _ = make()
+
+    def keys(cert_id: str) -> bytes:
+        return json.dumps(
+            {"certificateId": cert_id, "certificatePem": "pem", "certificateOwnershipToken": "tok",
+             "privateKey": "key"}
+        ).encode()
+
+    calls = []
+
+    def answer(c: FakeClient, topic: bytes, msg: bytes) -> None:
+        calls.append(topic)
+        if len(calls) == 2:
+            c.queue(topic + b"/accepted", keys("a" * 64))  # the late duplicate
+        c.queue(topic + b"/accepted", keys("ab"[len(calls) - 1] * 64))
+
+    client.responder = answer
+    assert p.create_keys_and_certificate().certificate_id == "a" * 64
+    assert p.create_keys_and_certificate().certificate_id == "b" * 64
+
+
 def test_messages_on_other_topics_reach_the_applications_callback() -> None:
     responder = AwsResponder()
     client = FakeClient(responder)
