@@ -130,13 +130,13 @@ class ApiModel:
             wire = member.serialization.get("name", name)
             if where == "uri":
                 if wire in labels:
-                    params[name] = self._scalar(member, labels[wire], name)
+                    params[name] = self._check(member, self._scalar(member, labels[wire], name), name)
             elif where == "querystring":
                 if member.type_name == "list":
                     if wire in query:
                         params[name] = [self._scalar(member.member, v, name) for v in query[wire]]
                 elif member.type_name != "map" and wire in query:
-                    params[name] = self._scalar(member, query[wire][-1], name)
+                    params[name] = self._check(member, self._scalar(member, query[wire][-1], name), name)
             elif where == "header":
                 if wire.lower() in lowered:
                     params[name] = self._scalar(member, lowered[wire.lower()], name)
@@ -193,6 +193,14 @@ class ApiModel:
             raise ApiError(
                 "InvalidRequestException", "{} must be a {}, got {}".format(where, t, type(value).__name__)
             )
+        if t in ("string", "list", "map"):
+            # The model's length bounds (botocore checks them before sending; other clients may not).
+            low, high = shape.metadata.get("min"), shape.metadata.get("max")
+            if (low is not None and len(value) < low) or (high is not None and len(value) > high):
+                raise ApiError(
+                    "InvalidRequestException",
+                    "{} has length {}; it must be {}-{}".format(where, len(value), low or 0, high or "any"),
+                )
         if t == "string" and shape.enum and value not in shape.enum:
             raise ApiError(
                 "InvalidRequestException",
