@@ -336,3 +336,33 @@ def test_malformed_or_unknown_requests_get_aws_errors(
     assert (got_status, got_error) == (status, error)
     assert doc["message"]
     assert raw(iotsim, "GET", "/endpoint")[0] == 200  # and it keeps serving
+
+
+# -- docs/aws-setup.md: the AWS CLI (pinned awscli) and boto3 with --endpoint-url ------------------
+
+
+def test_the_aws_cli_and_boto3_work_against_iotsim_as_docs_aws_setup_shows(iotsim: RunningIotSim) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "aws-setup.md").read_text()
+    found = re.search(r"<!-- doc-test: iotsim-endpoint-url -->\n```sh\n(.*?)```", doc, re.S)
+    assert found, "docs/aws-setup.md has no block marked doc-test: iotsim-endpoint-url"
+    script = found.group(1).replace("http://127.0.0.1:8443", iotsim.api_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["PATH"] = "{}:{}".format(Path(sys.executable).parent, env.get("PATH", ""))
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
+    proc = subprocess.run(["bash", "-e", "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "arn:aws:iot:local:000000000000:thinggroup/bench-group",
+        "arn:aws:iot:local:000000000000:provisioningtemplate/Bench",
+        "true",
+        "127.0.0.1",
+    ]
+    # and what the CLI made is what the MQTT side provisions with
+    assert provision(iotsim, "Bench", "cli-1")[0] == "accepted"
+    iotsim.iot_client().delete_provisioning_template(templateName="Bench")
