@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEVICE_LIB := $(wildcard lib/*.py)
 MPY_OUT := $(patsubst lib/%.py,build/mpy/lib/%.mpy,$(DEVICE_LIB))
 
-.PHONY: all setup system-deps venv deps plugin test test-host test-device bench demo mpy deploy status clean
+.PHONY: all setup system-deps venv deps plugin test test-host test-device bench demo mpy deploy status claim clean
 
 all: test
 
@@ -68,6 +68,10 @@ deploy: setup mpy
 
 status: venv
 	$(VPY) -m tools.deploy status $(if $(PORT),--port $(PORT),)
+
+# A temporary provisioning claim (5 minutes) onto the board: ENDPOINT_URL=... for iotsim.
+claim: venv
+	$(VPY) -m tools.deploy claim $(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(if $(ENDPOINT_URL),--endpoint-url $(ENDPOINT_URL),)
 
 clean:
 	rm -rf build deps .pytest_cache .hypothesis
