@@ -168,3 +168,43 @@ def test_teardown_without_a_setup_removes_nothing(
 ) -> None:
     assert run(iotsim, moto_url, tmp_path / "device", "teardown") == 0
     assert "nothing to remove" in capsys.readouterr().out
+
+
+def test_teardown_dry_run_deletes_nothing_and_a_resource_no_longer_tagged_is_left(
+    iotsim: RunningIotSim, moto_url: str, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "device"
+    args = ("--template-name", "TagTemplate", "--role-name", "TagRole", "--thing-group", "tag-group", "--claim-policy", "TagClaim")
+    assert run(iotsim, moto_url, folder, "setup", *args) == 0
+    made = names(iotsim, moto_url, "TagRole")
+    capsys.readouterr()
+    assert run(iotsim, moto_url, folder, "teardown", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "template TagTemplate: would delete" in out and "role TagRole: would delete" in out
+    assert names(iotsim, moto_url, "TagRole") == made and (folder / STATE_FILE).exists()
+    # Someone took the template over (removed the tag): teardown must leave it.
+    iot = iotsim.iot_client()
+    arn = iot.describe_provisioning_template(templateName="TagTemplate")["templateArn"]
+    iot.untag_resource(resourceArn=arn, tagKeys=[TAG_KEY])
+    assert run(iotsim, moto_url, folder, "teardown") == 0
+    out = capsys.readouterr().out
+    assert "template TagTemplate: its tag no longer says this tool made it; left as is" in out
+    gone = names(iotsim, moto_url, "TagRole")
+    assert "TagTemplate" in gone["templates"] and "tag-group" not in gone["groups"] and not gone["role"]
+    iot.delete_provisioning_template(templateName="TagTemplate")
+
+
+def test_a_refused_call_names_the_action_and_the_rights_needed(iotsim: RunningIotSim, tmp_path: Path) -> None:
+    from botocore.stub import Stubber
+
+    from tools.awssetup.setup import Clients, Options, Setup, SetupError
+
+    denied_iam = boto3.client("iam", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+    with Stubber(denied_iam) as stub:
+        stub.add_client_error("get_role", service_error_code="AccessDenied", service_message="not allowed", http_status_code=403)
+        tool = Setup(Options(folder=tmp_path / "device", ca_file=iotsim.ca_path, role_name="DeniedRole"), Clients(iotsim.iot_client(), denied_iam))
+        with pytest.raises(SetupError) as info:
+            tool.setup()
+    message = str(info.value)
+    assert "permission denied for iam:GetRole (AccessDenied: not allowed)" in message
+    assert "CreateRole" in message and "nothing was created" in message

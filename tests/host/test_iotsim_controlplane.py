@@ -366,3 +366,50 @@ def test_the_aws_cli_and_boto3_work_against_iotsim_as_docs_aws_setup_shows(iotsi
     # and what the CLI made is what the MQTT side provisions with
     assert provision(iotsim, "Bench", "cli-1")[0] == "accepted"
     iotsim.iot_client().delete_provisioning_template(templateName="Bench")
+
+
+# -- `python -m tools.iotsim up`: the control plane's port and --lambda -----------------------------
+
+
+def test_up_serves_the_control_plane_on_its_port_and_maps_lambda_functions(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import boto3
+
+    from tools.iotsim.broker import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    state, port, api = tmp_path / "state", free_port(), free_port()
+    bad = subprocess.run(
+        [sys.executable, "-m", "tools.iotsim", "up", "--state", str(state), "--lambda", "no-equals-sign"],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )
+    assert bad.returncode != 0 and "--lambda wants NAME=module:function" in bad.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.iotsim", "up", "--state", str(state), "--port", str(port),
+         "--api-port", str(api), "--lambda", "allow=tools.iotsim.hooks:allow_all"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "iotsim is running" in proc.stdout.readline()
+        url = "http://127.0.0.1:{}".format(api)
+        assert url in proc.stdout.readline()
+        status = subprocess.run(
+            [sys.executable, "-m", "tools.iotsim", "status", "--state", str(state)],
+            cwd=root, capture_output=True, text=True, timeout=60,
+        )
+        assert "control plane: {}".format(url) in status.stdout
+        iot = boto3.client("iot", endpoint_url=url, region_name="eu-west-1", aws_access_key_id="a", aws_secret_access_key="b")
+        hook = {"targetArn": "arn:aws:lambda:eu-west-1:123456789012:function:allow"}
+        iot.create_provisioning_template(templateName="UpHook", templateBody=BODY, provisioningRoleArn=ROLE, preProvisioningHook=hook)
+        assert iot.describe_provisioning_template(templateName="UpHook")["preProvisioningHook"]["targetArn"] == hook["targetArn"]
+        other = {"targetArn": "arn:aws:lambda:eu-west-1:123456789012:function:other"}
+        assert error_of(lambda: iot.update_provisioning_template(templateName="UpHook", preProvisioningHook=other))[:2] == (
+            "InvalidRequestException", 400)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
