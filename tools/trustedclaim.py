@@ -48,7 +48,9 @@ def request_claim(iot: Any, template: str) -> tuple[str, bytes, bytes, datetime]
     except ClientError as exc:
         err = exc.response.get("Error", {})
         raise deploy.DeployError(
-            "CreateProvisioningClaim for template {} failed: {}: {}".format(template, err.get("Code"), err.get("Message"))
+            "CreateProvisioningClaim for template {} failed: {}: {}".format(
+                template, err.get("Code"), err.get("Message")
+            )
         ) from None
     except BotoCoreError as exc:
         raise deploy.DeployError(
@@ -57,8 +59,15 @@ def request_claim(iot: Any, template: str) -> tuple[str, bytes, bytes, datetime]
         ) from None
     cert = x509.load_pem_x509_certificate(answer["certificatePem"].encode("ascii"))
     key = serialization.load_pem_private_key(answer["keyPair"]["PrivateKey"].encode("ascii"), password=None)
-    key_der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return answer["certificateId"], cert.public_bytes(serialization.Encoding.DER), key_der, answer["expiration"]
+    key_der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return (
+        answer["certificateId"],
+        cert.public_bytes(serialization.Encoding.DER),
+        key_der,
+        answer["expiration"],
+    )
 
 
 def install_claim(
@@ -71,14 +80,22 @@ def install_claim(
     template = template or config.get("template")
     if not isinstance(template, str) or not template:
         raise deploy.DeployError(
-            "{}: no template; give --template NAME or set \"template\" in config.json".format(config_dir / "config.json")
+            '{}: no template; give --template NAME or set "template" in config.json'.format(
+                config_dir / "config.json"
+            )
         )
     dests = ["{}/{}".format(cert_dir, names["claim_cert"]), "{}/{}".format(cert_dir, names["claim_key"])]
     inventory = deploy.board_inventory(port, [cert_dir])
     if "config.json" not in inventory:
-        log.warning("the board has no config.json yet: run `make deploy` too, or the claim has nothing to provision with")
+        log.warning(
+            "the board has no config.json yet: run `make deploy` too, or the claim has nothing to provision with"
+        )
     if dry_run:
-        log.info("would ask for a provisioning claim for template %s and copy it to %s", template, " and ".join(dests))
+        log.info(
+            "would ask for a provisioning claim for template %s and copy it to %s",
+            template,
+            " and ".join(dests),
+        )
         return None
     cid, cert_der, key_der, expires = request_claim(iot, template)
     folder = Path(tempfile.mkdtemp(prefix="fleetprov-claim-"))  # mode 0700
@@ -96,7 +113,9 @@ def install_claim(
         deploy.run_mpremote(port, deploy.plan_commands(plan), "copying the provisioning claim")
     except deploy.DeployError as exc:
         raise deploy.DeployError(
-            "{}; the claim {} was issued but not installed; it expires by itself at {}".format(exc, cid, expires)
+            "{}; the claim {} was issued but not installed; it expires by itself at {}".format(
+                exc, cid, expires
+            )
         ) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -29,13 +29,17 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[
 
 
 def test_a_temporary_claim_put_on_the_board_provisions_it(
-    board: VirtualBoard, iotsim: RunningIotSim, aws_env: None  # noqa: F811
+    board: VirtualBoard,
+    iotsim: RunningIotSim,
+    aws_env: None,  # noqa: F811
 ) -> None:
     build_mpy()
     run_deploy("deploy", "--port", str(board.pty), config=iotsim.state)
     factory_claim = flash_files(board.flash)["certs/claim.der"]
 
-    proc = run_deploy("claim", "--port", str(board.pty), "--endpoint-url", iotsim.api_url, config=iotsim.state)
+    proc = run_deploy(
+        "claim", "--port", str(board.pty), "--endpoint-url", iotsim.api_url, config=iotsim.state
+    )
     claim_id = hashlib.sha256((board.flash / "certs" / "claim.der").read_bytes()).hexdigest()
     assert claim_id != factory_claim
     assert "provisioning claim {} for template FleetprovDemo".format(claim_id) in proc.stderr
@@ -54,14 +58,21 @@ def test_a_temporary_claim_put_on_the_board_provisions_it(
 
 
 def test_a_claim_for_a_missing_template_changes_nothing_on_the_board(
-    board: VirtualBoard, iotsim: RunningIotSim, aws_env: None, tmp_path  # type: ignore[no-untyped-def]  # noqa: F811
+    board: VirtualBoard,
+    iotsim: RunningIotSim,
+    aws_env: None,
+    tmp_path,  # type: ignore[no-untyped-def]  # noqa: F811
 ) -> None:
     cfg = tmp_path / "device"
     (cfg / "certs").mkdir(parents=True)
     (cfg / "config.json").write_text(json.dumps({"endpoint": "127.0.0.1", "template": "NoSuchTemplate"}))
     before = flash_files(board.flash)
-    proc = run_deploy("claim", "--port", str(board.pty), "--endpoint-url", iotsim.api_url, config=cfg, check=False)
+    proc = run_deploy(
+        "claim", "--port", str(board.pty), "--endpoint-url", iotsim.api_url, config=cfg, check=False
+    )
     assert proc.returncode == 1
-    assert "CreateProvisioningClaim for template NoSuchTemplate failed: ResourceNotFoundException" in proc.stderr
+    assert (
+        "CreateProvisioningClaim for template NoSuchTemplate failed: ResourceNotFoundException" in proc.stderr
+    )
     assert flash_files(board.flash) == before
     assert not [f for f in before if f.endswith(CLAIM_FILES)]

@@ -53,9 +53,27 @@ def iam(moto_url: str) -> Any:
 
 
 def run(iotsim: RunningIotSim, moto_url: str, folder: Path, command: str, *extra: str) -> int:
-    argv = [command, "--folder", str(folder), "--endpoint-url", iotsim.api_url, "--iam-endpoint-url", moto_url, *extra]
+    argv = [
+        command,
+        "--folder",
+        str(folder),
+        "--endpoint-url",
+        iotsim.api_url,
+        "--iam-endpoint-url",
+        moto_url,
+        *extra,
+    ]
     if command == "setup":
-        argv += ["--ca-file", str(iotsim.ca_path), "--mqtt-port", str(iotsim.port), "--method", "keys", "--format", "json"]
+        argv += [
+            "--ca-file",
+            str(iotsim.ca_path),
+            "--mqtt-port",
+            str(iotsim.port),
+            "--method",
+            "keys",
+            "--format",
+            "json",
+        ]
     return main(argv)
 
 
@@ -76,7 +94,16 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
 ) -> None:
     folder = tmp_path / "device"
     before = names(iotsim, moto_url, "SetupRole")
-    args = ("--template-name", "SetupTemplate", "--role-name", "SetupRole", "--thing-group", "fleetprov-demo", "--claim-policy", "SetupClaim")
+    args = (
+        "--template-name",
+        "SetupTemplate",
+        "--role-name",
+        "SetupRole",
+        "--thing-group",
+        "fleetprov-demo",
+        "--claim-policy",
+        "SetupClaim",
+    )
 
     assert run(iotsim, moto_url, folder, "setup", "--dry-run", *args) == 0
     out = capsys.readouterr().out
@@ -90,11 +117,18 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
     after = names(iotsim, moto_url, "SetupRole")
     assert after["role"] and "SetupTemplate" in after["templates"] and "SetupClaim" in after["policies"]
     assert after["certificates"] == before["certificates"] + 1
-    attached = [p["PolicyArn"] for p in iam(moto_url).list_attached_role_policies(RoleName="SetupRole")["AttachedPolicies"]]
+    attached = [
+        p["PolicyArn"]
+        for p in iam(moto_url).list_attached_role_policies(RoleName="SetupRole")["AttachedPolicies"]
+    ]
     assert attached == ["arn:aws:iam::aws:policy/service-role/AWSIoTThingsRegistration"]
 
     config = json.loads((folder / "config.json").read_text())
-    assert (config["endpoint"], config["port"], config["template"]) == ("127.0.0.1", iotsim.port, "SetupTemplate")
+    assert (config["endpoint"], config["port"], config["template"]) == (
+        "127.0.0.1",
+        iotsim.port,
+        "SetupTemplate",
+    )
     # The files make deploy reads are DER, and they provision a device against iotsim.
     ca = x509.load_der_x509_certificate((folder / "certs" / "ca.der").read_bytes())
     assert ca == x509.load_pem_x509_certificate(iotsim.ca_path.read_bytes())
@@ -102,13 +136,20 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
     key = serialization.load_der_private_key((folder / "certs" / "claim.key.der").read_bytes(), None)
     cert_pem, key_pem = tmp_path / "claim.pem", tmp_path / "claim.key.pem"
     cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     with iotsim.client("setup-device", cert_pem, key_pem) as claim:
         outcome, keys = claim.request("$aws/certificates/create/json", b"")
         assert outcome == "accepted"
         outcome, body = claim.request(
             "$aws/provisioning-templates/SetupTemplate/provision/json",
-            {"certificateOwnershipToken": keys["certificateOwnershipToken"], "parameters": {"SerialNumber": "setup-1"}},
+            {
+                "certificateOwnershipToken": keys["certificateOwnershipToken"],
+                "parameters": {"SerialNumber": "setup-1"},
+            },
         )
         assert (outcome, body["thingName"]) == ("accepted", "fleetprov-setup-1")
 
@@ -120,12 +161,20 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
 
     state = json.loads((folder / STATE_FILE).read_text())
     assert set(state["created"]) == {"role", "template", "claim", "claim_policy"}
-    template_arn = iotsim.iot_client().describe_provisioning_template(templateName="SetupTemplate")["templateArn"]
-    assert {"Key": TAG_KEY, "Value": "fleetprov"} in iotsim.iot_client().list_tags_for_resource(resourceArn=template_arn)["tags"]
+    template_arn = iotsim.iot_client().describe_provisioning_template(templateName="SetupTemplate")[
+        "templateArn"
+    ]
+    assert {"Key": TAG_KEY, "Value": "fleetprov"} in iotsim.iot_client().list_tags_for_resource(
+        resourceArn=template_arn
+    )["tags"]
 
     assert run(iotsim, moto_url, folder, "teardown", "--iam-endpoint-url", moto_url) == 0
     gone = names(iotsim, moto_url, "SetupRole")
-    assert gone["role"] is False and "SetupTemplate" not in gone["templates"] and "SetupClaim" not in gone["policies"]
+    assert (
+        gone["role"] is False
+        and "SetupTemplate" not in gone["templates"]
+        and "SetupClaim" not in gone["policies"]
+    )
     assert "fleetprov-demo" in gone["groups"] and "FleetprovDemo" in gone["templates"]  # not its own: left
     assert gone["certificates"] == before["certificates"] + 1  # the provisioned device's certificate stays
     assert not (folder / STATE_FILE).exists() and not (folder / "certs" / "claim.key.der").exists()
@@ -138,9 +187,20 @@ def test_a_failing_step_rolls_back_what_the_run_created(
     bad.write_text(json.dumps({"Resources": {"x": {"Type": "AWS::S3::Bucket"}}}))
     before = names(iotsim, moto_url, "RollbackRole")
     status = run(
-        iotsim, moto_url, tmp_path / "device", "setup",
-        "--template-name", "RollbackTemplate", "--template-file", str(bad), "--role-name", "RollbackRole",
-        "--thing-group", "rollback-group", "--claim-policy", "RollbackClaim",
+        iotsim,
+        moto_url,
+        tmp_path / "device",
+        "setup",
+        "--template-name",
+        "RollbackTemplate",
+        "--template-file",
+        str(bad),
+        "--role-name",
+        "RollbackRole",
+        "--thing-group",
+        "rollback-group",
+        "--claim-policy",
+        "RollbackClaim",
     )
     err = capsys.readouterr().err
     assert status == 1
@@ -151,7 +211,11 @@ def test_a_failing_step_rolls_back_what_the_run_created(
 
 
 def test_missing_credentials_are_named_and_nothing_is_created(
-    iotsim: RunningIotSim, moto_url: str, aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    iotsim: RunningIotSim,
+    moto_url: str,
+    aws_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
@@ -174,7 +238,16 @@ def test_teardown_dry_run_deletes_nothing_and_a_resource_no_longer_tagged_is_lef
     iotsim: RunningIotSim, moto_url: str, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "device"
-    args = ("--template-name", "TagTemplate", "--role-name", "TagRole", "--thing-group", "tag-group", "--claim-policy", "TagClaim")
+    args = (
+        "--template-name",
+        "TagTemplate",
+        "--role-name",
+        "TagRole",
+        "--thing-group",
+        "tag-group",
+        "--claim-policy",
+        "TagClaim",
+    )
     assert run(iotsim, moto_url, folder, "setup", *args) == 0
     made = names(iotsim, moto_url, "TagRole")
     capsys.readouterr()
@@ -199,10 +272,17 @@ def test_a_refused_call_names_the_action_and_the_rights_needed(iotsim: RunningIo
 
     from tools.awssetup.setup import Clients, Options, Setup, SetupError
 
-    denied_iam = boto3.client("iam", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+    denied_iam = boto3.client(
+        "iam", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
     with Stubber(denied_iam) as stub:
-        stub.add_client_error("get_role", service_error_code="AccessDenied", service_message="not allowed", http_status_code=403)
-        tool = Setup(Options(folder=tmp_path / "device", ca_file=iotsim.ca_path, role_name="DeniedRole"), Clients(iotsim.iot_client(), denied_iam))
+        stub.add_client_error(
+            "get_role", service_error_code="AccessDenied", service_message="not allowed", http_status_code=403
+        )
+        tool = Setup(
+            Options(folder=tmp_path / "device", ca_file=iotsim.ca_path, role_name="DeniedRole"),
+            Clients(iotsim.iot_client(), denied_iam),
+        )
         with pytest.raises(SetupError) as info:
             tool.setup()
     message = str(info.value)

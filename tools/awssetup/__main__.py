@@ -30,25 +30,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.awssetup", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
-        ("setup", "create the role, thing group, template, claim certificate and policy; write the device folder"),
+        (
+            "setup",
+            "create the role, thing group, template, claim certificate and policy; write the device folder",
+        ),
         ("teardown", "delete what setup created (as listed in FOLDER/awssetup.json and tagged)"),
     ):
         p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("--folder", type=Path, default=Path("device"), help="the device folder (default: device/)")
-        p.add_argument("--name", default="fleetprov", help="the setup's name, the value of its tags (default fleetprov)")
+        p.add_argument(
+            "--folder", type=Path, default=Path("device"), help="the device folder (default: device/)"
+        )
+        p.add_argument(
+            "--name", default="fleetprov", help="the setup's name, the value of its tags (default fleetprov)"
+        )
         p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
         p.add_argument("--region", default=None, help="AWS region (default: your AWS configuration)")
         p.add_argument("--profile", default=None, help="AWS profile (default: your AWS configuration)")
-        p.add_argument("--endpoint-url", default=None, help="AWS IoT control-plane URL (iotsim: see `python -m tools.iotsim status`)")
+        p.add_argument(
+            "--endpoint-url",
+            default=None,
+            help="AWS IoT control-plane URL (iotsim: see `python -m tools.iotsim status`)",
+        )
         p.add_argument("--iam-endpoint-url", default=None, help="IAM endpoint URL (tests: moto's server)")
         if name == "setup":
             p.add_argument("--template-name", default="FleetprovDemo")
             p.add_argument("--template-file", type=Path, default=DEFAULT_TEMPLATE_FILE)
             p.add_argument("--role-name", default="FleetprovProvisioningRole")
-            p.add_argument("--thing-group", default="fleetprov-demo", help="the group the template puts things in")
+            p.add_argument(
+                "--thing-group", default="fleetprov-demo", help="the group the template puts things in"
+            )
             p.add_argument("--claim-policy", default="FleetprovClaimPolicy")
-            p.add_argument("--ca-file", type=Path, default=None, help="the CA (PEM) devices trust (default: the system's Amazon Root CA 1)")
-            p.add_argument("--mqtt-port", type=int, default=None, help="MQTT port for config.json (default: none, AWS's 8883)")
+            p.add_argument(
+                "--ca-file",
+                type=Path,
+                default=None,
+                help="the CA (PEM) devices trust (default: the system's Amazon Root CA 1)",
+            )
+            p.add_argument(
+                "--mqtt-port",
+                type=int,
+                default=None,
+                help="MQTT port for config.json (default: none, AWS's 8883)",
+            )
             p.add_argument("--method", choices=("csr", "keys"), default="csr")
             p.add_argument("--format", dest="fmt", choices=("cbor", "json"), default="cbor")
     return parser

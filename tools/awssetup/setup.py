@@ -129,7 +129,9 @@ class Setup:
         except FileNotFoundError:
             return {"created": {}}
         except ValueError as exc:
-            raise SetupError("{} is not valid JSON ({}); fix or remove it".format(self.state_path, exc)) from None
+            raise SetupError(
+                "{} is not valid JSON ({}); fix or remove it".format(self.state_path, exc)
+            ) from None
         state.setdefault("created", {})
         return state
 
@@ -226,7 +228,11 @@ class Setup:
             data = path.read_bytes()
             x509.load_pem_x509_certificate(data)
         except (OSError, ValueError) as exc:
-            hint = " (Debian: apt-get install ca-certificates; or --ca-file AmazonRootCA1.pem)" if self.o.ca_file is None else ""
+            hint = (
+                " (Debian: apt-get install ca-certificates; or --ca-file AmazonRootCA1.pem)"
+                if self.o.ca_file is None
+                else ""
+            )
             raise SetupError("cannot read the CA certificate {}: {}{}".format(path, exc, hint)) from None
         return data
 
@@ -251,7 +257,10 @@ class Setup:
                     self.report.say("role {}: would attach AWSIoTThingsRegistration".format(name))
                 else:
                     self._call(
-                        "iam:AttachRolePolicy", self.c.iam.attach_role_policy, RoleName=name, PolicyArn=THINGS_REGISTRATION
+                        "iam:AttachRolePolicy",
+                        self.c.iam.attach_role_policy,
+                        RoleName=name,
+                        PolicyArn=THINGS_REGISTRATION,
                     )
                     self.report.changed = True
                     self.report.say("role {}: attached AWSIoTThingsRegistration".format(name))
@@ -270,13 +279,21 @@ class Setup:
             Tags=self._tags(),
         )
         self._created("role", name, lambda: self._delete_role(name))
-        self._call("iam:AttachRolePolicy", self.c.iam.attach_role_policy, RoleName=name, PolicyArn=THINGS_REGISTRATION)
+        self._call(
+            "iam:AttachRolePolicy",
+            self.c.iam.attach_role_policy,
+            RoleName=name,
+            PolicyArn=THINGS_REGISTRATION,
+        )
         return str(role["Role"]["Arn"])
 
     def _thing_group(self, verb: str) -> None:
         name = self.o.thing_group
         found = self._exists(
-            "iot:DescribeThingGroup", self.c.iot.describe_thing_group, ("ResourceNotFoundException",), thingGroupName=name
+            "iot:DescribeThingGroup",
+            self.c.iot.describe_thing_group,
+            ("ResourceNotFoundException",),
+            thingGroupName=name,
         )
         if found is not None:
             self.report.say("thing group {}: exists, unchanged".format(name))
@@ -284,7 +301,9 @@ class Setup:
         self.report.say("thing group {}: {}".format(name, verb))
         if self.o.dry_run:
             return
-        self._call("iot:CreateThingGroup", self.c.iot.create_thing_group, thingGroupName=name, tags=self._tags())
+        self._call(
+            "iot:CreateThingGroup", self.c.iot.create_thing_group, thingGroupName=name, tags=self._tags()
+        )
         self._created("thing_group", name, lambda: self.c.iot.delete_thing_group(thingGroupName=name))
 
     def _template(self, verb: str, body: str, role_arn: str) -> None:
@@ -301,7 +320,9 @@ class Setup:
                 self.report.say(
                     "template {}: exists but {}; {} it".format(
                         name,
-                        "its body differs from {}".format(self.o.template_file) if found["enabled"] else "it is disabled",
+                        "its body differs from {}".format(self.o.template_file)
+                        if found["enabled"]
+                        else "it is disabled",
                         "would update" if self.o.dry_run else "updated",
                     )
                 )
@@ -314,7 +335,12 @@ class Setup:
                             templateBody=body,
                             setAsDefault=True,
                         )
-                    self._call("iot:UpdateProvisioningTemplate", self.c.iot.update_provisioning_template, templateName=name, enabled=True)
+                    self._call(
+                        "iot:UpdateProvisioningTemplate",
+                        self.c.iot.update_provisioning_template,
+                        templateName=name,
+                        enabled=True,
+                    )
                     self.report.changed = True
             else:
                 self.report.say("template {}: exists, unchanged".format(name))
@@ -339,7 +365,9 @@ class Setup:
         certs = self.o.folder / "certs"
         if recorded is not None:
             found = self._exists(
-                "iot:DescribeCertificate", self.c.iot.describe_certificate, ("ResourceNotFoundException",),
+                "iot:DescribeCertificate",
+                self.c.iot.describe_certificate,
+                ("ResourceNotFoundException",),
                 certificateId=recorded["certificateId"],
             )
             if found is not None and (certs / "claim.key.der").is_file():
@@ -347,13 +375,22 @@ class Setup:
                 return {**recorded, "new": False}
             raise SetupError(
                 "the claim certificate {} in {} is gone from the account or its key from {}; run "
-                "`python -m tools.awssetup teardown` and setup again".format(recorded["certificateId"], self.state_path, certs)
+                "`python -m tools.awssetup teardown` and setup again".format(
+                    recorded["certificateId"], self.state_path, certs
+                )
             )
         self.report.say("claim certificate: {} (key pair made by AWS IoT, active)".format(verb))
         if self.o.dry_run:
-            return {"certificateId": "<new>", "certificateArn": "arn:aws:iot:REGION:ACCOUNT:cert/<new>", "new": True}
-        made = self._call("iot:CreateKeysAndCertificate", self.c.iot.create_keys_and_certificate, setAsActive=True)
+            return {
+                "certificateId": "<new>",
+                "certificateArn": "arn:aws:iot:REGION:ACCOUNT:cert/<new>",
+                "new": True,
+            }
+        made = self._call(
+            "iot:CreateKeysAndCertificate", self.c.iot.create_keys_and_certificate, setAsActive=True
+        )
         cid, arn = made["certificateId"], made["certificateArn"]
+
         def undo() -> None:
             self._delete_certificate(cid)
             for name in ("claim.der", "claim.key.der"):
@@ -369,9 +406,15 @@ class Setup:
         # (arn:aws:iot:REGION:ACCOUNT:cert/ID), which AWS IoT (and iotsim) wrote.
         parts = cert["certificateArn"].split(":")
         region, account = parts[3], parts[4]
-        found = self._exists("iot:GetPolicy", self.c.iot.get_policy, ("ResourceNotFoundException",), policyName=name)
+        found = self._exists(
+            "iot:GetPolicy", self.c.iot.get_policy, ("ResourceNotFoundException",), policyName=name
+        )
         if found is None:
-            self.report.say("claim policy {}: {} (provisioning with template {} only)".format(name, verb, self.o.template_name))
+            self.report.say(
+                "claim policy {}: {} (provisioning with template {} only)".format(
+                    name, verb, self.o.template_name
+                )
+            )
             if self.o.dry_run:
                 return
             self._call(
@@ -386,9 +429,13 @@ class Setup:
             self.report.say("claim policy {}: exists, unchanged".format(name))
         if self.o.dry_run:
             return
-        attached = self._call("iot:ListAttachedPolicies", self.c.iot.list_attached_policies, target=cert["certificateArn"])
+        attached = self._call(
+            "iot:ListAttachedPolicies", self.c.iot.list_attached_policies, target=cert["certificateArn"]
+        )
         if name not in [p["policyName"] for p in attached["policies"]]:
-            self._call("iot:AttachPolicy", self.c.iot.attach_policy, policyName=name, target=cert["certificateArn"])
+            self._call(
+                "iot:AttachPolicy", self.c.iot.attach_policy, policyName=name, target=cert["certificateArn"]
+            )
             self.report.changed = True
             self.report.say("claim policy {}: attached to the claim certificate".format(name))
 
@@ -397,7 +444,9 @@ class Setup:
         certs.mkdir(parents=True, exist_ok=True)
         der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
         key = serialization.load_pem_private_key(key_pem.encode(), password=None)
-        key_der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key_der = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         _write(certs / "claim.der", der)
         _write(certs / "claim.key.der", key_der, private=True)
 
@@ -416,7 +465,9 @@ class Setup:
         ca_der = x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
         path = self.o.folder / "config.json"
         ca_path = self.o.folder / "certs" / "ca.der"
-        changes = [p for p, data in ((path, text), (ca_path, ca_der)) if not p.is_file() or p.read_bytes() != data]
+        changes = [
+            p for p, data in ((path, text), (ca_path, ca_der)) if not p.is_file() or p.read_bytes() != data
+        ]
         if cert.get("new"):
             changes += [self.o.folder / "certs" / "claim.der", self.o.folder / "certs" / "claim.key.der"]
         if not changes:
@@ -424,7 +475,9 @@ class Setup:
             return
         self.report.say(
             "device folder {}: {} {}".format(
-                self.o.folder, "would write" if self.o.dry_run else "wrote", ", ".join(str(p.relative_to(self.o.folder)) for p in changes)
+                self.o.folder,
+                "would write" if self.o.dry_run else "wrote",
+                ", ".join(str(p.relative_to(self.o.folder)) for p in changes),
             )
         )
         if self.o.dry_run:
@@ -454,7 +507,9 @@ class Setup:
         self.c.iot.delete_certificate(certificateId=cid)
 
     def _ours_iot(self, arn: str) -> bool:
-        tags = self._call("iot:ListTagsForResource", self.c.iot.list_tags_for_resource, resourceArn=arn)["tags"]
+        tags = self._call("iot:ListTagsForResource", self.c.iot.list_tags_for_resource, resourceArn=arn)[
+            "tags"
+        ]
         return {"Key": TAG_KEY, "Value": self.o.name} in tags
 
     def teardown(self) -> Report:
@@ -467,34 +522,60 @@ class Setup:
         steps: list[tuple[str, str, Callable[[], bool], Callable[[], None]]] = []
         if "claim" in created:
             cid = created["claim"]["certificateId"]
-            steps.append(("claim", "claim certificate {}".format(cid), lambda: True, lambda cid=cid: self._delete_certificate(cid)))
+            steps.append(
+                (
+                    "claim",
+                    "claim certificate {}".format(cid),
+                    lambda: True,
+                    lambda cid=cid: self._delete_certificate(cid),
+                )
+            )
         if "claim_policy" in created:
             name = created["claim_policy"]
             steps.append(
-                ("claim_policy", "claim policy {}".format(name),
-                 lambda name=name: self._ours_iot(self.c.iot.get_policy(policyName=name)["policyArn"]),
-                 lambda name=name: self.c.iot.delete_policy(policyName=name))
+                (
+                    "claim_policy",
+                    "claim policy {}".format(name),
+                    lambda name=name: self._ours_iot(self.c.iot.get_policy(policyName=name)["policyArn"]),
+                    lambda name=name: self.c.iot.delete_policy(policyName=name),
+                )
             )
         if "template" in created:
             name = created["template"]
             steps.append(
-                ("template", "template {}".format(name),
-                 lambda name=name: self._ours_iot(self.c.iot.describe_provisioning_template(templateName=name)["templateArn"]),
-                 lambda name=name: self.c.iot.delete_provisioning_template(templateName=name))
+                (
+                    "template",
+                    "template {}".format(name),
+                    lambda name=name: self._ours_iot(
+                        self.c.iot.describe_provisioning_template(templateName=name)["templateArn"]
+                    ),
+                    lambda name=name: self.c.iot.delete_provisioning_template(templateName=name),
+                )
             )
         if "thing_group" in created:
             name = created["thing_group"]
             steps.append(
-                ("thing_group", "thing group {}".format(name),
-                 lambda name=name: self._ours_iot(self.c.iot.describe_thing_group(thingGroupName=name)["thingGroupArn"]),
-                 lambda name=name: self.c.iot.delete_thing_group(thingGroupName=name))
+                (
+                    "thing_group",
+                    "thing group {}".format(name),
+                    lambda name=name: self._ours_iot(
+                        self.c.iot.describe_thing_group(thingGroupName=name)["thingGroupArn"]
+                    ),
+                    lambda name=name: self.c.iot.delete_thing_group(thingGroupName=name),
+                )
             )
         if "role" in created:
             name = created["role"]
             steps.append(
-                ("role", "role {}".format(name),
-                 lambda name=name: {"Key": TAG_KEY, "Value": self.o.name} in self.c.iam.list_role_tags(RoleName=name)["Tags"],
-                 lambda name=name: self._delete_role(name))
+                (
+                    "role",
+                    "role {}".format(name),
+                    lambda name=name: (
+                        {"Key": TAG_KEY, "Value": self.o.name}
+                        in self.c.iam.list_role_tags(RoleName=name)["Tags"]
+                    ),
+                    lambda name=name: self._delete_role(name),
+                )
             )
         for kind, what, ours, delete in steps:
             try:
@@ -521,7 +602,9 @@ class Setup:
                 if not self.o.dry_run:
                     p.unlink()
         if failures:
-            raise SetupError("\n".join(failures + ["still listed in {}; run teardown again".format(self.state_path)]))
+            raise SetupError(
+                "\n".join(failures + ["still listed in {}; run teardown again".format(self.state_path)])
+            )
         if not self.o.dry_run:
             self.state_path.unlink(missing_ok=True)
         return self.report
@@ -540,8 +623,16 @@ def claim_policy(region: str, account: str, template: str) -> str:
             "Version": "2012-10-17",
             "Statement": [
                 {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"},
-                {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": [arn + "topic/" + t for t in topics]},
-                {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": [arn + "topicfilter/" + t for t in topics]},
+                {
+                    "Effect": "Allow",
+                    "Action": ["iot:Publish", "iot:Receive"],
+                    "Resource": [arn + "topic/" + t for t in topics],
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "iot:Subscribe",
+                    "Resource": [arn + "topicfilter/" + t for t in topics],
+                },
             ],
         },
         indent=2,

@@ -120,7 +120,9 @@ class ApiModel:
             try:
                 doc = json.loads(body)
             except ValueError as exc:
-                raise ApiError("SerializationException", "the request body is not JSON: {}".format(exc), 400) from None
+                raise ApiError(
+                    "SerializationException", "the request body is not JSON: {}".format(exc), 400
+                ) from None
             if not isinstance(doc, dict):
                 raise ApiError("SerializationException", "the request body must be a JSON object", 400)
         lowered = {k.lower(): v for k, v in headers.items()}
@@ -218,7 +220,8 @@ class ApiModel:
             return [self._check(shape.member, v, "{}[]".format(where), depth + 1) for v in value]
         if t == "map":
             return {
-                str(k): self._check(shape.value, v, "{}.{}".format(where, k), depth + 1) for k, v in value.items()
+                str(k): self._check(shape.value, v, "{}.{}".format(where, k), depth + 1)
+                for k, v in value.items()
             }
         return value
 

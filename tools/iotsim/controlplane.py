@@ -44,6 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -55,7 +56,6 @@ from .registry import (
     CLAIM,
     CLAIM_POLICY,
     INACTIVE,
-    PENDING_ACTIVATION,
     REVOKED,
     SERVICE,
     THING_GROUP,
@@ -71,7 +71,9 @@ log = logging.getLogger("iotsim.controlplane")
 CLAIM_LIFETIME = 300.0  # AWS: a provisioning claim certificate is valid for five minutes
 MAX_TEMPLATE_VERSIONS = 5  # AWS: up to five versions per template
 SWEEP_INTERVAL = 1.0
-_LAMBDA_ARN = re.compile(r"^arn:aws:lambda:[a-z0-9-]+:\d{12}:function:([A-Za-z0-9_-]{1,64})(:[A-Za-z0-9$_-]+)?$")
+_LAMBDA_ARN = re.compile(
+    r"^arn:aws:lambda:[a-z0-9-]+:\d{12}:function:([A-Za-z0-9_-]{1,64})(:[A-Za-z0-9$_-]+)?$"
+)
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _CERT_ID = re.compile(r"^[0-9a-fA-F]{64}$")
 _ENDPOINT_TYPES = ("iot:Data", "iot:Data-ATS", "iot:CredentialProvider", "iot:Jobs")
@@ -243,11 +245,15 @@ class ControlPlane:
     def _template(self, name: str) -> dict[str, Any]:
         """A template's settings; synthesised for a template file made without the API."""
         if not TEMPLATE_NAME.match(name):
-            raise ApiError("InvalidRequestException", "template name {!r} must be 1-36 of [0-9A-Za-z_-]".format(name))
+            raise ApiError(
+                "InvalidRequestException", "template name {!r} must be 1-36 of [0-9A-Za-z_-]".format(name)
+            )
         settings = self._settings(name)
         path = self.templates.path(name)
         if not path.exists():
-            raise ApiError("ResourceNotFoundException", "The provisioning template {} does not exist".format(name))
+            raise ApiError(
+                "ResourceNotFoundException", "The provisioning template {} does not exist".format(name)
+            )
         if settings is not None:
             return settings
         stamp = path.stat().st_mtime
@@ -260,7 +266,9 @@ class ControlPlane:
             "creationDate": stamp,
             "lastModifiedDate": stamp,
             "defaultVersionId": 1,
-            "versions": [{"versionId": 1, "creationDate": stamp, "templateBody": path.read_text(encoding="utf-8")}],
+            "versions": [
+                {"versionId": 1, "creationDate": stamp, "templateBody": path.read_text(encoding="utf-8")}
+            ],
         }
 
     def _validate_body(self, name: str, body: str) -> None:
@@ -307,7 +315,9 @@ class ControlPlane:
         if handler is None:
             raise ApiError(
                 "NotImplementedException",
-                "iotsim does not implement {}; docs/iotsim.md lists the operations it serves".format(operation),
+                "iotsim does not implement {}; docs/iotsim.md lists the operations it serves".format(
+                    operation
+                ),
                 501,
             )
         try:
@@ -342,11 +352,13 @@ class ControlPlane:
     ) -> dict[str, Any]:
         if not TEMPLATE_NAME.match(templateName):
             raise ApiError(
-                "InvalidRequestException", "templateName {!r} must be 1-36 of [0-9A-Za-z_-]".format(templateName)
+                "InvalidRequestException",
+                "templateName {!r} must be 1-36 of [0-9A-Za-z_-]".format(templateName),
             )
         if self.templates.path(templateName).exists():
             raise ApiError(
-                "ResourceAlreadyExistsException", "The provisioning template {} already exists".format(templateName)
+                "ResourceAlreadyExistsException",
+                "The provisioning template {} already exists".format(templateName),
             )
         if not _ROLE_ARN.match(provisioningRoleArn):
             raise ApiError(
@@ -397,7 +409,9 @@ class ControlPlane:
             "type": s["type"],
         }
 
-    def op_ListProvisioningTemplates(self, maxResults: int | None = None, nextToken: str | None = None) -> dict[str, Any]:
+    def op_ListProvisioningTemplates(
+        self, maxResults: int | None = None, nextToken: str | None = None
+    ) -> dict[str, Any]:
         items = []
         for name in self.templates.names():
             try:
@@ -431,12 +445,14 @@ class ControlPlane:
         s = self._template(templateName)
         if provisioningRoleArn is not None and not _ROLE_ARN.match(provisioningRoleArn):
             raise ApiError(
-                "InvalidRequestException", "provisioningRoleArn {!r} is not an IAM role ARN".format(provisioningRoleArn)
+                "InvalidRequestException",
+                "provisioningRoleArn {!r} is not an IAM role ARN".format(provisioningRoleArn),
             )
         if preProvisioningHook is not None:
             if removePreProvisioningHook:
                 raise ApiError(
-                    "InvalidRequestException", "give preProvisioningHook or removePreProvisioningHook, not both"
+                    "InvalidRequestException",
+                    "give preProvisioningHook or removePreProvisioningHook, not both",
                 )
             self._lambda(preProvisioningHook.get("targetArn", ""))
         body = None
@@ -520,7 +536,9 @@ class ControlPlane:
                 .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
                 .decode("ascii"),
                 "PrivateKey": key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.TraditionalOpenSSL,
+                    serialization.NoEncryption(),
                 ).decode("ascii"),
             },
             "expiration": expires,
@@ -530,7 +548,10 @@ class ControlPlane:
 
     def _cert(self, certificateId: str) -> Any:
         if not _CERT_ID.match(certificateId):
-            raise ApiError("InvalidRequestException", "certificateId must be 64 hex digits, got {!r}".format(certificateId))
+            raise ApiError(
+                "InvalidRequestException",
+                "certificateId must be 64 hex digits, got {!r}".format(certificateId),
+            )
         record = self.registry.certificate(certificateId.lower())
         if record is None:
             raise ApiError("ResourceNotFoundException", "Certificate {} does not exist".format(certificateId))
@@ -551,15 +572,15 @@ class ControlPlane:
                 .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
                 .decode("ascii"),
                 "PrivateKey": key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.TraditionalOpenSSL,
+                    serialization.NoEncryption(),
                 ).decode("ascii"),
             },
         }
 
     def op_DescribeCertificate(self, certificateId: str) -> dict[str, Any]:
         c = self._cert(certificateId)
-        from cryptography import x509
-
         parsed = x509.load_pem_x509_certificate(c.pem.encode("ascii"))
         return {
             "certificateDescription": {
@@ -609,7 +630,9 @@ class ControlPlane:
         if newStatus not in (ACTIVE, INACTIVE, REVOKED):
             raise ApiError(
                 "InvalidRequestException",
-                "newStatus {} cannot be set with UpdateCertificate; use ACTIVE, INACTIVE or REVOKED".format(newStatus),
+                "newStatus {} cannot be set with UpdateCertificate; use ACTIVE, INACTIVE or REVOKED".format(
+                    newStatus
+                ),
             )
         if newStatus == ACTIVE:
             claim = self.registry.provisioning_claim(c.id)
@@ -626,8 +649,6 @@ class ControlPlane:
 
     def op_DeleteCertificate(self, certificateId: str, forceDelete: bool = False) -> dict[str, Any]:
         c = self._cert(certificateId)
-        if c.status == PENDING_ACTIVATION:
-            pass  # AWS deletes these itself after an hour; allowed here too
         self.registry.delete_certificate(c.id, force=forceDelete)
         return {}
 
@@ -639,7 +660,12 @@ class ControlPlane:
         self.registry.create_policy(policyName, policyDocument)
         arn = self.arn("policy", policyName)
         self._set_tags(arn, tags)
-        return {"policyName": policyName, "policyArn": arn, "policyDocument": policyDocument, "policyVersionId": "1"}
+        return {
+            "policyName": policyName,
+            "policyArn": arn,
+            "policyDocument": policyDocument,
+            "policyVersionId": "1",
+        }
 
     def op_GetPolicy(self, policyName: str) -> dict[str, Any]:
         document = self.registry.policy(policyName)
@@ -655,7 +681,9 @@ class ControlPlane:
     def op_ListPolicies(
         self, marker: str | None = None, pageSize: int | None = None, ascendingOrder: bool = False
     ) -> dict[str, Any]:
-        items = [{"policyName": n, "policyArn": self.arn("policy", n)} for n, _, _ in self.registry.policies()]
+        items = [
+            {"policyName": n, "policyArn": self.arn("policy", n)} for n, _, _ in self.registry.policies()
+        ]
         page, token = _page(items, marker, pageSize, "marker")
         return {"policies": page, "nextMarker": token}
 
@@ -681,7 +709,9 @@ class ControlPlane:
     ) -> dict[str, Any]:
         cid = self._certificate_of(target)
         self._cert(cid)
-        items = [{"policyName": n, "policyArn": self.arn("policy", n)} for n, _ in self.registry.policies_of(cid)]
+        items = [
+            {"policyName": n, "policyArn": self.arn("policy", n)} for n, _ in self.registry.policies_of(cid)
+        ]
         page, token = _page(items, marker, pageSize, "marker")
         return {"policies": page, "nextMarker": token}
 
@@ -695,7 +725,9 @@ class ControlPlane:
         tags: list[dict[str, str]] | None = None,
     ) -> dict[str, Any]:
         if parentGroupName is not None and self.registry.resource(THING_GROUP, parentGroupName) is None:
-            raise ApiError("ResourceNotFoundException", "Thing group {} does not exist".format(parentGroupName))
+            raise ApiError(
+                "ResourceNotFoundException", "Thing group {} does not exist".format(parentGroupName)
+            )
         wanted = {"parentGroupName": parentGroupName, "thingGroupProperties": thingGroupProperties or {}}
         existing = self.registry.resource(THING_GROUP, thingGroupName)
         if existing is not None:
@@ -708,7 +740,9 @@ class ControlPlane:
                     "Thing group {} already exists with different properties".format(thingGroupName),
                 )
         else:
-            self.registry.create_resource(THING_GROUP, thingGroupName, {**wanted, "thingGroupId": str(uuid.uuid4())})
+            self.registry.create_resource(
+                THING_GROUP, thingGroupName, {**wanted, "thingGroupId": str(uuid.uuid4())}
+            )
             self._set_tags(self.arn("thinggroup", thingGroupName), tags)
         return {
             "thingGroupName": thingGroupName,
@@ -724,7 +758,9 @@ class ControlPlane:
     def op_DescribeThingGroup(self, thingGroupName: str) -> dict[str, Any]:
         found = self.registry.resource(THING_GROUP, thingGroupName)
         if found is None:
-            raise ApiError("ResourceNotFoundException", "Thing group {} does not exist".format(thingGroupName))
+            raise ApiError(
+                "ResourceNotFoundException", "Thing group {} does not exist".format(thingGroupName)
+            )
         props, created = found
         return {
             "thingGroupName": thingGroupName,
@@ -757,15 +793,20 @@ class ControlPlane:
 
     def op_DeleteThingGroup(self, thingGroupName: str, expectedVersion: int | None = None) -> dict[str, Any]:
         if expectedVersion is not None and expectedVersion != 1:
-            raise ApiError("VersionConflictException", "Thing group {} is at version 1".format(thingGroupName))
+            raise ApiError(
+                "VersionConflictException", "Thing group {} is at version 1".format(thingGroupName)
+            )
         children = [
-            n for n in self.registry.resources(THING_GROUP)
+            n
+            for n in self.registry.resources(THING_GROUP)
             if (self.registry.resource(THING_GROUP, n) or ({}, 0))[0].get("parentGroupName") == thingGroupName
         ]
         if children:
             raise ApiError(
                 "InvalidRequestException",
-                "Thing group {} has child groups {}; delete them first".format(thingGroupName, ", ".join(children)),
+                "Thing group {} has child groups {}; delete them first".format(
+                    thingGroupName, ", ".join(children)
+                ),
             )
         # AWS: deleting a group that does not exist succeeds.
         self.registry.delete_resource(THING_GROUP, thingGroupName)
@@ -780,11 +821,19 @@ class ControlPlane:
     ) -> dict[str, Any]:
         type_id = str(uuid.uuid4())
         if not self.registry.create_resource(
-            THING_TYPE, thingTypeName, {"thingTypeProperties": thingTypeProperties or {}, "thingTypeId": type_id}
+            THING_TYPE,
+            thingTypeName,
+            {"thingTypeProperties": thingTypeProperties or {}, "thingTypeId": type_id},
         ):
-            raise ApiError("ResourceAlreadyExistsException", "Thing type {} already exists".format(thingTypeName))
+            raise ApiError(
+                "ResourceAlreadyExistsException", "Thing type {} already exists".format(thingTypeName)
+            )
         self._set_tags(self.arn("thingtype", thingTypeName), tags)
-        return {"thingTypeName": thingTypeName, "thingTypeArn": self.arn("thingtype", thingTypeName), "thingTypeId": type_id}
+        return {
+            "thingTypeName": thingTypeName,
+            "thingTypeArn": self.arn("thingtype", thingTypeName),
+            "thingTypeId": type_id,
+        }
 
     # -- things ---------------------------------------------------------------------------------
 
@@ -824,7 +873,11 @@ class ControlPlane:
                 value = t.attributes.get(attributeName)
                 if value is None or (
                     attributeValue is not None
-                    and not (value.startswith(attributeValue) if usePrefixAttributeValue else value == attributeValue)
+                    and not (
+                        value.startswith(attributeValue)
+                        if usePrefixAttributeValue
+                        else value == attributeValue
+                    )
                 ):
                     continue
             items.append(
@@ -840,8 +893,15 @@ class ControlPlane:
         return {"things": page, "nextToken": token}
 
     def op_DeleteThing(self, thingName: str, expectedVersion: int | None = None) -> dict[str, Any]:
-        if expectedVersion is not None and self.registry.thing(thingName) is not None and expectedVersion != 1:
-            raise ApiError("VersionConflictException", "Thing {} is at version 1, not {}".format(thingName, expectedVersion))
+        if (
+            expectedVersion is not None
+            and self.registry.thing(thingName) is not None
+            and expectedVersion != 1
+        ):
+            raise ApiError(
+                "VersionConflictException",
+                "Thing {} is at version 1, not {}".format(thingName, expectedVersion),
+            )
         # AWS: deleting a thing that does not exist succeeds.
         self.registry.delete_thing(thingName)
         return {}
@@ -853,7 +913,9 @@ class ControlPlane:
         page, token = _page([self.arn("cert", c) for c in t.certificates], nextToken, maxResults, "nextToken")
         return {"principals": page, "nextToken": token}
 
-    def op_AttachThingPrincipal(self, thingName: str, principal: str, thingPrincipalType: str | None = None) -> dict[str, Any]:
+    def op_AttachThingPrincipal(
+        self, thingName: str, principal: str, thingPrincipalType: str | None = None
+    ) -> dict[str, Any]:
         self.registry.attach_thing_principal(thingName, self._certificate_of(principal))
         return {}
 
@@ -905,7 +967,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, json.dumps({"message": exc.message}).encode(), exc.code)
         except Exception as exc:  # a bug in iotsim: AWS's InternalFailureException, and the traceback logged
             log.exception("%s failed", operation)
-            self._send(500, json.dumps({"message": "iotsim internal error: {}".format(type(exc).__name__)}).encode(), "InternalFailureException")
+            self._send(
+                500,
+                json.dumps({"message": "iotsim internal error: {}".format(type(exc).__name__)}).encode(),
+                "InternalFailureException",
+            )
 
     def _send(self, status: int, data: bytes, error: str | None) -> None:
         self.send_response(status)
