@@ -288,3 +288,49 @@ def test_a_refused_call_names_the_action_and_the_rights_needed(iotsim: RunningIo
     message = str(info.value)
     assert "permission denied for iam:GetRole (AccessDenied: not allowed)" in message
     assert "CreateRole" in message and "nothing was created" in message
+
+
+def test_a_role_not_yet_assumable_is_retried_a_bounded_number_of_times(
+    iotsim: RunningIotSim,
+    moto_url: str,
+    aws_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from tools.awssetup import setup as setup_mod
+
+    monkeypatch.setattr(setup_mod, "ROLE_PROPAGATION_WAIT_S", 0.0)
+    real = iotsim.iot_client()
+
+    class NotYet:
+        """AWS IoT as it answers while IAM has not propagated a new role: refuses twice."""
+
+        refusals = 2
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def create_provisioning_template(self, **kwargs: Any) -> Any:
+            if self.refusals:
+                self.refusals -= 1
+                error = {"Code": "InvalidRequestException", "Message": "Unable to assume role"}
+                raise ClientError({"Error": error}, "CreateProvisioningTemplate")
+            return real.create_provisioning_template(**kwargs)
+
+    options = setup_mod.Options(
+        folder=tmp_path / "device",
+        template_name="RetryTemplate",
+        role_name="RetryRole",
+        thing_group="retry-group",
+        claim_policy="RetryClaim",
+        ca_file=iotsim.ca_path,
+    )
+    tool = setup_mod.Setup(options, setup_mod.Clients(NotYet(), iam(moto_url)))
+    tool.setup()
+    assert capsys.readouterr().out.count("the new role is not usable yet") == 2
+    assert real.describe_provisioning_template(templateName="RetryTemplate")["enabled"] is True
+    setup_mod.Setup(options, setup_mod.Clients(real, iam(moto_url))).teardown()
+    assert not names(iotsim, moto_url, "RetryRole")["role"]

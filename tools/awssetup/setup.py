@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ TRUST_POLICY = {
 }
 SYSTEM_AMAZON_ROOT_CA = Path("/etc/ssl/certs/Amazon_Root_CA_1.pem")
 DEFAULT_TEMPLATE_FILE = Path(__file__).resolve().parents[1] / "iotsim" / "templates" / "demo.json"
+ROLE_PROPAGATION_TRIES = 10
+ROLE_PROPAGATION_WAIT_S = 3.0
 _DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedException", "UnauthorizedOperation")
 
 
@@ -348,9 +351,7 @@ class Setup:
         self.report.say("template {}: {} from {} (enabled)".format(name, verb, self.o.template_file))
         if self.o.dry_run:
             return
-        self._call(
-            "iot:CreateProvisioningTemplate",
-            self.c.iot.create_provisioning_template,
+        kwargs = dict(
             templateName=name,
             description="fleetprov ({})".format(self.o.name),
             templateBody=body,
@@ -358,6 +359,28 @@ class Setup:
             provisioningRoleArn=role_arn,
             tags=self._tags(),
         )
+        for attempt in range(ROLE_PROPAGATION_TRIES):
+            try:
+                self.c.iot.create_provisioning_template(**kwargs)
+                break
+            except ClientError as exc:
+                # A role created seconds ago may not be assumable by AWS IoT yet (IAM is
+                # eventually consistent): retry that one refusal, a bounded number of times.
+                message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+                fresh_role = "role" in self.state["created"]
+                if not (
+                    fresh_role
+                    and _code(exc) == "InvalidRequestException"
+                    and "role" in message
+                    and attempt + 1 < ROLE_PROPAGATION_TRIES
+                ):
+                    raise explain(exc, "iot:CreateProvisioningTemplate") from exc
+                self.report.say(
+                    "the new role is not usable yet; retrying in {:g} s".format(ROLE_PROPAGATION_WAIT_S)
+                )
+                time.sleep(ROLE_PROPAGATION_WAIT_S)
+            except (NoCredentialsError, PartialCredentialsError, NoRegionError) as exc:
+                raise explain(exc, "iot:CreateProvisioningTemplate") from exc
         self._created("template", name, lambda: self.c.iot.delete_provisioning_template(templateName=name))
 
     def _claim(self, verb: str) -> dict[str, Any]:

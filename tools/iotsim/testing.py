@@ -310,6 +310,9 @@ class RunningIotSim:
             self.set_throttle(None)
             self.set_hook(None)
             self.sim.service.hook_timeout = HOOK_TIMEOUT
+        if self.sim.controlplane is not None:
+            # Lambda functions a test mapped: back to what the instance was started with.
+            self.sim.controlplane.lambdas = dict(self.sim.lambdas)
         self.clock.reset()
 
     def client(
