@@ -407,6 +407,15 @@ def test_thing_group_and_type_operations(iot: Any) -> None:
         "ops-group"
     ]
     assert error_of(lambda: iot.list_thing_groups(maxResults=1000))[:2] == ("InvalidRequestException", 400)
+    iot.create_thing_group(thingGroupName="ops-child", parentGroupName="ops-group")
+    assert [g["groupName"] for g in iot.list_thing_groups(parentGroup="ops-group")["thingGroups"]] == [
+        "ops-child"
+    ]
+    assert error_of(lambda: iot.delete_thing_group(thingGroupName="ops-group"))[:2] == (
+        "InvalidRequestException",
+        400,
+    )
+    iot.delete_thing_group(thingGroupName="ops-child")
     iot.delete_thing_group(thingGroupName="ops-group")
     assert error_of(lambda: iot.describe_thing_group(thingGroupName="ops-group"))[:2] == (
         "ResourceNotFoundException",
@@ -440,6 +449,18 @@ def test_thing_operations(iotsim: RunningIotSim, iot: Any) -> None:
         "VersionConflictException",
         409,
     )
+    assert error_of(lambda: iot.attach_thing_principal(thingName="no-such", principal=principals[0]))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert error_of(lambda: iot.detach_thing_principal(thingName="no-such", principal=principals[0]))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    iot.detach_thing_principal(thingName=name, principal=principals[0])
+    assert iot.list_thing_principals(thingName=name)["principals"] == []
+    iot.attach_thing_principal(thingName=name, principal=principals[0])
+    assert iot.list_thing_principals(thingName=name)["principals"] == principals
     iot.detach_thing_principal(thingName=name, principal=principals[0])
     iot.delete_thing(thingName=name)
     assert iotsim.registry.thing(name) is None
@@ -494,6 +515,17 @@ def raw(
         ("GET", "/endpoint?endpointType=", b"", 400, "InvalidRequestException"),
         ("GET", "/certificates?pageSize=ten", b"", 400, "InvalidRequestException"),
         ("GET", "/jobs", b"", 501, "NotImplementedException"),
+        ("POST", "/keys-and-certificate?setAsActive=maybe", b"", 400, "InvalidRequestException"),
+        (
+            "POST",
+            "/tags",
+            json.dumps(
+                {"resourceArn": "arn:aws:iot:local:0:thinggroup/g", "tags": [{"Value": "v"}]}
+            ).encode(),
+            400,
+            "InvalidRequestException",
+        ),
+        ("GET", "/tags", b"", 400, "InvalidRequestException"),
     ],
 )
 def test_malformed_or_unknown_requests_get_aws_errors(
