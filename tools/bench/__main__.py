@@ -13,7 +13,7 @@ import sys
 import time
 
 # Order of the report. A section listed here but not yet written is skipped.
-SECTIONS = ("core", "keygen", "device", "fleet", "iotsim")
+SECTIONS = ("core", "keygen", "device", "fleet", "iotsim", "controlplane")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -944,6 +944,9 @@ class ControlPlane:
 class _Handler(BaseHTTPRequestHandler):
     control: ControlPlane
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes; with Nagle on, a keep-alive client's
+    # delayed ACK holds the body back ~40 ms on every call.
+    disable_nagle_algorithm = True
     server_version = "iotsim"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
