@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, PartialCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -162,7 +168,7 @@ class Setup:
     def _call(self, action: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         try:
             return fn(**kwargs)
-        except (ClientError, NoCredentialsError, PartialCredentialsError, NoRegionError) as exc:
+        except (ClientError, BotoCoreError) as exc:
             raise explain(exc, action) from exc
 
     def _exists(self, action: str, fn: Callable[..., Any], not_found: tuple[str, ...], **kwargs: Any) -> Any:
@@ -172,7 +178,7 @@ class Setup:
             if _code(exc) in not_found:
                 return None
             raise explain(exc, action) from exc
-        except (NoCredentialsError, PartialCredentialsError, NoRegionError) as exc:
+        except BotoCoreError as exc:
             raise explain(exc, action) from exc
 
     # -- setup ------------------------------------------------------------------------------
@@ -379,7 +385,7 @@ class Setup:
                     "the new role is not usable yet; retrying in {:g} s".format(ROLE_PROPAGATION_WAIT_S)
                 )
                 time.sleep(ROLE_PROPAGATION_WAIT_S)
-            except (NoCredentialsError, PartialCredentialsError, NoRegionError) as exc:
+            except BotoCoreError as exc:
                 raise explain(exc, "iot:CreateProvisioningTemplate") from exc
         self._created("template", name, lambda: self.c.iot.delete_provisioning_template(templateName=name))
 
@@ -616,7 +622,7 @@ class Setup:
                     self._forget(kind)
                     continue
                 failures.append(str(explain(exc, "deleting " + what)))
-            except (NoCredentialsError, PartialCredentialsError, NoRegionError) as exc:
+            except BotoCoreError as exc:
                 raise explain(exc, "teardown") from exc
         for rel in self.state.get("files", []):
             p = self.o.folder / rel
