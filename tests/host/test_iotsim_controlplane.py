@@ -155,10 +155,17 @@ def test_a_hook_named_by_lambda_arn_runs_the_mapped_local_hook(iotsim: RunningIo
         assert provision(iotsim, "Hooked", "hook-2")[0] == "accepted"
         assert [e["parameters"]["SerialNumber"] for e in seen] == ["hook-1", "hook-2"]
         assert seen[0]["templateArn"].endswith(":provisioningtemplate/Hooked")
+        del iotsim.controlplane.lambdas["deny-odd"]  # the function is gone: refused, as AWS does
+        outcome, body, _ = provision(iotsim, "Hooked", "hook-4")
+        assert (outcome, body["statusCode"], body["errorMessage"]) == (
+            "rejected",
+            403,
+            "The pre-provisioning hook failed: LambdaUnavailable",
+        )
         iot.update_provisioning_template(templateName="Hooked", removePreProvisioningHook=True)
         assert provision(iotsim, "Hooked", "hook-3")[0] == "accepted"
     finally:
-        del iotsim.controlplane.lambdas["deny-odd"]
+        iotsim.controlplane.lambdas.pop("deny-odd", None)
 
 
 def test_a_provisioning_claim_provisions_for_five_minutes_then_the_broker_refuses_it(

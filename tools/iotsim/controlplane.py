@@ -98,6 +98,17 @@ def _page(items: list[Any], token: str | None, size: int | None, what: str) -> t
     return items[start:end], (str(end) if end < len(items) else None)
 
 
+class LambdaUnavailable(Exception):
+    """A template's hook names a Lambda function iotsim cannot run."""
+
+
+def _failing_hook(message: str) -> Callable[..., Any]:
+    def hook(event: dict[str, Any]) -> Any:
+        raise LambdaUnavailable(message)
+
+    return hook
+
+
 class ControlPlane:
     """The control-plane HTTP server of one iotsim (``start()``/``stop()``; ``url`` once started)."""
 
@@ -192,7 +203,14 @@ class ControlPlane:
         if settings is None:
             return True, None
         hook = settings.get("preProvisioningHook")
-        target = self._lambda(hook["targetArn"]) if hook else None
+        target = None
+        if hook:
+            try:
+                target = self._lambda(hook["targetArn"])
+            except ApiError as exc:
+                # The function went away after the template named it: AWS's invocation
+                # fails and the request is refused with ACCESS_DENIED; so here.
+                target = _failing_hook(exc.message)
         return bool(settings.get("enabled")), target
 
     def _lambda(self, arn: str) -> Callable[..., Any]:
