@@ -451,7 +451,11 @@ def test_thing_operations(iotsim: RunningIotSim, iot: Any) -> None:
         "ResourceNotFoundException",
         404,
     )
-    assert error_of(lambda: iot.delete_thing(thingName=name))[:2] == ("InvalidRequestException", 400)
+    assert error_of(lambda: iot.delete_thing(thingName=name)) == (
+        "InvalidRequestException",
+        400,
+        "Cannot delete. Thing {} is still attached to one or more principals".format(name),
+    )
     assert error_of(lambda: iot.delete_thing(thingName=name, expectedVersion=7))[:2] == (
         "VersionConflictException",
         409,

@@ -809,7 +809,8 @@ class Registry:
             if db.execute("SELECT 1 FROM policy_attachments WHERE policy=?", (name,)).fetchone():
                 raise ResourceError(
                     "DeleteConflictException",
-                    "Policy {} is attached to one or more principals; detach it first".format(name),
+                    "The policy cannot be deleted as the policy is attached to one or more principals "
+                    "(name={})".format(name),
                 )
             db.execute("DELETE FROM policies WHERE name=?", (name,))
 
@@ -824,8 +825,8 @@ class Registry:
             if row[0] not in (INACTIVE, REVOKED, PENDING_ACTIVATION):
                 raise ResourceError(
                     "CertificateStateException",
-                    "Certificate {} must be deactivated before deletion (it is {})".format(
-                        certificate_id, row[0]
+                    "Certificate must be deactivated (not ACTIVE) before deletion. Id: {}".format(
+                        certificate_id
                     ),
                 )
             things = db.execute(
@@ -880,8 +881,7 @@ class Registry:
             if db.execute("SELECT 1 FROM thing_principals WHERE thing=?", (name,)).fetchone():
                 raise ResourceError(
                     "InvalidRequestException",
-                    "Cannot delete thing {}: it has principals attached; detach them first "
-                    "(DetachThingPrincipal)".format(name),
+                    "Cannot delete. Thing {} is still attached to one or more principals".format(name),
                 )
             db.execute("DELETE FROM things WHERE name=?", (name,))
         return True
