@@ -18,7 +18,7 @@ MPY_OUT := $(patsubst lib/%.py,build/mpy/lib/%.mpy,$(DEVICE_LIB))
 # OLD_PORTS=0 skips building the MicroPython 1.22/1.24 unix ports (their device tests then skip).
 OLD_PORTS ?= 1
 
-.PHONY: all setup system-deps venv deploy-venv deps plugin ports esp32-stubs test test-host test-device bench demo mpy deploy status clean circuitpython-bundle
+.PHONY: all setup system-deps venv deploy-venv deps plugin ports esp32-stubs test test-host test-device bench demo mpy deploy status clean circuitpython-bundle claim
 
 all: test
 
@@ -99,6 +99,10 @@ deploy: mpy
 
 status: $(DEPLOY_VENV)
 	$(VPY) -m tools.deploy status $(if $(PORT),--port $(PORT),)
+
+# A temporary provisioning claim (5 minutes) onto the board: ENDPOINT_URL=... for iotsim.
+claim: venv
+	$(VPY) -m tools.deploy claim $(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(if $(ENDPOINT_URL),--endpoint-url $(ENDPOINT_URL),)
 
 clean:
 	rm -rf build deps .pytest_cache .hypothesis

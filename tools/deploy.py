@@ -2,6 +2,8 @@
 
     python -m tools.deploy deploy [--port P] [--source | --frozen] [--config DIR] [--dry-run]
     python -m tools.deploy status [--port P] [--json]
+    python -m tools.deploy claim  [--port P] [--config DIR] [--endpoint-url URL] [--dry-run]
+                                  (a temporary claim for the board: tools/trustedclaim.py)
 
 `make deploy PORT=/dev/ttyUSB0` and `make status PORT=...` call these;
 `fleetprov-deploy` is the same after `pip install -e .`. They need only
@@ -717,6 +719,16 @@ def main(argv: list[str] | None = None) -> int:
     p_status = sub.add_parser("status", help="show what the board holds and whether it is provisioned")
     p_status.add_argument("--port", help="serial port (default: mpremote's auto-detect)")
     p_status.add_argument("--json", action="store_true", help="print the report as JSON")
+    p_claim = sub.add_parser(
+        "claim", help="put a temporary provisioning claim (valid 5 minutes) on the board (tools/trustedclaim.py)"
+    )
+    p_claim.add_argument("--port", help="serial port (default: mpremote's auto-detect)")
+    p_claim.add_argument("--config", help="folder with config.json (default: ${} or device/)".format(CONFIG_ENV))
+    p_claim.add_argument("--template", help="provisioning template (default: config.json's)")
+    p_claim.add_argument("--endpoint-url", help="AWS IoT control-plane URL (iotsim: `python -m tools.iotsim status`)")
+    p_claim.add_argument("--region", help="AWS region (default: your AWS configuration)")
+    p_claim.add_argument("--profile", help="AWS profile (default: your AWS configuration)")
+    p_claim.add_argument("--dry-run", action="store_true", help="say what would happen, ask AWS for nothing")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
@@ -725,6 +737,11 @@ def main(argv: list[str] | None = None) -> int:
             deploy(
                 args.port, args.source, config_dir_from(args.config), dry_run=args.dry_run, frozen=args.frozen
             )
+        elif args.command == "claim":
+            from . import trustedclaim
+
+            iot = None if args.dry_run else trustedclaim.iot_client(args.endpoint_url, args.region, args.profile)
+            trustedclaim.install_claim(args.port, config_dir_from(args.config), iot, args.template, args.dry_run)
         else:
             report = status(args.port)
             print(

@@ -13,7 +13,7 @@ import sys
 import time
 
 # Order of the report. A section listed here but not yet written is skipped.
-SECTIONS = ("core", "keygen", "device", "sdk", "ports", "fleet", "iotsim", "circuitpython")
+SECTIONS = ("core", "keygen", "device", "sdk", "ports", "fleet", "iotsim", "controlplane", "circuitpython")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,6 +112,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         tokens_bound_to_requester=not args.token_unbound,
         region=args.region,
         account=args.account,
+        api_port=args.api_port,
+        lambdas=_lambdas(args.lambda_hooks),
     )
     stop = threading.Event()
 
@@ -129,9 +131,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise CliError("iotsim did not start: {}{}".format(exc, hint)) from exc
     pid_path = state / PID_FILE
     try:
-        pid_path.write_text(json.dumps({"pid": os.getpid(), "port": sim.port, "started": time.time()}) + "\n")
+        pid_path.write_text(
+            json.dumps({"pid": os.getpid(), "port": sim.port, "api_port": sim.api_port, "started": time.time()})
+            + "\n"
+        )
         assert sim.claim is not None
         print("iotsim is running: mosquitto with TLS client certificates on 127.0.0.1:{}".format(sim.port))
+        print(
+            "AWS IoT control plane: {} (boto3 endpoint_url=, aws --endpoint-url; any credentials)".format(
+                sim.api_url
+            )
+        )
         print("state folder: {}".format(state))
         print("  CA certificate          {} (DER: {})".format(sim.ca_path, sim.ca_der))
         print("  claim certificate + key {}, {}".format(sim.claim.cert_path, sim.claim.key_path))
@@ -171,6 +181,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lambdas(specs: list[str]) -> dict[str, str]:
+    """``--lambda NAME=module:function`` options as {function name: hook}."""
+    result = {}
+    for spec in specs:
+        name, sep, hook = spec.partition("=")
+        if not sep or not name or ":" not in hook:
+            raise CliError("--lambda wants NAME=module:function, got {!r}".format(spec))
+        result[name] = hook
+    return result
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     state: Path = args.state.resolve()
     info = _pid_info(state)
@@ -198,6 +219,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("iotsim: not running (state folder {})".format(state))
     else:
         print("iotsim: running, pid {}, port {} (state folder {})".format(info["pid"], info["port"], state))
+        if info.get("api_port"):
+            print("control plane: http://127.0.0.1:{}".format(info["api_port"]))
     if (state / DB_FILE).exists():
         with Registry(state) as reg:
             counts = Counter(c.status for c in reg.certificates())
@@ -434,6 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--account",
         default="000000000000",
         help="the account in the resource ARNs policies are evaluated against (default 000000000000)",
+    )
+    up.add_argument(
+        "--api-port",
+        type=int,
+        default=0,
+        help="the AWS IoT control-plane HTTP port on 127.0.0.1 (default: a free one, shown by `status`)",
+    )
+    up.add_argument(
+        "--lambda",
+        dest="lambda_hooks",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:FUNCTION",
+        help="a Lambda function a template's preProvisioningHook may name "
+        "(arn:aws:lambda:REGION:ACCOUNT:function:NAME), run as this local hook; repeatable",
     )
     up.add_argument(
         "--token-reuse",

@@ -123,6 +123,16 @@ CREATE TABLE IF NOT EXISTS resources (
 );
 """
 
+# The control plane's additions (tools/iotsim/controlplane.py): temporary claims made by
+# CreateProvisioningClaim and when the broker must stop accepting them.
+_CONTROL_PLANE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS provisioning_claims (
+    certificate_id TEXT PRIMARY KEY,
+    template TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+"""
+
 # Registry resources that must exist before a template may name them (AWS:
 # CreateThingGroup, CreateThingType, CreateBillingGroup; policies have their own table).
 THING_GROUP = "thing-group"
@@ -216,6 +226,7 @@ class Registry:
         # not go to the file whatever the registry's size.
         self._db.execute("PRAGMA cache_size=-32768")
         self._db.executescript(_SCHEMA)
+        self._db.executescript(_CONTROL_PLANE_SCHEMA)
         self._closed = False
         self._parsed: dict[str, policy_mod.Policy] = {}  # policy document -> parsed
         if not self.principals_dir.is_dir():
@@ -772,6 +783,154 @@ class Registry:
                     (certificate_id,),
                 )
             ]
+
+    # -- control plane API (tools/iotsim/controlplane.py) -------------------------------
+
+    def resource(self, kind: str, name: str) -> tuple[dict[str, object], float] | None:
+        """(properties, creation time) of a thing group / thing type / billing group, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT properties, created FROM resources WHERE kind=? AND name=?", (kind, name)
+            ).fetchone()
+        return (json.loads(row[0]), row[1]) if row else None
+
+    def delete_resource(self, kind: str, name: str) -> bool:
+        """DeleteThingGroup / DeleteThingType; False when it did not exist."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM resources WHERE kind=? AND name=?", (kind, name)).rowcount == 1
+
+    def policy(self, name: str) -> str | None:
+        """A named policy's document, None when there is no such policy."""
+        with self._lock:
+            row = self._db.execute("SELECT document FROM policies WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def delete_policy(self, name: str) -> None:
+        """DeletePolicy: AWS refuses while the policy is attached (DeleteConflictException)."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM policies WHERE name=?", (name,)).fetchone() is None:
+                raise ResourceError("ResourceNotFoundException", "Policy {} does not exist".format(name))
+            if db.execute("SELECT 1 FROM policy_attachments WHERE policy=?", (name,)).fetchone():
+                raise ResourceError(
+                    "DeleteConflictException",
+                    "The policy cannot be deleted as the policy is attached to one or more principals "
+                    "(name={})".format(name),
+                )
+            db.execute("DELETE FROM policies WHERE name=?", (name,))
+
+    def delete_certificate(self, certificate_id: str, *, force: bool = False) -> None:
+        """DeleteCertificate: AWS wants it INACTIVE (or REVOKED) and, unless forced, unattached."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM certificates WHERE id=?", (certificate_id,)).fetchone()
+            if row is None:
+                raise ResourceError(
+                    "ResourceNotFoundException", "Certificate {} does not exist".format(certificate_id)
+                )
+            if row[0] not in (INACTIVE, REVOKED, PENDING_ACTIVATION):
+                raise ResourceError(
+                    "CertificateStateException",
+                    "Certificate must be deactivated (not ACTIVE) before deletion. Id: {}".format(
+                        certificate_id
+                    ),
+                )
+            things = db.execute(
+                "SELECT 1 FROM thing_principals WHERE certificate_id=?", (certificate_id,)
+            ).fetchone()
+            policies = db.execute(
+                "SELECT 1 FROM policy_attachments WHERE certificate_id=?", (certificate_id,)
+            ).fetchone()
+            if (things or policies) and not force:
+                raise ResourceError(
+                    "DeleteConflictException",
+                    "Certificate {} is attached to {}; detach it or use forceDelete".format(
+                        certificate_id, "things" if things else "policies"
+                    ),
+                )
+            for table in ("thing_principals", "policy_attachments", "tokens", "provisioning_claims"):
+                db.execute("DELETE FROM {} WHERE certificate_id=?".format(table), (certificate_id,))
+            db.execute("DELETE FROM certificates WHERE id=?", (certificate_id,))
+            self._dirty(db, [certificate_id])
+        self.sync_principals([certificate_id])
+
+    def attach_thing_principal(self, thing: str, certificate_id: str) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM things WHERE name=?", (thing,)).fetchone() is None:
+                raise ResourceError("ResourceNotFoundException", "Thing {} does not exist".format(thing))
+            if db.execute("SELECT 1 FROM certificates WHERE id=?", (certificate_id,)).fetchone() is None:
+                raise ResourceError(
+                    "ResourceNotFoundException", "Certificate {} does not exist".format(certificate_id)
+                )
+            db.execute(
+                "INSERT OR IGNORE INTO thing_principals(thing, certificate_id) VALUES (?,?)",
+                (thing, certificate_id),
+            )
+            self._dirty(db, [certificate_id])
+        self.sync_principals([certificate_id])
+
+    def detach_thing_principal(self, thing: str, certificate_id: str) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM things WHERE name=?", (thing,)).fetchone() is None:
+                raise ResourceError("ResourceNotFoundException", "Thing {} does not exist".format(thing))
+            db.execute(
+                "DELETE FROM thing_principals WHERE thing=? AND certificate_id=?", (thing, certificate_id)
+            )
+            self._dirty(db, [certificate_id])
+        self.sync_principals([certificate_id])
+
+    def delete_thing(self, name: str) -> bool:
+        """DeleteThing; AWS refuses while principals are attached. False when it did not exist."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM things WHERE name=?", (name,)).fetchone() is None:
+                return False
+            if db.execute("SELECT 1 FROM thing_principals WHERE thing=?", (name,)).fetchone():
+                raise ResourceError(
+                    "InvalidRequestException",
+                    "Cannot delete. Thing {} is still attached to one or more principals".format(name),
+                )
+            db.execute("DELETE FROM things WHERE name=?", (name,))
+        return True
+
+    def add_provisioning_claim(self, certificate_id: str, pem: str, template: str, expires: float) -> None:
+        """A temporary claim (CreateProvisioningClaim): status CLAIM until ``expires``."""
+        now = self.clock()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO certificates(id, pem, status, created, updated, owner) VALUES (?,?,?,?,?,?)",
+                (certificate_id, pem, CLAIM, now, now, None),
+            )
+            db.execute(
+                "INSERT INTO provisioning_claims(certificate_id, template, expires) VALUES (?,?,?)",
+                (certificate_id, template, expires),
+            )
+            self._dirty(db, [certificate_id])
+        self.sync_principals([certificate_id])
+
+    def provisioning_claim(self, certificate_id: str) -> tuple[str, float] | None:
+        """(template, expiry) of a temporary claim, None for any other certificate."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT template, expires FROM provisioning_claims WHERE certificate_id=?", (certificate_id,)
+            ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def expire_provisioning_claims(self) -> list[str]:
+        """Set temporary claims past their expiry INACTIVE: the broker refuses them from then on."""
+        now = self.clock()
+        with self._tx() as db:
+            gone = [
+                r[0]
+                for r in db.execute(
+                    "SELECT p.certificate_id FROM provisioning_claims p JOIN certificates c "
+                    "ON c.id=p.certificate_id WHERE p.expires<=? AND c.status=?",
+                    (now, CLAIM),
+                )
+            ]
+            for cid in gone:
+                db.execute("UPDATE certificates SET status=?, updated=? WHERE id=?", (INACTIVE, now, cid))
+            self._dirty(db, gone)
+        if gone:
+            self.sync_principals(gone)
+        return gone
 
 
 def principal_path(state: Path, certificate_id: str) -> Path:

@@ -291,6 +291,8 @@ class ProvisioningService:
         self._sweeper: threading.Thread | None = None
         self._timers: set[threading.Timer] = set()
         self._sub_mid: int | None = None
+        # template name -> (enabled, hook or None); the control plane installs it.
+        self.template_settings: Callable[[str], tuple[bool, Callable[..., Any] | None]] | None = None
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -718,6 +720,16 @@ class ProvisioningService:
         except TemplateError as exc:
             raise Rejection(exc.status_code, exc.error_code, exc.message) from None
         hook = self._hook
+        if self.template_settings is not None:
+            # Set by the control plane: a template created through the API may be
+            # disabled (AWS's default) and may name its own hook by Lambda ARN.
+            enabled, template_hook = self.template_settings(req.template)
+            if not enabled:
+                raise Rejection(
+                    400, "InvalidRequestException", "The provisioning template {} is disabled".format(req.template)
+                )
+            if template_hook is not None:
+                hook = template_hook
         if hook is not None:
             parameters = self._run_hook(hook, req, certificate_id, parameters)
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import pki
 from .broker import ACCOUNT, DEFAULT_PLUGIN, REGION, Broker
+from .controlplane import ControlPlane
 from .policy import claim_policy_document
 from .registry import CLAIM, CLAIM_POLICY, DEFAULT_TOKEN_TTL, SERVICE, THING_GROUP, Registry
 from .service import ProvisioningService
@@ -86,8 +87,14 @@ class IotSim:
         tokens_bound_to_requester: bool = True,
         region: str = REGION,
         account: str = ACCOUNT,
+        api_port: int = 0,
+        lambdas: dict[str, Callable[..., Any] | str] | None = None,
     ) -> None:
         self.state = Path(state).resolve()
+        # The AWS IoT control plane over HTTP (0: a free port); lambdas: function name -> hook.
+        self.api_port = int(api_port)
+        self.lambdas = dict(lambdas or {})
+        self.controlplane: ControlPlane | None = None
         self.port = int(port)
         self.host = host
         self.tps = tps
@@ -199,12 +206,35 @@ class IotSim:
                 account=self.account,
             )
             self.service.start(timeout=timeout)
+            self.controlplane = ControlPlane(
+                state=self.state,
+                registry=self.registry,
+                templates=self.templates,
+                ca=self.ca,
+                mqtt_host=self.host,
+                mqtt_port=self.port,
+                host=self.host,
+                port=self.api_port,
+                region=self.region,
+                account=self.account,
+                lambdas=self.lambdas,
+            ).start()
+            self.api_port = self.controlplane.port
+            self.service.template_settings = self.controlplane.template_settings
         except BaseException:
             self.stop()
             raise
         return self
 
+    @property
+    def api_url(self) -> str:
+        """The control plane's endpoint URL (boto3 ``endpoint_url=``, AWS CLI ``--endpoint-url``)."""
+        return "http://{}:{}".format(self.host, self.api_port)
+
     def stop(self) -> None:
+        if self.controlplane is not None:
+            self.controlplane.stop()
+            self.controlplane = None
         if self.service is not None:
             self.service.stop()
             self.service = None

@@ -10,7 +10,9 @@ Fixtures:
   ``claim_cert_der``/``claim_key_der``, ``registry``, ``service``,
   ``templates``, ``clock``; helpers ``set_fault(op, kind, **kw)``,
   ``clear_faults()``, ``set_throttle(tps, op=None)``, ``set_hook(hook)``,
-  ``client(...)`` (a connected paho test client) and ``request(...)``.
+  ``client(...)`` (a connected paho test client) and ``request(...)``;
+  ``api_url`` (the AWS IoT control plane), ``controlplane`` and
+  ``iot_client()`` (a boto3 client on it).
 - ``iotsim_factory``: starts extra, independent instances
   (``iotsim_factory(state=None, **IotSim kwargs)``), stopped at teardown.
 
@@ -262,6 +264,33 @@ class RunningIotSim:
     def templates(self) -> Any:
         return self.sim.templates
 
+    @property
+    def api_url(self) -> str:
+        """The AWS IoT control plane's endpoint URL (boto3 ``endpoint_url=``)."""
+        return self.sim.api_url
+
+    @property
+    def controlplane(self) -> Any:
+        return self.sim.controlplane
+
+    def iot_client(self, *, validate: bool = True) -> Any:
+        """A boto3 ``iot`` client on this iotsim's control plane (dummy credentials).
+
+        ``validate=False`` turns off botocore's own parameter checks, so that bad
+        input reaches iotsim as it would from a client that does not check.
+        """
+        import boto3  # only the control-plane tests need it
+        from botocore.config import Config
+
+        return boto3.client(
+            "iot",
+            endpoint_url=self.api_url,
+            region_name="us-east-1",
+            aws_access_key_id="iotsim",
+            aws_secret_access_key="iotsim",
+            config=Config(parameter_validation=validate, retries={"max_attempts": 1}),
+        )
+
     def set_fault(self, op: str, kind: str, **options: Any) -> Any:
         return self.sim.service.set_fault(op, kind, **options)  # type: ignore[union-attr]
 
@@ -281,6 +310,9 @@ class RunningIotSim:
             self.set_throttle(None)
             self.set_hook(None)
             self.sim.service.hook_timeout = HOOK_TIMEOUT
+        if self.sim.controlplane is not None:
+            # Lambda functions a test mapped: back to what the instance was started with.
+            self.sim.controlplane.lambdas = dict(self.sim.lambdas)
         self.clock.reset()
 
     def client(

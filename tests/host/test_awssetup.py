@@ -1,0 +1,336 @@
+"""`python -m tools.awssetup` run for real against iotsim's control plane (AWS IoT) and moto's
+server (IAM): setup, idempotence, dry run, teardown of exactly what it made, rollback, credentials."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from moto.server import ThreadedMotoServer
+
+from tools.awssetup.__main__ import main
+from tools.awssetup.setup import STATE_FILE, TAG_KEY
+from tools.iotsim.broker import free_port
+from tools.iotsim.testing import RunningIotSim
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    # AWS's managed policies (AWSIoTThingsRegistration) exist in moto only when asked for.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+        yield from _moto_server()
+
+
+def _moto_server() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield "http://127.0.0.1:{}".format(port)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def iam(moto_url: str) -> Any:
+    return boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1")
+
+
+def run(iotsim: RunningIotSim, moto_url: str, folder: Path, command: str, *extra: str) -> int:
+    argv = [
+        command,
+        "--folder",
+        str(folder),
+        "--endpoint-url",
+        iotsim.api_url,
+        "--iam-endpoint-url",
+        moto_url,
+        *extra,
+    ]
+    if command == "setup":
+        argv += [
+            "--ca-file",
+            str(iotsim.ca_path),
+            "--mqtt-port",
+            str(iotsim.port),
+            "--method",
+            "keys",
+            "--format",
+            "json",
+        ]
+    return main(argv)
+
+
+def names(iotsim: RunningIotSim, moto_url: str, role: str) -> dict[str, Any]:
+    iot = iotsim.iot_client()
+    roles = [r["RoleName"] for r in iam(moto_url).list_roles()["Roles"]]
+    return {
+        "role": role in roles,
+        "templates": sorted(t["templateName"] for t in iot.list_provisioning_templates()["templates"]),
+        "groups": sorted(g["groupName"] for g in iot.list_thing_groups()["thingGroups"]),
+        "policies": sorted(p["policyName"] for p in iot.list_policies()["policies"]),
+        "certificates": len(iot.list_certificates()["certificates"]),
+    }
+
+
+def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exactly_it(
+    iotsim: RunningIotSim, moto_url: str, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "device"
+    before = names(iotsim, moto_url, "SetupRole")
+    args = (
+        "--template-name",
+        "SetupTemplate",
+        "--role-name",
+        "SetupRole",
+        "--thing-group",
+        "fleetprov-demo",
+        "--claim-policy",
+        "SetupClaim",
+    )
+
+    assert run(iotsim, moto_url, folder, "setup", "--dry-run", *args) == 0
+    out = capsys.readouterr().out
+    assert "role SetupRole: would create" in out and "dry run: nothing was changed" in out
+    assert names(iotsim, moto_url, "SetupRole") == before and not folder.exists()
+
+    assert run(iotsim, moto_url, folder, "setup", *args) == 0
+    out = capsys.readouterr().out
+    assert "thing group fleetprov-demo: exists, unchanged" in out  # iotsim's own: used, not owned
+    assert "template SetupTemplate: created" in out
+    after = names(iotsim, moto_url, "SetupRole")
+    assert after["role"] and "SetupTemplate" in after["templates"] and "SetupClaim" in after["policies"]
+    assert after["certificates"] == before["certificates"] + 1
+    attached = [
+        p["PolicyArn"]
+        for p in iam(moto_url).list_attached_role_policies(RoleName="SetupRole")["AttachedPolicies"]
+    ]
+    assert attached == ["arn:aws:iam::aws:policy/service-role/AWSIoTThingsRegistration"]
+
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["endpoint"], config["port"], config["template"]) == (
+        "127.0.0.1",
+        iotsim.port,
+        "SetupTemplate",
+    )
+    # The files make deploy reads are DER, and they provision a device against iotsim.
+    ca = x509.load_der_x509_certificate((folder / "certs" / "ca.der").read_bytes())
+    assert ca == x509.load_pem_x509_certificate(iotsim.ca_path.read_bytes())
+    cert = x509.load_der_x509_certificate((folder / "certs" / "claim.der").read_bytes())
+    key = serialization.load_der_private_key((folder / "certs" / "claim.key.der").read_bytes(), None)
+    cert_pem, key_pem = tmp_path / "claim.pem", tmp_path / "claim.key.pem"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with iotsim.client("setup-device", cert_pem, key_pem) as claim:
+        outcome, keys = claim.request("$aws/certificates/create/json", b"")
+        assert outcome == "accepted"
+        outcome, body = claim.request(
+            "$aws/provisioning-templates/SetupTemplate/provision/json",
+            {
+                "certificateOwnershipToken": keys["certificateOwnershipToken"],
+                "parameters": {"SerialNumber": "setup-1"},
+            },
+        )
+        assert (outcome, body["thingName"]) == ("accepted", "fleetprov-setup-1")
+
+    provisioned = names(iotsim, moto_url, "SetupRole")  # the device's certificate and policy
+    assert run(iotsim, moto_url, folder, "setup", *args) == 0
+    out = capsys.readouterr().out
+    assert "everything already exists: nothing changed" in out
+    assert names(iotsim, moto_url, "SetupRole") == provisioned
+
+    state = json.loads((folder / STATE_FILE).read_text())
+    assert set(state["created"]) == {"role", "template", "claim", "claim_policy"}
+    template_arn = iotsim.iot_client().describe_provisioning_template(templateName="SetupTemplate")[
+        "templateArn"
+    ]
+    assert {"Key": TAG_KEY, "Value": "fleetprov"} in iotsim.iot_client().list_tags_for_resource(
+        resourceArn=template_arn
+    )["tags"]
+
+    assert run(iotsim, moto_url, folder, "teardown", "--iam-endpoint-url", moto_url) == 0
+    gone = names(iotsim, moto_url, "SetupRole")
+    assert (
+        gone["role"] is False
+        and "SetupTemplate" not in gone["templates"]
+        and "SetupClaim" not in gone["policies"]
+    )
+    assert "fleetprov-demo" in gone["groups"] and "FleetprovDemo" in gone["templates"]  # not its own: left
+    assert gone["certificates"] == before["certificates"] + 1  # the provisioned device's certificate stays
+    assert not (folder / STATE_FILE).exists() and not (folder / "certs" / "claim.key.der").exists()
+
+
+def test_a_failing_step_rolls_back_what_the_run_created(
+    iotsim: RunningIotSim, moto_url: str, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad-template.json"
+    bad.write_text(json.dumps({"Resources": {"x": {"Type": "AWS::S3::Bucket"}}}))
+    before = names(iotsim, moto_url, "RollbackRole")
+    status = run(
+        iotsim,
+        moto_url,
+        tmp_path / "device",
+        "setup",
+        "--template-name",
+        "RollbackTemplate",
+        "--template-file",
+        str(bad),
+        "--role-name",
+        "RollbackRole",
+        "--thing-group",
+        "rollback-group",
+        "--claim-policy",
+        "RollbackClaim",
+    )
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "iot:CreateProvisioningTemplate failed: InvalidRequestException" in err
+    assert "rolled back what this run created: thing_group, role" in err
+    assert names(iotsim, moto_url, "RollbackRole") == before
+    assert json.loads((tmp_path / "device" / STATE_FILE).read_text())["created"] == {}
+
+
+def test_missing_credentials_are_named_and_nothing_is_created(
+    iotsim: RunningIotSim,
+    moto_url: str,
+    aws_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    status = run(iotsim, moto_url, tmp_path / "device", "setup", "--role-name", "NoCredsRole")
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "no AWS credentials" in err and "aws configure" in err
+    assert not names(iotsim, moto_url, "NoCredsRole")["role"]
+
+
+def test_teardown_without_a_setup_removes_nothing(
+    iotsim: RunningIotSim, moto_url: str, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(iotsim, moto_url, tmp_path / "device", "teardown") == 0
+    assert "nothing to remove" in capsys.readouterr().out
+
+
+def test_teardown_dry_run_deletes_nothing_and_a_resource_no_longer_tagged_is_left(
+    iotsim: RunningIotSim, moto_url: str, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "device"
+    args = (
+        "--template-name",
+        "TagTemplate",
+        "--role-name",
+        "TagRole",
+        "--thing-group",
+        "tag-group",
+        "--claim-policy",
+        "TagClaim",
+    )
+    assert run(iotsim, moto_url, folder, "setup", *args) == 0
+    made = names(iotsim, moto_url, "TagRole")
+    capsys.readouterr()
+    assert run(iotsim, moto_url, folder, "teardown", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "template TagTemplate: would delete" in out and "role TagRole: would delete" in out
+    assert names(iotsim, moto_url, "TagRole") == made and (folder / STATE_FILE).exists()
+    # Someone took the template over (removed the tag): teardown must leave it.
+    iot = iotsim.iot_client()
+    arn = iot.describe_provisioning_template(templateName="TagTemplate")["templateArn"]
+    iot.untag_resource(resourceArn=arn, tagKeys=[TAG_KEY])
+    assert run(iotsim, moto_url, folder, "teardown") == 0
+    out = capsys.readouterr().out
+    assert "template TagTemplate: its tag no longer says this tool made it; left as is" in out
+    gone = names(iotsim, moto_url, "TagRole")
+    assert "TagTemplate" in gone["templates"] and "tag-group" not in gone["groups"] and not gone["role"]
+    iot.delete_provisioning_template(templateName="TagTemplate")
+
+
+def test_a_refused_call_names_the_action_and_the_rights_needed(iotsim: RunningIotSim, tmp_path: Path) -> None:
+    from botocore.stub import Stubber
+
+    from tools.awssetup.setup import Clients, Options, Setup, SetupError
+
+    denied_iam = boto3.client(
+        "iam", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b"
+    )
+    with Stubber(denied_iam) as stub:
+        stub.add_client_error(
+            "get_role", service_error_code="AccessDenied", service_message="not allowed", http_status_code=403
+        )
+        tool = Setup(
+            Options(folder=tmp_path / "device", ca_file=iotsim.ca_path, role_name="DeniedRole"),
+            Clients(iotsim.iot_client(), denied_iam),
+        )
+        with pytest.raises(SetupError) as info:
+            tool.setup()
+    message = str(info.value)
+    assert "permission denied for iam:GetRole (AccessDenied: not allowed)" in message
+    assert "CreateRole" in message and "nothing was created" in message
+
+
+def test_a_role_not_yet_assumable_is_retried_a_bounded_number_of_times(
+    iotsim: RunningIotSim,
+    moto_url: str,
+    aws_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from tools.awssetup import setup as setup_mod
+
+    monkeypatch.setattr(setup_mod, "ROLE_PROPAGATION_WAIT_S", 0.0)
+    real = iotsim.iot_client()
+
+    class NotYet:
+        """AWS IoT as it answers while IAM has not propagated a new role: refuses twice."""
+
+        refusals = 2
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def create_provisioning_template(self, **kwargs: Any) -> Any:
+            if self.refusals:
+                self.refusals -= 1
+                error = {"Code": "InvalidRequestException", "Message": "Unable to assume role"}
+                raise ClientError({"Error": error}, "CreateProvisioningTemplate")
+            return real.create_provisioning_template(**kwargs)
+
+    options = setup_mod.Options(
+        folder=tmp_path / "device",
+        template_name="RetryTemplate",
+        role_name="RetryRole",
+        thing_group="retry-group",
+        claim_policy="RetryClaim",
+        ca_file=iotsim.ca_path,
+    )
+    tool = setup_mod.Setup(options, setup_mod.Clients(NotYet(), iam(moto_url)))
+    tool.setup()
+    assert capsys.readouterr().out.count("the new role is not usable yet") == 2
+    assert real.describe_provisioning_template(templateName="RetryTemplate")["enabled"] is True
+    setup_mod.Setup(options, setup_mod.Clients(real, iam(moto_url))).teardown()
+    assert not names(iotsim, moto_url, "RetryRole")["role"]

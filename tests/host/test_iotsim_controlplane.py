@@ -1,0 +1,656 @@
+"""iotsim's AWS IoT control plane through boto3: every operation succeeds and fails as AWS's does,
+and what it changes is what the MQTT side (broker + provisioning service) sees at once."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import pytest
+
+from tools.iotsim.controlplane import CLAIM_LIFETIME
+from tools.iotsim.policy import claim_policy_document
+from tools.iotsim.templates import demo_template_text
+from tools.iotsim.testing import ConnectRefused, RunningIotSim
+
+ROLE = "arn:aws:iam::123456789012:role/FleetprovProvisioning"
+BODY = demo_template_text()
+
+
+@pytest.fixture
+def iot(iotsim: RunningIotSim) -> Any:
+    # botocore's own checks off: bad input must be refused by iotsim itself, as AWS does.
+    return iotsim.iot_client(validate=False)
+
+
+def error_of(call: Callable[[], Any]) -> tuple[str, int, str]:
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        call()
+    err = info.value.response
+    return err["Error"]["Code"], err["ResponseMetadata"]["HTTPStatusCode"], err["Error"]["Message"]
+
+
+def write_identity(folder: Path, name: str, pem: str, key: str) -> tuple[Path, Path]:
+    cert, key_path = folder / (name + ".pem"), folder / (name + ".key.pem")
+    cert.write_text(pem)
+    key_path.write_text(key)
+    return cert, key_path
+
+
+def provision(
+    iotsim: RunningIotSim, template: str, serial: str, cert: Path | None = None, key: Path | None = None
+) -> tuple[str, Any, Any]:
+    """CreateKeysAndCertificate + RegisterThing over MQTT; (register outcome, register body, keys body)."""
+    with iotsim.client("claim-" + serial, cert, key) as claim:
+        outcome, keys = claim.request("$aws/certificates/create/json", b"")
+        assert outcome == "accepted", keys
+        outcome, body = claim.request(
+            "$aws/provisioning-templates/{}/provision/json".format(template),
+            {
+                "certificateOwnershipToken": keys["certificateOwnershipToken"],
+                "parameters": {"SerialNumber": serial},
+            },
+        )
+    return outcome, body, keys
+
+
+# -- the same registry as the MQTT side ----------------------------------------------------------
+
+
+def test_a_template_created_through_the_api_is_disabled_by_default_then_provisions_once_enabled(
+    iotsim: RunningIotSim, iot: Any
+) -> None:
+    iot.create_provisioning_template(templateName="ApiMade", templateBody=BODY, provisioningRoleArn=ROLE)
+    outcome, body, _ = provision(iotsim, "ApiMade", "api-1")
+    assert (outcome, body["statusCode"], body["errorMessage"]) == (
+        "rejected",
+        400,
+        "The provisioning template ApiMade is disabled",
+    )
+    iot.update_provisioning_template(templateName="ApiMade", enabled=True)
+    outcome, body, _ = provision(iotsim, "ApiMade", "api-2")
+    assert outcome == "accepted" and body["thingName"] == "fleetprov-api-2"
+    assert iot.describe_thing(thingName="fleetprov-api-2")["attributes"]["serial"] == "api-2"
+    iot.delete_provisioning_template(templateName="ApiMade")
+    outcome, body, _ = provision(iotsim, "ApiMade", "api-3")
+    assert (outcome, body["statusCode"]) == ("rejected", 404)
+
+
+def test_a_certificate_set_inactive_through_the_api_is_refused_at_its_next_connection(
+    iotsim: RunningIotSim, iot: Any, tmp_path: Path
+) -> None:
+    outcome, body, keys = provision(iotsim, "FleetprovDemo", "inactive-1")
+    assert outcome == "accepted"
+    cert, key = write_identity(tmp_path, "dev", keys["certificatePem"], keys["privateKey"])
+    with iotsim.client(body["thingName"], cert, key):
+        pass  # ACTIVE: connects
+    described = iot.describe_certificate(certificateId=keys["certificateId"])["certificateDescription"]
+    assert described["status"] == "ACTIVE"
+    iot.update_certificate(certificateId=keys["certificateId"], newStatus="INACTIVE")
+    with pytest.raises(ConnectRefused):
+        iotsim.client(body["thingName"], cert, key)
+    iot.update_certificate(certificateId=keys["certificateId"], newStatus="ACTIVE")
+    with iotsim.client(body["thingName"], cert, key):
+        pass
+
+
+def test_a_template_version_set_as_default_is_what_register_thing_evaluates(
+    iotsim: RunningIotSim, iot: Any
+) -> None:
+    iot.create_provisioning_template(
+        templateName="Versioned", templateBody=BODY, provisioningRoleArn=ROLE, enabled=True
+    )
+    second = BODY.replace('"fleetprov-"', '"v2-"')
+    assert second != BODY
+    made = iot.create_provisioning_template_version(
+        templateName="Versioned", templateBody=second, setAsDefault=False
+    )
+    assert (made["versionId"], made["isDefaultVersion"]) == (2, False)
+    assert provision(iotsim, "Versioned", "ver-1")[1]["thingName"] == "fleetprov-ver-1"
+    iot.update_provisioning_template(templateName="Versioned", defaultVersionId=2)
+    assert provision(iotsim, "Versioned", "ver-2")[1]["thingName"] == "v2-ver-2"
+    assert iot.describe_provisioning_template(templateName="Versioned")["defaultVersionId"] == 2
+    for _ in range(3):
+        iot.create_provisioning_template_version(templateName="Versioned", templateBody=BODY)
+    code, status, message = error_of(
+        lambda: iot.create_provisioning_template_version(templateName="Versioned", templateBody=BODY)
+    )
+    assert (code, status) == ("VersionsLimitExceededException", 409) and "5 versions" in message
+
+
+def test_a_hook_named_by_lambda_arn_runs_the_mapped_local_hook(iotsim: RunningIotSim, iot: Any) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def deny_odd(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        seen.append(event)
+        return {"allowProvisioning": not event["parameters"]["SerialNumber"].endswith("1")}
+
+    arn = "arn:aws:lambda:us-east-1:123456789012:function:deny-odd"
+    code, status, message = error_of(
+        lambda: iot.create_provisioning_template(
+            templateName="Hooked",
+            templateBody=BODY,
+            provisioningRoleArn=ROLE,
+            enabled=True,
+            preProvisioningHook={"targetArn": arn},
+        )
+    )
+    assert (code, status) == ("InvalidRequestException", 400) and "--lambda deny-odd=" in message
+    iotsim.controlplane.lambdas["deny-odd"] = deny_odd
+    try:
+        iot.create_provisioning_template(
+            templateName="Hooked",
+            templateBody=BODY,
+            provisioningRoleArn=ROLE,
+            enabled=True,
+            preProvisioningHook={"targetArn": arn, "payloadVersion": "2020-04-01"},
+        )
+        outcome, body, _ = provision(iotsim, "Hooked", "hook-1")
+        assert (outcome, body["statusCode"]) == ("rejected", 403)
+        assert provision(iotsim, "Hooked", "hook-2")[0] == "accepted"
+        assert [e["parameters"]["SerialNumber"] for e in seen] == ["hook-1", "hook-2"]
+        assert seen[0]["templateArn"].endswith(":provisioningtemplate/Hooked")
+        del iotsim.controlplane.lambdas["deny-odd"]  # the function is gone: refused, as AWS does
+        outcome, body, _ = provision(iotsim, "Hooked", "hook-4")
+        assert (outcome, body["statusCode"], body["errorMessage"]) == (
+            "rejected",
+            403,
+            "The pre-provisioning hook failed: LambdaUnavailable",
+        )
+        iot.update_provisioning_template(templateName="Hooked", removePreProvisioningHook=True)
+        assert provision(iotsim, "Hooked", "hook-3")[0] == "accepted"
+    finally:
+        iotsim.controlplane.lambdas.pop("deny-odd", None)
+
+
+def test_a_provisioning_claim_provisions_for_five_minutes_then_the_broker_refuses_it(
+    iotsim: RunningIotSim, iot: Any, tmp_path: Path
+) -> None:
+    before = iotsim.clock()
+    claim = iot.create_provisioning_claim(templateName="FleetprovDemo")
+    assert before + CLAIM_LIFETIME - 5 <= claim["expiration"].timestamp() <= iotsim.clock() + CLAIM_LIFETIME
+    cert, key = write_identity(tmp_path, "temp", claim["certificatePem"], claim["keyPair"]["PrivateKey"])
+    outcome, body, _ = provision(iotsim, "FleetprovDemo", "trusted-1", cert, key)
+    assert outcome == "accepted" and body["thingName"] == "fleetprov-trusted-1"
+    # Its policy names this template only.
+    with iotsim.client("claim-other", cert, key) as c:
+        assert c.subscribe(
+            "$aws/provisioning-templates/Other/provision/json/accepted",
+            "$aws/provisioning-templates/FleetprovDemo/provision/json/accepted",
+        ) == [128, 1]
+    iotsim.clock.advance(CLAIM_LIFETIME - 10)
+    assert iotsim.controlplane.expire_claims() == []
+    iotsim.clock.advance(11)
+    assert iotsim.controlplane.expire_claims() == [claim["certificateId"]]
+    with pytest.raises(ConnectRefused):
+        iotsim.client("claim-late", cert, key)
+    assert (
+        iot.describe_certificate(certificateId=claim["certificateId"])["certificateDescription"]["status"]
+        == "INACTIVE"
+    )
+    code, status, _ = error_of(
+        lambda: iot.update_certificate(certificateId=claim["certificateId"], newStatus="ACTIVE")
+    )
+    assert (code, status) == ("CertificateStateException", 406)
+
+
+# -- every operation: one success and one AWS error through boto3 ----------------------------------
+
+
+def test_describe_endpoint(iotsim: RunningIotSim, iot: Any) -> None:
+    assert iot.describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"] == "127.0.0.1"
+    assert error_of(lambda: iot.describe_endpoint(endpointType="iot:Nope"))[:2] == (
+        "InvalidRequestException",
+        400,
+    )
+
+
+def test_provisioning_template_operations(iot: Any) -> None:
+    made = iot.create_provisioning_template(
+        templateName="Ops",
+        templateBody=BODY,
+        provisioningRoleArn=ROLE,
+        description="d",
+        tags=[{"Key": "owner", "Value": "test"}],
+    )
+    assert made["templateArn"].endswith(":provisioningtemplate/Ops") and made["defaultVersionId"] == 1
+    assert error_of(
+        lambda: iot.create_provisioning_template(
+            templateName="Ops", templateBody=BODY, provisioningRoleArn=ROLE
+        )
+    )[:2] == ("ResourceAlreadyExistsException", 409)
+    assert error_of(
+        lambda: iot.create_provisioning_template(
+            templateName="Bad", templateBody="{", provisioningRoleArn=ROLE
+        )
+    )[:2] == ("InvalidRequestException", 400)
+    assert error_of(
+        lambda: iot.create_provisioning_template(
+            templateName="Bad", templateBody=BODY, provisioningRoleArn="arn:aws:iam::1:user/someone"
+        )
+    )[:2] == ("InvalidRequestException", 400)
+    assert error_of(
+        lambda: iot.create_provisioning_template(
+            templateName="Big", templateBody=" " * 10241 + "{}", provisioningRoleArn=ROLE
+        )
+    )[:2] == ("InvalidRequestException", 400)
+    d = iot.describe_provisioning_template(templateName="Ops")
+    assert (d["description"], d["enabled"], d["templateBody"], d["provisioningRoleArn"]) == (
+        "d",
+        False,
+        BODY,
+        ROLE,
+    )
+    assert error_of(lambda: iot.describe_provisioning_template(templateName="Missing"))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    names = [t["templateName"] for t in iot.list_provisioning_templates()["templates"]]
+    assert {"FleetprovDemo", "Ops"} <= set(names)
+    assert error_of(lambda: iot.list_provisioning_templates(nextToken="garbage"))[:2] == (
+        "InvalidRequestException",
+        400,
+    )
+    iot.update_provisioning_template(templateName="Ops", description="e")
+    assert iot.describe_provisioning_template(templateName="Ops")["description"] == "e"
+    assert error_of(lambda: iot.update_provisioning_template(templateName="Ops", defaultVersionId=9))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert error_of(lambda: iot.update_provisioning_template(templateName="Missing", enabled=True))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert iot.create_provisioning_template_version(templateName="Ops", templateBody=BODY)["versionId"] == 2
+    assert error_of(lambda: iot.create_provisioning_template_version(templateName="Ops", templateBody="[]"))[
+        :2
+    ] == ("InvalidRequestException", 400)
+    assert iot.list_tags_for_resource(resourceArn=made["templateArn"])["tags"] == [
+        {"Key": "owner", "Value": "test"}
+    ]
+    iot.delete_provisioning_template(templateName="Ops")
+    assert error_of(lambda: iot.delete_provisioning_template(templateName="Ops"))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert iot.list_tags_for_resource(resourceArn=made["templateArn"])["tags"] == []
+
+
+def test_provisioning_claim_for_a_missing_template(iot: Any) -> None:
+    assert error_of(lambda: iot.create_provisioning_claim(templateName="Missing"))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+
+
+def test_certificate_operations(iotsim: RunningIotSim, iot: Any) -> None:
+    made = iot.create_keys_and_certificate(setAsActive=False)
+    cid = made["certificateId"]
+    assert made["keyPair"]["PrivateKey"].startswith("-----BEGIN RSA PRIVATE KEY-----")
+    assert iotsim.registry.status(cid) == "INACTIVE"
+    d = iot.describe_certificate(certificateId=cid)["certificateDescription"]
+    assert (d["certificateArn"], d["status"], d["certificatePem"]) == (
+        made["certificateArn"],
+        "INACTIVE",
+        made["certificatePem"],
+    )
+    assert error_of(lambda: iot.describe_certificate(certificateId="0" * 64))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert error_of(lambda: iot.describe_certificate(certificateId="xyz"))[:2] == (
+        "InvalidRequestException",
+        400,
+    )
+    listed = iot.list_certificates(pageSize=1)
+    assert listed["certificates"][0]["certificateId"] == cid and listed["nextMarker"] == "1"
+    service_id = iotsim.sim.service_identity.certificate_id  # type: ignore[union-attr]
+    assert service_id not in [c["certificateId"] for c in iot.list_certificates()["certificates"]]
+    assert error_of(lambda: iot.list_certificates(pageSize=0))[:2] == ("InvalidRequestException", 400)
+    iot.update_certificate(certificateId=cid, newStatus="ACTIVE")
+    assert iotsim.registry.status(cid) == "ACTIVE"
+    assert error_of(lambda: iot.update_certificate(certificateId=cid, newStatus="PENDING_TRANSFER"))[:2] == (
+        "InvalidRequestException",
+        400,
+    )
+    assert error_of(lambda: iot.delete_certificate(certificateId=cid))[:2] == (
+        "CertificateStateException",
+        406,
+    )
+    iot.attach_policy(policyName="iotsim-claim-policy", target=made["certificateArn"])
+    iot.update_certificate(certificateId=cid, newStatus="INACTIVE")
+    assert error_of(lambda: iot.delete_certificate(certificateId=cid))[:2] == ("DeleteConflictException", 409)
+    iot.delete_certificate(certificateId=cid, forceDelete=True)
+    assert iotsim.registry.status(cid) is None
+    assert not (iotsim.state / "principals" / cid).exists()
+    revoked = iot.create_keys_and_certificate(setAsActive=True)["certificateId"]
+    iot.update_certificate(certificateId=revoked, newStatus="REVOKED")
+    assert error_of(lambda: iot.update_certificate(certificateId=revoked, newStatus="ACTIVE"))[:2] == (
+        "CertificateStateException",
+        406,
+    )
+
+
+def test_policy_operations(iot: Any) -> None:
+    doc = claim_policy_document()
+    made = iot.create_policy(policyName="OpsPolicy", policyDocument=doc)
+    assert (made["policyArn"].endswith(":policy/OpsPolicy"), made["policyVersionId"]) == (True, "1")
+    assert error_of(lambda: iot.create_policy(policyName="OpsPolicy", policyDocument=doc))[:2] == (
+        "ResourceAlreadyExistsException",
+        409,
+    )
+    assert error_of(lambda: iot.create_policy(policyName="Broken", policyDocument="{"))[:2] == (
+        "MalformedPolicyException",
+        400,
+    )
+    assert iot.get_policy(policyName="OpsPolicy")["policyDocument"] == doc
+    assert error_of(lambda: iot.get_policy(policyName="Missing"))[:2] == ("ResourceNotFoundException", 404)
+    assert "OpsPolicy" in [p["policyName"] for p in iot.list_policies()["policies"]]
+    assert error_of(lambda: iot.list_policies(marker="x"))[:2] == ("InvalidRequestException", 400)
+    cert = iot.create_keys_and_certificate(setAsActive=True)["certificateArn"]
+    iot.attach_policy(policyName="OpsPolicy", target=cert)
+    assert error_of(lambda: iot.attach_policy(policyName="Missing", target=cert))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert error_of(
+        lambda: iot.attach_policy(policyName="OpsPolicy", target="arn:aws:iot:local:0:thinggroup/g")
+    )[:2] == ("InvalidRequestException", 400)
+    assert [p["policyName"] for p in iot.list_attached_policies(target=cert)["policies"]] == ["OpsPolicy"]
+    missing_cert = cert.rsplit("/", 1)[0] + "/" + "0" * 64
+    assert error_of(lambda: iot.list_attached_policies(target=missing_cert))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert error_of(lambda: iot.delete_policy(policyName="OpsPolicy"))[:2] == ("DeleteConflictException", 409)
+    iot.detach_policy(policyName="OpsPolicy", target=cert)
+    assert error_of(lambda: iot.detach_policy(policyName="Missing", target=cert))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert iot.list_attached_policies(target=cert)["policies"] == []
+    iot.delete_policy(policyName="OpsPolicy")
+    assert error_of(lambda: iot.delete_policy(policyName="OpsPolicy"))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+
+
+def test_thing_group_and_type_operations(iot: Any) -> None:
+    made = iot.create_thing_group(
+        thingGroupName="ops-group", thingGroupProperties={"thingGroupDescription": "x"}
+    )
+    again = iot.create_thing_group(
+        thingGroupName="ops-group", thingGroupProperties={"thingGroupDescription": "x"}
+    )
+    assert again["thingGroupId"] == made["thingGroupId"]  # same properties: AWS answers with the group
+    assert error_of(
+        lambda: iot.create_thing_group(
+            thingGroupName="ops-group", thingGroupProperties={"thingGroupDescription": "y"}
+        )
+    )[:2] == ("ResourceAlreadyExistsException", 409)
+    assert error_of(lambda: iot.create_thing_group(thingGroupName="child", parentGroupName="no-such"))[
+        :2
+    ] == ("ResourceNotFoundException", 404)
+    assert error_of(lambda: iot.create_thing_group(thingGroupName="bad name!"))[:2] == (
+        "InvalidRequestException",
+        400,
+    )
+    d = iot.describe_thing_group(thingGroupName="ops-group")
+    assert (d["thingGroupArn"], d["thingGroupProperties"]) == (
+        made["thingGroupArn"],
+        {"thingGroupDescription": "x"},
+    )
+    assert error_of(lambda: iot.describe_thing_group(thingGroupName="no-such"))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert [g["groupName"] for g in iot.list_thing_groups(namePrefixFilter="ops-")["thingGroups"]] == [
+        "ops-group"
+    ]
+    assert error_of(lambda: iot.list_thing_groups(maxResults=1000))[:2] == ("InvalidRequestException", 400)
+    iot.create_thing_group(thingGroupName="ops-child", parentGroupName="ops-group")
+    assert [g["groupName"] for g in iot.list_thing_groups(parentGroup="ops-group")["thingGroups"]] == [
+        "ops-child"
+    ]
+    assert error_of(lambda: iot.delete_thing_group(thingGroupName="ops-group"))[:2] == (
+        "InvalidRequestException",
+        400,
+    )
+    iot.delete_thing_group(thingGroupName="ops-child")
+    iot.delete_thing_group(thingGroupName="ops-group")
+    assert error_of(lambda: iot.describe_thing_group(thingGroupName="ops-group"))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    t = iot.create_thing_type(thingTypeName="ops-type")
+    assert t["thingTypeArn"].endswith(":thingtype/ops-type")
+    assert error_of(lambda: iot.create_thing_type(thingTypeName="ops-type"))[:2] == (
+        "ResourceAlreadyExistsException",
+        409,
+    )
+
+
+def test_thing_operations(iotsim: RunningIotSim, iot: Any) -> None:
+    _, body, keys = provision(iotsim, "FleetprovDemo", "things-1")
+    name = body["thingName"]
+    d = iot.describe_thing(thingName=name)
+    assert (d["thingArn"].endswith(":thing/" + name), d["attributes"]["serial"]) == (True, "things-1")
+    assert error_of(lambda: iot.describe_thing(thingName="no-such"))[:2] == ("ResourceNotFoundException", 404)
+    listed = iot.list_things(attributeName="serial", attributeValue="things-1")["things"]
+    assert [t["thingName"] for t in listed] == [name]
+    assert error_of(lambda: iot.list_things(nextToken="x"))[:2] == ("InvalidRequestException", 400)
+    principals = iot.list_thing_principals(thingName=name)["principals"]
+    assert principals == ["arn:aws:iot:local:000000000000:cert/" + keys["certificateId"]]
+    assert error_of(lambda: iot.list_thing_principals(thingName="no-such"))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert error_of(lambda: iot.delete_thing(thingName=name)) == (
+        "InvalidRequestException",
+        400,
+        "Cannot delete. Thing {} is still attached to one or more principals".format(name),
+    )
+    assert error_of(lambda: iot.delete_thing(thingName=name, expectedVersion=7))[:2] == (
+        "VersionConflictException",
+        409,
+    )
+    assert error_of(lambda: iot.attach_thing_principal(thingName="no-such", principal=principals[0]))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    assert error_of(lambda: iot.detach_thing_principal(thingName="no-such", principal=principals[0]))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    iot.detach_thing_principal(thingName=name, principal=principals[0])
+    assert iot.list_thing_principals(thingName=name)["principals"] == []
+    iot.attach_thing_principal(thingName=name, principal=principals[0])
+    assert iot.list_thing_principals(thingName=name)["principals"] == principals
+    iot.detach_thing_principal(thingName=name, principal=principals[0])
+    iot.delete_thing(thingName=name)
+    assert iotsim.registry.thing(name) is None
+
+
+# -- the wire: what no SDK would send -----------------------------------------------------------
+
+
+def raw(
+    iotsim: RunningIotSim, method: str, path: str, body: bytes = b""
+) -> tuple[int, str | None, dict[str, Any]]:
+    url = urllib.parse.urlsplit(iotsim.api_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("x-amzn-ErrorType"), json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, error",
+    [
+        ("POST", "/provisioning-templates", b"{not json", 400, "SerializationException"),
+        ("POST", "/provisioning-templates", b"[1]", 400, "SerializationException"),
+        (
+            "POST",
+            "/provisioning-templates",
+            json.dumps({"templateName": 5, "templateBody": "{}", "provisioningRoleArn": ROLE}).encode(),
+            400,
+            "InvalidRequestException",
+        ),
+        (
+            "POST",
+            "/provisioning-templates",
+            json.dumps({"templateName": "x"}).encode(),
+            400,
+            "InvalidRequestException",
+        ),
+        (
+            "POST",
+            "/provisioning-templates",
+            json.dumps(
+                {"templateName": "x", "templateBody": "{}", "provisioningRoleArn": ROLE, "type": "WRONG"}
+            ).encode(),
+            400,
+            "InvalidRequestException",
+        ),
+        ("GET", "/no/such/operation", b"", 404, "UnknownOperationException"),
+        ("PATCH", "/provisioning-templates", b"", 405, "MethodNotAllowedException"),
+        ("GET", "/endpoint?endpointType=", b"", 400, "InvalidRequestException"),
+        ("GET", "/certificates?pageSize=ten", b"", 400, "InvalidRequestException"),
+        ("GET", "/jobs", b"", 501, "NotImplementedException"),
+        ("POST", "/keys-and-certificate?setAsActive=maybe", b"", 400, "InvalidRequestException"),
+        (
+            "POST",
+            "/tags",
+            json.dumps(
+                {"resourceArn": "arn:aws:iot:local:0:thinggroup/g", "tags": [{"Value": "v"}]}
+            ).encode(),
+            400,
+            "InvalidRequestException",
+        ),
+        ("GET", "/tags", b"", 400, "InvalidRequestException"),
+    ],
+)
+def test_malformed_or_unknown_requests_get_aws_errors(
+    iotsim: RunningIotSim, method: str, path: str, body: bytes, status: int, error: str
+) -> None:
+    got_status, got_error, doc = raw(iotsim, method, path, body)
+    assert (got_status, got_error) == (status, error)
+    assert doc["message"]
+    assert raw(iotsim, "GET", "/endpoint")[0] == 200  # and it keeps serving
+
+
+# -- docs/aws-setup.md: the AWS CLI (pinned awscli) and boto3 with --endpoint-url ------------------
+
+
+def test_the_aws_cli_and_boto3_work_against_iotsim_as_docs_aws_setup_shows(iotsim: RunningIotSim) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "aws-setup.md").read_text()
+    found = re.search(r"<!-- doc-test: iotsim-endpoint-url -->\n```sh\n(.*?)```", doc, re.S)
+    assert found, "docs/aws-setup.md has no block marked doc-test: iotsim-endpoint-url"
+    script = found.group(1).replace("http://127.0.0.1:8443", iotsim.api_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["PATH"] = "{}:{}".format(Path(sys.executable).parent, env.get("PATH", ""))
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
+    proc = subprocess.run(
+        ["bash", "-e", "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "arn:aws:iot:local:000000000000:thinggroup/bench-group",
+        "arn:aws:iot:local:000000000000:provisioningtemplate/Bench",
+        "true",
+        "127.0.0.1",
+    ]
+    # and what the CLI made is what the MQTT side provisions with
+    assert provision(iotsim, "Bench", "cli-1")[0] == "accepted"
+    iotsim.iot_client().delete_provisioning_template(templateName="Bench")
+
+
+# -- `python -m tools.iotsim up`: the control plane's port and --lambda -----------------------------
+
+
+def test_up_serves_the_control_plane_on_its_port_and_maps_lambda_functions(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import boto3
+
+    from tools.iotsim.broker import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    state, port, api = tmp_path / "state", free_port(), free_port()
+    bad = subprocess.run(
+        [sys.executable, "-m", "tools.iotsim", "up", "--state", str(state), "--lambda", "no-equals-sign"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "--lambda wants NAME=module:function" in bad.stderr
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tools.iotsim",
+            "up",
+            "--state",
+            str(state),
+            "--port",
+            str(port),
+            "--api-port",
+            str(api),
+            "--lambda",
+            "allow=tools.iotsim.hooks:allow_all",
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "iotsim is running" in proc.stdout.readline()
+        url = "http://127.0.0.1:{}".format(api)
+        assert url in proc.stdout.readline()
+        status = subprocess.run(
+            [sys.executable, "-m", "tools.iotsim", "status", "--state", str(state)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "control plane: {}".format(url) in status.stdout
+        iot = boto3.client(
+            "iot", endpoint_url=url, region_name="eu-west-1", aws_access_key_id="a", aws_secret_access_key="b"
+        )
+        hook = {"targetArn": "arn:aws:lambda:eu-west-1:123456789012:function:allow"}
+        iot.create_provisioning_template(
+            templateName="UpHook", templateBody=BODY, provisioningRoleArn=ROLE, preProvisioningHook=hook
+        )
+        assert (
+            iot.describe_provisioning_template(templateName="UpHook")["preProvisioningHook"]["targetArn"]
+            == hook["targetArn"]
+        )
+        other = {"targetArn": "arn:aws:lambda:eu-west-1:123456789012:function:other"}
+        assert error_of(
+            lambda: iot.update_provisioning_template(templateName="UpHook", preProvisioningHook=other)
+        )[:2] == ("InvalidRequestException", 400)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()

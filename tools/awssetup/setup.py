@@ -1,0 +1,677 @@
+"""What `python -m tools.awssetup` creates on AWS (or iotsim), step by step, and how it undoes it.
+
+Every resource the tool creates is tagged ``fleetprov:awssetup=<setup name>``
+where the service can tag it (the IAM role, the thing group, the template,
+the claim policy) and recorded in ``<device folder>/awssetup.json`` as soon as
+it exists; the claim certificate, which AWS cannot tag, is recorded there
+only. ``teardown`` deletes what that file lists and whose tag still says this
+tool made it, nothing else: a resource that existed before ``setup`` (the same
+name, no tag) is used and reported, never deleted.
+
+A step that fails makes ``setup`` undo what this run created (newest first)
+and say what it undid and what, if anything, it could not; the state file
+always lists what still exists, so ``teardown`` can finish the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+TAG_KEY = "fleetprov:awssetup"
+STATE_FILE = "awssetup.json"
+THINGS_REGISTRATION = "arn:aws:iam::aws:policy/service-role/AWSIoTThingsRegistration"
+TRUST_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "iot.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ],
+}
+SYSTEM_AMAZON_ROOT_CA = Path("/etc/ssl/certs/Amazon_Root_CA_1.pem")
+DEFAULT_TEMPLATE_FILE = Path(__file__).resolve().parents[1] / "iotsim" / "templates" / "demo.json"
+ROLE_PROPAGATION_TRIES = 10
+ROLE_PROPAGATION_WAIT_S = 3.0
+_DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedException", "UnauthorizedOperation")
+
+
+class SetupError(Exception):
+    """A failure with a message for the user (exit status 1; 2 for credentials)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Options:
+    folder: Path
+    name: str = "fleetprov"
+    template_name: str = "FleetprovDemo"
+    template_file: Path = DEFAULT_TEMPLATE_FILE
+    role_name: str = "FleetprovProvisioningRole"
+    thing_group: str = "fleetprov-demo"
+    claim_policy: str = "FleetprovClaimPolicy"
+    ca_file: Path | None = None
+    mqtt_port: int | None = None
+    method: str = "csr"
+    fmt: str = "cbor"
+    dry_run: bool = False
+
+
+@dataclass
+class Clients:
+    iot: Any
+    iam: Any
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+    changed: bool = False
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+
+def explain(exc: BaseException, action: str) -> SetupError:
+    """A user's message for a boto3 failure during ``action``."""
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return SetupError(
+            "no AWS credentials for {}: run `aws configure` (or set AWS_PROFILE, or "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); against iotsim any values do".format(action),
+            2,
+        )
+    if isinstance(exc, NoRegionError):
+        return SetupError("no AWS region: pass --region or set AWS_REGION / `aws configure set region`", 2)
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "?")
+        message = exc.response.get("Error", {}).get("Message", str(exc))
+        if code in _DENIED:
+            return SetupError(
+                "permission denied for {} ({}: {}): the identity running this tool needs IAM "
+                "(CreateRole, AttachRolePolicy, TagRole, GetRole, PassRole) and AWS IoT rights "
+                "(iot:*ProvisioningTemplate*, iot:CreateThingGroup, iot:CreatePolicy, "
+                "iot:CreateKeysAndCertificate, iot:AttachPolicy, iot:DescribeEndpoint, iot:TagResource)".format(
+                    action, code, message
+                )
+            )
+        return SetupError("{} failed: {}: {}".format(action, code, message))
+    return SetupError("{} failed: {}".format(action, exc))
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class Setup:
+    """``setup()`` and ``teardown()`` for one device folder."""
+
+    def __init__(self, options: Options, clients: Clients) -> None:
+        self.o = options
+        self.c = clients
+        self.state_path = options.folder / STATE_FILE
+        self.state: dict[str, Any] = self._load()
+        self.report = Report()
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+
+    # -- the state file -------------------------------------------------------------------
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"created": {}}
+        except ValueError as exc:
+            raise SetupError(
+                "{} is not valid JSON ({}); fix or remove it".format(self.state_path, exc)
+            ) from None
+        state.setdefault("created", {})
+        return state
+
+    def _save(self) -> None:
+        if self.o.dry_run:
+            return
+        self.o.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.state_path)
+
+    def _created(self, kind: str, value: Any, undo: Callable[[], None]) -> None:
+        self.state["created"][kind] = value
+        self._save()
+        self._undo.append((kind, undo))
+        self.report.changed = True
+
+    def _forget(self, kind: str) -> None:
+        self.state["created"].pop(kind, None)
+        self._save()
+
+    def _tags(self) -> list[dict[str, str]]:
+        return [{"Key": TAG_KEY, "Value": self.o.name}]
+
+    def _call(self, action: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise explain(exc, action) from exc
+
+    def _exists(self, action: str, fn: Callable[..., Any], not_found: tuple[str, ...], **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except ClientError as exc:
+            if _code(exc) in not_found:
+                return None
+            raise explain(exc, action) from exc
+        except BotoCoreError as exc:
+            raise explain(exc, action) from exc
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def setup(self) -> Report:
+        verb = "would create" if self.o.dry_run else "created"
+        try:
+            body = self.o.template_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SetupError("cannot read the template {}: {}".format(self.o.template_file, exc)) from None
+        ca_pem = self._ca_pem()
+        try:
+            endpoint = self._endpoint()
+            role_arn = self._role(verb)
+            self._thing_group(verb)
+            self._template(verb, body, role_arn)
+            cert = self._claim(verb)
+            self._claim_policy(verb, cert)
+            self._device_folder(endpoint, cert, ca_pem)
+        except SetupError as exc:
+            undone, left = self._rollback()
+            lines = [str(exc)]
+            if undone:
+                lines.append("rolled back what this run created: {}".format(", ".join(undone)))
+            if left:
+                lines.append(
+                    "could NOT remove: {} (listed in {}; `python -m tools.awssetup teardown` retries)".format(
+                        "; ".join(left), self.state_path
+                    )
+                )
+            elif not undone:
+                lines.append("nothing was created")
+            raise SetupError("\n".join(lines), exc.status) from exc
+        if self.o.dry_run:
+            self.report.say("dry run: nothing was changed")
+        elif not self.report.changed:
+            self.report.say("everything already exists: nothing changed")
+        return self.report
+
+    def _rollback(self) -> tuple[list[str], list[str]]:
+        undone, left = [], []
+        for kind, undo in reversed(self._undo):
+            try:
+                undo()
+            except Exception as exc:  # report every failure, keep undoing the rest
+                left.append("{} ({})".format(kind, exc))
+                continue
+            undone.append(kind)
+            self._forget(kind)
+        self._undo.clear()
+        return undone, left
+
+    def _ca_pem(self) -> bytes:
+        path = self.o.ca_file or SYSTEM_AMAZON_ROOT_CA
+        try:
+            data = path.read_bytes()
+            x509.load_pem_x509_certificate(data)
+        except (OSError, ValueError) as exc:
+            hint = (
+                " (Debian: apt-get install ca-certificates; or --ca-file AmazonRootCA1.pem)"
+                if self.o.ca_file is None
+                else ""
+            )
+            raise SetupError("cannot read the CA certificate {}: {}{}".format(path, exc, hint)) from None
+        return data
+
+    def _endpoint(self) -> str:
+        answer = self._call("iot:DescribeEndpoint", self.c.iot.describe_endpoint, endpointType="iot:Data-ATS")
+        endpoint = str(answer["endpointAddress"])
+        if ".amazonaws.com" in endpoint and "-ats." not in endpoint:
+            raise SetupError("DescribeEndpoint returned {}, not an -ats endpoint".format(endpoint))
+        self.report.say("endpoint: {}".format(endpoint))
+        return endpoint
+
+    def _role(self, verb: str) -> str:
+        name = self.o.role_name
+        found = self._exists("iam:GetRole", self.c.iam.get_role, ("NoSuchEntity",), RoleName=name)
+        if found is not None:
+            arn = str(found["Role"]["Arn"])
+            attached = self._call(
+                "iam:ListAttachedRolePolicies", self.c.iam.list_attached_role_policies, RoleName=name
+            )
+            if THINGS_REGISTRATION not in [p["PolicyArn"] for p in attached["AttachedPolicies"]]:
+                if self.o.dry_run:
+                    self.report.say("role {}: would attach AWSIoTThingsRegistration".format(name))
+                else:
+                    self._call(
+                        "iam:AttachRolePolicy",
+                        self.c.iam.attach_role_policy,
+                        RoleName=name,
+                        PolicyArn=THINGS_REGISTRATION,
+                    )
+                    self.report.changed = True
+                    self.report.say("role {}: attached AWSIoTThingsRegistration".format(name))
+            else:
+                self.report.say("role {}: exists, unchanged".format(name))
+            return arn
+        self.report.say("role {}: {} (trusts iot.amazonaws.com, AWSIoTThingsRegistration)".format(name, verb))
+        if self.o.dry_run:
+            return "arn:aws:iam::000000000000:role/{}".format(name)
+        role = self._call(
+            "iam:CreateRole",
+            self.c.iam.create_role,
+            RoleName=name,
+            AssumeRolePolicyDocument=json.dumps(TRUST_POLICY),
+            Description="AWS IoT fleet provisioning for fleetprov ({})".format(self.o.name),
+            Tags=self._tags(),
+        )
+        self._created("role", name, lambda: self._delete_role(name))
+        self._call(
+            "iam:AttachRolePolicy",
+            self.c.iam.attach_role_policy,
+            RoleName=name,
+            PolicyArn=THINGS_REGISTRATION,
+        )
+        return str(role["Role"]["Arn"])
+
+    def _thing_group(self, verb: str) -> None:
+        name = self.o.thing_group
+        found = self._exists(
+            "iot:DescribeThingGroup",
+            self.c.iot.describe_thing_group,
+            ("ResourceNotFoundException",),
+            thingGroupName=name,
+        )
+        if found is not None:
+            self.report.say("thing group {}: exists, unchanged".format(name))
+            return
+        self.report.say("thing group {}: {}".format(name, verb))
+        if self.o.dry_run:
+            return
+        self._call(
+            "iot:CreateThingGroup", self.c.iot.create_thing_group, thingGroupName=name, tags=self._tags()
+        )
+        self._created("thing_group", name, lambda: self.c.iot.delete_thing_group(thingGroupName=name))
+
+    def _template(self, verb: str, body: str, role_arn: str) -> None:
+        name = self.o.template_name
+        found = self._exists(
+            "iot:DescribeProvisioningTemplate",
+            self.c.iot.describe_provisioning_template,
+            ("ResourceNotFoundException",),
+            templateName=name,
+        )
+        if found is not None:
+            if json.loads(found["templateBody"]) != json.loads(body) or not found["enabled"]:
+                # A different body is a new version (AWS keeps the old ones), never an overwrite.
+                self.report.say(
+                    "template {}: exists but {}; {} it".format(
+                        name,
+                        "its body differs from {}".format(self.o.template_file)
+                        if found["enabled"]
+                        else "it is disabled",
+                        "would update" if self.o.dry_run else "updated",
+                    )
+                )
+                if not self.o.dry_run:
+                    if json.loads(found["templateBody"]) != json.loads(body):
+                        self._call(
+                            "iot:CreateProvisioningTemplateVersion",
+                            self.c.iot.create_provisioning_template_version,
+                            templateName=name,
+                            templateBody=body,
+                            setAsDefault=True,
+                        )
+                    self._call(
+                        "iot:UpdateProvisioningTemplate",
+                        self.c.iot.update_provisioning_template,
+                        templateName=name,
+                        enabled=True,
+                    )
+                    self.report.changed = True
+            else:
+                self.report.say("template {}: exists, unchanged".format(name))
+            return
+        self.report.say("template {}: {} from {} (enabled)".format(name, verb, self.o.template_file))
+        if self.o.dry_run:
+            return
+        kwargs = dict(
+            templateName=name,
+            description="fleetprov ({})".format(self.o.name),
+            templateBody=body,
+            enabled=True,
+            provisioningRoleArn=role_arn,
+            tags=self._tags(),
+        )
+        for attempt in range(ROLE_PROPAGATION_TRIES):
+            try:
+                self.c.iot.create_provisioning_template(**kwargs)
+                break
+            except ClientError as exc:
+                # A role created seconds ago may not be assumable by AWS IoT yet (IAM is
+                # eventually consistent): retry that one refusal, a bounded number of times.
+                message = str(exc.response.get("Error", {}).get("Message", "")).lower()
+                fresh_role = "role" in self.state["created"]
+                if not (
+                    fresh_role
+                    and _code(exc) == "InvalidRequestException"
+                    and "role" in message
+                    and attempt + 1 < ROLE_PROPAGATION_TRIES
+                ):
+                    raise explain(exc, "iot:CreateProvisioningTemplate") from exc
+                self.report.say(
+                    "the new role is not usable yet; retrying in {:g} s".format(ROLE_PROPAGATION_WAIT_S)
+                )
+                time.sleep(ROLE_PROPAGATION_WAIT_S)
+            except BotoCoreError as exc:
+                raise explain(exc, "iot:CreateProvisioningTemplate") from exc
+        self._created("template", name, lambda: self.c.iot.delete_provisioning_template(templateName=name))
+
+    def _claim(self, verb: str) -> dict[str, Any]:
+        recorded = self.state["created"].get("claim")
+        certs = self.o.folder / "certs"
+        if recorded is not None:
+            found = self._exists(
+                "iot:DescribeCertificate",
+                self.c.iot.describe_certificate,
+                ("ResourceNotFoundException",),
+                certificateId=recorded["certificateId"],
+            )
+            if found is not None and (certs / "claim.key.der").is_file():
+                self.report.say("claim certificate {}: exists, unchanged".format(recorded["certificateId"]))
+                return {**recorded, "new": False}
+            raise SetupError(
+                "the claim certificate {} in {} is gone from the account or its key from {}; run "
+                "`python -m tools.awssetup teardown` and setup again".format(
+                    recorded["certificateId"], self.state_path, certs
+                )
+            )
+        self.report.say("claim certificate: {} (key pair made by AWS IoT, active)".format(verb))
+        if self.o.dry_run:
+            return {
+                "certificateId": "<new>",
+                "certificateArn": "arn:aws:iot:REGION:ACCOUNT:cert/<new>",
+                "new": True,
+            }
+        made = self._call(
+            "iot:CreateKeysAndCertificate", self.c.iot.create_keys_and_certificate, setAsActive=True
+        )
+        cid, arn = made["certificateId"], made["certificateArn"]
+
+        def undo() -> None:
+            self._delete_certificate(cid)
+            for name in ("claim.der", "claim.key.der"):
+                (certs / name).unlink(missing_ok=True)
+
+        self._created("claim", {"certificateId": cid, "certificateArn": arn}, undo)
+        self._write_claim_files(made["certificatePem"], made["keyPair"]["PrivateKey"])
+        return {"certificateId": cid, "certificateArn": arn, "new": True}
+
+    def _claim_policy(self, verb: str, cert: dict[str, Any]) -> None:
+        name = self.o.claim_policy
+        # The ARNs in the policy are the account's own: taken from the certificate's ARN
+        # (arn:aws:iot:REGION:ACCOUNT:cert/ID), which AWS IoT (and iotsim) wrote.
+        parts = cert["certificateArn"].split(":")
+        region, account = parts[3], parts[4]
+        found = self._exists(
+            "iot:GetPolicy", self.c.iot.get_policy, ("ResourceNotFoundException",), policyName=name
+        )
+        if found is None:
+            self.report.say(
+                "claim policy {}: {} (provisioning with template {} only)".format(
+                    name, verb, self.o.template_name
+                )
+            )
+            if self.o.dry_run:
+                return
+            self._call(
+                "iot:CreatePolicy",
+                self.c.iot.create_policy,
+                policyName=name,
+                policyDocument=claim_policy(region, account, self.o.template_name),
+                tags=self._tags(),
+            )
+            self._created("claim_policy", name, lambda: self.c.iot.delete_policy(policyName=name))
+        else:
+            self.report.say("claim policy {}: exists, unchanged".format(name))
+        if self.o.dry_run:
+            return
+        attached = self._call(
+            "iot:ListAttachedPolicies", self.c.iot.list_attached_policies, target=cert["certificateArn"]
+        )
+        if name not in [p["policyName"] for p in attached["policies"]]:
+            self._call(
+                "iot:AttachPolicy", self.c.iot.attach_policy, policyName=name, target=cert["certificateArn"]
+            )
+            self.report.changed = True
+            self.report.say("claim policy {}: attached to the claim certificate".format(name))
+
+    def _write_claim_files(self, pem: str, key_pem: str) -> None:
+        certs = self.o.folder / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+        key_der = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        _write(certs / "claim.der", der)
+        _write(certs / "claim.key.der", key_der, private=True)
+
+    def _device_folder(self, endpoint: str, cert: dict[str, Any], ca_pem: bytes) -> None:
+        config: dict[str, Any] = {
+            "endpoint": endpoint,
+            "template": self.o.template_name,
+            "parameters": {"SerialNumber": "{uid}"},
+            "format": self.o.fmt,
+            "method": self.o.method,
+            "cert_dir": "certs",
+        }
+        if self.o.mqtt_port is not None:
+            config["port"] = self.o.mqtt_port
+        text = (json.dumps(config, indent=2) + "\n").encode()
+        ca_der = x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
+        path = self.o.folder / "config.json"
+        ca_path = self.o.folder / "certs" / "ca.der"
+        changes = [
+            p for p, data in ((path, text), (ca_path, ca_der)) if not p.is_file() or p.read_bytes() != data
+        ]
+        if cert.get("new"):
+            changes += [self.o.folder / "certs" / "claim.der", self.o.folder / "certs" / "claim.key.der"]
+        if not changes:
+            self.report.say("device folder {}: unchanged".format(self.o.folder))
+            return
+        self.report.say(
+            "device folder {}: {} {}".format(
+                self.o.folder,
+                "would write" if self.o.dry_run else "wrote",
+                ", ".join(str(p.relative_to(self.o.folder)) for p in changes),
+            )
+        )
+        if self.o.dry_run:
+            return
+        _write(path, text)
+        _write(ca_path, ca_der)
+        self.state.setdefault("files", [])
+        for p in ("config.json", "certs/ca.der", "certs/claim.der", "certs/claim.key.der"):
+            if p not in self.state["files"]:
+                self.state["files"].append(p)
+        self._save()
+        self.report.changed = True
+
+    # -- teardown ------------------------------------------------------------------------
+
+    def _delete_role(self, name: str) -> None:
+        attached = self.c.iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]
+        for p in attached:
+            self.c.iam.detach_role_policy(RoleName=name, PolicyArn=p["PolicyArn"])
+        self.c.iam.delete_role(RoleName=name)
+
+    def _delete_certificate(self, cid: str) -> None:
+        arn = self.c.iot.describe_certificate(certificateId=cid)["certificateDescription"]["certificateArn"]
+        for p in self.c.iot.list_attached_policies(target=arn)["policies"]:
+            self.c.iot.detach_policy(policyName=p["policyName"], target=arn)
+        self.c.iot.update_certificate(certificateId=cid, newStatus="INACTIVE")
+        self.c.iot.delete_certificate(certificateId=cid)
+
+    def _ours_iot(self, arn: str) -> bool:
+        tags = self._call("iot:ListTagsForResource", self.c.iot.list_tags_for_resource, resourceArn=arn)[
+            "tags"
+        ]
+        return {"Key": TAG_KEY, "Value": self.o.name} in tags
+
+    def teardown(self) -> Report:
+        created = dict(self.state["created"])
+        if not created and not self.state.get("files"):
+            self.report.say("{} lists nothing this tool created: nothing to remove".format(self.state_path))
+            return self.report
+        verb = "would delete" if self.o.dry_run else "deleted"
+        failures = []
+        steps: list[tuple[str, str, Callable[[], bool], Callable[[], None]]] = []
+        if "claim" in created:
+            cid = created["claim"]["certificateId"]
+            steps.append(
+                (
+                    "claim",
+                    "claim certificate {}".format(cid),
+                    lambda: True,
+                    lambda cid=cid: self._delete_certificate(cid),
+                )
+            )
+        if "claim_policy" in created:
+            name = created["claim_policy"]
+            steps.append(
+                (
+                    "claim_policy",
+                    "claim policy {}".format(name),
+                    lambda name=name: self._ours_iot(self.c.iot.get_policy(policyName=name)["policyArn"]),
+                    lambda name=name: self.c.iot.delete_policy(policyName=name),
+                )
+            )
+        if "template" in created:
+            name = created["template"]
+            steps.append(
+                (
+                    "template",
+                    "template {}".format(name),
+                    lambda name=name: self._ours_iot(
+                        self.c.iot.describe_provisioning_template(templateName=name)["templateArn"]
+                    ),
+                    lambda name=name: self.c.iot.delete_provisioning_template(templateName=name),
+                )
+            )
+        if "thing_group" in created:
+            name = created["thing_group"]
+            steps.append(
+                (
+                    "thing_group",
+                    "thing group {}".format(name),
+                    lambda name=name: self._ours_iot(
+                        self.c.iot.describe_thing_group(thingGroupName=name)["thingGroupArn"]
+                    ),
+                    lambda name=name: self.c.iot.delete_thing_group(thingGroupName=name),
+                )
+            )
+        if "role" in created:
+            name = created["role"]
+            steps.append(
+                (
+                    "role",
+                    "role {}".format(name),
+                    lambda name=name: (
+                        {"Key": TAG_KEY, "Value": self.o.name}
+                        in self.c.iam.list_role_tags(RoleName=name)["Tags"]
+                    ),
+                    lambda name=name: self._delete_role(name),
+                )
+            )
+        for kind, what, ours, delete in steps:
+            try:
+                if not ours():
+                    self.report.say("{}: its tag no longer says this tool made it; left as is".format(what))
+                    self._forget(kind)
+                    continue
+                if not self.o.dry_run:
+                    delete()
+                    self._forget(kind)
+                self.report.say("{}: {}".format(what, verb))
+            except ClientError as exc:
+                if _code(exc) in ("ResourceNotFoundException", "NoSuchEntity"):
+                    self.report.say("{}: already gone".format(what))
+                    self._forget(kind)
+                    continue
+                failures.append(str(explain(exc, "deleting " + what)))
+            except BotoCoreError as exc:
+                raise explain(exc, "teardown") from exc
+        for rel in self.state.get("files", []):
+            p = self.o.folder / rel
+            if p.exists():
+                self.report.say("device folder: {} {}".format(verb, rel))
+                if not self.o.dry_run:
+                    p.unlink()
+        if failures:
+            raise SetupError(
+                "\n".join(failures + ["still listed in {}; run teardown again".format(self.state_path)])
+            )
+        if not self.o.dry_run:
+            self.state_path.unlink(missing_ok=True)
+        return self.report
+
+
+def claim_policy(region: str, account: str, template: str) -> str:
+    """AWS's documented fleet-provisioning claim policy for one template (docs/aws-setup.md step 5)."""
+    arn = "arn:aws:iot:{}:{}:".format(region, account)
+    topics = [
+        "$aws/certificates/create/*",
+        "$aws/certificates/create-from-csr/*",
+        "$aws/provisioning-templates/{}/provision/*".format(template),
+    ]
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"},
+                {
+                    "Effect": "Allow",
+                    "Action": ["iot:Publish", "iot:Receive"],
+                    "Resource": [arn + "topic/" + t for t in topics],
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "iot:Subscribe",
+                    "Resource": [arn + "topicfilter/" + t for t in topics],
+                },
+            ],
+        },
+        indent=2,
+    )
+
+
+def _write(path: Path, data: bytes, *, private: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp.replace(path)
