@@ -70,6 +70,9 @@ ELSEWHERE = {
     ".venv/bin/python -m tools.esp32check": "tests/host/test_esp32_api.py",
     ".venv/bin/python -m tools.esp32check mycode.py": "tests/host/test_esp32_api.py (on the reader's file)",
     "make demo": "tests/device/test_firstboot_iotsim.py runs the same first boot (the demo takes a minute)",
+    "make claim PORT=/tmp/board.pty ENDPOINT_URL=http://127.0.0.1:<port> FLEETPROV_CONFIG=.iotsim": (
+        "tests/device/test_trusted_claim.py (the same tools.deploy claim against iotsim on the virtual board)"
+    ),
 }
 BY_DESIGN = {
     "make test": "the suite this test is part of (.ci/run runs it)",
@@ -82,6 +85,7 @@ BY_DESIGN = {
     "make deploy PORT=/dev/ttyUSB0 MPY=0": BOARD + " (tests/device/test_virtual_board.py deploys sources)",
     "make deploy": BOARD + " (auto-detected)",
     "make status PORT=/dev/ttyUSB0": BOARD + " (the virtual board runs the same target above)",
+    "make claim PORT=/dev/ttyUSB0": BOARD + " and AWS (tests/device/test_trusted_claim.py runs it on the virtual board)",
     ".venv/bin/mpremote connect /dev/ttyUSB0 repl": BOARD + ", and a person at the console",
     ".venv/bin/mpremote connect /dev/ttyUSB0 mip install github:<owner>/<repo>": BOARD + " and GitHub",
     ".venv/bin/mpremote connect /dev/ttyUSB0 mip install github:<owner>/<repo>@<ref>": BOARD + " and GitHub",
