@@ -28,6 +28,9 @@ import sys
 
 RECORD = "provisioned.json"
 PENDING = "pending.json"
+# Beside a claim put on the board for one provisioning (tools/trustedclaim.py):
+# that claim is deleted once the device has its own identity.
+TEMPORARY_CLAIM = "claim.temporary"
 DEVICE_CERT = "device.crt.der"
 DEVICE_KEY = "device.key.der"
 # PEM-mode names (Store(pem=True)): CircuitPython's TLS loads PEM files only.
@@ -224,6 +227,21 @@ class Store:
     def claim(self):
         """Return ``(cert_der, key_der)`` of the claim identity."""
         return self.read(self.claim_cert), self.read(self.claim_key)
+
+    def retire_temporary_claim(self):
+        """Delete a temporary claim (provisioning by trusted user: the marker
+        TEMPORARY_CLAIM sits beside it) once the device has its own identity;
+        a factory claim, without the marker, is never touched. The marker goes
+        last, so a cut halfway is finished at the next call. True if deleted."""
+        marker = self.path(TEMPORARY_CLAIM)
+        if not _exists(marker):
+            return False
+        _remove(self.path(self.claim_cert))
+        _remove(self.path(self.claim_key))
+        _sync()
+        _remove(marker)
+        _sync()
+        return True
 
     def ca_der(self):
         """Return the CA certificate (DER) that verifies the endpoint."""

@@ -482,19 +482,33 @@ class FirstBoot:
             self.progress.step("provisioned", "thing {} certificate {}".format(
                 rec["thing_name"], rec["certificate_id"]))
             try:
-                return self.connect_thing()
+                link = self.connect_thing()
             except FirstBootError as ex:
                 if not ex.refused:
                     raise
                 # Revoked or deleted: the claim is still there, so start over.
                 self.progress.step("refused", "{}; clearing it, provisioning again".format(ex))
                 s.clear()
+            else:
+                self._retire_claim()  # finishes a deletion a power cut interrupted
+                return link
         else:
             self.progress.step("not-provisioned", "claim {}".format(s.path(s.claim_cert)))
         self.provision()
         link = self.connect_thing()
         self.confirm(link)
+        self._retire_claim()
         return link
+
+    def _retire_claim(self):
+        # A temporary claim (provisioning by trusted user) has done its job
+        # once the thing's own identity works: no claim stays on the board.
+        s = self.store
+        try:
+            if s.retire_temporary_claim():
+                self.progress.step("claim-retired", "temporary claim {} deleted".format(s.path(s.claim_cert)))
+        except OSError as ex:  # the identity works; the next boot tries again
+            self.progress.step("claim-kept", "cannot delete the temporary claim: {}".format(ex))
 
 
 def publish_bounded(link, topic, payload, timeout_ms):

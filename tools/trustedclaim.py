@@ -30,6 +30,10 @@ from cryptography.hazmat.primitives import serialization
 
 from . import deploy
 
+# The marker beside a temporary claim: the board deletes a claim it marks once its own
+# identity works (lib/credstore.py's TEMPORARY_CLAIM; tests/host/test_credstore.py checks they agree).
+TEMPORARY_CLAIM = "claim.temporary"
+
 log = logging.getLogger("deploy")
 
 
@@ -104,9 +108,16 @@ def install_claim(
         cert_path.write_bytes(cert_der)
         key_path.touch(mode=0o600)
         key_path.write_bytes(key_der)
+        marker_path = folder / TEMPORARY_CLAIM
+        marker_path.write_text("{} valid until {}\n".format(cid, expires))
         plan = deploy.Plan(
             mkdirs=[cert_dir] if cert_dir + "/" not in inventory else [],
-            copies=[deploy.Upload(cert_path, dests[0]), deploy.Upload(key_path, dests[1])],
+            # the marker last: the board deletes a claim it marks once provisioned
+            copies=[
+                deploy.Upload(cert_path, dests[0]),
+                deploy.Upload(key_path, dests[1]),
+                deploy.Upload(marker_path, "{}/{}".format(cert_dir, TEMPORARY_CLAIM)),
+            ],
             removes=[],
             unchanged=[],
         )

@@ -55,6 +55,12 @@ def test_a_temporary_claim_put_on_the_board_provisions_it(
     # The device's certificate was asked for by the temporary claim.
     record = iotsim.registry.certificate(store["certificate_id"])
     assert record is not None and record.owner == claim_id and record.status == "ACTIVE"
+    # Provisioned, the board deleted the temporary claim and its marker; no claim stays on it.
+    assert "claim-retired" in out.stdout, out.stdout
+    left = flash_files(board.flash)
+    assert not {"certs/claim.der", "certs/claim.key.der", "certs/claim.temporary"} & set(left), sorted(left)
+    again = board.mpremote("exec", "import boot, main")  # a provisioned boot needs no claim
+    assert "Traceback" not in again.stdout + again.stderr and "claim-retired" not in again.stdout
 
 
 def test_a_claim_for_a_missing_template_changes_nothing_on_the_board(

@@ -517,3 +517,42 @@ def test_a_power_cut_at_any_staging_boundary_leaves_nothing_or_the_staged_identi
             assert rec is None and pending is None
         assert shipped(flash) == before
         assert not list((flash / "certs").glob("*.tmp"))
+
+
+# -- temporary claims (provisioning by trusted user) ---------------------------------
+
+
+def test_a_factory_claim_without_the_marker_is_never_retired(flash: Path) -> None:
+    before = shipped(flash)
+    assert Store("certs").retire_temporary_claim() is False
+    assert shipped(flash) == before
+
+
+def test_a_marked_temporary_claim_is_retired_marker_last_and_the_ca_stays(flash: Path) -> None:
+    certs = flash / "certs"
+    (certs / credstore.TEMPORARY_CLAIM).write_text("id valid until then\n")
+    store = Store("certs")
+    steps: list[str] = []
+    real_remove = credstore._remove
+    credstore._remove = lambda path: (steps.append(os.path.basename(path)), real_remove(path))  # type: ignore[assignment]
+    try:
+        assert store.retire_temporary_claim() is True
+    finally:
+        credstore._remove = real_remove  # type: ignore[assignment]
+    assert steps == ["claim.der", "claim.key.der", credstore.TEMPORARY_CLAIM]
+    assert sorted(p.name for p in certs.iterdir()) == ["ca.der"]
+    assert store.retire_temporary_claim() is False  # nothing left to do
+
+
+def test_a_retirement_cut_before_the_marker_went_is_finished_next_time(flash: Path) -> None:
+    certs = flash / "certs"
+    (certs / credstore.TEMPORARY_CLAIM).write_text("x")
+    (certs / "claim.der").unlink()  # the cut came after the first removal
+    assert Store("certs").retire_temporary_claim() is True
+    assert sorted(p.name for p in certs.iterdir()) == ["ca.der"]
+
+
+def test_the_host_tool_writes_the_marker_the_board_looks_for() -> None:
+    from tools import trustedclaim
+
+    assert trustedclaim.TEMPORARY_CLAIM == credstore.TEMPORARY_CLAIM
