@@ -326,13 +326,13 @@ class Store:
         """Store a new, not yet registered identity (see commit() for cert and
         key); pending.json last. ``issued``: time.time() when the certificate
         came, to tell an expired ownership token. Returns the pending record."""
-        cert, key = self._pair(certificate_id, cert, key)
+        names, cert, key = self._encoded(certificate_id, cert, key)
         rec = {
             "version": _VERSION,
             "certificate_id": certificate_id,
             "ownership_token": ownership_token,
             "issued": issued,
-            "files": {"cert": DEVICE_CERT, "key": DEVICE_KEY},
+            "files": {"cert": names[0], "key": names[1]},
             "sha256": {"cert": _digest(cert), "key": _digest(key)},
         }
         # Nothing may vouch for the files while they are rewritten.
@@ -340,8 +340,8 @@ class Store:
             if _exists(self.path(name)):
                 _remove(self.path(name))
                 _sync()
-        self.write_atomic(DEVICE_KEY, key)
-        self.write_atomic(DEVICE_CERT, cert)
+        self.write_atomic(names[1], key)
+        self.write_atomic(names[0], cert)
         self.write_atomic(PENDING, json.dumps(rec).encode())
         return rec
 
@@ -369,18 +369,21 @@ class Store:
         _remove(self.path(PENDING))
         _sync()
         self._step("pending-dropped")
-        _remove(self.path(DEVICE_CERT))
-        _remove(self.path(DEVICE_KEY))
+        for name in (DEVICE_CERT, DEVICE_KEY, DEVICE_CERT_PEM, DEVICE_KEY_PEM):
+            _remove(self.path(name))
 
     def provisioned(self):
         """True when load() found a complete, verified identity."""
         return self.record is not None
 
-    def identity(self):
-        """Return ``(cert_der, key_der)`` of the provisioned identity."""
-        if self.record is None:
+    def identity(self, rec=None):
+        """Return ``(cert_der, key_der)`` of the provisioned identity, or of
+        ``rec`` (a pending record from load_pending)."""
+        if rec is None:
+            rec = self.record
+        if rec is None:
             raise StoreError("not provisioned: no verified identity to connect with")
-        f = self.record["files"]
+        f = rec["files"]
         return self.read(f["cert"]), self.read(f["key"])
 
     def clear(self):
@@ -402,21 +405,9 @@ class Store:
         ``cert`` and ``key``: PEM (str) or DER (bytes). They are converted to
         DER, checked to belong together (StoreError otherwise, nothing
         written) and written atomically. Returns the record."""
-        cert, key = self._pair(certificate_id, cert, key)
+        names, cert, key = self._encoded(certificate_id, cert, key)
         if device_configuration is None:
             device_configuration = {}
-        names = (DEVICE_CERT, DEVICE_KEY)
-        if self.pem:
-            # Re-encoded from the DER just checked: what lands on flash is
-            # exactly what was verified, whatever line ends AWS sent.
-            try:
-                key = der_to_pem(key, _key_label(key)).encode()
-            except ValueError as ex:
-                raise StoreError("cannot tell the private key's format: {}".format(ex))
-            finally:
-                _drop_der()
-            cert = der_to_pem(cert, "CERTIFICATE").encode()
-            names = (DEVICE_CERT_PEM, DEVICE_KEY_PEM)
         rec = {
             "version": _VERSION,
             "thing_name": thing_name,
@@ -436,6 +427,21 @@ class Store:
         self.write_atomic(RECORD, json.dumps(rec).encode())
         self.record = rec
         return rec
+
+    def _encoded(self, certificate_id, cert, key):
+        # -> ((cert name, key name), cert, key) as they go to flash: DER, or
+        # PEM in PEM mode, re-encoded from the DER just checked so what lands
+        # on flash is exactly what was verified, whatever line ends AWS sent.
+        cert, key = self._pair(certificate_id, cert, key)
+        if not self.pem:
+            return (DEVICE_CERT, DEVICE_KEY), cert, key
+        try:
+            key = der_to_pem(key, _key_label(key)).encode()
+        except ValueError as ex:
+            raise StoreError("cannot tell the private key's format: {}".format(ex))
+        finally:
+            _drop_der()
+        return (DEVICE_CERT_PEM, DEVICE_KEY_PEM), der_to_pem(cert, "CERTIFICATE").encode(), key
 
     def _pair(self, certificate_id, cert, key):
         # (cert DER, key DER) from PEM or DER, checked to belong together.

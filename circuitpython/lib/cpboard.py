@@ -120,11 +120,14 @@ class Store(credstore.Store):
         """Paths of the claim certificate and key (PEM)."""
         return self._existing(self.claim_cert), self._existing(self.claim_key)
 
-    def identity(self):
-        """Paths of the provisioned certificate and key (PEM)."""
-        if self.record is None:
+    def identity(self, rec=None):
+        """Paths of the provisioned certificate and key (PEM), or of ``rec``
+        (a pending record)."""
+        if rec is None:
+            rec = self.record
+        if rec is None:
             raise credstore.StoreError("not provisioned: no verified identity to connect with")
-        f = self.record["files"]
+        f = rec["files"]
         return self._existing(f["cert"]), self._existing(f["key"])
 
     def ca_der(self):

@@ -141,9 +141,9 @@ def test_load_reports_a_missing_file_and_bad_json(tmp_path: Path) -> None:
 
 
 def test_substitution_fills_uid_and_client_id_and_leaves_other_braces() -> None:
-    import firstboot
+    import provision
 
-    out = firstboot.substitute(
+    out = provision.substitute(
         {"SerialNumber": "{uid}", "Name": "dev-{client_id}", "Raw": "{x} {{uid}}"}, "a1b2", "cid"
     )
     assert out == {"SerialNumber": "a1b2", "Name": "dev-cid", "Raw": "{x} {a1b2}"}

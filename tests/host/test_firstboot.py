@@ -15,6 +15,7 @@ import devconfig
 import firstboot
 import fleetprov
 import mqttlink
+import provision
 import pytest
 from cryptography import x509
 from devicepki import Identity, ca_der, ec_identity, issue, rsa_identity
@@ -613,8 +614,8 @@ def test_a_staged_certificate_past_its_token_lifetime_is_not_registered_again(
     flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pending = staged_boot(flash, cloud)
-    now = pending["issued"] + firstboot.TOKEN_TTL_S + 1
-    monkeypatch.setattr(firstboot.time, "time", lambda: now)
+    now = pending["issued"] + provision.TOKEN_TTL_S + 1
+    monkeypatch.setattr(provision.time, "time", lambda: now)
     boot = Boot(cloud)
     boot.fb.start()
     assert "dropped" in boot.steps() and cloud.calls.count("register") == 2  # the cut one, the new one
@@ -625,8 +626,8 @@ def test_an_expired_staged_csr_identity_is_dropped_and_a_new_csr_made(
     flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pending = staged_boot(flash, cloud, method="csr")
-    now = pending["issued"] + firstboot.TOKEN_TTL_S + 1
-    monkeypatch.setattr(firstboot.time, "time", lambda: now)
+    now = pending["issued"] + provision.TOKEN_TTL_S + 1
+    monkeypatch.setattr(provision.time, "time", lambda: now)
     boot = Boot(cloud, method="csr")
     boot.fb.start()
     steps = boot.steps()
