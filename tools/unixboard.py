@@ -359,34 +359,57 @@ def _kill(proc: subprocess.Popen[str]) -> None:
 def smallest_heap(
     pristine: Path,
     work: Path,
-    lo_kb: int = 32,
+    lo_kb: int = 16,
     hi_kb: int = 256,
-    step_kb: int = 4,
-    on_probe: Callable[[int, bool], None] | None = None,
+    step_kb: int = 2,
+    trials: int = 10,
+    on_probe: Callable[[int, int, int], None] | None = None,
 ) -> int | None:
-    """Smallest ``-X heapsize`` (KB, to ``step_kb``) at which a factory-fresh
-    copy of the flash folder ``pristine`` completes its first boot on the
-    current target; None if even ``hi_kb`` fails. ``on_probe(kb, ok)`` is
-    called after each boot."""
+    """Smallest ``-X heapsize`` (KB, to ``step_kb``) at which ``trials``
+    factory-fresh copies of the flash folder ``pristine`` all complete their
+    first boot on the current target; None if even ``hi_kb`` does not.
 
-    def completes(kb: int) -> bool:
-        flash = work / f"heap-{kb}k"
-        shutil.copytree(pristine, flash)
-        try:
-            r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
-        finally:
+    Success is not monotonic in the heap size (random keys and nonces,
+    fragmentation): one boot that passes says little, so a size counts only
+    when all ``trials`` boots pass, and the answer's neighbour one step up
+    must pass ``trials`` times too; when it does not, the search goes on above
+    it. ``on_probe(kb, passed, tried)`` is called after each size (a size stops
+    at its first failure)."""
+    tried: dict[int, bool] = {}
+
+    def all_pass(kb: int) -> bool:
+        if kb in tried:
+            return tried[kb]
+        passed = 0
+        for n in range(trials):
+            flash = work / f"heap-{kb}k-{n}"
             shutil.rmtree(flash, ignore_errors=True)
-        ok = r.returncode == 0 and "done" in r.steps()
+            shutil.copytree(pristine, flash)
+            try:
+                r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
+            finally:
+                shutil.rmtree(flash, ignore_errors=True)
+            if not (r.returncode == 0 and "done" in r.steps()):
+                break
+            passed += 1
+        tried[kb] = passed == trials
         if on_probe is not None:
-            on_probe(kb, ok)
-        return ok
+            on_probe(kb, passed, passed + (passed < trials))
+        return tried[kb]
 
-    if not completes(hi_kb):
+    top = hi_kb
+    if not all_pass(top):
         return None
-    while hi_kb - lo_kb > step_kb:
-        mid = (lo_kb + hi_kb) // 2
-        if completes(mid):
-            hi_kb = mid
-        else:
-            lo_kb = mid
-    return hi_kb
+    while True:
+        while hi_kb - lo_kb > step_kb:
+            mid = lo_kb + (hi_kb - lo_kb) // 2 // step_kb * step_kb
+            if all_pass(mid):
+                hi_kb = mid
+            else:
+                lo_kb = mid
+        above = hi_kb + step_kb
+        if above >= top or all_pass(above):
+            return hi_kb
+        # hi_kb passed but the size above it did not: not monotonic here,
+        # so nothing at or below ``above`` is trusted.
+        lo_kb, hi_kb = above, top
