@@ -161,10 +161,14 @@ def run(args: argparse.Namespace) -> int:
             return _fail("the claim files changed")
 
         heap = _heap(first)
-        min_heap = None
+        min_heap = min_heap_provisioned = None
         if args.min_heap:
             print("\n== smallest heap for a first boot (each probe is a new factory-fresh device)")
             min_heap = smallest_heap(pristine, work, args.trials, args.step)
+            print("\n== smallest heap for a provisioned boot (each probe is a copy of the provisioned device)")
+            provisioned = work / "pristine-provisioned"
+            shutil.copytree(flash, provisioned)
+            min_heap_provisioned = smallest_heap(provisioned, work, args.trials, args.step)
         print("\n== summary")
         rows = [
             ("thing name", thing_name),
@@ -180,7 +184,11 @@ def run(args: argparse.Namespace) -> int:
             ("second boot", f"{second.elapsed * 1000:.0f} ms (provisioned: straight to the application)"),
             ("heap peak", f"{heap} bytes (MicroPython heap, sampled at each step)" if heap else "n/a"),
             *(
-                [("smallest heap", f"{min_heap} KB ({args.trials}/{args.trials} fresh boards, -X heapsize, {args.step} KB steps)" if min_heap else "over 256 KB")]
+                [
+                    ("smallest heap", f"{min_heap} KB for a first boot, {min_heap_provisioned} KB provisioned "
+                     f"({args.trials}/{args.trials} boards pass, -X heapsize, {args.step} KB steps)"
+                     if min_heap and min_heap_provisioned else "over 256 KB"),
+                ]
                 if args.min_heap
                 else []
             ),

