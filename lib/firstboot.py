@@ -93,24 +93,6 @@ class Progress:
             self.hook(name)
 
 
-def stop_hook():
-    """Test hook: with FLEETPROV_STOP_AT=<step> in the environment (unix port,
-    CPython; boards have no environment) the device prints
-    ``fleetprov STOP <step>`` at that step and waits on stdin, so a test can
-    cut the power at exactly that point. None when not requested."""
-    getenv = getattr(os, "getenv", None)
-    at = getenv("FLEETPROV_STOP_AT") if getenv is not None else None
-    if not at:
-        return None
-
-    def hook(step):
-        if step == at:
-            print("fleetprov STOP " + step)
-            sys.stdin.read(1)
-
-    return hook
-
-
 def hardware_uid():
     """Hex of machine.unique_id(), or None on ports without it."""
     try:
@@ -327,7 +309,7 @@ def run(app=None, config="config.json", printer=print, hook=None):
     """Load ``config``, make sure the device is provisioned, connect as its
     thing and call ``app(firstboot, link)``. Returns "ok", "retry" (a later
     boot may succeed) or "fatal" (fix the configuration or the cloud side).
-    ``hook``: see Progress (default: stop_hook())."""
+    ``hook``: see Progress."""
     t0 = ticks_ms()  # the progress clock starts before the config is read
     import devconfig
 
@@ -339,7 +321,7 @@ def run(app=None, config="config.json", printer=print, hook=None):
     finally:
         devconfig = None
         _unload("devconfig")  # about 8 KB of RAM, needed only to read the file
-    fb = FirstBoot(cfg, printer=printer, hook=hook or stop_hook())
+    fb = FirstBoot(cfg, printer=printer, hook=hook)
     fb.progress.t0 = t0
     fb.progress.step("config", "{} {} {} template {}".format(
         config, cfg["method"], cfg["format"], cfg["template"]))

@@ -40,6 +40,18 @@ CLAIM_FILES = ("ca.der", "claim.der", "claim.key.der")
 
 # boot.py then main.py, in one interpreter, like a board after reset.
 BOOT_CODE = "import boot\nimport main\n"
+# Prefixed to the boot code for Board.boot(stop_at=...): the device prints
+# "fleetprov STOP <step>" at that progress step or credential write boundary
+# and waits on stdin, so the harness cuts the power at exactly that point.
+# Test harness code: nothing of it is on a board.
+STOP_CODE = """import sys, firstboot
+def _stop_mark(self, name, _mark=firstboot.Progress.mark):
+    _mark(self, name)
+    if name == {step!r}:
+        print("fleetprov STOP " + name)
+        sys.stdin.read(1)
+firstboot.Progress.mark = _stop_mark
+"""
 
 
 def venv_tool(name: str) -> Path:
@@ -279,7 +291,6 @@ class Board:
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         path = os.pathsep.join([".frozen", "lib", *self.target.umqtt_path()])
         env = dict(os.environ, MICROPYPATH=path)
-        env.pop("FLEETPROV_STOP_AT", None)
         env.update(extra or {})
         return env
 
@@ -300,12 +311,14 @@ class Board:
     ) -> BootResult:
         """Boot once and return its output.
 
-        ``stop_at``: the device halts at that step (FLEETPROV_STOP_AT) and is
+        ``stop_at``: the device halts at that step (STOP_CODE) and is
         SIGKILLed as soon as it says so - a power cut at exactly that point.
         ``kill_after``: SIGKILL after that many seconds unless it ended first -
         a power cut at a random instant. ``timeout`` bounds the whole boot.
         """
-        env = self.env({"FLEETPROV_STOP_AT": stop_at} if stop_at else None)
+        env = self.env()
+        if stop_at:
+            code = STOP_CODE.format(step=stop_at) + code
         start = time.monotonic()
         proc = subprocess.Popen(
             self.command(code),

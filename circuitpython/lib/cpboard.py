@@ -218,8 +218,7 @@ def run(app=None, printer=print):
         printer("fleetprov: " + str(ex))
         return "retry" if ex.retryable else "fatal"
     set_clock(pool, cfg["ntp_host"], printer)
-    # stop_hook(): firstboot.run's power-cut point (FLEETPROV_STOP_AT), None unless set
-    fb = firstboot.FirstBoot(cfg, store=store, printer=printer, hook=firstboot.stop_hook(),
+    fb = firstboot.FirstBoot(cfg, store=store, printer=printer,
                              connect=connector(pool, cfg), uid=hardware_uid())
     fb.progress.t0 = t0
     fb.progress.step("config", "settings.toml {} {} template {}".format(
