@@ -81,11 +81,54 @@ def _check(name, v, typ, hint):
         _fail(name, "must be one of {}, got {}".format(" or ".join(_CHOICES[name]), json.dumps(v)), hint)
 
 
-def validate(raw):
+def _distance(a, b):
+    # Levenshtein distance (a field name is short: a few hundred steps).
+    prev = list(range(len(b) + 1))
+    for i in range(len(a)):
+        cur = [i + 1]
+        for j in range(len(b)):
+            cur.append(min(prev[j + 1] + 1, cur[j] + 1, prev[j] + (a[i] != b[j])))
+        prev = cur
+    return prev[-1]
+
+
+def closest_field(name):
+    """The field ``name`` most likely misspells (at most two edits, or a
+    shortened or lengthened name), or None."""
+    best = None
+    best_d = 3
+    for f in FIELD_NAMES:
+        d = _distance(name, f)
+        prefix = (len(name) > 2 and f.startswith(name)) or (len(f) > 3 and name.startswith(f))
+        if d < best_d or (best is None and prefix):
+            best, best_d = f, min(d, best_d)
+    return best
+
+
+def unknown_field(name):
+    """(message, misspelt) for a field config.json does not define; the host
+    check prints the same message. ``misspelt``: it is close to a field."""
+    guess = closest_field(name)
+    if guess is not None:
+        return "config.json: unknown field '{}' (did you mean '{}'?)".format(name, guess), True
+    return "config.json: unknown field '{}' ignored (the fields are in docs/configuration.md)".format(name), False
+
+
+def validate(raw, warn=None):
     """Check a decoded config (dict) and return a new dict with every field,
-    defaults filled in. Raises ConfigError naming the first bad field."""
+    defaults filled in. Raises ConfigError naming the first bad field. A
+    field close to a known one is a misspelling (the setting meant would be
+    silently ignored): ConfigError. Any other unknown field is passed to
+    ``warn(message)`` (a newer config.json on an older library) and ignored."""
     if not isinstance(raw, dict):
         raise ConfigError("config.json: must hold a JSON object, got {}".format(_typename(raw)))
+    for name in raw:
+        if name not in FIELD_NAMES:
+            msg, misspelt = unknown_field(name)
+            if misspelt:
+                raise ConfigError(msg)
+            if warn is not None:
+                warn(msg)
     cfg = {}
     for name, typ, default, hint in _FIELDS:
         v = raw.get(name)
@@ -121,7 +164,7 @@ def validate(raw):
     return cfg
 
 
-def load(path="config.json"):
+def load(path="config.json", warn=print):
     """Read and validate ``path``; see validate()."""
     try:
         with open(path) as f:
@@ -132,4 +175,4 @@ def load(path="config.json"):
         raw = json.loads(text)
     except ValueError as ex:
         raise ConfigError("{} is not valid JSON ({})".format(path, ex))
-    return validate(raw)
+    return validate(raw, warn)

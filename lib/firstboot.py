@@ -314,7 +314,7 @@ def run(app=None, config="config.json", printer=print, hook=None):
     import devconfig
 
     try:
-        cfg = devconfig.load(config)
+        cfg = devconfig.load(config, lambda msg: printer("fleetprov: " + msg))
     except devconfig.ConfigError as ex:
         printer("fleetprov: " + str(ex))
         return "fatal"

@@ -221,12 +221,53 @@ def read_config(config_dir: Path) -> dict[str, object]:
             "folder `python -m tools.iotsim up --state DIR` wrote{}".format(path, hint)
         )
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        # Strict here: MicroPython's json lets a missing or trailing comma through.
+        config = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as exc:
         raise DeployError("{} is not valid JSON ({}): fix it before deploying".format(path, exc)) from None
     if not isinstance(config, dict):
         raise DeployError("{} must hold a JSON object, not {}".format(path, type(config).__name__))
+    check_config(config)
     return config
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    seen: dict[str, object] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError("key {!r} appears twice; the board would keep only the last".format(key))
+        seen[key] = value
+    return seen
+
+
+def _board_devconfig():  # type: ignore[no-untyped-def]
+    # The board's own lib/devconfig.py (device code runs on CPython too):
+    # one definition of every rule, the board's own messages.
+    spec = importlib.util.spec_from_file_location("fleetprov_board_devconfig", LIB_SRC / "devconfig.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_config(config: dict[str, object]) -> None:
+    """Run the board's config check on the host: DeployError with the line the
+    board would print (after ``fleetprov: ``) for a config it would refuse.
+    An unknown field the board would ignore is logged, with difflib's closest
+    field when the board's own guess has none."""
+    import difflib
+
+    devconfig = _board_devconfig()
+
+    def warn(msg: str) -> None:
+        name = msg.split("'")[1]
+        close = difflib.get_close_matches(name, devconfig.FIELD_NAMES, n=1)
+        log.warning("%s%s", msg, " (closest field: {!r})".format(close[0]) if close else "")
+
+    try:
+        devconfig.validate(config, warn)
+    except devconfig.ConfigError as exc:
+        raise DeployError("the board would refuse this config: fleetprov: {}".format(exc)) from None
 
 
 def board_cert_dir(config: dict[str, object]) -> str:

@@ -139,7 +139,7 @@ def test_claim_files_are_found_in_the_cert_folder_or_beside_config(tmp_path: Pat
 
 
 def test_every_missing_claim_file_is_named_with_where_it_was_looked_for(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"endpoint": "e", "template": "t"}')
     with pytest.raises(DeployError) as info:
         deploy.collect_config(tmp_path)
     msg = str(info.value)
@@ -217,6 +217,52 @@ def test_the_compiled_build_is_bytecode_only_mpy_version_6() -> None:
         assert header[:2] == b"M\x06", (m, header)
         assert header[2] >> 2 == 0, "{}.mpy carries native code (arch {})".format(m, header[2] >> 2)
         assert header[3] <= 31, "{}.mpy needs {}-bit small ints; the ESP32 has 31".format(m, header[3])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"endpoint": "e", "template": "t", "port": "8883"}', "field 'port' must be an integer, got str \"8883\""),
+        ('{"endpoint": "e"}', "field 'template' is missing"),
+        ('{"endpoint": "e", "template": "t", "rx_sise": 8192}', "unknown field 'rx_sise' (did you mean 'rx_size'?)"),
+        ('{"endpoint": "e", "template": "bad name"}', "field 'template' must be 1-36 of [0-9A-Za-z_-]"),
+    ],
+)
+def test_a_config_the_board_would_refuse_is_refused_with_the_boards_message(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    import devconfig
+
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(DeployError) as info:
+        deploy.read_config(tmp_path)
+    with pytest.raises(devconfig.ConfigError) as board:
+        devconfig.validate(json.loads(content))
+    assert str(info.value) == "the board would refuse this config: fleetprov: " + str(board.value)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ['{"endpoint": "e", "template": "t",}', '{"endpoint": "e" "template": "t"}',
+     '{"endpoint": "e", "template": "t", "template": "u"}'],
+)
+def test_json_the_boards_parser_would_let_through_is_refused(tmp_path: Path, content: str) -> None:
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(DeployError, match="is not valid JSON"):
+        deploy.read_config(tmp_path)
+
+
+def test_an_unknown_field_the_board_ignores_is_reported_with_difflibs_guess(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "config.json").write_text('{"endpoint": "e", "template": "t", "connection_timeout": 5}')
+    with caplog.at_level("WARNING", logger="deploy"):
+        assert deploy.read_config(tmp_path)["connection_timeout"] == 5
+    assert caplog.messages == [
+        "config.json: unknown field 'connection_timeout' ignored (the fields are in docs/configuration.md)"
+        " (closest field: 'connect_timeout_ms')"
+    ]
 
 
 def test_a_missing_config_points_at_iotsims_state_folder_when_there_is_one(

@@ -121,8 +121,25 @@ def test_a_top_level_that_is_not_an_object_is_refused() -> None:
         devconfig.validate([MINIMAL])
 
 
-def test_unknown_fields_are_ignored() -> None:
-    assert "future" not in devconfig.validate(dict(MINIMAL, future=1))
+def test_unknown_fields_are_reported_and_ignored() -> None:
+    warnings: list[str] = []
+    assert "future" not in devconfig.validate(dict(MINIMAL, future=1), warnings.append)
+    assert warnings == ["config.json: unknown field 'future' ignored (the fields are in docs/configuration.md)"]
+
+
+@pytest.mark.parametrize(
+    ("typo", "field"),
+    [("rx_sise", "rx_size"), ("templat", "template"), ("retry_base", "retry_base_ms"), ("clientid", "client_id"),
+     ("Port", "port"), ("response_timeout", "response_timeout_ms")],
+)
+def test_a_misspelt_field_stops_with_a_did_you_mean(typo: str, field: str) -> None:
+    raw = dict(MINIMAL, **{typo: 1})
+    with pytest.raises(ConfigError, match=rf"^config.json: unknown field '{typo}' \(did you mean '{field}'\?\)$"):
+        devconfig.validate(raw)
+
+
+def test_every_field_is_its_own_closest_match() -> None:
+    assert all(devconfig.closest_field(f) == f for f in devconfig.FIELD_NAMES)
 
 
 def test_server_hostname_overrides_the_endpoint_for_tls() -> None:
