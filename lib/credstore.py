@@ -372,10 +372,6 @@ class Store:
         for name in (DEVICE_CERT, DEVICE_KEY, DEVICE_CERT_PEM, DEVICE_KEY_PEM):
             _remove(self.path(name))
 
-    def provisioned(self):
-        """True when load() found a complete, verified identity."""
-        return self.record is not None
-
     def identity(self, rec=None):
         """Return ``(cert_der, key_der)`` of the provisioned identity, or of
         ``rec`` (a pending record from load_pending)."""
