@@ -188,6 +188,7 @@ class Provisioner:
         self._app_exc = None
         self._sock = None  # the TimedSocket while an operation runs
         self._seen = 0  # messages handled, so _drain can tell "nothing" from "one"
+        self._landed = False  # the message being handled was read into the buffer
         try:
             client.set_callback(self._on_message)
         except Exception as exc:
@@ -279,6 +280,14 @@ class Provisioner:
             out.append(value)
         return out
 
+    def _sink(self, topic, n):
+        # timedsock: the first answer after the request is read straight
+        # into the buffer (no copy of umqtt's); anything else as usual.
+        if self._armed and self._got is None and topic in self._topics:
+            self._landed = True  # _on_message: already in the buffer
+            return self._view
+        return None
+
     def _on_message(self, topic, msg):
         self._seen += 1
         topics = self._topics
@@ -287,10 +296,12 @@ class Provisioner:
             if self._armed and self._got is None:
                 n = len(msg)
                 if n > len(self._rx):
-                    self._got = (None, n)
+                    self._got = (None, n)  # read through the buffer and dropped (timedsock.Skipped)
                 else:
-                    self._view[:n] = msg
+                    if not self._landed:
+                        self._view[:n] = msg  # a client without a socket of ours: copy
                     self._got = (topics.index(topic), n)
+                self._landed = False
         elif topic.startswith(_CERTS) or topic.startswith(_TEMPLATES):
             pass  # a late answer to an earlier operation
         elif self._app_cb is not None:
@@ -343,12 +354,14 @@ class Provisioner:
         self._armed = False
         self._got = None
         self._app_exc = None
+        self._landed = False
         subscribed = 0
         try:
             # umqtt has no time limits of its own: see timedsock
             sock = self._mqtt("preparing the socket", timedsock.attach, client, self._mqtt_ms)
             if sock is not None:
                 self._sock = client.sock
+                self._sock.sink = self._sink  # an answer's payload lands in the buffer
             for t in self._topics:
                 self._mqtt("subscribe to " + t.decode(), client.subscribe, t, _QOS)
                 subscribed += 1
