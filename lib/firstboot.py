@@ -109,18 +109,9 @@ def _classify(ex):
     # -> (retryable, message): the one classification of failures, for the
     # claim connection and the thing connection alike. Messages name the
     # cause and what to do.
-    if isinstance(ex, FirstBootError):
-        return ex.retryable, str(ex)
-    # (fleetprov is not imported here: if it is not loaded, ex cannot be its error.)
-    fleetprov = sys.modules.get("fleetprov")
-    if fleetprov is not None and isinstance(ex, fleetprov.ProvisioningError):
-        if ex.status in (fleetprov.TIMEOUT, fleetprov.MQTT_ERROR):
-            return True, str(ex)
-        if ex.status == fleetprov.SERVER_REFUSED:
-            code = ex.status_code
-            # str(ex) carries the status code, error code and the server's message.
-            return code == 429 or (code is not None and code >= 500), str(ex)
-        return False, str(ex)
+    retryable = getattr(ex, "retryable", None)  # FirstBootError; fleetprov's, by provision.py
+    if retryable is not None:
+        return retryable, str(ex)
     if isinstance(ex, mqttlink.ConnectError):
         # A CONNACK refusal is final, except 3 (server unavailable); a close
         # before CONNACK may be a glitch (or AWS turning a revoked

@@ -9,6 +9,7 @@ import sys
 import time
 
 import credstore
+import fleetprov
 import mqttlink
 from firstboot import FirstBootError, _unload
 
@@ -125,15 +126,21 @@ class Provisioning:
         # One operation on a Provisioner of its own, closed after it: its
         # receive buffer is free again while the answer is staged on flash.
         cfg = self.cfg
-        make = self.fb.provisioner
-        if make is None:
-            import fleetprov
-
-            make = fleetprov.Provisioner
+        make = self.fb.provisioner or fleetprov.Provisioner
         p = make(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
                  cfg["mqtt_timeout_ms"])
         try:
             return getattr(p, op)(*args)
+        except Exception as ex:
+            if isinstance(ex, fleetprov.ProvisioningError):
+                # For firstboot's retry policy: what can pass is a lost answer
+                # or link, throttling, a server error (str(ex) carries the
+                # status code, error code and the server's message).
+                code = ex.status_code
+                ex.retryable = ex.status in (fleetprov.TIMEOUT, fleetprov.MQTT_ERROR) or (
+                    ex.status == fleetprov.SERVER_REFUSED and code is not None
+                    and (code == 429 or code >= 500))
+            raise
         finally:
             try:
                 p.close()
