@@ -127,9 +127,10 @@ class Provisioning:
         # receive buffer is free again while the answer is staged on flash.
         cfg = self.cfg
         make = self.fb.provisioner or fleetprov.Provisioner
-        p = make(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
-                 cfg["mqtt_timeout_ms"])
+        p = None
         try:
+            p = make(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
+                     cfg["mqtt_timeout_ms"])
             return getattr(p, op)(*args)
         except Exception as ex:
             if isinstance(ex, fleetprov.ProvisioningError):
@@ -142,10 +143,11 @@ class Provisioning:
                     and (code == 429 or code >= 500))
             raise
         finally:
-            try:
-                p.close()
-            except Exception:
-                pass
+            if p is not None:
+                try:
+                    p.close()
+                except Exception:
+                    pass
 
     def _csr(self):
         # A CSR shipped on flash wins (the user chose it); otherwise a P-256

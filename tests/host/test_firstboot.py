@@ -375,6 +375,20 @@ def test_local_failures_are_not_retried(flash: Path, cloud: FakeCloud, s: int) -
     assert boot.sleeps == []
 
 
+def test_a_provisioner_that_cannot_get_its_buffer_stops_with_fleetprovs_own_line(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_buffer(*args: Any) -> None:
+        raise fleetprov.ProvisioningError(fleetprov.NO_MEMORY, "Provisioner: no memory for rx_size=6144")
+
+    monkeypatch.setattr(cloud, "provisioner", no_buffer)
+    boot = Boot(cloud)
+    with pytest.raises(FirstBootError) as info:
+        boot.fb.start()
+    assert str(info.value) == "provisioning failed: Provisioner: no memory for rx_size=6144"
+    assert not info.value.retryable and boot.sleeps == []
+
+
 def test_attempts_are_bounded_and_the_last_error_is_reported(flash: Path, cloud: FakeCloud) -> None:
     cloud.fail["keys"] = [refused(429, "ThrottlingException", "slow down")] * 10
     boot = Boot(cloud, retry_attempts=4, retry_base_ms=1000, retry_max_ms=3000)
