@@ -50,25 +50,6 @@ except ImportError:  # CPython, CircuitPython: ints do not wrap, so plain arithm
 
 _SLICE_MS = 20  # longest single poll: TLS may hold decrypted bytes poll cannot see
 
-# Where umqtt is in a PUBLISH it reads (TimedSocket.sink). Every umqtt.simple
-# release, 1.3.4 to 1.8.0, reads one the same way: read(1) the type (in
-# non-blocking mode, from check_msg), read(1) per remaining-length byte,
-# read(2) the topic length, read(topic length), read(2) the packet id at
-# QoS 1, then read(size) the payload, which it hands to its callback.
-_TYPE, _LENGTH, _TOPIC_LEN, _TOPIC, _PID, _PAYLOAD = 0, 1, 2, 3, 4, 5
-
-
-class Skipped:
-    """Stands in for a payload too large for the sink's buffer: read off the
-    socket through the buffer and dropped. len() is its size."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-
 class TimedSocket:
     """A stream socket whose blocking reads and writes end at a deadline.
 
@@ -89,13 +70,6 @@ class TimedSocket:
         self._ipoll(0)
         self._events = (select.POLLIN, select.POLLOUT)
         sock.setblocking(False)
-        # sink(topic, size) -> a memoryview to read that PUBLISH's payload
-        # into (umqtt then gets a view of it, not a copy of its own), or None
-        # for an ordinary read. fleetprov's receive buffer, for its answers.
-        self.sink = None
-        self._state = _TYPE
-        self._qos = 0
-        self._topic = None
         self.arm()
 
     def arm(self, ms=None):
@@ -129,18 +103,8 @@ class TimedSocket:
     def read(self, n=-1):
         """n bytes (fewer only at end of stream); in non-blocking mode what is there, or None."""
         if not self._blocking:
-            data = self._sock.read(n)
-            if data and self.sink is not None:
-                self._follow(data)
-            return data
+            return self._sock.read(n)
         self._left()  # data flowing does not extend the operation
-        if self._state == _PAYLOAD:
-            self._state = _TYPE
-            topic = self._topic
-            self._topic = None
-            buf = self.sink(topic, n) if self.sink is not None else None
-            if buf is not None:
-                return self._land(buf, n)
         data = b""
         while len(data) < n:
             chunk = self._sock.read(n - len(data))
@@ -150,55 +114,7 @@ class TimedSocket:
                 break  # end of stream: umqtt sees the short read
             else:
                 data = data + chunk if data else chunk
-        if self.sink is not None:
-            self._follow(data)
         return data
-
-    def _follow(self, data):
-        # Track umqtt's reads of a PUBLISH (see _TYPE) up to its payload.
-        state = self._state
-        if not data:
-            return
-        if state == _TYPE:
-            # one byte: a packet type (a length byte of a PUBACK or PINGRESP
-            # read alone is 2 or 0: never a PUBLISH)
-            if len(data) == 1 and data[0] & 0xF0 == 0x30:
-                self._qos = data[0] & 6
-                self._state = _LENGTH
-        elif state == _LENGTH:
-            if not data[0] & 0x80:
-                self._state = _TOPIC_LEN
-        elif state == _TOPIC_LEN:
-            self._state = _TOPIC
-        elif state == _TOPIC:
-            self._topic = data
-            self._state = _PID if self._qos else _PAYLOAD
-        elif state == _PID:
-            self._state = _PAYLOAD
-
-    def _land(self, buf, n):
-        # Read the n-byte payload into buf: a view of it, or, when it does
-        # not fit, read through buf and dropped: Skipped(n).
-        fits = n <= len(buf)
-        readinto = getattr(self._sock, "readinto", None)
-        done = 0
-        while done < n:
-            at = done if fits else 0
-            room = buf[at:at + (n - done if fits else min(len(buf), n - done))]
-            if readinto is not None:
-                k = readinto(room)
-            else:
-                chunk = self._sock.read(len(room))
-                k = None if chunk is None else len(chunk)
-                if k:
-                    room[:k] = chunk
-            if k is None:
-                self._idle(0)
-            elif not k:
-                break  # end of stream: umqtt's callback gets the short payload
-            else:
-                done += k
-        return buf[:done] if fits else Skipped(n)
 
     def write(self, buf, n=None):
         """Write the first n bytes of buf (all of it by default); returns the count."""
@@ -226,13 +142,13 @@ def describe(exc):
     return "{}: {}".format(type(exc).__name__, exc)
 
 
-def attach(client, timeout_ms):
+def attach(client, timeout_ms, kind=TimedSocket):
     """Bound client's socket I/O to timeout_ms per operation (armed now; see
     TimedSocket.arm); returns the original socket for detach() (None when the
-    client has no socket)."""
+    client has no socket). ``kind``: TimedSocket or a subclass."""
     sock = getattr(client, "sock", None)
     if sock is not None:
-        client.sock = TimedSocket(sock, timeout_ms)
+        client.sock = kind(sock, timeout_ms)
     return sock
 
 
