@@ -9,7 +9,6 @@ import sys
 import time
 
 import credstore
-import fleetprov
 import mqttlink
 from firstboot import FirstBootError, _unload
 
@@ -125,6 +124,8 @@ class Provisioning:
     def _call(self, client, op, *args):
         # One operation on a Provisioner of its own, closed after it: its
         # receive buffer is free again while the answer is staged on flash.
+        import fleetprov  # here, not at the top: loaded after the key and the connection
+
         cfg = self.cfg
         make = self.fb.provisioner or fleetprov.Provisioner
         p = None
