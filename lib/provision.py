@@ -33,6 +33,14 @@ def substitute(params, uid, client_id):
     return out
 
 
+def _close(provisioner):
+    if provisioner is not None:
+        try:
+            provisioner.close()
+        except Exception:
+            pass
+
+
 def _token_refused(ex):
     # RegisterThing turned the saved ownership token down: already used (the
     # registration went through, its answer was lost) or expired.
@@ -50,19 +58,24 @@ class Provisioning:
         self.step = fb.progress.step
         self.pending = None  # the staged identity (credstore.load_pending)
         self.csr_pem = self.csr_key = None
+        self.kept = None  # the Provisioner kept from the CSR call for RegisterThing
 
     def run(self):
         """Provision with the claim and commit the new identity. Returns the
         record. Raises FirstBootError."""
         fb = self.fb
         s = self.store
+        self.pending = s.load_pending()
+        if self.pending is None and self.cfg["method"] == "csr":
+            # first: the key's big-int garbage is gone before anything
+            # long-lived (claim files, the connection) is placed among it
+            self._csr()
         try:
             self.claim_cert, self.claim_key = s.claim()
             self.ca = s.ca_der()
         except credstore.StoreError as ex:
             raise FirstBootError(str(ex))
         self.params = substitute(self.cfg["parameters"], fb.uid, fb.client_id)
-        self.pending = s.load_pending()
         if self.pending is not None:
             self.step("resume", "certificate {} staged {} s ago".format(
                 self.pending["certificate_id"], int(time.time() - self.pending["issued"])))
@@ -115,6 +128,8 @@ class Provisioning:
                              self.pending["ownership_token"], self.params)
             self.step("register", "thing {}".format(reg.thing_name))
         except BaseException as ex:
+            _close(self.kept)
+            self.kept = None
             link.close()
             if self.pending is not None and _token_refused(ex):
                 return None, self._adopt()
@@ -123,16 +138,26 @@ class Provisioning:
 
     def _call(self, client, op, *args):
         # One operation on a Provisioner of its own, closed after it: its
-        # receive buffer is free again while the answer is staged on flash.
+        # receive buffer is free again while CreateKeysAndCertificate's answer
+        # (an RSA key to convert) is staged on flash. CreateCertificateFromCsr's
+        # small answer stages in little RAM, so its Provisioner (and buffer) is
+        # kept for RegisterThing: a second 6 KB block, wanted after the key
+        # generation and the connection cut the heap up, failed about one
+        # boot in five at 96 KB.
         import fleetprov  # here, not at the top: loaded after the key and the connection
 
         cfg = self.cfg
         make = self.fb.provisioner or fleetprov.Provisioner
-        p = None
+        p = self.kept
+        self.kept = None
         try:
-            p = make(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
-                     cfg["mqtt_timeout_ms"])
-            return getattr(p, op)(*args)
+            if p is None:
+                p = make(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
+                         cfg["mqtt_timeout_ms"])
+            got = getattr(p, op)(*args)
+            if op == "create_certificate_from_csr":
+                self.kept, p = p, None
+            return got
         except Exception as ex:
             if isinstance(ex, fleetprov.ProvisioningError):
                 # For firstboot's retry policy: what can pass is a lost answer
@@ -144,11 +169,7 @@ class Provisioning:
                     and (code == 429 or code >= 500))
             raise
         finally:
-            if p is not None:
-                try:
-                    p.close()
-                except Exception:
-                    pass
+            _close(p)
 
     def _csr(self):
         # A CSR shipped on flash wins (the user chose it); otherwise a P-256

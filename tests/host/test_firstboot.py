@@ -518,6 +518,56 @@ def test_csr_method_reuses_its_key_across_retries(flash: Path, cloud: FakeCloud)
     assert cloud.calls.count("register") == 2 and len(cloud.active) == 1
 
 
+def made_provisioners(cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch) -> list[FakeProvisioner]:
+    made: list[FakeProvisioner] = []
+    make = cloud.provisioner
+
+    def provisioner(*args: Any) -> FakeProvisioner:
+        made.append(make(*args))
+        return made[-1]
+
+    monkeypatch.setattr(cloud, "provisioner", provisioner)
+    return made
+
+
+def test_csr_method_registers_on_the_provisioner_of_its_csr_call_and_closes_it(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = made_provisioners(cloud, monkeypatch)
+    Boot(cloud, method="csr").fb.start()
+    assert len(made) == 1 and made[0].closed  # one receive buffer for both answers
+
+
+def test_keys_method_uses_a_provisioner_per_operation(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = made_provisioners(cloud, monkeypatch)
+    Boot(cloud).fb.start()
+    assert len(made) == 2 and all(p.closed for p in made)  # the buffer is free while the key is staged
+
+
+@pytest.mark.parametrize("where", ["register", "stage"])
+def test_a_kept_provisioner_is_closed_when_its_attempt_fails(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    made = made_provisioners(cloud, monkeypatch)
+    if where == "register":
+        cloud.fail["register"] = [refused(503, "ServiceUnavailable")]
+    else:
+        real = credstore.Store.stage
+        calls: list[int] = []
+
+        def stage(self: credstore.Store, *args: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError(28, "No space left on device")
+            return real(self, *args)
+
+        monkeypatch.setattr(credstore.Store, "stage", stage)
+    Boot(cloud, method="csr").fb.start()
+    assert len(made) == 2 and all(p.closed for p in made)
+
+
 def test_csr_method_uses_a_csr_shipped_on_flash(flash: Path, cloud: FakeCloud) -> None:
     import csr
 
