@@ -18,8 +18,9 @@ import sys
 import credstore
 import mqttlink
 
+from progress import Progress
 # MicroPython's clock (with timedsock's CPython fallback, the project's one copy)
-from timedsock import describe, sleep_ms, ticks_diff, ticks_ms
+from timedsock import describe, sleep_ms, ticks_ms
 
 
 class FirstBootError(Exception):
@@ -54,45 +55,6 @@ def backoff_ms(attempt, base_ms, max_ms, rand=_rand):
     return d - half + rand(half)
 
 
-class Progress:
-    """Prints one line per step: ``fleetprov <ms> ms  <step>  <detail>``.
-
-    printer: callable(str), default print. hook: callable(step) or None,
-    called after each step and at each credential write boundary."""
-
-    def __init__(self, printer=print, hook=None):
-        self.t0 = ticks_ms()
-        self.printer = printer
-        self.hook = hook
-        self.heap_peak = 0  # most heap in use seen at a step, before collecting
-
-    def _heap(self):
-        alloc = getattr(gc, "mem_alloc", None)  # MicroPython only
-        if alloc is not None:
-            used = alloc()
-            if used > self.heap_peak:
-                self.heap_peak = used
-
-    def elapsed(self):
-        """Milliseconds since start."""
-        return ticks_diff(ticks_ms(), self.t0)
-
-    def step(self, name, detail=""):
-        """Report step ``name`` (never pass a secret in ``detail``)."""
-        self._heap()
-        gc.collect()
-        line = "fleetprov {:>6} ms  {}".format(self.elapsed(), name)
-        if detail:
-            line = line + "  " + detail
-        self.printer(line)
-        self.mark(name)
-
-    def mark(self, name):
-        """A boundary without a line (credential file writes)."""
-        if self.hook is not None:
-            self.hook(name)
-
-
 def hardware_uid():
     """Hex of machine.unique_id(), or None on ports without it."""
     try:
@@ -109,9 +71,8 @@ def _classify(ex):
     # -> (retryable, message): the one classification of failures, for the
     # claim connection and the thing connection alike. Messages name the
     # cause and what to do.
-    retryable = getattr(ex, "retryable", None)  # FirstBootError; fleetprov's, by provision.py
-    if retryable is not None:
-        return retryable, str(ex)
+    if isinstance(ex, FirstBootError):  # provision.py turns fleetprov's errors into these
+        return ex.retryable, str(ex)
     if isinstance(ex, mqttlink.ConnectError):
         # A CONNACK refusal is final, except 3 (server unavailable); a close
         # before CONNACK may be a glitch (or AWS turning a revoked

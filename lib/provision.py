@@ -5,7 +5,6 @@
 # never loads any of them. See docs/first-boot.md.
 
 import gc
-import sys
 import time
 
 import credstore
@@ -158,16 +157,15 @@ class Provisioning:
             if op == "create_certificate_from_csr":
                 self.kept, p = p, None
             return got
-        except Exception as ex:
-            if isinstance(ex, fleetprov.ProvisioningError):
-                # For firstboot's retry policy: what can pass is a lost answer
-                # or link, throttling, a server error (str(ex) carries the
-                # status code, error code and the server's message).
-                code = ex.status_code
-                ex.retryable = ex.status in (fleetprov.TIMEOUT, fleetprov.MQTT_ERROR) or (
-                    ex.status == fleetprov.SERVER_REFUSED and code is not None
-                    and (code == 429 or code >= 500))
-            raise
+        except fleetprov.ProvisioningError as ex:
+            if _token_refused(ex):
+                raise  # _attempt adopts or drops the staged certificate
+            # For firstboot's retry policy: what can pass is a lost answer or
+            # link, throttling, a server error (str(ex) carries the status
+            # code, error code and the server's message).
+            code = ex.status_code
+            raise FirstBootError(str(ex), retryable=ex.status in (fleetprov.TIMEOUT, fleetprov.MQTT_ERROR) or (
+                ex.status == fleetprov.SERVER_REFUSED and code is not None and (code == 429 or code >= 500)))
         finally:
             _close(p)
 
