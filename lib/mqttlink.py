@@ -93,16 +93,14 @@ class _SocketFactory:
         return getattr(self._mod, name)
 
 
-def nodelay(sock, mod=None):
-    """Turn Nagle's algorithm off on ``sock`` where the port allows; True if done.
+def nodelay(sock, mod):
+    """Turn Nagle's algorithm off on ``sock`` (of socket module ``mod``) where the port allows; True if done.
 
     umqtt writes each packet in several small pieces (TLS makes each its own
     record): with Nagle and the peer's delayed ACK every request then waits
     ~40 ms. The ESP32 port's socket module has IPPROTO_TCP and TCP_NODELAY
     (lwIP); the unix port has neither name but passes the option to Linux,
     whose numbers are 6 (the IP protocol number) and 1. Elsewhere: skipped."""
-    if mod is None:
-        import socket as mod
     level = getattr(mod, "IPPROTO_TCP", None)
     opt = getattr(mod, "TCP_NODELAY", None)
     if (level is None or opt is None) and sys.platform == "linux":
