@@ -38,16 +38,14 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from tools.esp32check import CheckError, Diagnostic, _in_scope, checker_command
+from tools.esp32check import CheckError, Diagnostic, _in_scope, run_checker
 
 # esp32check's API rules, kept here so a rule added there for the ESP32 is a
 # deliberate choice here too.
@@ -59,7 +57,6 @@ RULES = (
 )
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = Path(__file__).resolve().parent / "stubs"
-CHECKER_TIMEOUT_S = 300.0
 STUB_DIST = "circuitpython-stubs"
 STDLIB_DIST = "micropython-stdlib-stubs"
 # Adafruit bundle libraries the board code imports: (distribution, top-level names).
@@ -265,39 +262,11 @@ def check(files: list[Path] | None = None, root: Path = ROOT) -> list[Diagnostic
     with tempfile.TemporaryDirectory(prefix="cpcheck-") as tmp:
         work = Path(tmp)
         mapping = prepare(work, files, root)
-        env = dict(os.environ)
-        env.pop("VIRTUAL_ENV", None)
-        proc = subprocess.run(
-            checker_command() + ["--outputjson", "-p", str(work / "pyrightconfig.json")],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=CHECKER_TIMEOUT_S,
-        )
-        sources = {rel: Path(checked).read_text(encoding="utf-8") for checked, rel in mapping.items()}
-        try:
-            report = json.loads(proc.stdout)
-        except ValueError:
-            raise CheckError(
-                "basedpyright exited {} without a JSON report:\n{}\n{}".format(
-                    proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]
-                )
-            ) from None
+        sources, errors = run_checker(work, mapping)
     guarded = {rel: guarded_import_lines(src) for rel, src in sources.items()}
     modules = {Path(rel).stem: module_names(src) for rel, src in sources.items()}
     out = []
-    for diag in report.get("generalDiagnostics", []):
-        if diag.get("severity") != "error":
-            continue
-        start = diag.get("range", {}).get("start", {})
-        d = Diagnostic(
-            path=mapping.get(diag.get("file", ""), diag.get("file", "?")),
-            line=start.get("line", 0) + 1,
-            column=start.get("character", 0) + 1,
-            rule=diag.get("rule", "error"),
-            message=diag.get("message", "").replace("\n", " / "),
-        )
+    for d in errors:
         if (
             _allowed(d)
             or _probe(d, guarded.get(d.path, set()))

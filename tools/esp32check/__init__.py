@@ -398,6 +398,47 @@ def _in_scope(d: Diagnostic, source: str | None) -> bool:
     return True
 
 
+def run_checker(work: Path, mapping: dict[str, str]) -> tuple[dict[str, str], list[Diagnostic]]:
+    """Run basedpyright on the prepared folder `work` (its pyrightconfig.json);
+    `mapping` takes checked file paths to the project's relative ones. Returns
+    the checked sources by relative path and every error as a Diagnostic.
+    Shared with tools/cpcheck, which prepares CircuitPython's stubs instead."""
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)
+    proc = subprocess.run(
+        checker_command() + ["--outputjson", "-p", str(work / "pyrightconfig.json")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CHECKER_TIMEOUT_S,
+    )
+    sources = {rel: Path(checked).read_text(encoding="utf-8") for checked, rel in mapping.items()}
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        raise CheckError(
+            "basedpyright exited {} without a JSON report:\n{}\n{}".format(
+                proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]
+            )
+        ) from None
+    errors = []
+    for diag in report.get("generalDiagnostics", []):
+        if diag.get("severity") != "error":
+            continue
+        start = diag.get("range", {}).get("start", {})
+        errors.append(
+            Diagnostic(
+                path=mapping.get(diag.get("file", ""), diag.get("file", "?")),
+                line=start.get("line", 0) + 1,
+                column=start.get("character", 0) + 1,
+                rule=diag.get("rule", "error"),
+                message=diag.get("message", "").replace("\n", " / "),
+            )
+        )
+    return sources, errors
+
+
 def check(
     files: list[Path] | None = None,
     root: Path = ROOT,
@@ -427,37 +468,9 @@ def check(
     with tempfile.TemporaryDirectory(prefix="esp32check-") as tmp:
         work = Path(tmp)
         mapping = prepare(work, files, root, stubs)
-        env = dict(os.environ)
-        env.pop("VIRTUAL_ENV", None)
-        proc = subprocess.run(
-            checker_command() + ["--outputjson", "-p", str(work / "pyrightconfig.json")],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=CHECKER_TIMEOUT_S,
-        )
-        sources = {rel: Path(checked).read_text(encoding="utf-8") for checked, rel in mapping.items()}
-        try:
-            report = json.loads(proc.stdout)
-        except ValueError:
-            raise CheckError(
-                "basedpyright exited {} without a JSON report:\n{}\n{}".format(
-                    proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]
-                )
-            ) from None
+        sources, errors = run_checker(work, mapping)
     out = []
-    for diag in report.get("generalDiagnostics", []):
-        if diag.get("severity") != "error":
-            continue
-        start = diag.get("range", {}).get("start", {})
-        d = Diagnostic(
-            path=mapping.get(diag.get("file", ""), diag.get("file", "?")),
-            line=start.get("line", 0) + 1,
-            column=start.get("character", 0) + 1,
-            rule=diag.get("rule", "error"),
-            message=diag.get("message", "").replace("\n", " / "),
-        )
+    for d in errors:
         if not _allowed(d, gaps) and _in_scope(d, sources.get(d.path)):
             out.append(d)
     seen = {(d.path, d.line, d.message.split('"')[1] if '"' in d.message else "") for d in out}
