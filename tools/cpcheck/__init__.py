@@ -45,7 +45,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from tools.esp32check import CheckError, Diagnostic, _in_scope, run_checker
+from tools.esp32check import CheckError, Diagnostic, _catches_import_error, _in_scope, run_checker
 
 # esp32check's API rules, kept here so a rule added there for the ESP32 is a
 # deliberate choice here too.
@@ -193,16 +193,6 @@ def guarded_import_lines(source: str) -> set[int]:
                 if isinstance(sub, (ast.Import, ast.ImportFrom)):
                     lines.update(range(sub.lineno, (sub.end_lineno or sub.lineno) + 1))
     return lines
-
-
-def _catches_import_error(handler: ast.ExceptHandler) -> bool:
-    names = {"ImportError", "ModuleNotFoundError"}
-    t = handler.type
-    if isinstance(t, ast.Name):
-        return t.id in names
-    if isinstance(t, ast.Tuple):
-        return any(isinstance(e, ast.Name) and e.id in names for e in t.elts)
-    return False
 
 
 def module_names(source: str) -> set[str]:
