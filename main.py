@@ -6,6 +6,7 @@
 # umqtt.simple MQTTClient, authenticated with the device's own certificate.
 
 import firstboot
+import mqttlink
 
 
 def application(fb, link):
@@ -15,7 +16,7 @@ def application(fb, link):
     (link.client.set_callback / subscribe / check_msg), sleep."""
     topic = fb.topic(fb.cfg["app_topic"])
     msg = '{{"hello":"{}","uptime_ms":{}}}'.format(fb.thing_name(), fb.progress.elapsed())
-    firstboot.publish_bounded(link, topic, msg.encode(), fb.cfg["mqtt_timeout_ms"])
+    mqttlink.publish(link, topic, msg.encode(), fb.cfg["mqtt_timeout_ms"])
     fb.progress.step("hello", "published to {}".format(topic.decode()))
 
 

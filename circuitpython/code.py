@@ -8,7 +8,7 @@
 # check_msg like umqtt.simple, and `link.client.mqtt` is the MiniMQTT client.
 
 import cpboard
-import firstboot
+import mqttlink
 
 
 def application(fb, link):
@@ -18,7 +18,7 @@ def application(fb, link):
     (link.client.set_callback / subscribe / check_msg), sleep."""
     topic = fb.topic(fb.cfg["app_topic"])
     msg = '{{"hello":"{}","uptime_ms":{}}}'.format(fb.thing_name(), fb.progress.elapsed())
-    firstboot.publish_bounded(link, topic, msg.encode(), fb.cfg["mqtt_timeout_ms"])
+    mqttlink.publish(link, topic, msg.encode(), fb.cfg["mqtt_timeout_ms"])
     fb.progress.step("hello", "published to {}".format(topic.decode()))
 
 

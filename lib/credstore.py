@@ -342,10 +342,9 @@ class Store:
 
     def stage(self, certificate_id, cert, key, ownership_token, issued):
         """Store a new, not yet registered identity (see commit() for cert and
-        key; PEM files in PEM mode, as commit() writes them); pending.json
-        last. ``issued``: time.time() when the certificate came, to tell an
-        expired ownership token. Returns the pending record."""
-        cert, key, names = self._encoded(certificate_id, cert, key)
+        key); pending.json last. ``issued``: time.time() when the certificate
+        came, to tell an expired ownership token. Returns the pending record."""
+        names, cert, key = self._encoded(certificate_id, cert, key)
         rec = {
             "version": _VERSION,
             "certificate_id": certificate_id,
@@ -391,16 +390,11 @@ class Store:
         for name in (DEVICE_CERT, DEVICE_KEY, DEVICE_CERT_PEM, DEVICE_KEY_PEM):
             _remove(self.path(name))
 
-    def provisioned(self):
-        """True when load() found a complete, verified identity."""
-        return self.record is not None
-
     def identity(self):
         """Return ``(cert_der, key_der)`` of the provisioned identity."""
         if self.record is None:
             raise StoreError("not provisioned: no verified identity to connect with")
-        f = self.record["files"]
-        return self.read(f["cert"]), self.read(f["key"])
+        return self.pending_identity(self.record)
 
     def pending_identity(self, pending):
         """Return ``(cert, key)`` of the staged identity ``pending`` (from
@@ -427,7 +421,7 @@ class Store:
         ``cert`` and ``key``: PEM (str) or DER (bytes). They are converted to
         DER, checked to belong together (StoreError otherwise, nothing
         written) and written atomically. Returns the record."""
-        cert, key, names = self._encoded(certificate_id, cert, key)
+        names, cert, key = self._encoded(certificate_id, cert, key)
         if device_configuration is None:
             device_configuration = {}
         rec = {
@@ -451,21 +445,19 @@ class Store:
         return rec
 
     def _encoded(self, certificate_id, cert, key):
-        # (cert, key, (cert name, key name)) as this store keeps them on flash:
-        # DER, or in PEM mode PEM text re-encoded from the DER just checked, so
-        # what lands on flash is exactly what was verified, whatever line ends
-        # AWS sent.
+        # -> ((cert name, key name), cert, key) as they go to flash: DER, or
+        # PEM in PEM mode, re-encoded from the DER just checked so what lands
+        # on flash is exactly what was verified, whatever line ends AWS sent.
         cert, key = self._pair(certificate_id, cert, key)
         if not self.pem:
-            return cert, key, (DEVICE_CERT, DEVICE_KEY)
+            return (DEVICE_CERT, DEVICE_KEY), cert, key
         try:
             key = der_to_pem(key, _key_label(key)).encode()
         except ValueError as ex:
             raise StoreError("cannot tell the private key's format: {}".format(ex))
         finally:
             _drop_der()
-        cert = der_to_pem(cert, "CERTIFICATE").encode()
-        return cert, key, (DEVICE_CERT_PEM, DEVICE_KEY_PEM)
+        return (DEVICE_CERT_PEM, DEVICE_KEY_PEM), der_to_pem(cert, "CERTIFICATE").encode(), key
 
     def _pair(self, certificate_id, cert, key):
         # (cert DER, key DER) from PEM or DER, checked to belong together.

@@ -71,17 +71,17 @@ class _SocketFactory:
     def __init__(self, mod, timeout_s):
         self._mod = mod
         self._t = timeout_s
-        self.raw = None
         self.resolved = False
 
     def socket(self, *args):
         s = self._mod.socket(*args)
         s.settimeout(self._t)
         nodelay(s, self._mod)
-        self.raw = s
         return s
 
     def getaddrinfo(self, *args):
+        # umqtt resolves through its module's socket global: this tells an
+        # unresolvable name from a refused handshake.
         try:
             out = self._mod.getaddrinfo(*args)
         except Exception as ex:
@@ -94,7 +94,7 @@ class _SocketFactory:
 
 
 def nodelay(sock, mod=None):
-    """Turn Nagle's algorithm off on ``sock`` where the port allows; True if done.
+    """Turn Nagle's algorithm off on ``sock`` (of socket module ``mod``) where the port allows; True if done.
 
     umqtt writes each packet in several small pieces (TLS makes each its own
     record): with Nagle and the peer's delayed ACK every request then waits
@@ -147,12 +147,10 @@ def _umqtt():
 
 
 class Link:
-    """A connected umqtt.simple client (``.client``) and its raw socket."""
+    """A connected umqtt.simple client (``.client``)."""
 
-    def __init__(self, client, raw, timeout_ms):
+    def __init__(self, client):
         self.client = client
-        self.raw = raw
-        self.timeout_ms = timeout_ms
 
     def close(self):
         """Send DISCONNECT and close; errors are ignored (the link may be dead)."""
@@ -241,7 +239,7 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
     finally:
         if factory is not None:
             mqtt.socket = orig
-    return Link(client, factory.raw if factory is not None else None, timeout_ms)
+    return Link(client)
 
 
 def _clock_hint():

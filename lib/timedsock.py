@@ -50,7 +50,6 @@ except ImportError:  # CPython, CircuitPython: ints do not wrap, so plain arithm
 
 _SLICE_MS = 20  # longest single poll: TLS may hold decrypted bytes poll cannot see
 
-
 class TimedSocket:
     """A stream socket whose blocking reads and writes end at a deadline.
 
@@ -143,13 +142,13 @@ def describe(exc):
     return "{}: {}".format(type(exc).__name__, exc)
 
 
-def attach(client, timeout_ms):
+def attach(client, timeout_ms, kind=TimedSocket):
     """Bound client's socket I/O to timeout_ms per operation (armed now; see
     TimedSocket.arm); returns the original socket for detach() (None when the
-    client has no socket)."""
+    client has no socket). ``kind``: TimedSocket or a subclass."""
     sock = getattr(client, "sock", None)
     if sock is not None:
-        client.sock = TimedSocket(sock, timeout_ms)
+        client.sock = kind(sock, timeout_ms)
     return sock
 
 

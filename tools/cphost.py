@@ -200,9 +200,29 @@ class Board:
         for name in ("remove", "unlink", "mkdir", "rmdir"):
             setattr(os, name, self._guard(getattr(os, name), lambda p, *a, **kw: self._inside(p)))
         os.rename = self._guard(os.rename, lambda a, b, *x, **kw: self._inside(a) or self._inside(b))
+        stop_at = settings.get("FLEETPROV_STOP_AT")
+        if stop_at:
+            self._stop_at(stop_at)
         real_sleep = time.sleep
         # the retry pause before supervisor.reload() is not waited for; short sleeps are real
         time.sleep = lambda s: real_sleep(s) if s < 5 else None  # type: ignore[assignment]
+
+    @staticmethod
+    def _stop_at(step: str) -> None:
+        # FLEETPROV_STOP_AT in settings.toml (a harness setting, not the
+        # board's): print "fleetprov STOP <step>" at that progress step or
+        # credential write boundary and wait on stdin for the power cut.
+        import firstboot
+
+        mark = firstboot.Progress.mark
+
+        def stop_mark(self: Any, name: str) -> None:
+            mark(self, name)
+            if name == step:
+                print("fleetprov STOP " + name, flush=True)
+                sys.stdin.read(1)
+
+        firstboot.Progress.mark = stop_mark  # type: ignore[method-assign]
 
     def boot(self) -> int:
         """Run boot.py (if any), then code.py, in the folder. Returns the exit status."""

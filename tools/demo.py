@@ -51,8 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--min-heap",
         action="store_true",
-        help="also find the smallest MicroPython heap a first boot needs (bisection, a few more boots)",
+        help="also find the smallest MicroPython heap a first boot needs (bisection, TRIALS fresh boards per size)",
     )
+    p.add_argument(
+        "--trials", type=int, default=10, help="--min-heap: fresh boards per heap size, all must pass (default 10)"
+    )
+    p.add_argument("--step", type=int, default=2, help="--min-heap: resolution in KB (default 2)")
     p.add_argument("--dir", type=Path, default=None, help="working folder (default build/demo)")
     p.add_argument(
         "--board",
@@ -78,13 +82,14 @@ def _heap(result: BootResult) -> int | None:
     return None
 
 
-def smallest_heap(pristine: Path, work: Path) -> int | None:
-    """tools/unixboard.smallest_heap, saying how each probe went."""
+def smallest_heap(pristine: Path, work: Path, trials: int, step_kb: int) -> int | None:
+    """tools/unixboard.smallest_heap, saying how each size went."""
 
-    def show(kb: int, ok: bool) -> None:
-        print(f"   -X heapsize={kb}k: {'provisioned' if ok else 'out of memory or failed'}", flush=True)
+    def show(kb: int, passed: int, tried: int) -> None:
+        verdict = "all provisioned" if passed == tried == trials else f"boot {tried} out of memory or failed"
+        print(f"   -X heapsize={kb}k: {passed}/{tried} passed, {verdict}", flush=True)
 
-    return unixboard.smallest_heap(pristine, work, on_probe=show)
+    return unixboard.smallest_heap(pristine, work, trials=trials, step_kb=step_kb, on_probe=show)
 
 
 def _fail(msg: str, result: BootResult | None = None) -> int:
@@ -156,10 +161,14 @@ def run(args: argparse.Namespace) -> int:
             return _fail("the claim files changed")
 
         heap = _heap(first)
-        min_heap = None
+        min_heap = min_heap_provisioned = None
         if args.min_heap:
             print("\n== smallest heap for a first boot (each probe is a new factory-fresh device)")
-            min_heap = smallest_heap(pristine, work)
+            min_heap = smallest_heap(pristine, work, args.trials, args.step)
+            print("\n== smallest heap for a provisioned boot (each probe is a copy of the provisioned device)")
+            provisioned = work / "pristine-provisioned"
+            shutil.copytree(flash, provisioned)
+            min_heap_provisioned = smallest_heap(provisioned, work, args.trials, args.step)
         print("\n== summary")
         rows = [
             ("thing name", thing_name),
@@ -175,7 +184,11 @@ def run(args: argparse.Namespace) -> int:
             ("second boot", f"{second.elapsed * 1000:.0f} ms (provisioned: straight to the application)"),
             ("heap peak", f"{heap} bytes (MicroPython heap, sampled at each step)" if heap else "n/a"),
             *(
-                [("smallest heap", f"{min_heap} KB (-X heapsize, 4 KB steps)" if min_heap else "over 256 KB")]
+                [
+                    ("smallest heap", f"{min_heap} KB for a first boot, {min_heap_provisioned} KB provisioned "
+                     f"({args.trials}/{args.trials} boards pass, -X heapsize, {args.step} KB steps)"
+                     if min_heap and min_heap_provisioned else "over 256 KB"),
+                ]
                 if args.min_heap
                 else []
             ),

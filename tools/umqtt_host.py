@@ -83,6 +83,16 @@ class HostSocket:
                 break
         return b"".join(chunks)
 
+    def readinto(self, buf: memoryview | bytearray) -> int | None:
+        """As MicroPython's stream readinto: the count read, 0 at end of stream,
+        None when non-blocking and nothing is there."""
+        try:
+            return self._sock.recv_into(buf)
+        except (BlockingIOError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError):
+            return None
+        except _ssl.SSLZeroReturnError:
+            return 0
+
     def write(self, buf: bytes | bytearray | memoryview, n: int | None = None) -> int | None:
         data = memoryview(buf)[: len(buf) if n is None else n]
         if self._sock.gettimeout() == 0.0:

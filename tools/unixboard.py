@@ -40,6 +40,18 @@ CLAIM_FILES = ("ca.der", "claim.der", "claim.key.der")
 
 # boot.py then main.py, in one interpreter, like a board after reset.
 BOOT_CODE = "import boot\nimport main\n"
+# Prefixed to the boot code for Board.boot(stop_at=...): the device prints
+# "fleetprov STOP <step>" at that progress step or credential write boundary
+# and waits on stdin, so the harness cuts the power at exactly that point.
+# Test harness code: nothing of it is on a board.
+STOP_CODE = """import sys, firstboot
+def _stop_mark(self, name, _mark=firstboot.Progress.mark):
+    _mark(self, name)
+    if name == {step!r}:
+        print("fleetprov STOP " + name)
+        sys.stdin.read(1)
+firstboot.Progress.mark = _stop_mark
+"""
 
 
 def venv_tool(name: str) -> Path:
@@ -189,6 +201,26 @@ def compile_lib(dest: Path, modules: tuple[str, ...] | None = None) -> dict[str,
     return sizes
 
 
+def compile_umqtt(dest: Path, target: Target | None = None) -> Path:
+    """Compile the target's umqtt/simple.py into ``dest``/umqtt/simple.mpy.
+
+    Firmware has umqtt.simple frozen in (its code costs no heap at all); the
+    unix port would compile the source on every boot, a heap peak no board
+    pays. A .mpy on the flash still keeps its code in the heap, so this stays
+    on the unkind side of a board."""
+    target = target or current_target()
+    src = Path(target.umqtt_path()[0]) / "umqtt" / "simple.py"
+    out = dest / "umqtt" / "simple.mpy"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [str(target.mpy_cross()), "-s", "simple.py", "-o", str(out), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return out
+
+
 def make_flash(
     flash: Path,
     state: Path,
@@ -200,7 +232,8 @@ def make_flash(
 
     ``overrides`` are merged into config.json; ``modules`` limits which
     lib/*.py are copied (default: all); ``mpy`` compiles them with mpy-cross
-    first, as ``make deploy`` does. Returns ``flash``.
+    first, as ``make deploy`` does, and the target's umqtt.simple too (it
+    stands in for the copy firmware freezes: compile_umqtt). Returns ``flash``.
     """
     flash.mkdir(parents=True, exist_ok=True)
     (flash / "lib").mkdir(exist_ok=True)
@@ -208,6 +241,7 @@ def make_flash(
         # As `make deploy` does by default: compiling .py on the device
         # costs more heap than anything the flow itself does.
         compile_lib(flash / "lib", modules)
+        compile_umqtt(flash / "lib")
     else:
         for src in sorted(LIB.glob("*.py")):
             if modules is None or src.stem in modules:
@@ -257,7 +291,6 @@ class Board:
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         path = os.pathsep.join([".frozen", "lib", *self.target.umqtt_path()])
         env = dict(os.environ, MICROPYPATH=path)
-        env.pop("FLEETPROV_STOP_AT", None)
         env.update(extra or {})
         return env
 
@@ -278,12 +311,14 @@ class Board:
     ) -> BootResult:
         """Boot once and return its output.
 
-        ``stop_at``: the device halts at that step (FLEETPROV_STOP_AT) and is
+        ``stop_at``: the device halts at that step (STOP_CODE) and is
         SIGKILLed as soon as it says so - a power cut at exactly that point.
         ``kill_after``: SIGKILL after that many seconds unless it ended first -
         a power cut at a random instant. ``timeout`` bounds the whole boot.
         """
-        env = self.env({"FLEETPROV_STOP_AT": stop_at} if stop_at else None)
+        env = self.env()
+        if stop_at:
+            code = STOP_CODE.format(step=stop_at) + code
         start = time.monotonic()
         proc = subprocess.Popen(
             self.command(code),
@@ -359,34 +394,57 @@ def _kill(proc: subprocess.Popen[str]) -> None:
 def smallest_heap(
     pristine: Path,
     work: Path,
-    lo_kb: int = 32,
+    lo_kb: int = 16,
     hi_kb: int = 256,
-    step_kb: int = 4,
-    on_probe: Callable[[int, bool], None] | None = None,
+    step_kb: int = 2,
+    trials: int = 10,
+    on_probe: Callable[[int, int, int], None] | None = None,
 ) -> int | None:
-    """Smallest ``-X heapsize`` (KB, to ``step_kb``) at which a factory-fresh
-    copy of the flash folder ``pristine`` completes its first boot on the
-    current target; None if even ``hi_kb`` fails. ``on_probe(kb, ok)`` is
-    called after each boot."""
+    """Smallest ``-X heapsize`` (KB, to ``step_kb``) at which ``trials``
+    factory-fresh copies of the flash folder ``pristine`` all complete their
+    first boot on the current target; None if even ``hi_kb`` does not.
 
-    def completes(kb: int) -> bool:
-        flash = work / f"heap-{kb}k"
-        shutil.copytree(pristine, flash)
-        try:
-            r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
-        finally:
+    Success is not monotonic in the heap size (random keys and nonces,
+    fragmentation): one boot that passes says little, so a size counts only
+    when all ``trials`` boots pass, and the answer's neighbour one step up
+    must pass ``trials`` times too; when it does not, the search goes on above
+    it. ``on_probe(kb, passed, tried)`` is called after each size (a size stops
+    at its first failure)."""
+    tried: dict[int, bool] = {}
+
+    def all_pass(kb: int) -> bool:
+        if kb in tried:
+            return tried[kb]
+        passed = 0
+        for n in range(trials):
+            flash = work / f"heap-{kb}k-{n}"
             shutil.rmtree(flash, ignore_errors=True)
-        ok = r.returncode == 0 and "done" in r.steps()
+            shutil.copytree(pristine, flash)
+            try:
+                r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
+            finally:
+                shutil.rmtree(flash, ignore_errors=True)
+            if not (r.returncode == 0 and "done" in r.steps()):
+                break
+            passed += 1
+        tried[kb] = passed == trials
         if on_probe is not None:
-            on_probe(kb, ok)
-        return ok
+            on_probe(kb, passed, passed + (passed < trials))
+        return tried[kb]
 
-    if not completes(hi_kb):
+    top = hi_kb
+    if not all_pass(top):
         return None
-    while hi_kb - lo_kb > step_kb:
-        mid = (lo_kb + hi_kb) // 2
-        if completes(mid):
-            hi_kb = mid
-        else:
-            lo_kb = mid
-    return hi_kb
+    while True:
+        while hi_kb - lo_kb > step_kb:
+            mid = lo_kb + (hi_kb - lo_kb) // 2 // step_kb * step_kb
+            if all_pass(mid):
+                hi_kb = mid
+            else:
+                lo_kb = mid
+        above = hi_kb + step_kb
+        if above >= top or all_pass(above):
+            return hi_kb
+        # hi_kb passed but the size above it did not: not monotonic here,
+        # so nothing at or below ``above`` is trusted.
+        lo_kb, hi_kb = above, top

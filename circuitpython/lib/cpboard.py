@@ -120,11 +120,14 @@ class Store(credstore.Store):
         """Paths of the claim certificate and key (PEM)."""
         return self._existing(self.claim_cert), self._existing(self.claim_key)
 
-    def identity(self):
-        """Paths of the provisioned certificate and key (PEM)."""
-        if self.record is None:
+    def identity(self, rec=None):
+        """Paths of the provisioned certificate and key (PEM), or of ``rec``
+        (a pending record)."""
+        if rec is None:
+            rec = self.record
+        if rec is None:
             raise credstore.StoreError("not provisioned: no verified identity to connect with")
-        f = self.record["files"]
+        f = rec["files"]
         return self._existing(f["cert"]), self._existing(f["key"])
 
     def pending_identity(self, pending):
@@ -220,8 +223,7 @@ def run(app=None, printer=print):
         printer("fleetprov: " + str(ex))
         return "retry" if ex.retryable else "fatal"
     set_clock(pool, cfg["ntp_host"], printer)
-    # stop_hook(): firstboot.run's power-cut point (FLEETPROV_STOP_AT), None unless set
-    fb = firstboot.FirstBoot(cfg, store=store, printer=printer, hook=firstboot.stop_hook(),
+    fb = firstboot.FirstBoot(cfg, store=store, printer=printer,
                              connect=connector(pool, cfg), uid=hardware_uid())
     fb.progress.t0 = t0
     fb.progress.step("config", "settings.toml {} {} template {}".format(

@@ -165,7 +165,7 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
     except (OSError, RuntimeError) as ex:
         raise ConnectError("cannot connect to {}: {}: {}{}".format(
             where, type(ex).__name__, ex, _clock_hint()))
-    return Link(Client(mqtt, socket_timeout), None, timeout_ms)
+    return Link(Client(mqtt, socket_timeout))
 
 
 def _clock_hint():

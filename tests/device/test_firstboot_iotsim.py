@@ -312,7 +312,7 @@ def test_the_unix_ports_socket_takes_tcp_nodelay(micropython: Any) -> None:
     # (`make bench`: first boot 650 -> 170 ms).
     code = (
         "import socket, mqttlink\n"
-        "print(hasattr(socket, 'TCP_NODELAY'), mqttlink.nodelay(socket.socket()))\n"
+        "print(hasattr(socket, 'TCP_NODELAY'), mqttlink.nodelay(socket.socket(), socket))\n"
     )
     assert micropython.run(code).stdout.split() == ["False", "True"]
 

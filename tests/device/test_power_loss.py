@@ -12,7 +12,7 @@ identity is resumed, never orphaned once RegisterThing may have run). The
 certificates a cut leaves PENDING_ACTIVATION (made by the server, never
 staged: AWS deletes them after an hour) are counted and reported at the end.
 
-An exact boundary: with FLEETPROV_STOP_AT=<step> the device prints
+An exact boundary: with Board.boot(stop_at=<step>) the device prints
 ``fleetprov STOP <step>`` there and waits; the test kills it on reading that
 line. A random instant: the test kills it after a uniformly drawn delay within
 the length of a full first boot, measured at the start.

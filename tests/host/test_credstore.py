@@ -217,7 +217,7 @@ def test_summary_and_record_hold_no_key_material(flash: Path) -> None:
 
 def test_an_empty_store_is_not_provisioned(flash: Path) -> None:
     s = Store()
-    assert s.load() is None and not s.provisioned()
+    assert s.load() is None and s.record is None
     assert s.summary() == {"provisioned": False}
     with pytest.raises(StoreError, match="not provisioned"):
         s.identity()

@@ -138,12 +138,3 @@ def test_load_reports_a_missing_file_and_bad_json(tmp_path: Path) -> None:
         devconfig.load(str(bad))
     bad.write_text(json.dumps(MINIMAL))
     assert devconfig.load(str(bad))["endpoint"] == "127.0.0.1"
-
-
-def test_substitution_fills_uid_and_client_id_and_leaves_other_braces() -> None:
-    import firstboot
-
-    out = firstboot.substitute(
-        {"SerialNumber": "{uid}", "Name": "dev-{client_id}", "Raw": "{x} {{uid}}"}, "a1b2", "cid"
-    )
-    assert out == {"SerialNumber": "a1b2", "Name": "dev-cid", "Raw": "{x} {a1b2}"}

@@ -15,6 +15,7 @@ import devconfig
 import firstboot
 import fleetprov
 import mqttlink
+import provision
 import pytest
 from cryptography import x509
 from devicepki import Identity, ca_der, ec_identity, issue, rsa_identity
@@ -374,6 +375,20 @@ def test_local_failures_are_not_retried(flash: Path, cloud: FakeCloud, s: int) -
     assert boot.sleeps == []
 
 
+def test_a_provisioner_that_cannot_get_its_buffer_stops_with_fleetprovs_own_line(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_buffer(*args: Any) -> None:
+        raise fleetprov.ProvisioningError(fleetprov.NO_MEMORY, "Provisioner: no memory for rx_size=6144")
+
+    monkeypatch.setattr(cloud, "provisioner", no_buffer)
+    boot = Boot(cloud)
+    with pytest.raises(FirstBootError) as info:
+        boot.fb.start()
+    assert str(info.value) == "provisioning failed: Provisioner: no memory for rx_size=6144"
+    assert not info.value.retryable and boot.sleeps == []
+
+
 def test_attempts_are_bounded_and_the_last_error_is_reported(flash: Path, cloud: FakeCloud) -> None:
     cloud.fail["keys"] = [refused(429, "ThrottlingException", "slow down")] * 10
     boot = Boot(cloud, retry_attempts=4, retry_base_ms=1000, retry_max_ms=3000)
@@ -503,6 +518,56 @@ def test_csr_method_reuses_its_key_across_retries(flash: Path, cloud: FakeCloud)
     assert cloud.calls.count("register") == 2 and len(cloud.active) == 1
 
 
+def made_provisioners(cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch) -> list[FakeProvisioner]:
+    made: list[FakeProvisioner] = []
+    make = cloud.provisioner
+
+    def provisioner(*args: Any) -> FakeProvisioner:
+        made.append(make(*args))
+        return made[-1]
+
+    monkeypatch.setattr(cloud, "provisioner", provisioner)
+    return made
+
+
+def test_csr_method_registers_on_the_provisioner_of_its_csr_call_and_closes_it(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = made_provisioners(cloud, monkeypatch)
+    Boot(cloud, method="csr").fb.start()
+    assert len(made) == 1 and made[0].closed  # one receive buffer for both answers
+
+
+def test_keys_method_uses_a_provisioner_per_operation(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = made_provisioners(cloud, monkeypatch)
+    Boot(cloud).fb.start()
+    assert len(made) == 2 and all(p.closed for p in made)  # the buffer is free while the key is staged
+
+
+@pytest.mark.parametrize("where", ["register", "stage"])
+def test_a_kept_provisioner_is_closed_when_its_attempt_fails(
+    flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    made = made_provisioners(cloud, monkeypatch)
+    if where == "register":
+        cloud.fail["register"] = [refused(503, "ServiceUnavailable")]
+    else:
+        real = credstore.Store.stage
+        calls: list[int] = []
+
+        def stage(self: credstore.Store, *args: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError(28, "No space left on device")
+            return real(self, *args)
+
+        monkeypatch.setattr(credstore.Store, "stage", stage)
+    Boot(cloud, method="csr").fb.start()
+    assert len(made) == 2 and all(p.closed for p in made)
+
+
 def test_csr_method_uses_a_csr_shipped_on_flash(flash: Path, cloud: FakeCloud) -> None:
     import csr
 
@@ -613,8 +678,8 @@ def test_a_staged_certificate_past_its_token_lifetime_is_not_registered_again(
     flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pending = staged_boot(flash, cloud)
-    now = pending["issued"] + firstboot.TOKEN_TTL_S + 1
-    monkeypatch.setattr(firstboot.time, "time", lambda: now)
+    now = pending["issued"] + provision.TOKEN_TTL_S + 1
+    monkeypatch.setattr(provision.time, "time", lambda: now)
     boot = Boot(cloud)
     boot.fb.start()
     assert "dropped" in boot.steps() and cloud.calls.count("register") == 2  # the cut one, the new one
@@ -625,8 +690,8 @@ def test_an_expired_staged_csr_identity_is_dropped_and_a_new_csr_made(
     flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pending = staged_boot(flash, cloud, method="csr")
-    now = pending["issued"] + firstboot.TOKEN_TTL_S + 1
-    monkeypatch.setattr(firstboot.time, "time", lambda: now)
+    now = pending["issued"] + provision.TOKEN_TTL_S + 1
+    monkeypatch.setattr(provision.time, "time", lambda: now)
     boot = Boot(cloud, method="csr")
     boot.fb.start()
     steps = boot.steps()
@@ -734,3 +799,12 @@ def test_a_confirming_publish_that_times_out_names_etimedout_as_esp32_numbers_it
     with pytest.raises(FirstBootError) as info:
         Boot(cloud).fb.start()
     assert info.value.retryable and "OSError ETIMEDOUT (116)" in str(info.value)
+
+
+def test_substitution_fills_uid_and_client_id_and_leaves_other_braces() -> None:
+    import provision
+
+    out = provision.substitute(
+        {"SerialNumber": "{uid}", "Name": "dev-{client_id}", "Raw": "{x} {{uid}}"}, "a1b2", "cid"
+    )
+    assert out == {"SerialNumber": "a1b2", "Name": "dev-cid", "Raw": "{x} {a1b2}"}

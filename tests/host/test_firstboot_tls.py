@@ -114,7 +114,7 @@ def test_a_publish_whose_puback_never_comes_times_out() -> None:
     try:
         client = umqtt_host.MQTTClient(b"x", "127.0.0.1", 1)
         client.sock = umqtt_host.HostSocket(a)
-        link = mqttlink.Link(client, None, 0)
+        link = mqttlink.Link(client)
         with pytest.raises(OSError) as info:
             mqttlink.publish(link, b"fleetprov/x/hello", b"hi", 200)
         assert info.value.args[0] == errno.ETIMEDOUT

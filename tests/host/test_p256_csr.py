@@ -281,7 +281,7 @@ def test_scalars_outside_256_bits_are_refused_by_mul_base(bad: int) -> None:
 
 
 def test_the_embedded_comb_tables_are_the_ones_derived_from_g() -> None:
-    for table, shift in ((p256._COMB, 0), (p256._COMB32, 32)):
+    for table, shift in ((p256._table(0), 0), (p256._table(1), 32)):
         assert len(table) == 16
         assert table[0] == 1 << 256  # infinity (0 : 1 : 0)
         for i in range(1, 16):

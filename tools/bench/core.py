@@ -32,6 +32,17 @@ MICROPYTHON = VENV_BIN / "micropython"
 FAKES = ROOT / "tests" / "fakes"
 
 TARGETS = {"fleetprov.mpy": 6 * 1024, "cbor.mpy": 2560, "heap": 12 * 1024}
+IMPORT_TARGETS = {"fleetprov": 10 * 1024}  # heap an import may cost (issue 11)
+# Import one module (or none: "-"), collect, print the heap it keeps.
+IMPORT_SCRIPT = """import gc, sys
+gc.collect()
+before = gc.mem_alloc()
+if sys.argv[1] != "-":
+    __import__(sys.argv[1])
+gc.collect()
+print(gc.mem_alloc() - before)
+print("done")
+"""
 TOKEN = "eyJ" + "T" * 697  # 700 characters, like AWS's
 TEMPLATE = "FleetprovDemo"
 PARAMETERS = {"SerialNumber": "24:0a:c4:12:34:56"}
@@ -200,6 +211,34 @@ def verdict(value: int, target: int) -> str:
     return "ok" if value <= target else "OVER by {}".format(value - target)
 
 
+def import_costs(tmpdir: Path, mpy_dir: Path, modules: list[str]) -> None:
+    """Heap each compiled lib module costs to import, alone (with what it imports)."""
+    from tools.unixboard import compile_umqtt, current_target
+
+    print("\n### Import cost of every lib module (unix port, .mpy, each imported alone with its own imports)\n")
+    umqtt_dir = tmpdir / "umqtt-mpy"
+    compile_umqtt(umqtt_dir)
+    path = os.pathsep.join([".frozen", str(mpy_dir), str(umqtt_dir), *current_target().umqtt_path()])
+    script = tmpdir / "import_cost.py"
+    script.write_text(IMPORT_SCRIPT)
+
+    def kept(module: str) -> int:
+        proc = subprocess.run([str(MICROPYTHON), str(script), module], env=dict(os.environ, MICROPYPATH=path),
+                              capture_output=True, text=True, timeout=60)
+        return int(proc.stdout.split()[0])
+
+    base = smallest_heap(script, ["-"], path, low=1024)
+    rows = []
+    for module in [*modules, "umqtt.simple"]:
+        need = smallest_heap(script, [module], path, low=1024) - base
+        target = IMPORT_TARGETS.get(module)
+        rows.append([module, kept(module), need, target or "", verdict(need, target) if target else ""])
+    print(table(["module", "heap kept after import", "smallest heap above baseline", "target", ""], rows))
+    print(f"\n(baseline: {base} bytes; \"kept\": gc.mem_alloc() after gc.collect(); \"smallest heap\": "
+          "-X heapsize that completes, 64-byte resolution, includes the loader's transient peak; "
+          "umqtt.simple is frozen into real firmware and costs no heap there)")
+
+
 def run(args: argparse.Namespace) -> None:
     responses = realistic_responses()
     with tempfile.TemporaryDirectory(prefix="fleetprov-bench-") as tmp:
@@ -217,6 +256,8 @@ def run(args: argparse.Namespace) -> None:
         both = sizes["fleetprov.mpy"] + sizes["timedsock.mpy"]
         rows.append(["fleetprov + timedsock", both, "", ""])
         print(table(["module", ".mpy bytes", "target", ""], rows))
+
+        import_costs(tmpdir, mpy_dir, sorted(n[:-4] for n in sizes))
 
         print("\n### Bytes on the wire per operation (realistic payloads)\n")
         wire = wire_table(responses)

@@ -9,6 +9,7 @@
 # consecutive check_msg() calls, shows every allocation (a silent server only:
 # a flood would fill the heap).
 import gc
+import socket
 import sys
 
 import fleetprov
@@ -38,7 +39,7 @@ class CountingClient(MQTTClient):
 
 c = CountingClient(b"hostile-test", "127.0.0.1", port=port)
 c.connect()
-mqttlink.nodelay(c.sock)  # as mqttlink.connect does: no Nagle delays
+mqttlink.nodelay(c.sock, socket)  # as mqttlink.connect does: no Nagle delays
 p = fleetprov.Provisioner(c, timeout_ms=timeout_ms, mqtt_timeout_ms=mqtt_ms)
 gc.collect()
 if "heap" in sys.argv[4:]:

@@ -1,0 +1,46 @@
+# The first boot's progress lines: one per step, ``fleetprov <ms> ms  <step>
+# <detail>``, with the milliseconds since start, and the heap in use sampled
+# at each step (MicroPython). Never pass a secret in a detail.
+
+import gc
+
+from timedsock import ticks_diff, ticks_ms
+
+
+class Progress:
+    """Prints one line per step: ``fleetprov <ms> ms  <step>  <detail>``.
+
+    printer: callable(str), default print. hook: callable(step) or None,
+    called after each step and at each credential write boundary."""
+
+    def __init__(self, printer=print, hook=None):
+        self.t0 = ticks_ms()
+        self.printer = printer
+        self.hook = hook
+        self.heap_peak = 0  # most heap in use seen at a step, before collecting
+
+    def _heap(self):
+        alloc = getattr(gc, "mem_alloc", None)  # MicroPython only
+        if alloc is not None:
+            used = alloc()
+            if used > self.heap_peak:
+                self.heap_peak = used
+
+    def elapsed(self):
+        """Milliseconds since start."""
+        return ticks_diff(ticks_ms(), self.t0)
+
+    def step(self, name, detail=""):
+        """Report step ``name`` (never pass a secret in ``detail``)."""
+        self._heap()
+        gc.collect()
+        line = "fleetprov {:>6} ms  {}".format(self.elapsed(), name)
+        if detail:
+            line = line + "  " + detail
+        self.printer(line)
+        self.mark(name)
+
+    def mark(self, name):
+        """A boundary without a line (credential file writes)."""
+        if self.hook is not None:
+            self.hook(name)

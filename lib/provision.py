@@ -1,0 +1,246 @@
+# The provisioning path of the first boot: claim connection -> fleetprov
+# (create, stage on flash, RegisterThing) -> commit. firstboot.py imports this
+# module only when the store holds no identity and drops it (with fleetprov,
+# cbor, csr and p256) once the identity is committed, so a provisioned boot
+# never loads any of them. See docs/first-boot.md.
+
+import gc
+import time
+
+import credstore
+import mqttlink
+from firstboot import FirstBootError, _unload
+
+# AWS deletes a certificate still PENDING_ACTIVATION, and refuses its
+# ownership token, one hour after issue; a staged identity older than this
+# (less a margin for the clocks) is not registered again.
+TOKEN_TTL_S = 3600 - 60
+
+
+class _StartOver(Exception):
+    # The staged certificate was dropped: begin again at once (a new
+    # certificate), which is not a failed attempt.
+    pass
+
+
+def substitute(params, uid, client_id):
+    """Return ``params`` with "{uid}" and "{client_id}" replaced in each value.
+
+    Plain replacement, not str.format: other braces in a value stay as they are."""
+    out = {}
+    for k in params:
+        out[k] = params[k].replace("{uid}", uid).replace("{client_id}", client_id)
+    return out
+
+
+def _close(provisioner):
+    if provisioner is not None:
+        try:
+            provisioner.close()
+        except Exception:
+            pass
+
+
+def _token_refused(ex):
+    # RegisterThing turned the saved ownership token down: already used (the
+    # registration went through, its answer was lost) or expired.
+    return getattr(ex, "error_code", None) == "InvalidCertificateOwnershipToken"
+
+
+class Provisioning:
+    """One provisioning run for a FirstBoot ``fb`` (its config, store,
+    progress and injection points)."""
+
+    def __init__(self, fb):
+        self.fb = fb
+        self.cfg = fb.cfg
+        self.store = fb.store
+        self.step = fb.progress.step
+        self.pending = None  # the staged identity (credstore.load_pending)
+        self.csr_pem = self.csr_key = None
+        self.kept = None  # the Provisioner kept from the CSR call for RegisterThing
+
+    def run(self):
+        """Provision with the claim and commit the new identity. Returns the
+        record. Raises FirstBootError."""
+        fb = self.fb
+        s = self.store
+        self.pending = s.load_pending()
+        if self.pending is None and self.cfg["method"] == "csr":
+            # first: the key's big-int garbage is gone before anything
+            # long-lived (claim files, the connection) is placed among it
+            self._csr()
+        try:
+            self.claim_cert, self.claim_key = s.claim()
+            self.ca = s.ca_der()
+        except credstore.StoreError as ex:
+            raise FirstBootError(str(ex))
+        self.params = substitute(self.cfg["parameters"], fb.uid, fb.client_id)
+        if self.pending is not None:
+            self.step("resume", "certificate {} staged {} s ago".format(
+                self.pending["certificate_id"], int(time.time() - self.pending["issued"])))
+        got = fb.retrying(self._attempt, "provisioning", _StartOver,
+                          "check that the claim certificate is active and its policy allows iot:Connect")
+        if got[0] is None:
+            return got[1]  # adopted
+        link, reg = got
+        self.claim_key = self.csr_key = self.csr_pem = None
+        try:
+            try:
+                rec = s.commit_pending(self.pending, reg.thing_name, reg.device_configuration,
+                                       self.cfg["endpoint"])
+            except OSError as ex:
+                raise FirstBootError("cannot write the new identity to flash: {}".format(ex),
+                               retryable=True)
+            self.pending = reg = None
+            self.step("commit", "{} in {}".format(credstore.RECORD, s.folder or "."))
+        finally:
+            link.close()
+        self.step("disconnect-claim")
+        return rec
+
+    def _attempt(self):
+        # One attempt on a fresh claim connection: a new certificate, staged
+        # on flash, unless one is staged already; then RegisterThing.
+        # -> (link, RegisterThing answer), or (None, record) when adopted.
+        if self.pending is None and self.cfg["method"] == "csr" and self.csr_pem is None:
+            self._csr()  # made once, kept across attempts
+        pend = self.pending
+        if pend is not None and not 0 <= time.time() - pend["issued"] < TOKEN_TTL_S:
+            return None, self._adopt()  # its token has expired: no RegisterThing with it
+        fb = self.fb
+        cfg = self.cfg
+        link = fb.open(fb.client_id, self.claim_cert, self.claim_key, self.ca)
+        try:
+            self.step("connect-claim", "{}:{} as {}".format(cfg["endpoint"], cfg["port"], fb.client_id))
+            if self.pending is None:
+                if self.csr_pem is None:
+                    creds = self._call(link.client, "create_keys_and_certificate")
+                    key = creds.private_key
+                else:
+                    creds = self._call(link.client, "create_certificate_from_csr", self.csr_pem)
+                    key = self.csr_key
+                self.step("certificate", creds.certificate_id)
+                self._stage(creds, key)
+                creds = key = None  # on flash now: free the RAM before the next answer
+                gc.collect()
+            reg = self._call(link.client, "register_thing", cfg["template"],
+                             self.pending["ownership_token"], self.params)
+            self.step("register", "thing {}".format(reg.thing_name))
+        except BaseException as ex:
+            _close(self.kept)
+            self.kept = None
+            link.close()
+            if self.pending is not None and _token_refused(ex):
+                return None, self._adopt()
+            raise
+        return link, reg
+
+    def _call(self, client, op, *args):
+        # One operation on a Provisioner of its own, closed after it: its
+        # receive buffer is free again while CreateKeysAndCertificate's answer
+        # (an RSA key to convert) is staged on flash. CreateCertificateFromCsr's
+        # small answer stages in little RAM, so its Provisioner (and buffer) is
+        # kept for RegisterThing: a second 6 KB block, wanted after the key
+        # generation and the connection cut the heap up, failed about one
+        # boot in five at 96 KB.
+        import fleetprov  # here, not at the top: loaded after the key and the connection
+
+        cfg = self.cfg
+        make = self.fb.provisioner or fleetprov.Provisioner
+        p = self.kept
+        self.kept = None
+        try:
+            if p is None:
+                p = make(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
+                         cfg["mqtt_timeout_ms"])
+            got = getattr(p, op)(*args)
+            if op == "create_certificate_from_csr":
+                self.kept, p = p, None
+            return got
+        except fleetprov.ProvisioningError as ex:
+            if _token_refused(ex):
+                raise  # _attempt adopts or drops the staged certificate
+            # For firstboot's retry policy: what can pass is a lost answer or
+            # link, throttling, a server error (str(ex) carries the status
+            # code, error code and the server's message).
+            code = ex.status_code
+            raise FirstBootError(str(ex), retryable=ex.status in (fleetprov.TIMEOUT, fleetprov.MQTT_ERROR) or (
+                ex.status == fleetprov.SERVER_REFUSED and code is not None and (code == 429 or code >= 500)))
+        finally:
+            _close(p)
+
+    def _csr(self):
+        # A CSR shipped on flash wins (the user chose it); otherwise a P-256
+        # key and CSR are made here, on the device.
+        s = self.store
+        name = self.cfg["csr"]
+        key_name = self.cfg["csr_key"]
+        try:
+            self.csr_pem = s.read(name).decode()
+        except credstore.StoreError:
+            self.csr_pem = None
+        if self.csr_pem is not None:
+            try:
+                self.csr_key = s.read(key_name)
+            except credstore.StoreError as ex:
+                raise FirstBootError("{} is on flash but its key is not: {}".format(s.path(name), ex))
+            self.step("csr", "read {} from flash".format(s.path(name)))
+            return
+        try:
+            import csr
+        except ImportError:
+            raise FirstBootError('method "csr" needs lib/csr.py (on-device key) or {} and {} on flash'.format(
+                s.path(name), s.path(key_name)))
+        try:
+            self.csr_key, self.csr_pem = csr.generate(self.fb.client_id[:64])
+        except (ValueError, TypeError, OSError) as ex:
+            raise FirstBootError("cannot make a key and CSR on the device: {}".format(ex))
+        csr = None
+        _unload("csr", "p256")  # about 14 KB of RAM, not needed again
+        self.step("keygen", "P-256 key and CSR made on the device")
+
+    def _stage(self, creds, key):
+        # Store the identity before RegisterThing activates it, so that a cut
+        # from here on resumes with it instead of orphaning it.
+        try:
+            self.pending = self.store.stage(creds.certificate_id, creds.certificate_pem, key,
+                                            creds.ownership_token, time.time())
+        except credstore.StoreError as ex:
+            raise FirstBootError("cannot store the new identity: {}".format(ex))
+        except OSError as ex:
+            raise FirstBootError("cannot write the new identity to flash: {}".format(ex),
+                                retryable=True)
+
+    def _adopt(self):
+        # The staged certificate's token is spent or expired. ACTIVE (it was
+        # registered, the answer lost): keep it, thing name unknown. Refused
+        # (never activated, or deleted): drop it and start over (_StartOver).
+        s = self.store
+        pend = self.pending
+        cid = pend["certificate_id"]
+        fb = self.fb
+        # The thing's policy usually admits only client id == thing name, so
+        # connect as the name the template gives (config "thing_name").
+        name = self.cfg["thing_name"]
+        if name:
+            name = substitute({"n": name}, fb.uid, fb.client_id)["n"]
+        try:
+            cert, key = s.pending_identity(pend)
+            link = fb.open(name or fb.client_id, cert, key, self.ca)
+        except mqttlink.ConnectError as ex:
+            cert = key = None
+            if not (ex.refused or ex.handshake):
+                raise  # the network: try again later, with the same certificate
+            s.drop_pending()
+            self.pending = None
+            self.step("dropped", "certificate {} is not active; starting over".format(cid))
+            raise _StartOver()
+        cert = key = None
+        link.close()
+        rec = s.commit_pending(pend, name, None, self.cfg["endpoint"])
+        self.pending = None
+        self.step("adopted", "certificate {} is active as thing {}".format(cid, name) if name else
+                  "certificate {} is active; its thing name was lost, using the client id "
+                  "(set thing_name in config.json)".format(cid))
+        return rec
