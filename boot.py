@@ -66,3 +66,6 @@ def _boot():
 
 
 _boot()
+# Its functions would stay in RAM for the whole run (boot.py is not a
+# module one can unload): drop them.
+del _boot, _wifi, _clock

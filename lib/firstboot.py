@@ -36,21 +36,13 @@ class FirstBootError(Exception):
 def _rand(n):
     # Uniform-enough integer in [0, n] from the hardware RNG (no `random`
     # module needed; modulo bias is irrelevant for jitter).
-    if n <= 0:
-        return 0
-    return int.from_bytes(os.urandom(4), "big") % (n + 1)
+    return int.from_bytes(os.urandom(4), "big") % (n + 1) if n > 0 else 0
 
 
 def backoff_ms(attempt, base_ms, max_ms, rand=_rand):
     """Wait before attempt ``attempt + 1``: base_ms * 2**(attempt-1), capped at
     max_ms, with "equal jitter": uniform in [delay/2, delay]."""
-    d = base_ms
-    for _ in range(attempt - 1):
-        d *= 2
-        if d >= max_ms:
-            break
-    if d > max_ms:
-        d = max_ms
+    d = min(base_ms << min(max(attempt - 1, 0), 20), max_ms)
     half = d // 2
     return d - half + rand(half)
 
@@ -58,9 +50,8 @@ def backoff_ms(attempt, base_ms, max_ms, rand=_rand):
 def hardware_uid():
     """Hex of machine.unique_id(), or None on ports without it."""
     try:
-        import machine
-
         import binascii
+        import machine
 
         return binascii.hexlify(machine.unique_id()).decode()
     except (ImportError, AttributeError):
@@ -108,8 +99,6 @@ class FirstBoot:
         self._mqtt = mqtt
         self.uid = uid
         self.client_id = None
-
-    # -- identity and names ---------------------------------------------------
 
     def _ids(self):
         if self.client_id is not None:
@@ -304,8 +293,6 @@ def run(app=None, config="config.json", printer=print, hook=None):
             app(fb, link)
     finally:
         link.close()
-    detail = ""
-    if fb.progress.heap_peak:
-        detail = "heap peak {} bytes (sampled at each step)".format(fb.progress.heap_peak)
-    fb.progress.step("done", detail)
+    peak = fb.progress.heap_peak
+    fb.progress.step("done", "heap peak {} bytes (sampled at each step)".format(peak) if peak else "")
     return "ok"

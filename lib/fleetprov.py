@@ -58,101 +58,55 @@ _CERTS = b"$aws/certificates/"
 _TEMPLATES = b"$aws/provisioning-templates/"
 
 
-# Where umqtt is in a PUBLISH it reads (_AnswerSocket). Every umqtt.simple
-# release, 1.3.4 to 1.8.0, reads one the same way: read(1) the type (in
-# non-blocking mode, from check_msg), read(1) per remaining-length byte,
-# read(2) the topic length, read(topic length), read(2) the packet id at
-# QoS 1, then read(size) the payload, which it hands to its callback.
-_TYPE = const(0)
-_LENGTH = const(1)
-_TOPIC_LEN = const(2)
-_TOPIC = const(3)
-_PID = const(4)
-_PAYLOAD = const(5)
-
-
-class _Skipped:
-    """Stands in for a payload too large for the sink's buffer: read off the
-    socket through the buffer and dropped. len() is its size."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-
 class _AnswerSocket(timedsock.TimedSocket):
-    """The TimedSocket of an operation that also reads the first answer's
-    payload straight into the Provisioner's buffer: umqtt hands its callback
-    a view of the buffer instead of a copy of its own."""
+    # The TimedSocket of an operation that also reads the payload of the
+    # answer straight into the Provisioner's buffer: umqtt hands its callback
+    # a view of the buffer instead of a copy of its own. Every umqtt.simple
+    # release, 1.3.4 to 1.8.0, reads a PUBLISH the same way: read(1) the type,
+    # read(1) per remaining-length byte, read(2) the topic length,
+    # read(topic length), read(2) the packet id at QoS 1, read(size) the
+    # payload. _at follows those reads: 0 type, 1 length, 2 topic length,
+    # 3 topic, 4 packet id, 5 payload.
 
     def __init__(self, sock, timeout_ms):
         super().__init__(sock, timeout_ms)
-        # sink(topic, size) -> a memoryview to read that PUBLISH's payload
-        # into, or None for an ordinary read (Provisioner._sink)
-        self.sink = None
-        self._state = _TYPE
+        self.sink = None  # sink(topic, size) -> a memoryview to land the payload in, or None
+        self._at = 0
         self._qos = 0
         self._topic = None
 
     def read(self, n=-1):
-        if self._blocking and self._state == _PAYLOAD:
-            self._state = _TYPE
-            topic = self._topic
+        at = self._at
+        if at == 5 and self._blocking:
+            self._at = 0
+            buf = self.sink(self._topic, n) if self.sink is not None else None
             self._topic = None
-            buf = self.sink(topic, n) if self.sink is not None else None
             if buf is not None:
-                self._left()
-                return self._land(buf, n)
+                if n <= len(buf):
+                    return buf[:self.fill(buf[:n])]
+                while n > 0:  # too large: read through the buffer and dropped
+                    k = self.fill(buf[:n] if n < len(buf) else buf)
+                    if not k:
+                        break
+                    n -= k
+                return buf[:0]
         data = super().read(n)
         if data:
-            self._follow(data)
+            if at == 0:
+                # one byte read alone at a packet's start: its type (a
+                # PUBACK's or PINGRESP's length byte is 2 or 0, never 0x3_)
+                if len(data) == 1 and data[0] & 0xF0 == 0x30:
+                    self._qos = data[0] & 6
+                    self._at = 1
+            elif at == 1:
+                if data[0] < 0x80:  # the last remaining-length byte
+                    self._at = 2
+            elif at == 3:
+                self._topic = data
+                self._at = 4 if self._qos else 5
+            elif at != 5:
+                self._at = at + 1
         return data
-
-    def _follow(self, data):
-        # Track umqtt's reads of a PUBLISH (see _TYPE) up to its payload.
-        state = self._state
-        if state == _TYPE:
-            # one byte: a packet type (a length byte of a PUBACK or PINGRESP
-            # read alone is 2 or 0: never a PUBLISH)
-            if len(data) == 1 and data[0] & 0xF0 == 0x30:
-                self._qos = data[0] & 6
-                self._state = _LENGTH
-        elif state == _LENGTH:
-            if not data[0] & 0x80:
-                self._state = _TOPIC_LEN
-        elif state == _TOPIC_LEN:
-            self._state = _TOPIC
-        elif state == _TOPIC:
-            self._topic = data
-            self._state = _PID if self._qos else _PAYLOAD
-        elif state == _PID:
-            self._state = _PAYLOAD
-
-    def _land(self, buf, n):
-        # Read the n-byte payload into buf: a view of it, or, when it does
-        # not fit, read through buf and dropped: _Skipped(n).
-        fits = n <= len(buf)
-        readinto = getattr(self._sock, "readinto", None)
-        done = 0
-        while done < n:
-            at = done if fits else 0
-            room = buf[at:at + (n - done if fits else min(len(buf), n - done))]
-            if readinto is not None:
-                k = readinto(room)
-            else:
-                chunk = self._sock.read(len(room))
-                k = None if chunk is None else len(chunk)
-                if k:
-                    room[:k] = chunk
-            if k is None:
-                self._idle(0)
-            elif not k:
-                break  # end of stream: umqtt's callback gets the short payload
-            else:
-                done += k
-        return buf[:done] if fits else _Skipped(n)
 
 
 def strerror(status):
@@ -381,9 +335,11 @@ class Provisioner:
         return out
 
     def _sink(self, topic, n):
-        # timedsock: the first answer after the request is read straight
-        # into the buffer (no copy of umqtt's); anything else as usual.
+        # _AnswerSocket: the first answer after the request lands in the
+        # buffer (no copy of umqtt's); anything else is read as usual.
         if self._armed and self._got is None and topic in self._topics:
+            if n > len(self._rx):
+                self._got = (None, n)  # read through the buffer and dropped
             return self._view
         return None
 
@@ -395,7 +351,7 @@ class Provisioner:
             if self._armed and self._got is None:
                 n = len(msg)
                 if n > len(self._rx):
-                    self._got = (None, n)  # read through the buffer and dropped (_Skipped)
+                    self._got = (None, n)
                     return
                 which = topics.index(topic)
                 if which == 0 and topic.startswith(_CERTS):

@@ -115,14 +115,18 @@ class Provisioning:
             self.step("connect-claim", "{}:{} as {}".format(cfg["endpoint"], cfg["port"], fb.client_id))
             if self.pending is None:
                 if self.csr_pem is None:
-                    creds = self._call(link.client, "create_keys_and_certificate")
-                    key = creds.private_key
+                    cid, pem, key, token = self._call(link.client, "create_keys_and_certificate")
                 else:
-                    creds = self._call(link.client, "create_certificate_from_csr", self.csr_pem)
+                    cid, pem, key, token = self._call(link.client, "create_certificate_from_csr", self.csr_pem)
                     key = self.csr_key
-                self.step("certificate", creds.certificate_id)
-                self._stage(creds, key)
-                creds = key = None  # on flash now: free the RAM before the next answer
+                self.step("certificate", cid)
+                if self.kept is None:
+                    # fleetprov's code (15 KB) out of RAM while the answer is
+                    # converted and staged: the peak of a keys first boot.
+                    # RegisterThing imports it again.
+                    _unload("fleetprov", "cbor")
+                self._stage(cid, pem, key, token)
+                pem = key = token = None  # on flash now: free the RAM before the next answer
                 gc.collect()
             reg = self._call(link.client, "register_thing", cfg["template"],
                              self.pending["ownership_token"], self.params)
@@ -155,9 +159,12 @@ class Provisioning:
                 p = make(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
                          cfg["mqtt_timeout_ms"])
             got = getattr(p, op)(*args)
+            if op == "register_thing":
+                return got
             if op == "create_certificate_from_csr":
                 self.kept, p = p, None
-            return got
+            # plain values: a Credentials would keep fleetprov's module alive
+            return got.certificate_id, got.certificate_pem, got.private_key, got.ownership_token
         except fleetprov.ProvisioningError as ex:
             if _token_refused(ex):
                 raise  # _attempt adopts or drops the staged certificate
@@ -200,12 +207,11 @@ class Provisioning:
         _unload("csr", "p256")  # about 14 KB of RAM, not needed again
         self.step("keygen", "P-256 key and CSR made on the device")
 
-    def _stage(self, creds, key):
+    def _stage(self, certificate_id, cert_pem, key, token):
         # Store the identity before RegisterThing activates it, so that a cut
         # from here on resumes with it instead of orphaning it.
         try:
-            self.pending = self.store.stage(creds.certificate_id, creds.certificate_pem, key,
-                                            creds.ownership_token, time.time())
+            self.pending = self.store.stage(certificate_id, cert_pem, key, token, time.time())
         except credstore.StoreError as ex:
             raise FirstBootError("cannot store the new identity: {}".format(ex))
         except OSError as ex:

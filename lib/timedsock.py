@@ -116,6 +116,29 @@ class TimedSocket:
                 data = data + chunk if data else chunk
         return data
 
+    def fill(self, view):
+        """Read len(view) bytes into the memoryview ``view`` (fewer only at
+        end of stream) within the deadline; returns how many."""
+        self._left()
+        readinto = getattr(self._sock, "readinto", None)
+        n = len(view)
+        done = 0
+        while done < n:
+            if readinto is not None:
+                k = readinto(view[done:])
+            else:
+                chunk = self._sock.read(n - done)
+                k = None if chunk is None else len(chunk)
+                if k:
+                    view[done:done + k] = chunk
+            if k is None:
+                self._idle(0)
+            elif not k:
+                break  # end of stream
+            else:
+                done += k
+        return done
+
     def write(self, buf, n=None):
         """Write the first n bytes of buf (all of it by default); returns the count."""
         view = memoryview(buf)[: len(buf) if n is None else n]
