@@ -387,8 +387,7 @@ class Store:
         _remove(self.path(PENDING))
         _sync()
         self._step("pending-dropped")
-        for name in (DEVICE_CERT, DEVICE_KEY, DEVICE_CERT_PEM, DEVICE_KEY_PEM):
-            _remove(self.path(name))
+        self._remove_identity_files()
 
     def identity(self):
         """Return ``(cert_der, key_der)`` of the provisioned identity."""
@@ -409,40 +408,23 @@ class Store:
         _remove(self.path(PENDING))
         _sync()
         self._step("clear")
-        for name in (DEVICE_CERT, DEVICE_KEY, DEVICE_CERT_PEM, DEVICE_KEY_PEM):
-            _remove(self.path(name))
+        self._remove_identity_files()
         self.cleanup()
         self.record = None
 
+    def _remove_identity_files(self):
+        for name in (DEVICE_CERT, DEVICE_KEY, DEVICE_CERT_PEM, DEVICE_KEY_PEM):
+            _remove(self.path(name))
+
     def commit(self, certificate_id, cert, key, thing_name=None, device_configuration=None,
                endpoint=None):
-        """Persist a new identity; the record is written last.
-
-        ``cert`` and ``key``: PEM (str) or DER (bytes). They are converted to
-        DER, checked to belong together (StoreError otherwise, nothing
-        written) and written atomically. Returns the record."""
-        names, cert, key = self._encoded(certificate_id, cert, key)
-        if device_configuration is None:
-            device_configuration = {}
-        rec = {
-            "version": _VERSION,
-            "thing_name": thing_name,
-            "certificate_id": certificate_id,
-            "endpoint": endpoint,
-            "device_configuration": device_configuration,
-            "files": {"cert": names[0], "key": names[1]},
-            "sha256": {"cert": _digest(cert), "key": _digest(key)},
-        }
-        # Whatever was committed before is gone first: from here until the
-        # record lands, the store reads "not provisioned".
-        if _exists(self.path(RECORD)):
-            _remove(self.path(RECORD))
-            _sync()
-        self.write_atomic(names[1], key)
-        self.write_atomic(names[0], cert)
-        self.write_atomic(RECORD, json.dumps(rec).encode())
-        self.record = rec
-        return rec
+        """Persist a new identity in one go: stage() then commit_pending(),
+        the first boot's own order (the record lands last). ``cert`` and
+        ``key``: PEM (str) or DER (bytes), converted to DER and checked to
+        belong together (StoreError otherwise, nothing written). Returns the
+        record."""
+        return self.commit_pending(self.stage(certificate_id, cert, key, "", 0), thing_name,
+                                   device_configuration, endpoint)
 
     def _encoded(self, certificate_id, cert, key):
         # -> ((cert name, key name), cert, key) as they go to flash: DER, or

@@ -359,17 +359,21 @@ def _boundaries(flash: Path) -> list[str]:
 def test_a_power_cut_at_any_write_boundary_leaves_old_or_new_state(flash: Path) -> None:
     before = shipped(flash)
     steps = _boundaries(flash)
-    assert steps[:6] == [
+    # commit() is stage() then commit_pending(): the first boot's own order
+    assert steps[:9] == [
         "device.key.der.tmp",
         "device.key.der",
         "device.crt.der.tmp",
         "device.crt.der",
+        "pending.json.tmp",
+        "pending.json",
         "provisioned.json.tmp",
         "provisioned.json",
+        "pending-cleared",
     ]
     old, new = rsa_identity(), rsa_identity()
     for start_provisioned in (False, True):
-        for cut in steps[:6]:
+        for cut in steps[:9]:
             if start_provisioned:
                 Store().commit(old.certificate_id, old.cert_pem, old.key_pem("pkcs1"), "old")
             else:
@@ -383,7 +387,7 @@ def test_a_power_cut_at_any_write_boundary_leaves_old_or_new_state(flash: Path) 
                 Store(hook=hook).commit(new.certificate_id, new.cert_pem, new.key_pem("pkcs1"), "new")
             s = Store()
             rec = s.load()
-            if cut == "provisioned.json":
+            if cut in ("provisioned.json", "pending-cleared"):
                 assert rec is not None and rec["thing_name"] == "new"
                 assert s.identity() == (new.cert_der, new.key_der("pkcs1"))
             else:
