@@ -1,7 +1,10 @@
 # config.json: read, check every field, fill in the defaults.
 # The schema is documented in docs/configuration.md; keep the two in step.
 # One bad field stops the device with one line that names it, so a user
-# editing the file by hand sees exactly what to fix.
+# editing the file by hand sees exactly what to fix. An unknown field is a
+# bad field too (a misspelt "rx_sise" would otherwise leave rx_size at its
+# default without a word), named with the known field it most likely meant.
+# `make deploy` (tools/deploy.py) runs this same file on the host first.
 
 import json
 
@@ -46,6 +49,7 @@ _FIELDS = (
 FIELD_NAMES = tuple(f[0] for f in _FIELDS)
 _ZERO_OK = ("retry_base_ms", "retry_max_ms")
 _CHOICES = {"format": ("json", "cbor"), "method": ("keys", "csr")}
+_WIFI_FIELDS = ("ssid", "password")
 
 
 def _fail(name, msg, hint):
@@ -82,11 +86,42 @@ def _check(name, v, typ, hint):
         _fail(name, "must be one of {}, got {}".format(" or ".join(_CHOICES[name]), json.dumps(v)), hint)
 
 
+def _refuse_unknown(raw, known, prefix=""):
+    # Sorted: MicroPython's dict order is not CPython's, and the board and
+    # `make deploy` must name the same field first.
+    for name in sorted(raw):
+        if name in known:
+            continue
+        # Did you mean: the known name with the fewest edits (Levenshtein
+        # distance, one row at a time), if at most a third of the letters
+        # (at least one) must change; a tie goes to the earlier field. One
+        # function, no tables: this module is in RAM while config.json loads.
+        # A name whose length alone is too far off is skipped, so a hostile
+        # 10 KB key costs no quadratic search.
+        a = str(name).lower()
+        best, most = None, max(1, len(a) // 3) + 1
+        for b in known:
+            if abs(len(a) - len(b)) >= most:
+                continue
+            row = list(range(len(b) + 1))
+            for i in range(len(a)):
+                prev, row[0] = row[0], i + 1
+                for j in range(len(b)):
+                    prev, row[j + 1] = row[j + 1], min(row[j + 1] + 1, row[j] + 1, prev + (a[i] != b[j]))
+            if row[-1] < most:
+                best, most = b, row[-1]
+        if best is None:
+            _fail(prefix + str(name), "is unknown", "remove it; docs/configuration.md lists the fields")
+        _fail(prefix + str(name), "is unknown", "did you mean '{}'?".format(best))
+
+
 def validate(raw):
     """Check a decoded config (dict) and return a new dict with every field,
-    defaults filled in. Raises ConfigError naming the first bad field."""
+    defaults filled in. Raises ConfigError naming the first bad field; a
+    field this library does not know is one (with a did-you-mean)."""
     if not isinstance(raw, dict):
         raise ConfigError("config.json: must hold a JSON object, got {}".format(_typename(raw)))
+    _refuse_unknown(raw, FIELD_NAMES)
     cfg = {}
     for name, typ, default, hint in _FIELDS:
         v = raw.get(name)
@@ -109,7 +144,8 @@ def validate(raw):
     cfg["parameters"] = params
     wifi = cfg["wifi"]
     if wifi is not None:
-        for k in ("ssid", "password"):
+        _refuse_unknown(wifi, _WIFI_FIELDS, "wifi.")
+        for k in _WIFI_FIELDS:
             v = wifi.get(k)
             if v is None:
                 _fail("wifi." + k, "is missing", "the Wi-Fi network's " + k)

@@ -28,6 +28,12 @@ the repository (git-ignored: it holds the claim key). For the local AWS IoT
 stand-in use the folder `python -m tools.iotsim up --state DIR` wrote; its
 config.json points at 127.0.0.1, so it suits the virtual board, not hardware.
 
+Before anything is built or copied, config.json is checked as the board will
+check it: parsed as strict JSON (MicroPython's parser is lenient, see
+strict_json) and validated by the board's own lib/devconfig.py, run here on
+CPython. A config the board would refuse is refused with the line the board
+would print (`fleetprov: config.json: field ...`), and nothing is copied.
+
 Only those files are copied, so a device's own credentials (the certificate,
 key and provisioning record it obtained at first boot) are never sent from the
 host, and never overwritten or deleted on the board: a config folder naming one
@@ -60,13 +66,16 @@ new main.py.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,8 +217,74 @@ def stale_twins(library: list[Upload]) -> list[str]:
     return twins
 
 
-def read_config(config_dir: Path) -> dict[str, object]:
-    """config.json from the config folder, as a dict; refuses a missing or invalid file."""
+def _no_repeated_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj: dict[str, object] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(
+                "key {} appears twice; MicroPython's json keeps one of them without a word".format(
+                    json.dumps(key, ensure_ascii=False)
+                )
+            )
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError("{} is not JSON; MicroPython's json refuses it".format(name))
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("the number {} is too large for a float".format(text))
+    return value
+
+
+def strict_json(text: str) -> object:
+    """Python's json, stricter still: MicroPython's parser lets a missing or
+    trailing comma (even a missing colon) through and keeps one of two equal
+    keys, so a file only the board can read may not say what its author meant.
+    Refused here: anything Python's json refuses, a repeated key, NaN and
+    Infinity, and numbers too large for a float."""
+    return json.loads(
+        text, object_pairs_hook=_no_repeated_keys, parse_constant=_no_constant, parse_float=_finite_float
+    )
+
+
+# What lib/firstboot.py run() prints before a ConfigError's message.
+BOARD_PREFIX = "fleetprov: "
+
+
+def board_devconfig() -> types.ModuleType:
+    """The board's own lib/devconfig.py, loaded from that file (device code runs on
+    CPython too), under a name of its own so it never stands in for another import."""
+    spec = importlib.util.spec_from_file_location("fleetprov_board_devconfig", LIB_SRC / "devconfig.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # devconfig quotes values with json.dumps; MicroPython's writes non-ASCII
+    # text as it is, where Python's escapes it (\u00e9) unless told not to.
+    as_micropython = functools.partial(json.dumps, ensure_ascii=False)
+    setattr(module, "json", types.SimpleNamespace(dumps=as_micropython, loads=json.loads))
+    return module
+
+
+def board_refusal(config: object) -> str | None:
+    """The line the board would print when it refuses ``config`` (decoded
+    config.json) at first boot, or None when the board would take it."""
+    devconfig = board_devconfig()
+    try:
+        devconfig.validate(config)
+    except devconfig.ConfigError as exc:
+        return BOARD_PREFIX + str(exc)
+    return None
+
+
+def read_config(config_dir: Path, board_check: bool = False) -> dict[str, object]:
+    """config.json from the config folder, as a dict; refuses a missing file or one
+    that is not strict JSON. With ``board_check``, also a config the board would
+    refuse: the error's last line is exactly what the board would print."""
     path = config_dir / "config.json"
     if not path.is_file():
         hint = ""
@@ -223,9 +298,12 @@ def read_config(config_dir: Path) -> dict[str, object]:
             "folder `python -m tools.iotsim up --state DIR` wrote{}".format(path, hint)
         )
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = strict_json(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DeployError("{} is not valid JSON ({}): fix it before deploying".format(path, exc)) from None
+    refusal = board_refusal(config) if board_check else None
+    if refusal is not None:
+        raise DeployError("{}: the board would refuse it at first boot and print\n{}".format(path, refusal))
     if not isinstance(config, dict):
         raise DeployError("{} must hold a JSON object, not {}".format(path, type(config).__name__))
     return config
@@ -265,8 +343,9 @@ def claim_file_names(config: dict[str, object]) -> dict[str, str]:
 
 
 def collect_config(config_dir: Path) -> tuple[list[Upload], str]:
-    """config.json and the claim files to deploy, and the board's certificate folder."""
-    config = read_config(config_dir)
+    """config.json and the claim files to deploy, and the board's certificate folder.
+    A config.json the board would refuse is refused here, before anything is copied."""
+    config = read_config(config_dir, board_check=True)
     cert_dir = board_cert_dir(config)
     endpoint = config.get("endpoint")
     if isinstance(endpoint, str) and (endpoint.startswith("127.") or endpoint in ("localhost", "::1")):

@@ -326,6 +326,20 @@ def test_deploy_refuses_a_config_that_is_not_json(board: VirtualBoard, claim_con
     assert flash_files(board.flash) == {}
 
 
+def test_deploy_refuses_a_config_the_board_would_refuse_with_the_line_the_board_prints(
+    board: VirtualBoard, claim_config: Path
+) -> None:
+    cfg = json.loads((claim_config / "config.json").read_text())
+    cfg["rx_sise"] = 8192  # meant: rx_size
+    (claim_config / "config.json").write_text(json.dumps(cfg))
+    proc = run_deploy("deploy", "--port", str(board.pty), config=claim_config, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "fleetprov: config.json: field 'rx_sise' is unknown (did you mean 'rx_size'?)"
+    )
+    assert flash_files(board.flash) == {}
+
+
 def test_deploy_never_copies_device_credentials_from_the_host(
     board: VirtualBoard, claim_config: Path
 ) -> None:

@@ -139,7 +139,7 @@ def test_claim_files_are_found_in_the_cert_folder_or_beside_config(tmp_path: Pat
 
 
 def test_every_missing_claim_file_is_named_with_where_it_was_looked_for(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps({"endpoint": "e", "template": "t"}))
     with pytest.raises(DeployError) as info:
         deploy.collect_config(tmp_path)
     msg = str(info.value)
@@ -217,6 +217,160 @@ def test_the_compiled_build_is_bytecode_only_mpy_version_6() -> None:
         assert header[:2] == b"M\x06", (m, header)
         assert header[2] >> 2 == 0, "{}.mpy carries native code (arch {})".format(m, header[2] >> 2)
         assert header[3] <= 31, "{}.mpy needs {}-bit small ints; the ESP32 has 31".format(m, header[3])
+
+
+# --- config.json checked as the board checks it ------------------------------------
+
+GOOD_CONFIG = '{"endpoint": "e-ats.example", "template": "FleetprovDemo", "port": 8883}'
+
+# config.json text -> the exact line the board prints at first boot (lib/firstboot.py run()).
+# tests/device/test_devconfig_device.py boots the same files on the MicroPython unix port.
+BOARD_REFUSALS = {
+    '{"endpoint": "e", "template": "T", "port": "8883"}': (
+        'fleetprov: config.json: field \'port\' must be an integer, got str "8883" '
+        "(the MQTT-over-TLS port, usually 8883)"
+    ),
+    '{"endpoint": "e"}': (
+        "fleetprov: config.json: field 'template' is missing "
+        '(the provisioning template name, e.g. "FleetprovDemo")'
+    ),
+    '{"endpoint": "e", "template": "T", "rx_sise": 8192}': (
+        "fleetprov: config.json: field 'rx_sise' is unknown (did you mean 'rx_size'?)"
+    ),
+    '{"endpoint": "e", "template": "T", "Endpoint": "f"}': (
+        "fleetprov: config.json: field 'Endpoint' is unknown (did you mean 'endpoint'?)"
+    ),
+    '{"endpoint": "e", "template": "T", "region": "eu-west-1"}': (
+        "fleetprov: config.json: field 'region' is unknown "
+        "(remove it; docs/configuration.md lists the fields)"
+    ),
+    '{"endpoint": "e", "template": "T", "wifi": {"ssid": "net", "pass": "x"}}': (
+        "fleetprov: config.json: field 'wifi.pass' is unknown "
+        "(remove it; docs/configuration.md lists the fields)"
+    ),
+    '{"endpoint": "e", "template": "Caf\u00e9"}': (
+        'fleetprov: config.json: field \'template\' must be 1-36 of [0-9A-Za-z_-], got "Caf\u00e9" '
+        "(the template name as AWS shows it)"
+    ),
+    '{"endpoint": "e", "template": "T", "rx_size": 1024.5}': (
+        "fleetprov: config.json: field 'rx_size' must be an integer, got float 1024.5 (bytes, at least 1024)"
+    ),
+    '{"endpoint": "e", "template": "T", "format": "CBOR"}': (
+        'fleetprov: config.json: field \'format\' must be one of json or cbor, got "CBOR" ("json" or "cbor")'
+    ),
+    '["endpoint", "template"]': "fleetprov: config.json: must hold a JSON object, got list",
+}
+
+
+def write_config(folder: Path, text: str) -> Path:
+    (folder / "certs").mkdir(parents=True, exist_ok=True)
+    for name in ("ca.der", "claim.der", "claim.key.der"):
+        (folder / "certs" / name).write_bytes(name.encode())
+    (folder / "config.json").write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("text", BOARD_REFUSALS)
+def test_a_config_the_board_would_refuse_is_refused_with_the_line_the_board_prints(
+    tmp_path: Path, text: str
+) -> None:
+    write_config(tmp_path, text)
+    with pytest.raises(DeployError) as info:
+        deploy.collect_config(tmp_path)
+    first, line = str(info.value).split("\n")
+    assert first == "{}: the board would refuse it at first boot and print".format(tmp_path / "config.json")
+    assert line == BOARD_REFUSALS[text]
+    assert deploy.board_refusal(json.loads(text)) == line
+
+
+def test_the_board_check_runs_the_boards_own_devconfig_file() -> None:
+    module = deploy.board_devconfig()
+    assert Path(module.__file__ or "") == ROOT / "lib" / "devconfig.py"
+    import devconfig  # tests/conftest.py puts lib/ on sys.path, as the board has it
+
+    assert module.FIELD_NAMES == devconfig.FIELD_NAMES
+    assert module is not devconfig and "fleetprov_board_devconfig" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    "text, detail",
+    [
+        ('{"endpoint": "e", "template": "T",}', "Expecting property name enclosed in double quotes"),
+        ('{"endpoint": "e" "template": "T"}', "Expecting ',' delimiter"),
+        ('{"endpoint": "e", "template" "T"}', "Expecting ':' delimiter"),
+        ('{"endpoint": "e", "template": "T", "template": "U"}', 'key "template" appears twice'),
+        (
+            '{"endpoint": "e", "template": "T", "wifi": {"ssid": "a", "ssid": "b"}}',
+            'key "ssid" appears twice',
+        ),
+        ('{"endpoint": "e", "template": "T", "rx_size": NaN}', "NaN is not JSON"),
+        ('{"endpoint": "e", "template": "T", "rx_size": -Infinity}', "-Infinity is not JSON"),
+        ('{"endpoint": "e", "template": "T", "rx_size": 1e400}', "the number 1e400 is too large for a float"),
+        ('{"endpoint": "e", "template": "T"} trailing', "Extra data"),
+        ("", "Expecting value"),
+    ],
+)
+def test_json_the_boards_lenient_parser_would_read_is_refused_as_not_strict_json(
+    tmp_path: Path, text: str, detail: str
+) -> None:
+    write_config(tmp_path, text)
+    with pytest.raises(DeployError) as info:
+        deploy.collect_config(tmp_path)
+    msg = str(info.value)
+    assert msg.startswith("{} is not valid JSON (".format(tmp_path / "config.json"))
+    assert detail in msg and msg.endswith("fix it before deploying")
+
+
+def test_a_config_the_board_takes_passes_and_is_copied_byte_for_byte(tmp_path: Path) -> None:
+    # The file itself is copied, never a re-serialised copy of what the check read.
+    text = GOOD_CONFIG.replace(",", ",\n  ") + "\n"
+    write_config(tmp_path, text)
+    assert deploy.board_refusal(json.loads(text)) is None
+    uploads, _, _ = deploy.collect(True, tmp_path)
+    (config,) = [u for u in uploads if u.dest == "config.json"]
+    assert config.src == tmp_path / "config.json" and config.src.read_text() == text
+
+
+def test_every_documented_example_passes_the_board_check() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    blocks = [b.split("```")[0] for b in doc.split("```json")[1:]]
+    assert blocks
+    for block in blocks:
+        assert deploy.board_refusal(deploy.strict_json(block)) is None
+
+
+def test_the_config_iotsim_writes_passes_the_board_check() -> None:
+    from tools.iotsim.stack import device_config
+
+    assert deploy.board_refusal(device_config(8883)) is None
+
+
+def test_make_deploy_refuses_a_bad_config_before_touching_the_port_or_building(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "device", '{"endpoint": "e", "template": "T", "rx_sise": 8192}')
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.deploy", "deploy", "--config", str(config)]
+        + ["--port", str(tmp_path / "no-such-port")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-2] == "deploy: {}: the board would refuse it at first boot and print".format(
+        config / "config.json"
+    )
+    assert lines[-1] == "fleetprov: config.json: field 'rx_sise' is unknown (did you mean 'rx_size'?)"
+    assert "no-such-port" not in proc.stderr and "built" not in proc.stderr
+
+
+def test_the_claim_command_reads_config_strictly_but_leaves_the_board_check_to_deploy(tmp_path: Path) -> None:
+    # `claim --template NAME` works with a config.json that has no template yet.
+    write_config(tmp_path, '{"endpoint": "e"}')
+    assert deploy.read_config(tmp_path) == {"endpoint": "e"}
+    write_config(tmp_path, '{"endpoint": "e", "endpoint": "f"}')
+    with pytest.raises(DeployError, match='key "endpoint" appears twice'):
+        deploy.read_config(tmp_path)
 
 
 def test_a_missing_config_points_at_iotsims_state_folder_when_there_is_one(

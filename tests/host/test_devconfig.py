@@ -121,8 +121,71 @@ def test_a_top_level_that_is_not_an_object_is_refused() -> None:
         devconfig.validate([MINIMAL])
 
 
-def test_unknown_fields_are_ignored() -> None:
-    assert "future" not in devconfig.validate(dict(MINIMAL, future=1))
+@pytest.mark.parametrize(
+    "typo, field",
+    [
+        ("rx_sise", "rx_size"),
+        ("templat", "template"),
+        ("templates", "template"),
+        ("endpiont", "endpoint"),
+        ("clientid", "client_id"),
+        ("Port", "port"),
+        ("RX_SIZE", "rx_size"),
+        ("retry_base", "retry_base_ms"),
+        ("response_timeout", "response_timeout_ms"),
+        ("connection_timeout", "connect_timeout_ms"),
+        ("cert-dir", "cert_dir"),
+        ("rx_size ", "rx_size"),
+    ],
+)
+def test_a_misspelt_field_stops_the_device_with_a_did_you_mean(typo: str, field: str) -> None:
+    # Ignoring it would leave the setting meant at its default without a word.
+    with pytest.raises(ConfigError) as info:
+        devconfig.validate(dict(MINIMAL, **{typo: 1}))
+    assert str(info.value) == f"config.json: field '{typo}' is unknown (did you mean '{field}'?)"
+
+
+@pytest.mark.parametrize("name", ["future", "ssid", "x", "", "timeout", "region", "_comment", "//"])
+def test_an_unknown_field_close_to_no_known_one_stops_the_device_without_a_guess(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        devconfig.validate(dict(MINIMAL, **{name: 1}))
+    assert str(info.value) == (
+        f"config.json: field '{name}' is unknown (remove it; docs/configuration.md lists the fields)"
+    )
+
+
+def test_a_long_hostile_unknown_field_is_refused_without_a_guess() -> None:
+    name = "rx_size" * 1500
+    with pytest.raises(ConfigError) as info:
+        devconfig.validate(dict(MINIMAL, **{name: 1}))
+    assert str(info.value).endswith("is unknown (remove it; docs/configuration.md lists the fields)")
+
+
+def test_of_several_unknown_fields_the_first_in_sorted_order_is_named() -> None:
+    # Sorted, not dict order: MicroPython's dicts do not keep insertion order,
+    # and the board and `make deploy` must print the same line.
+    raw = dict(MINIMAL, zz_top=1, rx_sise=2, aaa=3)
+    with pytest.raises(ConfigError, match="^config.json: field 'aaa' is unknown"):
+        devconfig.validate(raw)
+
+
+def test_an_unknown_field_is_reported_before_the_required_field_it_misspells() -> None:
+    with pytest.raises(ConfigError, match=r"field 'templte' is unknown \(did you mean 'template'\?\)"):
+        devconfig.validate({"endpoint": "e", "templte": "FleetprovDemo"})
+
+
+def test_every_known_field_passes_the_unknown_field_check() -> None:
+    raw = {name: None for name in devconfig.FIELD_NAMES}
+    raw.update(MINIMAL)
+    assert set(devconfig.validate(raw)) == set(devconfig.FIELD_NAMES)
+
+
+def test_a_misspelt_wifi_field_is_named_with_a_did_you_mean() -> None:
+    wifi = {"ssid": "net", "pasword": "hunter2"}
+    with pytest.raises(ConfigError) as info:
+        devconfig.validate(dict(MINIMAL, wifi=wifi))
+    assert str(info.value) == "config.json: field 'wifi.pasword' is unknown (did you mean 'password'?)"
+    assert "hunter2" not in str(info.value)
 
 
 def test_server_hostname_overrides_the_endpoint_for_tls() -> None:

@@ -240,11 +240,30 @@ def test_configurations_error_examples_are_the_messages_devconfig_gives() -> Non
     shown = re.search(r"for example:\n\n```\n(.*?)```", text, re.S)
     assert shown, "docs/configuration.md no longer shows example error messages"
     messages = []
-    for broken in ({"endpoint": "e"}, {"endpoint": "e", "template": "T", "port": "8883"}):
+    for broken in (
+        {"endpoint": "e"},
+        {"endpoint": "e", "template": "T", "port": "8883"},
+        {"endpoint": "e", "template": "T", "rx_sise": 8192},
+    ):
         with pytest.raises(devconfig.ConfigError) as info:
             devconfig.validate(broken)
-        messages.append(str(info.value))
+        messages.append("fleetprov: " + str(info.value))  # as lib/firstboot.py run() prints it
     assert shown.group(1).splitlines() == messages
+
+
+def test_configurations_make_deploy_example_is_what_make_deploy_prints(tmp_path: Path) -> None:
+    from tools import deploy
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    shown = re.search(r"```\n\s*(deploy: device/config.json: .*?)```", text, re.S)
+    assert shown, "docs/configuration.md no longer shows make deploy's refusal"
+    device = tmp_path / "device"
+    device.mkdir()
+    (device / "config.json").write_text('{"endpoint": "e", "template": "T", "rx_sise": 8192}')
+    with pytest.raises(deploy.DeployError) as info:
+        deploy.collect_config(device)
+    printed = "deploy: " + str(info.value).replace(str(device), "device")  # as main() logs it
+    assert [line.strip() for line in shown.group(1).strip().splitlines()] == printed.splitlines()
 
 
 def test_iotsims_synopsis_takes_v_after_the_subcommand_as_written() -> None:
