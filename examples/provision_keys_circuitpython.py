@@ -4,7 +4,7 @@
 # start there for a product (docs/circuitpython.md).
 #
 # CIRCUITPY: lib/fleetprov.py, lib/mmqttclient.py, lib/mqttlink.py,
-# lib/timedsock.py, the circup libraries (adafruit_minimqtt, ...), and
+# lib/timedsock.py, lib/awsnames.py, the circup libraries (adafruit_minimqtt, ...), and
 # certs/ca.pem, certs/claim.pem, certs/claim.key.pem (PEM); Wi-Fi from
 # settings.toml; set ENDPOINT / TEMPLATE below. The clock must be set (NTP)
 # for the endpoint's certificate to verify.

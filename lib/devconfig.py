@@ -8,7 +8,7 @@
 
 import json
 
-_TEMPLATE_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-"
+import awsnames
 
 
 class ConfigError(Exception):
@@ -133,8 +133,8 @@ def validate(raw):
         _check(name, v, typ, hint)
         cfg[name] = v
     t = cfg["template"]
-    if len(t) > 36 or any(c not in _TEMPLATE_CHARS for c in t):
-        _fail("template", "must be 1-36 of [0-9A-Za-z_-], got {}".format(json.dumps(t)),
+    if not awsnames.template_name_ok(t):
+        _fail("template", "must be {}, got {}".format(awsnames.TEMPLATE_NAME_RULE, json.dumps(t)),
               "the template name as AWS shows it")
     params = cfg["parameters"] or {}
     for k in params:

