@@ -299,3 +299,20 @@ def test_demo_template_provisions_a_named_thing_with_a_looked_up_configuration()
     assert field.device_configuration["TelemetryInterval"] == "300"
     assert plan.certificate_status == "ACTIVE"
     assert len(plan.policies) == 1 and "fleetprov/" in (plan.policies[0].document or "")
+
+
+def test_name_patterns_refuse_a_trailing_newline() -> None:
+    # Python's `$` also matches before a final "\n": AWS takes no such name, so neither may iotsim.
+    from tools.iotsim import controlplane, policy, registry, templates
+
+    cases = [
+        (templates.TEMPLATE_NAME, "FleetprovDemo"),
+        (templates.THING_NAME, "thing-1"),
+        (registry._RESOURCE_NAME, "group-1"),
+        (registry._POLICY_NAME, "policy-1"),
+        (controlplane._CERT_ID, "a" * 64),
+        (policy._ATTRIBUTE, "iot:Connection.Thing.Attributes[Mode]"),
+    ]
+    for pattern, good in cases:
+        assert pattern.match(good), pattern.pattern
+        assert not pattern.match(good + "\n"), pattern.pattern

@@ -59,7 +59,7 @@ def _compile(uri: str) -> tuple[re.Pattern[str], tuple[tuple[str, str | None], .
     literal_query = tuple(
         (k, v if sep else None) for k, sep, v in (q.partition("=") for q in query.split("&") if q)
     )
-    return re.compile("^" + out + "$"), literal_query, literal
+    return re.compile("^" + out + r"\Z"), literal_query, literal
 
 
 class ApiModel:

@@ -72,10 +72,10 @@ CLAIM_LIFETIME = 300.0  # AWS: a provisioning claim certificate is valid for fiv
 MAX_TEMPLATE_VERSIONS = 5  # AWS: up to five versions per template
 SWEEP_INTERVAL = 1.0
 _LAMBDA_ARN = re.compile(
-    r"^arn:aws:lambda:[a-z0-9-]+:\d{12}:function:([A-Za-z0-9_-]{1,64})(:[A-Za-z0-9$_-]+)?$"
+    r"^arn:aws:lambda:[a-z0-9-]+:\d{12}:function:([A-Za-z0-9_-]{1,64})(:[A-Za-z0-9$_-]+)?\Z"
 )
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-_CERT_ID = re.compile(r"^[0-9a-fA-F]{64}$")
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}\Z")
+_CERT_ID = re.compile(r"^[0-9a-fA-F]{64}\Z")
 _ENDPOINT_TYPES = ("iot:Data", "iot:Data-ATS", "iot:CredentialProvider", "iot:Jobs")
 _PAGE_MAX = 250
 

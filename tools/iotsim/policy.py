@@ -54,7 +54,7 @@ MAX_DOCUMENT_BYTES = 2048  # AWS: a policy document holds at most 2048 character
 CLIENT_ID_VAR = "${iot:ClientId}"
 THING_PREFIX = "iot:Connection.Thing."
 _VARIABLE = re.compile(r"\$\{([^}]*)\}")
-_ATTRIBUTE = re.compile(r"^iot:Connection\.Thing\.Attributes\[([^\]]+)\]$")
+_ATTRIBUTE = re.compile(r"^iot:Connection\.Thing\.Attributes\[([^\]]+)\]\Z")
 _CONDITION_OPERATORS = ("Bool", "StringEquals", "StringNotEquals", "StringLike", "StringNotLike")
 HEADER = "iotsim-principal 1"
 

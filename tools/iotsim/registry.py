@@ -139,8 +139,8 @@ THING_GROUP = "thing-group"
 THING_TYPE = "thing-type"
 BILLING_GROUP = "billing-group"
 RESOURCE_KINDS = (THING_GROUP, THING_TYPE, BILLING_GROUP)
-_RESOURCE_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
-_POLICY_NAME = re.compile(r"^[\w+=,.@-]{1,128}$")
+_RESOURCE_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}\Z")
+_POLICY_NAME = re.compile(r"^[\w+=,.@-]{1,128}\Z")
 
 
 class TokenError(Exception):

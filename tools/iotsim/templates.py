@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 MAX_TEMPLATE_CHARS = 10240
-TEMPLATE_NAME = re.compile(r"^[0-9A-Za-z_-]{1,36}$")
-THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
+TEMPLATE_NAME = re.compile(r"^[0-9A-Za-z_-]{1,36}\Z")
+THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}\Z")
 CERTIFICATE_ID_PARAMETER = "AWS::IoT::Certificate::Id"
 
 THING = "AWS::IoT::Thing"
