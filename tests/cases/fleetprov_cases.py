@@ -911,6 +911,20 @@ def an_answer_cut_short_then_silence_is_mqtt_error_at_the_mqtt_timeout(h):
     assert "reading" in str(err) and "ETIMEDOUT" in str(err), str(err)
 
 
+@case
+def a_link_closed_inside_a_packet_header_is_mqtt_error(h):
+    # umqtt indexes the empty read for the length byte (IndexError in 1.3.4)
+    p, client, server = h.make()
+
+    def reply(s, sock, request):
+        sock.feed(puback(request.pid) + b"\x32")
+        sock.hang_up()
+
+    server.then(PUBLISH, reply)
+    err = expect(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
+    assert "reading from the server" in str(err) and "reconnect and retry" in str(err), str(err)
+
+
 def a_link_closed_in_the_middle_of_the_answer_is_mqtt_error(h):
     p, client, server = h.make()
 
