@@ -117,6 +117,14 @@ def test_a_client_without_a_socket_provisions_through_the_same_surface() -> None
     assert client.cb is None
 
 
+def test_a_client_without_a_socket_gets_no_memory_for_an_answer_larger_than_the_buffer() -> None:
+    # without a socket fleetprov copies the message umqtt made, so it checks the size itself
+    client = FakeClient(AwsResponder())
+    with pytest.raises(fleetprov.ProvisioningError) as info:
+        fleetprov.Provisioner(client, rx_size=512).create_keys_and_certificate()
+    assert info.value.status == fleetprov.NO_MEMORY and "512" in str(info.value)
+
+
 def test_an_idle_wait_without_a_socket_sleeps_between_polls() -> None:
     responder = AwsResponder()
     responder.silent = True
