@@ -22,15 +22,19 @@ pytest_plugins = ["tools.iotsim.testing"]
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib"
 FAKES = ROOT / "tests" / "fakes"
+CASES = ROOT / "tests" / "cases"
 
 # Device code is imported by host tests exactly as it is deployed: from lib/.
 if str(LIB) not in sys.path:
     sys.path.insert(0, str(LIB))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-# Fakes shared by the CPython and MicroPython tiers (device-compatible code).
-if str(FAKES) not in sys.path:
-    sys.path.append(str(FAKES))
+# Fakes and the case table shared by the CPython and MicroPython tiers
+# (device-compatible code); the table's asserts explain themselves under pytest.
+for shared in (FAKES, CASES):
+    if str(shared) not in sys.path:
+        sys.path.append(str(shared))
+pytest.register_assert_rewrite("fleetprov_cases")
 
 from tools.unixboard import Target, current_target  # noqa: E402  (needs ROOT on sys.path first)
 

@@ -194,22 +194,27 @@ def _ussl_module() -> types.ModuleType:
     return mod
 
 
-def _load_umqtt() -> types.ModuleType:
-    if not UMQTT_SIMPLE.exists():
-        raise RuntimeError(f"{UMQTT_SIMPLE} is missing: run `make deps` (python -m tools.fetch_deps)")
+def load_umqtt(path: Path = UMQTT_SIMPLE, name: str = "umqtt_simple_on_cpython") -> types.ModuleType:
+    """umqtt/simple.py at ``path`` as a module of its own (default: 1.3.4 from deps/).
+
+    Any release loads; 1.3.4 imports the u-modules below, later ones CPython's
+    socket, struct and binascii, which serve them as long as the caller gives
+    the client its socket (host tests do; connect() with TLS needs 1.3.4's form)."""
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run `make deps` (python -m tools.fetch_deps)")
     # umqtt imports these at module level (and ussl inside connect()).
     sys.modules.setdefault("usocket", _usocket_module())
     sys.modules.setdefault("ussl", _ussl_module())
     sys.modules.setdefault("ustruct", struct)
     sys.modules.setdefault("ubinascii", binascii)
-    spec = importlib.util.spec_from_file_location("umqtt_simple_on_cpython", UMQTT_SIMPLE)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-umqtt_simple = _load_umqtt()
+umqtt_simple = load_umqtt()
 MQTTClient = umqtt_simple.MQTTClient
 MQTTException = umqtt_simple.MQTTException
 

@@ -35,7 +35,7 @@ from tools.unixboard import (
 
 # The device tier that must hold on the oldest firmware we claim (issue 15).
 OLD_FIRMWARE_MODULES = {
-    "test_fleetprov_device",  # fleetprov's device cases, from .py and from .mpy
+    "test_fleetprov_device",  # fleetprov's shared cases from .mpy (from .py: the umqtt matrix)
     "test_iotsim_device",  # keys and CSR, JSON and CBOR against iotsim
     "test_firstboot_iotsim",  # boot.py + main.py first boot against iotsim
     "test_csr_iotsim",  # the on-device key and CSR through iotsim

@@ -1,7 +1,9 @@
 """Fuzz: random and mutated JSON and CBOR responses into all three operations.
 
 Whatever arrives on the response topics, fleetprov either returns a result of
-the documented shape or raises ProvisioningError — never anything else.
+the documented shape or raises ProvisioningError — never anything else. The
+answers reach fleetprov as real MQTT packets, through the real umqtt.simple
+(1.3.4) reading a scripted socket (tests/fakes/scriptsock.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import cbor2
 import pytest
 
 import fleetprov
-from fakemqtt import AwsResponder, FakeClient
+from fleetprov_cases import Harness
+from scriptaws import AwsServer
+from tools.umqtt_host import MQTTClient
 
 CASES = 24_000
 OPS = ("keys", "csr", "register")
 CSR = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
+CODECS = {"json": (lambda obj: json.dumps(obj).encode(), json.loads), "cbor": (cbor2.dumps, cbor2.loads)}
 
 
 def random_value(rng: random.Random, depth: int = 0) -> Any:
@@ -45,7 +50,9 @@ def random_value(rng: random.Random, depth: int = 0) -> Any:
 def valid_body(rng: random.Random, op: str, rejected: bool) -> dict[str, Any]:
     if rejected:
         return {"statusCode": rng.choice([400, 403, 404, 429, 500]), "errorCode": "E", "errorMessage": "m"}
-    return AwsResponder(key_size=rng.randrange(10, 200)).accepted(op)
+    server = AwsServer()
+    server.key_size = rng.randrange(10, 200)
+    return server.accepted(op)
 
 
 def structural_mutation(rng: random.Random, body: dict[str, Any]) -> dict[str, Any]:
@@ -109,9 +116,9 @@ def test_fuzzed_responses_give_a_result_or_provisioning_error_only(fmt: str) -> 
         op = OPS[case % 3]
         rejected = rng.random() < 0.3
         payload = make_payload(rng, fmt, op, rejected)
-        responder = AwsResponder(fmt)
-        responder.override[op] = (b"/rejected" if rejected else b"/accepted", payload)
-        p = fleetprov.Provisioner(FakeClient(responder), fmt=fmt, rx_size=2048, timeout_ms=1000)
+        h = Harness(MQTTClient, CODECS)
+        p, _, server = h.make(fmt, rx_size=2048, timeout_ms=1000)
+        server.answers[op] = (b"/rejected" if rejected else b"/accepted", payload)
         try:
             if op == "keys":
                 out = p.create_keys_and_certificate()
@@ -128,6 +135,9 @@ def test_fuzzed_responses_give_a_result_or_provisioning_error_only(fmt: str) -> 
         except fleetprov.ProvisioningError as exc:
             assert exc.status in (fleetprov.BAD_RESPONSE, fleetprov.SERVER_REFUSED, fleetprov.NO_MEMORY), str(exc)
             status = exc.status
+        finally:
+            problems = h.close()
+        assert not problems, problems
         outcomes[status] = outcomes.get(status, 0) + 1
     # the corpus reached every outcome, so the fuzzer is not stuck on one path
     assert set(outcomes) == {fleetprov.SUCCESS, fleetprov.BAD_RESPONSE, fleetprov.SERVER_REFUSED, fleetprov.NO_MEMORY}
