@@ -83,11 +83,11 @@ class _AnswerSocket(timedsock.TimedSocket):
             self._topic = None
             if buf is not None:
                 if n <= len(buf):
-                    return buf[:self.fill(buf[:n])]
+                    self.fill(buf[:n])
+                    return buf[:n]
                 while n > 0:  # too large: read through the buffer and dropped
-                    k = self.fill(buf[:n] if n < len(buf) else buf)
-                    if not k:
-                        break
+                    k = min(n, len(buf))
+                    self.fill(buf[:k])
                     n -= k
                 return buf[:0]
         data = super().read(n)

@@ -101,7 +101,10 @@ class TimedSocket:
         self._ipoll(ms)
 
     def read(self, n=-1):
-        """n bytes (fewer only at end of stream); in non-blocking mode what is there, or None."""
+        """n bytes; in non-blocking mode what is there, or None. A blocking
+        read reaches its n bytes or raises: a link closed part-way through a
+        packet raises OSError(ECONNRESET), never a short read that umqtt
+        would hand on as a whole message."""
         if not self._blocking:
             return self._sock.read(n)
         self._left()  # data flowing does not extend the operation
@@ -111,14 +114,14 @@ class TimedSocket:
             if chunk is None:
                 self._idle(0)
             elif not chunk:
-                break  # end of stream: umqtt sees the short read
+                _closed()
             else:
                 data = data + chunk if data else chunk
         return data
 
     def fill(self, view):
-        """Read len(view) bytes into the memoryview ``view`` (fewer only at
-        end of stream) within the deadline; returns how many."""
+        """Fill the memoryview ``view`` from the socket within the deadline
+        (OSError(ECONNRESET) if the link closes first)."""
         self._left()
         readinto = getattr(self._sock, "readinto", None)
         n = len(view)
@@ -134,10 +137,9 @@ class TimedSocket:
             if k is None:
                 self._idle(0)
             elif not k:
-                break  # end of stream
+                _closed()
             else:
                 done += k
-        return done
 
     def write(self, buf, n=None):
         """Write the first n bytes of buf (all of it by default); returns the count."""
@@ -153,6 +155,11 @@ class TimedSocket:
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
+
+
+def _closed():
+    # The peer closed the link inside a packet: what came is not a message.
+    raise OSError(errno.ECONNRESET)
 
 
 def describe(exc):

@@ -925,7 +925,10 @@ def a_link_closed_inside_a_packet_header_is_mqtt_error(h):
     assert "reading from the server" in str(err) and "reconnect and retry" in str(err), str(err)
 
 
+@case
 def a_link_closed_in_the_middle_of_the_answer_is_mqtt_error(h):
+    # umqtt would hand the cut answer on as whole; timedsock raises
+    # ECONNRESET instead, so it is a dead link (retried), not BAD_RESPONSE
     p, client, server = h.make()
 
     def reply(s, sock, request):
@@ -934,14 +937,7 @@ def a_link_closed_in_the_middle_of_the_answer_is_mqtt_error(h):
 
     server.then(PUBLISH, reply)
     err = expect(fleetprov.MQTT_ERROR, p.create_keys_and_certificate)
-    assert "reconnect and retry" in str(err), str(err)
-
-
-add("a_link_closed_in_the_middle_of_the_answer_is_mqtt_error",
-    a_link_closed_in_the_middle_of_the_answer_is_mqtt_error,
-    "fleetprov bug: umqtt hands the callback an answer cut short by the closing link as if whole (a short "
-    "read at end of stream); fleetprov decodes it and raises BAD_RESPONSE, which first boot does not retry, "
-    "where a dead link is MQTT_ERROR")
+    assert "ECONNRESET" in str(err) and "reconnect and retry" in str(err), str(err)
 
 
 @case

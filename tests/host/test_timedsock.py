@@ -48,11 +48,24 @@ def test_a_blocking_read_with_nothing_arriving_raises_etimedout(pair) -> None:
     assert info.value.args[0] == errno.ETIMEDOUT
 
 
-def test_a_read_cut_short_by_the_peer_closing_returns_the_short_data(pair) -> None:
+@pytest.mark.parametrize("how", ["read", "fill"])
+def test_a_read_cut_short_by_the_peer_closing_is_econnreset_not_short_data(pair, how: str) -> None:
+    # umqtt would hand a short payload on as a whole message
     ours, peer = pair
     peer.sendall(b"xy")
     peer.shutdown(socket.SHUT_WR)
-    assert bounded(ours).read(4) == b"xy"
+    b = bounded(ours)
+    with pytest.raises(OSError) as info:
+        b.read(4) if how == "read" else b.fill(memoryview(bytearray(4)))
+    assert info.value.args[0] == errno.ECONNRESET
+
+
+def test_fill_reads_exactly_the_view(pair) -> None:
+    ours, peer = pair
+    peer.sendall(b"abcdef")
+    buf = bytearray(8)
+    bounded(ours).fill(memoryview(buf)[:4])
+    assert buf == b"abcd\0\0\0\0"
 
 
 def test_non_blocking_mode_reads_what_is_there_or_none(pair) -> None:
