@@ -1,5 +1,4 @@
-# First boot: make sure the device holds an identity of its own, then connect
-# as its thing.
+# First boot: make sure the device holds an identity of its own, then connect as its thing.
 #
 # config.json -> provisioned? -> TLS connection as the thing. Not provisioned:
 # lib/provision.py (loaded only then, dropped after) turns the claim into an
@@ -15,12 +14,20 @@ import gc
 import os
 import sys
 
-import credstore
-import mqttlink
-
-from progress import Progress
 # MicroPython's clock (with timedsock's CPython fallback, the project's one copy)
 from timedsock import describe, sleep_ms, ticks_ms
+
+# Imported when the flow starts, after run() read the config: devconfig then
+# comes and goes in an empty heap, leaving one block for this code, not holes
+# (a provisioned boot needs ~4 KB less; TLS wants 3 KB in one piece).
+credstore = mqttlink = Progress = None
+
+
+def _import_flow():
+    global credstore, mqttlink, Progress
+    import credstore
+    import mqttlink
+    from progress import Progress
 
 
 class FirstBootError(Exception):
@@ -86,6 +93,7 @@ class FirstBoot:
 
     def __init__(self, cfg, store=None, printer=print, hook=None, connect=None,
                  provisioner=None, sleep_ms=sleep_ms, rand=_rand, uid=None, mqtt=None):
+        _import_flow()
         self.cfg = cfg
         self.progress = Progress(printer, hook)
         if store is None:
@@ -111,10 +119,8 @@ class FirstBoot:
         """The provisioned thing's name (falls back to the client id when the
         template creates no thing), or None when not provisioned."""
         r = self.store.record
-        if r is None:
-            return None
         self._ids()
-        return r["thing_name"] or self.client_id
+        return None if r is None else r["thing_name"] or self.client_id
 
     def topic(self, pattern):
         """``pattern`` with {thing_name}, {client_id} and {uid} filled in, as bytes."""
@@ -122,14 +128,10 @@ class FirstBoot:
         t = pattern.replace("{thing_name}", self.thing_name() or self.client_id)
         return t.replace("{client_id}", self.client_id).replace("{uid}", self.uid).encode()
 
-    # -- steps ------------------------------------------------------------------
-
     def open(self, client_id, cert, key, ca):
         """A connection with the config's endpoint and time limits (mqttlink.Link)."""
         cfg = self.cfg
-        kw = {}
-        if self._mqtt is not None:
-            kw["mqtt"] = self._mqtt
+        kw = {} if self._mqtt is None else {"mqtt": self._mqtt}
         return self._connect(client_id, cfg["endpoint"], cfg["port"], cert, key, ca,
                              server_hostname=cfg["server_hostname"],
                              timeout_ms=cfg["connect_timeout_ms"], **kw)
@@ -184,9 +186,8 @@ class FirstBoot:
             _unload("provision", "fleetprov", "cbor", "csr", "p256")
 
     def connect_thing(self):
-        """Connect as the provisioned thing and return a mqttlink.Link.
-        FirstBootError with ``refused`` when the endpoint turns the
-        certificate down."""
+        """Connect as the provisioned thing: a mqttlink.Link. FirstBootError
+        (``refused``: the endpoint turned the certificate down)."""
         self._ids()
         try:
             cert, key = self.store.identity()

@@ -212,9 +212,9 @@ class Board:
         # FLEETPROV_STOP_AT in settings.toml (a harness setting, not the
         # board's): print "fleetprov STOP <step>" at that progress step or
         # credential write boundary and wait on stdin for the power cut.
-        import firstboot
+        import progress
 
-        mark = firstboot.Progress.mark
+        mark = progress.Progress.mark
 
         def stop_mark(self: Any, name: str) -> None:
             mark(self, name)
@@ -222,7 +222,7 @@ class Board:
                 print("fleetprov STOP " + name, flush=True)
                 sys.stdin.read(1)
 
-        firstboot.Progress.mark = stop_mark  # type: ignore[method-assign]
+        progress.Progress.mark = stop_mark  # type: ignore[method-assign]
 
     def boot(self) -> int:
         """Run boot.py (if any), then code.py, in the folder. Returns the exit status."""

@@ -44,13 +44,13 @@ BOOT_CODE = "import boot\nimport main\n"
 # "fleetprov STOP <step>" at that progress step or credential write boundary
 # and waits on stdin, so the harness cuts the power at exactly that point.
 # Test harness code: nothing of it is on a board.
-STOP_CODE = """import sys, firstboot
-def _stop_mark(self, name, _mark=firstboot.Progress.mark):
+STOP_CODE = """import sys, progress
+def _stop_mark(self, name, _mark=progress.Progress.mark):
     _mark(self, name)
     if name == {step!r}:
         print("fleetprov STOP " + name)
         sys.stdin.read(1)
-firstboot.Progress.mark = _stop_mark
+progress.Progress.mark = _stop_mark
 """
 
 
