@@ -57,6 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trials", type=int, default=10, help="--min-heap: fresh boards per heap size, all must pass (default 10)"
     )
     p.add_argument("--step", type=int, default=2, help="--min-heap: resolution in KB (default 2)")
+    p.add_argument(
+        "--port",
+        choices=unixboard.DEMO_PORTS,
+        default=unixboard.NEWEST_PORT,
+        help="the unix port that boots the board, with the umqtt.simple its firmware freezes; "
+        "1.24.1-32bit has an ESP32's pointer and object sizes (`make ports` builds the older ones)",
+    )
     p.add_argument("--dir", type=Path, default=None, help="working folder (default build/demo)")
     p.add_argument(
         "--board",
@@ -171,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
             min_heap_provisioned = smallest_heap(provisioned, work, args.trials, args.step)
         print("\n== summary")
         rows = [
+            ("unix port", unixboard.current_target().id),
             ("thing name", thing_name),
             ("certificate id", cert_id),
             ("method / format", f"{args.method} / {args.format}"),
@@ -214,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         args.dir = args.dir or cpdemo.DEMO_DIR
         return cpdemo.run(args)
     args.dir = args.dir or DEMO_DIR
-    return run(args)
+    target = unixboard.port_target(args.port)
+    try:
+        target.check()
+    except unixboard.TargetUnavailable as exc:
+        return _fail(str(exc))
+    with unixboard.use_target(target):
+        return run(args)
 
 
 if __name__ == "__main__":

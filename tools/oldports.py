@@ -11,7 +11,12 @@ Without ``../shared`` the same sources come from the upstream tags: point
 ``FLEETPROV_MICROPYTHON_SRC`` at a folder holding ``micropython-<version>/``
 checkouts (README.md, "Older firmware ports"); they are built in place.
 
-Needs gcc and make only (tools/system_deps.sh).
+Needs gcc and make (tools/system_deps.sh). One more build, ``1.24.1-32bit``,
+is 1.24.1 compiled for 32-bit x86 (``MICROPY_FORCE_32BIT=1``): its pointers,
+object headers and GC blocks are an ESP32's size, so its heap figures are
+the ones to hold against a board's (the 64-bit ports overstate them by about
+a third). It needs gcc's 32-bit support (Debian's gcc-multilib, x86_64 only);
+without it that one build is skipped with a note, never a failure.
 """
 
 from __future__ import annotations
@@ -35,17 +40,33 @@ UNIX_MAKE_ARGS = ("MICROPY_PY_BTREE=0", "MICROPY_PY_FFI=0")
 
 @dataclass(frozen=True)
 class OldPort:
-    version: str
+    version: str  # the build's name: a release, or a release with a "-32bit" suffix
     archive_sha256: str
     tag_commit: str  # upstream MicroPython commit of the tag, for users without the archive
+    word_bits: int = 64
+
+    @property
+    def release(self) -> str:
+        return self.version.split("-")[0]
 
     @property
     def archive_name(self) -> str:
-        return f"micropython-{self.version}-src.tar.gz"
+        return f"micropython-{self.release}-src.tar.gz"
 
     @property
     def tree_name(self) -> str:
-        return f"micropython-{self.version}"
+        return f"micropython-{self.release}"
+
+    @property
+    def build_dir(self) -> str:
+        # its own objects folder: a source tree (FLEETPROV_MICROPYTHON_SRC) builds both
+        return "build-standard" if self.word_bits == 64 else "build-standard-32bit"
+
+    @property
+    def make_args(self) -> tuple[str, ...]:
+        if self.word_bits == 64:
+            return UNIX_MAKE_ARGS
+        return UNIX_MAKE_ARGS + ("MICROPY_FORCE_32BIT=1", "BUILD=" + self.build_dir)
 
 
 # From ../shared/vendor/micropython/README.md.
@@ -60,15 +81,21 @@ OLD_PORTS = (
         "73c68099dc296bbdd4552b8f3524cfbdc174eb2d29f6eb253abde437467a168b",
         "ecfdd5d6f9be971852003c2049600dc7b3e2a838",
     ),
+    OldPort(
+        "1.24.1-32bit",
+        "73c68099dc296bbdd4552b8f3524cfbdc174eb2d29f6eb253abde437467a168b",
+        "ecfdd5d6f9be971852003c2049600dc7b3e2a838",
+        word_bits=32,
+    ),
 )
 
 UPSTREAM_STEPS = """\
-MicroPython {version}'s sources are needed to build its unix port and mpy-cross.
+MicroPython {release}'s sources are needed to build its unix port and mpy-cross.
 Neither {archive} (in ../shared/vendor/micropython/) nor ${env}/{tree} exists.
 Get the same sources from the upstream tag:
 
     mkdir -p ~/mp-src && cd ~/mp-src
-    git clone --branch v{version} --depth 1 https://github.com/micropython/micropython {tree}
+    git clone --branch v{release} --depth 1 https://github.com/micropython/micropython {tree}
     git -C {tree} submodule update --init --depth 1 lib/mbedtls lib/micropython-lib
     export {env}=~/mp-src
 
@@ -128,13 +155,27 @@ def _source(port: OldPort, vendor: Path) -> tuple[Path, str]:
             return tree, "tree " + str(tree)
     raise PortBuildError(
         UPSTREAM_STEPS.format(
-            version=port.version, archive=port.archive_name, env=SOURCE_ENV, tree=port.tree_name
+            release=port.release, archive=port.archive_name, env=SOURCE_ENV, tree=port.tree_name
         )
     )
 
 
-def _stamp_text(origin: str) -> str:
-    return "{}\nmake -C ports/unix {}\n".format(origin, " ".join(UNIX_MAKE_ARGS))
+def _stamp_text(origin: str, port: OldPort) -> str:
+    return "{}\nmake -C ports/unix {}\n".format(origin, " ".join(port.make_args))
+
+
+def can_build_32bit() -> bool:
+    """gcc can link a 32-bit x86 program here (gcc-multilib)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return False
+    proc = subprocess.run(
+        [gcc, "-m32", "-x", "c", "-", "-o", os.devnull],
+        input=b"int main(void) { return 0; }\n",
+        capture_output=True,
+        timeout=60,
+    )
+    return proc.returncode == 0
 
 
 def _run(cmd: list[str], cwd: Path, log: Path) -> None:
@@ -155,7 +196,7 @@ def build(port: OldPort, vendor: Path = VENDOR, jobs: int = 2, force: bool = Fal
     origin, origin_text = _source(port, vendor)
     out = port_dir(port.version)
     stamp = out / "stamp"
-    wanted = _stamp_text(origin_text)
+    wanted = _stamp_text(origin_text, port)
     if not force and is_built(port.version) and stamp.exists() and stamp.read_text() == wanted:
         return False
     for tool in ("gcc", "make"):
@@ -173,8 +214,8 @@ def build(port: OldPort, vendor: Path = VENDOR, jobs: int = 2, force: bool = Fal
         tree = origin
     make_jobs = f"-j{jobs}"
     _run(["make", "-C", "mpy-cross", make_jobs], tree, log)
-    _run(["make", "-C", "ports/unix", make_jobs, *UNIX_MAKE_ARGS], tree, log)
-    shutil.copy2(tree / "ports" / "unix" / "build-standard" / "micropython", micropython_path(port.version))
+    _run(["make", "-C", "ports/unix", make_jobs, *port.make_args], tree, log)
+    shutil.copy2(tree / "ports" / "unix" / port.build_dir / "micropython", micropython_path(port.version))
     shutil.copy2(tree / "mpy-cross" / "build" / "mpy-cross", mpy_cross_path(port.version))
     if origin.is_file():
         shutil.rmtree(out / "src")  # about 100 MB of objects; the two binaries are all we use
@@ -192,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ports = [find_port(v) for v in args.versions] if args.versions else list(OLD_PORTS)
         for port in ports:
+            if port.word_bits == 32 and not can_build_32bit():
+                print(f"MicroPython {port.version} skipped: gcc cannot build 32-bit x86 here "
+                      "(Debian: gcc-multilib, on x86_64); its heap figures are not measured")
+                continue
             if build(port, args.vendor, args.jobs, args.force):
                 where = port_dir(port.version).relative_to(ROOT)
                 print(f"MicroPython {port.version} unix port and mpy-cross -> {where}")

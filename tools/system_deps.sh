@@ -7,10 +7,12 @@
 #   socat           the pseudo-terminal for the virtual-board deploy test
 #   openssl         `openssl req -verify` in the CSR tests
 #   gcc, make       the plugin; the MicroPython 1.22/1.24 unix ports (tools/oldports.py)
+#   gcc-multilib    (x86_64) the 32-bit 1.24.1 unix port, whose heap is an ESP32's size
 #   python3-venv    `python3 -m venv` on Debian's own Python
 set -eu
 PACKAGES="mosquitto mosquitto-clients mosquitto-dev libssl-dev socat openssl gcc make"
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then PACKAGES="$PACKAGES python3-venv"; fi
+if [ "$(uname -m)" = x86_64 ]; then PACKAGES="$PACKAGES gcc-multilib"; fi
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 command -v mosquitto_rr >/dev/null 2>&1 || missing="$missing mosquitto-clients"
@@ -20,6 +22,9 @@ command -v socat >/dev/null 2>&1 || missing="$missing socat"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v gcc >/dev/null 2>&1 || missing="$missing gcc"
 command -v make >/dev/null 2>&1 || missing="$missing make"
+if [ "$(uname -m)" = x86_64 ] && ! echo 'int main(void) { return 0; }' | gcc -m32 -x c - -o /dev/null >/dev/null 2>&1; then
+    missing="$missing gcc-multilib"
+fi
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing="$missing python3-venv"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ]; then

@@ -140,6 +140,19 @@ PORTS_WITH_USSL = ("1.22.2",)  # 1.23 dropped the u-names; 1.24 has `tls` and `s
 DEFAULT_TARGET = Target(NEWEST_PORT, "1.3.4", umqtt_from_deps=True)
 # Each old firmware with the umqtt.simple it freezes (../shared/vendor/umqtt.simple/README.md).
 OLD_FIRMWARE_TARGETS = (Target("1.22.2", "1.3.4"), Target("1.24.1", "1.4.0"))
+# 1.24.1 built for 32-bit x86 (tools/oldports.py): an ESP32's pointer, object
+# and GC block sizes, so the heap a first boot needs there is the one to hold
+# against a board's. Heap measurements only; the device tier's matrix is above.
+WORD32_TARGET = Target("1.24.1-32bit", "1.4.0")
+DEMO_PORTS = (NEWEST_PORT, *OLD_PORTS, WORD32_TARGET.port)
+
+
+def port_target(port: str) -> Target:
+    """The target a board of firmware ``port`` is: its unix port with the umqtt.simple it freezes."""
+    for target in (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS, WORD32_TARGET):
+        if target.port == port:
+            return target
+    raise ValueError(f"no such port: {port} (known: {', '.join(DEMO_PORTS)})")
 
 
 def umqtt_matrix() -> tuple[Target, ...]:

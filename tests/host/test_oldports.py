@@ -36,7 +36,7 @@ def test_an_archive_that_does_not_match_its_pin_is_not_built(tmp_path: Path) -> 
 
 def test_an_unknown_version_is_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert oldports.main(["1.19.1"]) == 1
-    assert "no such old port: 1.19.1 (known: 1.22.2, 1.24.1)" in capsys.readouterr().err
+    assert "no such old port: 1.19.1 (known: 1.22.2, 1.24.1, 1.24.1-32bit)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("version", [p.version for p in oldports.OLD_PORTS])
@@ -50,3 +50,27 @@ def test_a_built_port_is_not_built_again(version: str) -> None:
     stamp = (oldports.port_dir(version) / "stamp").read_text()
     assert port.archive_sha256 in stamp and "MICROPY_PY_BTREE=0" in stamp
     assert os.access(oldports.mpy_cross_path(version), os.X_OK)
+
+
+def test_the_32bit_build_is_skipped_with_a_note_where_gcc_cannot_make_32bit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(oldports, "can_build_32bit", lambda: False)
+    built: list[str] = []
+    monkeypatch.setattr(oldports, "build", lambda port, *a, **k: built.append(port.version) or False)
+    assert oldports.main(["1.24.1-32bit"]) == 0
+    assert built == []
+    assert "1.24.1-32bit skipped: gcc cannot build 32-bit x86 here" in capsys.readouterr().out
+
+
+def test_the_32bit_build_is_a_32bit_program_of_the_same_release() -> None:
+    port = oldports.find_port("1.24.1-32bit")
+    assert port.release == "1.24.1" and port.archive_sha256 == oldports.find_port("1.24.1").archive_sha256
+    assert "MICROPY_FORCE_32BIT=1" in port.make_args and "MICROPY_FORCE_32BIT=1" not in oldports.find_port(
+        "1.24.1"
+    ).make_args
+    if not oldports.is_built(port.version):
+        pytest.skip("the 32-bit 1.24.1 port is not built here (make ports, with gcc-multilib)")
+    elf = oldports.micropython_path(port.version).read_bytes()[:5]
+    assert elf[:4] == b"\x7fELF" and elf[4] == 1  # EI_CLASS 1: ELFCLASS32
+    assert "MICROPY_FORCE_32BIT=1" in (oldports.port_dir(port.version) / "stamp").read_text()

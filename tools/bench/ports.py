@@ -2,7 +2,7 @@
 
 For each target (tools/unixboard.py: the newest port from PyPI, and firmware
 1.22.2 and 1.24.1 built by tools/oldports.py, each with the umqtt.simple it
-freezes) and each method, a factory-fresh board with the library compiled by
+freezes; and 1.24.1 built for 32-bit x86, an ESP32's object sizes) and each method, a factory-fresh board with the library compiled by
 that release's own mpy-cross boots and provisions itself: the median wall
 time of the first boot over a few runs, and the smallest ``-X heapsize`` at
 which a first boot completes (4 KB steps). Also the compiled library's size
@@ -26,6 +26,7 @@ from tools.bench.core import table
 from tools.unixboard import (
     DEFAULT_TARGET,
     OLD_FIRMWARE_TARGETS,
+    WORD32_TARGET,
     Board,
     Target,
     TargetUnavailable,
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> None:
     from tools.iotsim.stack import IotSim
 
     runs = 2 if args.quick else 5
-    targets: tuple[Target, ...] = (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS)
+    targets: tuple[Target, ...] = (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS, WORD32_TARGET)
     boot_rows: list[list[object]] = []
     size_rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="fleetprov-bench-ports-") as tmp:
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> None:
     )
     print(
         "\n(the 1.22 and 1.24 unix ports allocate mbedTLS's buffers from MicroPython's heap, ESP32 "
-        "firmware from the ESP-IDF heap: compare heaps within a port, not across)"
+        "firmware from the ESP-IDF heap: compare heaps within a port, not across; 1.24.1-32bit is "
+        "1.24.1 built for 32-bit x86, an ESP32's pointer and object sizes)"
     )
     print("\n### Compiled library per mpy-cross\n")
     print(
