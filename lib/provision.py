@@ -70,11 +70,7 @@ class Provisioning:
             # first: the key's big-int garbage is gone before anything
             # long-lived (claim files, the connection) is placed among it
             self._csr()
-        try:
-            self.claim_cert, self.claim_key = s.claim()
-            self.ca = s.ca_der()
-        except credstore.StoreError as ex:
-            raise FirstBootError(str(ex))
+        self._claim()  # a missing claim file stops the boot here, before any connection
         self.params = substitute(self.cfg["parameters"], fb.uid, fb.client_id)
         if self.pending is not None:
             self.step("resume", "certificate {} staged {} s ago".format(
@@ -84,7 +80,7 @@ class Provisioning:
         if got[0] is None:
             return got[1]  # adopted
         link, reg = got
-        self.claim_key = self.csr_key = self.csr_pem = None
+        self.csr_key = self.csr_pem = None
         try:
             try:
                 rec = s.commit_pending(self.pending, reg.thing_name, reg.device_configuration,
@@ -110,7 +106,9 @@ class Provisioning:
             return None, self._adopt()  # its token has expired: no RegisterThing with it
         fb = self.fb
         cfg = self.cfg
-        link = fb.open(fb.client_id, self.claim_cert, self.claim_key, self.ca)
+        cert, key, ca = self._claim()
+        link = fb.open(fb.client_id, cert, key, ca)
+        cert = key = ca = None  # read again for another attempt: not held while the answers come
         try:
             self.step("connect-claim", "{}:{} as {}".format(cfg["endpoint"], cfg["port"], fb.client_id))
             if self.pending is None:
@@ -139,6 +137,14 @@ class Provisioning:
                 return None, self._adopt()
             raise
         return link, reg
+
+    def _claim(self):
+        # (claim cert, claim key, CA) as DER, read from flash for each connection
+        try:
+            cert, key = self.store.claim()
+            return cert, key, self.store.ca_der()
+        except credstore.StoreError as ex:
+            raise FirstBootError(str(ex))
 
     def _call(self, client, op, *args):
         # One operation on a Provisioner of its own, closed after it: its
@@ -233,7 +239,7 @@ class Provisioning:
             name = substitute({"n": name}, fb.uid, fb.client_id)["n"]
         try:
             cert, key = s.pending_identity(pend)
-            link = fb.open(name or fb.client_id, cert, key, self.ca)
+            link = fb.open(name or fb.client_id, cert, key, s.ca_der())
         except mqttlink.ConnectError as ex:
             cert = key = None
             if not (ex.refused or ex.handshake):
