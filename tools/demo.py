@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     from tools.iotsim.broker import free_port
     from tools.iotsim.stack import IotSim
 
+    try:
+        unixboard.current_target().check()
+    except RuntimeError as exc:  # TargetUnavailable, or the venv's micropython missing
+        return _fail(str(exc))
     work: Path = args.dir
     shutil.rmtree(work, ignore_errors=True)
     state, flash = work / "iotsim", work / "flash"
@@ -222,12 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         args.dir = args.dir or cpdemo.DEMO_DIR
         return cpdemo.run(args)
     args.dir = args.dir or DEMO_DIR
-    target = unixboard.port_target(args.port)
-    try:
-        target.check()
-    except unixboard.TargetUnavailable as exc:
-        return _fail(str(exc))
-    with unixboard.use_target(target):
+    with unixboard.use_target(unixboard.port_target(args.port)):
         return run(args)
 
 
