@@ -45,70 +45,19 @@ class StoreError(Exception):
     """A credential could not be converted, checked or written."""
 
 
-def pem_to_der(pem, label=None):
-    """Convert one PEM block (str or bytes) to DER bytes.
+def _pem():
+    # PEM/DER conversion and the DER walker are needed only while a new
+    # identity is converted and checked: imported then and dropped after
+    # (_drop_pem), about 5 KB of RAM on a board that a provisioned boot never pays.
+    import pem
 
-    ``label`` (e.g. "CERTIFICATE") restricts the accepted block type; any
-    label ending in it matches, so "PRIVATE KEY" accepts "RSA PRIVATE KEY"
-    and "EC PRIVATE KEY". Handles \\r\\n line ends. Raises StoreError on
-    anything that is not exactly one well-formed PEM block holding DER."""
-    if isinstance(pem, (bytes, bytearray)):
-        pem = pem.decode()
-    b = pem.find("-----BEGIN ")
-    if b < 0:
-        raise StoreError("PEM: no '-----BEGIN' line; expected a PEM block")
-    h = pem.find("-----", b + 11)
-    if h < 0:
-        raise StoreError("PEM: unterminated BEGIN line")
-    got = pem[b + 11 : h]
-    if label is not None and not (got == label or got.endswith(" " + label)):
-        raise StoreError("PEM: expected a {} block, found {}".format(label, got))
-    end_line = "-----END " + got + "-----"
-    e = pem.find(end_line, h + 5)
-    if e < 0:
-        raise StoreError("PEM: no matching '{}' line".format(end_line))
-    body = pem[h + 5 : e]
-    # a2b_base64 skips characters outside the alphabet silently (MicroPython
-    # and CPython alike), so count what should decode and compare.
-    chars = len(body)
-    for ws in ("\n", "\r", " ", "\t"):
-        chars -= body.count(ws)
-    try:
-        out = binascii.a2b_base64(body)
-    except ValueError as ex:
-        raise StoreError("PEM: {} block is not valid base64 ({})".format(got, ex))
-    del body
-    if chars % 4 or len(out) != chars // 4 * 3 - _padding(pem, e):
-        raise StoreError("PEM: {} block holds characters that are not base64".format(got))
-    try:
-        _der().check_sequence(out)
-    except ValueError as ex:
-        raise StoreError("PEM: {} block is not valid DER ({})".format(got, ex))
-    return out
+    return pem
 
 
-def _der():
-    # The DER walker is needed only while a new identity is checked; it is
-    # imported then and dropped after (its code costs ~5 KB of RAM on a board).
-    import der
-
-    return der
-
-
-def _drop_der():
+def _drop_pem():
     if sys.implementation.name == "micropython":
+        sys.modules.pop("pem", None)
         sys.modules.pop("der", None)
-
-
-def _padding(pem, e):
-    # Number of '=' at the end of the base64 body that ends at index e.
-    n = 0
-    i = e - 1
-    while i >= 0 and pem[i] in "\r\n \t=":
-        if pem[i] == "=":
-            n += 1
-        i -= 1
-    return n
 
 
 def _join(folder, name):
@@ -150,29 +99,6 @@ def sha256(data):
     if make is not None:
         return make(data)
     return getattr(hashlib, "new")("sha256", data)  # not in MicroPython's hashlib
-
-
-def der_to_pem(der, label):
-    """PEM text (str) of one DER block under ``label``, 64 characters a line."""
-    b64 = binascii.b2a_base64(der).strip()
-    lines = ["-----BEGIN " + label + "-----"]
-    for i in range(0, len(b64), 64):
-        lines.append(b64[i : i + 64].decode())
-    lines.append("-----END " + label + "-----\n")
-    return "\n".join(lines)
-
-
-def _key_label(key):
-    # The PEM label a private key's DER structure calls for: PKCS#8 holds an
-    # AlgorithmIdentifier SEQUENCE after the version, PKCS#1 RSA an INTEGER,
-    # SEC1 EC an OCTET STRING.
-    der = _der()
-    _, s, e = der.tlv(key, 0, len(key))
-    _, _, after = der.tlv(key, s, e)  # the version INTEGER
-    tag = der.tlv(key, after, e)[0]
-    if tag == 0x30:
-        return "PRIVATE KEY"
-    return "RSA PRIVATE KEY" if tag == 0x02 else "EC PRIVATE KEY"
 
 
 def _makedirs(folder):
@@ -430,29 +356,30 @@ class Store:
         # -> ((cert name, key name), cert, key) as they go to flash: DER, or
         # PEM in PEM mode, re-encoded from the DER just checked so what lands
         # on flash is exactly what was verified, whatever line ends AWS sent.
-        cert, key = self._pair(certificate_id, cert, key)
-        if not self.pem:
-            return (DEVICE_CERT, DEVICE_KEY), cert, key
+        codec = _pem()
         try:
-            key = der_to_pem(key, _key_label(key)).encode()
-        except ValueError as ex:
-            raise StoreError("cannot tell the private key's format: {}".format(ex))
+            cert, key = self._pair(codec, certificate_id, cert, key)
+            if not self.pem:
+                return (DEVICE_CERT, DEVICE_KEY), cert, key
+            try:
+                key = codec.der_to_pem(key, codec.key_label(key)).encode()
+            except ValueError as ex:
+                raise StoreError("cannot tell the private key's format: {}".format(ex))
+            return (DEVICE_CERT_PEM, DEVICE_KEY_PEM), codec.der_to_pem(cert, "CERTIFICATE").encode(), key
         finally:
-            _drop_der()
-        return (DEVICE_CERT_PEM, DEVICE_KEY_PEM), der_to_pem(cert, "CERTIFICATE").encode(), key
+            codec = None
+            _drop_pem()
 
-    def _pair(self, certificate_id, cert, key):
+    def _pair(self, codec, certificate_id, cert, key):
         # (cert DER, key DER) from PEM or DER, checked to belong together.
         if not isinstance(cert, (bytes, bytearray)):
-            cert = pem_to_der(cert, "CERTIFICATE")
+            cert = codec.pem_to_der(cert, "CERTIFICATE")
         if not isinstance(key, (bytes, bytearray)):
-            key = pem_to_der(key, "PRIVATE KEY")
+            key = codec.pem_to_der(key, "PRIVATE KEY")
         try:
-            match = _der().same_key(cert, key)
+            match = codec.der().same_key(cert, key)
         except ValueError as ex:
             raise StoreError("cannot compare certificate and key: {}".format(ex))
-        finally:
-            _drop_der()
         if not match:
             raise StoreError(
                 "certificate {} does not certify this private key; refusing to store "

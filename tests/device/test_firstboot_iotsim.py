@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tools.unixboard import Board, BootResult, make_flash
+from tools.unixboard import BOOT_CODE, Board, BootResult, make_flash
 
 FAST_RETRY = {"retry_base_ms": 20, "retry_max_ms": 100}
 
@@ -475,3 +475,25 @@ def test_first_boot_fits_a_96_kb_heap_with_the_compiled_library(
     first = board.boot(timeout=60)
     assert first.returncode == 0, first.text
     assert board.boot(timeout=60).steps()[-1] == "done"
+
+
+# Loaded only to provision (and dropped after): a provisioned boot must not need them.
+PROVISIONING_ONLY = ("provision", "fleetprov", "cbor", "csr", "p256", "der", "pem")
+SHOW_MODULES = "import sys\nprint('modules: ' + ' '.join(sorted(sys.modules)))\n"
+
+
+@pytest.mark.parametrize("method", ["keys", "csr"])
+def test_provisioning_code_is_dropped_after_a_first_boot_and_a_provisioned_boot_runs_without_it(
+    iotsim: Any, tmp_path: Path, method: str
+) -> None:
+    flash = make_flash(tmp_path / "flash", iotsim.state, dict(FAST_RETRY, method=method), mpy=True)
+    first = Board(flash).boot(code=BOOT_CODE + SHOW_MODULES, timeout=60)
+    assert first.returncode == 0 and "done" in first.steps(), first.text
+    loaded = next(line for line in first.lines if line.startswith("modules: ")).split()[1:]
+    assert not set(loaded) & {*PROVISIONING_ONLY, "devconfig"}, loaded
+    # the provisioned board without them at all: an import of any would fail the boot
+    for name in PROVISIONING_ONLY:
+        (flash / "lib" / (name + ".mpy")).unlink()
+    second = Board(flash).boot(timeout=60)
+    assert second.returncode == 0, second.text
+    assert "connect-claim" not in second.steps() and second.steps()[-1] == "done", second.text

@@ -27,6 +27,7 @@ import csr  # noqa: E402
 import fleetprov  # noqa: E402
 import mmqttclient  # noqa: E402
 import mqttlink  # noqa: E402
+from pem import pem_to_der  # noqa: E402
 
 from tools.iotsim.testing import RunningIotSim  # noqa: E402
 
@@ -106,7 +107,7 @@ def test_minimqtt_provisions_registers_and_reconnects_as_the_thing(
     p = fleetprov.Provisioner(link.client, fmt=fmt, timeout_ms=15000)
     if method == "keys":
         creds = p.create_keys_and_certificate()
-        key_der = credstore.pem_to_der(creds.private_key, "PRIVATE KEY")
+        key_der = pem_to_der(creds.private_key, "PRIVATE KEY")
     else:
         key_der, csr_pem = csr.generate(cid)
         creds = p.create_certificate_from_csr(csr_pem)
@@ -265,7 +266,7 @@ def test_a_revoked_certificate_is_refused_with_its_connack_code(
     creds = p.create_keys_and_certificate()
     reg = p.register_thing(TEMPLATE, creds.ownership_token, {"SerialNumber": serial()})
     p.close()
-    files = write_identity(tmp_path, creds.certificate_pem, credstore.pem_to_der(creds.private_key))
+    files = write_identity(tmp_path, creds.certificate_pem, pem_to_der(creds.private_key))
     iotsim.registry.revoke(creds.certificate_id)
     with pytest.raises(mqttlink.ConnectError) as err:
         connects_as_itself(iotsim, reg.thing_name, *files)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import credstore
 import devicepki
+from pem import der_to_pem, pem_to_der
 import pytest
 from credstore import Store, StoreError
 from cryptography import x509
@@ -94,7 +95,7 @@ def test_the_record_holds_no_key_material(store: Store) -> None:
 
 def test_der_to_pem_round_trips_through_pem_to_der() -> None:
     der = devicepki.rsa_identity().cert_der
-    assert credstore.pem_to_der(credstore.der_to_pem(der, "CERTIFICATE"), "CERTIFICATE") == der
+    assert pem_to_der(der_to_pem(der, "CERTIFICATE"), "CERTIFICATE") == der
 
 
 class _NewOnlyHashlib:

@@ -11,6 +11,7 @@ import credstore
 import csr
 import der
 import p256
+from pem import pem_to_der
 import pytest
 from credstore import Store, StoreError
 from cryptography.hazmat.primitives import serialization
@@ -41,24 +42,24 @@ def shipped(flash: Path) -> dict[str, bytes]:
 
 def test_pem_certificate_converts_to_the_same_der_bytes() -> None:
     ident = rsa_identity()
-    assert credstore.pem_to_der(ident.cert_pem, "CERTIFICATE") == ident.cert_der
+    assert pem_to_der(ident.cert_pem, "CERTIFICATE") == ident.cert_der
 
 
 def test_pem_with_crlf_line_ends_converts_like_lf() -> None:
     ident = rsa_identity()
-    assert credstore.pem_to_der(ident.cert_pem.replace("\n", "\r\n"), "CERTIFICATE") == ident.cert_der
+    assert pem_to_der(ident.cert_pem.replace("\n", "\r\n"), "CERTIFICATE") == ident.cert_der
 
 
 def test_pem_rsa_private_key_block_converts_as_a_private_key() -> None:
     ident = rsa_identity()
     pem = ident.key_pem("pkcs1")
     assert pem.startswith("-----BEGIN RSA PRIVATE KEY-----")
-    assert credstore.pem_to_der(pem, "PRIVATE KEY") == ident.key_der("pkcs1")
+    assert pem_to_der(pem, "PRIVATE KEY") == ident.key_der("pkcs1")
 
 
 def test_pem_bytes_input_is_accepted() -> None:
     ident = ec_identity()
-    assert credstore.pem_to_der(ident.cert_pem.encode(), "CERTIFICATE") == ident.cert_der
+    assert pem_to_der(ident.cert_pem.encode(), "CERTIFICATE") == ident.cert_der
 
 
 @pytest.mark.parametrize(
@@ -79,12 +80,12 @@ def test_pem_bytes_input_is_accepted() -> None:
 def test_malformed_pem_is_refused_with_a_clear_error(mangle, words) -> None:
     pem = ec_identity().cert_pem
     with pytest.raises(StoreError, match=words):
-        credstore.pem_to_der(mangle(pem), "CERTIFICATE")
+        pem_to_der(mangle(pem), "CERTIFICATE")
 
 
 def test_pem_of_the_wrong_kind_is_refused_naming_both_kinds() -> None:
     with pytest.raises(StoreError, match="expected a PRIVATE KEY block, found CERTIFICATE"):
-        credstore.pem_to_der(ec_identity().cert_pem, "PRIVATE KEY")
+        pem_to_der(ec_identity().cert_pem, "PRIVATE KEY")
 
 
 def test_pem_whose_der_has_trailing_bytes_is_refused() -> None:
@@ -92,7 +93,7 @@ def test_pem_whose_der_has_trailing_bytes_is_refused() -> None:
 
     body = base64.b64encode(ec_identity().cert_der + b"\x00\x00\x00").decode()
     with pytest.raises(StoreError, match="not valid DER"):
-        credstore.pem_to_der(f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
+        pem_to_der(f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
 
 
 # -- public key comparison --------------------------------------------------------
