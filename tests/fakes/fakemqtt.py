@@ -92,7 +92,38 @@ def _encoder(fmt):
     return (lambda obj: json.dumps(obj).encode()), (lambda b: json.loads(b))
 
 
-class AwsResponder:
+class AwsAnswers:
+    """AWS IoT Core's answers to the three fleet-provisioning requests, for
+    the fakes that play it (AwsResponder here, scriptaws.AwsServer). Uses the
+    subclass's token, key_size, thing_name, device_configuration and dumps."""
+
+    def accepted(self, op):
+        """AWS's accepted answer for op ("keys", "csr", "register"), as a dict."""
+        if op == "register":
+            out = {"deviceConfiguration": self.device_configuration}
+            if self.thing_name is not None:
+                out["thingName"] = self.thing_name
+            return out
+        out = {
+            "certificateId": "c" * 64,
+            "certificatePem": "-----BEGIN CERTIFICATE-----\n" + "A" * 1200 + "\n-----END CERTIFICATE-----\n",
+            "certificateOwnershipToken": self.token,
+        }
+        if op == "keys":
+            out["privateKey"] = "-----BEGIN RSA PRIVATE KEY-----\n" + "K" * self.key_size + "\n-----END RSA PRIVATE KEY-----\n"
+        return out
+
+    def rejected(self, status_code=400, error_code="InvalidPayload", error_message="bad"):
+        """AWS's rejected answer, encoded (error_code / error_message None: left out)."""
+        out = {"statusCode": status_code}
+        if error_code is not None:
+            out["errorCode"] = error_code
+        if error_message is not None:
+            out["errorMessage"] = error_message
+        return self.dumps(out)
+
+
+class AwsResponder(AwsAnswers):
     """Answers fleet-provisioning requests like AWS IoT Core.
 
     fmt: "json" or "cbor". Set .override[op] = (suffix, payload_bytes) to
@@ -130,25 +161,3 @@ class AwsResponder:
             return
         client.queue(topic + b"/accepted", self.dumps(self.accepted(op)))
 
-    def accepted(self, op):
-        if op == "register":
-            out = {"deviceConfiguration": self.device_configuration}
-            if self.thing_name is not None:
-                out["thingName"] = self.thing_name
-            return out
-        out = {
-            "certificateId": "c" * 64,
-            "certificatePem": "-----BEGIN CERTIFICATE-----\n" + "A" * 1200 + "\n-----END CERTIFICATE-----\n",
-            "certificateOwnershipToken": self.token,
-        }
-        if op == "keys":
-            out["privateKey"] = "-----BEGIN RSA PRIVATE KEY-----\n" + "K" * self.key_size + "\n-----END RSA PRIVATE KEY-----\n"
-        return out
-
-    def rejected(self, status_code=400, error_code="InvalidPayload", error_message="bad"):
-        out = {"statusCode": status_code}
-        if error_code is not None:
-            out["errorCode"] = error_code
-        if error_message is not None:
-            out["errorMessage"] = error_message
-        return self.dumps(out)

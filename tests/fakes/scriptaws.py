@@ -10,6 +10,7 @@
 
 import json
 
+from fakemqtt import AwsAnswers
 from scriptsock import PUBLISH, STRAY_PUBACK, SUBSCRIBE, UNSUBSCRIBE, publish, puback, suback, unsuback
 
 CERTS = b"$aws/certificates/"
@@ -99,7 +100,7 @@ def reply_then(action):
     return reply
 
 
-class AwsServer:
+class AwsServer(AwsAnswers):
     """Answers fleet provisioning like AWS IoT Core.
 
     fmt: "json" or "cbor". dumps: encodes an answer (default: json, or
@@ -206,28 +207,3 @@ class AwsServer:
         self._pid = self._pid % 0xFFFF + 1
         return publish(topic, payload, self.answer_qos if qos is None else qos, self._pid)
 
-    def accepted(self, op):
-        """AWS's accepted answer for op, as a dict."""
-        if op == "register":
-            out = {"deviceConfiguration": self.device_configuration}
-            if self.thing_name is not None:
-                out["thingName"] = self.thing_name
-            return out
-        out = {
-            "certificateId": "c" * 64,
-            "certificatePem": "-----BEGIN CERTIFICATE-----\n" + "A" * 1200 + "\n-----END CERTIFICATE-----\n",
-            "certificateOwnershipToken": self.token,
-        }
-        if op == "keys":
-            key = "K" * self.key_size
-            out["privateKey"] = "-----BEGIN RSA PRIVATE KEY-----\n" + key + "\n-----END RSA PRIVATE KEY-----\n"
-        return out
-
-    def rejected(self, status_code=400, error_code="InvalidPayload", error_message="bad"):
-        """AWS's rejected answer, encoded (error_code / error_message None: left out)."""
-        out = {"statusCode": status_code}
-        if error_code is not None:
-            out["errorCode"] = error_code
-        if error_message is not None:
-            out["errorMessage"] = error_message
-        return self.dumps(out)

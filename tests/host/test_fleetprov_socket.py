@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -218,17 +219,25 @@ KEYS_ANSWER = (
 )
 
 
-@pytest.mark.timeout(30)
-def test_the_answer_is_read_into_the_receive_buffer_and_an_app_message_reaches_the_app_intact(
-    broker_factory,
-) -> None:
+def provisioner_with_an_app_message_waiting(
+    broker_factory: Any, rx_size: int
+) -> tuple[fleetprov.Provisioner, list[tuple[bytes, bytes]], list[int]]:
+    """A Provisioner on a real umqtt client whose server sends an app message,
+    then KEYS_ANSWER; with the messages the app got and the sizes umqtt read."""
     broker = broker_factory(answer_subscribe=True)
     broker.on_publish = answer_after_an_app_message(KEYS_ANSWER)
     client = connected_client(broker.port)
     app: list[tuple[bytes, bytes]] = []
     client.set_callback(lambda topic, msg: app.append((topic, msg)))
     reads = spy_on_reads(client)
-    p = fleetprov.Provisioner(client, timeout_ms=5000, rx_size=6144, mqtt_timeout_ms=3000)
+    return fleetprov.Provisioner(client, timeout_ms=5000, rx_size=rx_size, mqtt_timeout_ms=3000), app, reads
+
+
+@pytest.mark.timeout(30)
+def test_the_answer_is_read_into_the_receive_buffer_and_an_app_message_reaches_the_app_intact(
+    broker_factory,
+) -> None:
+    p, app, reads = provisioner_with_an_app_message_waiting(broker_factory, rx_size=6144)
     keys = p.create_keys_and_certificate()
     assert keys.certificate_id == "c" * 64 and keys.private_key == "K" * 1700
     assert keys.ownership_token == "T" * 700 and len(keys.certificate_pem) == 1500
@@ -242,13 +251,7 @@ def test_the_answer_is_read_into_the_receive_buffer_and_an_app_message_reaches_t
 def test_an_answer_larger_than_rx_size_is_read_through_the_buffer_and_refused_naming_both_sizes(
     broker_factory,
 ) -> None:
-    broker = broker_factory(answer_subscribe=True)
-    broker.on_publish = answer_after_an_app_message(KEYS_ANSWER)
-    client = connected_client(broker.port)
-    app: list[tuple[bytes, bytes]] = []
-    client.set_callback(lambda topic, msg: app.append((topic, msg)))
-    reads = spy_on_reads(client)
-    p = fleetprov.Provisioner(client, timeout_ms=5000, rx_size=1024, mqtt_timeout_ms=3000)
+    p, app, reads = provisioner_with_an_app_message_waiting(broker_factory, rx_size=1024)
     with pytest.raises(fleetprov.ProvisioningError) as info:
         p.create_keys_and_certificate()
     assert info.value.status == fleetprov.NO_MEMORY
