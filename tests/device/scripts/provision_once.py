@@ -12,7 +12,7 @@ import sys
 
 import fleetprov
 import mqttlink
-from credstore import pem_to_der
+from pem import pem_to_der
 
 port, cert_dir, fmt, method, template, serial = sys.argv[1:7]
 port = int(port)

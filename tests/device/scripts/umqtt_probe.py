@@ -10,7 +10,7 @@ import sys
 
 import fleetprov
 import mqttlink
-from credstore import pem_to_der
+from pem import pem_to_der
 from umqtt import simple
 
 port, cert_dir, template, serial = sys.argv[1:5]
