@@ -58,7 +58,6 @@ class Provisioning:
         self.step = fb.progress.step
         self.pending = None  # the staged identity (credstore.load_pending)
         self.csr_pem = self.csr_key = None
-        self.kept = None  # the Provisioner kept from the CSR call for RegisterThing
 
     def run(self):
         """Provision with the claim and commit the new identity. Returns the
@@ -118,11 +117,10 @@ class Provisioning:
                     cid, pem, key, token = self._call(link.client, "create_certificate_from_csr", self.csr_pem)
                     key = self.csr_key
                 self.step("certificate", cid)
-                if self.kept is None:
-                    # fleetprov's code (15 KB) out of RAM while the answer is
-                    # converted and staged: the peak of a keys first boot.
-                    # RegisterThing imports it again.
-                    _unload("fleetprov", "cbor")
+                # fleetprov's code (15 KB) out of RAM while the answer is
+                # converted and checked (pem, der) and staged: the peak of a
+                # first boot. RegisterThing imports it again.
+                _unload("fleetprov", "cbor")
                 self._stage(cid, pem, key, token)
                 pem = key = token = None  # on flash now: free the RAM before the next answer
                 gc.collect()
@@ -130,8 +128,6 @@ class Provisioning:
                              self.pending["ownership_token"], self.params)
             self.step("register", "thing {}".format(reg.thing_name))
         except BaseException as ex:
-            _close(self.kept)
-            self.kept = None
             link.close()
             if self.pending is not None and _token_refused(ex):
                 return None, self._adopt()
@@ -148,27 +144,18 @@ class Provisioning:
 
     def _call(self, client, op, *args):
         # One operation on a Provisioner of its own, closed after it: its
-        # receive buffer is free again while CreateKeysAndCertificate's answer
-        # (an RSA key to convert) is staged on flash. CreateCertificateFromCsr's
-        # small answer stages in little RAM, so its Provisioner (and buffer) is
-        # kept for RegisterThing: a second 6 KB block, wanted after the key
-        # generation and the connection cut the heap up, failed about one
-        # boot in five at 96 KB.
+        # receive buffer is free again while the answer is staged on flash.
         import fleetprov  # here, not at the top: loaded after the key and the connection
 
         cfg = self.cfg
         make = self.fb.provisioner or fleetprov.Provisioner
-        p = self.kept
-        self.kept = None
+        p = None
         try:
-            if p is None:
-                p = make(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
-                         cfg["mqtt_timeout_ms"])
+            p = make(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
+                     cfg["mqtt_timeout_ms"])
             got = getattr(p, op)(*args)
             if op == "register_thing":
                 return got
-            if op == "create_certificate_from_csr":
-                self.kept, p = p, None
             # plain values: a Credentials would keep fleetprov's module alive
             return got.certificate_id, got.certificate_pem, got.private_key, got.ownership_token
         except fleetprov.ProvisioningError as ex:
@@ -211,6 +198,13 @@ class Provisioning:
             raise FirstBootError("cannot make a key and CSR on the device: {}".format(ex))
         csr = None
         _unload("csr", "p256")  # about 14 KB of RAM, not needed again
+        # The key and CSR were made among p256's garbage and above its code:
+        # copies made now sit in the room the modules left, and the originals'
+        # room joins the free space above, where the 6 KB receive buffer and
+        # the connection go next (6 KB less heap for a CSR first boot).
+        self.csr_key = bytes(bytearray(self.csr_key))
+        self.csr_pem = self.csr_pem.encode().decode()
+        gc.collect()
         self.step("keygen", "P-256 key and CSR made on the device")
 
     def _stage(self, certificate_id, cert_pem, key, token):
