@@ -1,8 +1,8 @@
 # The provisioning path of the first boot: claim connection -> fleetprov
 # (create, stage on flash, RegisterThing) -> commit. firstboot.py imports this
 # module only when the store holds no identity and drops it (with fleetprov,
-# cbor, csr and p256) once the identity is committed, so a provisioned boot
-# never loads any of them. See docs/first-boot.md.
+# cbor, csr and p256; credstore drops pem and der) once the identity is
+# committed, so a provisioned boot never loads any of them. See docs/first-boot.md.
 
 import gc
 import time
@@ -67,7 +67,7 @@ class Provisioning:
         self.pending = s.load_pending()
         if self.pending is None and self.cfg["method"] == "csr":
             # first: the key's big-int garbage is gone before anything
-            # long-lived (claim files, the connection) is placed among it
+            # long-lived (the connection) is placed among it
             self._csr()
         self._claim()  # a missing claim file stops the boot here, before any connection
         self.params = substitute(self.cfg["parameters"], fb.uid, fb.client_id)
