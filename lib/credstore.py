@@ -267,8 +267,9 @@ class Store:
         return None
 
     def stage(self, certificate_id, cert, key, ownership_token, issued):
-        """Store a new, not yet registered identity (see commit() for cert and
-        key); pending.json last. ``issued``: time.time() when the certificate
+        """Store a new, not yet registered identity; pending.json last. ``cert``
+        and ``key``: PEM (str) or DER (bytes), converted to DER and checked to
+        belong together (StoreError otherwise, nothing written). ``issued``: time.time() when the certificate
         came, to tell an expired ownership token. Returns the pending record."""
         names, cert, key = self._encoded(certificate_id, cert, key)
         rec = {
@@ -341,16 +342,6 @@ class Store:
     def _remove_identity_files(self):
         for name in (DEVICE_CERT, DEVICE_KEY, DEVICE_CERT_PEM, DEVICE_KEY_PEM):
             _remove(self.path(name))
-
-    def commit(self, certificate_id, cert, key, thing_name=None, device_configuration=None,
-               endpoint=None):
-        """Persist a new identity in one go: stage() then commit_pending(),
-        the first boot's own order (the record lands last). ``cert`` and
-        ``key``: PEM (str) or DER (bytes), converted to DER and checked to
-        belong together (StoreError otherwise, nothing written). Returns the
-        record."""
-        return self.commit_pending(self.stage(certificate_id, cert, key, "", 0), thing_name,
-                                   device_configuration, endpoint)
 
     def _encoded(self, certificate_id, cert, key):
         # -> ((cert name, key name), cert, key) as they go to flash: DER, or

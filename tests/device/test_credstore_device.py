@@ -19,7 +19,7 @@ with open("in/cert.pem") as f:
 with open("in/key.pem") as f:
     key = f.read()
 try:
-    s.commit("{cid}", cert, key, "thing-1", {{"Mode": "x"}})
+    s.commit_pending(s.stage("{cid}", cert, key, "token", 0), "thing-1", {{"Mode": "x"}})
     print("committed")
 except credstore.StoreError as ex:
     print("refused:", ex)

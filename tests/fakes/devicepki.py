@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -105,3 +106,19 @@ def ec_identity(cn: str = "device") -> Identity:
 
 def ca_der() -> bytes:
     return ca()[1].public_bytes(DER)
+
+
+def commit(
+    store: Any,
+    certificate_id: str,
+    cert: str | bytes,
+    key: str | bytes,
+    thing_name: str | None = None,
+    device_configuration: dict[str, str] | None = None,
+    endpoint: str | None = None,
+) -> dict[str, Any]:
+    """Store a whole identity in ``store`` (a credstore.Store) as a first boot
+    does: stage() (the ownership token is the test's), then commit_pending()."""
+    pending = store.stage(certificate_id, cert, key, "token-from-the-test", 0)
+    return store.commit_pending(pending, thing_name, device_configuration, endpoint)
+

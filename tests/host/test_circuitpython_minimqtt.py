@@ -23,6 +23,7 @@ if str(CP_LIB) not in sys.path:
     sys.path.insert(0, str(CP_LIB))
 
 import credstore  # noqa: E402
+from devicepki import commit  # noqa: E402
 import csr  # noqa: E402
 import fleetprov  # noqa: E402
 import mmqttclient  # noqa: E402
@@ -74,7 +75,7 @@ def links() -> Iterator[Any]:
 def write_identity(folder: Path, cert_pem: str, key_der: bytes) -> tuple[str, str]:
     """The device's new identity as the PEM files CircuitPython's TLS loads (via credstore)."""
     store = credstore.Store(str(folder), pem=True)
-    rec = store.commit("id", cert_pem, key_der)
+    rec = commit(store, "id", cert_pem, key_der)
     return store.path(rec["files"]["cert"]), store.path(rec["files"]["key"])
 
 

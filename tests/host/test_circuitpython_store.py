@@ -13,6 +13,7 @@ from pathlib import Path
 
 import credstore
 import devicepki
+from devicepki import commit
 from pem import der_to_pem, pem_to_der
 import pytest
 from credstore import Store, StoreError
@@ -39,7 +40,7 @@ def test_pem_mode_writes_pem_files_that_load_back_as_the_same_key_and_certificat
     store: Store, kind: str, fmt: str, label: str
 ) -> None:
     ident = devicepki.rsa_identity() if kind == "rsa" else devicepki.ec_identity()
-    rec = store.commit(ident.certificate_id, ident.cert_pem, ident.key_pem(fmt), "thing-1")
+    rec = commit(store, ident.certificate_id, ident.cert_pem, ident.key_pem(fmt), "thing-1")
     assert rec["files"] == {"cert": "device.crt.pem", "key": "device.key.pem"}
     cert_pem = Path("certs/device.crt.pem").read_bytes()
     key_pem = Path("certs/device.key.pem").read_bytes()
@@ -57,13 +58,13 @@ def test_pem_mode_writes_pem_files_that_load_back_as_the_same_key_and_certificat
 
 def test_a_device_made_der_key_is_stored_as_an_ec_pem(store: Store) -> None:
     ident = devicepki.ec_identity()
-    store.commit(ident.certificate_id, ident.cert_pem, ident.key_der("sec1"))
+    commit(store, ident.certificate_id, ident.cert_pem, ident.key_der("sec1"))
     assert Path("certs/device.key.pem").read_bytes().startswith(b"-----BEGIN EC PRIVATE KEY-----\n")
 
 
 def test_a_tampered_pem_file_is_not_trusted(store: Store) -> None:
     ident = devicepki.ec_identity()
-    store.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("sec1"))
+    commit(store, ident.certificate_id, ident.cert_pem, ident.key_pem("sec1"))
     p = Path("certs/device.key.pem")
     p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n"))
     assert Store("certs", pem=True).load() is None
@@ -72,7 +73,7 @@ def test_a_tampered_pem_file_is_not_trusted(store: Store) -> None:
 def test_a_mismatched_key_is_refused_in_pem_mode_and_nothing_is_written(store: Store) -> None:
     a, b = devicepki.ec_identity(), devicepki.ec_identity()
     with pytest.raises(StoreError, match="does not certify"):
-        store.commit(a.certificate_id, a.cert_pem, b.key_pem("sec1"))
+        commit(store, a.certificate_id, a.cert_pem, b.key_pem("sec1"))
     assert not Path("certs/provisioned.json").exists() and not Path("certs/device.key.pem").exists()
 
 
@@ -80,14 +81,14 @@ def test_clear_forgets_a_pem_identity_and_keeps_the_claim(store: Store) -> None:
     Path("certs").mkdir()
     Path("certs/claim.pem").write_text("claim")
     ident = devicepki.ec_identity()
-    store.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("sec1"))
+    commit(store, ident.certificate_id, ident.cert_pem, ident.key_pem("sec1"))
     store.clear()
     assert sorted(p.name for p in Path("certs").iterdir()) == ["claim.pem"]
 
 
 def test_the_record_holds_no_key_material(store: Store) -> None:
     ident = devicepki.rsa_identity()
-    store.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"))
+    commit(store, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"))
     record = Path("certs/provisioned.json").read_text()
     body = ident.key_pem("pkcs1").splitlines()[1]
     assert body not in record and json.loads(record)["sha256"]["key"]
@@ -144,20 +145,20 @@ def test_a_power_cut_at_any_write_boundary_leaves_the_old_identity_or_the_new_on
     old, new = devicepki.ec_identity(), devicepki.rsa_identity()
     steps: list[str] = []
     probe = Store("probe", pem=True, hook=steps.append)
-    probe.commit(old.certificate_id, old.cert_pem, old.key_pem("sec1"))
-    probe.commit(new.certificate_id, new.cert_pem, new.key_pem("pkcs1"))
+    commit(probe, old.certificate_id, old.cert_pem, old.key_pem("sec1"))
+    commit(probe, new.certificate_id, new.cert_pem, new.key_pem("pkcs1"))
     boundaries = steps[len(steps) // 2 :]  # those of the second commit, over an existing identity
     assert boundaries[-2:] == ["provisioned.json", "pending-cleared"]
     for cut in boundaries:
         folder = "certs-" + cut.replace(".", "_")
-        Store(folder, pem=True).commit(old.certificate_id, old.cert_pem, old.key_pem("sec1"))
+        commit(Store(folder, pem=True), old.certificate_id, old.cert_pem, old.key_pem("sec1"))
 
         def hook(step: str, cut: str = cut) -> None:
             if step == cut:
                 raise _PowerCut(step)
 
         with pytest.raises(_PowerCut):
-            Store(folder, pem=True, hook=hook).commit(new.certificate_id, new.cert_pem, new.key_pem("pkcs1"))
+            commit(Store(folder, pem=True, hook=hook), new.certificate_id, new.cert_pem, new.key_pem("pkcs1"))
         rec = Store(folder, pem=True).load()
         # the record goes first, so a cut before the new one lands reads "not provisioned"
         assert rec is None or rec["certificate_id"] == new.certificate_id, cut

@@ -15,7 +15,7 @@ from pem import pem_to_der
 import pytest
 from credstore import Store, StoreError
 from cryptography.hazmat.primitives import serialization
-from devicepki import ca_der, ec_identity, rsa_identity
+from devicepki import ca_der, commit, ec_identity, rsa_identity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -178,7 +178,7 @@ def test_every_truncation_of_a_certificate_or_key_raises_value_error() -> None:
 def test_commit_then_load_reports_the_thing_and_certificate(flash: Path) -> None:
     ident = rsa_identity()
     s = Store()
-    s.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "thing-1", {"Mode": "x"})
+    commit(s, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "thing-1", {"Mode": "x"})
     t = Store()
     assert t.load() is not None
     assert t.summary() == {
@@ -192,7 +192,7 @@ def test_commit_then_load_reports_the_thing_and_certificate(flash: Path) -> None
 
 def test_committed_files_are_der_and_no_temporary_file_remains(flash: Path) -> None:
     ident = rsa_identity()
-    Store().commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
+    commit(Store(), ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
     names = sorted(p.name for p in (flash / "certs").iterdir())
     assert names == [
         "ca.der",
@@ -208,7 +208,7 @@ def test_committed_files_are_der_and_no_temporary_file_remains(flash: Path) -> N
 def test_summary_and_record_hold_no_key_material(flash: Path) -> None:
     ident = rsa_identity()
     s = Store()
-    s.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
+    commit(s, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
     record = (flash / "certs" / "provisioned.json").read_text()
     key_der = ident.key_der("pkcs1")
     for chunk in (key_der[i : i + 16] for i in range(0, len(key_der) - 16, 64)):
@@ -228,14 +228,14 @@ def test_mismatched_certificate_and_key_are_refused_and_nothing_is_written(flash
     a, b = rsa_identity(), rsa_identity()
     before = sorted(p.name for p in (flash / "certs").iterdir())
     with pytest.raises(StoreError, match="does not certify this private key"):
-        Store().commit(a.certificate_id, a.cert_pem, b.key_pem("pkcs1"), "t")
+        commit(Store(), a.certificate_id, a.cert_pem, b.key_pem("pkcs1"), "t")
     assert sorted(p.name for p in (flash / "certs").iterdir()) == before
 
 
 def test_unparseable_certificate_is_refused_before_writing(flash: Path) -> None:
     a = rsa_identity()
     with pytest.raises(StoreError, match="cannot compare"):
-        Store().commit(a.certificate_id, b"\x30\x03\x02\x01\x00", a.key_der("pkcs1"), "t")
+        commit(Store(), a.certificate_id, b"\x30\x03\x02\x01\x00", a.key_der("pkcs1"), "t")
     assert not (flash / "certs" / "device.key.der").exists()
 
 
@@ -249,7 +249,7 @@ def test_clear_keeps_the_claim_and_forgets_the_identity(flash: Path) -> None:
     before = shipped(flash)
     ident = rsa_identity()
     s = Store()
-    s.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
+    commit(s, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
     s.clear()
     assert Store().load() is None
     assert shipped(flash) == before
@@ -258,8 +258,8 @@ def test_clear_keeps_the_claim_and_forgets_the_identity(flash: Path) -> None:
 
 def test_commit_over_an_existing_identity_replaces_it(flash: Path) -> None:
     a, b = rsa_identity(), rsa_identity()
-    Store().commit(a.certificate_id, a.cert_pem, a.key_pem("pkcs1"), "t")
-    Store().commit(b.certificate_id, b.cert_der, b.key_der("pkcs1"), "t")
+    commit(Store(), a.certificate_id, a.cert_pem, a.key_pem("pkcs1"), "t")
+    commit(Store(), b.certificate_id, b.cert_der, b.key_der("pkcs1"), "t")
     s = Store()
     assert s.load()["certificate_id"] == b.certificate_id
     assert s.identity() == (b.cert_der, b.key_der("pkcs1"))
@@ -272,7 +272,7 @@ FILES = ("device.crt.der", "device.key.der", "provisioned.json")
 
 def _committed(flash: Path) -> None:
     ident = rsa_identity()
-    Store().commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "thing-1")
+    commit(Store(), ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "thing-1")
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -352,7 +352,7 @@ def _boundaries(flash: Path) -> list[str]:
     seen: list[str] = []
     ident = rsa_identity()
     s = Store(hook=seen.append)
-    s.commit(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
+    commit(s, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
     s.clear()
     return seen
 
@@ -376,7 +376,7 @@ def test_a_power_cut_at_any_write_boundary_leaves_old_or_new_state(flash: Path) 
     for start_provisioned in (False, True):
         for cut in steps[:9]:
             if start_provisioned:
-                Store().commit(old.certificate_id, old.cert_pem, old.key_pem("pkcs1"), "old")
+                commit(Store(), old.certificate_id, old.cert_pem, old.key_pem("pkcs1"), "old")
             else:
                 Store().clear()
 
@@ -385,7 +385,7 @@ def test_a_power_cut_at_any_write_boundary_leaves_old_or_new_state(flash: Path) 
                     raise PowerCut(step)
 
             with pytest.raises(PowerCut):
-                Store(hook=hook).commit(new.certificate_id, new.cert_pem, new.key_pem("pkcs1"), "new")
+                commit(Store(hook=hook), new.certificate_id, new.cert_pem, new.key_pem("pkcs1"), "new")
             s = Store()
             rec = s.load()
             if cut in ("provisioned.json", "pending-cleared"):
@@ -410,8 +410,8 @@ def test_rename_onto_an_existing_file_falls_back_where_the_filesystem_refuses(
 
     monkeypatch.setattr(credstore.os, "rename", fat_rename)
     a, b = rsa_identity(), rsa_identity()
-    Store().commit(a.certificate_id, a.cert_pem, a.key_pem("pkcs1"), "t")
-    Store().commit(b.certificate_id, b.cert_pem, b.key_pem("pkcs1"), "t")
+    commit(Store(), a.certificate_id, a.cert_pem, a.key_pem("pkcs1"), "t")
+    commit(Store(), b.certificate_id, b.cert_pem, b.key_pem("pkcs1"), "t")
     s = Store()
     assert s.load()["certificate_id"] == b.certificate_id
 
@@ -429,7 +429,7 @@ def test_store_in_an_absolute_nested_folder_is_created_on_first_write(tmp_path: 
     folder = tmp_path / "a" / "b"
     ident = ec_identity()
     s = Store(str(folder))
-    s.commit(ident.certificate_id, ident.cert_der, ident.key_der("sec1"), None)
+    commit(s, ident.certificate_id, ident.cert_der, ident.key_der("sec1"), None)
     assert Store(str(folder)).load()["thing_name"] is None
 
 
