@@ -2,7 +2,15 @@
 
 Everything lives in one state folder: the CA (ca.pem, ca.key.pem, ca.der), the
 broker's server identity (server.pem, server.key.pem) and client identities
-(<name>.pem, <name>.key.pem, <name>.der, <name>.key.der). Keys are EC P-256.
+(<name>.pem, <name>.key.pem, <name>.der, <name>.key.der).
+
+Keys and names are as large as AWS's, so a device here needs no less memory
+than against AWS IoT: the CA, the broker and the claim use RSA-2048 (AWS's
+server chain is RSA-2048 under Amazon Root CA 1, and a claim made by
+CreateKeysAndCertificate, as tools/awssetup makes it, is RSA-2048), and the
+CA's name is as long as the issuer AWS writes into device certificates. The
+provisioning service's own identity (host side only) is EC P-256. A state
+folder made by an older iotsim keeps its EC CA until it is deleted.
 Files are written atomically (temporary file, fsync, rename) and every
 ``ensure_*``/``load_or_create`` call is idempotent: existing material is reused
 while it is valid and issued by the current CA, otherwise it is replaced.
@@ -25,7 +33,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPublicKeyTypes,
     PrivateKeyTypes,
@@ -33,6 +41,12 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_COMMON_NAME = "iotsim CA"
+# AWS IoT writes "OU=Amazon Web Services O=Amazon.com Inc. L=Seattle
+# ST=Washington C=US" as the issuer of the certificates it makes: the CA's
+# name carries as many bytes, so a certificate (and a CreateKeysAndCertificate
+# answer) is not smaller here than there.
+CA_UNIT = "iotsim, a local stand-in for AWS IoT Core; this name is as long as AWS's"
+KEY_TYPES = ("rsa", "ec")
 DEFAULT_DAYS = 365 * 10
 # Certificates are back-dated so a host clock that is slightly behind the
 # device's (or vice versa) does not make a fresh certificate "not yet valid".
@@ -46,9 +60,13 @@ def certificate_id(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
-def new_key() -> ec.EllipticCurvePrivateKey:
-    """Generate an EC P-256 private key."""
-    return ec.generate_private_key(ec.SECP256R1())
+def new_key(key_type: str = "rsa") -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    """Generate a private key: "rsa" (2048 bits, AWS's size) or "ec" (P-256)."""
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError("key_type must be one of {}, not {!r}".format(KEY_TYPES, key_type))
 
 
 def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
@@ -121,10 +139,11 @@ def _general_name(name: str) -> x509.GeneralName:
 
 @dataclass(frozen=True)
 class CertificateAuthority:
-    """The iotsim CA: an EC P-256 key and its self-signed certificate."""
+    """The iotsim CA: an RSA-2048 key (EC P-256 in an older state folder) and
+    its self-signed certificate."""
 
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
     @classmethod
     def load_or_create(cls, state: Path) -> CertificateAuthority:
@@ -146,7 +165,7 @@ class CertificateAuthority:
                 "cannot load the iotsim CA from {} / {}: {}; delete both files to "
                 "create a new CA".format(cert_path, key_path, exc)
             ) from exc
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or (
+        if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)) or (
             key.public_key().public_numbers() != cert.public_key().public_numbers()  # type: ignore[union-attr]
         ):
             raise ValueError(
@@ -159,8 +178,11 @@ class CertificateAuthority:
 
     @classmethod
     def _create(cls, state: Path) -> CertificateAuthority:
-        key = new_key()
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME)])
+        key = new_key("rsa")
+        name = x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, CA_UNIT),
+            x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME),
+        ])
         ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
         now = _now()
         cert = (
@@ -287,7 +309,7 @@ def ensure_server_identity(state: Path, ca: CertificateAuthority) -> tuple[Path,
     cert_path, key_path = state / "server.pem", state / "server.key.pem"
     with _state_lock(state):
         if _load_reusable(ca, (cert_path, key_path)) is None:
-            key = new_key()
+            key = new_key("rsa")
             cert = ca.issue(
                 key.public_key(), "localhost", server_names=("127.0.0.1", "localhost")
             )
@@ -297,13 +319,14 @@ def ensure_server_identity(state: Path, ca: CertificateAuthority) -> tuple[Path,
 
 
 def ensure_client_identity(
-    state: Path, ca: CertificateAuthority, name: str, common_name: str, *, renew: bool = False
+    state: Path, ca: CertificateAuthority, name: str, common_name: str, *, renew: bool = False,
+    key_type: str = "rsa",
 ) -> ClientIdentity:
     """Ensure a client identity ``name`` exists in ``state`` and return it.
 
     Writes <name>.pem, <name>.key.pem, <name>.der and <name>.key.der (PKCS#8),
     reusing them while they are valid and issued by ``ca`` (``renew``: always
-    a new key and certificate).
+    a new key and certificate). ``key_type``: "rsa" (2048 bits) or "ec".
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError("identity name must be a plain file stem, got {!r}".format(name))
@@ -317,7 +340,7 @@ def ensure_client_identity(
     with _state_lock(state):
         cert = None if renew else _load_reusable(ca, paths)
         if cert is None:
-            key = new_key()
+            key = new_key(key_type)
             cert = ca.issue(key.public_key(), common_name)
             write_atomic(paths[1], _key_pem(key), private=True)
             write_atomic(paths[3], _key_der(key), private=True)

@@ -139,7 +139,8 @@ class IotSim:
         """
         self.state.mkdir(parents=True, exist_ok=True)
         self.ca = pki.CertificateAuthority.load_or_create(self.state)
-        self.service_identity = pki.ensure_client_identity(self.state, self.ca, "service", "iotsim-service")
+        self.service_identity = pki.ensure_client_identity(self.state, self.ca, "service", "iotsim-service",
+                                                           key_type="ec")  # host side only
         self.claim = pki.ensure_client_identity(self.state, self.ca, "claim", "iotsim-claim")
         if self.registry is None:
             self.registry = Registry(
