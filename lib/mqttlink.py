@@ -147,7 +147,8 @@ def _umqtt():
 
 
 class Link:
-    """A connected umqtt.simple client (``.client``)."""
+    """A connected umqtt.simple client (``.client``). Not for client.connect()
+    again: the TLS parameters are dropped once connected (see connect())."""
 
     def __init__(self, client):
         self.client = client
@@ -239,6 +240,12 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
     finally:
         if factory is not None:
             mqtt.socket = orig
+    # TLS holds its own parsed copy of the certificate and key now; umqtt's
+    # ssl_params (1.3.4, 1.6+) would keep their DER and the CA's (about 3 KB
+    # with RSA-2048) for as long as the link lives. (A Link is never
+    # reconnected: a new connection is a new connect().)
+    if getattr(client, "ssl_params", None):
+        client.ssl_params = {}
     return Link(client)
 
 

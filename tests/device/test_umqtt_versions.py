@@ -66,6 +66,13 @@ def test_mqttlink_picks_the_tls_form_this_umqtt_takes(probe: dict[str, Any], dev
     assert probe["tls_form"] == ("context" if device_target.umqtt in CONTEXT_ONLY else "ssl_params")
 
 
+def test_a_connected_link_no_longer_holds_the_certificate_key_or_ca(probe: dict[str, Any]) -> None:
+    # umqtt 1.3.4 and 1.6+ keep ssl_params for the client's life; mqttlink
+    # empties it once TLS has parsed them (the round trip after shows the link works)
+    assert probe["held_der"] == []
+    assert probe["reconnected"] is True
+
+
 def test_fleetprov_reads_answers_whatever_check_msg_returns(
     probe: dict[str, Any], device_target: Target
 ) -> None:

@@ -42,6 +42,9 @@ link = mqttlink.connect("probe-" + serial, "127.0.0.1", port, claim, claim_key, 
 client = link.client
 result["tls_form"] = "ssl_params" if client.ssl is True else "context"
 result["has_unsubscribe"] = hasattr(client, "unsubscribe")
+# what of the claim's DER the connected client still holds (TLS has its own copy)
+params = getattr(client, "ssl_params", None) or {}
+result["held_der"] = [k for k in params if params[k] is claim or params[k] is claim_key or params[k] is ca]
 
 # 3. Record what check_msg returns and whether close() unsubscribes.
 check_returns = []
