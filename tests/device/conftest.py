@@ -75,12 +75,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"{target.id}: {why}"))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "old_firmware: run on each old firmware target only")
-    config.addinivalue_line(
-        "markers",
-        "umqtt_matrix: run on the newest port with every umqtt.simple release and on the old firmware",
-    )
+# (the markers old_firmware and umqtt_matrix are declared in pyproject.toml)
 
 
 def _targets_for(metafunc: pytest.Metafunc) -> tuple[Target, ...] | None:
