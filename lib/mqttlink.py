@@ -195,7 +195,6 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
     except TypeError:
         client = mqtt.MQTTClient(client_id, host, port=port, keepalive=keepalive,
                                  ssl=_context(cert, key, ca, server_hostname))
-    params = None
     where = "{}:{}".format(host, port)
     orig = getattr(mqtt, "socket", None)
     factory = None
@@ -241,11 +240,10 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
         if factory is not None:
             mqtt.socket = orig
     # TLS holds its own parsed copy of the certificate and key now; umqtt's
-    # ssl_params (1.3.4, 1.6+) would keep their DER and the CA's (about 3 KB
-    # with RSA-2048) for as long as the link lives. (A Link is never
-    # reconnected: a new connection is a new connect().)
-    if getattr(client, "ssl_params", None):
-        client.ssl_params = {}
+    # ssl_params (1.3.4, 1.6+) is this dict and would keep their DER and the
+    # CA's (about 3 KB with RSA-2048) for as long as the link lives. (A Link is
+    # never reconnected: a new connection is a new connect().)
+    params.clear()
     return Link(client)
 
 
