@@ -15,7 +15,9 @@ Needs gcc and make (tools/system_deps.sh). One more build, ``1.24.1-32bit``,
 is 1.24.1 compiled for 32-bit x86 (``MICROPY_FORCE_32BIT=1``): its pointers,
 object headers and GC blocks are an ESP32's size, so its heap figures are
 the ones to hold against a board's (the 64-bit ports overstate them by about
-a third). It needs gcc's 32-bit support (Debian's gcc-multilib, x86_64 only);
+a third), and like ESP32 firmware it has umqtt.simple frozen in
+(tools/esp32like_manifest.py), so umqtt's code and names cost no heap there
+either. It needs gcc's 32-bit support (Debian's gcc-multilib, x86_64 only);
 without it that one build is skipped with a note, never a failure.
 """
 
@@ -44,6 +46,7 @@ class OldPort:
     archive_sha256: str
     tag_commit: str  # upstream MicroPython commit of the tag, for users without the archive
     word_bits: int = 64
+    freeze: str | None = None  # a manifest in this repository (FROZEN_MANIFEST), or the variant's own
 
     @property
     def release(self) -> str:
@@ -64,9 +67,12 @@ class OldPort:
 
     @property
     def make_args(self) -> tuple[str, ...]:
-        if self.word_bits == 64:
-            return UNIX_MAKE_ARGS
-        return UNIX_MAKE_ARGS + ("MICROPY_FORCE_32BIT=1", "BUILD=" + self.build_dir)
+        args = UNIX_MAKE_ARGS
+        if self.word_bits == 32:
+            args += ("MICROPY_FORCE_32BIT=1", "BUILD=" + self.build_dir)
+        if self.freeze is not None:
+            args += ("FROZEN_MANIFEST=" + str(ROOT / self.freeze),)
+        return args
 
 
 # From ../shared/vendor/micropython/README.md.
@@ -86,6 +92,7 @@ OLD_PORTS = (
         "73c68099dc296bbdd4552b8f3524cfbdc174eb2d29f6eb253abde437467a168b",
         "ecfdd5d6f9be971852003c2049600dc7b3e2a838",
         word_bits=32,
+        freeze="tools/esp32like_manifest.py",
     ),
 )
 
@@ -129,6 +136,17 @@ def is_built(version: str) -> bool:
     return micropython_path(version).exists() and mpy_cross_path(version).exists()
 
 
+def is_current(version: str) -> bool:
+    """Built, and with this checkout's build settings (make arguments, frozen
+    manifest): a port built before they changed needs `make ports` again.
+    (The sources' own line is checked by build(), which hashes the archive.)"""
+    port = find_port(version)
+    stamp = port_dir(version) / "stamp"
+    if not is_built(version) or not stamp.exists():
+        return False
+    return stamp.read_text().split("\n", 1)[-1] == _stamp_text("", port).split("\n", 1)[-1]
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -161,7 +179,10 @@ def _source(port: OldPort, vendor: Path) -> tuple[Path, str]:
 
 
 def _stamp_text(origin: str, port: OldPort) -> str:
-    return "{}\nmake -C ports/unix {}\n".format(origin, " ".join(port.make_args))
+    text = "{}\nmake -C ports/unix {}\n".format(origin, " ".join(port.make_args))
+    if port.freeze is not None:  # a changed manifest is a new build
+        text += "manifest {}\n".format(hashlib.sha256((ROOT / port.freeze).read_bytes()).hexdigest())
+    return text
 
 
 def can_build_32bit() -> bool:

