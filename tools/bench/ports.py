@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> None:
     print(
         "\n(the 1.22 and 1.24 unix ports allocate mbedTLS's buffers from MicroPython's heap, ESP32 "
         "firmware from the ESP-IDF heap: compare heaps within a port, not across; 1.24.1-32bit is "
-        "1.24.1 built for 32-bit x86, an ESP32's pointer and object sizes)"
+        "1.24.1 built for 32-bit x86, an ESP32's pointer and object sizes, with umqtt.simple frozen in "
+        "as ESP32 firmware has it; the other ports load it compiled from the flash, its code in the heap)"
     )
     print("\n### Compiled library per mpy-cross\n")
     print(
