@@ -534,12 +534,26 @@ class ControlPlane:
         self._drop_tags(self.arn("provisioningtemplate", templateName))
         return {}
 
+    def _new_key_pair(self, days: int = pki.DEFAULT_DAYS) -> tuple[str, str, dict[str, str]]:
+        """An RSA-2048 key pair and a certificate for it, as AWS makes them:
+        (certificateId, certificatePem, keyPair with PublicKey and PrivateKey PEM)."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        cert = self.ca.issue(key.public_key(), DEVICE_COMMON_NAME, days=days)
+        pair = {
+            "PublicKey": key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode("ascii"),
+            "PrivateKey": key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            ).decode("ascii"),
+        }
+        return pki.certificate_id(cert), cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), pair
+
     def op_CreateProvisioningClaim(self, templateName: str) -> dict[str, Any]:
         self._template(templateName)
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        cert = self.ca.issue(key.public_key(), DEVICE_COMMON_NAME, days=1)
-        pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-        cid = pki.certificate_id(cert)
+        cid, pem, pair = self._new_key_pair(days=1)
         expires = self.registry.clock() + CLAIM_LIFETIME
         self.registry.add_provisioning_claim(cid, pem, templateName, expires)
         policy = "iotsim-provisioning-claim-{}".format(templateName)
@@ -549,16 +563,7 @@ class ControlPlane:
         return {
             "certificateId": cid,
             "certificatePem": pem,
-            "keyPair": {
-                "PublicKey": key.public_key()
-                .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-                .decode("ascii"),
-                "PrivateKey": key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.TraditionalOpenSSL,
-                    serialization.NoEncryption(),
-                ).decode("ascii"),
-            },
+            "keyPair": pair,
             "expiration": expires,
         }
 
@@ -576,25 +581,13 @@ class ControlPlane:
         return record
 
     def op_CreateKeysAndCertificate(self, setAsActive: bool = False) -> dict[str, Any]:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        cert = self.ca.issue(key.public_key(), DEVICE_COMMON_NAME)
-        pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-        cid = pki.certificate_id(cert)
+        cid, pem, pair = self._new_key_pair()
         self.registry.add_certificate(cid, pem, ACTIVE if setAsActive else INACTIVE)
         return {
             "certificateArn": self.arn("cert", cid),
             "certificateId": cid,
             "certificatePem": pem,
-            "keyPair": {
-                "PublicKey": key.public_key()
-                .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-                .decode("ascii"),
-                "PrivateKey": key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.TraditionalOpenSSL,
-                    serialization.NoEncryption(),
-                ).decode("ascii"),
-            },
+            "keyPair": pair,
         }
 
     def op_DescribeCertificate(self, certificateId: str) -> dict[str, Any]:
