@@ -368,7 +368,7 @@ class Store:
         if not isinstance(key, (bytes, bytearray)):
             key = codec.pem_to_der(key, "PRIVATE KEY")
         try:
-            match = codec.der().same_key(cert, key)
+            match = codec.walker().same_key(cert, key)
         except ValueError as ex:
             raise StoreError("cannot compare certificate and key: {}".format(ex))
         if not match:

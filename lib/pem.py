@@ -8,7 +8,7 @@ import binascii
 from credstore import StoreError
 
 
-def der():
+def walker():
     """The DER walker (lib/der.py), imported when first needed."""
     import der as walker
 
@@ -51,7 +51,7 @@ def pem_to_der(pem, label=None):
     if chars % 4 or len(out) != chars // 4 * 3 - _padding(pem, e):
         raise StoreError("PEM: {} block holds characters that are not base64".format(got))
     try:
-        der().check_sequence(out)
+        walker().check_sequence(out)
     except ValueError as ex:
         raise StoreError("PEM: {} block is not valid DER ({})".format(got, ex))
     return out
@@ -83,7 +83,7 @@ def key_label(key):
     "RSA PRIVATE KEY" (PKCS#1) or "EC PRIVATE KEY" (SEC1)."""
     # After the version INTEGER, PKCS#8 holds an AlgorithmIdentifier
     # SEQUENCE, PKCS#1 RSA an INTEGER, SEC1 EC an OCTET STRING.
-    d = der()
+    d = walker()
     _, s, e = d.tlv(key, 0, len(key))
     _, _, after = d.tlv(key, s, e)  # the version INTEGER
     tag = d.tlv(key, after, e)[0]

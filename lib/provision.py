@@ -41,6 +41,11 @@ def _close(provisioner):
             pass
 
 
+def _flash_failed(ex):
+    # Writing to flash failed (full, or failing): a later boot may pass.
+    return FirstBootError("cannot write the new identity to flash: {}".format(ex), retryable=True)
+
+
 def _token_refused(ex):
     # RegisterThing turned the saved ownership token down: already used (the
     # registration went through, its answer was lost) or expired.
@@ -85,8 +90,7 @@ class Provisioning:
                 rec = s.commit_pending(self.pending, reg.thing_name, reg.device_configuration,
                                        self.cfg["endpoint"])
             except OSError as ex:
-                raise FirstBootError("cannot write the new identity to flash: {}".format(ex),
-                               retryable=True)
+                raise _flash_failed(ex)
             self.pending = reg = None
             self.step("commit", "{} in {}".format(credstore.RECORD, s.folder or "."))
         finally:
@@ -215,8 +219,7 @@ class Provisioning:
         except credstore.StoreError as ex:
             raise FirstBootError("cannot store the new identity: {}".format(ex))
         except OSError as ex:
-            raise FirstBootError("cannot write the new identity to flash: {}".format(ex),
-                                retryable=True)
+            raise _flash_failed(ex)
 
     def _adopt(self):
         # The staged certificate's token is spent or expired. ACTIVE (it was

@@ -50,6 +50,7 @@ except ImportError:  # CPython, CircuitPython: ints do not wrap, so plain arithm
 
 _SLICE_MS = 20  # longest single poll: TLS may hold decrypted bytes poll cannot see
 
+
 class TimedSocket:
     """A stream socket whose blocking reads and writes end at a deadline.
 
