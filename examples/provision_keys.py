@@ -3,7 +3,7 @@
 # the unix port. (main.py + lib/firstboot.py do the same with retries,
 # atomic storage and the reconnect; start there for a product.)
 #
-# Flash: lib/fleetprov.py, lib/timedsock.py, lib/awsnames.py, certs/ca.der,
+# Flash: lib/fleetprov.py, lib/fleetprov_texts.py, lib/timedsock.py, lib/awsnames.py, certs/ca.der,
 # certs/claim.der, certs/claim.key.der and set ENDPOINT / TEMPLATE below.
 #
 # On the unix port, against iotsim (`.venv/bin/python -m tools.iotsim up` in

@@ -3,7 +3,7 @@
 # lib/cpboard.py do the same with retries, atomic storage and the reconnect;
 # start there for a product (docs/circuitpython.md).
 #
-# CIRCUITPY: lib/fleetprov.py, lib/mmqttclient.py, lib/mqttlink.py,
+# CIRCUITPY: lib/fleetprov.py, lib/fleetprov_texts.py, lib/mmqttclient.py, lib/mqttlink.py,
 # lib/timedsock.py, lib/awsnames.py, the circup libraries (adafruit_minimqtt, ...), and
 # certs/ca.pem, certs/claim.pem, certs/claim.key.pem (PEM); Wi-Fi from
 # settings.toml; set ENDPOINT / TEMPLATE below. The clock must be set (NTP)

@@ -35,18 +35,38 @@ SERVER_REFUSED = const(8)
 INTERNAL_FAILURE = const(9)
 MQTT_ERROR = const(10)
 
+# strerror's words, in status order: one string, not ten objects
 _NAMES = (
-    "SUCCESS",
-    "INIT FAILED",
-    "NOT INITIALIZED",
-    "BAD PARAMETER",
-    "NO MEMORY",
-    "BAD RESPONSE",
-    "TIMEOUT",
-    "SERVER REFUSED",
-    "INTERNAL FAILURE",
-    "MQTT ERROR",
+    "SUCCESS,INIT FAILED,NOT INITIALIZED,BAD PARAMETER,NO MEMORY,BAD RESPONSE,TIMEOUT,"
+    "SERVER REFUSED,INTERNAL FAILURE,MQTT ERROR"
 )
+
+# Failure texts: indexes into fleetprov_texts.TEXTS, which is loaded only on
+# failure (see _why). const() names are compiled away on MicroPython.
+_NOT_A_CLIENT = const(0)
+_SET_CALLBACK_RAISED = const(1)
+_NO_CBOR = const(2)
+_BAD_FMT = const(3)
+_NOT_POSITIVE = const(4)
+_NOT_TEXT = const(5)
+_NO_RX_MEMORY = const(6)
+_BAD_QOS = const(7)
+_BAD_TEMPLATE_NAME = const(8)
+_BAD_PARAMETERS = const(9)
+_IN_PROGRESS = const(10)
+_CLOSED = const(11)
+_SUBACK_REFUSED = const(12)
+_LINK_FAILED = const(13)
+_LINK_OUT_OF_MEMORY = const(14)
+_NO_ANSWER = const(15)
+_CANNOT_ENCODE = const(16)
+_CANNOT_DECODE = const(17)
+_TOO_LARGE = const(18)
+_NOT_A_MAP = const(19)
+_FIELD_NOT_TEXT = const(20)
+_CONFIGURATION_NOT_TEXT = const(21)
+_NO_STATUS_CODE = const(22)
+_REFUSED = const(23)
 
 _QOS = const(1)  # subscriptions, and the keys and register requests
 _WAIT_SLICE_MS = const(50)  # longest idle wait between polls for the answer (<= 20 polls/s)
@@ -112,7 +132,7 @@ class _AnswerSocket(timedsock.TimedSocket):
 def strerror(status):
     """Return a short description of a status value; "INVALID STATUS" otherwise."""
     if _is_int(status) and SUCCESS <= status <= MQTT_ERROR:
-        return _NAMES[status - 1]
+        return _NAMES.split(",")[status - 1]
     return "INVALID STATUS"
 
 
@@ -154,8 +174,22 @@ class Registration:
         self.device_configuration = device_configuration
 
 
-def _err(op, status, cause):
-    return ProvisioningError(status, op + ": " + cause)
+def _err(op, status, text, *args):
+    # ProvisioningError(status, "<op>: <text, args filled in>"). The words
+    # live in lib/fleetprov_texts.py, imported only here and let go again: a
+    # board that never fails keeps none of them in RAM (about 2 KB).
+    # text: one of the text constants above.
+    try:
+        import fleetprov_texts
+
+        why = fleetprov_texts.TEXTS[text].format(*args)
+    except MemoryError:
+        why = "no memory for the text"
+    except ImportError:
+        why = "text {} {!r}: lib/fleetprov_texts.py is missing".format(text, args)
+    finally:
+        sys.modules.pop("fleetprov_texts", None)
+    return ProvisioningError(status, op + ": " + why)
 
 
 def _is_int(value):
@@ -165,14 +199,14 @@ def _is_int(value):
 def _positive(op, name, value):
     if _is_int(value) and value > 0:
         return value
-    raise _err(op, BAD_PARAMETER, "{} must be a positive int, not {!r}".format(name, value))
+    raise _err(op, BAD_PARAMETER, _NOT_POSITIVE, name, value)
 
 
 def _text(op, name, value):
     if isinstance(value, str) and value:
         return value
     # name only the type: the value may be a secret
-    raise _err(op, BAD_PARAMETER, "{} must be a non-empty str, not {}".format(name, type(value).__name__))
+    raise _err(op, BAD_PARAMETER, _NOT_TEXT, name, type(value).__name__)
 
 
 def _text_map(value):
@@ -182,10 +216,6 @@ def _text_map(value):
                 return False
         return True
     return False
-
-
-def _type(value):
-    return type(value).__name__
 
 
 class Provisioner:
@@ -209,27 +239,26 @@ class Provisioner:
         op = "Provisioner"
         for name in ("set_callback", "subscribe", "publish", "check_msg"):
             if not callable(getattr(client, name, None)):
-                raise _err(op, BAD_PARAMETER, "client has no {}(): pass an umqtt.simple MQTTClient".format(name))
+                raise _err(op, BAD_PARAMETER, _NOT_A_CLIENT, name)
         if fmt == "json":
             self._dumps = json.dumps
-            # MicroPython decodes straight from the buffer; CPython wants bytes
-            self._loads = json.loads if _MICROPYTHON else lambda view: json.loads(bytes(view))
+            self._loads = json.loads
         elif fmt == "cbor":
             try:
                 import cbor
             except ImportError:
-                raise _err(op, INIT_FAILED, 'fmt="cbor" needs lib/cbor.py on the device')
+                raise _err(op, INIT_FAILED, _NO_CBOR)
             self._dumps = cbor.dumps
             self._loads = cbor.loads
         else:
-            raise _err(op, BAD_PARAMETER, 'fmt must be "json" or "cbor", not {!r}'.format(fmt))
+            raise _err(op, BAD_PARAMETER, _BAD_FMT, fmt)
         self._fmt = fmt.encode()
         self._timeout_ms = _positive(op, "timeout_ms", timeout_ms)
         self._mqtt_ms = _positive(op, "mqtt_timeout_ms", mqtt_timeout_ms)
         try:
             self._rx = bytearray(_positive(op, "rx_size", rx_size))
         except MemoryError:
-            raise _err(op, NO_MEMORY, "no memory for rx_size={}".format(rx_size))
+            raise _err(op, NO_MEMORY, _NO_RX_MEMORY, rx_size)
         self._view = memoryview(self._rx)
         self._client = client
         self._app_cb = getattr(client, "cb", None)
@@ -246,7 +275,7 @@ class Provisioner:
         try:
             client.set_callback(self._on_message)
         except Exception as exc:
-            raise _err(op, INIT_FAILED, "client.set_callback() raised {!r}".format(exc))
+            raise _err(op, INIT_FAILED, _SET_CALLBACK_RAISED, exc)
 
     # -- public operations ---------------------------------------------------
 
@@ -274,7 +303,7 @@ class Provisioner:
         self._check(op, timeout_ms)
         _text(op, "csr_pem", csr_pem)
         if not _is_int(qos) or qos not in (0, 1):
-            raise _err(op, BAD_PARAMETER, "qos must be 0 or 1, not {!r}".format(qos))
+            raise _err(op, BAD_PARAMETER, _BAD_QOS, qos)
         msg = self._request(op, _CERTS + b"create-from-csr/", {"certificateSigningRequest": csr_pem}, qos, timeout_ms)
         return Credentials(*self._fields(op, msg, ("certificateId", "certificatePem", "certificateOwnershipToken")))
 
@@ -291,26 +320,25 @@ class Provisioner:
         op = "RegisterThing"
         self._check(op, timeout_ms)
         if not awsnames.template_name_ok(template_name):
-            raise _err(op, BAD_PARAMETER, "template_name must be {}, not {!r}".format(
-                awsnames.TEMPLATE_NAME_RULE, template_name))
+            raise _err(op, BAD_PARAMETER, _BAD_TEMPLATE_NAME, awsnames.TEMPLATE_NAME_RULE, template_name)
         request = {"certificateOwnershipToken": _text(op, "ownership_token", ownership_token)}
         if parameters is not None:
             if not _text_map(parameters):
-                raise _err(op, BAD_PARAMETER, "parameters must be a dict of str to str, or None")
+                raise _err(op, BAD_PARAMETER, _BAD_PARAMETERS)
             request["parameters"] = parameters
         msg = self._request(op, _TEMPLATES + template_name.encode() + b"/provision/", request, _QOS, timeout_ms)
         name = msg.get("thingName")
         config = msg.get("deviceConfiguration", {})
         if name is not None and not isinstance(name, str):
-            raise _err(op, BAD_RESPONSE, "thingName is " + _type(name) + ", not text")
+            raise _err(op, BAD_RESPONSE, _FIELD_NOT_TEXT, "thingName", type(name).__name__)
         if not _text_map(config):
-            raise _err(op, BAD_RESPONSE, "deviceConfiguration is not a map of text to text")
+            raise _err(op, BAD_RESPONSE, _CONFIGURATION_NOT_TEXT)
         return Registration(name, config)
 
     def close(self):
         """Give the client back: restore its callback. Later calls raise NOT_INITIALIZED."""
         if self._op is not None:
-            raise _err("close", BAD_PARAMETER, self._op + " is in progress")
+            raise _err("close", BAD_PARAMETER, _IN_PROGRESS, self._op)
         if self._client is not None:
             self._client.set_callback(self._app_cb)
             self._client = None
@@ -319,9 +347,9 @@ class Provisioner:
 
     def _check(self, op, timeout_ms):
         if self._client is None:
-            raise _err(op, NOT_INITIALIZED, "closed; create a new Provisioner")
+            raise _err(op, NOT_INITIALIZED, _CLOSED)
         if self._op is not None:
-            raise _err(op, BAD_PARAMETER, self._op + " is in progress")
+            raise _err(op, BAD_PARAMETER, _IN_PROGRESS, self._op)
         if timeout_ms is not None:
             _positive(op, "timeout_ms", timeout_ms)
 
@@ -330,7 +358,7 @@ class Provisioner:
         for name in names:
             value = msg.get(name)
             if not isinstance(value, str):
-                raise _err(op, BAD_RESPONSE, "{} is {}, not text".format(name, _type(value)))
+                raise _err(op, BAD_RESPONSE, _FIELD_NOT_TEXT, name, type(value).__name__)
             out.append(value)
         return out
 
@@ -371,40 +399,42 @@ class Provisioner:
                 self._app_exc = exc  # the application's own error: re-raised as is
                 raise
 
-    def _mqtt(self, what, call, *args):
+    def _mqtt(self, what, topic, call, *args):
         # One client call, its failure mapped to the contract's statuses.
+        # what (and the topic, bytes or None) name the call in the error.
         if self._sock is not None:
             self._sock.arm()  # each call gets mqtt_timeout_ms, however busy the link
         try:
             return call(*args)
         except MemoryError:
-            status, cause = NO_MEMORY, "out of memory"
+            status, text, cause = NO_MEMORY, _LINK_OUT_OF_MEMORY, None
         except Exception as exc:
             if exc is self._app_exc:
                 raise
-            status = MQTT_ERROR
+            status, text, cause = MQTT_ERROR, _LINK_FAILED, timedsock.describe(exc)
             # umqtt raises its MQTTException only for a SUBACK refusal (known
             # by class name: fleetprov does not import umqtt), never an errno
             # (ENOTCONN is 128 == 0x80 on ESP32).
-            if _type(exc) == "MQTTException" and what.startswith("sub"):
-                cause = "refused (SUBACK 0x80): the claim policy must allow iot:Subscribe on it"
-            else:
-                cause = "failed: {}; reconnect and retry".format(timedsock.describe(exc))
-        raise _err(self._op, status, what + " " + cause)
+            if type(exc).__name__ == "MQTTException" and what.startswith("sub"):
+                text = _SUBACK_REFUSED
+        if topic is not None:
+            what += " " + topic.decode()
+        raise _err(self._op, status, text, what, cause)  # a text without a second {} leaves cause out
 
-    def _convert(self, op, fn, data, status, what):
-        # Encode a request or decode an answer, failures mapped to statuses.
+    def _convert(self, op, fn, data, status, text, *args):
+        # Encode a request or decode an answer, failures mapped to statuses;
+        # the cause follows args in the text.
         try:
             return fn(data)
         except MemoryError:
             status, why = NO_MEMORY, "out of memory"
         except Exception as exc:
-            why = _type(exc)
-        raise _err(op, status, "cannot {}: {}".format(what, why))
+            why = type(exc).__name__
+        raise _err(op, status, text, *args, why)
 
     def _request(self, op, topic, request, qos, timeout_ms):
         if isinstance(request, dict):
-            request = self._convert(op, self._dumps, request, INTERNAL_FAILURE, "encode the request")
+            request = self._convert(op, self._dumps, request, INTERNAL_FAILURE, _CANNOT_ENCODE)
             request = request.encode() if isinstance(request, str) else request
         topic += self._fmt
         client = self._client
@@ -417,17 +447,17 @@ class Provisioner:
         subscribed = 0
         try:
             # umqtt has no time limits of its own: see timedsock
-            sock = self._mqtt("preparing the socket", timedsock.attach, client, self._mqtt_ms,
+            sock = self._mqtt("preparing the socket", None, timedsock.attach, client, self._mqtt_ms,
                               _AnswerSocket)
             if sock is not None:
                 self._sock = client.sock
                 self._sock.sink = self._sink  # an answer's payload lands in the buffer
             for t in self._topics:
-                self._mqtt("subscribe to " + t.decode(), client.subscribe, t, _QOS)
+                self._mqtt("subscribe to", t, client.subscribe, t, _QOS)
                 subscribed += 1
             self._wait(None, _DRAIN_MS)  # what came before the request is not its answer
             self._armed = True
-            self._mqtt("publish to " + topic.decode(), client.publish, topic, request, False, qos)
+            self._mqtt("publish to", topic, client.publish, topic, request, False, qos)
             request = None
             self._wait(topic, self._timeout_ms if timeout_ms is None else timeout_ms)
         finally:
@@ -451,15 +481,14 @@ class Provisioner:
             left = ticks_diff(deadline, ticks_ms())
             seen = self._seen
             # after the deadline, one last look: an answer racing it still counts
-            idle = self._mqtt("reading from the server", check) is None and seen == self._seen
+            idle = self._mqtt("reading from the server", None, check) is None and seen == self._seen
             if self._got is not None:
                 return
             if topic is None:
                 if idle or left <= 0:
                     return
             elif left <= 0:
-                raise _err(self._op, TIMEOUT, "no answer on {}/accepted|rejected in {} ms; check "
-                           "endpoint, template, claim policy (iot:Receive)".format(topic.decode(), timeout_ms))
+                raise _err(self._op, TIMEOUT, _NO_ANSWER, topic.decode(), timeout_ms)
             elif idle:
                 rest(min(left, _WAIT_SLICE_MS))
 
@@ -483,28 +512,25 @@ class Provisioner:
         which, n = self._got
         self._got = None
         if which is None:
-            raise _err(op, NO_MEMORY, "the {}-byte response does not fit the {}-byte receive buffer; "
-                       "use rx_size={} or more".format(n, len(self._rx), (n + 1023) & ~1023))
+            raise _err(op, NO_MEMORY, _TOO_LARGE, n, len(self._rx), (n + 1023) & ~1023)
         if _MICROPYTHON:
             gc.collect()  # umqtt's copy of the message is garbage now: make room to decode
-        msg = self._convert(op, self._loads, self._view[:n], BAD_RESPONSE, "decode the {}-byte response".format(n))
+        # MicroPython decodes straight from the buffer; CPython's json wants bytes
+        view = self._view[:n] if _MICROPYTHON else bytes(self._view[:n])
+        msg = self._convert(op, self._loads, view, BAD_RESPONSE, _CANNOT_DECODE, n)
         if not isinstance(msg, dict):
-            raise _err(op, BAD_RESPONSE, "the response is " + _type(msg) + ", not a map")
+            raise _err(op, BAD_RESPONSE, _NOT_A_MAP, type(msg).__name__)
         if which == 0:
             return msg
         code = msg.get("statusCode")
         if not _is_int(code):
-            raise _err(op, BAD_RESPONSE, "rejected response without integer statusCode")
+            raise _err(op, BAD_RESPONSE, _NO_STATUS_CODE)
         error_code = msg.get("errorCode")
         error_message = msg.get("errorMessage")
         if not isinstance(error_code, str):
             error_code = None
         if not isinstance(error_message, str):
             error_message = None
-        raise ProvisioningError(
-            SERVER_REFUSED,
-            "{}: refused by the server: {} {}: {}".format(op, code, error_code, error_message),
-            code,
-            error_code,
-            error_message,
-        )
+        exc = _err(op, SERVER_REFUSED, _REFUSED, code, error_code, error_message)
+        exc.status_code, exc.error_code, exc.error_message = code, error_code, error_message
+        raise exc
