@@ -73,6 +73,11 @@ _WAIT_SLICE_MS = const(50)  # longest idle wait between polls for the answer (<=
 _DRAIN_MS = const(100)  # longest time spent reading stale messages before a request
 _MICROPYTHON = sys.implementation.name == "micropython"
 
+# Fields of a CreateKeysAndCertificate answer, in Credentials' order; a
+# CreateCertificateFromCsr answer has the first three. (One tuple: its strings
+# are objects in RAM, not interned names.)
+_CREATED = ("certificateId", "certificatePem", "certificateOwnershipToken", "privateKey")
+
 # Topics of this API; a late answer on one of them is never the application's.
 _CERTS = b"$aws/certificates/"
 _TEMPLATES = b"$aws/provisioning-templates/"
@@ -288,8 +293,8 @@ class Provisioner:
         """
         op = "CreateKeysAndCertificate"
         self._check(op, timeout_ms)
-        msg = self._request(op, _CERTS + b"create/", b"\xa0" if self._fmt == b"cbor" else b"{}", _QOS, timeout_ms)
-        return Credentials(*self._fields(op, msg, ("certificateId", "certificatePem", "certificateOwnershipToken", "privateKey")))
+        msg = self._request(op, _CERTS + b"create/", {}, _QOS, timeout_ms)
+        return Credentials(*self._fields(op, msg, 4))
 
     def create_certificate_from_csr(self, csr_pem, qos=1, timeout_ms=None):
         """CreateCertificateFromCsr: AWS signs the device's own key.
@@ -302,10 +307,10 @@ class Provisioner:
         op = "CreateCertificateFromCsr"
         self._check(op, timeout_ms)
         _text(op, "csr_pem", csr_pem)
-        if not _is_int(qos) or qos not in (0, 1):
+        if not (_is_int(qos) and 0 <= qos <= 1):
             raise _err(op, BAD_PARAMETER, _BAD_QOS, qos)
         msg = self._request(op, _CERTS + b"create-from-csr/", {"certificateSigningRequest": csr_pem}, qos, timeout_ms)
-        return Credentials(*self._fields(op, msg, ("certificateId", "certificatePem", "certificateOwnershipToken")))
+        return Credentials(*self._fields(op, msg, 3))
 
     def register_thing(self, template_name, ownership_token, parameters=None, timeout_ms=None):
         """RegisterThing: activate the certificate and create the thing.
@@ -321,7 +326,7 @@ class Provisioner:
         self._check(op, timeout_ms)
         if not awsnames.template_name_ok(template_name):
             raise _err(op, BAD_PARAMETER, _BAD_TEMPLATE_NAME, awsnames.TEMPLATE_NAME_RULE, template_name)
-        request = {"certificateOwnershipToken": _text(op, "ownership_token", ownership_token)}
+        request = {_CREATED[2]: _text(op, "ownership_token", ownership_token)}  # certificateOwnershipToken
         if parameters is not None:
             if not _text_map(parameters):
                 raise _err(op, BAD_PARAMETER, _BAD_PARAMETERS)
@@ -353,9 +358,10 @@ class Provisioner:
         if timeout_ms is not None:
             _positive(op, "timeout_ms", timeout_ms)
 
-    def _fields(self, op, msg, names):
+    def _fields(self, op, msg, count):
+        # the first count of _CREATED, each a str
         out = []
-        for name in names:
+        for name in _CREATED[:count]:
             value = msg.get(name)
             if not isinstance(value, str):
                 raise _err(op, BAD_RESPONSE, _FIELD_NOT_TEXT, name, type(value).__name__)
@@ -433,9 +439,9 @@ class Provisioner:
         raise _err(op, status, text, *args, why)
 
     def _request(self, op, topic, request, qos, timeout_ms):
-        if isinstance(request, dict):
-            request = self._convert(op, self._dumps, request, INTERNAL_FAILURE, _CANNOT_ENCODE)
-            request = request.encode() if isinstance(request, str) else request
+        # request: the map to send, encoded here in the provisioner's format
+        request = self._convert(op, self._dumps, request, INTERNAL_FAILURE, _CANNOT_ENCODE)
+        request = request.encode() if isinstance(request, str) else request
         topic += self._fmt
         client = self._client
         sock = None
