@@ -42,7 +42,7 @@ _NAMES = (
 )
 
 # Failure texts: indexes into fleetprov_texts.TEXTS, which is loaded only on
-# failure (see _why). const() names are compiled away on MicroPython.
+# failure (see _err). const() names are compiled away on MicroPython.
 _NOT_A_CLIENT = const(0)
 _SET_CALLBACK_RAISED = const(1)
 _NO_CBOR = const(2)
@@ -182,7 +182,7 @@ class Registration:
 def _err(op, status, text, *args):
     # ProvisioningError(status, "<op>: <text, args filled in>"). The words
     # live in lib/fleetprov_texts.py, imported only here and let go again: a
-    # board that never fails keeps none of them in RAM (about 2 KB).
+    # board that never fails keeps none of them in RAM (2.6 KB on 64-bit).
     # text: one of the text constants above.
     try:
         import fleetprov_texts

@@ -1,7 +1,7 @@
 # fleetprov_texts: the words of fleetprov's failures.
 #
 # fleetprov imports this module only when an operation fails, formats one
-# text and lets the module go again (fleetprov._why), so a board that
+# text and lets the module go again (fleetprov._err), so a board that
 # provisions without a hitch never holds these strings in RAM. TEXTS[n] is the
 # text of fleetprov's constant named in its comment, whose value is n (a
 # const() name costs fleetprov no RAM; a str key would be interned for good).
