@@ -126,7 +126,9 @@ class Provisioning:
                 # first boot. RegisterThing imports it again.
                 _unload("fleetprov", "cbor")
                 self._stage(cid, pem, key, token)
-                pem = key = token = None  # on flash now: free the RAM before the next answer
+                # on flash now (the CSR is not needed again either): free the
+                # RAM before the next answer
+                pem = key = token = self.csr_pem = self.csr_key = None
                 gc.collect()
             reg = self._call(link.client, "register_thing", cfg["template"],
                              self.pending["ownership_token"], self.params)
