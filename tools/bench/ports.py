@@ -52,7 +52,7 @@ METHODS = ("keys", "csr")
 # First boots whose imports are measured: together they import every device
 # module (cbor only with the CBOR format, csr and p256 only for the CSR method).
 IMPORT_BOOTS = (("keys", "json"), ("csr", "json"), ("keys", "cbor"))
-IMPORT_TARGETS_PORTS = (DEFAULT_TARGET, WORD32_TARGET)
+IMPORT_PORTS = (DEFAULT_TARGET, WORD32_TARGET)
 # Prefixed to the boot code: prints "fleetprov IMPORT <depth> <module> <bytes>"
 # when the import of a device module that was not loaded yet returns.
 IMPORT_PROBE = """import builtins, gc, sys
@@ -125,7 +125,7 @@ def own_costs(lines: list[str]) -> list[tuple[str, int]]:
 def import_table(sim_state: Path, work: Path) -> list[list[object]]:
     """One row per device module: its own import cost per port, first import (and re-imports)."""
     per_port: dict[str, dict[str, list[int]]] = {}
-    for target in IMPORT_TARGETS_PORTS:
+    for target in IMPORT_PORTS:
         costs: dict[str, list[int]] = {}
         try:
             target.check()
@@ -148,7 +148,7 @@ def import_table(sim_state: Path, work: Path) -> list[list[object]]:
         row: list[object] = [module]
         verdicts = []
         target_bytes = IMPORT_TARGETS.get(module)
-        for target in IMPORT_TARGETS_PORTS:
+        for target in IMPORT_PORTS:
             got = per_port[target.id].get(module)
             if not got:
                 row.append("not measured" if not per_port[target.id] else "-")
