@@ -121,7 +121,7 @@ class Provisioning:
                     cid, pem, key, token = self._call(link.client, "create_certificate_from_csr", self.csr_pem)
                     key = self.csr_key
                 self.step("certificate", cid)
-                # fleetprov's code (15 KB) out of RAM while the answer is
+                # fleetprov's code (7-10 KB) out of RAM while the answer is
                 # converted and checked (pem, der) and staged: the peak of a
                 # first boot. RegisterThing imports it again.
                 _unload("fleetprov", "cbor")

@@ -32,9 +32,6 @@ MICROPYTHON = VENV_BIN / "micropython"
 FAKES = ROOT / "tests" / "fakes"
 
 TARGETS = {"fleetprov.mpy": 6 * 1024, "cbor.mpy": 2560, "heap": 12 * 1024}
-# Heap an import may add where a first boot imports it (issue 11); judged in
-# section ports, which measures it there on the 64-bit and the 32-bit port.
-IMPORT_TARGETS = {"fleetprov": 10 * 1024}
 # Import one module (or none: "-"), collect, print the heap it keeps.
 IMPORT_SCRIPT = """import gc, sys
 gc.collect()
@@ -243,7 +240,7 @@ def import_costs(tmpdir: Path, mpy_dir: Path, modules: list[str]) -> None:
           "-X heapsize that completes, 64-byte resolution, includes the loader's transient peak; "
           "umqtt.simple is frozen into real firmware and costs no heap there; a module imported first also pays for "
           "the name pools later modules share: section ports shows what each adds where a first boot imports it, "
-          "and judges the target of {} bytes for fleetprov there)".format(IMPORT_TARGETS["fleetprov"]))
+          "and judges fleetprov's import target there)")
 
 
 def run(args: argparse.Namespace) -> None:
