@@ -28,7 +28,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tools import cpbundle
+from . import cpbundle
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = ROOT / "build" / "demo-circuitpython"
@@ -39,7 +39,7 @@ def boot(folder: Path, timeout: float = 120.0) -> tuple[int, list[str], float]:
     t0 = time.monotonic()
     lines: list[str] = []
     with subprocess.Popen(
-        [sys.executable, "-m", "tools.cphost", str(folder)],
+        [sys.executable, "-m", __package__ + ".cphost", str(folder)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -64,8 +64,8 @@ def _steps(lines: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tools.iotsim.broker import free_port
-    from tools.iotsim.stack import IotSim
+    from .iotsim.broker import free_port
+    from .iotsim.stack import IotSim
 
     work: Path = args.dir
     shutil.rmtree(work, ignore_errors=True)

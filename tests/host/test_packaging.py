@@ -188,6 +188,20 @@ def test_the_installed_commands_run_from_any_folder(installed: Path, tmp_path: P
     assert proc.stdout.startswith("usage:")
 
 
+def test_the_installed_package_is_imported_by_the_projects_own_name_not_tools(
+    installed: Path, tmp_path: Path
+) -> None:
+    probe = (
+        "import importlib.util, fleetprov_tools.entrypoints as e, fleetprov_tools.iotsim.hooks as h;"
+        "print(importlib.util.find_spec('tools'), e.__name__, h.__name__)"
+    )
+    proc = subprocess.run(
+        [str(installed / "python"), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["None", "fleetprov_tools.entrypoints", "fleetprov_tools.iotsim.hooks"]
+
+
 def assert_one_line_saying_what_to_run(
     proc: subprocess.CompletedProcess[str], package: str, run: str
 ) -> None:
@@ -304,6 +318,7 @@ def test_pyproject_lists_every_tools_package() -> None:
         "packages"
     ]
     found = sorted(
-        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "tools").rglob("__init__.py")
+        ".".join(("fleetprov_tools",) + init.parent.relative_to(ROOT / "tools").parts)
+        for init in (ROOT / "tools").rglob("__init__.py")
     )
     assert sorted(packages) == found

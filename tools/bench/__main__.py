@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.sections or list(SECTIONS)
     for name in chosen:
         try:
-            module = importlib.import_module("tools.bench." + name)
+            module = importlib.import_module(__package__ + "." + name)
         except ModuleNotFoundError as exc:
-            if exc.name == "tools.bench." + name and not args.sections:
+            if exc.name == __package__ + "." + name and not args.sections:
                 continue
             raise
         started = time.monotonic()

@@ -23,7 +23,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from tools import cpbundle
+from .. import cpbundle
 
 ROOT = Path(__file__).resolve().parents[2]
 for _p in (ROOT / "lib", ROOT / "circuitpython" / "lib"):
@@ -66,7 +66,7 @@ def _one(sim, poll_ms: int, fmt: str, n: int) -> tuple[float, float, float]:  # 
 
 
 def run(args: argparse.Namespace) -> None:
-    from tools.iotsim.testing import running_iotsim
+    from ..iotsim.testing import running_iotsim
 
     runs = 1 if args.quick else 3
     rows = []

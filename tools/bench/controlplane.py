@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tools.iotsim.testing import running_iotsim
+from ..iotsim.testing import running_iotsim
 
 
 def _measure(fn: Callable[[int], Any], rounds: int) -> tuple[float, float]:

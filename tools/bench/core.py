@@ -24,7 +24,7 @@ from pathlib import Path
 
 import cbor2
 
-from tools.unixboard import compile_lib, mpy_cross_binary
+from ..unixboard import compile_lib, mpy_cross_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -216,7 +216,7 @@ def import_costs(tmpdir: Path, mpy_dir: Path, modules: list[str]) -> None:
     pays for the interpreter's name pools, which grow by doubling and which
     every later module shares. Section ports measures each module where a
     first boot imports it, and judges the target there."""
-    from tools.unixboard import compile_umqtt, current_target
+    from ..unixboard import compile_umqtt, current_target
 
     print("\n### Import cost of every lib module imported first, alone with its own imports (unix port, .mpy)\n")
     umqtt_dir = tmpdir / "umqtt-mpy"

@@ -25,8 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tools.bench.core import table
-from tools.unixboard import DEPS, SUPPORT, Board, ROOT, compile_lib, make_flash, micropython_binary
+from .core import table
+from ..unixboard import DEPS, SUPPORT, Board, ROOT, compile_lib, make_flash, micropython_binary
 
 FAKES = ROOT / "tests" / "fakes"
 HOSTILE_SCRIPT = ROOT / "tests" / "device" / "scripts" / "hostile_broker.py"
@@ -50,8 +50,8 @@ def _step_times(lines: list[str]) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tools.iotsim.broker import free_port
-    from tools.iotsim.stack import IotSim
+    from ..iotsim.broker import free_port
+    from ..iotsim.stack import IotSim
 
     runs = 3 if args.quick else 10
     with tempfile.TemporaryDirectory(prefix="fleetprov-bench-device-") as tmp:

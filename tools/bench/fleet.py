@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parents[2]
+TOOLS = __package__.rpartition(".")[0]  # the host package: "tools" in the clone, "fleetprov_tools" installed
 if str(ROOT / "lib") not in sys.path:
     sys.path.insert(0, str(ROOT / "lib"))
 
@@ -88,7 +89,7 @@ def _spki(public_key: Any) -> bytes:
 
 def keygen_rates(quick: bool) -> tuple[float, float, int]:
     """RSA-2048 keys per second: in this process (one core) and over all cores."""
-    from tools.iotsim.keygen import KeygenPool
+    from ..iotsim.keygen import KeygenPool
 
     n = 6 if quick else 20
     started = time.perf_counter()
@@ -121,7 +122,7 @@ def _shared_tls_context() -> None:
     """
     import ssl
 
-    from tools import umqtt_host
+    from .. import umqtt_host
 
     contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
     lock = threading.Lock()
@@ -201,7 +202,7 @@ def _quiet_polling() -> None:
 def _device(sim: Any, method: str, fmt: str, serial: str, csr: tuple[str, bytes] | None) -> Outcome:
     import fleetprov
 
-    from tools import umqtt_host
+    from .. import umqtt_host
 
     started = time.perf_counter()
     out = Outcome(serial=serial, latency=0.0)
@@ -314,7 +315,7 @@ def _burst(
             "devices": devices[w::workers],
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.bench.fleet", "--worker"],
+            [sys.executable, "-m", __spec__.name, "--worker"],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -418,7 +419,7 @@ class _Sim:
     """
 
     def __init__(self, state: Path) -> None:
-        from tools.iotsim.broker import free_port
+        from ..iotsim.broker import free_port
 
         self.state = state
         self.port = free_port()
@@ -426,7 +427,7 @@ class _Sim:
         self.claim_cert_der = state / "claim.der"
         self.claim_key_der = state / "claim.key.der"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.iotsim", "up", "--state", str(state), "--port", str(self.port)],
+            [sys.executable, "-m", TOOLS + ".iotsim", "up", "--state", str(state), "--port", str(self.port)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -437,7 +438,7 @@ class _Sim:
         if "iotsim is running" not in first:
             self.proc.kill()
             raise RuntimeError("iotsim did not start: " + first + self.proc.stdout.read())
-        from tools.iotsim.registry import Registry
+        from ..iotsim.registry import Registry
 
         self.registry = Registry(state)
 

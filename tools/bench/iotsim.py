@@ -119,7 +119,7 @@ def build_bench() -> Path:
 
 
 def acl_decisions(quick: bool) -> None:
-    from tools.iotsim.policy import ThingContext, parse_policy, render_principal
+    from ..iotsim.policy import ThingContext, parse_policy, render_principal
 
     binary = build_bench()
     policy = parse_policy(json.dumps(TEN_STATEMENTS))
@@ -167,9 +167,9 @@ def acl_decisions(quick: bool) -> None:
 
 def populate(state: Path, count: int) -> None:
     """A registry with ``count`` ACTIVE certificates, each with a thing and the demo policy."""
-    from tools.iotsim.policy import ThingContext, parse_policy, render_principal
-    from tools.iotsim.registry import Registry, principal_path
-    from tools.iotsim.templates import DEMO_TEMPLATE_NAME, demo_template_text
+    from ..iotsim.policy import ThingContext, parse_policy, render_principal
+    from ..iotsim.registry import Registry, principal_path
+    from ..iotsim.templates import DEMO_TEMPLATE_NAME, demo_template_text
 
     demo = json.loads(demo_template_text())
     document = demo["Resources"]["policy"]["Properties"]["PolicyDocument"]
@@ -230,8 +230,8 @@ def _cpu_ns(sim: object) -> dict[str, float]:
 
 def registry_alone(state: Path, count: int, tag: int = 14) -> float:
     """Registry CPU (ms) per provision, in-process: issue a certificate and register it with the demo template."""
-    from tools.iotsim.registry import CLAIM, THING_GROUP, Registry
-    from tools.iotsim.templates import ThingSpec, demo_template_text
+    from ..iotsim.registry import CLAIM, THING_GROUP, Registry
+    from ..iotsim.templates import ThingSpec, demo_template_text
 
     document = json.loads(demo_template_text())["Resources"]["policy"]["Properties"]["PolicyDocument"]
     claim = "c" * 64
@@ -263,7 +263,7 @@ def registry_alone(state: Path, count: int, tag: int = 14) -> float:
 
 
 def registry_size(quick: bool) -> None:
-    from tools.bench import fleet
+    from . import fleet
 
     sizes = QUICK_SIZES if quick else SIZES
     n = QUICK_DEVICES if quick else DEVICES

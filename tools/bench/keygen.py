@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tools.unixboard import compile_lib
+from ..unixboard import compile_lib
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "lib"

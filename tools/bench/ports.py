@@ -32,8 +32,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from tools.bench.core import table, verdict
-from tools.unixboard import (
+from .core import table, verdict
+from ..unixboard import (
     DEFAULT_TARGET,
     OLD_FIRMWARE_TARGETS,
     WORD32_TARGET,
@@ -164,8 +164,8 @@ def import_table(sim_state: Path, work: Path) -> list[list[object]]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tools.iotsim.broker import free_port
-    from tools.iotsim.stack import IotSim
+    from ..iotsim.broker import free_port
+    from ..iotsim.stack import IotSim
 
     runs = 2 if args.quick else 5
     targets: tuple[Target, ...] = (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS, WORD32_TARGET)

@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools.bench.core import table
-from tools.unixboard import ROOT, Board, make_flash
+from .core import table
+from ..unixboard import ROOT, Board, make_flash
 
 RATIO_TARGET = 0.5
 
@@ -33,7 +33,7 @@ RATIO_TARGET = 0.5
 def _sdk_boot(state: Path, out: Path) -> float:
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.bench.sdk_client", str(state / "config.json"), str(state), str(out)],
+        [sys.executable, "-m", __package__ + ".sdk_client", str(state / "config.json"), str(state), str(out)],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     elapsed = time.monotonic() - start
@@ -51,8 +51,8 @@ def _fleetprov_boot(state: Path, flash: Path) -> float:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tools.iotsim.broker import free_port
-    from tools.iotsim.stack import IotSim
+    from ..iotsim.broker import free_port
+    from ..iotsim.stack import IotSim
 
     rounds = 3 if args.quick else 10
     ours: list[float] = []

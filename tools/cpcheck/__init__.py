@@ -45,7 +45,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from tools.esp32check import CheckError, Diagnostic, _catches_import_error, _in_scope, run_checker
+from ..esp32check import CheckError, Diagnostic, _catches_import_error, _in_scope, run_checker
 
 # esp32check's API rules, kept here so a rule added there for the ESP32 is a
 # deliberate choice here too.

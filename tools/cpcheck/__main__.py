@@ -1,5 +1,5 @@
 import sys
 
-from tools.cpcheck import main
+from . import main
 
 sys.exit(main())

@@ -453,7 +453,7 @@ def check(
     and, unless `with_gaps` is false, leave out its known stub gaps."""
     gaps: tuple[tuple[str, str, str], ...] = ()
     if firmware is not None:
-        from tools.esp32check import stubs as stub_releases
+        from . import stubs as stub_releases
 
         try:
             if stubs is None:

@@ -1,5 +1,5 @@
 import sys
 
-from tools.esp32check import main
+from . import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from tools.entrypoints import iotsim
+from ..entrypoints import iotsim
 
 if __name__ == "__main__":
     sys.exit(iotsim())
