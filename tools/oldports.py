@@ -179,7 +179,10 @@ def _source(port: OldPort, vendor: Path) -> tuple[Path, str]:
 
 
 def _stamp_text(origin: str, port: OldPort) -> str:
-    text = "{}\nmake -C ports/unix {}\n".format(origin, " ".join(port.make_args))
+    # The manifest by its place in the repository (its content is hashed below),
+    # so a port stays current in another clone of the same commit.
+    args = " ".join(port.make_args).replace(str(ROOT) + os.sep, "")
+    text = "{}\nmake -C ports/unix {}\n".format(origin, args)
     if port.freeze is not None:  # a changed manifest is a new build
         text += "manifest {}\n".format(hashlib.sha256((ROOT / port.freeze).read_bytes()).hexdigest())
     return text
