@@ -19,7 +19,7 @@ def application(fb, link):
     topic = fb.topic(fb.cfg["app_topic"])
     msg = '{{"hello":"{}","uptime_ms":{}}}'.format(fb.thing_name(), fb.progress.elapsed())
     mqttlink.publish(link, topic, msg.encode(), fb.cfg["mqtt_timeout_ms"])
-    fb.progress.step("hello", "published to {}".format(topic.decode()))
+    fb.step("hello", "published to {}".format(topic.decode()))
 
 
 def main():

@@ -2,10 +2,7 @@
 # micropython-lib's cbor2, small enough for an ESP32 and strict about hostile input.
 import struct
 
-try:
-    from micropython import const
-except ImportError:
-    const = lambda x: x  # noqa: E731
+from runtime import const
 
 # Containers and tags a document may nest; each level costs a Python frame.
 MAX_DEPTH = const(16)

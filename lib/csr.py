@@ -27,6 +27,7 @@ bytes, without any crypto library.
 import binascii
 
 import p256
+from runtime import sha256
 
 # Pre-encoded DER of the fixed parts (tag, length, value).
 _OID_EC_PUBLIC_KEY = b"\x06\x07\x2a\x86\x48\xce\x3d\x02\x01"  # 1.2.840.10045.2.1
@@ -125,7 +126,7 @@ def request_der(d, common_name, pub=None):
     subject = _seq(_tlv(0x31, _seq(_OID_COMMON_NAME, _tlv(0x0C, cn))))  # UTF8String
     # version 0, subject, key, attributes [0] (empty set: no extensions asked for).
     info = _seq(b"\x02\x01\x00", subject, public_key_info(pub), b"\xa0\x00")
-    r, s = p256.sign(d, p256.sha256(info).digest())
+    r, s = p256.sign(d, sha256(info).digest())
     sig = _seq(_uint(r), _uint(s))
     return _seq(info, _seq(_OID_ECDSA_SHA256), _tlv(0x03, b"\x00" + sig))
 

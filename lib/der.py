@@ -7,10 +7,7 @@
 # the end of its enclosing element before it is used, so a truncated or
 # hostile input raises ValueError and never reads past the buffer.
 
-try:
-    from micropython import const
-except ImportError:
-    const = lambda x: x  # noqa: E731
+from runtime import const
 
 _SEQUENCE = const(0x30)
 _INTEGER = const(0x02)

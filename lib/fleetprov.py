@@ -13,15 +13,7 @@ import sys
 
 import awsnames
 import timedsock
-from timedsock import sleep_ms, ticks_add, ticks_diff, ticks_ms
-
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
-
+from runtime import const, sleep_ms, ticks_add, ticks_diff, ticks_ms
 
 # Status values: AwsIotProvisioningError_t.
 SUCCESS = const(1)
@@ -67,6 +59,7 @@ _FIELD_NOT_TEXT = const(20)
 _CONFIGURATION_NOT_TEXT = const(21)
 _NO_STATUS_CODE = const(22)
 _REFUSED = const(23)
+_BAD_BUFFER = const(24)
 
 _QOS = const(1)  # subscriptions, and the keys and register requests
 _WAIT_SLICE_MS = const(50)  # longest idle wait between polls for the answer (<= 20 polls/s)
@@ -181,9 +174,8 @@ class Registration:
 
 def _err(op, status, text, *args):
     # ProvisioningError(status, "<op>: <text, args filled in>"). The words
-    # live in lib/fleetprov_texts.py, imported only here and let go again: a
-    # board that never fails keeps none of them in RAM (2.6 KB on 64-bit).
-    # text: one of the text constants above.
+    # live in lib/fleetprov_texts.py, imported on the first failure: a board
+    # that never fails never loads them. text: one of the text constants above.
     try:
         import fleetprov_texts
 
@@ -192,8 +184,6 @@ def _err(op, status, text, *args):
         why = "no memory for the text"
     except ImportError:
         why = "text {} {!r}: lib/fleetprov_texts.py is missing".format(text, args)
-    finally:
-        sys.modules.pop("fleetprov_texts", None)
     return ProvisioningError(status, op + ": " + why)
 
 
@@ -235,12 +225,15 @@ class Provisioner:
         CreateKeysAndCertificate answer is about 4 KB.
     mqtt_timeout_ms: bound on each subscribe, publish and unsubscribe, in ms
         (5000), applied to the client's socket (see timedsock) when it has one.
+    rx_buffer: a bytearray to receive the answers in, instead of allocating
+        rx_size bytes (then ignored): one the caller allocated early, while
+        the heap was still in one piece, and may reuse for every Provisioner.
 
     Messages on topics other than the provisioning ones go on to the
     callback the client had; close() restores it.
     """
 
-    def __init__(self, client, fmt="json", timeout_ms=10000, rx_size=6144, mqtt_timeout_ms=5000):
+    def __init__(self, client, fmt="json", timeout_ms=10000, rx_size=6144, mqtt_timeout_ms=5000, rx_buffer=None):
         op = "Provisioner"
         for name in ("set_callback", "subscribe", "publish", "check_msg"):
             if not callable(getattr(client, name, None)):
@@ -260,10 +253,15 @@ class Provisioner:
         self._fmt = fmt.encode()
         self._timeout_ms = _positive(op, "timeout_ms", timeout_ms)
         self._mqtt_ms = _positive(op, "mqtt_timeout_ms", mqtt_timeout_ms)
-        try:
-            self._rx = bytearray(_positive(op, "rx_size", rx_size))
-        except MemoryError:
-            raise _err(op, NO_MEMORY, _NO_RX_MEMORY, rx_size)
+        if rx_buffer is not None:
+            if not isinstance(rx_buffer, bytearray) or not rx_buffer:
+                raise _err(op, BAD_PARAMETER, _BAD_BUFFER, type(rx_buffer).__name__)
+            self._rx = rx_buffer
+        else:
+            try:
+                self._rx = bytearray(_positive(op, "rx_size", rx_size))
+            except MemoryError:
+                raise _err(op, NO_MEMORY, _NO_RX_MEMORY, rx_size)
         self._view = memoryview(self._rx)
         self._client = client
         self._app_cb = getattr(client, "cb", None)

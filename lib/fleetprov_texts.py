@@ -1,8 +1,8 @@
 # fleetprov_texts: the words of fleetprov's failures.
 #
-# fleetprov imports this module only when an operation fails, formats one
-# text and lets the module go again (fleetprov._err), so a board that
-# provisions without a hitch never holds these strings in RAM. TEXTS[n] is the
+# fleetprov imports this module only when an operation fails (fleetprov._err),
+# so a board that provisions without a hitch never holds these strings in
+# RAM; the first boot releases it with the rest of the provisioning code. TEXTS[n] is the
 # text of fleetprov's constant named in its comment, whose value is n (a
 # const() name costs fleetprov no RAM; a str key would be interned for good).
 # Each {} takes fleetprov's arguments in order; a text may leave a trailing
@@ -62,4 +62,6 @@ TEXTS = (
     "rejected response without integer statusCode",
     # 23 _REFUSED
     "refused by the server: {} {}: {}",
+    # 24 _BAD_BUFFER
+    "rx_buffer must be a bytearray, not {}",
 )

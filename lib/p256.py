@@ -33,23 +33,9 @@ device that makes its key once, at first boot, and signs one CSR with it, is
 not a practical threat model for this code.
 """
 
-import hashlib
 import os
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
-
-
-def sha256(data):
-    """hashlib.sha256(data); CircuitPython's hashlib has only new(name, data)."""
-    make = getattr(hashlib, "sha256", None)
-    if make is not None:
-        return make(data)
-    return getattr(hashlib, "new")("sha256", data)  # not in MicroPython's hashlib
+from runtime import const, sha256
 
 
 # Curve: y^2 = x^3 - 3x + B over GF(P), group order N, generator (GX, GY).

@@ -1,18 +1,11 @@
 # PEM <-> DER for certificates and private keys. AWS sends PEM; the unix and
-# ESP32 ports' TLS loads DER, CircuitPython's loads PEM. credstore imports this
-# only while a new identity is converted and checked and drops it after, so a
-# provisioned boot never holds it (lib/credstore.py, _pem).
+# ESP32 ports' TLS loads DER, CircuitPython's loads PEM. The credential store
+# loads this only while it stages a new identity, so a provisioned boot never
+# holds it. Every failure is a ValueError whose text starts "PEM:".
 
 import binascii
 
-from credstore import StoreError
-
-
-def walker():
-    """The DER walker (lib/der.py), imported when first needed."""
-    import der as walker
-
-    return walker
+import der
 
 
 def pem_to_der(pem, label=None):
@@ -20,23 +13,23 @@ def pem_to_der(pem, label=None):
 
     ``label`` (e.g. "CERTIFICATE") restricts the accepted block type; any
     label ending in it matches, so "PRIVATE KEY" accepts "RSA PRIVATE KEY"
-    and "EC PRIVATE KEY". Handles \\r\\n line ends. Raises StoreError on
+    and "EC PRIVATE KEY". Handles \\r\\n line ends. Raises ValueError on
     anything that is not exactly one well-formed PEM block holding DER."""
     if isinstance(pem, (bytes, bytearray)):
         pem = pem.decode()
     b = pem.find("-----BEGIN ")
     if b < 0:
-        raise StoreError("PEM: no '-----BEGIN' line; expected a PEM block")
+        raise ValueError("PEM: no '-----BEGIN' line; expected a PEM block")
     h = pem.find("-----", b + 11)
     if h < 0:
-        raise StoreError("PEM: unterminated BEGIN line")
+        raise ValueError("PEM: unterminated BEGIN line")
     got = pem[b + 11 : h]
     if label is not None and not (got == label or got.endswith(" " + label)):
-        raise StoreError("PEM: expected a {} block, found {}".format(label, got))
+        raise ValueError("PEM: expected a {} block, found {}".format(label, got))
     end_line = "-----END " + got + "-----"
     e = pem.find(end_line, h + 5)
     if e < 0:
-        raise StoreError("PEM: no matching '{}' line".format(end_line))
+        raise ValueError("PEM: no matching '{}' line".format(end_line))
     body = pem[h + 5 : e]
     # a2b_base64 skips characters outside the alphabet silently (MicroPython
     # and CPython alike), so count what should decode and compare.
@@ -46,14 +39,14 @@ def pem_to_der(pem, label=None):
     try:
         out = binascii.a2b_base64(body)
     except ValueError as ex:
-        raise StoreError("PEM: {} block is not valid base64 ({})".format(got, ex))
+        raise ValueError("PEM: {} block is not valid base64 ({})".format(got, ex))
     del body
     if chars % 4 or len(out) != chars // 4 * 3 - _padding(pem, e):
-        raise StoreError("PEM: {} block holds characters that are not base64".format(got))
+        raise ValueError("PEM: {} block holds characters that are not base64".format(got))
     try:
-        walker().check_sequence(out)
+        der.check_sequence(out)
     except ValueError as ex:
-        raise StoreError("PEM: {} block is not valid DER ({})".format(got, ex))
+        raise ValueError("PEM: {} block is not valid DER ({})".format(got, ex))
     return out
 
 
@@ -68,9 +61,9 @@ def _padding(pem, e):
     return n
 
 
-def der_to_pem(der, label):
-    """PEM text (str) of one DER block under ``label``, 64 characters a line."""
-    b64 = binascii.b2a_base64(der).strip()
+def der_to_pem(data, label):
+    """PEM text (str) of one DER block ``data`` under ``label``, 64 characters a line."""
+    b64 = binascii.b2a_base64(data).strip()
     lines = ["-----BEGIN " + label + "-----"]
     for i in range(0, len(b64), 64):
         lines.append(b64[i : i + 64].decode())
@@ -83,10 +76,9 @@ def key_label(key):
     "RSA PRIVATE KEY" (PKCS#1) or "EC PRIVATE KEY" (SEC1)."""
     # After the version INTEGER, PKCS#8 holds an AlgorithmIdentifier
     # SEQUENCE, PKCS#1 RSA an INTEGER, SEC1 EC an OCTET STRING.
-    d = walker()
-    _, s, e = d.tlv(key, 0, len(key))
-    _, _, after = d.tlv(key, s, e)  # the version INTEGER
-    tag = d.tlv(key, after, e)[0]
+    _, s, e = der.tlv(key, 0, len(key))
+    _, _, after = der.tlv(key, s, e)  # the version INTEGER
+    tag = der.tlv(key, after, e)[0]
     if tag == 0x30:
         return "PRIVATE KEY"
     return "RSA PRIVATE KEY" if tag == 0x02 else "EC PRIVATE KEY"

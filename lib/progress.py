@@ -4,7 +4,7 @@
 
 import gc
 
-from timedsock import ticks_diff, ticks_ms
+from runtime import ticks_diff, ticks_ms
 
 
 class Progress:

@@ -26,27 +26,7 @@ try:
 except ImportError:  # CircuitPython builds without it: TimedSocket is umqtt's only
     select = None
 
-# MicroPython's millisecond clock; on CPython and CircuitPython a fallback with
-# the same contract (fleetprov takes these from here too, so there is one
-# fallback). monotonic_ns, not monotonic: CircuitPython's float monotonic()
-# loses millisecond resolution after about an hour of uptime.
-try:
-    from time import ticks_ms, ticks_add, ticks_diff, sleep_ms
-except ImportError:  # CPython, CircuitPython: ints do not wrap, so plain arithmetic will do
-    from time import monotonic_ns, sleep
-
-    def ticks_ms():
-        return monotonic_ns() // 1000000
-
-    def ticks_add(t, delta):
-        return t + delta
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def sleep_ms(ms):
-        sleep(ms / 1000)
-
+from runtime import ticks_add, ticks_diff, ticks_ms
 
 _SLICE_MS = 20  # longest single poll: TLS may hold decrypted bytes poll cannot see
 

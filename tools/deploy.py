@@ -99,14 +99,14 @@ CLAIM_FILE_KEYS = {
 }
 
 
-def device_credential_names() -> frozenset[str]:
-    """Files the device writes into <cert_dir> at first boot (lib/credstore.py):
+def is_device_credential(name: str) -> bool:
+    """A file the device writes into <cert_dir> itself (lib/credstore.py):
     never copied from the host, never overwritten on the board."""
     if str(LIB_SRC) not in sys.path:
         sys.path.insert(0, str(LIB_SRC))
     import credstore  # the device's own module: one source of truth for the names
 
-    return frozenset({credstore.RECORD, credstore.DEVICE_CERT, credstore.DEVICE_KEY, credstore.UID})
+    return bool(credstore.written_by_device(name))
 
 
 MARK = "FLEETPROV:"
@@ -334,7 +334,7 @@ def claim_file_names(config: dict[str, object]) -> dict[str, str]:
         name = config.get(key, default)
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
             raise DeployError("config.json: {!r} must be a plain file name, got {!r}".format(key, name))
-        if name in device_credential_names():
+        if is_device_credential(name):
             raise DeployError(
                 "config.json: {!r} names {!r}, which is where the device keeps its own credentials; deploy "
                 "never copies device credentials from the host — name the claim file differently".format(
@@ -366,11 +366,10 @@ def collect_config(config_dir: Path) -> tuple[list[Upload], str]:
             missing.append("{} ({}: looked for {})".format(name, key, " and ".join(map(str, candidates))))
         else:
             uploads.append(Upload(found, "{}/{}".format(cert_dir, name)))
-    device_files = device_credential_names()
     for folder in (config_dir, config_dir / cert_dir):
-        for name in sorted(device_files):
-            if (folder / name).exists():
-                log.warning("not copying %s: a device's own credentials never leave it", folder / name)
+        for path in sorted(folder.glob("*")):
+            if path.is_file() and is_device_credential(path.name):
+                log.warning("not copying %s: a device's own credentials never leave it", path)
     if missing:
         raise DeployError(
             "claim file(s) missing: {}. The board needs the claim certificate, claim key and CA to "

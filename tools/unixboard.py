@@ -43,11 +43,12 @@ BOOT_CODE = "import boot\nimport main\n"
 # Prefixed to the boot code for Board.boot(stop_at=...): the device prints
 # "fleetprov STOP <step>" at that progress step or credential write boundary
 # and waits on stdin, so the harness cuts the power at exactly that point.
-# Test harness code: nothing of it is on a board.
+# A step "*<end>" stops at the first name ending so (a file named after its
+# certificate). Test harness code: nothing of it is on a board.
 STOP_CODE = """import sys, progress
 def _stop_mark(self, name, _mark=progress.Progress.mark):
     _mark(self, name)
-    if name == {step!r}:
+    if name == {step!r} or ({step!r}[:1] == "*" and name.endswith({step!r}[1:])):
         print("fleetprov STOP " + name)
         sys.stdin.read(1)
 progress.Progress.mark = _stop_mark
@@ -394,9 +395,9 @@ class Board:
                 out.append(line)
                 if on_line is not None:
                     on_line(line)
-                if stop_at and line == "fleetprov STOP " + stop_at:
+                if stop_at and line.startswith("fleetprov STOP "):
                     _kill(proc)
-                    killed_at = stop_at
+                    killed_at = line[len("fleetprov STOP ") :]
         finally:
             if proc.poll() is None:
                 _kill(proc)

@@ -22,7 +22,9 @@ import time
 
 import credstore
 import devconfig
-import firstboot
+import bootflow
+from device import Board
+from runtime import ticks_ms
 
 # config.json fields whose settings.toml value is JSON text or a number
 _JSON_FIELDS = ("parameters",)
@@ -120,31 +122,16 @@ class Store(credstore.Store):
         """Paths of the claim certificate and key (PEM)."""
         return self._existing(self.claim_cert), self._existing(self.claim_key)
 
-    def identity(self, rec=None):
-        """Paths of the provisioned certificate and key (PEM), or of ``rec``
-        (a pending record)."""
-        if rec is None:
-            rec = self.record
-        if rec is None:
+    def identity(self):
+        """Paths of the provisioned certificate and key (PEM)."""
+        if self.record is None:
             raise credstore.StoreError("not provisioned: no verified identity to connect with")
-        f = rec["files"]
-        return self._existing(f["cert"]), self._existing(f["key"])
-
-    def pending_identity(self, pending):
-        """Paths of the staged certificate and key (PEM)."""
-        f = pending["files"]
+        f = self.record["files"]
         return self._existing(f["cert"]), self._existing(f["key"])
 
     def ca_der(self):
         """The CA certificate as PEM text (the name is the store's interface)."""
         return self.read(self.ca).decode()
-
-
-def hardware_uid():
-    """Hex of microcontroller.cpu.uid."""
-    import microcontroller
-
-    return binascii.hexlify(microcontroller.cpu.uid).decode()
 
 
 def writable():
@@ -186,19 +173,34 @@ def set_clock(pool, host, printer=print):
         printer("fleetprov: clock NOT set from {} ({}): TLS may fail".format(host, ex))
 
 
-def connector(pool, cfg):
-    """mqttlink.connect's signature over MiniMQTT, for firstboot.FirstBoot."""
-    import mmqttclient
+class CircuitPythonBoard(Board):
+    """The board's seams for the flows: the id from microcontroller.cpu.uid,
+    the PEM store, and MiniMQTT connections on ``pool``."""
 
-    def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_ms=None):
+    def __init__(self, cfg, store, pool, printer=print):
+        super().__init__(printer)
+        self._cfg = cfg
+        self._store = store
+        self._pool = pool
+
+    def uid(self):
+        import microcontroller
+
+        return binascii.hexlify(microcontroller.cpu.uid).decode()
+
+    def store(self, cfg):
+        return self._store
+
+    def connect(self, client_id, host, port, cert, key, ca, server_hostname, timeout_ms):
         # MiniMQTT has one bound for every wait on the broker, CONNACK
         # included: mqtt_timeout_ms. (connect_timeout_ms has no MiniMQTT
         # counterpart; TCP and TLS are bounded by the socket timeout.)
-        return mmqttclient.connect(client_id, host, port, cert, key, ca, server_hostname,
-                                   cfg["mqtt_timeout_ms"], pool=pool,
-                                   socket_timeout=cfg["socket_timeout_ms"] / 1000)
+        import mmqttclient
 
-    return connect
+        cfg = self._cfg
+        return mmqttclient.connect(client_id, host, port, cert, key, ca, server_hostname,
+                                   cfg["mqtt_timeout_ms"], pool=self._pool,
+                                   socket_timeout=cfg["socket_timeout_ms"] / 1000)
 
 
 def read_only_message(store):
@@ -211,7 +213,7 @@ def read_only_message(store):
 def run(app=None, printer=print):
     """Make sure the board is provisioned, connect as its thing and call
     app(firstboot, link). Returns "ok", "retry" or "fatal" (as firstboot.run)."""
-    t0 = firstboot.ticks_ms()
+    t0 = ticks_ms()
     try:
         cfg = load_settings()
         store = Store(cfg)
@@ -223,29 +225,7 @@ def run(app=None, printer=print):
         printer("fleetprov: " + str(ex))
         return "retry" if ex.retryable else "fatal"
     set_clock(pool, cfg["ntp_host"], printer)
-    fb = firstboot.FirstBoot(cfg, store=store, printer=printer,
-                             connect=connector(pool, cfg), uid=hardware_uid())
-    fb.progress.t0 = t0
-    fb.progress.step("config", "settings.toml {} {} template {}".format(
-        cfg["method"], cfg["format"], cfg["template"]))
-    try:
-        link = fb.start()
-    except firstboot.FirstBootError as ex:
-        printer("fleetprov: " + str(ex))
-        return "retry" if ex.retryable else "fatal"
-    except OSError as ex:  # the drive full or failing, outside the retried steps
-        printer("fleetprov: {}: {}".format(type(ex).__name__, ex))
-        return "retry"
-    try:
-        if app is not None:
-            app(fb, link)
-    finally:
-        link.close()
-    detail = ""
-    if fb.progress.heap_peak:
-        detail = "heap peak {} bytes (sampled at each step)".format(fb.progress.heap_peak)
-    fb.progress.step("done", detail)
-    return "ok"
+    return bootflow.boot(cfg, CircuitPythonBoard(cfg, store, pool, printer), app, t0, "settings.toml")
 
 
 def retry_later(seconds=60, printer=print):

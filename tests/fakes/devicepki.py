@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import credwrite
+
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -119,6 +121,6 @@ def commit(
 ) -> dict[str, Any]:
     """Store a whole identity in ``store`` (a credstore.Store) as a first boot
     does: stage() (the ownership token is the test's), then commit_pending()."""
-    pending = store.stage(certificate_id, cert, key, "token-from-the-test", 0)
-    return store.commit_pending(pending, thing_name, device_configuration, endpoint)
+    pending = credwrite.stage(store, certificate_id, cert, key, "token-from-the-test", 0)
+    return credwrite.commit(store, pending, thing_name, device_configuration, endpoint)
 

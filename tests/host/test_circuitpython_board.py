@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import boot_steps
 import pytest
 
 from tools import cpbundle
@@ -69,22 +70,8 @@ def test_first_boot_provisions_stores_pem_and_the_second_boot_connects_as_the_th
     rc, lines = boot(folder, "--uid", "a1b2c3" + method.encode().hex() + fmt.encode().hex())
     assert rc == 0, "\n".join(lines)
     got = steps(lines)
-    expected = [
-        "config",
-        "not-provisioned",
-        "connect-claim",
-        "certificate",
-        "register",
-        "commit",
-        "disconnect-claim",
-        "connect-thing",
-        "confirm",
-        "hello",
-        "done",
-    ]
-    if method == "csr":
-        expected.insert(2, "keygen")
-    assert got == expected, "\n".join(lines)
+    expected = boot_steps.CSR_FIRST_BOOT if method == "csr" else boot_steps.FIRST_BOOT
+    assert got == expected + boot_steps.APPLICATION, "\n".join(lines)
     assert any("CircuitPython" in line for line in lines)  # it says plainly what it is
     record = json.loads((folder / "certs" / "provisioned.json").read_text())
     cert_pem = (folder / "certs" / record["files"]["cert"]).read_bytes()
@@ -102,7 +89,7 @@ def test_first_boot_provisions_stores_pem_and_the_second_boot_connects_as_the_th
 
     rc, lines = boot(folder)
     assert rc == 0, "\n".join(lines)
-    assert steps(lines) == ["config", "provisioned", "connect-thing", "hello", "done"], "\n".join(lines)
+    assert steps(lines) == boot_steps.PROVISIONED_BOOT + boot_steps.APPLICATION, "\n".join(lines)
 
 
 def test_a_read_only_drive_stops_before_anything_is_sent_and_says_how_to_free_it(
@@ -224,7 +211,7 @@ def boot_and_cut_power_at(folder: Path, step: str) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("step", ["device.key.pem", "provisioned.json.tmp", "provisioned.json"])
+@pytest.mark.parametrize("step", ["pending.key", "provisioned.json.tmp", "provisioned.json"])
 def test_a_power_cut_during_the_commit_leaves_a_board_that_boots_into_a_working_identity(
     iotsim: Any, flash: Any, step: str
 ) -> None:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import credstore
+import credwrite
 import devicepki
 from devicepki import commit
 from pem import der_to_pem, pem_to_der
@@ -19,6 +20,12 @@ import pytest
 from credstore import Store, StoreError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+
+def pem_files(certificate_id: str) -> tuple[str, str]:
+    """The names a committed identity's certificate and key get in PEM mode."""
+    stem = credstore.IDENTITY + certificate_id[:16]
+    return stem + ".crt.pem", stem + ".key.pem"
 
 
 @pytest.fixture
@@ -41,9 +48,10 @@ def test_pem_mode_writes_pem_files_that_load_back_as_the_same_key_and_certificat
 ) -> None:
     ident = devicepki.rsa_identity() if kind == "rsa" else devicepki.ec_identity()
     rec = commit(store, ident.certificate_id, ident.cert_pem, ident.key_pem(fmt), "thing-1")
-    assert rec["files"] == {"cert": "device.crt.pem", "key": "device.key.pem"}
-    cert_pem = Path("certs/device.crt.pem").read_bytes()
-    key_pem = Path("certs/device.key.pem").read_bytes()
+    cert_name, key_name = pem_files(ident.certificate_id)
+    assert rec["files"] == {"cert": cert_name, "key": key_name}
+    cert_pem = Path("certs", cert_name).read_bytes()
+    key_pem = Path("certs", key_name).read_bytes()
     assert cert_pem.startswith(b"-----BEGIN CERTIFICATE-----\n") and cert_pem.endswith(
         b"-----END CERTIFICATE-----\n"
     )
@@ -52,29 +60,30 @@ def test_pem_mode_writes_pem_files_that_load_back_as_the_same_key_and_certificat
     assert x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER) == ident.cert_der
     key = serialization.load_pem_private_key(key_pem, None)
     assert key.private_numbers() == ident.key.private_numbers()  # type: ignore[attr-defined]
-    assert not Path("certs/device.crt.der").exists()
+    assert not list(Path("certs").glob("*.der"))
     assert Store("certs", pem=True).load()["certificate_id"] == ident.certificate_id
 
 
 def test_a_device_made_der_key_is_stored_as_an_ec_pem(store: Store) -> None:
     ident = devicepki.ec_identity()
     commit(store, ident.certificate_id, ident.cert_pem, ident.key_der("sec1"))
-    assert Path("certs/device.key.pem").read_bytes().startswith(b"-----BEGIN EC PRIVATE KEY-----\n")
+    key_name = pem_files(ident.certificate_id)[1]
+    assert Path("certs", key_name).read_bytes().startswith(b"-----BEGIN EC PRIVATE KEY-----\n")
 
 
 def test_a_tampered_pem_file_is_not_trusted(store: Store) -> None:
     ident = devicepki.ec_identity()
     commit(store, ident.certificate_id, ident.cert_pem, ident.key_pem("sec1"))
-    p = Path("certs/device.key.pem")
+    p = Path("certs", pem_files(ident.certificate_id)[1])
     p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n"))
     assert Store("certs", pem=True).load() is None
 
 
-def test_a_mismatched_key_is_refused_in_pem_mode_and_nothing_is_written(store: Store) -> None:
+def test_a_mismatched_key_is_refused_in_pem_mode_and_no_identity_is_written(store: Store) -> None:
     a, b = devicepki.ec_identity(), devicepki.ec_identity()
     with pytest.raises(StoreError, match="does not certify"):
         commit(store, a.certificate_id, a.cert_pem, b.key_pem("sec1"))
-    assert not Path("certs/provisioned.json").exists() and not Path("certs/device.key.pem").exists()
+    assert not Path("certs/provisioned.json").exists() and not list(Path("certs").glob(credstore.IDENTITY + "*"))
 
 
 def test_clear_forgets_a_pem_identity_and_keeps_the_claim(store: Store) -> None:
@@ -82,7 +91,7 @@ def test_clear_forgets_a_pem_identity_and_keeps_the_claim(store: Store) -> None:
     Path("certs/claim.pem").write_text("claim")
     ident = devicepki.ec_identity()
     commit(store, ident.certificate_id, ident.cert_pem, ident.key_pem("sec1"))
-    store.clear()
+    credwrite.clear(store)
     assert sorted(p.name for p in Path("certs").iterdir()) == ["claim.pem"]
 
 
@@ -112,13 +121,12 @@ class _NewOnlyHashlib:
 
 def test_digests_work_with_circuitpythons_hashlib(monkeypatch: pytest.MonkeyPatch) -> None:
     import csr
-    import p256
+    import runtime
 
-    expected = credstore.sha256(b"abc").digest()
-    monkeypatch.setattr(credstore, "hashlib", _NewOnlyHashlib)
-    monkeypatch.setattr(p256, "hashlib", _NewOnlyHashlib)
-    assert credstore.sha256(b"abc").digest() == expected
-    key, csr_pem = csr.generate("cp-board")  # signs with p256.sha256
+    expected = runtime.sha256(b"abc").digest()
+    monkeypatch.setattr(runtime, "hashlib", _NewOnlyHashlib)
+    assert runtime.sha256(b"abc").digest() == expected
+    key, csr_pem = csr.generate("cp-board")  # signs with runtime.sha256 (p256's HMAC too)
     assert csr_pem.startswith("-----BEGIN CERTIFICATE REQUEST-----")
     assert x509.load_pem_x509_csr(csr_pem.encode()).is_signature_valid
 
@@ -160,35 +168,36 @@ def test_a_power_cut_at_any_write_boundary_leaves_the_old_identity_or_the_new_on
         with pytest.raises(_PowerCut):
             commit(Store(folder, pem=True, hook=hook), new.certificate_id, new.cert_pem, new.key_pem("pkcs1"))
         rec = Store(folder, pem=True).load()
-        # the record goes first, so a cut before the new one lands reads "not provisioned"
-        assert rec is None or rec["certificate_id"] == new.certificate_id, cut
-        if cut in ("provisioned.json", "pending-cleared"):
-            assert rec is not None and rec["certificate_id"] == new.certificate_id
+        # the record is the commit point: the old identity until the new record lands
+        assert rec is not None, cut
+        new_landed = cut in ("provisioned.json", "pending-cleared")
+        assert rec["certificate_id"] == (new if new_landed else old).certificate_id, cut
 
 
 def test_a_staged_identity_in_pem_mode_is_pem_and_survives_a_power_cut_at_any_write_boundary_on_fat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # firstboot stages the new identity before RegisterThing and commits it after:
-    # in PEM mode the staged files are the PEM files the board's TLS loads, under the
-    # names the record then names, and every cut reads "not provisioned" (with the
-    # staged identity to resume, once pending.json landed) or the new identity.
+    # The boot flow stages the new identity before RegisterThing and commits it after:
+    # in PEM mode the staged files are PEM, which the board's TLS loads, and every cut
+    # reads "not provisioned" (with the staged identity to resume, once pending.json
+    # landed) or the new identity.
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(os, "rename", _fat_rename(os.rename))
     ident = devicepki.rsa_identity()
     steps: list[str] = []
     probe = Store("probe", pem=True, hook=steps.append)
-    pending = probe.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "token", 1.0)
-    assert pending["files"] == {"cert": "device.crt.pem", "key": "device.key.pem"}
-    cert, key = probe.pending_identity(pending)
+    pending = credwrite.stage(probe, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "token", 1.0)
+    assert pending["files"] == {"cert": credstore.STAGED_CERT, "key": credstore.STAGED_KEY}
+    cert, key = credwrite.pair(probe, pending)
     assert cert.startswith(b"-----BEGIN CERTIFICATE-----\n")
     assert key.startswith(b"-----BEGIN RSA PRIVATE KEY-----\n")
     loaded = serialization.load_pem_private_key(key, None)
     assert loaded.private_numbers() == ident.key.private_numbers()  # type: ignore[union-attr,attr-defined]
-    probe.commit_pending(pending, "thing-1")
-    assert sorted(os.listdir("probe")) == ["device.crt.pem", "device.key.pem", "provisioned.json"]
+    credwrite.commit(probe, pending, "thing-1")
+    assert sorted(os.listdir("probe")) == sorted([*pem_files(ident.certificate_id), "provisioned.json"])
     rec = Store("probe", pem=True).load()
-    assert rec is not None and rec["files"] == pending["files"] and rec["thing_name"] == "thing-1"
+    assert rec is not None and rec["thing_name"] == "thing-1"
+    assert rec["files"] == dict(zip(("cert", "key"), pem_files(ident.certificate_id)))
     staged_at = steps.index("pending.json")
     assert steps[-2:] == ["provisioned.json", "pending-cleared"]
     for i, cut in enumerate(steps):
@@ -200,8 +209,8 @@ def test_a_staged_identity_in_pem_mode_is_pem_and_survives_a_power_cut_at_any_wr
 
         store = Store(folder, pem=True, hook=hook)
         with pytest.raises(_PowerCut):
-            pend = store.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "token", 1.0)
-            store.commit_pending(pend)
+            pend = credwrite.stage(store, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "token", 1.0)
+            credwrite.commit(store, pend)
         after = Store(folder, pem=True)
         rec = after.load()
         if i < steps.index("provisioned.json"):
@@ -209,7 +218,7 @@ def test_a_staged_identity_in_pem_mode_is_pem_and_survives_a_power_cut_at_any_wr
             staged = after.load_pending()
             assert (staged is not None) == (i >= staged_at), cut
             if staged is not None:
-                assert after.pending_identity(staged) == (cert, key), cut
+                assert credwrite.pair(after, staged) == (cert, key), cut
         else:
             assert rec is not None and rec["certificate_id"] == ident.certificate_id, cut
             assert after.load_pending() is None and not Path(folder, "pending.json").exists(), cut

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import credstore
+import credwrite
 import csr
 import der
 import p256
@@ -35,6 +36,16 @@ def flash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def shipped(flash: Path) -> dict[str, bytes]:
     return {n: (flash / "certs" / n).read_bytes() for n in ("claim.der", "claim.key.der", "ca.der")}
+
+
+def identity_files(certificate_id: str) -> tuple[str, str]:
+    """The names a committed identity's certificate and key get (lib/credstore.py)."""
+    stem = credstore.IDENTITY + certificate_id[:16]
+    return stem + ".crt.der", stem + ".key.der"
+
+
+def names_in(flash: Path) -> list[str]:
+    return sorted(p.name for p in (flash / "certs").iterdir())
 
 
 # -- PEM to DER -------------------------------------------------------------------
@@ -77,14 +88,16 @@ def test_pem_bytes_input_is_accepted() -> None:
         (lambda p: "-----BEGIN CERTIFICATE", "unterminated"),
     ],
 )
-def test_malformed_pem_is_refused_with_a_clear_error(mangle, words) -> None:
+def test_malformed_pem_is_refused_with_a_clear_error(flash: Path, mangle, words) -> None:
     pem = ec_identity().cert_pem
-    with pytest.raises(StoreError, match=words):
+    with pytest.raises(ValueError, match="^PEM: .*" + words):
         pem_to_der(mangle(pem), "CERTIFICATE")
+    with pytest.raises(StoreError, match="^PEM: .*" + words):  # committed, it is the store's error
+        commit(Store(), "c" * 64, mangle(pem), ec_identity().key_pem(), "t")
 
 
 def test_pem_of_the_wrong_kind_is_refused_naming_both_kinds() -> None:
-    with pytest.raises(StoreError, match="expected a PRIVATE KEY block, found CERTIFICATE"):
+    with pytest.raises(ValueError, match="expected a PRIVATE KEY block, found CERTIFICATE"):
         pem_to_der(ec_identity().cert_pem, "PRIVATE KEY")
 
 
@@ -92,7 +105,7 @@ def test_pem_whose_der_has_trailing_bytes_is_refused() -> None:
     import base64
 
     body = base64.b64encode(ec_identity().cert_der + b"\x00\x00\x00").decode()
-    with pytest.raises(StoreError, match="not valid DER"):
+    with pytest.raises(ValueError, match="not valid DER"):
         pem_to_der(f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
 
 
@@ -193,16 +206,9 @@ def test_commit_then_load_reports_the_thing_and_certificate(flash: Path) -> None
 def test_committed_files_are_der_and_no_temporary_file_remains(flash: Path) -> None:
     ident = rsa_identity()
     commit(Store(), ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
-    names = sorted(p.name for p in (flash / "certs").iterdir())
-    assert names == [
-        "ca.der",
-        "claim.der",
-        "claim.key.der",
-        "device.crt.der",
-        "device.key.der",
-        "provisioned.json",
-    ]
-    assert (flash / "certs" / "device.crt.der").read_bytes() == ident.cert_der
+    cert, key = identity_files(ident.certificate_id)
+    assert names_in(flash) == sorted(["ca.der", "claim.der", "claim.key.der", cert, key, "provisioned.json"])
+    assert (flash / "certs" / cert).read_bytes() == ident.cert_der
 
 
 def test_summary_and_record_hold_no_key_material(flash: Path) -> None:
@@ -224,25 +230,27 @@ def test_an_empty_store_is_not_provisioned(flash: Path) -> None:
         s.identity()
 
 
-def test_mismatched_certificate_and_key_are_refused_and_nothing_is_written(flash: Path) -> None:
+def test_mismatched_certificate_and_key_are_refused_and_no_identity_is_written(flash: Path) -> None:
     a, b = rsa_identity(), rsa_identity()
-    before = sorted(p.name for p in (flash / "certs").iterdir())
+    before = names_in(flash)
     with pytest.raises(StoreError, match="does not certify this private key"):
         commit(Store(), a.certificate_id, a.cert_pem, b.key_pem("pkcs1"), "t")
-    assert sorted(p.name for p in (flash / "certs").iterdir()) == before
+    staged = [credstore.PENDING, credstore.STAGED_CERT, credstore.STAGED_KEY]
+    assert names_in(flash) == sorted(before + staged)  # only what was staged, as it came
+    assert Store().load() is None
 
 
 def test_unparseable_certificate_is_refused_before_writing(flash: Path) -> None:
     a = rsa_identity()
     with pytest.raises(StoreError, match="cannot compare"):
         commit(Store(), a.certificate_id, b"\x30\x03\x02\x01\x00", a.key_der("pkcs1"), "t")
-    assert not (flash / "certs" / "device.key.der").exists()
+    assert not (flash / "certs" / identity_files(a.certificate_id)[1]).exists()
 
 
 def test_shipped_files_cannot_be_overwritten(flash: Path) -> None:
     for name in ("claim.der", "claim.key.der", "ca.der"):
         with pytest.raises(StoreError, match="refusing to overwrite"):
-            Store().write_atomic(name, b"x")
+            credwrite.write_atomic(Store(), name, b"x")
 
 
 def test_clear_keeps_the_claim_and_forgets_the_identity(flash: Path) -> None:
@@ -250,10 +258,10 @@ def test_clear_keeps_the_claim_and_forgets_the_identity(flash: Path) -> None:
     ident = rsa_identity()
     s = Store()
     commit(s, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
-    s.clear()
+    credwrite.clear(s)
     assert Store().load() is None
     assert shipped(flash) == before
-    assert not (flash / "certs" / "device.key.der").exists()
+    assert names_in(flash) == ["ca.der", "claim.der", "claim.key.der"]
 
 
 def test_commit_over_an_existing_identity_replaces_it(flash: Path) -> None:
@@ -263,16 +271,22 @@ def test_commit_over_an_existing_identity_replaces_it(flash: Path) -> None:
     s = Store()
     assert s.load()["certificate_id"] == b.certificate_id
     assert s.identity() == (b.cert_der, b.key_der("pkcs1"))
+    # the replaced identity's files are gone
+    assert names_in(flash) == sorted(["ca.der", "claim.der", "claim.key.der", "provisioned.json",
+                                      *identity_files(b.certificate_id)])
 
 
 # -- damaged files ----------------------------------------------------------------
 
-FILES = ("device.crt.der", "device.key.der", "provisioned.json")
+FILES = ("cert", "key", "provisioned.json")
 
 
-def _committed(flash: Path) -> None:
+def _committed(flash: Path) -> dict[str, str]:
+    """Commit an identity; the names of its files by role ("cert", "key", "provisioned.json")."""
     ident = rsa_identity()
     commit(Store(), ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "thing-1")
+    cert, key = identity_files(ident.certificate_id)
+    return {"cert": cert, "key": key, "provisioned.json": "provisioned.json"}
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -281,8 +295,7 @@ def _committed(flash: Path) -> None:
     ["missing", "empty", "truncated", "garbage", "one_byte_flipped", "one_byte_appended"],
 )
 def test_damaged_file_means_not_provisioned(flash: Path, name: str, damage: str) -> None:
-    _committed(flash)
-    p = flash / "certs" / name
+    p = flash / "certs" / _committed(flash)[name]
     data = p.read_bytes()
     if damage == "missing":
         p.unlink()
@@ -335,9 +348,9 @@ def test_a_record_that_is_not_an_object_means_not_provisioned(flash: Path) -> No
 
 
 def test_leftover_temporary_files_are_deleted_on_load_and_never_read(flash: Path) -> None:
-    _committed(flash)
+    names = _committed(flash)
     certs = flash / "certs"
-    for n in FILES:
+    for n in names.values():
         (certs / (n + ".tmp")).write_bytes(b"partial")
     s = Store()
     assert s.load() is not None
@@ -348,37 +361,27 @@ class PowerCut(Exception):
     pass
 
 
-def _boundaries(flash: Path) -> list[str]:
-    seen: list[str] = []
-    ident = rsa_identity()
-    s = Store(hook=seen.append)
-    commit(s, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "t")
-    s.clear()
-    return seen
+STAGE_STEPS = ["pending.key.tmp", "pending.key", "pending.crt.tmp", "pending.crt", "pending.json.tmp", "pending.json"]
+
+
+def commit_steps(certificate_id: str) -> list[str]:
+    cert, key = identity_files(certificate_id)
+    return [key + ".tmp", key, cert + ".tmp", cert, "provisioned.json.tmp", "provisioned.json", "pending-cleared"]
 
 
 def test_a_power_cut_at_any_write_boundary_leaves_old_or_new_state(flash: Path) -> None:
     before = shipped(flash)
-    steps = _boundaries(flash)
-    # commit() is stage() then commit_pending(): the first boot's own order
-    assert steps[:9] == [
-        "device.key.der.tmp",
-        "device.key.der",
-        "device.crt.der.tmp",
-        "device.crt.der",
-        "pending.json.tmp",
-        "pending.json",
-        "provisioned.json.tmp",
-        "provisioned.json",
-        "pending-cleared",
-    ]
     old, new = rsa_identity(), rsa_identity()
+    steps: list[str] = []
+    commit(Store(hook=steps.append), new.certificate_id, new.cert_pem, new.key_pem("pkcs1"), "new")
+    # commit() is stage() then commit_pending(): the first boot's own order
+    assert steps == STAGE_STEPS + commit_steps(new.certificate_id)
     for start_provisioned in (False, True):
-        for cut in steps[:9]:
+        for cut in steps:
             if start_provisioned:
                 commit(Store(), old.certificate_id, old.cert_pem, old.key_pem("pkcs1"), "old")
             else:
-                Store().clear()
+                credwrite.clear(Store())
 
             def hook(step: str, cut: str = cut) -> None:
                 if step == cut:
@@ -391,8 +394,11 @@ def test_a_power_cut_at_any_write_boundary_leaves_old_or_new_state(flash: Path) 
             if cut in ("provisioned.json", "pending-cleared"):
                 assert rec is not None and rec["thing_name"] == "new"
                 assert s.identity() == (new.cert_der, new.key_der("pkcs1"))
+            elif start_provisioned:
+                # the record, the commit point, still names the old identity, whole
+                assert rec is not None and rec["thing_name"] == "old"
+                assert s.identity() == (old.cert_der, old.key_der("pkcs1"))
             else:
-                # Replacing an identity first drops the old record: not provisioned.
                 assert rec is None
             assert shipped(flash) == before
             assert not list((flash / "certs").glob("*.tmp"))
@@ -417,11 +423,13 @@ def test_rename_onto_an_existing_file_falls_back_where_the_filesystem_refuses(
 
 
 def test_uid_is_created_once_and_then_stable(flash: Path) -> None:
-    u = Store().uid()
+    assert Store().uid() is None
+    u = credwrite.create_uid(Store())
     assert len(u) == 16 and int(u, 16) >= 0
     assert Store().uid() == u
     (flash / "certs" / "uid").write_text("not hex at all!!")
-    v = Store().uid()
+    assert Store().uid() is None  # not trusted: a new one is made
+    v = credwrite.create_uid(Store())
     assert v != u and Store().uid() == v
 
 
@@ -439,30 +447,36 @@ def test_store_in_an_absolute_nested_folder_is_created_on_first_write(tmp_path: 
 def test_stage_then_commit_pending_makes_the_staged_files_the_identity(flash: Path) -> None:
     ident = rsa_identity()
     s = Store()
-    pending = s.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "TOKEN-xyz", 1234.5)
+    pending = credwrite.stage(s, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "TOKEN-xyz", 1234.5)
     assert Store().load() is None  # staged is not provisioned
     again = Store().load_pending()
     assert again == pending and again["ownership_token"] == "TOKEN-xyz" and again["issued"] == 1234.5
-    s.commit_pending(again, "thing-9", {"Mode": "y"}, "host")
+    credwrite.commit(s, again, "thing-9", {"Mode": "y"}, "host")
     t = Store()
     assert t.load()["thing_name"] == "thing-9" and t.load_pending() is None
     assert t.identity() == (ident.cert_der, ident.key_der("pkcs1"))
     assert not (flash / "certs" / credstore.PENDING).exists()
 
 
-def test_staging_mismatched_certificate_and_key_writes_nothing(flash: Path) -> None:
+def test_a_staged_mismatched_pair_is_refused_when_committed_or_adopted_and_writes_no_identity(flash: Path) -> None:
     a, b = rsa_identity(), rsa_identity()
+    s = Store()
+    pending = credwrite.stage(s, a.certificate_id, a.cert_pem, b.key_pem("pkcs1"), "T", 1.0)
     with pytest.raises(StoreError, match="does not certify"):
-        Store().stage(a.certificate_id, a.cert_pem, b.key_pem("pkcs1"), "T", 1.0)
-    assert sorted(p.name for p in (flash / "certs").iterdir()) == ["ca.der", "claim.der", "claim.key.der"]
+        credwrite.pair(s, pending)
+    with pytest.raises(StoreError, match="does not certify"):
+        credwrite.commit(s, pending, "t")
+    assert names_in(flash) == sorted(
+        ["ca.der", "claim.der", "claim.key.der", credstore.PENDING, credstore.STAGED_CERT, credstore.STAGED_KEY]
+    )
 
 
 def test_drop_pending_forgets_the_staged_identity_and_keeps_the_claim(flash: Path) -> None:
     before = shipped(flash)
     ident = ec_identity("dev")
     s = Store()
-    s.stage(ident.certificate_id, ident.cert_der, ident.key_der(), "T", 1.0)
-    s.drop_pending()
+    credwrite.stage(s, ident.certificate_id, ident.cert_der, ident.key_der(), "T", 1.0)
+    credwrite.drop_pending(s)
     assert Store().load_pending() is None
     assert sorted(p.name for p in (flash / "certs").iterdir()) == ["ca.der", "claim.der", "claim.key.der"]
     assert shipped(flash) == before
@@ -484,7 +498,7 @@ def test_drop_pending_forgets_the_staged_identity_and_keeps_the_claim(flash: Pat
 )
 def test_a_pending_record_with_a_bad_field_is_not_trusted(flash: Path, edit) -> None:
     ident = rsa_identity()
-    rec = Store().stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "T", 1.0)
+    rec = credwrite.stage(Store(), ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "T", 1.0)
     edit(rec)
     (flash / "certs" / credstore.PENDING).write_text(json.dumps(rec))
     assert Store().load_pending() is None
@@ -495,13 +509,10 @@ def test_a_power_cut_at_any_staging_boundary_leaves_nothing_or_the_staged_identi
     seen: list[str] = []
     ident = rsa_identity()
     s = Store(hook=seen.append)
-    s.commit_pending(s.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "T", 1.0), "t")
-    assert seen == [
-        "device.key.der.tmp", "device.key.der", "device.crt.der.tmp", "device.crt.der",
-        "pending.json.tmp", "pending.json", "provisioned.json.tmp", "provisioned.json", "pending-cleared",
-    ]
+    credwrite.commit(s, credwrite.stage(s, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "T", 1.0), "t")
+    assert seen == STAGE_STEPS + commit_steps(ident.certificate_id)
     for cut in seen:
-        Store().clear()
+        credwrite.clear(Store())
 
         def hook(step: str, cut: str = cut) -> None:
             if step == cut:
@@ -509,7 +520,7 @@ def test_a_power_cut_at_any_staging_boundary_leaves_nothing_or_the_staged_identi
 
         with pytest.raises(PowerCut):
             t = Store(hook=hook)
-            t.commit_pending(t.stage(ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "T", 1.0), "t")
+            credwrite.commit(t, credwrite.stage(t, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "T", 1.0), "t")
         after = Store()
         rec, pending = after.load(), after.load_pending()
         order = seen.index(cut)
@@ -538,12 +549,12 @@ def test_a_marked_temporary_claim_is_retired_marker_last_and_the_ca_stays(flash:
     (certs / credstore.TEMPORARY_CLAIM).write_text("id valid until then\n")
     store = Store("certs")
     steps: list[str] = []
-    real_remove = credstore._remove
-    credstore._remove = lambda path: (steps.append(os.path.basename(path)), real_remove(path))  # type: ignore[assignment]
+    real_remove = credstore.remove
+    credstore.remove = lambda path: (steps.append(os.path.basename(path)), real_remove(path))  # type: ignore[assignment]
     try:
         assert store.retire_temporary_claim() is True
     finally:
-        credstore._remove = real_remove  # type: ignore[assignment]
+        credstore.remove = real_remove  # type: ignore[assignment]
     assert steps == ["claim.der", "claim.key.der", credstore.TEMPORARY_CLAIM]
     assert sorted(p.name for p in certs.iterdir()) == ["ca.der"]
     assert store.retire_temporary_claim() is False  # nothing left to do

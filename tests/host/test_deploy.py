@@ -105,7 +105,10 @@ def test_a_claim_file_name_must_be_a_plain_file_name(name: object) -> None:
         deploy.claim_file_names({"claim_cert": name})
 
 
-@pytest.mark.parametrize("name", ["device.crt.der", "device.key.der", "provisioned.json", "uid"])
+@pytest.mark.parametrize(
+    "name", ["device-0123456789abcdef.crt.der", "device-0123456789abcdef.key.der", "provisioned.json", "uid",
+             "pending.json", "pending.key", "pending.crt"]
+)
 def test_a_device_credential_can_never_be_named_as_a_claim_file(name: str) -> None:
     with pytest.raises(DeployError, match="never copies device credentials"):
         deploy.claim_file_names({"claim_key": name})
@@ -114,12 +117,10 @@ def test_a_device_credential_can_never_be_named_as_a_claim_file(name: str) -> No
 def test_device_credential_names_are_the_credential_stores_own() -> None:
     import credstore
 
-    assert deploy.device_credential_names() == {
-        credstore.RECORD,
-        credstore.DEVICE_CERT,
-        credstore.DEVICE_KEY,
-        credstore.UID,
-    }
+    for name in (credstore.RECORD, credstore.PENDING, credstore.STAGED_CERT, credstore.STAGED_KEY, credstore.UID):
+        assert deploy.is_device_credential(name)
+    assert deploy.is_device_credential(credstore.IDENTITY + "0123456789abcdef.key.der")
+    assert not deploy.is_device_credential("claim.der") and not deploy.is_device_credential("ca.der")
 
 
 def test_claim_files_are_found_in_the_cert_folder_or_beside_config(tmp_path: Path) -> None:

@@ -10,16 +10,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import boot_steps
 import credstore
+import credwrite
 import devconfig
+import device
 import firstboot
 import fleetprov
 import mqttlink
-import provision
+import provisioning
 import pytest
 from cryptography import x509
 from devicepki import Identity, ca_der, ec_identity, issue, rsa_identity
-from firstboot import FirstBoot, FirstBootError
+from device import Board, FlowError
+from bootflow import FirstBoot
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -169,6 +173,42 @@ class FakeProvisioner:
         self.closed = True
 
 
+class FakeBoard(Board):
+    """The board's seams wired to the fake cloud; sleeps and jitter recorded."""
+
+    def __init__(
+        self,
+        cloud: FakeCloud,
+        printer: Callable[[str], None] = lambda s: None,
+        sleeps: Callable[[int], None] = lambda ms: None,
+        rand: Callable[[int], int] = lambda n: n,
+        uid: str | None = "a1b2c3",
+    ) -> None:
+        super().__init__(printer)
+        self.cloud = cloud
+        self._sleeps = sleeps
+        self._rand = rand
+        self._uid = uid
+
+    def uid(self) -> str | None:
+        return self._uid
+
+    def connect(self, *args: Any) -> FakeLink:
+        return self.cloud.connect(*args)
+
+    def provisioner(self, client: FakeClient, cfg: dict[str, Any], rx_buffer: bytearray) -> Any:
+        assert isinstance(rx_buffer, bytearray) and len(rx_buffer) == cfg["rx_size"]
+        return self.cloud.provisioner(
+            client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"], cfg["mqtt_timeout_ms"]
+        )
+
+    def sleep_ms(self, ms: int) -> None:
+        self._sleeps(ms)
+
+    def rand(self, n: int) -> int:
+        return self._rand(n)
+
+
 @pytest.fixture
 def claim() -> Identity:
     return ec_identity("claim")
@@ -199,15 +239,8 @@ class Boot:
         self.cfg = devconfig.validate(raw)
         self.lines: list[str] = []
         self.sleeps: list[int] = []
-        self.fb = FirstBoot(
-            self.cfg,
-            printer=self.lines.append,
-            connect=cloud.connect,
-            provisioner=cloud.provisioner,
-            sleep_ms=self.sleeps.append,
-            rand=lambda n: n,  # the longest wait in each jitter window
-            uid="a1b2c3",
-        )
+        # rand: the longest wait in each jitter window
+        self.fb = FirstBoot(self.cfg, FakeBoard(cloud, self.lines.append, self.sleeps.append, lambda n: n))
 
     def steps(self) -> list[str]:
         return [line.split()[3] for line in self.lines if line.startswith("fleetprov ")]
@@ -227,16 +260,7 @@ def test_first_boot_provisions_commits_and_confirms_as_the_new_thing(flash: Path
     before = claim_files(flash)
     boot = Boot(cloud)
     link = boot.fb.start()
-    assert boot.steps() == [
-        "not-provisioned",
-        "connect-claim",
-        "certificate",
-        "register",
-        "commit",
-        "disconnect-claim",
-        "connect-thing",
-        "confirm",
-    ]
+    assert ["config"] + boot.steps() == boot_steps.FIRST_BOOT
     assert list(cloud.things) == ["thing-a1b2c3"]
     claim_link, thing_link = cloud.links
     assert claim_link.closed and claim_link.client_id == "a1b2c3"
@@ -250,8 +274,8 @@ def test_first_boot_provisions_commits_and_confirms_as_the_new_thing(flash: Path
     assert store.load()["thing_name"] == "thing-a1b2c3"
     assert store.summary()["device_configuration"] == {"Fallback": "no"}
     assert claim_files(flash) == before
-    # one Provisioner per operation: the receive buffer is free while the certificate is staged
-    assert cloud.provisioner_args == [("json", 10000, 6144, 5000)] * 2
+    # one Provisioner for the connection: one receive buffer for both answers
+    assert cloud.provisioner_args == [("json", 10000, 6144, 5000)]
 
 
 def test_each_progress_line_carries_elapsed_milliseconds(flash: Path, cloud: FakeCloud) -> None:
@@ -268,7 +292,9 @@ def test_no_key_or_ownership_token_is_ever_printed(flash: Path, cloud: FakeCloud
     boot.fb.start()
     out = boot.output()
     assert TOKEN not in out and "PRIVATE" not in out
-    key = (flash / "certs" / "device.key.der").read_bytes()
+    store = credstore.Store()
+    assert store.load() is not None
+    key = store.identity()[1]
     for i in range(0, len(key) - 8, 8):
         assert key[i : i + 8].hex() not in out
     import base64
@@ -290,7 +316,7 @@ def test_second_boot_skips_provisioning_and_connects_as_the_thing(flash: Path, c
 
 def test_cbor_format_and_sizes_reach_the_provisioner(flash: Path, cloud: FakeCloud) -> None:
     Boot(cloud, format="cbor", rx_size=8192, response_timeout_ms=700, mqtt_timeout_ms=300).fb.start()
-    assert cloud.provisioner_args == [("cbor", 700, 8192, 300)] * 2
+    assert cloud.provisioner_args == [("cbor", 700, 8192, 300)]
 
 
 def test_config_client_id_is_used_and_uid_still_fills_parameters(flash: Path, cloud: FakeCloud) -> None:
@@ -303,11 +329,10 @@ def test_config_client_id_is_used_and_uid_still_fills_parameters(flash: Path, cl
 def test_without_a_hardware_id_a_stored_random_uid_is_used_and_kept(
     flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(firstboot, "hardware_uid", lambda: None)
     cfg = devconfig.validate(
         {"endpoint": "h", "template": "FleetprovDemo", "parameters": {"SerialNumber": "{uid}"}}
     )
-    fb = FirstBoot(cfg, printer=lambda s: None, connect=cloud.connect, provisioner=cloud.provisioner)
+    fb = FirstBoot(cfg, FakeBoard(cloud, uid=None))
     fb.start()
     uid = (flash / "certs" / "uid").read_text()
     assert list(cloud.things) == ["thing-" + uid] and len(uid) == 16
@@ -348,7 +373,7 @@ def test_timeouts_and_mqtt_errors_are_retried(flash: Path, cloud: FakeCloud, s: 
 def test_a_forbidden_request_fails_at_once_with_the_servers_message(flash: Path, cloud: FakeCloud) -> None:
     cloud.fail["register"] = [refused(403, "AccessDenied", "Pre-provisioning hook refused device a1b2c3")]
     boot = Boot(cloud)
-    with pytest.raises(FirstBootError) as info:
+    with pytest.raises(FlowError) as info:
         boot.fb.start()
     assert not info.value.retryable
     assert "403" in str(info.value) and "AccessDenied" in str(info.value)
@@ -361,7 +386,7 @@ def test_a_forbidden_request_fails_at_once_with_the_servers_message(flash: Path,
 def test_other_client_errors_fail_at_once(flash: Path, cloud: FakeCloud, code: int) -> None:
     cloud.fail["keys"] = [refused(code, "NotFound", "template FleetprovDemo not found")]
     boot = Boot(cloud)
-    with pytest.raises(FirstBootError, match="template FleetprovDemo not found"):
+    with pytest.raises(FlowError, match="template FleetprovDemo not found"):
         boot.fb.start()
     assert boot.sleeps == []
 
@@ -370,7 +395,7 @@ def test_other_client_errors_fail_at_once(flash: Path, cloud: FakeCloud, code: i
 def test_local_failures_are_not_retried(flash: Path, cloud: FakeCloud, s: int) -> None:
     cloud.fail["keys"] = [status(s)]
     boot = Boot(cloud)
-    with pytest.raises(FirstBootError, match=fleetprov.strerror(s)):
+    with pytest.raises(FlowError, match=fleetprov.strerror(s)):
         boot.fb.start()
     assert boot.sleeps == []
 
@@ -383,7 +408,7 @@ def test_a_provisioner_that_cannot_get_its_buffer_stops_with_fleetprovs_own_line
 
     monkeypatch.setattr(cloud, "provisioner", no_buffer)
     boot = Boot(cloud)
-    with pytest.raises(FirstBootError) as info:
+    with pytest.raises(FlowError) as info:
         boot.fb.start()
     assert str(info.value) == "provisioning failed: Provisioner: no memory for rx_size=6144"
     assert not info.value.retryable and boot.sleeps == []
@@ -392,7 +417,7 @@ def test_a_provisioner_that_cannot_get_its_buffer_stops_with_fleetprovs_own_line
 def test_attempts_are_bounded_and_the_last_error_is_reported(flash: Path, cloud: FakeCloud) -> None:
     cloud.fail["keys"] = [refused(429, "ThrottlingException", "slow down")] * 10
     boot = Boot(cloud, retry_attempts=4, retry_base_ms=1000, retry_max_ms=3000)
-    with pytest.raises(FirstBootError) as info:
+    with pytest.raises(FlowError) as info:
         boot.fb.start()
     assert info.value.retryable
     assert "after 4 attempts" in str(info.value) and "429" in str(info.value)
@@ -415,7 +440,7 @@ def test_a_claim_refused_at_connack_fails_at_once(flash: Path, cloud: FakeCloud)
         mqttlink.ConnectError("refused: CONNACK 5 (not authorised)", refused=True, code=5)
     ]
     boot = Boot(cloud)
-    with pytest.raises(FirstBootError, match="CONNACK 5.*claim certificate is active"):
+    with pytest.raises(FlowError, match="CONNACK 5.*claim certificate is active"):
         boot.fb.start()
     assert boot.sleeps == []
 
@@ -431,12 +456,12 @@ def test_backoff_doubles_is_capped_and_jitters_within_half_to_full_delay(
 ) -> None:
     delay = min(cap, base * 2 ** (attempt - 1))
     rand: Callable[[int], int] = {"low": lambda n: 0, "high": lambda n: n, "mid": lambda n: n // 2}[pick]
-    wait = firstboot.backoff_ms(attempt, base, cap, rand)
+    wait = device.backoff_ms(attempt, base, cap, rand)
     assert delay - delay // 2 <= wait <= delay
 
 
 def test_default_jitter_draws_spread_over_the_window() -> None:
-    waits = {firstboot.backoff_ms(3, 1000, 30000) for _ in range(200)}
+    waits = {device.backoff_ms(3, 1000, 30000, Board().rand) for _ in range(200)}
     assert min(waits) >= 2000 and max(waits) <= 4000 and len(waits) > 50
 
 
@@ -448,10 +473,11 @@ def test_a_certificate_that_does_not_match_its_key_is_refused_and_nothing_commit
 ) -> None:
     cloud.wrong_key = True
     boot = Boot(cloud)
-    with pytest.raises(FirstBootError, match="does not certify this private key"):
+    with pytest.raises(FlowError, match="does not certify this private key"):
         boot.fb.start()
     assert credstore.Store().load() is None
-    assert not (flash / "certs" / "device.key.der").exists()
+    assert not list((flash / "certs").glob(credstore.IDENTITY + "*"))
+    assert credstore.Store().load_pending() is None  # a pair of no use to anyone: dropped
 
 
 def test_a_revoked_certificate_sends_the_device_back_to_the_claim(flash: Path, cloud: FakeCloud) -> None:
@@ -488,7 +514,7 @@ def test_a_transient_failure_connecting_as_the_thing_keeps_the_identity(
     Boot(cloud).fb.start()
     boot = Boot(cloud, retry_attempts=2)
     cloud.fail["connect"] = [mqttlink.ConnectError("OSError 113")] * 2
-    with pytest.raises(FirstBootError) as info:
+    with pytest.raises(FlowError) as info:
         boot.fb.start()
     assert info.value.retryable and not info.value.refused
     assert credstore.Store().load() is not None
@@ -531,12 +557,12 @@ def made_provisioners(cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch) -> list
 
 
 @pytest.mark.parametrize("method", ["keys", "csr"])
-def test_each_operation_uses_a_provisioner_of_its_own_closed_after_it(
+def test_one_provisioner_serves_both_operations_of_a_connection_and_is_closed_after_them(
     flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
     made = made_provisioners(cloud, monkeypatch)
     Boot(cloud, method=method).fb.start()
-    assert len(made) == 2 and all(p.closed for p in made)  # the buffer is free while the answer is staged
+    assert len(made) == 1 and made[0].closed  # one receive buffer for the certificate and RegisterThing
 
 
 @pytest.mark.parametrize("where", ["register", "stage"])
@@ -547,19 +573,19 @@ def test_a_provisioner_is_closed_when_its_attempt_fails(
     if where == "register":
         cloud.fail["register"] = [refused(503, "ServiceUnavailable")]
     else:
-        real = credstore.Store.stage
+        real = credwrite.stage
         calls: list[int] = []
 
-        def stage(self: credstore.Store, *args: Any) -> Any:
+        def stage(*args: Any) -> Any:
             calls.append(1)
             if len(calls) == 1:
                 raise OSError(28, "No space left on device")
-            return real(self, *args)
+            return real(*args)
 
-        monkeypatch.setattr(credstore.Store, "stage", stage)
+        monkeypatch.setattr(credwrite, "stage", stage)
     Boot(cloud, method="csr").fb.start()
-    # the failed attempt's (create, then register or none) and the next one's (register, or both)
-    assert len(made) == 3 and all(p.closed for p in made)
+    # one per attempt: the failed one's and the next one's
+    assert len(made) == 2 and all(p.closed for p in made)
 
 
 def test_csr_method_uses_a_csr_shipped_on_flash(flash: Path, cloud: FakeCloud) -> None:
@@ -600,7 +626,7 @@ def test_a_shipped_csr_without_its_key_is_reported(flash: Path, cloud: FakeCloud
     import csr
 
     (flash / "certs" / "csr.pem").write_text(csr.generate("shipped")[1])
-    with pytest.raises(FirstBootError, match="csr.pem is on flash but its key is not"):
+    with pytest.raises(FlowError, match="csr.pem is on flash but its key is not"):
         Boot(cloud, method="csr").fb.start()
 
 
@@ -613,7 +639,7 @@ def test_a_failing_random_source_during_keygen_is_reported(
         raise OSError("random source gave no valid P-256 scalar in 16 draws: check os.urandom")
 
     monkeypatch.setattr(csr, "generate", broken)
-    with pytest.raises(FirstBootError, match="cannot make a key and CSR on the device: random source"):
+    with pytest.raises(FlowError, match="cannot make a key and CSR on the device: random source"):
         Boot(cloud, method="csr").fb.start()
     assert cloud.calls == []
 
@@ -652,7 +678,7 @@ def test_a_registration_whose_answer_was_lost_adopts_the_active_certificate(flas
     assert cloud.calls.count("keys") == 1 and len(cloud.active) == 1  # one certificate, ACTIVE
     rec = credstore.Store().load()
     assert rec["thing_name"] is None
-    assert (flash / "certs" / credstore.DEVICE_CERT).read_bytes() in cloud.active
+    assert (flash / "certs" / rec["files"]["cert"]).read_bytes() in cloud.active
 
 
 def test_a_staged_certificate_that_is_not_active_and_whose_token_is_spent_is_dropped(
@@ -672,8 +698,8 @@ def test_a_staged_certificate_past_its_token_lifetime_is_not_registered_again(
     flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pending = staged_boot(flash, cloud)
-    now = pending["issued"] + provision.TOKEN_TTL_S + 1
-    monkeypatch.setattr(provision.time, "time", lambda: now)
+    now = pending["issued"] + provisioning.TOKEN_TTL_S + 1
+    monkeypatch.setattr(provisioning.time, "time", lambda: now)
     boot = Boot(cloud)
     boot.fb.start()
     assert "dropped" in boot.steps() and cloud.calls.count("register") == 2  # the cut one, the new one
@@ -684,8 +710,8 @@ def test_an_expired_staged_csr_identity_is_dropped_and_a_new_csr_made(
     flash: Path, cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pending = staged_boot(flash, cloud, method="csr")
-    now = pending["issued"] + provision.TOKEN_TTL_S + 1
-    monkeypatch.setattr(provision.time, "time", lambda: now)
+    now = pending["issued"] + provisioning.TOKEN_TTL_S + 1
+    monkeypatch.setattr(provisioning.time, "time", lambda: now)
     boot = Boot(cloud, method="csr")
     boot.fb.start()
     steps = boot.steps()
@@ -704,9 +730,9 @@ def test_a_damaged_pending_record_is_not_trusted_and_provisioning_starts_over(
         data = (certs / credstore.PENDING).read_bytes()
         (certs / credstore.PENDING).write_bytes(data[: len(data) // 2])
     elif damage == "wrong-digest":
-        (certs / credstore.DEVICE_CERT).write_bytes(b"\x30\x00")
+        (certs / credstore.STAGED_CERT).write_bytes(b"\x30\x00")
     else:
-        (certs / credstore.DEVICE_KEY).unlink()
+        (certs / credstore.STAGED_KEY).unlink()
     boot = Boot(cloud)
     boot.fb.start()
     assert "resume" not in boot.steps() and cloud.calls.count("keys") == 2
@@ -723,7 +749,7 @@ def handshake_closed() -> mqttlink.ConnectError:
 def test_a_closed_tls_handshake_on_the_claim_is_retried_once_then_fatal(flash: Path, cloud: FakeCloud) -> None:
     cloud.fail["connect"] = [handshake_closed(), handshake_closed(), handshake_closed()]
     boot = Boot(cloud, retry_attempts=5)
-    with pytest.raises(FirstBootError) as info:
+    with pytest.raises(FlowError) as info:
         boot.fb.start()
     assert not info.value.retryable and "closed the TLS handshake" in str(info.value)
     assert boot.steps().count("retry") == 1 and cloud.calls.count("connect") == 2
@@ -741,7 +767,7 @@ def test_a_closed_tls_handshake_as_the_thing_is_retried_once_and_keeps_the_ident
     Boot(cloud).fb.start()
     cloud.fail["connect"] = [handshake_closed(), handshake_closed()]
     boot = Boot(cloud, retry_attempts=5)
-    with pytest.raises(FirstBootError) as info:
+    with pytest.raises(FlowError) as info:
         boot.fb.start()
     assert not info.value.retryable and not info.value.refused
     assert boot.steps().count("retry") == 1
@@ -790,15 +816,13 @@ def test_a_confirming_publish_that_times_out_names_etimedout_as_esp32_numbers_it
         raise OSError(esp32errno.ETIMEDOUT)
 
     monkeypatch.setattr(FakeClient, "publish", no_puback)
-    with pytest.raises(FirstBootError) as info:
+    with pytest.raises(FlowError) as info:
         Boot(cloud).fb.start()
     assert info.value.retryable and "OSError ETIMEDOUT (116)" in str(info.value)
 
 
-def test_substitution_fills_uid_and_client_id_and_leaves_other_braces() -> None:
-    import provision
-
-    out = provision.substitute(
-        {"SerialNumber": "{uid}", "Name": "dev-{client_id}", "Raw": "{x} {{uid}}"}, "a1b2", "cid"
-    )
+def test_substitution_fills_uid_and_client_id_and_leaves_other_braces(flash: Path, cloud: FakeCloud) -> None:
+    cfg = devconfig.validate({"endpoint": "h", "template": "FleetprovDemo", "client_id": "cid"})
+    dev = device.Device(cfg, FakeBoard(cloud, uid="a1b2"))
+    out = {k: dev.substitute(v) for k, v in {"SerialNumber": "{uid}", "Name": "dev-{client_id}", "Raw": "{x} {{uid}}"}.items()}
     assert out == {"SerialNumber": "a1b2", "Name": "dev-cid", "Raw": "{x} {a1b2}"}

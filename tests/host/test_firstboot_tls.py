@@ -17,9 +17,11 @@ from typing import Any
 
 import credstore
 import devconfig
+import bootflow
 import firstboot
 import mqttlink
 import pytest
+from device import Board, FlowError
 
 from tools import umqtt_host
 
@@ -33,9 +35,24 @@ def device(tmp_path: Path, iotsim: Any, monkeypatch: pytest.MonkeyPatch) -> dict
     return devconfig.validate(cfg)
 
 
+class HostBoard(Board):
+    """CPython as the board: the real umqtt.simple over the host's TLS."""
+
+    def __init__(self, uid: str, lines: list[str]) -> None:
+        super().__init__(lines.append)
+        self._uid = uid
+
+    def uid(self) -> str:
+        return self._uid
+
+    def connect(self, client_id, host, port, cert, key, ca, server_hostname, timeout_ms):  # type: ignore[no-untyped-def]
+        return mqttlink.connect(
+            client_id, host, port, cert, key, ca, server_hostname, timeout_ms, mqtt=umqtt_host.umqtt_simple
+        )
+
+
 def first_boot(cfg: dict[str, Any], uid: str, lines: list[str]) -> mqttlink.Link:
-    fb = firstboot.FirstBoot(cfg, printer=lines.append, mqtt=umqtt_host.umqtt_simple, uid=uid)
-    return fb.start()
+    return bootflow.FirstBoot(cfg, HostBoard(uid, lines)).start()
 
 
 def test_cpython_device_provisions_and_reconnects_as_its_thing(iotsim: Any, device: dict[str, Any]) -> None:
@@ -128,7 +145,7 @@ def test_a_publish_whose_puback_never_comes_times_out() -> None:
 def test_a_claim_refused_by_the_broker_is_reported_as_refused(iotsim: Any, device: dict[str, Any]) -> None:
     iotsim.registry.revoke(iotsim.claim_id)
     try:
-        with pytest.raises(firstboot.FirstBootError) as info:
+        with pytest.raises(FlowError) as info:
             first_boot(device, "host-c", [])
         assert not info.value.retryable
         assert "CONNACK" in str(info.value) and "claim certificate is active" in str(info.value)

@@ -14,6 +14,7 @@ import sys
 
 import fleetprov
 import mqttlink
+import runtime
 import timedsock
 from umqtt.simple import MQTTClient
 
@@ -44,13 +45,13 @@ p = fleetprov.Provisioner(c, timeout_ms=timeout_ms, mqtt_timeout_ms=mqtt_ms)
 gc.collect()
 if "heap" in sys.argv[4:]:
     gc.disable()
-t0 = timedsock.ticks_ms()
+t0 = runtime.ticks_ms()
 status, message = 0, ""
 try:
     p.create_keys_and_certificate()
 except fleetprov.ProvisioningError as exc:
     status, message = exc.status, str(exc)
-elapsed = timedsock.ticks_diff(timedsock.ticks_ms(), t0)
+elapsed = runtime.ticks_diff(runtime.ticks_ms(), t0)
 gc.enable()
 n = min(count[0], _MAX)
 deltas = [marks[i + 1] - marks[i] for i in range(1, n - 1)]

@@ -1,0 +1,23 @@
+"""The progress steps of a first boot, in order: what every tier expects
+(CPython with a fake cloud, the unix port against iotsim, the CircuitPython
+board). Device-compatible: plain lists."""
+
+# A factory-fresh device with method "keys": claim connection, certificate,
+# RegisterThing, the claim connection closed, the identity committed, then
+# the application as the new thing ("hello" is main.py's).
+FIRST_BOOT = [
+    "config",
+    "not-provisioned",
+    "connect-claim",
+    "certificate",
+    "register",
+    "disconnect-claim",
+    "commit",
+    "connect-thing",
+    "confirm",
+]
+APPLICATION = ["hello", "done"]
+# Method "csr": the key and CSR are made before the claim connection.
+CSR_FIRST_BOOT = FIRST_BOOT[:2] + ["keygen"] + FIRST_BOOT[2:]
+# Already provisioned: straight to the thing.
+PROVISIONED_BOOT = ["config", "provisioned", "connect-thing"]
