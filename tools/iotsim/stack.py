@@ -2,24 +2,28 @@
 
 ``IotSim(state, port).start()`` prepares the state folder (CA, server, service
 and claim identities, the registry with the claim and service certificates,
-the demo template, a device ``config.json`` and ``certs/``) and runs mosquitto
-with the plugin plus the provisioning service. The CLI (``python -m
-tools.iotsim up``), the pytest fixture and the fleet benchmark all use it.
+the demo template, a device ``config.json`` and ``certs/``, the control
+plane's AWS credentials) and runs mosquitto with the plugin, the provisioning
+service and the control plane. The CLI (``python -m tools.iotsim up``), the
+pytest fixture and the fleet benchmark all use it.
+
+The state folder holds private keys: it is mode 0700 and every key file (and
+the credentials file) 0600, also in a folder an older iotsim made.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import pki
+from . import localaws, pki
 from .broker import ACCOUNT, DEFAULT_PLUGIN, REGION, Broker
-from .controlplane import ControlPlane
+from .controlplane import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S, ControlPlane
 from .policy import claim_policy_document
 from .registry import CLAIM, CLAIM_POLICY, DEFAULT_TOKEN_TTL, SERVICE, THING_GROUP, Registry
 from .service import ProvisioningService
@@ -53,6 +57,27 @@ def device_config(
         "method": "keys",
         "cert_dir": DEVICE_CERT_DIR,
     }
+
+
+def install_device_certs(state: Path, claim: pki.ClientIdentity) -> Path:
+    """``<state>/certs/``: the CA and the claim as DER, what a device's flash holds (key 0600)."""
+    certs = state / DEVICE_CERT_DIR
+    certs.mkdir(mode=0o700, exist_ok=True)
+    for src, name in (
+        (state / "ca.der", "ca.der"),
+        (claim.cert_der_path, "claim.der"),
+        (claim.key_der_path, "claim.key.der"),
+    ):
+        pki.write_atomic(certs / name, src.read_bytes(), private=name.endswith("key.der"))
+    return certs
+
+
+def _private_state(state: Path) -> None:
+    """The folder 0700 and its key files 0600, whatever mode an older iotsim left them in."""
+    os.chmod(state, 0o700)
+    for path in (*state.glob("*.key*"), *state.glob("*/*.key*"), localaws.credentials_path(state)):
+        if path.is_file():
+            os.chmod(path, 0o600)
 
 
 def ensure_claim_policy(registry: Registry, claim_id: str) -> None:
@@ -89,12 +114,22 @@ class IotSim:
         account: str = ACCOUNT,
         api_port: int = 0,
         lambdas: dict[str, Callable[..., Any] | str] | None = None,
+        api_timeout: float = REQUEST_TIMEOUT_S,
+        api_connections: int = MAX_CONNECTIONS,
+        api_max_body: int = MAX_BODY,
     ) -> None:
         self.state = Path(state).resolve()
-        # The AWS IoT control plane over HTTP (0: a free port); lambdas: function name -> hook.
+        # The AWS IoT control plane over HTTP (0: a free port); lambdas: function name -> hook;
+        # its bounds (iotsim's choices, docs/iotsim.md).
         self.api_port = int(api_port)
         self.lambdas = dict(lambdas or {})
+        self.api_limits = {
+            "request_timeout": api_timeout,
+            "max_connections": api_connections,
+            "max_body": api_max_body,
+        }
         self.controlplane: ControlPlane | None = None
+        self.credentials: localaws.Credentials | None = None
         self.port = int(port)
         self.host = host
         self.tps = tps
@@ -137,7 +172,9 @@ class IotSim:
 
         Idempotent; returns the files a user cares about.
         """
-        self.state.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_state(self.state)
+        self.credentials = localaws.ensure_credentials(self.state)
         self.ca = pki.CertificateAuthority.load_or_create(self.state)
         self.service_identity = pki.ensure_client_identity(self.state, self.ca, "service", "iotsim-service",
                                                            key_type="ec")  # host side only
@@ -161,14 +198,7 @@ class IotSim:
             self.registry.create_resource(THING_GROUP, group)
         if DEMO_TEMPLATE_NAME not in self.templates.names():
             self.templates.put(DEMO_TEMPLATE_NAME, demo_template_text())
-        certs = self.state / DEVICE_CERT_DIR
-        certs.mkdir(exist_ok=True)
-        for src, name in (
-            (self.ca_der, "ca.der"),
-            (self.claim.cert_der_path, "claim.der"),
-            (self.claim.key_der_path, "claim.key.der"),
-        ):
-            shutil.copyfile(src, certs / name)
+        certs = install_device_certs(self.state, self.claim)
         pki.write_atomic(self.config_path, (json.dumps(device_config(self.port), indent=2) + "\n").encode())
         return [
             self.ca_path,
@@ -185,7 +215,7 @@ class IotSim:
     def start(self, timeout: float = 20.0) -> IotSim:
         """Prepare, start mosquitto and the service; returns when provisioning works."""
         self.prepare()
-        assert self.ca and self.service_identity and self.registry
+        assert self.ca and self.service_identity and self.registry and self.credentials
         self.broker = Broker(
             self.state, self.port, self.plugin, host=self.host, region=self.region, account=self.account
         )
@@ -219,8 +249,11 @@ class IotSim:
                 region=self.region,
                 account=self.account,
                 lambdas=self.lambdas,
+                credentials=self.credentials,
+                **self.api_limits,  # type: ignore[arg-type]
             ).start()
             self.api_port = self.controlplane.port
+            localaws.write_config(self.state, self.region, self.api_url)
             self.service.template_settings = self.controlplane.template_settings
         except BaseException:
             self.stop()
