@@ -246,10 +246,7 @@ class ApiModel:
         shape = self.operation(action).input_shape
         if shape is None:
             return action, {}
-        doc = self._from_form(shape, "", flat, 0)
-        params = self._check(shape, doc or {}, action)
-        self._required(action, shape, params)
-        return action, params
+        return action, self._check(shape, self._from_form(shape, "", flat, 0), action)
 
     def _from_form(self, shape: botocore.model.Shape, prefix: str, flat: Mapping[str, str], depth: int) -> Any:
         """The query protocol's flattened fields (``Tags.member.1.Key=...``) as a JSON-like value."""
@@ -342,6 +339,7 @@ class ApiModel:
                 if key in by_wire and v is not None:
                     n, m = by_wire[key]
                     out[n] = self._check(m, v, "{}.{}".format(where, n), depth + 1)
+            self._required(where, shape, out)
             return out
         if t == "list":
             return [self._check(shape.member, v, "{}[]".format(where), depth + 1) for v in value]
