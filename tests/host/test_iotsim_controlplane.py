@@ -626,3 +626,186 @@ def test_the_aws_cli_and_boto3_work_against_iotsim_as_docs_aws_setup_shows(iotsi
     # and what the CLI made is what the MQTT side provisions with
     assert provision(iotsim, "Bench", "cli-1")[0] == "accepted"
     iotsim.iot_client().delete_provisioning_template(templateName="Bench")
+
+
+# -- who may call: SigV4 with iotsim's key, this Host, no CORS ------------------------------------
+
+
+def group_request(iotsim: RunningIotSim, name: str) -> tuple[str, bytes]:
+    """CreateThingGroup on the wire: what a refused request must not do."""
+    return "/thing-groups/{}".format(name), b"{}"
+
+
+def test_requests_not_signed_with_iotsims_key_are_refused_with_awss_errors_and_change_nothing(
+    iotsim: RunningIotSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime as dt
+
+    import botocore.auth
+
+    creds = iotsim.sim.credentials
+    assert creds is not None
+
+    def case(name: str) -> tuple[str, bytes, dict[str, str]]:
+        path, body = group_request(iotsim, name)
+        return path, body, signed(iotsim, "POST", path, body)
+
+    path, body, good = case("sig-unsigned")
+    unsigned = {k: v for k, v in good.items() if k not in ("Authorization", "X-Amz-Date")}
+    cases: list[tuple[str, bytes, dict[str, str], int, str]] = [(path, body, unsigned, 403, "MissingAuthenticationTokenException")]
+    path, body, _ = case("sig-secret")
+    cases.append((path, body, signed(iotsim, "POST", path, body, secret="x" * 40), 403, "InvalidSignatureException"))
+    path, body, good = case("sig-key")
+    other_key = dict(good, Authorization=good["Authorization"].replace(creds.access_key, "AKIAIOSFODNN7EXAMPLE"))
+    cases.append((path, body, other_key, 403, "UnrecognizedClientException"))
+    path, body, good = case("sig-garbage")
+    cases.append((path, body, dict(good, Authorization="AWS4-HMAC-SHA256 garbage"), 400, "IncompleteSignatureException"))
+    path, body, _ = case("sig-region")
+    cases.append((path, body, signed(iotsim, "POST", path, body, region="eu-west-3"), 403, "InvalidSignatureException"))
+    path, body, _ = case("sig-service")
+    cases.append((path, body, signed(iotsim, "POST", path, body, service="s3"), 403, "InvalidSignatureException"))
+    path, body, good = case("sig-body")
+    cases.append((path, b"[]", good, 403, "InvalidSignatureException"))  # same length, other bytes
+    path, body, good = case("sig-path")
+    cases.append((group_request(iotsim, "sig-path2")[0], body, good, 403, "InvalidSignatureException"))
+    path, body, _ = case("sig-expired")
+    monkeypatch.setattr(
+        botocore.auth, "get_current_datetime", lambda: dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=6)
+    )
+    cases.append((path, body, signed(iotsim, "POST", path, body), 403, "InvalidSignatureException"))
+    monkeypatch.undo()
+    for path, body, headers, status, code in cases:
+        resp = send(iotsim, "POST", path, body, headers)
+        assert (resp.status, resp.getheader("x-amzn-ErrorType")) == (status, code), path
+    assert [g for g in iotsim.registry.resources("thing-group") if g.startswith("sig-")] == []
+    path, body, good = case("sig-good")
+    assert send(iotsim, "POST", path, body, good).status == 200  # the same request, signed: done
+    assert "sig-good" in iotsim.registry.resources("thing-group")
+
+
+def test_a_signed_request_for_another_host_is_refused(iotsim: RunningIotSim) -> None:
+    """A web page that rebinds its own name to 127.0.0.1 sends its own Host: never served."""
+    port = urllib.parse.urlsplit(iotsim.api_url).port
+    path, body = group_request(iotsim, "rebound")
+    headers = signed(iotsim, "POST", path, body, {"Host": "attacker.example:{}".format(port)})
+    resp = send(iotsim, "POST", path, body, headers)
+    assert (resp.status, resp.getheader("x-amzn-ErrorType")) == (403, "ForbiddenException")
+    assert "rebound" not in iotsim.registry.resources("thing-group")
+    local = signed(iotsim, "GET", "/endpoint", b"", {"Host": "localhost:{}".format(port)})
+    assert send(iotsim, "GET", "/endpoint", b"", local).status == 200  # the endpoint by its other name
+
+
+def test_a_browser_gets_nothing_usable_no_cors_header_and_nothing_done(iotsim: RunningIotSim) -> None:
+    origin = {"Origin": "http://attacker.example"}
+    preflight = send(
+        iotsim,
+        "OPTIONS",
+        "/policies/FromBrowser",
+        b"",
+        {**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+    )
+    form = send(
+        iotsim,
+        "POST",
+        "/policies/FromBrowser",
+        json.dumps({"policyDocument": claim_policy_document()}).encode(),
+        {**origin, "Content-Type": "text/plain"},
+    )
+    ok = send(iotsim, "GET", "/endpoint", b"", signed(iotsim, "GET", "/endpoint", b"", origin))
+    for resp in (preflight, form):
+        assert (resp.status, resp.getheader("x-amzn-ErrorType")) == (403, "MissingAuthenticationTokenException")
+    assert ok.status == 200
+    for resp in (preflight, form, ok):
+        assert not [h for h, _ in resp.getheaders() if h.lower().startswith("access-control-")]
+    assert iotsim.registry.policy("FromBrowser") is None
+
+
+# -- bounded: framing, sizes, nesting, time, connections -------------------------------------------
+
+
+def test_malformed_framing_and_oversized_bodies_are_refused_before_the_body_is_read(iotsim: RunningIotSim) -> None:
+    import socket
+
+    port = urllib.parse.urlsplit(iotsim.api_url).port
+    host = "127.0.0.1:{}".format(port)
+
+    def exchange(head: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head.encode() + b"{")  # one byte of a body, never more
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(4096)
+                assert chunk, data
+                data += chunk
+            return data
+
+    for header, status, code in (
+        ("Content-Length: abc", b"400", b"SerializationException"),
+        ("Content-Length: -5", b"400", b"SerializationException"),
+        ("Content-Length: 300000000", b"413", b"RequestEntityTooLargeException"),
+        ("Transfer-Encoding: chunked", b"411", b"SerializationException"),
+    ):
+        answer = exchange("POST /thing-groups/framing HTTP/1.1\r\nHost: {}\r\n{}\r\n\r\n".format(host, header))
+        assert answer.startswith(b"HTTP/1.1 " + status) and b"x-amzn-ErrorType: " + code in answer, header
+    assert raw(iotsim, "GET", "/endpoint")[0] == 200
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(iotsim: RunningIotSim) -> None:
+    for body in (b"[" * 200_000, b'{"tags": ' + b"[" * 50 + b"]" * 50 + b"}", b'{"a":' * 100_000 + b"1" + b"}" * 100_000):
+        status, code, _ = raw(iotsim, "POST", "/thing-groups/deep", body)
+        assert (status, code) in {(400, "SerializationException"), (400, "InvalidRequestException")}
+    assert "deep" not in iotsim.registry.resources("thing-group")
+
+
+def test_a_request_dripped_byte_by_byte_is_cut_off_at_its_deadline(
+    iotsim_factory: Callable[..., RunningIotSim],
+) -> None:
+    import socket
+    import threading
+
+    sim = iotsim_factory(api_timeout=1.0)
+    port = urllib.parse.urlsplit(sim.api_url).port
+    head = "GET /endpoint HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nX-Padding: {}\r\n\r\n".format(port, "p" * 200)
+    pace = threading.Event()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sent = 0
+        try:
+            for byte in head.encode():  # a byte every 50 ms: the whole head would take 12 s
+                sock.sendall(bytes([byte]))
+                sent += 1
+                pace.wait(0.05)
+        except OSError:
+            pass  # the server closed the connection: what this test wants
+        sock.settimeout(10)
+        try:
+            rest = sock.recv(4096)
+        except OSError:
+            rest = b""
+    assert sent < len(head) and rest == b""  # cut off, without an answer
+    assert raw(sim, "GET", "/endpoint")[0] == 200
+
+
+def test_connections_over_the_cap_get_503_and_the_cap_frees_as_they_close(
+    iotsim_factory: Callable[..., RunningIotSim],
+) -> None:
+    import socket
+
+    sim = iotsim_factory(api_connections=3, api_timeout=30.0)
+    port = urllib.parse.urlsplit(sim.api_url).port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            answer = extra.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503") and b"ServiceUnavailableException" in answer
+    finally:
+        for sock in idle:
+            sock.close()
+    status = 0
+    for _ in range(200):  # the three threads see their connections end; bounded
+        try:
+            status = raw(sim, "GET", "/endpoint")[0]
+        except ConnectionError:
+            continue
+        if status == 200:
+            break
+    assert status == 200
