@@ -7,6 +7,7 @@ import http.client
 import json
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -516,16 +517,28 @@ def signed(
     return dict(request.headers.items())
 
 
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    data: bytes
+
+    def getheader(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
 def send(
     iotsim: RunningIotSim, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
-) -> http.client.HTTPResponse:
+) -> Reply:
+    """One request exactly as given (no signing added)."""
     url = urllib.parse.urlsplit(iotsim.api_url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-    conn.request(method, path, body=body, headers=headers or {})
-    resp = conn.getresponse()
-    resp.read()  # the body stays readable through resp.data below
-    conn.close()
-    return resp
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return Reply(resp.status, resp.getheaders(), resp.read())
+    finally:
+        conn.close()
 
 
 def raw(
@@ -716,7 +729,7 @@ def test_a_browser_gets_nothing_usable_no_cors_header_and_nothing_done(iotsim: R
         assert (resp.status, resp.getheader("x-amzn-ErrorType")) == (403, "MissingAuthenticationTokenException")
     assert ok.status == 200
     for resp in (preflight, form, ok):
-        assert not [h for h, _ in resp.getheaders() if h.lower().startswith("access-control-")]
+        assert not [h for h, _ in resp.headers if h.lower().startswith("access-control-")]
     assert iotsim.registry.policy("FromBrowser") is None
 
 
@@ -809,3 +822,200 @@ def test_connections_over_the_cap_get_503_and_the_cap_frees_as_they_close(
         if status == 200:
             break
     assert status == 200
+
+
+# -- every value a caller sends is checked against botocore's model --------------------------------
+
+
+def principal_files(iotsim: RunningIotSim) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (iotsim.state / "principals").rglob("*") if p.is_file()}
+
+
+def test_every_byte_in_caller_fields_is_taken_or_refused_as_the_model_says_and_grants_nothing(
+    iotsim: RunningIotSim, iot: Any
+) -> None:
+    import re
+    import unicodedata
+
+    before = principal_files(iotsim)
+    group = iot.create_thing_group(thingGroupName="bytes-group")["thingGroupArn"]
+    attribute = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]*")  # botocore iot: AttributeValue
+    name = re.compile(r"[a-zA-Z0-9:_-]+")  # ThingGroupName, ThingTypeName
+    for code in range(256):
+        ch = chr(code)
+        value = "hq" + ch + "status SERVICE"
+        for call, fits in (
+            (
+                lambda: iot.create_thing_group(
+                    thingGroupName="b{}".format(code),
+                    thingGroupProperties={"attributePayload": {"attributes": {"site": value}}},
+                ),
+                attribute.fullmatch(value),
+            ),
+            (lambda: iot.create_thing_type(thingTypeName="t" + ch + "x"), name.fullmatch("t" + ch + "x")),
+            (  # TagKey: \p{L}\p{Z}\p{N} and _.:/=+-@ (Unicode classes)
+                lambda: iot.tag_resource(resourceArn=group, tags=[{"Key": "k" + ch, "Value": "v"}]),
+                unicodedata.category(ch)[0] in "LZN" or ch in "_.:/=+-@",
+            ),
+            (  # ThingGroupDescription: [\p{Graph}\x20]*, Java's ASCII \p{Graph}
+                lambda: iot.create_thing_group(
+                    thingGroupName="d{}".format(code), thingGroupProperties={"thingGroupDescription": "d" + ch}
+                ),
+                0x20 <= code <= 0x7E,
+            ),
+        ):
+            try:
+                call()
+                taken = True
+            except botocore.exceptions.ClientError as exc:
+                assert exc.response["Error"]["Code"] == "InvalidRequestException", (code, exc)
+                taken = False
+            assert taken == bool(fits), code
+    keys = {t["Key"] for t in iot.list_tags_for_resource(resourceArn=group)["tags"]}
+    assert "k\n" not in keys and "k\x00" not in keys and {"ka", "k\xe9", "k "} <= keys
+    longest = "a" * 800  # AttributeValue: at most 800
+    iot.create_thing_group(
+        thingGroupName="bytes-long", thingGroupProperties={"attributePayload": {"attributes": {"a": longest}}}
+    )
+    assert error_of(
+        lambda: iot.create_thing_group(
+            thingGroupName="bytes-longer",
+            thingGroupProperties={"attributePayload": {"attributes": {"a": longest + "a"}}},
+        )
+    )[:2] == ("InvalidRequestException", 400)
+    assert "bytes-longer" not in iotsim.registry.resources("thing-group")
+    assert principal_files(iotsim) == before  # no certificate gained (or lost) a right
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda iot: iot.describe_thing(thingName="x" * 129),  # URI label over its 128
+        lambda iot: iot.describe_thing(thingName="evil/#\n"),
+        lambda iot: iot.create_policy(policyName="a/b", policyDocument=claim_policy_document()),
+        lambda iot: iot.create_provisioning_template(templateName="T" * 37, templateBody=BODY, provisioningRoleArn=ROLE),
+        lambda iot: iot.list_certificates(pageSize=251),  # an integer over the model's max
+        lambda iot: iot.list_things(attributeName="serial", attributeValue="a\nb"),  # a query-string value
+        lambda iot: iot.tag_resource(resourceArn="arn:aws:iot:local:000000000000:thinggroup/fleetprov-demo", tags=[{"Value": "v"}]),
+    ],
+)
+def test_values_outside_the_model_are_invalid_requests_before_anything_runs(
+    iotsim: RunningIotSim, iot: Any, call: Callable[[Any], Any]
+) -> None:
+    before = principal_files(iotsim)
+    assert error_of(lambda: call(iot))[:2] == ("InvalidRequestException", 400)
+    assert principal_files(iotsim) == before
+
+
+# -- every call that names a resource: ResourceNotFoundException when it does not exist ------------
+
+NO_CERT = "0" * 64
+NO_CERT_ARN = "arn:aws:iot:local:000000000000:cert/" + NO_CERT
+MISSING: dict[str, Callable[[Any], Any]] = {
+    "DescribeProvisioningTemplate": lambda iot: iot.describe_provisioning_template(templateName="Nope"),
+    "UpdateProvisioningTemplate": lambda iot: iot.update_provisioning_template(templateName="Nope", enabled=True),
+    "CreateProvisioningTemplateVersion": lambda iot: iot.create_provisioning_template_version(
+        templateName="Nope", templateBody=BODY
+    ),
+    "DeleteProvisioningTemplate": lambda iot: iot.delete_provisioning_template(templateName="Nope"),
+    "CreateProvisioningClaim": lambda iot: iot.create_provisioning_claim(templateName="Nope"),
+    "DescribeCertificate": lambda iot: iot.describe_certificate(certificateId=NO_CERT),
+    "UpdateCertificate": lambda iot: iot.update_certificate(certificateId=NO_CERT, newStatus="INACTIVE"),
+    "DeleteCertificate": lambda iot: iot.delete_certificate(certificateId=NO_CERT),
+    "GetPolicy": lambda iot: iot.get_policy(policyName="Nope"),
+    "DeletePolicy": lambda iot: iot.delete_policy(policyName="Nope"),
+    "AttachPolicy": lambda iot: iot.attach_policy(policyName="iotsim-claim-policy", target=NO_CERT_ARN),
+    "DetachPolicy": lambda iot: iot.detach_policy(policyName="iotsim-claim-policy", target=NO_CERT_ARN),
+    "ListAttachedPolicies": lambda iot: iot.list_attached_policies(target=NO_CERT_ARN),
+    "CreateThingGroup": lambda iot: iot.create_thing_group(thingGroupName="orphan", parentGroupName="nope"),
+    "DescribeThingGroup": lambda iot: iot.describe_thing_group(thingGroupName="nope"),
+    "ListThingGroups": lambda iot: iot.list_thing_groups(parentGroup="nope"),
+    "DescribeThing": lambda iot: iot.describe_thing(thingName="nope"),
+    "ListThings": lambda iot: iot.list_things(thingTypeName="nope"),
+    "ListThingPrincipals": lambda iot: iot.list_thing_principals(thingName="nope"),
+    "AttachThingPrincipal": lambda iot: iot.attach_thing_principal(thingName="nope", principal=NO_CERT_ARN),
+    "DetachThingPrincipal": lambda iot: iot.detach_thing_principal(thingName="nope", principal=NO_CERT_ARN),
+    "ListTagsForResource": lambda iot: iot.list_tags_for_resource(
+        resourceArn="arn:aws:iot:local:000000000000:provisioningtemplate/Nope"
+    ),
+    "TagResource": lambda iot: iot.tag_resource(
+        resourceArn="arn:aws:iot:local:000000000000:thinggroup/nope", tags=[{"Key": "k", "Value": "v"}]
+    ),
+    "UntagResource": lambda iot: iot.untag_resource(
+        resourceArn="arn:aws:iot:local:123456789012:policy/iotsim-claim-policy", tagKeys=["k"]  # another account
+    ),
+}
+# What names no existing resource, and what AWS documents as succeeding for a missing one.
+NAMES_NONE = {
+    "DescribeEndpoint", "CreateProvisioningTemplate", "ListProvisioningTemplates", "CreateKeysAndCertificate",
+    "ListCertificates", "CreatePolicy", "ListPolicies", "CreateThingType",
+}
+MISSING_IS_NO_ERROR = {"DeleteThing", "DeleteThingGroup"}  # AWS's API reference: see controlplane.py
+
+
+def test_every_operation_is_classified_for_missing_resources() -> None:
+    from tools.iotsim.controlplane import ControlPlane
+
+    served = {n[3:] for n in dir(ControlPlane) if n.startswith("op_")}
+    assert served == set(MISSING) | NAMES_NONE | MISSING_IS_NO_ERROR
+
+
+@pytest.mark.parametrize("operation", sorted(MISSING))
+def test_a_call_naming_a_missing_resource_is_resource_not_found(iot: Any, operation: str) -> None:
+    assert error_of(lambda: MISSING[operation](iot))[:2] == ("ResourceNotFoundException", 404)
+
+
+def test_deleting_a_missing_thing_or_thing_group_succeeds_as_aws_documents(iot: Any) -> None:
+    iot.delete_thing(thingName="never-was")
+    iot.delete_thing_group(thingGroupName="never-was")
+
+
+# -- IAM: the role calls tools/awssetup makes, from botocore's iam model --------------------------
+
+
+def test_iam_roles_are_served_with_iams_errors(iotsim: RunningIotSim) -> None:
+    iam = iotsim.iot_client(service="iam", validate=False)
+    trust = json.dumps({"Version": "2012-10-17", "Statement": []})
+    made = iam.create_role(
+        RoleName="CpRole", AssumeRolePolicyDocument=trust, Tags=[{"Key": "fleetprov:awssetup", "Value": "t"}]
+    )["Role"]
+    assert made["Arn"] == "arn:aws:iam::000000000000:role/CpRole" and made["RoleId"].startswith("AROA")
+    assert error_of(lambda: iam.create_role(RoleName="cprole", AssumeRolePolicyDocument=trust))[:2] == (
+        "EntityAlreadyExists",
+        409,
+    )
+    assert error_of(lambda: iam.create_role(RoleName="bad role", AssumeRolePolicyDocument=trust))[:2] == (
+        "ValidationError",
+        400,
+    )
+    assert iam.get_role(RoleName="CpRole")["Role"]["Arn"] == made["Arn"]
+    assert error_of(lambda: iam.get_role(RoleName="NoRole"))[:2] == ("NoSuchEntity", 404)
+    assert iam.list_role_tags(RoleName="CpRole")["Tags"] == [{"Key": "fleetprov:awssetup", "Value": "t"}]
+    managed = "arn:aws:iam::aws:policy/service-role/AWSIoTThingsRegistration"
+    assert iam.get_policy(PolicyArn=managed)["Policy"]["PolicyName"] == "AWSIoTThingsRegistration"
+    assert error_of(
+        lambda: iam.attach_role_policy(RoleName="CpRole", PolicyArn="arn:aws:iam::aws:policy/NoSuchPolicy")
+    )[:2] == ("NoSuchEntity", 404)
+    iam.attach_role_policy(RoleName="CpRole", PolicyArn=managed)
+    attached = iam.list_attached_role_policies(RoleName="CpRole")["AttachedPolicies"]
+    assert attached == [{"PolicyName": "AWSIoTThingsRegistration", "PolicyArn": managed}]
+    assert error_of(lambda: iam.delete_role(RoleName="CpRole"))[:2] == ("DeleteConflict", 409)
+    iam.detach_role_policy(RoleName="CpRole", PolicyArn=managed)
+    assert error_of(lambda: iam.detach_role_policy(RoleName="CpRole", PolicyArn=managed))[:2] == (
+        "NoSuchEntity",
+        404,
+    )
+    iam.delete_role(RoleName="CpRole")
+    assert "CpRole" not in [r["RoleName"] for r in iam.list_roles()["Roles"]]
+
+
+def test_iam_requests_get_iams_xml_errors_when_unsigned_or_malformed(iotsim: RunningIotSim) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    body = b"Action=ListRoles&Version=2010-05-08"
+    unsigned = send(iotsim, "POST", "/", body, form)
+    assert unsigned.status == 403 and b"<Code>MissingAuthenticationToken</Code>" in unsigned.data
+    wrong = send(iotsim, "POST", "/", body, signed(iotsim, "POST", "/", body, form, service="iam", secret="y" * 40))
+    assert wrong.status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in wrong.data
+    for payload, code in ((b"Version=2010-05-08", b"MissingAction"), (b"Action=Nope", b"InvalidAction")):
+        resp = send(iotsim, "POST", "/", payload, signed(iotsim, "POST", "/", payload, form, service="iam"))
+        assert resp.status == 400 and b"<Code>" + code + b"</Code>" in resp.data
