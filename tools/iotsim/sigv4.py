@@ -27,6 +27,7 @@ import secrets
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from email.message import Message
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -126,7 +127,10 @@ def verify(
 
     ``target`` is the request line's path and query as sent; ``regions`` maps each service
     iotsim serves to the regions a credential scope may name for it."""
-    get_all = getattr(headers, "get_all", None)
+    if not isinstance(headers, Message):  # header names are case-insensitive
+        given, headers = headers, HTTPHeaders()
+        for name, value in given.items():
+            headers[name] = value
     header = headers.get("Authorization")
     if not header:
         raise AuthFailure("missing", "Missing Authentication Token")
@@ -169,7 +173,7 @@ def verify(
         raise AuthFailure("mismatch", "The provided 'x-amz-content-sha256' header does not match the body.")
     request = AWSRequest(method=method, url="http://{}{}".format(headers.get("Host"), target), data=body)
     for name in signed:
-        for value in (get_all(name) if get_all else [headers.get(name)]) or ():
+        for value in headers.get_all(name) or ():
             request.headers[name] = value
     request.context["timestamp"] = amz_date
     signer = _Verifier(credentials, service, region, signed)
