@@ -52,9 +52,17 @@ def test_devices_provision_over_mqtt_while_1000_slow_clients_flood_the_control_p
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_iotsim_limit,
     )
     slow: list[socket.socket] = []
+    devices: list[MqttTestClient] = []
     try:
         assert proc.stdout is not None
         assert "iotsim is running" in proc.stdout.readline()
+        # The devices connect first: paho waits with select(), which takes no descriptor over 1023.
+        for i in range(3):
+            devices.append(
+                MqttTestClient(
+                    port, state / "ca.pem", state / "claim.pem", state / "claim.key.pem", "flood-{}".format(i)
+                ).connect()
+            )
         baseline = len(os.listdir("/proc/{}/fd".format(proc.pid)))
         half = "POST /thing-groups/slow HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 100\r\n\r\n{{".format(api)
         for _ in range(SLOW_CLIENTS):
@@ -65,20 +73,17 @@ def test_devices_provision_over_mqtt_while_1000_slow_clients_flood_the_control_p
             except OSError:
                 pass  # already answered 503 and closed: fine
         held = len(os.listdir("/proc/{}/fd".format(proc.pid))) - baseline
-        for i in range(3):
-            with MqttTestClient(
-                port, state / "ca.pem", state / "claim.pem", state / "claim.key.pem", "flood-{}".format(i)
-            ) as device:
-                outcome, keys = device.request("$aws/certificates/create/json", b"{}")
-                assert outcome == "accepted", keys
-                outcome, body = device.request(
-                    "$aws/provisioning-templates/FleetprovDemo/provision/json",
-                    {
-                        "certificateOwnershipToken": keys["certificateOwnershipToken"],
-                        "parameters": {"SerialNumber": "flood-{}".format(i)},
-                    },
-                )
-                assert (outcome, body.get("thingName")) == ("accepted", "fleetprov-flood-{}".format(i)), body
+        for i, device in enumerate(devices):
+            outcome, keys = device.request("$aws/certificates/create/json", b"{}")
+            assert outcome == "accepted", keys
+            outcome, body = device.request(
+                "$aws/provisioning-templates/FleetprovDemo/provision/json",
+                {
+                    "certificateOwnershipToken": keys["certificateOwnershipToken"],
+                    "parameters": {"SerialNumber": "flood-{}".format(i)},
+                },
+            )
+            assert (outcome, body.get("thingName")) == ("accepted", "fleetprov-flood-{}".format(i)), body
         assert held <= MAX_CONNECTIONS + 8  # the cap, not one descriptor per client
         for sock in slow:  # every one ends (503 at once, or closed at its deadline); none is held
             try:
@@ -89,6 +94,8 @@ def test_devices_provision_over_mqtt_while_1000_slow_clients_flood_the_control_p
     finally:
         for sock in slow:
             sock.close()
+        for device in devices:
+            device.close()
         proc.terminate()
         proc.wait(timeout=30)
         if proc.stdout is not None:

@@ -68,11 +68,8 @@ def test_a_template_created_through_the_api_is_disabled_by_default_then_provisio
 ) -> None:
     iot.create_provisioning_template(templateName="ApiMade", templateBody=BODY, provisioningRoleArn=ROLE)
     outcome, body, _ = provision(iotsim, "ApiMade", "api-1")
-    assert (outcome, body["statusCode"], body["errorMessage"]) == (
-        "rejected",
-        400,
-        "The provisioning template ApiMade is disabled",
-    )
+    disabled = "The provisioning template ApiMade is disabled"
+    assert (outcome, body["statusCode"], body["errorMessage"]) == ("rejected", 400, disabled)
     iot.update_provisioning_template(templateName="ApiMade", enabled=True)
     outcome, body, _ = provision(iotsim, "ApiMade", "api-2")
     assert outcome == "accepted" and body["thingName"] == "fleetprov-api-2"
@@ -158,11 +155,8 @@ def test_a_hook_named_by_lambda_arn_runs_the_mapped_local_hook(iotsim: RunningIo
         assert seen[0]["templateArn"].endswith(":provisioningtemplate/Hooked")
         del iotsim.controlplane.lambdas["deny-odd"]  # the function is gone: refused, as AWS does
         outcome, body, _ = provision(iotsim, "Hooked", "hook-4")
-        assert (outcome, body["statusCode"], body["errorMessage"]) == (
-            "rejected",
-            403,
-            "The pre-provisioning hook failed: LambdaUnavailable",
-        )
+        failed = "The pre-provisioning hook failed: LambdaUnavailable"
+        assert (outcome, body["statusCode"], body["errorMessage"]) == ("rejected", 403, failed)
         iot.update_provisioning_template(templateName="Hooked", removePreProvisioningHook=True)
         assert provision(iotsim, "Hooked", "hook-3")[0] == "accepted"
     finally:

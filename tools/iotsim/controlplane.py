@@ -14,8 +14,8 @@ page rebinding a name to 127.0.0.1 is refused) and be signed with SigV4 by the k
 wrote (tools/iotsim/sigv4.py, tools/iotsim/localaws.py); no CORS header is ever sent. Each
 connection must deliver a whole request within ``request_timeout`` seconds, at most
 ``max_connections`` are served at once (more get 503 and are closed), and a body over
-``max_body`` bytes is refused from its Content-Length before it is read. AWS documents none of
-these three numbers; they are iotsim's choices and switches (``up --api-*``).
+``max_body`` bytes is refused from its Content-Length before it is read (:class:`ApiLimits`).
+AWS documents none of these three numbers; they are iotsim's choices and switches (``up --api-*``).
 
 Templates keep their body in ``<state>/templates/<name>.json`` (the MQTT
 service reads it from there) and their control-plane settings (versions,
@@ -49,7 +49,8 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -134,50 +135,45 @@ def _failing_hook(message: str) -> Callable[..., Any]:
     return hook
 
 
-class ControlPlane:
-    """The control-plane HTTP server of one iotsim (``start()``/``stop()``; ``url`` once started)."""
+@dataclass(frozen=True)
+class ApiLimits:
+    """What one connection may cost (iotsim's choices; ``up --api-timeout/--api-connections/--api-max-body``)."""
 
-    def __init__(
-        self,
-        *,
-        state: Path,
-        registry: Registry,
-        templates: TemplateStore,
-        ca: pki.CertificateAuthority,
-        mqtt_host: str,
-        mqtt_port: int,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        region: str = "local",
-        account: str = "000000000000",
-        lambdas: Mapping[str, Callable[..., Any] | str] | None = None,
-        sweep_interval: float = SWEEP_INTERVAL,
-        credentials: Credentials,
-        request_timeout: float = REQUEST_TIMEOUT_S,
-        max_connections: int = MAX_CONNECTIONS,
-        max_body: int = MAX_BODY,
-    ) -> None:
-        self.state = Path(state)
-        self.registry = registry
-        self.templates = templates
-        self.ca = ca
-        self.mqtt_host = mqtt_host
-        self.mqtt_port = mqtt_port
-        self.host = host
-        self.port = port
-        self.region = region
-        self.account = account
-        self.lambdas: dict[str, Callable[..., Any] | str] = dict(lambdas or {})
-        self.sweep_interval = sweep_interval
+    request_timeout: float = REQUEST_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
+    max_body: int = MAX_BODY
+
+
+@dataclass(eq=False, kw_only=True)
+class ControlPlane:
+    """The control-plane HTTP server of one iotsim (``start()``/``stop()``; ``url`` once started).
+
+    ``lambdas`` maps Lambda function names to local hooks; ``credentials`` is the key requests
+    must be signed with."""
+
+    state: Path
+    registry: Registry
+    templates: TemplateStore
+    ca: pki.CertificateAuthority
+    mqtt_host: str
+    mqtt_port: int
+    credentials: Credentials
+    host: str = "127.0.0.1"
+    port: int = 0
+    region: str = "local"
+    account: str = "000000000000"
+    lambdas: dict[str, Callable[..., Any] | str] = field(default_factory=dict)
+    sweep_interval: float = SWEEP_INTERVAL
+    limits: ApiLimits = field(default_factory=ApiLimits)
+
+    def __post_init__(self) -> None:
+        self.state = Path(self.state)
+        self.lambdas = dict(self.lambdas)
         self.settings_dir = self.state / "controlplane" / "templates"
         self.tags_path = self.state / "controlplane" / "tags.json"
-        self.credentials = credentials
-        self.request_timeout = request_timeout
-        self.max_connections = max_connections
-        self.max_body = max_body
         self.models = {"iot": ApiModel("iot"), "iam": ApiModel("iam")}
         self.model = self.models["iot"]
-        self.iam = Iam(self.state, account, registry.clock)
+        self.iam = Iam(self.state, self.account, self.registry.clock)
         self._lock = threading.RLock()
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
@@ -195,7 +191,7 @@ class ControlPlane:
         class Handler(_Handler):
             control = plane
 
-        self._server = _Server((self.host, self.port), Handler, self.max_connections)
+        self._server = _Server((self.host, self.port), Handler, self.limits.max_connections)
         self.port = self._server.server_address[1]
         self._stopping.clear()
         self._threads = [
@@ -1106,7 +1102,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         # The wait for a request counts too: an idle keep-alive connection ends with it.
-        self.deadline = time.monotonic() + self.control.request_timeout
+        self.deadline = time.monotonic() + self.control.limits.request_timeout
         super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
@@ -1120,10 +1116,10 @@ class _Handler(BaseHTTPRequestHandler):
         if len(set(lengths)) != 1 or not lengths[0].strip().isdigit():
             raise ApiError("SerializationException", "Content-Length {!r} is not a byte count".format(lengths[0][:40]), 400)
         length = int(lengths[0])
-        if length > self.control.max_body:
+        if length > self.control.limits.max_body:
             raise ApiError(
                 "RequestEntityTooLargeException",
-                "the body has {} bytes; iotsim takes at most {}".format(length, self.control.max_body),
+                "the body has {} bytes; iotsim takes at most {}".format(length, self.control.limits.max_body),
                 413,
             )
         body = self.rfile.read(length) if length else b""
@@ -1172,7 +1168,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, data, model, request_id, "InternalFailureException")
 
     def _send(self, status: int, data: bytes, model: ApiModel, request_id: str, error: str | None) -> None:
-        self.connection.settimeout(self.control.request_timeout)  # a client that does not read
+        self.connection.settimeout(self.control.limits.request_timeout)  # a client that does not read
         self.send_response(status)
         self.send_header("Content-Type", model.content_type)
         self.send_header("Content-Length", str(len(data)))

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import localaws, pki
 from .broker import ACCOUNT, DEFAULT_PLUGIN, REGION, Broker
-from .controlplane import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S, ControlPlane
+from .controlplane import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S, ApiLimits, ControlPlane
 from .policy import claim_policy_document
 from .registry import CLAIM, CLAIM_POLICY, DEFAULT_TOKEN_TTL, SERVICE, THING_GROUP, Registry
 from .service import ProvisioningService
@@ -123,11 +123,7 @@ class IotSim:
         # its bounds (iotsim's choices, docs/iotsim.md).
         self.api_port = int(api_port)
         self.lambdas = dict(lambdas or {})
-        self.api_limits = {
-            "request_timeout": api_timeout,
-            "max_connections": api_connections,
-            "max_body": api_max_body,
-        }
+        self.api_limits = ApiLimits(api_timeout, api_connections, api_max_body)
         self.controlplane: ControlPlane | None = None
         self.credentials: localaws.Credentials | None = None
         self.port = int(port)
@@ -250,7 +246,7 @@ class IotSim:
                 account=self.account,
                 lambdas=self.lambdas,
                 credentials=self.credentials,
-                **self.api_limits,  # type: ignore[arg-type]
+                limits=self.api_limits,
             ).start()
             self.api_port = self.controlplane.port
             localaws.write_config(self.state, self.region, self.api_url)
