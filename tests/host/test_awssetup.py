@@ -199,11 +199,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str], status: int, expected_sta
 
 
 def test_the_docs_command_runs_against_iotsim_with_no_aws_variable(
-    iotsim: RunningIotSim,
-    aws_env: None,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    iotsim: RunningIotSim, aws_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     # docs/aws-setup.md, from the repository root where `up` made .iotsim: here a link to the fixture's.
     (tmp_path / ".iotsim").symlink_to(iotsim.state)

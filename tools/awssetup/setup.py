@@ -181,11 +181,12 @@ class Setup:
         except (ClientError, BotoCoreError) as exc:
             raise explain(exc, action) from exc
 
-    def _exists(self, action: str, fn: Callable[..., Any], not_found: tuple[str, ...], **kwargs: Any) -> Any:
+    def _exists(self, action: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """fn's answer, or None when the service says the resource does not exist."""
         try:
             return fn(**kwargs)
         except ClientError as exc:
-            if _code(exc) in not_found:
+            if _code(exc) in ("ResourceNotFoundException", "NoSuchEntity"):
                 return None
             raise explain(exc, action) from exc
         except BotoCoreError as exc:
@@ -265,7 +266,7 @@ class Setup:
 
     def _role(self, verb: str) -> str:
         name = self.o.role_name
-        found = self._exists("iam:GetRole", self.c.iam.get_role, ("NoSuchEntity",), RoleName=name)
+        found = self._exists("iam:GetRole", self.c.iam.get_role, RoleName=name)
         if found is not None:
             arn = str(found["Role"]["Arn"])
             attached = self._call(
@@ -308,12 +309,7 @@ class Setup:
 
     def _thing_group(self, verb: str) -> None:
         name = self.o.thing_group
-        found = self._exists(
-            "iot:DescribeThingGroup",
-            self.c.iot.describe_thing_group,
-            ("ResourceNotFoundException",),
-            thingGroupName=name,
-        )
+        found = self._exists("iot:DescribeThingGroup", self.c.iot.describe_thing_group, thingGroupName=name)
         if found is not None:
             self.report.say("thing group {}: exists, unchanged".format(name))
             return
@@ -328,10 +324,7 @@ class Setup:
     def _template(self, verb: str, body: str, role_arn: str) -> None:
         name = self.o.template_name
         found = self._exists(
-            "iot:DescribeProvisioningTemplate",
-            self.c.iot.describe_provisioning_template,
-            ("ResourceNotFoundException",),
-            templateName=name,
+            "iot:DescribeProvisioningTemplate", self.c.iot.describe_provisioning_template, templateName=name
         )
         if found is not None:
             if json.loads(found["templateBody"]) != json.loads(body) or not found["enabled"]:
@@ -404,10 +397,7 @@ class Setup:
         certs = self.o.folder / "certs"
         if recorded is not None:
             found = self._exists(
-                "iot:DescribeCertificate",
-                self.c.iot.describe_certificate,
-                ("ResourceNotFoundException",),
-                certificateId=recorded["certificateId"],
+                "iot:DescribeCertificate", self.c.iot.describe_certificate, certificateId=recorded["certificateId"]
             )
             if found is not None and (certs / "claim.key.der").is_file():
                 self.report.say("claim certificate {}: exists, unchanged".format(recorded["certificateId"]))
@@ -445,9 +435,7 @@ class Setup:
         # (arn:aws:iot:REGION:ACCOUNT:cert/ID), which AWS IoT (and iotsim) wrote.
         parts = cert["certificateArn"].split(":")
         region, account = parts[3], parts[4]
-        found = self._exists(
-            "iot:GetPolicy", self.c.iot.get_policy, ("ResourceNotFoundException",), policyName=name
-        )
+        found = self._exists("iot:GetPolicy", self.c.iot.get_policy, policyName=name)
         if found is None:
             self.report.say(
                 "claim policy {}: {} (provisioning with template {} only)".format(

@@ -937,14 +937,9 @@ class ControlPlane:
             "billingGroupName": t.billing_group,
         }
 
-    def op_ListThings(
-        self,
-        nextToken: str | None = None,
-        maxResults: int | None = None,
-        attributeName: str | None = None,
-        attributeValue: str | None = None,
-        thingTypeName: str | None = None,
-        usePrefixAttributeValue: bool = False,
+    def op_ListThings(  # the model's members, in its order
+        self, nextToken: str | None = None, maxResults: int | None = None, attributeName: str | None = None,
+        attributeValue: str | None = None, thingTypeName: str | None = None, usePrefixAttributeValue: bool = False,
     ) -> dict[str, Any]:
         if thingTypeName is not None and self.registry.resource(THING_TYPE, thingTypeName) is None:
             raise ApiError("ResourceNotFoundException", "Thing type {} does not exist".format(thingTypeName))

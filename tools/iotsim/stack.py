@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,65 +88,54 @@ def ensure_claim_policy(registry: Registry, claim_id: str) -> None:
     registry.attach_policy(CLAIM_POLICY, claim_id)
 
 
+@dataclass(eq=False)
 class IotSim:
     """iotsim on ``host:port`` with its state in ``state``.
 
     ``tps``: throttle each operation (None: off); ``token_ttl``: ownership token
     lifetime in seconds; ``hook``: pre-provisioning hook (callable or
-    "module:function"); ``clock``: the registry's clock (tests).
+    "module:function"); ``clock``: the registry's clock (tests); ``api_port``:
+    the AWS IoT control plane's HTTP port (0: a free one); ``lambdas``: Lambda
+    function name -> hook; ``api_timeout``, ``api_connections``,
+    ``api_max_body``: the control plane's bounds (iotsim's choices, docs/iotsim.md).
     """
 
-    def __init__(
-        self,
-        state: Path,
-        port: int = DEFAULT_PORT,
-        *,
-        host: str = "127.0.0.1",
-        tps: float | None = None,
-        token_ttl: float = DEFAULT_TOKEN_TTL,
-        hook: Callable[..., Any] | str | None = None,
-        clock: Callable[[], float] = time.time,
-        plugin: Path = DEFAULT_PLUGIN,
-        keygen_processes: int | None = None,
-        workers: int = 8,
-        single_use_tokens: bool = True,
-        tokens_bound_to_requester: bool = True,
-        region: str = REGION,
-        account: str = ACCOUNT,
-        api_port: int = 0,
-        lambdas: dict[str, Callable[..., Any] | str] | None = None,
-        api_timeout: float = REQUEST_TIMEOUT_S,
-        api_connections: int = MAX_CONNECTIONS,
-        api_max_body: int = MAX_BODY,
-    ) -> None:
-        self.state = Path(state).resolve()
-        # The AWS IoT control plane over HTTP (0: a free port); lambdas: function name -> hook;
-        # its bounds (iotsim's choices, docs/iotsim.md).
-        self.api_port = int(api_port)
-        self.lambdas = dict(lambdas or {})
-        self.api_limits = ApiLimits(api_timeout, api_connections, api_max_body)
-        self.controlplane: ControlPlane | None = None
+    state: Path
+    port: int = DEFAULT_PORT
+    _: KW_ONLY
+    host: str = "127.0.0.1"
+    tps: float | None = None
+    token_ttl: float = DEFAULT_TOKEN_TTL
+    hook: Callable[..., Any] | str | None = None
+    clock: Callable[[], float] = time.time
+    plugin: Path = DEFAULT_PLUGIN
+    keygen_processes: int | None = None
+    workers: int = 8
+    single_use_tokens: bool = True
+    tokens_bound_to_requester: bool = True
+    region: str = REGION
+    account: str = ACCOUNT
+    api_port: int = 0
+    lambdas: dict[str, Callable[..., Any] | str] = field(default_factory=dict)
+    api_timeout: float = REQUEST_TIMEOUT_S
+    api_connections: int = MAX_CONNECTIONS
+    api_max_body: int = MAX_BODY
+
+    def __post_init__(self) -> None:
+        self.state = Path(self.state).resolve()
+        self.port, self.api_port, self.plugin = int(self.port), int(self.api_port), Path(self.plugin)
+        self.lambdas = dict(self.lambdas or {})
+        self.api_limits = ApiLimits(self.api_timeout, self.api_connections, self.api_max_body)
+        self.templates = TemplateStore(self.state / "templates")
+        # Made by prepare() and start(); None until then and after stop().
         self.credentials: localaws.Credentials | None = None
-        self.port = int(port)
-        self.host = host
-        self.tps = tps
-        self.token_ttl = token_ttl
-        self.hook = hook
-        self.clock = clock
-        self.plugin = Path(plugin)
-        self.keygen_processes = keygen_processes
-        self.workers = workers
-        self.single_use_tokens = single_use_tokens
-        self.tokens_bound_to_requester = tokens_bound_to_requester
-        self.region = region
-        self.account = account
         self.ca: pki.CertificateAuthority | None = None
         self.claim: pki.ClientIdentity | None = None
         self.service_identity: pki.ClientIdentity | None = None
         self.registry: Registry | None = None
-        self.templates = TemplateStore(self.state / "templates")
         self.broker: Broker | None = None
         self.service: ProvisioningService | None = None
+        self.controlplane: ControlPlane | None = None
 
     # -- paths -----------------------------------------------------------------------
 
@@ -217,36 +207,32 @@ class IotSim:
         )
         try:
             self.broker.start()
+            # What the service and the control plane share: one registry, one template folder.
+            shared: dict[str, Any] = dict(
+                registry=self.registry, templates=self.templates, ca=self.ca, region=self.region, account=self.account
+            )
             self.service = ProvisioningService(
                 host=self.host,
                 port=self.port,
-                ca=self.ca,
                 ca_path=self.ca_path,
                 identity=self.service_identity,
-                registry=self.registry,
-                templates=self.templates,
                 hook=self.hook,
                 tps=self.tps,
                 keygen_processes=self.keygen_processes,
                 workers=self.workers,
-                region=self.region,
-                account=self.account,
+                **shared,
             )
             self.service.start(timeout=timeout)
             self.controlplane = ControlPlane(
                 state=self.state,
-                registry=self.registry,
-                templates=self.templates,
-                ca=self.ca,
                 mqtt_host=self.host,
                 mqtt_port=self.port,
                 host=self.host,
                 port=self.api_port,
-                region=self.region,
-                account=self.account,
                 lambdas=self.lambdas,
                 credentials=self.credentials,
                 limits=self.api_limits,
+                **shared,
             ).start()
             self.api_port = self.controlplane.port
             localaws.write_config(self.state, self.region, self.api_url)
@@ -262,15 +248,11 @@ class IotSim:
         return "http://{}:{}".format(self.host, self.api_port)
 
     def stop(self) -> None:
-        if self.controlplane is not None:
-            self.controlplane.stop()
-            self.controlplane = None
-        if self.service is not None:
-            self.service.stop()
-            self.service = None
-        if self.broker is not None:
-            self.broker.stop()
-            self.broker = None
+        for part in ("controlplane", "service", "broker"):  # the reverse of start()
+            running = getattr(self, part)
+            if running is not None:
+                running.stop()
+                setattr(self, part, None)
         if self.registry is not None:
             self.registry.close()
             self.registry = None
