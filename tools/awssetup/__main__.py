@@ -26,7 +26,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..iotsim.localaws import DEFAULT_STATE
 from .setup import DEFAULT_TEMPLATE_FILE, Clients, Options, Setup, SetupError
 
 
@@ -89,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 def clients(args: argparse.Namespace) -> Clients:
     from ..iotsim import localaws  # boto3 and botocore: `--help` works without them
 
-    session = localaws.session(args.endpoint_url, args.region, args.profile, [args.iotsim_state or DEFAULT_STATE])
+    states = [args.iotsim_state or localaws.DEFAULT_STATE]
+    session = localaws.session(args.endpoint_url, args.region, args.profile, states)
     local = localaws.is_local(args.endpoint_url)
     return Clients(
         iot=session.client("iot", endpoint_url=args.endpoint_url),
