@@ -2,7 +2,7 @@
 
     python -m tools.deploy deploy [--port P] [--source | --frozen] [--config DIR] [--dry-run]
     python -m tools.deploy status [--port P] [--json]
-    python -m tools.deploy claim  [--port P] [--config DIR] [--endpoint-url URL] [--dry-run]
+    python -m tools.deploy claim  [--port P] [--config DIR] [--endpoint-url URL] [--iotsim-state DIR] [--dry-run]
                                   (a temporary claim for the board: tools/trustedclaim.py)
 
 `make deploy PORT=/dev/ttyUSB0` and `make status PORT=...` call these;
@@ -809,6 +809,9 @@ def main(argv: list[str] | None = None) -> int:
     p_claim.add_argument("--endpoint-url", help="AWS IoT control-plane URL (iotsim: `python -m tools.iotsim status`)")
     p_claim.add_argument("--region", help="AWS region (default: your AWS configuration)")
     p_claim.add_argument("--profile", help="AWS profile (default: your AWS configuration)")
+    p_claim.add_argument(
+        "--iotsim-state", help="iotsim's state folder for a local --endpoint-url (default: the config folder, .iotsim)"
+    )
     p_claim.add_argument("--dry-run", action="store_true", help="say what would happen, ask AWS for nothing")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -820,9 +823,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "claim":
             from . import trustedclaim
+            from .iotsim.localaws import DEFAULT_STATE
 
-            iot = None if args.dry_run else trustedclaim.iot_client(args.endpoint_url, args.region, args.profile)
-            trustedclaim.install_claim(args.port, config_dir_from(args.config), iot, args.template, args.dry_run)
+            config_dir = config_dir_from(args.config)
+            states = [Path(args.iotsim_state)] if args.iotsim_state else [config_dir, DEFAULT_STATE]
+            iot = None if args.dry_run else trustedclaim.iot_client(args.endpoint_url, args.region, args.profile, states)
+            trustedclaim.install_claim(args.port, config_dir, iot, args.template, args.dry_run)
         else:
             report = status(args.port)
             print(
@@ -839,4 +845,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's own module, not this __main__ copy: tools/trustedclaim.py raises
+    # that module's DeployError, which main() must catch as its own.
+    from . import deploy as _module
+
+    sys.exit(_module.main())

@@ -1,6 +1,7 @@
 """Provisioning by trusted user: put a temporary claim on a connected board.
 
-    python -m tools.deploy claim [--port P] [--config DIR] [--template NAME] [--endpoint-url URL] [--dry-run]
+    python -m tools.deploy claim [--port P] [--config DIR] [--template NAME] [--endpoint-url URL]
+                                 [--iotsim-state DIR] [--dry-run]
 
 At install time a technician runs this with the board on USB: it asks AWS IoT
 for a provisioning claim (CreateProvisioningClaim, boto3, the technician's own
@@ -13,7 +14,10 @@ needs to be in the firmware image.
 
 The key exists on the host only in a private temporary folder (mode 0700)
 while mpremote copies it, and is never printed. `--endpoint-url` points at
-iotsim's control plane (``python -m tools.iotsim status``).
+iotsim's control plane (``python -m tools.iotsim status``): a local URL signs
+with iotsim's own key, in its region, from its state folder (the config
+folder when it is one, else ``.iotsim``, or ``--iotsim-state``), so no AWS
+variable is needed. Every failure is a DeployError with a one-line message.
 """
 
 from __future__ import annotations
@@ -37,10 +41,24 @@ TEMPORARY_CLAIM = "claim.temporary"
 log = logging.getLogger("deploy")
 
 
-def iot_client(endpoint_url: str | None, region: str | None, profile: str | None) -> Any:
-    import boto3  # only this command needs it
+def iot_client(
+    endpoint_url: str | None, region: str | None, profile: str | None, iotsim_states: list[Path]
+) -> Any:
+    """boto3's ``iot`` client: the user's AWS configuration, or iotsim's key for a local endpoint."""
+    from botocore.exceptions import BotoCoreError
 
-    return boto3.Session(profile_name=profile, region_name=region).client("iot", endpoint_url=endpoint_url)
+    from .iotsim import localaws  # boto3: only this command needs it
+
+    try:
+        session = localaws.session(endpoint_url, region, profile, iotsim_states)
+        return session.client("iot", endpoint_url=endpoint_url)
+    except localaws.LocalProfileError as exc:
+        raise deploy.DeployError(str(exc)) from None
+    except BotoCoreError as exc:
+        raise deploy.DeployError(
+            "{} (AWS: `aws configure` sets credentials and region; iotsim: --endpoint-url from "
+            "`python -m tools.iotsim status`)".format(exc)
+        ) from None
 
 
 def request_claim(iot: Any, template: str) -> tuple[str, bytes, bytes, datetime]:
@@ -59,7 +77,7 @@ def request_claim(iot: Any, template: str) -> tuple[str, bytes, bytes, datetime]
     except BotoCoreError as exc:
         raise deploy.DeployError(
             "CreateProvisioningClaim failed: {} (AWS credentials: `aws configure`; iotsim: --endpoint-url "
-            "from `python -m tools.iotsim status`)".format(exc)
+            "from `python -m tools.iotsim status`)".format(" ".join(str(exc).split()))
         ) from None
     cert = x509.load_pem_x509_certificate(answer["certificatePem"].encode("ascii"))
     key = serialization.load_pem_private_key(answer["keyPair"]["PrivateKey"].encode("ascii"), password=None)

@@ -1,10 +1,12 @@
 """Provisioning by trusted user on the virtual board: `python -m tools.deploy claim` asks iotsim's
-control plane for a five-minute claim, puts it on the board, and the board provisions with it."""
+control plane for a five-minute claim, puts it on the board, and the board provisions with it —
+with no AWS variable: a local endpoint signs with iotsim's own key (docs/hardware.md)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -21,11 +23,10 @@ from tools.iotsim.testing import RunningIotSim, iotsim, iotsim_module  # noqa: F
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "technician")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "technician")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    """No AWS variable, no ~/.aws: iotsim's profile in its state folder is all there is."""
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
 def test_a_temporary_claim_put_on_the_board_provisions_it(
@@ -74,7 +75,8 @@ def test_a_claim_for_a_missing_template_changes_nothing_on_the_board(
     (cfg / "config.json").write_text(json.dumps({"endpoint": "127.0.0.1", "template": "NoSuchTemplate"}))
     before = flash_files(board.flash)
     proc = run_deploy(
-        "claim", "--port", str(board.pty), "--endpoint-url", iotsim.api_url, config=cfg, check=False
+        "claim", "--port", str(board.pty), "--endpoint-url", iotsim.api_url,
+        "--iotsim-state", str(iotsim.state), config=cfg, check=False,
     )
     assert proc.returncode == 1
     assert (

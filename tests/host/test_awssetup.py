@@ -1,10 +1,11 @@
-"""`python -m tools.awssetup` run for real against iotsim's control plane (AWS IoT) and moto's
-server (IAM): setup, idempotence, dry run, teardown of exactly what it made, rollback, credentials."""
+"""`python -m tools.awssetup` run for real against iotsim's control plane, which answers its AWS IoT
+and IAM calls: setup, idempotence, dry run, teardown of exactly what it made, rollback, and every
+error as one line."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,55 +13,36 @@ import boto3
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from moto.server import ThreadedMotoServer
 
 from tools.awssetup.__main__ import main
 from tools.awssetup.setup import STATE_FILE, TAG_KEY
+from tools.iotsim import localaws
 from tools.iotsim.broker import free_port
 from tools.iotsim.testing import RunningIotSim
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    # AWS's managed policies (AWSIoTThingsRegistration) exist in moto only when asked for.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
-        yield from _moto_server()
-
-
-def _moto_server() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield "http://127.0.0.1:{}".format(port)
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    """No AWS variable and no AWS configuration: what a local endpoint needs is iotsim's own."""
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws either
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask an instance metadata service
 
 
-def iam(moto_url: str) -> Any:
-    return boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1")
+def iam(iotsim: RunningIotSim) -> Any:
+    return iotsim.iot_client(service="iam")
 
 
-def run(iotsim: RunningIotSim, moto_url: str, folder: Path, command: str, *extra: str) -> int:
+def run(iotsim: RunningIotSim, folder: Path, command: str, *extra: str) -> int:
     argv = [
         command,
         "--folder",
         str(folder),
         "--endpoint-url",
         iotsim.api_url,
-        "--iam-endpoint-url",
-        moto_url,
+        "--iotsim-state",
+        str(iotsim.state),
         *extra,
     ]
     if command == "setup":
@@ -77,9 +59,9 @@ def run(iotsim: RunningIotSim, moto_url: str, folder: Path, command: str, *extra
     return main(argv)
 
 
-def names(iotsim: RunningIotSim, moto_url: str, role: str) -> dict[str, Any]:
+def names(iotsim: RunningIotSim, role: str) -> dict[str, Any]:
     iot = iotsim.iot_client()
-    roles = [r["RoleName"] for r in iam(moto_url).list_roles()["Roles"]]
+    roles = [r["RoleName"] for r in iam(iotsim).list_roles()["Roles"]]
     return {
         "role": role in roles,
         "templates": sorted(t["templateName"] for t in iot.list_provisioning_templates()["templates"]),
@@ -90,10 +72,10 @@ def names(iotsim: RunningIotSim, moto_url: str, role: str) -> dict[str, Any]:
 
 
 def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exactly_it(
-    iotsim: RunningIotSim, moto_url: str, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    iotsim: RunningIotSim, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "device"
-    before = names(iotsim, moto_url, "SetupRole")
+    before = names(iotsim, "SetupRole")
     args = (
         "--template-name",
         "SetupTemplate",
@@ -105,21 +87,21 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
         "SetupClaim",
     )
 
-    assert run(iotsim, moto_url, folder, "setup", "--dry-run", *args) == 0
+    assert run(iotsim, folder, "setup", "--dry-run", *args) == 0
     out = capsys.readouterr().out
     assert "role SetupRole: would create" in out and "dry run: nothing was changed" in out
-    assert names(iotsim, moto_url, "SetupRole") == before and not folder.exists()
+    assert names(iotsim, "SetupRole") == before and not folder.exists()
 
-    assert run(iotsim, moto_url, folder, "setup", *args) == 0
+    assert run(iotsim, folder, "setup", *args) == 0
     out = capsys.readouterr().out
     assert "thing group fleetprov-demo: exists, unchanged" in out  # iotsim's own: used, not owned
     assert "template SetupTemplate: created" in out
-    after = names(iotsim, moto_url, "SetupRole")
+    after = names(iotsim, "SetupRole")
     assert after["role"] and "SetupTemplate" in after["templates"] and "SetupClaim" in after["policies"]
     assert after["certificates"] == before["certificates"] + 1
     attached = [
         p["PolicyArn"]
-        for p in iam(moto_url).list_attached_role_policies(RoleName="SetupRole")["AttachedPolicies"]
+        for p in iam(iotsim).list_attached_role_policies(RoleName="SetupRole")["AttachedPolicies"]
     ]
     assert attached == ["arn:aws:iam::aws:policy/service-role/AWSIoTThingsRegistration"]
 
@@ -153,11 +135,11 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
         )
         assert (outcome, body["thingName"]) == ("accepted", "fleetprov-setup-1")
 
-    provisioned = names(iotsim, moto_url, "SetupRole")  # the device's certificate and policy
-    assert run(iotsim, moto_url, folder, "setup", *args) == 0
+    provisioned = names(iotsim, "SetupRole")  # the device's certificate and policy
+    assert run(iotsim, folder, "setup", *args) == 0
     out = capsys.readouterr().out
     assert "everything already exists: nothing changed" in out
-    assert names(iotsim, moto_url, "SetupRole") == provisioned
+    assert names(iotsim, "SetupRole") == provisioned
 
     state = json.loads((folder / STATE_FILE).read_text())
     assert set(state["created"]) == {"role", "template", "claim", "claim_policy"}
@@ -168,8 +150,8 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
         resourceArn=template_arn
     )["tags"]
 
-    assert run(iotsim, moto_url, folder, "teardown", "--iam-endpoint-url", moto_url) == 0
-    gone = names(iotsim, moto_url, "SetupRole")
+    assert run(iotsim, folder, "teardown") == 0
+    gone = names(iotsim, "SetupRole")
     assert (
         gone["role"] is False
         and "SetupTemplate" not in gone["templates"]
@@ -181,14 +163,13 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
 
 
 def test_a_failing_step_rolls_back_what_the_run_created(
-    iotsim: RunningIotSim, moto_url: str, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    iotsim: RunningIotSim, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad-template.json"
     bad.write_text(json.dumps({"Resources": {"x": {"Type": "AWS::S3::Bucket"}}}))
-    before = names(iotsim, moto_url, "RollbackRole")
+    before = names(iotsim, "RollbackRole")
     status = run(
         iotsim,
-        moto_url,
         tmp_path / "device",
         "setup",
         "--template-name",
@@ -203,39 +184,96 @@ def test_a_failing_step_rolls_back_what_the_run_created(
         "RollbackClaim",
     )
     err = capsys.readouterr().err
-    assert status == 1
+    assert status == 1 and len(err.splitlines()) == 1
     assert "iot:CreateProvisioningTemplate failed: InvalidRequestException" in err
     assert "rolled back what this run created: thing_group, role" in err
-    assert names(iotsim, moto_url, "RollbackRole") == before
+    assert names(iotsim, "RollbackRole") == before
     assert json.loads((tmp_path / "device" / STATE_FILE).read_text())["created"] == {}
 
 
-def test_missing_credentials_are_named_and_nothing_is_created(
-    iotsim: RunningIotSim,
-    moto_url: str,
-    aws_env: None,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    status = run(iotsim, moto_url, tmp_path / "device", "setup", "--role-name", "NoCredsRole")
+def one_line_error(capsys: pytest.CaptureFixture[str], status: int, expected_status: int) -> str:
     err = capsys.readouterr().err
-    assert status == 2
+    assert status == expected_status, err
+    assert len(err.splitlines()) == 1 and err.startswith("awssetup: ") and "Traceback" not in err, err
+    return err
+
+
+def test_the_docs_command_runs_against_iotsim_with_no_aws_variable(
+    iotsim: RunningIotSim, aws_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    # docs/aws-setup.md, from the repository root where `up` made .iotsim: here a link to the fixture's.
+    (tmp_path / ".iotsim").symlink_to(iotsim.state)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--endpoint-url", iotsim.api_url, "--ca-file", ".iotsim/ca.pem", "--mqtt-port", str(iotsim.port)]
+    names_ = ["--template-name", "DocsTemplate", "--role-name", "DocsRole", "--claim-policy", "DocsClaim"]
+    assert main(["setup", *argv, *names_]) == 0
+    assert "template DocsTemplate: created" in capsys.readouterr().out
+    assert json.loads(Path("device/config.json").read_text())["endpoint"] == "127.0.0.1"
+    assert main(["teardown", "--endpoint-url", iotsim.api_url]) == 0
+    assert not names(iotsim, "DocsRole")["role"]
+
+
+def test_no_region_is_one_line_and_nothing_is_created(
+    iotsim: RunningIotSim, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["setup", "--folder", str(tmp_path / "device"), "--role-name", "NoRegionRole"])
+    assert "no AWS region" in one_line_error(capsys, status, 2)
+    assert not names(iotsim, "NoRegionRole")["role"] and not (tmp_path / "device").exists()
+
+
+def test_missing_credentials_are_one_line_and_nothing_is_created(
+    iotsim: RunningIotSim, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not a local endpoint: the user's own (absent) credentials are what it would sign with.
+    status = main(
+        ["setup", "--folder", str(tmp_path / "device"), "--region", "eu-west-1", "--endpoint-url",
+         "http://192.0.2.1:9", "--role-name", "NoCredsRole"]
+    )
+    err = one_line_error(capsys, status, 2)
     assert "no AWS credentials" in err and "aws configure" in err
-    assert not names(iotsim, moto_url, "NoCredsRole")["role"]
+    assert not names(iotsim, "NoCredsRole")["role"]
+
+
+def test_a_local_endpoint_no_iotsim_serves_is_one_line(
+    aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "http://127.0.0.1:{}".format(free_port())
+    status = main(["setup", "--folder", str(tmp_path / "device"), "--endpoint-url", url, "--iotsim-state", str(tmp_path)])
+    err = one_line_error(capsys, status, 2)
+    assert url in err and "--iotsim-state" in err
+
+
+def test_an_iotsim_that_is_down_is_one_line_naming_how_to_start_it(
+    aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # no retries of a refused connection: a quick test
+    url = "http://127.0.0.1:{}".format(free_port())  # iotsim's profile for it, nothing listening
+    localaws.ensure_credentials(tmp_path)
+    localaws.write_config(tmp_path, "local", url)
+    status = main(
+        ["setup", "--folder", str(tmp_path / "device"), "--endpoint-url", url, "--iotsim-state", str(tmp_path)]
+    )
+    err = one_line_error(capsys, status, 1)
+    assert "nothing answers at" in err and "tools.iotsim up" in err
+    assert not (tmp_path / "device" / STATE_FILE).exists()
+
+
+def test_an_unreadable_template_file_is_one_line(
+    iotsim: RunningIotSim, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = run(iotsim, tmp_path / "device", "setup", "--template-file", str(tmp_path / "none.json"))
+    assert "cannot read the template" in one_line_error(capsys, status, 1)
 
 
 def test_teardown_without_a_setup_removes_nothing(
-    iotsim: RunningIotSim, moto_url: str, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    iotsim: RunningIotSim, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(iotsim, moto_url, tmp_path / "device", "teardown") == 0
+    assert run(iotsim, tmp_path / "device", "teardown") == 0
     assert "nothing to remove" in capsys.readouterr().out
 
 
 def test_teardown_dry_run_deletes_nothing_and_a_resource_no_longer_tagged_is_left(
-    iotsim: RunningIotSim, moto_url: str, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    iotsim: RunningIotSim, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "device"
     args = (
@@ -248,21 +286,21 @@ def test_teardown_dry_run_deletes_nothing_and_a_resource_no_longer_tagged_is_lef
         "--claim-policy",
         "TagClaim",
     )
-    assert run(iotsim, moto_url, folder, "setup", *args) == 0
-    made = names(iotsim, moto_url, "TagRole")
+    assert run(iotsim, folder, "setup", *args) == 0
+    made = names(iotsim, "TagRole")
     capsys.readouterr()
-    assert run(iotsim, moto_url, folder, "teardown", "--dry-run") == 0
+    assert run(iotsim, folder, "teardown", "--dry-run") == 0
     out = capsys.readouterr().out
     assert "template TagTemplate: would delete" in out and "role TagRole: would delete" in out
-    assert names(iotsim, moto_url, "TagRole") == made and (folder / STATE_FILE).exists()
+    assert names(iotsim, "TagRole") == made and (folder / STATE_FILE).exists()
     # Someone took the template over (removed the tag): teardown must leave it.
     iot = iotsim.iot_client()
     arn = iot.describe_provisioning_template(templateName="TagTemplate")["templateArn"]
     iot.untag_resource(resourceArn=arn, tagKeys=[TAG_KEY])
-    assert run(iotsim, moto_url, folder, "teardown") == 0
+    assert run(iotsim, folder, "teardown") == 0
     out = capsys.readouterr().out
     assert "template TagTemplate: its tag no longer says this tool made it; left as is" in out
-    gone = names(iotsim, moto_url, "TagRole")
+    gone = names(iotsim, "TagRole")
     assert "TagTemplate" in gone["templates"] and "tag-group" not in gone["groups"] and not gone["role"]
     iot.delete_provisioning_template(templateName="TagTemplate")
 
@@ -292,7 +330,6 @@ def test_a_refused_call_names_the_action_and_the_rights_needed(iotsim: RunningIo
 
 def test_a_role_not_yet_assumable_is_retried_a_bounded_number_of_times(
     iotsim: RunningIotSim,
-    moto_url: str,
     aws_env: None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -328,9 +365,9 @@ def test_a_role_not_yet_assumable_is_retried_a_bounded_number_of_times(
         claim_policy="RetryClaim",
         ca_file=iotsim.ca_path,
     )
-    tool = setup_mod.Setup(options, setup_mod.Clients(NotYet(), iam(moto_url)))
+    tool = setup_mod.Setup(options, setup_mod.Clients(NotYet(), iam(iotsim)))
     tool.setup()
     assert capsys.readouterr().out.count("the new role is not usable yet") == 2
     assert real.describe_provisioning_template(templateName="RetryTemplate")["enabled"] is True
-    setup_mod.Setup(options, setup_mod.Clients(real, iam(moto_url))).teardown()
-    assert not names(iotsim, moto_url, "RetryRole")["role"]
+    setup_mod.Setup(options, setup_mod.Clients(real, iam(iotsim))).teardown()
+    assert not names(iotsim, "RetryRole")["role"]

@@ -388,6 +388,58 @@ def test_a_missing_config_points_at_iotsims_state_folder_when_there_is_one(
         deploy.read_config(tmp_path / "device")
 
 
+# --- claim: every failure is one line -------------------------------------------------
+
+
+def no_aws_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=str(tmp_path / "home"), AWS_EC2_METADATA_DISABLED="true")
+    return env
+
+
+@pytest.mark.parametrize(
+    "endpoint, words",
+    [
+        ("http://127.0.0.1:9", "no iotsim state folder here serves it"),  # local, no iotsim profile
+        ("https://iot.example.invalid", "You must specify a region"),  # AWS, no region configured
+    ],
+)
+def test_claim_failures_before_the_board_are_one_line(tmp_path: Path, endpoint: str, words: str) -> None:
+    write_config(tmp_path, '{"endpoint": "e", "template": "T"}')
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.deploy", "claim", "--config", str(tmp_path), "--endpoint-url", endpoint],
+        cwd=ROOT, env=no_aws_env(tmp_path), capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1 and proc.stderr.startswith("claim: ") and words in proc.stderr, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_a_claim_without_credentials_or_with_iotsim_down_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tools import trustedclaim
+    from tools.iotsim import localaws
+    from tools.iotsim.broker import free_port
+
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    no_creds = trustedclaim.iot_client("https://iot.example.invalid", "eu-west-1", None, [])
+    down = "http://127.0.0.1:{}".format(free_port())
+    localaws.ensure_credentials(tmp_path)
+    localaws.write_config(tmp_path, "local", down)
+    for client, words in (
+        (no_creds, "Unable to locate credentials"),
+        (trustedclaim.iot_client(down, None, None, [tmp_path]), "Could not connect to the endpoint URL"),
+    ):
+        with pytest.raises(DeployError) as info:
+            trustedclaim.request_claim(client, "FleetprovDemo")
+        message = str(info.value)
+        assert words in message and "\n" not in message and message.startswith("CreateProvisioningClaim failed")
+
+
 # --- --frozen: a firmware with the library frozen in (manifest.py) ---------------------
 
 

@@ -50,49 +50,43 @@ def call(subscribe_accepted: Any, subscribe_rejected: Any, request: Any, publish
     return answer.result(TIMEOUT)
 
 
+def create_keys(identity: iotidentity.IotIdentityClient) -> Any:
+    return call(
+        identity.subscribe_to_create_keys_and_certificate_accepted,
+        identity.subscribe_to_create_keys_and_certificate_rejected,
+        iotidentity.CreateKeysAndCertificateSubscriptionRequest(),
+        lambda: identity.publish_create_keys_and_certificate(
+            iotidentity.CreateKeysAndCertificateRequest(), mqtt.QoS.AT_LEAST_ONCE
+        ),
+    )
+
+
+def register(identity: iotidentity.IotIdentityClient, token: str) -> Any:
+    return call(
+        identity.subscribe_to_register_thing_accepted,
+        identity.subscribe_to_register_thing_rejected,
+        iotidentity.RegisterThingSubscriptionRequest(template_name=TEMPLATE),
+        lambda: identity.publish_register_thing(
+            iotidentity.RegisterThingRequest(
+                template_name=TEMPLATE, certificate_ownership_token=token, parameters={"SerialNumber": "sdk1"}
+            ),
+            mqtt.QoS.AT_LEAST_ONCE,
+        ),
+    )
+
+
 def test_aws_sdk_provisions_and_the_device_connects_as_its_thing(
     iotsim: RunningIotSim, tmp_path: Path
 ) -> None:
     claim = connect(iotsim, "sdk-claim", iotsim.claim_cert, iotsim.claim_key)
     try:
         identity = iotidentity.IotIdentityClient(claim)
-        keys = call(
-            lambda req, qos, cb: identity.subscribe_to_create_keys_and_certificate_accepted(req, qos, cb),
-            lambda req, qos, cb: identity.subscribe_to_create_keys_and_certificate_rejected(req, qos, cb),
-            iotidentity.CreateKeysAndCertificateSubscriptionRequest(),
-            lambda: identity.publish_create_keys_and_certificate(
-                iotidentity.CreateKeysAndCertificateRequest(), mqtt.QoS.AT_LEAST_ONCE
-            ),
-        )
+        keys = create_keys(identity)
         assert isinstance(keys, iotidentity.CreateKeysAndCertificateResponse), keys
-        registered = call(
-            lambda req, qos, cb: identity.subscribe_to_register_thing_accepted(req, qos, cb),
-            lambda req, qos, cb: identity.subscribe_to_register_thing_rejected(req, qos, cb),
-            iotidentity.RegisterThingSubscriptionRequest(template_name=TEMPLATE),
-            lambda: identity.publish_register_thing(
-                iotidentity.RegisterThingRequest(
-                    template_name=TEMPLATE,
-                    certificate_ownership_token=keys.certificate_ownership_token,
-                    parameters={"SerialNumber": "sdk1"},
-                ),
-                mqtt.QoS.AT_LEAST_ONCE,
-            ),
-        )
+        registered = register(identity, keys.certificate_ownership_token)
         assert isinstance(registered, iotidentity.RegisterThingResponse), registered
         assert registered.thing_name == "fleetprov-sdk1"
-        again = call(
-            lambda req, qos, cb: identity.subscribe_to_register_thing_accepted(req, qos, cb),
-            lambda req, qos, cb: identity.subscribe_to_register_thing_rejected(req, qos, cb),
-            iotidentity.RegisterThingSubscriptionRequest(template_name=TEMPLATE),
-            lambda: identity.publish_register_thing(
-                iotidentity.RegisterThingRequest(
-                    template_name=TEMPLATE,
-                    certificate_ownership_token="",
-                    parameters={"SerialNumber": "sdk1"},
-                ),
-                mqtt.QoS.AT_LEAST_ONCE,
-            ),
-        )
+        again = register(identity, "")
         assert isinstance(again, iotidentity.ErrorResponse)
         assert (again.status_code, again.error_code) == (400, "InvalidCertificateOwnershipToken")
     finally:

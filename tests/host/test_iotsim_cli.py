@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tools.iotsim import localaws
 from tools.iotsim.broker import free_port
 from tools.iotsim.testing import ConnectRefused, MqttTestClient
 
@@ -27,11 +32,11 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-@pytest.fixture
-def running(tmp_path: Path) -> tuple[Path, int, subprocess.Popen[str]]:
-    state, port = tmp_path / "state", free_port()
+@contextlib.contextmanager
+def up(state: Path, port: int, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """`python -m tools.iotsim up` running until the block ends; its first line has been read."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.iotsim", "up", "--state", str(state), "--port", str(port)],
+        [sys.executable, "-m", "tools.iotsim", "up", "--state", str(state), "--port", str(port), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -41,13 +46,20 @@ def running(tmp_path: Path) -> tuple[Path, int, subprocess.Popen[str]]:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the first line is printed once everything runs
         assert "iotsim is running" in line, line + proc.stdout.read() if proc.poll() is not None else line
-        yield state, port, proc
+        yield proc
     finally:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Path, int, subprocess.Popen[str]]]:
+    state, port = tmp_path / "state", free_port()
+    with up(state, port) as proc:
+        yield state, port, proc
 
 
 def test_up_writes_everything_a_device_needs(running: tuple[Path, int, subprocess.Popen[str]]) -> None:
@@ -213,3 +225,68 @@ def test_resources_and_policies_from_the_cli(running: tuple[Path, int, subproces
     assert "Mine  attached to 0 certificate(s)" in cli("policies", "--state", str(state)).stdout
     missing = cli("attach-policy", "Nope", claim_id[:16], "--state", str(state), check=False)
     assert missing.returncode == 1 and "ResourceNotFoundException" in missing.stderr
+
+
+def test_up_keeps_its_keys_private_and_prints_the_aws_profile_that_signs_for_it(tmp_path: Path) -> None:
+    state, api = tmp_path / "state", free_port()
+    state.mkdir()
+    (state / "certs").mkdir()
+    (state / "certs" / "claim.key.der").write_bytes(b"left by an older iotsim")
+    os.chmod(state / "certs" / "claim.key.der", 0o644)
+    os.chmod(state, 0o755)
+    with up(state, free_port(), "--api-port", str(api)) as proc:
+        assert proc.stdout is not None
+        head = [proc.stdout.readline() for _ in range(3)]
+        url = "http://127.0.0.1:{}".format(api)
+        assert url in head[0] and "export " + localaws.environment(state.resolve()) in head[1]
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        keys = [p for p in state.rglob("*") if p.is_file() and (".key" in p.name or p.name == "credentials")]
+        assert len(keys) >= 6 and {p.name for p in keys} >= {"ca.key.pem", "claim.key.der", "credentials"}
+        assert {p.relative_to(state).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in keys} == {
+            p.relative_to(state).as_posix(): 0o600 for p in keys
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(kv.split("=", 1) for kv in localaws.environment(state.resolve()).split())
+        probe = subprocess.run(
+            [sys.executable, "-c", "import boto3; print(boto3.client('iot').describe_endpoint()['endpointAddress'])"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert probe.stdout.strip() == "127.0.0.1", probe.stderr
+        assert "control plane: {}".format(url) in cli("status", "--state", str(state)).stdout
+
+
+def test_up_maps_lambda_functions_for_templates_that_name_them(tmp_path: Path) -> None:
+    import boto3
+    import botocore.exceptions
+
+    bad = cli("up", "--state", str(tmp_path / "s"), "--lambda", "no-equals-sign", check=False)
+    assert bad.returncode != 0 and "--lambda wants NAME=module:function" in bad.stderr
+    state = tmp_path / "state"
+    with up(state, free_port(), "--lambda", "allow=tools.iotsim.hooks:allow_all"):
+        profile = localaws.read(state)
+        assert profile is not None
+        iot = boto3.client(
+            "iot",
+            endpoint_url=profile.endpoint_url,
+            region_name=profile.region,
+            aws_access_key_id=profile.credentials.access_key,
+            aws_secret_access_key=profile.credentials.secret_key,
+        )
+        role = "arn:aws:iam::123456789012:role/FleetprovProvisioning"
+        body = (ROOT / "tools" / "iotsim" / "templates" / "demo.json").read_text()
+        hook = {"targetArn": "arn:aws:lambda:eu-west-1:123456789012:function:allow"}
+        iot.create_provisioning_template(
+            templateName="UpHook", templateBody=body, provisioningRoleArn=role, preProvisioningHook=hook
+        )
+        described = iot.describe_provisioning_template(templateName="UpHook")
+        assert described["preProvisioningHook"]["targetArn"] == hook["targetArn"]
+        other = {"targetArn": "arn:aws:lambda:eu-west-1:123456789012:function:other"}
+        with pytest.raises(botocore.exceptions.ClientError) as refused:
+            iot.update_provisioning_template(templateName="UpHook", preProvisioningHook=other)
+        assert refused.value.response["Error"]["Code"] == "InvalidRequestException"
+
+
+@pytest.mark.parametrize("option", ["--api-timeout", "--api-connections", "--api-max-body"])
+def test_up_refuses_a_non_positive_control_plane_bound(tmp_path: Path, option: str) -> None:
+    proc = cli("up", "--state", str(tmp_path), option, "0", check=False)
+    assert proc.returncode == 1 and option in proc.stderr

@@ -7,6 +7,7 @@ import http.client
 import json
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +68,8 @@ def test_a_template_created_through_the_api_is_disabled_by_default_then_provisio
 ) -> None:
     iot.create_provisioning_template(templateName="ApiMade", templateBody=BODY, provisioningRoleArn=ROLE)
     outcome, body, _ = provision(iotsim, "ApiMade", "api-1")
-    assert (outcome, body["statusCode"], body["errorMessage"]) == (
-        "rejected",
-        400,
-        "The provisioning template ApiMade is disabled",
-    )
+    disabled = "The provisioning template ApiMade is disabled"
+    assert (outcome, body["statusCode"], body["errorMessage"]) == ("rejected", 400, disabled)
     iot.update_provisioning_template(templateName="ApiMade", enabled=True)
     outcome, body, _ = provision(iotsim, "ApiMade", "api-2")
     assert outcome == "accepted" and body["thingName"] == "fleetprov-api-2"
@@ -157,11 +155,8 @@ def test_a_hook_named_by_lambda_arn_runs_the_mapped_local_hook(iotsim: RunningIo
         assert seen[0]["templateArn"].endswith(":provisioningtemplate/Hooked")
         del iotsim.controlplane.lambdas["deny-odd"]  # the function is gone: refused, as AWS does
         outcome, body, _ = provision(iotsim, "Hooked", "hook-4")
-        assert (outcome, body["statusCode"], body["errorMessage"]) == (
-            "rejected",
-            403,
-            "The pre-provisioning hook failed: LambdaUnavailable",
-        )
+        failed = "The pre-provisioning hook failed: LambdaUnavailable"
+        assert (outcome, body["statusCode"], body["errorMessage"]) == ("rejected", 403, failed)
         iot.update_provisioning_template(templateName="Hooked", removePreProvisioningHook=True)
         assert provision(iotsim, "Hooked", "hook-3")[0] == "accepted"
     finally:
@@ -278,7 +273,13 @@ def test_provisioning_template_operations(iot: Any) -> None:
         "ResourceNotFoundException",
         404,
     )
-    assert iot.list_tags_for_resource(resourceArn=made["templateArn"])["tags"] == []
+    assert error_of(lambda: iot.list_tags_for_resource(resourceArn=made["templateArn"]))[:2] == (
+        "ResourceNotFoundException",
+        404,
+    )
+    iot.create_provisioning_template(templateName="Ops", templateBody=BODY, provisioningRoleArn=ROLE)
+    assert iot.list_tags_for_resource(resourceArn=made["templateArn"])["tags"] == []  # none left over
+    iot.delete_provisioning_template(templateName="Ops")
 
 
 def test_provisioning_claim_for_a_missing_template(iot: Any) -> None:
@@ -480,13 +481,68 @@ def test_thing_operations(iotsim: RunningIotSim, iot: Any) -> None:
 # -- the wire: what no SDK would send -----------------------------------------------------------
 
 
-def raw(
-    iotsim: RunningIotSim, method: str, path: str, body: bytes = b""
-) -> tuple[int, str | None, dict[str, Any]]:
+def signed(
+    iotsim: RunningIotSim,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    service: str = "iot",
+    secret: str | None = None,
+    region: str | None = None,
+) -> dict[str, str]:
+    """The headers of a request SigV4-signed as boto3 signs it (with iotsim's key unless told)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    creds = iotsim.sim.credentials
+    assert creds is not None
+    request = AWSRequest(
+        method=method,
+        url=iotsim.api_url + path,
+        data=body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    SigV4Auth(
+        Credentials(creds.access_key, secret or creds.secret_key), service, region or iotsim.sim.region
+    ).add_auth(request)
+    return dict(request.headers.items())
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    data: bytes
+
+    def getheader(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+def send(
+    iotsim: RunningIotSim, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> Reply:
+    """One request exactly as given (no signing added)."""
     url = urllib.parse.urlsplit(iotsim.api_url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
     try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return Reply(resp.status, resp.getheaders(), resp.read())
+    finally:
+        conn.close()
+
+
+def raw(
+    iotsim: RunningIotSim, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, str | None, dict[str, Any]]:
+    """A signed request as no SDK would send it: (status, x-amzn-ErrorType, JSON body)."""
+    url = urllib.parse.urlsplit(iotsim.api_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=signed(iotsim, method, path, body, headers))
         resp = conn.getresponse()
         return resp.status, resp.getheader("x-amzn-ErrorType"), json.loads(resp.read() or b"{}")
     finally:
@@ -548,7 +604,7 @@ def test_malformed_or_unknown_requests_get_aws_errors(
     assert raw(iotsim, "GET", "/endpoint")[0] == 200  # and it keeps serving
 
 
-# -- docs/aws-setup.md: the AWS CLI (pinned awscli) and boto3 with --endpoint-url ------------------
+# -- docs/aws-setup.md: the AWS CLI (pinned awscli) and boto3 with iotsim's profile ------------------
 
 
 def test_the_aws_cli_and_boto3_work_against_iotsim_as_docs_aws_setup_shows(iotsim: RunningIotSim) -> None:
@@ -561,10 +617,9 @@ def test_the_aws_cli_and_boto3_work_against_iotsim_as_docs_aws_setup_shows(iotsi
     doc = (root / "docs" / "aws-setup.md").read_text()
     found = re.search(r"<!-- doc-test: iotsim-endpoint-url -->\n```sh\n(.*?)```", doc, re.S)
     assert found, "docs/aws-setup.md has no block marked doc-test: iotsim-endpoint-url"
-    script = found.group(1).replace("http://127.0.0.1:8443", iotsim.api_url)
+    script = found.group(1).replace(".iotsim/", str(iotsim.state) + "/")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PATH"] = "{}:{}".format(Path(sys.executable).parent, env.get("PATH", ""))
-    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
     proc = subprocess.run(
         ["bash", "-e", "-c", script], cwd=root, env=env, capture_output=True, text=True, timeout=120
     )
@@ -580,77 +635,381 @@ def test_the_aws_cli_and_boto3_work_against_iotsim_as_docs_aws_setup_shows(iotsi
     iotsim.iot_client().delete_provisioning_template(templateName="Bench")
 
 
-# -- `python -m tools.iotsim up`: the control plane's port and --lambda -----------------------------
+# -- who may call: SigV4 with iotsim's key, this Host, no CORS ------------------------------------
 
 
-def test_up_serves_the_control_plane_on_its_port_and_maps_lambda_functions(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+def group_request(iotsim: RunningIotSim, name: str) -> tuple[str, bytes]:
+    """CreateThingGroup on the wire: what a refused request must not do."""
+    return "/thing-groups/{}".format(name), b"{}"
 
-    import boto3
 
-    from tools.iotsim.broker import free_port
+def test_requests_not_signed_with_iotsims_key_are_refused_with_awss_errors_and_change_nothing(
+    iotsim: RunningIotSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime as dt
 
-    root = Path(__file__).resolve().parents[2]
-    state, port, api = tmp_path / "state", free_port(), free_port()
-    bad = subprocess.run(
-        [sys.executable, "-m", "tools.iotsim", "up", "--state", str(state), "--lambda", "no-equals-sign"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    import botocore.auth
+
+    creds = iotsim.sim.credentials
+    assert creds is not None
+
+    def case(name: str) -> tuple[str, bytes, dict[str, str]]:
+        path, body = group_request(iotsim, name)
+        return path, body, signed(iotsim, "POST", path, body)
+
+    path, body, good = case("sig-unsigned")
+    unsigned = {k: v for k, v in good.items() if k not in ("Authorization", "X-Amz-Date")}
+    cases: list[tuple[str, bytes, dict[str, str], int, str]] = [(path, body, unsigned, 403, "MissingAuthenticationTokenException")]
+    path, body, _ = case("sig-secret")
+    cases.append((path, body, signed(iotsim, "POST", path, body, secret="x" * 40), 403, "InvalidSignatureException"))
+    path, body, good = case("sig-key")
+    other_key = dict(good, Authorization=good["Authorization"].replace(creds.access_key, "AKIAIOSFODNN7EXAMPLE"))
+    cases.append((path, body, other_key, 403, "UnrecognizedClientException"))
+    path, body, good = case("sig-garbage")
+    cases.append((path, body, dict(good, Authorization="AWS4-HMAC-SHA256 garbage"), 400, "IncompleteSignatureException"))
+    path, body, _ = case("sig-region")
+    cases.append((path, body, signed(iotsim, "POST", path, body, region="eu-west-3"), 403, "InvalidSignatureException"))
+    path, body, _ = case("sig-service")
+    cases.append((path, body, signed(iotsim, "POST", path, body, service="s3"), 403, "InvalidSignatureException"))
+    path, body, good = case("sig-body")
+    cases.append((path, b"[]", good, 403, "InvalidSignatureException"))  # same length, other bytes
+    path, body, good = case("sig-path")
+    cases.append((group_request(iotsim, "sig-path2")[0], body, good, 403, "InvalidSignatureException"))
+    path, body, _ = case("sig-expired")
+    monkeypatch.setattr(
+        botocore.auth, "get_current_datetime", lambda: dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=6)
     )
-    assert bad.returncode != 0 and "--lambda wants NAME=module:function" in bad.stderr
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tools.iotsim",
-            "up",
-            "--state",
-            str(state),
-            "--port",
-            str(port),
-            "--api-port",
-            str(api),
-            "--lambda",
-            "allow=tools.iotsim.hooks:allow_all",
-        ],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    cases.append((path, body, signed(iotsim, "POST", path, body), 403, "InvalidSignatureException"))
+    monkeypatch.undo()
+    for path, body, headers, status, code in cases:
+        resp = send(iotsim, "POST", path, body, headers)
+        assert (resp.status, resp.getheader("x-amzn-ErrorType")) == (status, code), path
+    assert [g for g in iotsim.registry.resources("thing-group") if g.startswith("sig-")] == []
+    path, body, good = case("sig-good")
+    assert send(iotsim, "POST", path, body, good).status == 200  # the same request, signed: done
+    assert "sig-good" in iotsim.registry.resources("thing-group")
+
+
+def test_a_signed_request_for_another_host_is_refused(iotsim: RunningIotSim) -> None:
+    """A web page that rebinds its own name to 127.0.0.1 sends its own Host: never served."""
+    port = urllib.parse.urlsplit(iotsim.api_url).port
+    path, body = group_request(iotsim, "rebound")
+    headers = signed(iotsim, "POST", path, body, {"Host": "attacker.example:{}".format(port)})
+    resp = send(iotsim, "POST", path, body, headers)
+    assert (resp.status, resp.getheader("x-amzn-ErrorType")) == (403, "ForbiddenException")
+    assert "rebound" not in iotsim.registry.resources("thing-group")
+    local = signed(iotsim, "GET", "/endpoint", b"", {"Host": "localhost:{}".format(port)})
+    assert send(iotsim, "GET", "/endpoint", b"", local).status == 200  # the endpoint by its other name
+
+
+def test_a_browser_gets_nothing_usable_no_cors_header_and_nothing_done(iotsim: RunningIotSim) -> None:
+    origin = {"Origin": "http://attacker.example"}
+    preflight = send(
+        iotsim,
+        "OPTIONS",
+        "/policies/FromBrowser",
+        b"",
+        {**origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
     )
+    form = send(
+        iotsim,
+        "POST",
+        "/policies/FromBrowser",
+        json.dumps({"policyDocument": claim_policy_document()}).encode(),
+        {**origin, "Content-Type": "text/plain"},
+    )
+    ok = send(iotsim, "GET", "/endpoint", b"", signed(iotsim, "GET", "/endpoint", b"", origin))
+    for resp in (preflight, form):
+        assert (resp.status, resp.getheader("x-amzn-ErrorType")) == (403, "MissingAuthenticationTokenException")
+    assert ok.status == 200
+    for resp in (preflight, form, ok):
+        assert not [h for h, _ in resp.headers if h.lower().startswith("access-control-")]
+    assert iotsim.registry.policy("FromBrowser") is None
+
+
+# -- bounded: framing, sizes, nesting, time, connections -------------------------------------------
+
+
+def test_malformed_framing_and_oversized_bodies_are_refused_before_the_body_is_read(iotsim: RunningIotSim) -> None:
+    import socket
+
+    port = urllib.parse.urlsplit(iotsim.api_url).port
+    host = "127.0.0.1:{}".format(port)
+
+    def exchange(head: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head.encode() + b"{")  # one byte of a body, never more
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(4096)
+                assert chunk, data
+                data += chunk
+            return data
+
+    for header, status, code in (
+        ("Content-Length: abc", b"400", b"SerializationException"),
+        ("Content-Length: -5", b"400", b"SerializationException"),
+        ("Content-Length: 300000000", b"413", b"RequestEntityTooLargeException"),
+        ("Transfer-Encoding: chunked", b"411", b"SerializationException"),
+    ):
+        answer = exchange("POST /thing-groups/framing HTTP/1.1\r\nHost: {}\r\n{}\r\n\r\n".format(host, header))
+        assert answer.startswith(b"HTTP/1.1 " + status) and b"x-amzn-ErrorType: " + code in answer, header
+    assert raw(iotsim, "GET", "/endpoint")[0] == 200
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(iotsim: RunningIotSim) -> None:
+    for body in (b"[" * 200_000, b'{"tags": ' + b"[" * 50 + b"]" * 50 + b"}", b'{"a":' * 100_000 + b"1" + b"}" * 100_000):
+        status, code, _ = raw(iotsim, "POST", "/thing-groups/deep", body)
+        assert (status, code) in {(400, "SerializationException"), (400, "InvalidRequestException")}
+    assert "deep" not in iotsim.registry.resources("thing-group")
+
+
+def test_a_request_dripped_byte_by_byte_is_cut_off_at_its_deadline(
+    iotsim_factory: Callable[..., RunningIotSim],
+) -> None:
+    import socket
+    import threading
+
+    sim = iotsim_factory(api_timeout=1.0)
+    port = urllib.parse.urlsplit(sim.api_url).port
+    head = "GET /endpoint HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nX-Padding: {}\r\n\r\n".format(port, "p" * 200)
+    pace = threading.Event()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sent = 0
+        try:
+            for byte in head.encode():  # a byte every 50 ms: the whole head would take 12 s
+                sock.sendall(bytes([byte]))
+                sent += 1
+                pace.wait(0.05)
+        except OSError:
+            pass  # the server closed the connection: what this test wants
+        sock.settimeout(10)
+        try:
+            rest = sock.recv(4096)
+        except OSError:
+            rest = b""
+    assert sent < len(head) and rest == b""  # cut off, without an answer
+    assert raw(sim, "GET", "/endpoint")[0] == 200
+
+
+def test_connections_over_the_cap_get_503_and_the_cap_frees_as_they_close(
+    iotsim_factory: Callable[..., RunningIotSim],
+) -> None:
+    import socket
+
+    sim = iotsim_factory(api_connections=3, api_timeout=30.0)
+    port = urllib.parse.urlsplit(sim.api_url).port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
     try:
-        assert proc.stdout is not None
-        assert "iotsim is running" in proc.stdout.readline()
-        url = "http://127.0.0.1:{}".format(api)
-        assert url in proc.stdout.readline()
-        status = subprocess.run(
-            [sys.executable, "-m", "tools.iotsim", "status", "--state", str(state)],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert "control plane: {}".format(url) in status.stdout
-        iot = boto3.client(
-            "iot", endpoint_url=url, region_name="eu-west-1", aws_access_key_id="a", aws_secret_access_key="b"
-        )
-        hook = {"targetArn": "arn:aws:lambda:eu-west-1:123456789012:function:allow"}
-        iot.create_provisioning_template(
-            templateName="UpHook", templateBody=BODY, provisioningRoleArn=ROLE, preProvisioningHook=hook
-        )
-        assert (
-            iot.describe_provisioning_template(templateName="UpHook")["preProvisioningHook"]["targetArn"]
-            == hook["targetArn"]
-        )
-        other = {"targetArn": "arn:aws:lambda:eu-west-1:123456789012:function:other"}
-        assert error_of(
-            lambda: iot.update_provisioning_template(templateName="UpHook", preProvisioningHook=other)
-        )[:2] == ("InvalidRequestException", 400)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            answer = extra.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503") and b"ServiceUnavailableException" in answer
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for sock in idle:
+            sock.close()
+    status = 0
+    for _ in range(200):  # the three threads see their connections end; bounded
+        try:
+            status = raw(sim, "GET", "/endpoint")[0]
+        except ConnectionError:
+            continue
+        if status == 200:
+            break
+    assert status == 200
+
+
+# -- every value a caller sends is checked against botocore's model --------------------------------
+
+
+def principal_files(iotsim: RunningIotSim) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (iotsim.state / "principals").rglob("*") if p.is_file()}
+
+
+def test_every_byte_in_caller_fields_is_taken_or_refused_as_the_model_says_and_grants_nothing(
+    iotsim: RunningIotSim, iot: Any
+) -> None:
+    import re
+    import unicodedata
+
+    before = principal_files(iotsim)
+    group = iot.create_thing_group(thingGroupName="bytes-group")["thingGroupArn"]
+    attribute = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]*")  # botocore iot: AttributeValue
+    name = re.compile(r"[a-zA-Z0-9:_-]+")  # ThingGroupName, ThingTypeName
+    for code in range(256):
+        ch = chr(code)
+        value = "hq" + ch + "status SERVICE"
+        for call, fits in (
+            (
+                lambda: iot.create_thing_group(
+                    thingGroupName="b{}".format(code),
+                    thingGroupProperties={"attributePayload": {"attributes": {"site": value}}},
+                ),
+                attribute.fullmatch(value),
+            ),
+            (lambda: iot.create_thing_type(thingTypeName="t" + ch + "x"), name.fullmatch("t" + ch + "x")),
+            (  # TagKey: \p{L}\p{Z}\p{N} and _.:/=+-@ (Unicode classes)
+                lambda: iot.tag_resource(resourceArn=group, tags=[{"Key": "k" + ch, "Value": "v"}]),
+                unicodedata.category(ch)[0] in "LZN" or ch in "_.:/=+-@",
+            ),
+            (  # ThingGroupDescription: [\p{Graph}\x20]*, Java's ASCII \p{Graph}
+                lambda: iot.create_thing_group(
+                    thingGroupName="d{}".format(code), thingGroupProperties={"thingGroupDescription": "d" + ch}
+                ),
+                0x20 <= code <= 0x7E,
+            ),
+        ):
+            try:
+                call()
+                taken = True
+            except botocore.exceptions.ClientError as exc:
+                assert exc.response["Error"]["Code"] == "InvalidRequestException", (code, exc)
+                taken = False
+            assert taken == bool(fits), code
+    keys = {t["Key"] for t in iot.list_tags_for_resource(resourceArn=group)["tags"]}
+    assert "k\n" not in keys and "k\x00" not in keys and {"ka", "k\xe9", "k "} <= keys
+    longest = "a" * 800  # AttributeValue: at most 800
+    iot.create_thing_group(
+        thingGroupName="bytes-long", thingGroupProperties={"attributePayload": {"attributes": {"a": longest}}}
+    )
+    assert error_of(
+        lambda: iot.create_thing_group(
+            thingGroupName="bytes-longer",
+            thingGroupProperties={"attributePayload": {"attributes": {"a": longest + "a"}}},
+        )
+    )[:2] == ("InvalidRequestException", 400)
+    assert "bytes-longer" not in iotsim.registry.resources("thing-group")
+    assert principal_files(iotsim) == before  # no certificate gained (or lost) a right
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda iot: iot.describe_thing(thingName="x" * 129),  # URI label over its 128
+        lambda iot: iot.describe_thing(thingName="evil/#\n"),
+        lambda iot: iot.create_policy(policyName="a/b", policyDocument=claim_policy_document()),
+        lambda iot: iot.create_provisioning_template(templateName="T" * 37, templateBody=BODY, provisioningRoleArn=ROLE),
+        lambda iot: iot.list_certificates(pageSize=251),  # an integer over the model's max
+        lambda iot: iot.list_things(attributeName="serial", attributeValue="a\nb"),  # a query-string value
+        lambda iot: iot.tag_resource(resourceArn="arn:aws:iot:local:000000000000:thinggroup/fleetprov-demo", tags=[{"Value": "v"}]),
+    ],
+)
+def test_values_outside_the_model_are_invalid_requests_before_anything_runs(
+    iotsim: RunningIotSim, iot: Any, call: Callable[[Any], Any]
+) -> None:
+    before = principal_files(iotsim)
+    assert error_of(lambda: call(iot))[:2] == ("InvalidRequestException", 400)
+    assert principal_files(iotsim) == before
+
+
+# -- every call that names a resource: ResourceNotFoundException when it does not exist ------------
+
+NO_CERT = "0" * 64
+NO_CERT_ARN = "arn:aws:iot:local:000000000000:cert/" + NO_CERT
+MISSING: dict[str, Callable[[Any], Any]] = {
+    "DescribeProvisioningTemplate": lambda iot: iot.describe_provisioning_template(templateName="Nope"),
+    "UpdateProvisioningTemplate": lambda iot: iot.update_provisioning_template(templateName="Nope", enabled=True),
+    "CreateProvisioningTemplateVersion": lambda iot: iot.create_provisioning_template_version(
+        templateName="Nope", templateBody=BODY
+    ),
+    "DeleteProvisioningTemplate": lambda iot: iot.delete_provisioning_template(templateName="Nope"),
+    "CreateProvisioningClaim": lambda iot: iot.create_provisioning_claim(templateName="Nope"),
+    "DescribeCertificate": lambda iot: iot.describe_certificate(certificateId=NO_CERT),
+    "UpdateCertificate": lambda iot: iot.update_certificate(certificateId=NO_CERT, newStatus="INACTIVE"),
+    "DeleteCertificate": lambda iot: iot.delete_certificate(certificateId=NO_CERT),
+    "GetPolicy": lambda iot: iot.get_policy(policyName="Nope"),
+    "DeletePolicy": lambda iot: iot.delete_policy(policyName="Nope"),
+    "AttachPolicy": lambda iot: iot.attach_policy(policyName="iotsim-claim-policy", target=NO_CERT_ARN),
+    "DetachPolicy": lambda iot: iot.detach_policy(policyName="iotsim-claim-policy", target=NO_CERT_ARN),
+    "ListAttachedPolicies": lambda iot: iot.list_attached_policies(target=NO_CERT_ARN),
+    "CreateThingGroup": lambda iot: iot.create_thing_group(thingGroupName="orphan", parentGroupName="nope"),
+    "DescribeThingGroup": lambda iot: iot.describe_thing_group(thingGroupName="nope"),
+    "ListThingGroups": lambda iot: iot.list_thing_groups(parentGroup="nope"),
+    "DescribeThing": lambda iot: iot.describe_thing(thingName="nope"),
+    "ListThings": lambda iot: iot.list_things(thingTypeName="nope"),
+    "ListThingPrincipals": lambda iot: iot.list_thing_principals(thingName="nope"),
+    "AttachThingPrincipal": lambda iot: iot.attach_thing_principal(thingName="nope", principal=NO_CERT_ARN),
+    "DetachThingPrincipal": lambda iot: iot.detach_thing_principal(thingName="nope", principal=NO_CERT_ARN),
+    "ListTagsForResource": lambda iot: iot.list_tags_for_resource(
+        resourceArn="arn:aws:iot:local:000000000000:provisioningtemplate/Nope"
+    ),
+    "TagResource": lambda iot: iot.tag_resource(
+        resourceArn="arn:aws:iot:local:000000000000:thinggroup/nope", tags=[{"Key": "k", "Value": "v"}]
+    ),
+    "UntagResource": lambda iot: iot.untag_resource(
+        resourceArn="arn:aws:iot:local:123456789012:policy/iotsim-claim-policy", tagKeys=["k"]  # another account
+    ),
+}
+# What names no existing resource, and what AWS documents as succeeding for a missing one.
+NAMES_NONE = {
+    "DescribeEndpoint", "CreateProvisioningTemplate", "ListProvisioningTemplates", "CreateKeysAndCertificate",
+    "ListCertificates", "CreatePolicy", "ListPolicies", "CreateThingType",
+}
+MISSING_IS_NO_ERROR = {"DeleteThing", "DeleteThingGroup"}  # AWS's API reference: see controlplane.py
+
+
+def test_every_operation_is_classified_for_missing_resources() -> None:
+    from tools.iotsim.controlplane import ControlPlane
+
+    served = {n[3:] for n in dir(ControlPlane) if n.startswith("op_")}
+    assert served == set(MISSING) | NAMES_NONE | MISSING_IS_NO_ERROR
+
+
+@pytest.mark.parametrize("operation", sorted(MISSING))
+def test_a_call_naming_a_missing_resource_is_resource_not_found(iot: Any, operation: str) -> None:
+    assert error_of(lambda: MISSING[operation](iot))[:2] == ("ResourceNotFoundException", 404)
+
+
+def test_deleting_a_missing_thing_or_thing_group_succeeds_as_aws_documents(iot: Any) -> None:
+    iot.delete_thing(thingName="never-was")
+    iot.delete_thing_group(thingGroupName="never-was")
+
+
+# -- IAM: the role calls tools/awssetup makes, from botocore's iam model --------------------------
+
+
+def test_iam_roles_are_served_with_iams_errors(iotsim: RunningIotSim) -> None:
+    iam = iotsim.iot_client(service="iam", validate=False)
+    trust = json.dumps({"Version": "2012-10-17", "Statement": []})
+    made = iam.create_role(
+        RoleName="CpRole", AssumeRolePolicyDocument=trust, Tags=[{"Key": "fleetprov:awssetup", "Value": "t"}]
+    )["Role"]
+    assert made["Arn"] == "arn:aws:iam::000000000000:role/CpRole" and made["RoleId"].startswith("AROA")
+    assert error_of(lambda: iam.create_role(RoleName="cprole", AssumeRolePolicyDocument=trust))[:2] == (
+        "EntityAlreadyExists",
+        409,
+    )
+    assert error_of(lambda: iam.create_role(RoleName="bad role", AssumeRolePolicyDocument=trust))[:2] == (
+        "ValidationError",
+        400,
+    )
+    assert iam.get_role(RoleName="CpRole")["Role"]["Arn"] == made["Arn"]
+    assert error_of(lambda: iam.get_role(RoleName="NoRole"))[:2] == ("NoSuchEntity", 404)
+    assert iam.list_role_tags(RoleName="CpRole")["Tags"] == [{"Key": "fleetprov:awssetup", "Value": "t"}]
+    managed = "arn:aws:iam::aws:policy/service-role/AWSIoTThingsRegistration"
+    assert iam.get_policy(PolicyArn=managed)["Policy"]["PolicyName"] == "AWSIoTThingsRegistration"
+    assert error_of(
+        lambda: iam.attach_role_policy(RoleName="CpRole", PolicyArn="arn:aws:iam::aws:policy/NoSuchPolicy")
+    )[:2] == ("NoSuchEntity", 404)
+    iam.attach_role_policy(RoleName="CpRole", PolicyArn=managed)
+    attached = iam.list_attached_role_policies(RoleName="CpRole")["AttachedPolicies"]
+    assert attached == [{"PolicyName": "AWSIoTThingsRegistration", "PolicyArn": managed}]
+    assert error_of(lambda: iam.delete_role(RoleName="CpRole"))[:2] == ("DeleteConflict", 409)
+    iam.detach_role_policy(RoleName="CpRole", PolicyArn=managed)
+    assert error_of(lambda: iam.detach_role_policy(RoleName="CpRole", PolicyArn=managed))[:2] == (
+        "NoSuchEntity",
+        404,
+    )
+    iam.delete_role(RoleName="CpRole")
+    assert "CpRole" not in [r["RoleName"] for r in iam.list_roles()["Roles"]]
+
+
+def test_iam_requests_get_iams_xml_errors_when_unsigned_or_malformed(iotsim: RunningIotSim) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    body = b"Action=ListRoles&Version=2010-05-08"
+    unsigned = send(iotsim, "POST", "/", body, form)
+    assert unsigned.status == 403 and b"<Code>MissingAuthenticationToken</Code>" in unsigned.data
+    wrong = send(iotsim, "POST", "/", body, signed(iotsim, "POST", "/", body, form, service="iam", secret="y" * 40))
+    assert wrong.status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in wrong.data
+    for payload, code in ((b"Version=2010-05-08", b"MissingAction"), (b"Action=Nope", b"InvalidAction")):
+        resp = send(iotsim, "POST", "/", payload, signed(iotsim, "POST", "/", payload, form, service="iam"))
+        assert resp.status == 400 and b"<Code>" + code + b"</Code>" in resp.data

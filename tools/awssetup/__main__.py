@@ -12,9 +12,12 @@ endpoint and ``certs/`` with ``ca.der`` (Amazon Root CA 1), ``claim.der`` and
 removes exactly what ``setup`` created (see tools/awssetup/setup.py).
 
 Credentials and region come from the usual places (``aws configure``,
-AWS_PROFILE, AWS_REGION, ...). ``--endpoint-url`` points the AWS IoT calls at
-iotsim's control plane (``python -m tools.iotsim status`` shows it) and
-``--iam-endpoint-url`` the IAM calls at another server (the tests use moto's).
+AWS_PROFILE, AWS_REGION, ...). ``--endpoint-url`` with a local URL (iotsim's
+control plane, ``python -m tools.iotsim status`` shows it) sends the AWS IoT
+and the IAM calls there, signed with iotsim's own key and in its region (from
+its state folder: ``.iotsim`` or ``--iotsim-state DIR``); no AWS variable is
+needed. Every error is one line on stderr (exit status 1; 2 for credentials
+and region).
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--endpoint-url",
             default=None,
-            help="AWS IoT control-plane URL (iotsim: see `python -m tools.iotsim status`)",
+            help="AWS IoT control-plane URL (iotsim: see `python -m tools.iotsim status`; it answers IAM too)",
         )
-        p.add_argument("--iam-endpoint-url", default=None, help="IAM endpoint URL (tests: moto's server)")
+        p.add_argument(
+            "--iotsim-state",
+            type=Path,
+            default=None,
+            help="iotsim's state folder, whose key signs for a local --endpoint-url (default: .iotsim)",
+        )
         if name == "setup":
             p.add_argument("--template-name", default="FleetprovDemo")
             p.add_argument("--template-file", type=Path, default=DEFAULT_TEMPLATE_FILE)
@@ -78,12 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def clients(args: argparse.Namespace) -> Clients:
-    import boto3  # imported here: `--help` works without it
+    from ..iotsim import localaws  # boto3 and botocore: `--help` works without them
 
-    session = boto3.Session(profile_name=args.profile, region_name=args.region)
+    states = [args.iotsim_state or localaws.DEFAULT_STATE]
+    session = localaws.session(args.endpoint_url, args.region, args.profile, states)
+    local = localaws.is_local(args.endpoint_url)
     return Clients(
         iot=session.client("iot", endpoint_url=args.endpoint_url),
-        iam=session.client("iam", endpoint_url=args.iam_endpoint_url),
+        iam=session.client("iam", endpoint_url=args.endpoint_url if local else None),
     )
 
 
@@ -103,12 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from botocore.exceptions import BotoCoreError
 
+        from ..iotsim.localaws import LocalProfileError
+        from .setup import explain
+
         try:
             tool = Setup(options, clients(args))
         except BotoCoreError as exc:
-            from .setup import explain
-
             raise explain(exc, "connecting to AWS") from exc
+        except LocalProfileError as exc:
+            raise SetupError(str(exc), 2) from exc
         if args.command == "setup":
             tool.setup()
         else:
@@ -116,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as exc:
         print("awssetup: {}".format(exc), file=sys.stderr)
         return exc.status
+    except OSError as exc:  # the device folder or a file it names
+        print("awssetup: {}".format(exc), file=sys.stderr)
+        return 1
     return 0
 
 

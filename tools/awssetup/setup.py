@@ -26,12 +26,15 @@ from typing import Any
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    EndpointConnectionError,
     NoCredentialsError,
     NoRegionError,
     PartialCredentialsError,
 )
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from ..iotsim.policy import claim_policy_document
 
 TAG_KEY = "fleetprov:awssetup"
 STATE_FILE = "awssetup.json"
@@ -50,7 +53,7 @@ _DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedException", "Un
 
 
 class SetupError(Exception):
-    """A failure with a message for the user (exit status 1; 2 for credentials)."""
+    """A failure with a one-line message for the user (exit status 1; 2 for credentials)."""
 
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
@@ -94,7 +97,8 @@ def explain(exc: BaseException, action: str) -> SetupError:
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return SetupError(
             "no AWS credentials for {}: run `aws configure` (or set AWS_PROFILE, or "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); against iotsim any values do".format(action),
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); against iotsim give its local "
+            "--endpoint-url, which signs with iotsim's own key".format(action),
             2,
         )
     if isinstance(exc, NoRegionError):
@@ -111,8 +115,14 @@ def explain(exc: BaseException, action: str) -> SetupError:
                     action, code, message
                 )
             )
-        return SetupError("{} failed: {}: {}".format(action, code, message))
-    return SetupError("{} failed: {}".format(action, exc))
+        return SetupError("{} failed: {}: {}".format(action, code, " ".join(str(message).split())))
+    if isinstance(exc, EndpointConnectionError):
+        return SetupError(
+            "{} failed: nothing answers at {} (iotsim: is `python -m tools.iotsim up` running?)".format(
+                action, exc.kwargs.get("endpoint_url", "the endpoint")
+            )
+        )
+    return SetupError("{} failed: {}".format(action, " ".join(str(exc).split())))
 
 
 def _code(exc: ClientError) -> str:
@@ -171,11 +181,12 @@ class Setup:
         except (ClientError, BotoCoreError) as exc:
             raise explain(exc, action) from exc
 
-    def _exists(self, action: str, fn: Callable[..., Any], not_found: tuple[str, ...], **kwargs: Any) -> Any:
+    def _exists(self, action: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """fn's answer, or None when the service says the resource does not exist."""
         try:
             return fn(**kwargs)
         except ClientError as exc:
-            if _code(exc) in not_found:
+            if _code(exc) in ("ResourceNotFoundException", "NoSuchEntity"):
                 return None
             raise explain(exc, action) from exc
         except BotoCoreError as exc:
@@ -200,18 +211,18 @@ class Setup:
             self._device_folder(endpoint, cert, ca_pem)
         except SetupError as exc:
             undone, left = self._rollback()
-            lines = [str(exc)]
+            parts = [str(exc)]
             if undone:
-                lines.append("rolled back what this run created: {}".format(", ".join(undone)))
+                parts.append("rolled back what this run created: {}".format(", ".join(undone)))
             if left:
-                lines.append(
+                parts.append(
                     "could NOT remove: {} (listed in {}; `python -m tools.awssetup teardown` retries)".format(
-                        "; ".join(left), self.state_path
+                        ", ".join(left), self.state_path
                     )
                 )
             elif not undone:
-                lines.append("nothing was created")
-            raise SetupError("\n".join(lines), exc.status) from exc
+                parts.append("nothing was created")
+            raise SetupError("; ".join(parts), exc.status) from exc
         if self.o.dry_run:
             self.report.say("dry run: nothing was changed")
         elif not self.report.changed:
@@ -255,7 +266,7 @@ class Setup:
 
     def _role(self, verb: str) -> str:
         name = self.o.role_name
-        found = self._exists("iam:GetRole", self.c.iam.get_role, ("NoSuchEntity",), RoleName=name)
+        found = self._exists("iam:GetRole", self.c.iam.get_role, RoleName=name)
         if found is not None:
             arn = str(found["Role"]["Arn"])
             attached = self._call(
@@ -298,12 +309,7 @@ class Setup:
 
     def _thing_group(self, verb: str) -> None:
         name = self.o.thing_group
-        found = self._exists(
-            "iot:DescribeThingGroup",
-            self.c.iot.describe_thing_group,
-            ("ResourceNotFoundException",),
-            thingGroupName=name,
-        )
+        found = self._exists("iot:DescribeThingGroup", self.c.iot.describe_thing_group, thingGroupName=name)
         if found is not None:
             self.report.say("thing group {}: exists, unchanged".format(name))
             return
@@ -318,10 +324,7 @@ class Setup:
     def _template(self, verb: str, body: str, role_arn: str) -> None:
         name = self.o.template_name
         found = self._exists(
-            "iot:DescribeProvisioningTemplate",
-            self.c.iot.describe_provisioning_template,
-            ("ResourceNotFoundException",),
-            templateName=name,
+            "iot:DescribeProvisioningTemplate", self.c.iot.describe_provisioning_template, templateName=name
         )
         if found is not None:
             if json.loads(found["templateBody"]) != json.loads(body) or not found["enabled"]:
@@ -394,10 +397,7 @@ class Setup:
         certs = self.o.folder / "certs"
         if recorded is not None:
             found = self._exists(
-                "iot:DescribeCertificate",
-                self.c.iot.describe_certificate,
-                ("ResourceNotFoundException",),
-                certificateId=recorded["certificateId"],
+                "iot:DescribeCertificate", self.c.iot.describe_certificate, certificateId=recorded["certificateId"]
             )
             if found is not None and (certs / "claim.key.der").is_file():
                 self.report.say("claim certificate {}: exists, unchanged".format(recorded["certificateId"]))
@@ -435,9 +435,7 @@ class Setup:
         # (arn:aws:iot:REGION:ACCOUNT:cert/ID), which AWS IoT (and iotsim) wrote.
         parts = cert["certificateArn"].split(":")
         region, account = parts[3], parts[4]
-        found = self._exists(
-            "iot:GetPolicy", self.c.iot.get_policy, ("ResourceNotFoundException",), policyName=name
-        )
+        found = self._exists("iot:GetPolicy", self.c.iot.get_policy, policyName=name)
         if found is None:
             self.report.say(
                 "claim policy {}: {} (provisioning with template {} only)".format(
@@ -450,7 +448,7 @@ class Setup:
                 "iot:CreatePolicy",
                 self.c.iot.create_policy,
                 policyName=name,
-                policyDocument=claim_policy(region, account, self.o.template_name),
+                policyDocument=claim_policy_document(region, account, self.o.template_name),
                 tags=self._tags(),
             )
             self._created("claim_policy", name, lambda: self.c.iot.delete_policy(policyName=name))
@@ -548,72 +546,40 @@ class Setup:
             return self.report
         verb = "would delete" if self.o.dry_run else "deleted"
         failures = []
-        steps: list[tuple[str, str, Callable[[], bool], Callable[[], None]]] = []
-        if "claim" in created:
-            cid = created["claim"]["certificateId"]
-            steps.append(
-                (
-                    "claim",
-                    "claim certificate {}".format(cid),
-                    lambda: True,
-                    lambda cid=cid: self._delete_certificate(cid),
-                )
-            )
-        if "claim_policy" in created:
-            name = created["claim_policy"]
-            steps.append(
-                (
-                    "claim_policy",
-                    "claim policy {}".format(name),
-                    lambda name=name: self._ours_iot(self.c.iot.get_policy(policyName=name)["policyArn"]),
-                    lambda name=name: self.c.iot.delete_policy(policyName=name),
-                )
-            )
-        if "template" in created:
-            name = created["template"]
-            steps.append(
-                (
-                    "template",
-                    "template {}".format(name),
-                    lambda name=name: self._ours_iot(
-                        self.c.iot.describe_provisioning_template(templateName=name)["templateArn"]
-                    ),
-                    lambda name=name: self.c.iot.delete_provisioning_template(templateName=name),
-                )
-            )
-        if "thing_group" in created:
-            name = created["thing_group"]
-            steps.append(
-                (
-                    "thing_group",
-                    "thing group {}".format(name),
-                    lambda name=name: self._ours_iot(
-                        self.c.iot.describe_thing_group(thingGroupName=name)["thingGroupArn"]
-                    ),
-                    lambda name=name: self.c.iot.delete_thing_group(thingGroupName=name),
-                )
-            )
-        if "role" in created:
-            name = created["role"]
-            steps.append(
-                (
-                    "role",
-                    "role {}".format(name),
-                    lambda name=name: (
-                        {"Key": TAG_KEY, "Value": self.o.name}
-                        in self.c.iam.list_role_tags(RoleName=name)["Tags"]
-                    ),
-                    lambda name=name: self._delete_role(name),
-                )
-            )
-        for kind, what, ours, delete in steps:
+        iot, iam, tag = self.c.iot, self.c.iam, {"Key": TAG_KEY, "Value": self.o.name}
+        # kind -> (what it is, is it still ours?, delete it), newest first; the claim certificate
+        # cannot be tagged: the state file alone says this tool made it.
+        plan: dict[str, tuple[str, Callable[[str], bool], Callable[[str], Any]]] = {
+            "claim": ("claim certificate", lambda cid: True, self._delete_certificate),
+            "claim_policy": (
+                "claim policy",
+                lambda n: self._ours_iot(iot.get_policy(policyName=n)["policyArn"]),
+                lambda n: iot.delete_policy(policyName=n),
+            ),
+            "template": (
+                "template",
+                lambda n: self._ours_iot(iot.describe_provisioning_template(templateName=n)["templateArn"]),
+                lambda n: iot.delete_provisioning_template(templateName=n),
+            ),
+            "thing_group": (
+                "thing group",
+                lambda n: self._ours_iot(iot.describe_thing_group(thingGroupName=n)["thingGroupArn"]),
+                lambda n: iot.delete_thing_group(thingGroupName=n),
+            ),
+            "role": ("role", lambda n: tag in iam.list_role_tags(RoleName=n)["Tags"], self._delete_role),
+        }
+        for kind, (label, ours, delete) in plan.items():
+            if kind not in created:
+                continue
+            value = created[kind]["certificateId"] if kind == "claim" else created[kind]
+            what = "{} {}".format(label, value)
             try:
-                if not ours():
+                if not ours(value):
                     self.report.say("{}: its tag no longer says this tool made it; left as is".format(what))
                     self._forget(kind)
                     continue
                 if not self.o.dry_run:
-                    delete()
+                    delete(value)
                     self._forget(kind)
                 self.report.say("{}: {}".format(what, verb))
             except ClientError as exc:
@@ -632,40 +598,11 @@ class Setup:
                     p.unlink()
         if failures:
             raise SetupError(
-                "\n".join(failures + ["still listed in {}; run teardown again".format(self.state_path)])
+                "; ".join(failures + ["still listed in {}; run teardown again".format(self.state_path)])
             )
         if not self.o.dry_run:
             self.state_path.unlink(missing_ok=True)
         return self.report
-
-
-def claim_policy(region: str, account: str, template: str) -> str:
-    """AWS's documented fleet-provisioning claim policy for one template (docs/aws-setup.md step 5)."""
-    arn = "arn:aws:iot:{}:{}:".format(region, account)
-    topics = [
-        "$aws/certificates/create/*",
-        "$aws/certificates/create-from-csr/*",
-        "$aws/provisioning-templates/{}/provision/*".format(template),
-    ]
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"},
-                {
-                    "Effect": "Allow",
-                    "Action": ["iot:Publish", "iot:Receive"],
-                    "Resource": [arn + "topic/" + t for t in topics],
-                },
-                {
-                    "Effect": "Allow",
-                    "Action": "iot:Subscribe",
-                    "Resource": [arn + "topicfilter/" + t for t in topics],
-                },
-            ],
-        },
-        indent=2,
-    )
 
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:

@@ -26,6 +26,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from . import localaws
+from .controlplane import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 from .registry import (
     BILLING_GROUP,
     CLAIM,
@@ -102,6 +104,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise CliError("--token-ttl must be positive seconds, got {}".format(args.token_ttl))
     if args.tps is not None and args.tps <= 0:
         raise CliError("--tps must be positive requests per second, got {}".format(args.tps))
+    for option, value in (
+        ("--api-timeout", args.api_timeout),
+        ("--api-connections", args.api_connections),
+        ("--api-max-body", args.api_max_body),
+    ):
+        if value <= 0:
+            raise CliError("{} must be positive, got {}".format(option, value))
     sim = IotSim(
         state,
         args.port,
@@ -114,6 +123,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         account=args.account,
         api_port=args.api_port,
         lambdas=_lambdas(args.lambda_hooks),
+        api_timeout=args.api_timeout,
+        api_connections=args.api_connections,
+        api_max_body=args.api_max_body,
     )
     stop = threading.Event()
 
@@ -137,12 +149,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
         assert sim.claim is not None
         print("iotsim is running: mosquitto with TLS client certificates on 127.0.0.1:{}".format(sim.port))
-        print(
-            "AWS IoT control plane: {} (boto3 endpoint_url=, aws --endpoint-url; any credentials)".format(
-                sim.api_url
-            )
-        )
-        print("state folder: {}".format(state))
+        print("AWS IoT control plane (and IAM): {}, SigV4-signed with iotsim's own key:".format(sim.api_url))
+        print("  export {}".format(localaws.environment(state)))
+        print("state folder: {} (mode 0700; key files 0600)".format(state))
         print("  CA certificate          {} (DER: {})".format(sim.ca_path, sim.ca_der))
         print("  claim certificate + key {}, {}".format(sim.claim.cert_path, sim.claim.key_path))
         print("                    (DER) {}, {}".format(sim.claim.cert_der_path, sim.claim.key_der_path))
@@ -154,6 +163,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 sim.config_path
             )
         )
+        print("  AWS profile {:<11} {}, {}".format(
+            localaws.PROFILE, localaws.config_path(state), localaws.credentials_path(state)
+        ))
         print("  registry                {}".format(state / DB_FILE))
         print("  broker log              {}".format(state / "mosquitto.log"))
         throttle = "{:g} requests/s per operation".format(args.tps) if args.tps else "off"
@@ -321,7 +333,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_new_claim(args: argparse.Namespace) -> int:
     from . import pki  # cryptography: loaded only by the commands that make certificates
-    from .stack import DEVICE_CERT_DIR, ensure_claim_policy
+    from .stack import ensure_claim_policy, install_device_certs
 
     state: Path = args.state.resolve()
     with _open_registry(state) as reg:
@@ -332,10 +344,7 @@ def cmd_new_claim(args: argparse.Namespace) -> int:
         ensure_claim_policy(reg, claim.certificate_id)
         for cid in old:
             reg.set_status(cid, INACTIVE)
-    certs = state / DEVICE_CERT_DIR
-    certs.mkdir(exist_ok=True)
-    for src, name in ((claim.cert_der_path, "claim.der"), (claim.key_der_path, "claim.key.der")):
-        pki.write_atomic(certs / name, src.read_bytes(), private=name.endswith("key.der"))
+    certs = install_device_certs(state, claim)
     print("new claim certificate {}".format(claim.certificate_id))
     print(
         "  files: {}, {} (DER: {}, {}; and {}/claim.der, claim.key.der)".format(
@@ -463,6 +472,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="the AWS IoT control-plane HTTP port on 127.0.0.1 (default: a free one, shown by `status`)",
+    )
+    up.add_argument(
+        "--api-timeout",
+        type=float,
+        default=REQUEST_TIMEOUT_S,
+        help="seconds a control-plane connection has to send each whole request "
+        "(iotsim's choice, default %(default)g)",
+    )
+    up.add_argument(
+        "--api-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        help="control-plane connections served at once; more get 503 (iotsim's choice, default %(default)d)",
+    )
+    up.add_argument(
+        "--api-max-body",
+        type=int,
+        default=MAX_BODY,
+        help="largest control-plane request body in bytes; larger: 413 (iotsim's choice, default %(default)d)",
     )
     up.add_argument(
         "--lambda",

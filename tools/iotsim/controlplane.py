@@ -1,14 +1,21 @@
 """iotsim's AWS IoT control plane: the HTTP API boto3 and the AWS CLI call, on 127.0.0.1.
 
-Routing and the request/response layout come from botocore's ``iot`` model
-(tools/iotsim/apimodel.py); this module holds only what each operation does,
-on the same registry and template folder the MQTT side uses, so a template
-created here provisions devices at once and a certificate set INACTIVE here
-is refused at its next connection. Any credentials are accepted (requests are
-not signature-checked); errors are AWS's exception names with AWS's HTTP
-status (``x-amzn-ErrorType`` header and ``{"message": ...}``, as rest-json
-SDKs expect). An operation of the model that iotsim does not implement gets
-501 ``NotImplementedException`` naming it.
+Routing, input checks and the answers' layout come from botocore's ``iot`` model (and its
+``iam`` model for the IAM calls a setup makes: tools/iotsim/iam.py), through
+tools/iotsim/apimodel.py; this module holds only what each operation does, on the same
+registry and template folder the MQTT side uses, so a template created here provisions
+devices at once and a certificate set INACTIVE here is refused at its next connection.
+Errors are AWS's codes with AWS's HTTP status (rest-json: ``x-amzn-ErrorType`` and
+``{"message": ...}``; query: IAM's XML). An operation of a model that iotsim does not
+implement gets 501 ``NotImplementedException`` naming it.
+
+Who may call, and how much: a request must name this endpoint in its ``Host`` header (a web
+page rebinding a name to 127.0.0.1 is refused) and be signed with SigV4 by the key ``up``
+wrote (tools/iotsim/sigv4.py, tools/iotsim/localaws.py); no CORS header is ever sent. Each
+connection must deliver a whole request within ``request_timeout`` seconds, at most
+``max_connections`` are served at once (more get 503 and are closed), and a body over
+``max_body`` bytes is refused from its Content-Length before it is read (:class:`ApiLimits`).
+AWS documents none of these three numbers; they are iotsim's choices and switches (``up --api-*``).
 
 Templates keep their body in ``<state>/templates/<name>.json`` (the MQTT
 service reads it from there) and their control-plane settings (versions,
@@ -33,13 +40,17 @@ move the clock and call :meth:`ControlPlane.expire_claims`.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import socket
 import threading
+import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -50,9 +61,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import pki
 from .apimodel import ApiError, ApiModel
+from .iam import Iam
 from .policy import claim_policy_document
 from .registry import (
     ACTIVE,
+    BILLING_GROUP,
     CLAIM,
     CLAIM_POLICY,
     INACTIVE,
@@ -64,6 +77,7 @@ from .registry import (
     ResourceError,
 )
 from .service import DEVICE_COMMON_NAME, load_hook
+from .sigv4 import AuthFailure, Credentials, verify
 from .templates import MAX_TEMPLATE_CHARS, TEMPLATE_NAME, Template, TemplateError, TemplateStore
 
 log = logging.getLogger("iotsim.controlplane")
@@ -78,6 +92,18 @@ _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}\Z")
 _CERT_ID = re.compile(r"^[0-9a-fA-F]{64}\Z")
 _ENDPOINT_TYPES = ("iot:Data", "iot:Data-ATS", "iot:CredentialProvider", "iot:Jobs")
 _PAGE_MAX = 250
+# iotsim's choices (AWS documents no number): see the module's docstring and docs/iotsim.md.
+REQUEST_TIMEOUT_S = 20.0
+MAX_CONNECTIONS = 64
+MAX_BODY = 1 << 20  # the iot model's largest string, a policy document, is 404,600 characters
+# ARN resource kinds TagResource and friends accept -> the registry's kind (None: own lookup).
+_TAGGABLE = {
+    "provisioningtemplate": None,
+    "policy": None,
+    "thinggroup": THING_GROUP,
+    "thingtype": THING_TYPE,
+    "billinggroup": BILLING_GROUP,
+}
 
 
 def _status_for_api(status: str) -> str:
@@ -109,42 +135,47 @@ def _failing_hook(message: str) -> Callable[..., Any]:
     return hook
 
 
-class ControlPlane:
-    """The control-plane HTTP server of one iotsim (``start()``/``stop()``; ``url`` once started)."""
+@dataclass(frozen=True)
+class ApiLimits:
+    """What one connection may cost (iotsim's choices; ``up --api-timeout/--api-connections/--api-max-body``)."""
 
-    def __init__(
-        self,
-        *,
-        state: Path,
-        registry: Registry,
-        templates: TemplateStore,
-        ca: pki.CertificateAuthority,
-        mqtt_host: str,
-        mqtt_port: int,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        region: str = "local",
-        account: str = "000000000000",
-        lambdas: Mapping[str, Callable[..., Any] | str] | None = None,
-        sweep_interval: float = SWEEP_INTERVAL,
-    ) -> None:
-        self.state = Path(state)
-        self.registry = registry
-        self.templates = templates
-        self.ca = ca
-        self.mqtt_host = mqtt_host
-        self.mqtt_port = mqtt_port
-        self.host = host
-        self.port = port
-        self.region = region
-        self.account = account
-        self.lambdas: dict[str, Callable[..., Any] | str] = dict(lambdas or {})
-        self.sweep_interval = sweep_interval
+    request_timeout: float = REQUEST_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
+    max_body: int = MAX_BODY
+
+
+@dataclass(eq=False, kw_only=True)
+class ControlPlane:
+    """The control-plane HTTP server of one iotsim (``start()``/``stop()``; ``url`` once started).
+
+    ``lambdas`` maps Lambda function names to local hooks; ``credentials`` is the key requests
+    must be signed with."""
+
+    state: Path
+    registry: Registry
+    templates: TemplateStore
+    ca: pki.CertificateAuthority
+    mqtt_host: str
+    mqtt_port: int
+    credentials: Credentials
+    host: str = "127.0.0.1"
+    port: int = 0
+    region: str = "local"
+    account: str = "000000000000"
+    lambdas: dict[str, Callable[..., Any] | str] = field(default_factory=dict)
+    sweep_interval: float = SWEEP_INTERVAL
+    limits: ApiLimits = field(default_factory=ApiLimits)
+
+    def __post_init__(self) -> None:
+        self.state = Path(self.state)
+        self.lambdas = dict(self.lambdas)
         self.settings_dir = self.state / "controlplane" / "templates"
         self.tags_path = self.state / "controlplane" / "tags.json"
-        self.model = ApiModel("iot")
+        self.models = {"iot": ApiModel("iot"), "iam": ApiModel("iam")}
+        self.model = self.models["iot"]
+        self.iam = Iam(self.state, self.account, self.registry.clock)
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
 
@@ -160,8 +191,7 @@ class ControlPlane:
         class Handler(_Handler):
             control = plane
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((self.host, self.port), Handler, self.limits.max_connections)
         self.port = self._server.server_address[1]
         self._stopping.clear()
         self._threads = [
@@ -300,6 +330,25 @@ class ControlPlane:
         except TemplateError as exc:
             raise ApiError("InvalidRequestException", "templateBody: {}".format(exc.message)) from None
 
+    def _taggable(self, arn: str) -> str:
+        """The ARN if it names a resource of this iotsim that can carry tags; else AWS's error."""
+        m = re.match(r"^arn:aws:iot:([^:]*):([^:]*):([a-z]+)/(.+)\Z", arn)
+        if m is None or m.group(3) not in _TAGGABLE:
+            raise ApiError(
+                "InvalidRequestException",
+                "{!r} is not the ARN of a taggable AWS IoT resource ({})".format(arn, ", ".join(_TAGGABLE)),
+            )
+        region, account, kind, name = m.groups()
+        if kind == "provisioningtemplate":
+            exists = TEMPLATE_NAME.match(name) is not None and self.templates.path(name).exists()
+        elif kind == "policy":
+            exists = self.registry.policy(name) is not None
+        else:
+            exists = self.registry.resource(_TAGGABLE[kind], name) is not None  # type: ignore[arg-type]
+        if (region, account) != (self.region, self.account) or not exists:
+            raise ApiError("ResourceNotFoundException", "{} does not exist".format(arn))
+        return arn
+
     def _tags(self) -> dict[str, dict[str, str]]:
         try:
             return json.loads(self.tags_path.read_text(encoding="utf-8"))
@@ -328,8 +377,27 @@ class ControlPlane:
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        handler = getattr(self, "op_" + operation, None)
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The Host header values that name this endpoint."""
+        return tuple("{}:{}".format(h, self.port) for h in dict.fromkeys((self.host, "localhost", "127.0.0.1")))
+
+    def authenticate(self, method: str, target: str, headers: Any, body: bytes) -> ApiModel:
+        """The model (``iot`` or ``iam``) of a request signed with this iotsim's key; ApiError otherwise."""
+        regions = {"iot": (self.region,), "iam": tuple(dict.fromkeys((self.region, "us-east-1")))}
+        try:
+            return self.models[verify(method, target, headers, body, credentials=self.credentials,
+                                      regions=regions, now=time.time())]
+        except AuthFailure as exc:
+            raise exc.error(self.guess_model(headers).protocol) from None
+
+    def guess_model(self, headers: Any) -> ApiModel:
+        """The model whose error format suits a request not yet authenticated (form bodies: IAM's)."""
+        form = "x-www-form-urlencoded" in str(headers.get("Content-Type") or "")
+        return self.models["iam" if form else "iot"]
+
+    def call(self, operation: str, params: dict[str, Any], service: str = "iot") -> dict[str, Any]:
+        handler = getattr(self if service == "iot" else self.iam, "op_" + operation, None)
         if handler is None:
             raise ApiError(
                 "NotImplementedException",
@@ -735,10 +803,8 @@ class ControlPlane:
         thingGroupProperties: dict[str, Any] | None = None,
         tags: list[dict[str, str]] | None = None,
     ) -> dict[str, Any]:
-        if parentGroupName is not None and self.registry.resource(THING_GROUP, parentGroupName) is None:
-            raise ApiError(
-                "ResourceNotFoundException", "Thing group {} does not exist".format(parentGroupName)
-            )
+        if parentGroupName is not None:
+            self._group(parentGroupName)
         wanted = {"parentGroupName": parentGroupName, "thingGroupProperties": thingGroupProperties or {}}
         existing = self.registry.resource(THING_GROUP, thingGroupName)
         if existing is not None:
@@ -766,13 +832,14 @@ class ControlPlane:
         props = found[0] if found else {}
         return str(props.get("thingGroupId") or uuid.uuid5(uuid.NAMESPACE_URL, "thinggroup/" + name))
 
-    def op_DescribeThingGroup(self, thingGroupName: str) -> dict[str, Any]:
-        found = self.registry.resource(THING_GROUP, thingGroupName)
+    def _group(self, name: str) -> tuple[dict[str, Any], float]:
+        found = self.registry.resource(THING_GROUP, name)
         if found is None:
-            raise ApiError(
-                "ResourceNotFoundException", "Thing group {} does not exist".format(thingGroupName)
-            )
-        props, created = found
+            raise ApiError("ResourceNotFoundException", "Thing group {} does not exist".format(name))
+        return found
+
+    def op_DescribeThingGroup(self, thingGroupName: str) -> dict[str, Any]:
+        props, created = self._group(thingGroupName)
         return {
             "thingGroupName": thingGroupName,
             "thingGroupId": self._group_id(thingGroupName),
@@ -790,6 +857,8 @@ class ControlPlane:
         namePrefixFilter: str | None = None,
         recursive: bool = True,
     ) -> dict[str, Any]:
+        if parentGroup is not None:
+            self._group(parentGroup)
         items = []
         for name in self.registry.resources(THING_GROUP):
             if namePrefixFilter and not name.startswith(namePrefixFilter):
@@ -819,7 +888,8 @@ class ControlPlane:
                     thingGroupName, ", ".join(children)
                 ),
             )
-        # AWS: deleting a group that does not exist succeeds.
+        # AWS lists no ResourceNotFoundException for DeleteThingGroup: a missing group is no error
+        # (https://docs.aws.amazon.com/iot/latest/apireference/API_DeleteThingGroup.html).
         self.registry.delete_resource(THING_GROUP, thingGroupName)
         self._drop_tags(self.arn("thinggroup", thingGroupName))
         return {}
@@ -867,15 +937,12 @@ class ControlPlane:
             "billingGroupName": t.billing_group,
         }
 
-    def op_ListThings(
-        self,
-        nextToken: str | None = None,
-        maxResults: int | None = None,
-        attributeName: str | None = None,
-        attributeValue: str | None = None,
-        thingTypeName: str | None = None,
-        usePrefixAttributeValue: bool = False,
+    def op_ListThings(  # the model's members, in its order
+        self, nextToken: str | None = None, maxResults: int | None = None, attributeName: str | None = None,
+        attributeValue: str | None = None, thingTypeName: str | None = None, usePrefixAttributeValue: bool = False,
     ) -> dict[str, Any]:
+        if thingTypeName is not None and self.registry.resource(THING_TYPE, thingTypeName) is None:
+            raise ApiError("ResourceNotFoundException", "Thing type {} does not exist".format(thingTypeName))
         items = []
         for t in self.registry.things():
             if thingTypeName is not None and t.thing_type != thingTypeName:
@@ -913,7 +980,8 @@ class ControlPlane:
                 "VersionConflictException",
                 "Thing {} is at version 1, not {}".format(thingName, expectedVersion),
             )
-        # AWS: deleting a thing that does not exist succeeds.
+        # AWS: "Returns successfully with no error if ... you specify a thing that doesn't exist"
+        # (https://docs.aws.amazon.com/iot/latest/apireference/API_DeleteThing.html).
         self.registry.delete_thing(thingName)
         return {}
 
@@ -931,25 +999,86 @@ class ControlPlane:
         return {}
 
     def op_DetachThingPrincipal(self, thingName: str, principal: str) -> dict[str, Any]:
-        self.registry.detach_thing_principal(thingName, self._certificate_of(principal))
+        cid = self._certificate_of(principal)
+        self._thing(thingName)
+        self._cert(cid)
+        self.registry.detach_thing_principal(thingName, cid)
         return {}
 
     # -- tags --------------------------------------------------------------------------------------
 
     def op_ListTagsForResource(self, resourceArn: str, nextToken: str | None = None) -> dict[str, Any]:
-        tags = self._tags().get(resourceArn, {})
+        tags = self._tags().get(self._taggable(resourceArn), {})
         return {"tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())]}
 
     def op_TagResource(self, resourceArn: str, tags: list[dict[str, str]]) -> dict[str, Any]:
-        self._set_tags(resourceArn, tags)
+        self._set_tags(self._taggable(resourceArn), tags)
         return {}
 
     def op_UntagResource(self, resourceArn: str, tagKeys: list[str]) -> dict[str, Any]:
+        self._taggable(resourceArn)
         with self._lock:
             current = self._tags().get(resourceArn, {})
             kept = [{"Key": k, "Value": v} for k, v in current.items() if k not in tagKeys]
             self._set_tags(resourceArn, kept, replace=True)
         return {}
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them; more get 503 and are closed."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler], max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"message": "too many connections; try again"}).encode()
+            head = (
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                "x-amzn-ErrorType: ServiceUnavailableException\r\nContent-Length: {}\r\n"
+                "Connection: close\r\n\r\n".format(len(body))
+            )
+            try:
+                request.setblocking(False)  # never wait on a client that does not read
+                request.send(head.encode() + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's bytes, each read bounded by what is left of the request's deadline:
+    a client dripping a byte at a time still runs out of time."""
+
+    def __init__(self, sock: socket.socket, handler: _Handler) -> None:
+        self.sock = sock
+        self.handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -959,42 +1088,93 @@ class _Handler(BaseHTTPRequestHandler):
     # delayed ACK holds the body back ~40 ms on every call.
     disable_nagle_algorithm = True
     server_version = "iotsim"
+    deadline = 0.0
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket's own file: replaced by one that keeps the deadline
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def handle_one_request(self) -> None:
+        # The wait for a request counts too: an idle keep-alive connection ends with it.
+        self.deadline = time.monotonic() + self.control.limits.request_timeout
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("%s " + format, self.address_string(), *args)
 
+    def _body(self) -> bytes:
+        """The request's body, refused from its headers alone when it is not one AWS would read."""
+        if self.headers.get("Transfer-Encoding"):
+            raise ApiError("SerializationException", "send a Content-Length, not a Transfer-Encoding", 411)
+        lengths = self.headers.get_all("Content-Length") or ["0"]
+        if len(set(lengths)) != 1 or not lengths[0].strip().isdigit():
+            raise ApiError("SerializationException", "Content-Length {!r} is not a byte count".format(lengths[0][:40]), 400)
+        length = int(lengths[0])
+        if length > self.control.limits.max_body:
+            raise ApiError(
+                "RequestEntityTooLargeException",
+                "the body has {} bytes; iotsim takes at most {}".format(length, self.control.limits.max_body),
+                413,
+            )
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            raise TimeoutError("the body ended early")
+        return body
+
     def _serve(self) -> None:
         plane = self.control
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length > 0 else b""
-        url = urllib.parse.urlsplit(self.path)
-        query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        model = plane.guess_model(self.headers)
         operation = "?"
         try:
-            operation, labels = plane.model.route(self.command, url.path, query)
-            params = plane.model.parse(operation, labels, query, dict(self.headers.items()), body)
-            result = plane.call(operation, params)
-            self._send(200, plane.model.serialize(operation, result), None)
+            if self.headers.get("Host") not in plane.hosts:
+                raise ApiError(
+                    "ForbiddenException",
+                    "Host {!r} is not this endpoint ({})".format(
+                        str(self.headers.get("Host"))[:100], " or ".join(plane.hosts)
+                    ),
+                    403,
+                )
+            try:
+                body = self._body()
+            except ApiError:
+                self.close_connection = True  # the rest of the stream cannot be trusted
+                raise
+            model = plane.authenticate(self.command, self.path, self.headers, body)
+            url = urllib.parse.urlsplit(self.path)
+            operation, params = model.request(self.command, url.path, url.query, dict(self.headers.items()), body)
+            result = plane.call(operation, params, model.service)
+            request_id = str(uuid.uuid4())
+            self._send(200, model.answer(operation, result, request_id), model, request_id, None)
         except ApiError as exc:
-            status = exc.status or plane.model.error_status(exc.code)
+            request_id = str(uuid.uuid4())
+            status, data = model.error(exc, request_id)
             log.info("%s: %s %s", operation, exc.code, exc.message)
-            self._send(status, json.dumps({"message": exc.message}).encode(), exc.code)
-        except Exception as exc:  # a bug in iotsim: AWS's InternalFailureException, and the traceback logged
+            self._send(status, data, model, request_id, exc.code)
+        except TimeoutError:
+            raise  # handle_one_request closes the connection
+        except Exception as exc:  # a bug in iotsim: AWS's InternalFailure, and the traceback logged
             log.exception("%s failed", operation)
-            self._send(
-                500,
-                json.dumps({"message": "iotsim internal error: {}".format(type(exc).__name__)}).encode(),
-                "InternalFailureException",
+            request_id = str(uuid.uuid4())
+            status, data = model.error(
+                ApiError("InternalFailureException", "iotsim internal error: {}".format(type(exc).__name__), 500),
+                request_id,
             )
+            self._send(status, data, model, request_id, "InternalFailureException")
 
-    def _send(self, status: int, data: bytes, error: str | None) -> None:
+    def _send(self, status: int, data: bytes, model: ApiModel, request_id: str, error: str | None) -> None:
+        self.connection.settimeout(self.control.limits.request_timeout)  # a client that does not read
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", model.content_type)
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.send_header("x-amzn-RequestId", request_id)
         if error:
             self.send_header("x-amzn-ErrorType", error)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+    # Every method reaches the same checks (OPTIONS too: a CORS preflight is refused like any
+    # unsigned request, and no Access-Control-* header is ever sent).
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _serve

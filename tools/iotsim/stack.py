@@ -2,24 +2,29 @@
 
 ``IotSim(state, port).start()`` prepares the state folder (CA, server, service
 and claim identities, the registry with the claim and service certificates,
-the demo template, a device ``config.json`` and ``certs/``) and runs mosquitto
-with the plugin plus the provisioning service. The CLI (``python -m
-tools.iotsim up``), the pytest fixture and the fleet benchmark all use it.
+the demo template, a device ``config.json`` and ``certs/``, the control
+plane's AWS credentials) and runs mosquitto with the plugin, the provisioning
+service and the control plane. The CLI (``python -m tools.iotsim up``), the
+pytest fixture and the fleet benchmark all use it.
+
+The state folder holds private keys: it is mode 0700 and every key file (and
+the credentials file) 0600, also in a folder an older iotsim made.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import pki
+from . import localaws, pki
 from .broker import ACCOUNT, DEFAULT_PLUGIN, REGION, Broker
-from .controlplane import ControlPlane
+from .controlplane import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S, ApiLimits, ControlPlane
 from .policy import claim_policy_document
 from .registry import CLAIM, CLAIM_POLICY, DEFAULT_TOKEN_TTL, SERVICE, THING_GROUP, Registry
 from .service import ProvisioningService
@@ -55,6 +60,27 @@ def device_config(
     }
 
 
+def install_device_certs(state: Path, claim: pki.ClientIdentity) -> Path:
+    """``<state>/certs/``: the CA and the claim as DER, what a device's flash holds (key 0600)."""
+    certs = state / DEVICE_CERT_DIR
+    certs.mkdir(mode=0o700, exist_ok=True)
+    for src, name in (
+        (state / "ca.der", "ca.der"),
+        (claim.cert_der_path, "claim.der"),
+        (claim.key_der_path, "claim.key.der"),
+    ):
+        pki.write_atomic(certs / name, src.read_bytes(), private=name.endswith("key.der"))
+    return certs
+
+
+def _private_state(state: Path) -> None:
+    """The folder 0700 and its key files 0600, whatever mode an older iotsim left them in."""
+    os.chmod(state, 0o700)
+    for path in (*state.glob("*.key*"), *state.glob("*/*.key*"), localaws.credentials_path(state)):
+        if path.is_file():
+            os.chmod(path, 0o600)
+
+
 def ensure_claim_policy(registry: Registry, claim_id: str) -> None:
     """The claim policy of docs/aws-setup.md (any template), attached to the claim certificate."""
     if CLAIM_POLICY not in {name for name, _, _ in registry.policies()}:
@@ -62,59 +88,54 @@ def ensure_claim_policy(registry: Registry, claim_id: str) -> None:
     registry.attach_policy(CLAIM_POLICY, claim_id)
 
 
+@dataclass(eq=False)
 class IotSim:
     """iotsim on ``host:port`` with its state in ``state``.
 
     ``tps``: throttle each operation (None: off); ``token_ttl``: ownership token
     lifetime in seconds; ``hook``: pre-provisioning hook (callable or
-    "module:function"); ``clock``: the registry's clock (tests).
+    "module:function"); ``clock``: the registry's clock (tests); ``api_port``:
+    the AWS IoT control plane's HTTP port (0: a free one); ``lambdas``: Lambda
+    function name -> hook; ``api_timeout``, ``api_connections``,
+    ``api_max_body``: the control plane's bounds (iotsim's choices, docs/iotsim.md).
     """
 
-    def __init__(
-        self,
-        state: Path,
-        port: int = DEFAULT_PORT,
-        *,
-        host: str = "127.0.0.1",
-        tps: float | None = None,
-        token_ttl: float = DEFAULT_TOKEN_TTL,
-        hook: Callable[..., Any] | str | None = None,
-        clock: Callable[[], float] = time.time,
-        plugin: Path = DEFAULT_PLUGIN,
-        keygen_processes: int | None = None,
-        workers: int = 8,
-        single_use_tokens: bool = True,
-        tokens_bound_to_requester: bool = True,
-        region: str = REGION,
-        account: str = ACCOUNT,
-        api_port: int = 0,
-        lambdas: dict[str, Callable[..., Any] | str] | None = None,
-    ) -> None:
-        self.state = Path(state).resolve()
-        # The AWS IoT control plane over HTTP (0: a free port); lambdas: function name -> hook.
-        self.api_port = int(api_port)
-        self.lambdas = dict(lambdas or {})
-        self.controlplane: ControlPlane | None = None
-        self.port = int(port)
-        self.host = host
-        self.tps = tps
-        self.token_ttl = token_ttl
-        self.hook = hook
-        self.clock = clock
-        self.plugin = Path(plugin)
-        self.keygen_processes = keygen_processes
-        self.workers = workers
-        self.single_use_tokens = single_use_tokens
-        self.tokens_bound_to_requester = tokens_bound_to_requester
-        self.region = region
-        self.account = account
+    state: Path
+    port: int = DEFAULT_PORT
+    _: KW_ONLY
+    host: str = "127.0.0.1"
+    tps: float | None = None
+    token_ttl: float = DEFAULT_TOKEN_TTL
+    hook: Callable[..., Any] | str | None = None
+    clock: Callable[[], float] = time.time
+    plugin: Path = DEFAULT_PLUGIN
+    keygen_processes: int | None = None
+    workers: int = 8
+    single_use_tokens: bool = True
+    tokens_bound_to_requester: bool = True
+    region: str = REGION
+    account: str = ACCOUNT
+    api_port: int = 0
+    lambdas: dict[str, Callable[..., Any] | str] = field(default_factory=dict)
+    api_timeout: float = REQUEST_TIMEOUT_S
+    api_connections: int = MAX_CONNECTIONS
+    api_max_body: int = MAX_BODY
+
+    def __post_init__(self) -> None:
+        self.state = Path(self.state).resolve()
+        self.port, self.api_port, self.plugin = int(self.port), int(self.api_port), Path(self.plugin)
+        self.lambdas = dict(self.lambdas or {})
+        self.api_limits = ApiLimits(self.api_timeout, self.api_connections, self.api_max_body)
+        self.templates = TemplateStore(self.state / "templates")
+        # Made by prepare() and start(); None until then and after stop().
+        self.credentials: localaws.Credentials | None = None
         self.ca: pki.CertificateAuthority | None = None
         self.claim: pki.ClientIdentity | None = None
         self.service_identity: pki.ClientIdentity | None = None
         self.registry: Registry | None = None
-        self.templates = TemplateStore(self.state / "templates")
         self.broker: Broker | None = None
         self.service: ProvisioningService | None = None
+        self.controlplane: ControlPlane | None = None
 
     # -- paths -----------------------------------------------------------------------
 
@@ -137,7 +158,9 @@ class IotSim:
 
         Idempotent; returns the files a user cares about.
         """
-        self.state.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_state(self.state)
+        self.credentials = localaws.ensure_credentials(self.state)
         self.ca = pki.CertificateAuthority.load_or_create(self.state)
         self.service_identity = pki.ensure_client_identity(self.state, self.ca, "service", "iotsim-service",
                                                            key_type="ec")  # host side only
@@ -161,14 +184,7 @@ class IotSim:
             self.registry.create_resource(THING_GROUP, group)
         if DEMO_TEMPLATE_NAME not in self.templates.names():
             self.templates.put(DEMO_TEMPLATE_NAME, demo_template_text())
-        certs = self.state / DEVICE_CERT_DIR
-        certs.mkdir(exist_ok=True)
-        for src, name in (
-            (self.ca_der, "ca.der"),
-            (self.claim.cert_der_path, "claim.der"),
-            (self.claim.key_der_path, "claim.key.der"),
-        ):
-            shutil.copyfile(src, certs / name)
+        certs = install_device_certs(self.state, self.claim)
         pki.write_atomic(self.config_path, (json.dumps(device_config(self.port), indent=2) + "\n").encode())
         return [
             self.ca_path,
@@ -185,42 +201,41 @@ class IotSim:
     def start(self, timeout: float = 20.0) -> IotSim:
         """Prepare, start mosquitto and the service; returns when provisioning works."""
         self.prepare()
-        assert self.ca and self.service_identity and self.registry
+        assert self.ca and self.service_identity and self.registry and self.credentials
         self.broker = Broker(
             self.state, self.port, self.plugin, host=self.host, region=self.region, account=self.account
         )
         try:
             self.broker.start()
+            # What the service and the control plane share: one registry, one template folder.
+            shared: dict[str, Any] = dict(
+                registry=self.registry, templates=self.templates, ca=self.ca, region=self.region, account=self.account
+            )
             self.service = ProvisioningService(
                 host=self.host,
                 port=self.port,
-                ca=self.ca,
                 ca_path=self.ca_path,
                 identity=self.service_identity,
-                registry=self.registry,
-                templates=self.templates,
                 hook=self.hook,
                 tps=self.tps,
                 keygen_processes=self.keygen_processes,
                 workers=self.workers,
-                region=self.region,
-                account=self.account,
+                **shared,
             )
             self.service.start(timeout=timeout)
             self.controlplane = ControlPlane(
                 state=self.state,
-                registry=self.registry,
-                templates=self.templates,
-                ca=self.ca,
                 mqtt_host=self.host,
                 mqtt_port=self.port,
                 host=self.host,
                 port=self.api_port,
-                region=self.region,
-                account=self.account,
                 lambdas=self.lambdas,
+                credentials=self.credentials,
+                limits=self.api_limits,
+                **shared,
             ).start()
             self.api_port = self.controlplane.port
+            localaws.write_config(self.state, self.region, self.api_url)
             self.service.template_settings = self.controlplane.template_settings
         except BaseException:
             self.stop()
@@ -233,15 +248,11 @@ class IotSim:
         return "http://{}:{}".format(self.host, self.api_port)
 
     def stop(self) -> None:
-        if self.controlplane is not None:
-            self.controlplane.stop()
-            self.controlplane = None
-        if self.service is not None:
-            self.service.stop()
-            self.service = None
-        if self.broker is not None:
-            self.broker.stop()
-            self.broker = None
+        for part in ("controlplane", "service", "broker"):  # the reverse of start()
+            running = getattr(self, part)
+            if running is not None:
+                running.stop()
+                setattr(self, part, None)
         if self.registry is not None:
             self.registry.close()
             self.registry = None

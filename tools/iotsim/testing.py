@@ -273,8 +273,8 @@ class RunningIotSim:
     def controlplane(self) -> Any:
         return self.sim.controlplane
 
-    def iot_client(self, *, validate: bool = True) -> Any:
-        """A boto3 ``iot`` client on this iotsim's control plane (dummy credentials).
+    def iot_client(self, *, validate: bool = True, service: str = "iot") -> Any:
+        """A boto3 client (``iot``, or ``iam``) on this iotsim's control plane, signed with its key.
 
         ``validate=False`` turns off botocore's own parameter checks, so that bad
         input reaches iotsim as it would from a client that does not check.
@@ -282,12 +282,13 @@ class RunningIotSim:
         import boto3  # only the control-plane tests need it
         from botocore.config import Config
 
+        assert self.sim.credentials is not None
         return boto3.client(
-            "iot",
+            service,
             endpoint_url=self.api_url,
-            region_name="us-east-1",
-            aws_access_key_id="iotsim",
-            aws_secret_access_key="iotsim",
+            region_name=self.sim.region,
+            aws_access_key_id=self.sim.credentials.access_key,
+            aws_secret_access_key=self.sim.credentials.secret_key,
             config=Config(parameter_validation=validate, retries={"max_attempts": 1}),
         )
 
