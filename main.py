@@ -21,16 +21,15 @@ def application(fb, link):
 
 
 def main():
+    """The first boot, then the application. Returns "ok", "retry" or "fatal"."""
     result = firstboot.run(application)
-    if result == "ok":
-        return
-    try:
-        import machine
+    if result == "retry":
+        try:
+            import machine
 
-        reset = machine.reset
-    except (ImportError, AttributeError):
-        reset = None
-    if result == "retry" and reset is not None:
+            reset = machine.reset
+        except (ImportError, AttributeError):  # the unix port: nothing to reset
+            return result
         # On a board with nobody watching: try again after a pause, from a
         # clean boot. A configuration or cloud-side refusal ("fatal") stops
         # at the REPL instead, so a reset loop never hides it.
@@ -39,11 +38,8 @@ def main():
         print("fleetprov: retrying in 60 s (Ctrl-C for the REPL)")
         time.sleep(60)
         reset()
-    if reset is None:
-        import sys
-
-        # The unix port: the exit status tells scripts and tests.
-        sys.exit(1)
+    return result
 
 
-main()
+# The REPL follows whatever happened, with the fleetprov: line that says why.
+result = main()

@@ -60,6 +60,7 @@ _CONFIGURATION_NOT_TEXT = const(21)
 _NO_STATUS_CODE = const(22)
 _REFUSED = const(23)
 _BAD_BUFFER = const(24)
+_BAD_NAME = const(25)
 
 _QOS = const(1)  # subscriptions, and the keys and register requests
 _WAIT_SLICE_MS = const(50)  # longest idle wait between polls for the answer (<= 20 polls/s)
@@ -334,6 +335,9 @@ class Provisioner:
         config = msg.get("deviceConfiguration", {})
         if name is not None and not isinstance(name, str):
             raise _err(op, BAD_RESPONSE, _FIELD_NOT_TEXT, "thingName", type(name).__name__)
+        if name is not None and not awsnames.thing_name_ok(name):
+            # never a client id, a topic or a file's content: refused before anyone stores it
+            raise _err(op, BAD_RESPONSE, _BAD_NAME, "thingName", name[:40], awsnames.THING_NAME_RULE)
         if not _text_map(config):
             raise _err(op, BAD_RESPONSE, _CONFIGURATION_NOT_TEXT)
         return Registration(name, config)
@@ -364,6 +368,8 @@ class Provisioner:
             if not isinstance(value, str):
                 raise _err(op, BAD_RESPONSE, _FIELD_NOT_TEXT, name, type(value).__name__)
             out.append(value)
+        if not awsnames.certificate_id_ok(out[0]):
+            raise _err(op, BAD_RESPONSE, _BAD_NAME, _CREATED[0], out[0][:40], awsnames.CERTIFICATE_ID_RULE)
         return out
 
     def _sink(self, topic, n):

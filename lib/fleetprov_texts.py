@@ -64,4 +64,6 @@ TEXTS = (
     "refused by the server: {} {}: {}",
     # 24 _BAD_BUFFER
     "rx_buffer must be a bytearray, not {}",
+    # 25 _BAD_NAME
+    "{} {!r} is not {}; refusing the answer",
 )

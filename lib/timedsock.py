@@ -11,6 +11,12 @@
 # packets until its ACK comes, so a flood of stray packets cannot stretch it.
 # A dead, half-open or flooding link becomes an error, not a hang.
 #
+# umqtt also writes each packet in several small pieces (header, topic
+# length, topic, packet id, payload); over TLS each would be a record and a
+# TCP segment of its own, which Nagle's algorithm and the peer's delayed ACK
+# hold back. A TimedSocket gathers the pieces and sends each MQTT packet in
+# one write, so any umqtt client is fast without TCP_NODELAY.
+#
 #   sock = timedsock.attach(client, 5000)
 #   try:
 #       client.subscribe(topic, 1)
@@ -29,6 +35,7 @@ except ImportError:  # CircuitPython builds without it: TimedSocket is umqtt's o
 from runtime import ticks_add, ticks_diff, ticks_ms
 
 _SLICE_MS = 20  # longest single poll: TLS may hold decrypted bytes poll cannot see
+_PACKET_ROOM = 64  # the packet buffer's first size: a SUBSCRIBE or PUBACK fits
 
 
 class TimedSocket:
@@ -50,6 +57,8 @@ class TimedSocket:
         self._ipoll = getattr(p, "ipoll", p.poll)
         self._ipoll(0)
         self._events = (select.POLLIN, select.POLLOUT)
+        self._out = bytearray(_PACKET_ROOM)  # the packet being gathered, grown for a larger one
+        self._have = 0
         sock.setblocking(False)
         self.arm()
 
@@ -86,6 +95,8 @@ class TimedSocket:
         read reaches its n bytes or raises: a link closed part-way through a
         packet raises OSError(ECONNRESET), never a short read that umqtt
         would hand on as a whole message."""
+        if self._have:
+            self.flush()  # an answer cannot come to a request not sent
         if not self._blocking:
             return self._sock.read(n)
         self._left()  # data flowing does not extend the operation
@@ -123,8 +134,23 @@ class TimedSocket:
                 done += k
 
     def write(self, buf, n=None):
-        """Write the first n bytes of buf (all of it by default); returns the count."""
+        """Take the first n bytes of buf (all of it by default) into the
+        packet being gathered; a complete MQTT packet goes out in one write.
+        Returns the count taken."""
         view = memoryview(buf)[: len(buf) if n is None else n]
+        end = self._have + len(view)
+        if end > len(self._out):
+            self._out.extend(bytes(end - len(self._out)))
+        memoryview(self._out)[self._have:end] = view
+        self._have = end
+        size = _packet_size(self._out, end)
+        if size is not None and end >= size:
+            self.flush()
+        return len(view)
+
+    def flush(self):
+        """Send what has been gathered, within the deadline."""
+        view = memoryview(self._out)[: self._have]
         done = 0
         while done < len(view):
             sent = self._sock.write(view[done:])
@@ -132,10 +158,25 @@ class TimedSocket:
                 done += sent
             else:
                 self._idle(1)
-        return done
+        self._have = 0
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
+
+
+def _packet_size(buf, have):
+    # An MQTT packet's size once its fixed header is in: the type byte, the
+    # remaining length (1-4 bytes of 7 bits, low first) and what that counts.
+    size = shift = 0
+    i = 1
+    while i < have and i < 5:
+        b = buf[i]
+        size |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return i + size
+        shift += 7
+    return None
 
 
 def _closed():
@@ -166,6 +207,12 @@ def attach(client, timeout_ms, kind=TimedSocket):
 def detach(client, sock):
     """Give client back its original socket, in blocking mode as umqtt expects."""
     if sock is not None:
+        timed = client.sock
+        if isinstance(timed, TimedSocket) and timed._have:
+            try:
+                timed.flush()  # a packet still being gathered is sent, not lost
+            except Exception:
+                pass  # a broken link shows on the next call
         client.sock = sock
         try:
             sock.setblocking(True)

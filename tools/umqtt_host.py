@@ -219,6 +219,17 @@ MQTTClient = umqtt_simple.MQTTClient
 MQTTException = umqtt_simple.MQTTException
 
 
+def client_class(version: str) -> type:
+    """MQTTClient of umqtt.simple ``version`` (any release tools/fetch_deps.py pins)."""
+    if version == "1.3.4":
+        return MQTTClient  # type: ignore[no-any-return]
+    from . import fetch_deps
+
+    folder = fetch_deps.umqtt_dir(version)
+    module = load_umqtt(folder / "umqtt" / "simple.py", "umqtt_simple_" + version.replace(".", "_"))
+    return module.MQTTClient  # type: ignore[no-any-return]
+
+
 def tls_params(
     ca_der: bytes, cert_der: bytes, key_der: bytes, server_hostname: str | None = "localhost"
 ) -> dict[str, Any]:

@@ -38,8 +38,11 @@ DEPS = ROOT / "deps"
 SUPPORT = ROOT / "tests" / "device" / "support"
 CLAIM_FILES = ("ca.der", "claim.der", "claim.key.der")
 
-# boot.py then main.py, in one interpreter, like a board after reset.
-BOOT_CODE = "import boot\nimport main\n"
+# boot.py then main.py, in one interpreter, like a board after reset; the
+# harness (not the board) turns main.py's result into the exit status.
+BOOT = "import boot\nimport main\n"
+EXIT_STATUS = "import sys\nsys.exit(0 if main.result == 'ok' else 1)\n"
+BOOT_CODE = BOOT + EXIT_STATUS
 # Prefixed to the boot code for Board.boot(stop_at=...): the device prints
 # "fleetprov STOP <step>" at that progress step or credential write boundary
 # and waits on stdin, so the harness cuts the power at exactly that point.

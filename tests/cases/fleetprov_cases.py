@@ -413,6 +413,40 @@ def thing_name_that_is_not_text_is_bad_response(fmt):
     return run
 
 
+# Names an answer may not hand on: a client id, a topic or a file would carry them.
+HOSTILE_THING_NAMES = ("", "evil/#\n" + "x" * 300, "a/b", "a+b", "t#", "a b", "\u00e9t\u00e9", "t\x00", "x" * 129)
+HOSTILE_CERTIFICATE_IDS = ("", "ab" * 31, "ab" * 33, "g" * 64, "../" + "a" * 61, "A" * 63 + "\n")
+
+
+def thing_name_outside_aws_rule_is_bad_response(fmt):
+    def run(h):
+        for wrong in HOSTILE_THING_NAMES:
+            p, client, server = h.make(fmt)
+            server.answers["register"] = (b"/accepted", h.encode(fmt, {"thingName": wrong}))
+            err = expect(fleetprov.BAD_RESPONSE, p.register_thing, "demo", "tok")
+            assert "thingName" in str(err) and "1-128 of [a-zA-Z0-9:_-]" in str(err), str(err)
+            assert len(str(err)) < 200, str(err)  # a hostile name is cut, not echoed whole
+        for fine in ("a", "x" * 128, "Thing:one_2-3"):
+            p, client, server = h.make(fmt)
+            server.answers["register"] = (b"/accepted", h.encode(fmt, {"thingName": fine}))
+            assert p.register_thing("demo", "tok").thing_name == fine
+
+    return run
+
+
+def certificate_id_outside_aws_rule_is_bad_response(fmt, op):
+    def run(h):
+        for wrong in HOSTILE_CERTIFICATE_IDS:
+            p, client, server = h.make(fmt)
+            body = server.accepted(op)
+            body["certificateId"] = wrong
+            server.answers[op] = (b"/accepted", h.encode(fmt, body))
+            err = expect(fleetprov.BAD_RESPONSE, run_op, p, op)
+            assert "certificateId" in str(err) and "64 hex digits" in str(err), str(err)
+
+    return run
+
+
 # (JSON turns an int key into text, so there the int-key map has an int value instead.)
 BAD_CONFIGS = (
     ("list", [], []),
@@ -494,6 +528,10 @@ for _fmt in FORMATS:
                 answer_field_of_the_wrong_type_is_bad_response(_fmt, _op, _field))
     add("thing_name_that_is_not_text_is_bad_response-" + _fmt,
         thing_name_that_is_not_text_is_bad_response(_fmt))
+    add("thing_name_outside_aws_rule_is_bad_response-" + _fmt, thing_name_outside_aws_rule_is_bad_response(_fmt))
+    for _op in ("keys", "csr"):
+        add("certificate_id_outside_aws_rule_is_bad_response-{}-{}".format(_op, _fmt),
+            certificate_id_outside_aws_rule_is_bad_response(_fmt, _op))
     for _name, _cbor_config, _json_config in BAD_CONFIGS:
         add("device_configuration_must_map_text_to_text-{}-{}".format(_name, _fmt),
             device_configuration_must_map_text_to_text(_fmt, _cbor_config if _fmt == "cbor" else _json_config))

@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tools.unixboard import BOOT_CODE, Board, BootResult, make_flash
+from tools.unixboard import BOOT, EXIT_STATUS, Board, BootResult, make_flash
 
 FAST_RETRY = {"retry_base_ms": 20, "retry_max_ms": 100}
 
@@ -471,7 +471,7 @@ def test_provisioning_code_is_dropped_after_a_first_boot_and_a_provisioned_boot_
     iotsim: Any, tmp_path: Path, method: str
 ) -> None:
     flash = make_flash(tmp_path / "flash", iotsim.state, dict(FAST_RETRY, method=method), mpy=True)
-    first = Board(flash).boot(code=BOOT_CODE + SHOW_MODULES, timeout=60)
+    first = Board(flash).boot(code=BOOT + SHOW_MODULES + EXIT_STATUS, timeout=60)
     assert first.returncode == 0 and "done" in first.steps(), first.text
     loaded = next(line for line in first.lines if line.startswith("modules: ")).split()[1:]
     assert not set(loaded) & {*PROVISIONING_ONLY, "devconfig"}, loaded

@@ -826,3 +826,18 @@ def test_substitution_fills_uid_and_client_id_and_leaves_other_braces(flash: Pat
     dev = device.Device(cfg, FakeBoard(cloud, uid="a1b2"))
     out = {k: dev.substitute(v) for k, v in {"SerialNumber": "{uid}", "Name": "dev-{client_id}", "Raw": "{x} {{uid}}"}.items()}
     assert out == {"SerialNumber": "a1b2", "Name": "dev-cid", "Raw": "{x} {a1b2}"}
+
+
+def test_an_answer_fleetprov_refuses_as_bad_response_stops_the_boot_and_records_nothing(
+    flash: Path, cloud: FakeCloud
+) -> None:
+    # e.g. a thing name outside AWS's rule: never a client id, a topic or a record's content
+    cloud.fail["register"] = [
+        fleetprov.ProvisioningError(fleetprov.BAD_RESPONSE, "RegisterThing: thingName 'evil/#\\n' is not 1-128 of ...")
+    ]
+    boot = Boot(cloud)
+    with pytest.raises(FlowError) as info:
+        boot.fb.start()
+    assert not info.value.retryable and "thingName" in str(info.value)
+    assert not (flash / "certs" / credstore.RECORD).exists() and credstore.Store().load() is None
+    assert cloud.calls.count("register") == 1  # not retried: the same server would answer the same

@@ -32,15 +32,10 @@ CODECS: dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]] = {
 
 
 def _client_class(version: str) -> type:
-    if version == "1.3.4":
-        return umqtt_host.MQTTClient  # type: ignore[no-any-return]
     try:
-        folder = fetch_deps.umqtt_dir(version)
+        return umqtt_host.client_class(version)
     except fetch_deps.FetchError as exc:
         pytest.fail(f"umqtt.simple {version}: {exc}", pytrace=False)
-    name = "umqtt_simple_" + version.replace(".", "_")
-    module = umqtt_host.load_umqtt(folder / "umqtt" / "simple.py", name)
-    return module.MQTTClient  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module", params=UMQTT_VERSIONS, ids=lambda v: f"umqtt{v}")

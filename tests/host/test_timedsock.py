@@ -148,9 +148,102 @@ def test_wait_readable_returns_at_once_for_waiting_data_and_after_the_slice_othe
 
 def test_write_honours_the_length_argument_as_umqtt_passes_it(pair) -> None:
     ours, peer = pair
-    assert bounded(ours).write(bytearray(b"\x30\x05\x00\x00"), 2) == 2
+    b = bounded(ours)
+    assert b.write(bytearray(b"\x30\x05\x00\x00"), 2) == 2  # the header of a 7-byte PUBLISH
+    assert b.write(b"\x00\x01t") == 3 and b.write(b"xy") == 2
     peer.settimeout(1)
-    assert peer.recv(10) == b"\x30\x05"
+    assert peer.recv(20) == b"\x30\x05\x00\x01txy"
+
+
+class CountingSocket(HostSocket):
+    """A HostSocket that records each write it is given."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.writes: list[bytes] = []
+
+    def write(self, buf: Any, n: int | None = None) -> int | None:
+        sent = super().write(buf)
+        if sent:
+            self.writes.append(bytes(memoryview(buf)[:sent]))
+        return sent
+
+
+@pytest.mark.parametrize("umqtt", ["1.3.4", "1.8.0"])
+def test_each_mqtt_packet_umqtt_writes_in_pieces_leaves_in_one_write(umqtt: str) -> None:
+    # Over TLS each write is a record and a segment; Nagle holds the small ones.
+    from tools import umqtt_host
+
+    a, b = socket.socketpair()
+    try:
+        sock = CountingSocket(a)
+        client = umqtt_host.client_class(umqtt)(b"cid", "127.0.0.1")
+        client.sock = sock
+        timedsock.attach(client, 500)
+        client.publish(b"fleetprov/topic", b"x" * 300, False, 0)
+        client.sock.write(b"\xa2\x0b\x00\x02\x00\x07a/b/c/d")  # an UNSUBSCRIBE, whole
+        timedsock.detach(client, sock)
+        assert [w[:1] for w in sock.writes] == [b"\x30", b"\xa2"]
+        assert len(sock.writes[0]) == 2 + 2 + len(b"fleetprov/topic") + 300 + 1  # two length bytes
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_read_sends_a_packet_still_being_gathered_first(pair) -> None:
+    # an answer cannot come to a request that was never sent
+    ours, peer = pair
+    b = bounded(ours)
+    b.write(b"\x30\x09\x00\x01t")  # 5 of 11 bytes
+    peer.sendall(b"\x40")
+    assert b.read(1) == b"\x40"
+    peer.settimeout(1)
+    assert peer.recv(20) == b"\x30\x09\x00\x01t"
+
+
+def test_detach_sends_a_packet_still_being_gathered(pair) -> None:
+    ours, peer = pair
+    client = FakeClient()
+    client.sock = ours
+    timedsock.attach(client, 200)
+    client.sock.write(b"\xe0")  # half a DISCONNECT
+    timedsock.detach(client, ours)
+    peer.settimeout(1)
+    assert peer.recv(4) == b"\xe0" and client.sock is ours
+
+
+@pytest.mark.parametrize("size", [0, 127, 128, 16383, 16384, 70000])
+def test_a_packet_of_any_remaining_length_leaves_whole_and_only_when_complete(pair, size: int) -> None:
+    ours, peer = pair
+    b = bounded(ours, 2000)
+    n, head = size, bytearray(b"\x30")
+    while True:
+        head.append(n & 0x7F | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            break
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    received = bytearray()
+    reader = threading.Thread(target=lambda: received.extend(recv_all(peer, len(head) + size)))
+    reader.start()
+    b.write(head)
+    b.write(body[: size // 2])
+    assert b._have == len(head) + size // 2 or size == 0  # gathered, not sent
+    if size:
+        b.write(body[size // 2 :])
+    reader.join(5)
+    assert bytes(received) == bytes(head) + body
+
+
+def recv_all(sock: socket.socket, n: int) -> bytes:
+    sock.settimeout(5)
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def test_other_socket_methods_pass_through(pair) -> None:
