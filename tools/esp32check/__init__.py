@@ -66,6 +66,7 @@ from pathlib import Path
 
 from .. import apicheck
 from ..apicheck import Allowance, CheckError, Diagnostic
+from ..pinned import PinError
 
 ROOT = Path(__file__).resolve().parents[2]
 STUB_DISTS = ("micropython-esp32-stubs", "micropython-stdlib-stubs")
@@ -250,7 +251,7 @@ def check(
         try:
             if stubs is None:
                 stubs = stub_releases.install(stub_releases.release(firmware))
-        except stub_releases.StubInstallError as exc:
+        except PinError as exc:
             raise CheckError(str(exc)) from None
         if with_gaps:
             excused += stub_releases.STUB_GAPS.get(firmware, ())
