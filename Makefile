@@ -46,8 +46,9 @@ $(DEPLOY_VENV): requirements-deploy.txt
 	  $(VPY) -m pip install -qq --disable-pip-version-check -r requirements-deploy.txt; fi
 	@touch $@
 
+# Quiet unless something is fetched (`python -m tools.fetch_deps` lists where each copy is).
 deps: $(VENV)/.installed
-	$(VPY) -m tools.fetch_deps
+	@$(VPY) -m tools.fetch_deps --quiet
 
 plugin: $(if $(wildcard tools/iotsim/plugin/iotsim_plugin.c),$(PLUGIN),)
 
@@ -79,8 +80,9 @@ test-device: setup ports
 bench: setup mpy ports
 	$(VPY) -m tools.bench
 
+# CSR=1: key and CSR made on the device; FORMAT=cbor; BOARD=circuitpython.
 demo: setup
-	$(VPY) -m tools.demo $(if $(CSR),--method csr,) $(if $(BOARD),--board $(BOARD),)
+	$(VPY) -m tools.demo $(if $(CSR),--method csr,) $(if $(FORMAT),--format $(FORMAT),) $(if $(BOARD),--board $(BOARD),)
 
 # CircuitPython: the CIRCUITPY layout as a zip (sources; circup installs the Adafruit libraries).
 circuitpython-bundle: venv

