@@ -24,6 +24,7 @@ without it that one build is skipped with a note, never a failure.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -71,14 +72,11 @@ class OldPort:
 
     @property
     def make_args(self) -> tuple[str, ...]:
-        return self._make_args(ROOT)
-
-    def _make_args(self, root: Path) -> tuple[str, ...]:
         args = UNIX_MAKE_ARGS
         if self.word_bits == 32:
             args += ("MICROPY_FORCE_32BIT=1", "BUILD=" + self.build_dir)
         if self.freeze is not None:
-            args += ("FROZEN_MANIFEST=" + str(root / self.freeze),)
+            args += ("FROZEN_MANIFEST=" + str(ROOT / self.freeze),)
         return args
 
 
@@ -151,11 +149,12 @@ def _source(port: OldPort, vendor: Path) -> tuple[Path, str]:
 
 
 def _stamp_text(origin: str, port: OldPort) -> str:
-    # What the binaries are made from, the same in every checkout: the manifest
-    # by its path in the repository, and its content by its sha256.
-    text = "{}\nmake -C ports/unix {}\n".format(origin, " ".join(port._make_args(Path("."))))
+    # The manifest by its place in the repository (its content is hashed below),
+    # so a port stays current in another clone of the same commit.
+    args = " ".join(port.make_args).replace(str(ROOT) + os.sep, "")
+    text = "{}\nmake -C ports/unix {}\n".format(origin, args)
     if port.freeze is not None:  # a changed manifest is a new build
-        text += "manifest {}\n".format(sha256_of(ROOT / port.freeze))
+        text += "manifest {}\n".format(hashlib.sha256((ROOT / port.freeze).read_bytes()).hexdigest())
     return text
 
 

@@ -23,6 +23,11 @@ def at_most(name: str, measured: float, limit: float, unit: str) -> Target:
     return Target(name, "{:g} {}".format(measured, unit), "<= {:g} {}".format(limit, unit), measured <= limit)
 
 
+def percentile(values: list[float] | list[int], q: float) -> float:
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))])
+
+
 def table(headers: list[str], rows: list[list[object]]) -> str:
     cells = [[str(c) for c in row] for row in [headers, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
