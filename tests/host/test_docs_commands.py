@@ -35,8 +35,8 @@ pytestmark = pytest.mark.timeout(180)
 BOARD = "needs a board on a serial port"
 ESP_IDF = "builds ESP32 firmware from a GitHub clone with ESP-IDF, neither of which is here"
 FIRMWARE_BUILD = (
-    "builds a firmware (a minute of both cores): tools/frozen_heap.py runs it by hand, "
-    "docs/firmware.md has its numbers"
+    "builds a firmware from a MicroPython clone (a minute of both cores); make ports builds the 1.24.1 "
+    "unix port with a manifest frozen in the same way (tools/esp32like_manifest.py)"
 )
 UPSTREAM_TAGS = (
     "clones MicroPython's release tags from GitHub, which is not reachable here; make test builds "
