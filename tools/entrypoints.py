@@ -12,6 +12,7 @@ of our own is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from collections.abc import Callable
@@ -122,7 +123,9 @@ def iotsim() -> int:
 
 def deploy() -> int:
     """`fleetprov-deploy`: deploy to a board and read its status (tools/deploy.py)."""
-    return run("fleetprov-deploy", _main_of(__package__ + ".deploy"), deploy_install_command())
+    main = _main_of(__package__ + ".deploy")
+    return run("fleetprov-deploy", lambda: functools.partial(main(), prog="fleetprov-deploy"),
+               deploy_install_command())
 
 
 def deploy_install_command() -> str:
