@@ -17,9 +17,8 @@ device module is wrapped (builtins.__import__, harness code prefixed to the
 boot, nothing of it on a board), gc.mem_alloc() after gc.collect() on both
 sides, minus the device modules it imports itself. This is the cost a board
 pays: the interpreter's name pools have already grown by then, whereas a
-module imported first into an empty interpreter (section core) also pays for
-pools that every later module uses. Target: fleetprov adds <= 10 KB on the
-32-bit port.
+module imported first into an empty interpreter would also pay for pools that
+every later module uses. Target: fleetprov adds <= 10 KB on the 32-bit port.
 
 The 1.22 unix port builds mbedTLS with HAVEGE, whose entropy state is part of
 the ssl.SSLContext object: 39.7 KB of MicroPython's heap per context (3 KB on
