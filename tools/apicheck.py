@@ -222,7 +222,7 @@ def run_checker(layout: Layout, prefix: str) -> tuple[dict[str, str], list[Diagn
         start = diag.get("range", {}).get("start", {})
         errors.append(
             Diagnostic(
-                path=mapping.get(diag.get("file", ""), diag.get("file", "?")),
+                path=str(mapping.get(diag.get("file", ""), diag.get("file", "?"))),
                 line=start.get("line", 0) + 1,
                 column=start.get("character", 0) + 1,
                 rule=diag.get("rule", "error"),

@@ -11,6 +11,7 @@ files, settings.toml, certs/ with the CA and claim PEM files.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -32,8 +33,8 @@ class CircuitPythonBoard(DemoBoard):
     drive = "drive"
     claim_files = tuple(cpbundle.CLAIM_FILES.values())
 
-    def __init__(self, args: object) -> None:
-        super().__init__(args)  # type: ignore[arg-type]
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
         self.folder = self.args.dir / "CIRCUITPY"
 
     def intro(self) -> list[str]:

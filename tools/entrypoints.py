@@ -123,9 +123,12 @@ def iotsim() -> int:
 
 def deploy() -> int:
     """`fleetprov-deploy`: deploy to a board and read its status (tools/deploy.py)."""
-    main = _main_of(__package__ + ".deploy")
-    return run("fleetprov-deploy", lambda: functools.partial(main(), prog="fleetprov-deploy"),
-               deploy_install_command())
+
+    def load() -> Callable[[], int]:
+        main = importlib.import_module(__package__ + ".deploy").main
+        return functools.partial(main, prog="fleetprov-deploy")  # its usage and hints name it so
+
+    return run("fleetprov-deploy", load, deploy_install_command())
 
 
 def deploy_install_command() -> str:

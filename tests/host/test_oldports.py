@@ -117,13 +117,15 @@ def test_a_port_built_with_older_settings_is_not_current(tmp_path: Path, monkeyp
 def test_the_stamp_is_the_same_in_every_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # a checkout elsewhere (a git worktree, a moved clone) sharing build/ports builds nothing again
     port = oldports.find_port("1.24.1-32bit")
+    assert port.freeze is not None
+    manifest = port.freeze
     here = oldports._stamp_text("archive abc", port)
     elsewhere = tmp_path / "clone"
     (elsewhere / "tools").mkdir(parents=True)
-    (elsewhere / port.freeze).write_bytes((oldports.ROOT / port.freeze).read_bytes())
+    (elsewhere / manifest).write_bytes((oldports.ROOT / manifest).read_bytes())
     monkeypatch.setattr(oldports, "ROOT", elsewhere)
     assert oldports._stamp_text("archive abc", port) == here
     assert "FROZEN_MANIFEST=tools/esp32like_manifest.py" in here
-    assert any(a == "FROZEN_MANIFEST=" + str(elsewhere / port.freeze) for a in port.make_args)
-    (elsewhere / port.freeze).write_text("# another manifest\n")
+    assert any(a == "FROZEN_MANIFEST=" + str(elsewhere / manifest) for a in port.make_args)
+    (elsewhere / manifest).write_text("# another manifest\n")
     assert oldports._stamp_text("archive abc", port) != here

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, for a smoke run")
     args = parser.parse_args(argv)
     chosen = args.sections or list(SECTIONS)
-    judged: list[list[object]] = []
+    judged: list[list[str]] = []
     for name in chosen:
         try:
             module = importlib.import_module(__package__ + "." + name)

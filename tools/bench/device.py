@@ -114,7 +114,7 @@ def waiting(args: argparse.Namespace) -> list[Target]:
     elapsed = int(silent["elapsed_ms"])
     per_poll = [int(d) for d in silent["idle_alloc"].split(",") if d]
     rate = round(calls / (elapsed / 1000), 1)
-    rows = [
+    rows: list[list[object]] = [
         ["check_msg() calls per second, silent server", rate],
         ["heap allocated per idle poll, bytes (median / max)",
          f"{statistics.median(per_poll):.0f} / {max(per_poll)}" if per_poll else "-"],

@@ -42,7 +42,6 @@ from ..unixboard import (
     BOOT_CODE,
     LIB,
     Board,
-    Target,
     TargetUnavailable,
     make_flash,
     smallest_heap,
@@ -161,7 +160,8 @@ def import_table(sim_state: Path, work: Path) -> tuple[list[list[object]], list[
     judged = per_port[WORD32_TARGET.id]
     targets = [
         at_most(f"heap {module} adds where a first boot imports it, 32-bit port", judged[module][0], limit, "bytes")
-        if judged.get(module) else Target(f"heap {module} adds, 32-bit port", "not measured", f"<= {limit} bytes", False)
+        if judged.get(module) else Target(f"heap {module} adds, 32-bit port", "not measured", f"<= {limit} bytes",
+                                          False)
         for module, limit in IMPORT_TARGETS.items()
     ]
     return rows, targets
