@@ -96,7 +96,7 @@ build/mpy/lib/%.mpy: lib/%.py | $(DEPLOY_VENV)
 
 # Deploy to a board over serial with mpremote (PORT defaults to auto-detect).
 # tools/deploy.py's messages then name the port as make takes it (PORT=).
-deploy status: export FLEETPROV_MAKE_TARGET = $@
+deploy status claim: export FLEETPROV_MAKE_TARGET = $@
 # Needs only the lean deploy venv, never `setup` (tests/host/test_packaging.py checks).
 deploy: mpy
 	$(VPY) -m tools.deploy deploy $(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(if $(filter 0,$(MPY)),--source,) $(if $(filter 1,$(FROZEN)),--frozen,)

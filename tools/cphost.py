@@ -259,7 +259,8 @@ def iotsim_link(sim: Any, client_id: str, cert: str | None = None, key: str | No
 
     cert, key = (cert, key) if cert and key else (str(sim.claim_cert), str(sim.claim_key))
     # CPython's socket module is the pool, as MiniMQTT documents for CPython
-    return mmqttclient.connect(client_id, "127.0.0.1", sim.port, cert, key, sim.ca_path.read_text(), pool=socket, **kw)
+    ca = sim.ca_path.read_text()
+    return mmqttclient.connect(client_id, "127.0.0.1", sim.port, cert, key, ca, pool=socket, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,8 +124,8 @@ class NoBoardFound(DeployError):
     how to name one, in the form of the command the user ran."""
 
 
-# `make deploy` and `make status` set this to their target: a message then names
-# the port as make takes it (PORT=), not as this program does (--port).
+# `make deploy`, `make status` and `make claim` set this to their target: a message
+# then names the port as make takes it (PORT=), not as this program does (--port).
 MAKE_TARGET_ENV = "FLEETPROV_MAKE_TARGET"
 
 
