@@ -94,6 +94,9 @@ class DemoBoard:
         if args.min_heap:
             print("\n== smallest heap for a first boot (each probe is a new factory-fresh device)")
             first_kb = smallest_heap(self.pristine, args.dir, args.trials, args.step)
+            if first_kb:
+                print(f"\n== every size from {first_kb} to {SWEEP_TO_KB} KB, {args.trials} fresh devices each")
+                print("   " + sweep(self.pristine, args.dir, first_kb, args.trials, args.step))
             print("\n== smallest heap for a provisioned boot (each probe is a copy of the provisioned device)")
             provisioned = args.dir / "pristine-provisioned"
             shutil.copytree(self.folder, provisioned)
@@ -122,7 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--min-heap",
         action="store_true",
-        help="also find the smallest MicroPython heap a first boot needs (bisection, TRIALS fresh boards per size)",
+        help="also find the smallest MicroPython heap a first boot needs (bisection, TRIALS fresh boards per "
+        "size), then boot TRIALS fresh boards at every STEP from there to 128 KB",
     )
     p.add_argument(
         "--trials", type=int, default=10, help="--min-heap: fresh boards per heap size, all must pass (default 10)"
@@ -168,6 +172,20 @@ def smallest_heap(pristine: Path, work: Path, trials: int, step_kb: int) -> int 
         print(f"   -X heapsize={kb}k: {passed}/{tried} passed, {verdict}", flush=True)
 
     return unixboard.smallest_heap(pristine, work, trials=trials, step_kb=step_kb, on_probe=show)
+
+
+# --min-heap checks every size from the smallest that passed up to this one.
+SWEEP_TO_KB = 128
+
+
+def sweep(pristine: Path, work: Path, from_kb: int, trials: int, step_kb: int) -> str:
+    """Whether a first boot passes at every size above the smallest: success is not
+    monotonic in the heap size, so the smallest passing size alone does not promise it."""
+    failed = unixboard.first_failure_above(pristine, work, from_kb, SWEEP_TO_KB, step_kb, trials)
+    if failed is None:
+        return f"{trials}/{trials} at every step from {from_kb} to {SWEEP_TO_KB} KB"
+    kb, passed = failed
+    return f"first failure at {kb} KB: {passed}/{trials} boards passed before one failed"
 
 
 def _fail(msg: str, result: BootResult | None = None) -> int:

@@ -415,6 +415,23 @@ def _kill(proc: subprocess.Popen[str]) -> None:
         pass
 
 
+def boards_passing(pristine: Path, work: Path, kb: int, trials: int) -> int:
+    """How many of ``trials`` factory-fresh copies of the flash folder ``pristine`` boot
+    to `done` in a ``kb`` KB heap on the current target, one after the other; the count
+    stops at the first that fails."""
+    for n in range(trials):
+        flash = work / f"heap-{kb}k-{n}"
+        shutil.rmtree(flash, ignore_errors=True)
+        shutil.copytree(pristine, flash)
+        try:
+            r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
+        finally:
+            shutil.rmtree(flash, ignore_errors=True)
+        if not (r.returncode == 0 and "done" in r.steps()):
+            return n
+    return trials
+
+
 def smallest_heap(
     pristine: Path,
     work: Path,
@@ -432,28 +449,16 @@ def smallest_heap(
     fragmentation): one boot that passes says little, so a size counts only
     when all ``trials`` boots pass, and the answer's neighbour one step up
     must pass ``trials`` times too; when it does not, the search goes on above
-    it. ``on_probe(kb, passed, tried)`` is called after each size (a size stops
-    at its first failure)."""
+    it (first_failure_above checks every size). ``on_probe(kb, passed, tried)``
+    is called after each size (a size stops at its first failure)."""
     tried: dict[int, bool] = {}
 
     def all_pass(kb: int) -> bool:
-        if kb in tried:
-            return tried[kb]
-        passed = 0
-        for n in range(trials):
-            flash = work / f"heap-{kb}k-{n}"
-            shutil.rmtree(flash, ignore_errors=True)
-            shutil.copytree(pristine, flash)
-            try:
-                r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
-            finally:
-                shutil.rmtree(flash, ignore_errors=True)
-            if not (r.returncode == 0 and "done" in r.steps()):
-                break
-            passed += 1
-        tried[kb] = passed == trials
-        if on_probe is not None:
-            on_probe(kb, passed, passed + (passed < trials))
+        if kb not in tried:
+            passed = boards_passing(pristine, work, kb, trials)
+            tried[kb] = passed == trials
+            if on_probe is not None:
+                on_probe(kb, passed, passed + (passed < trials))
         return tried[kb]
 
     top = hi_kb
@@ -472,3 +477,16 @@ def smallest_heap(
         # hi_kb passed but the size above it did not: not monotonic here,
         # so nothing at or below ``above`` is trusted.
         lo_kb, hi_kb = above, top
+
+
+def first_failure_above(
+    pristine: Path, work: Path, from_kb: int, to_kb: int = 128, step_kb: int = 2, trials: int = 10
+) -> tuple[int, int] | None:
+    """Every size from ``from_kb`` to ``to_kb``, ``step_kb`` apart, with ``trials``
+    fresh boards each: (size, boards that passed there) for the first size at which
+    a board failed, or None when every board at every size passed."""
+    for kb in range(from_kb, to_kb + 1, step_kb):
+        passed = boards_passing(pristine, work, kb, trials)
+        if passed < trials:
+            return kb, passed
+    return None

@@ -49,3 +49,24 @@ def test_make_deps_prints_nothing_when_every_copy_is_there() -> None:
     proc = make("deps")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and proc.stderr == ""
+
+
+def test_min_heap_checks_every_size_above_the_smallest_and_names_the_first_failure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tools import demo, unixboard
+
+    probed: list[int] = []
+
+    def boards_passing(pristine: Path, work: Path, kb: int, trials: int) -> int:
+        probed.append(kb)
+        return 3 if kb == 70 else trials  # the fourth board at 70 KB fails
+
+    monkeypatch.setattr(unixboard, "boards_passing", boards_passing)
+    assert demo.sweep(tmp_path, tmp_path, 64, trials=10, step_kb=2) == (
+        "first failure at 70 KB: 3/10 boards passed before one failed"
+    )
+    assert probed == [64, 66, 68, 70]
+    probed.clear()
+    assert demo.sweep(tmp_path, tmp_path, 120, trials=10, step_kb=2) == "10/10 at every step from 120 to 128 KB"
+    assert probed == [120, 122, 124, 126, 128]
