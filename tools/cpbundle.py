@@ -101,6 +101,14 @@ def bundle(out: Path = BUNDLE) -> Path:
     return out
 
 
+def size_line(zipped: Path) -> str:
+    """What the bundle weighs: the zip, and the Python sources it puts on CIRCUITPY."""
+    sources = sum(src.stat().st_size for src, rel in board_files() if rel.endswith(".py"))
+    return "size: {:.1f} KB zipped; its .py files take {:.1f} KB on CIRCUITPY".format(
+        zipped.stat().st_size / 1024, sources / 1024
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.cpbundle", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -113,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}: {len(names)} files")
     for n in names:
         print("  " + n)
+    print(size_line(out))
     print(
         "then: circup install -r requirements.txt (Adafruit bundle libraries: {})".format(
             ", ".join(CIRCUP_LIBRARIES)

@@ -41,6 +41,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
 RELOAD_EXIT = 3
 _TOML_LINE = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*("(?:[^"\\]|\\.)*"|-?[0-9]+)\s*(#.*)?$')
 
@@ -245,6 +246,21 @@ class Board:
         except SystemExit as exc:
             return int(exc.code or 0)
         return 0
+
+
+def iotsim_link(sim: Any, client_id: str, cert: str | None = None, key: str | None = None, **kw: Any) -> Any:
+    """The board's own MQTT connection (circuitpython/lib/mmqttclient.py, MiniMQTT) to a
+    running iotsim, on CPython: with the claim certificate unless ``cert`` and ``key``
+    name PEM files of another; ``kw`` go to mmqttclient.connect (its defaults are MiniMQTT's)."""
+    for folder in (ROOT / "lib", ROOT / "circuitpython" / "lib"):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    import mmqttclient
+
+    cert, key = (cert, key) if cert and key else (str(sim.claim_cert), str(sim.claim_key))
+    # CPython's socket module is the pool, as MiniMQTT documents for CPython
+    ca = sim.ca_path.read_text()
+    return mmqttclient.connect(client_id, "127.0.0.1", sim.port, cert, key, ca, pool=socket, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:

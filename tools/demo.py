@@ -13,7 +13,10 @@
    iotsim's registry, and stops iotsim.
 
 ``--method csr`` (``make demo CSR=1``): the key pair and CSR are made on the
-device, so the private key never leaves it.
+device, so the private key never leaves it. ``--format cbor`` (``make demo
+FORMAT=cbor``): the provisioning payloads are CBOR. ``--board circuitpython``
+(``make demo BOARD=circuitpython``): the same steps for the CircuitPython board
+(tools/cpdemo.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import unixboard
 from .unixboard import ROOT, Board, BootResult, make_flash
@@ -33,6 +37,76 @@ from .unixboard import ROOT, Board, BootResult, make_flash
 log = logging.getLogger("demo")
 
 DEMO_DIR = ROOT / "build" / "demo"
+Rows = list[tuple[str, str]]
+
+
+class DemoBoard:
+    """What the demo needs of a board: fill its drive from iotsim, boot it, read its identity.
+
+    This one is the MicroPython unix port booting a flash folder (tools/unixboard.py)."""
+
+    label = "device"  # each of its output lines is shown as "<label> | line"
+    drive = "flash"
+    claim_files = ("claim.der", "claim.key.der")  # in certs/
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.folder: Path = args.dir / "flash"
+        self.pristine: Path = args.dir / "pristine"
+
+    def intro(self) -> list[str]:
+        return []
+
+    def check(self) -> None:
+        """Raise RuntimeError, saying what to run, when the board cannot boot here."""
+        unixboard.current_target().check()
+
+    def fill(self, state: Path) -> None:
+        overrides = {"method": self.args.method, "format": self.args.format}
+        make_flash(self.folder, state, overrides, mpy=not self.args.source)
+        shutil.copytree(self.folder, self.pristine)
+
+    def describe(self) -> list[str]:
+        config = json.loads((self.folder / "config.json").read_text())
+        return ["config: method={method} format={format} template={template}".format(**config)]
+
+    def boot(self, timeout: float) -> BootResult:
+        board = Board(self.folder, heapsize=self.args.heapsize)
+        return board.boot(on_line=_show(self.label), timeout=timeout)
+
+    def certificate_der(self, stored: bytes) -> bytes:
+        return stored  # the board keeps DER
+
+    def head_rows(self) -> Rows:
+        return [("unix port", unixboard.current_target().id)]
+
+    def rows(self, first: BootResult, second: BootResult) -> Rows:
+        args = self.args
+        key = "made on the device, never sent" if args.method == "csr" else (
+            "made by the endpoint (CreateKeysAndCertificate)")
+        heap = _heap(first)
+        rows = [
+            ("private key", key),
+            ("first boot", f"{first.elapsed * 1000:.0f} ms (provision, commit, reconnect as the thing)"),
+            ("second boot", f"{second.elapsed * 1000:.0f} ms (provisioned: straight to the application)"),
+            ("heap peak", f"{heap} bytes (MicroPython heap, sampled at each step)" if heap else "n/a"),
+        ]
+        if args.min_heap:
+            print("\n== smallest heap for a first boot (each probe is a new factory-fresh device)")
+            first_kb = smallest_heap(self.pristine, args.dir, args.trials, args.step)
+            if first_kb:
+                print(f"\n== every size from {first_kb} to {SWEEP_TO_KB} KB, {args.trials} fresh devices each")
+                print("   " + sweep(self.pristine, args.dir, first_kb, args.trials, args.step))
+            print("\n== smallest heap for a provisioned boot (each probe is a copy of the provisioned device)")
+            provisioned = args.dir / "pristine-provisioned"
+            shutil.copytree(self.folder, provisioned)
+            again_kb = smallest_heap(provisioned, args.dir, args.trials, args.step)
+            rows.append((
+                "smallest heap",
+                f"{first_kb} KB for a first boot, {again_kb} KB provisioned ({args.trials}/{args.trials} boards "
+                f"pass, -X heapsize, {args.step} KB steps)" if first_kb and again_kb else "over 256 KB",
+            ))
+        return rows
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,7 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--min-heap",
         action="store_true",
-        help="also find the smallest MicroPython heap a first boot needs (bisection, TRIALS fresh boards per size)",
+        help="also find the smallest MicroPython heap a first boot needs (bisection, TRIALS fresh boards per "
+        "size), then boot TRIALS fresh boards at every STEP from there to 128 KB",
     )
     p.add_argument(
         "--trials", type=int, default=10, help="--min-heap: fresh boards per heap size, all must pass (default 10)"
@@ -74,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _show(prefix: str) -> callable:  # type: ignore[valid-type]
+def _show(prefix: str) -> Any:
     def show(line: str) -> None:
         print(f"  {prefix} | {line}", flush=True)
 
@@ -99,6 +174,20 @@ def smallest_heap(pristine: Path, work: Path, trials: int, step_kb: int) -> int 
     return unixboard.smallest_heap(pristine, work, trials=trials, step_kb=step_kb, on_probe=show)
 
 
+# --min-heap checks every size from the smallest that passed up to this one.
+SWEEP_TO_KB = 128
+
+
+def sweep(pristine: Path, work: Path, from_kb: int, trials: int, step_kb: int) -> str:
+    """Whether a first boot passes at every size above the smallest: success is not
+    monotonic in the heap size, so the smallest passing size alone does not promise it."""
+    failed = unixboard.first_failure_above(pristine, work, from_kb, SWEEP_TO_KB, step_kb, trials)
+    if failed is None:
+        return f"{trials}/{trials} at every step from {from_kb} to {SWEEP_TO_KB} KB"
+    kb, passed = failed
+    return f"first failure at {kb} KB: {passed}/{trials} boards passed before one failed"
+
+
 def _fail(msg: str, result: BootResult | None = None) -> int:
     print(f"\ndemo FAILED: {msg}", file=sys.stderr)
     if result is not None and result.returncode not in (0, None):
@@ -106,57 +195,54 @@ def _fail(msg: str, result: BootResult | None = None) -> int:
     return 1
 
 
-def run(args: argparse.Namespace) -> int:
+def run(board: DemoBoard) -> int:
+    """The demo on ``board``: iotsim, two boots, the registry's word, a summary."""
     from .iotsim.broker import free_port
     from .iotsim.stack import IotSim
 
+    args = board.args
     try:
-        unixboard.current_target().check()
-    except RuntimeError as exc:  # TargetUnavailable, or the venv's micropython missing
+        board.check()
+    except RuntimeError as exc:  # a port not built, an interpreter missing
         return _fail(str(exc))
-    work: Path = args.dir
-    shutil.rmtree(work, ignore_errors=True)
-    state, flash = work / "iotsim", work / "flash"
-
+    shutil.rmtree(args.dir, ignore_errors=True)
+    for line in board.intro():
+        print(line)
     print("== starting iotsim (mosquitto + plugin + provisioning service)")
     sim = None
     last: Exception | None = None
     for _ in range(3):  # a free port can be taken between probe and bind
-        candidate = IotSim(state, free_port())
         try:
-            sim = candidate.start()
+            sim = IotSim(args.dir / "iotsim", free_port()).start()
             break
         except RuntimeError as exc:
             last = exc
     if sim is None:
         return _fail(f"iotsim did not start: {last}")
     try:
-        print(f"   endpoint 127.0.0.1:{sim.port}, state in {state}")
-        make_flash(flash, state, {"method": args.method, "format": args.format}, mpy=not args.source)
-        config = json.loads((flash / "config.json").read_text())
-        print(f"== the board's flash: {flash}")
-        for p in sorted(flash.rglob("*")):
+        print(f"   endpoint 127.0.0.1:{sim.port}, state in {sim.state}")
+        board.fill(sim.state)
+        folder, certs = board.folder, board.folder / "certs"
+        print(f"== the board's {board.drive}: {folder}")
+        for p in sorted(folder.rglob("*")):
             if p.is_file() and p.parent.name != "lib":
-                print(f"   {p.relative_to(flash)}")
-        print("   lib/: {}".format(" ".join(sorted(p.name for p in (flash / "lib").iterdir()))))
-        print("   config: method={method} format={format} template={template}".format(**config))
-        claim_before = {n: (flash / "certs" / n).read_bytes() for n in ("claim.der", "claim.key.der")}
+                print(f"   {p.relative_to(folder)}")
+        print("   lib/: {}".format(" ".join(sorted(p.name for p in (folder / "lib").iterdir()))))
+        for line in board.describe():
+            print("   " + line)
+        claim = {n: (certs / n).read_bytes() for n in board.claim_files}
 
-        pristine = work / "pristine"
-        shutil.copytree(flash, pristine)
-        board = Board(flash, heapsize=args.heapsize)
-        print("\n== first boot: a factory-fresh device")
-        first = board.boot(on_line=_show("device"), timeout=120)
+        print(f"\n== first boot: a factory-fresh {board.label}")
+        first = board.boot(timeout=120)
         if first.returncode != 0 or "done" not in first.steps():
             return _fail("the first boot did not end provisioned", first)
         print("\n== second boot: already provisioned, straight to the application")
-        second = board.boot(on_line=_show("device"), timeout=60)
+        second = board.boot(timeout=60)
         if second.returncode != 0 or "provisioned" not in second.steps() or "connect-claim" in second.steps():
             return _fail("the second boot did not start as the provisioned thing", second)
 
-        record = json.loads((flash / "certs" / "provisioned.json").read_text())
-        cert_der = (flash / "certs" / record["files"]["cert"]).read_bytes()
-        cert_id = hashlib.sha256(cert_der).hexdigest()
+        record = json.loads((certs / "provisioned.json").read_text())
+        cert_id = hashlib.sha256(board.certificate_der((certs / record["files"]["cert"]).read_bytes())).hexdigest()
         thing_name = record["thing_name"]
         assert sim.registry is not None
         thing = sim.registry.thing(thing_name)
@@ -167,47 +253,20 @@ def run(args: argparse.Namespace) -> int:
             )
         if cert_id != record["certificate_id"]:
             return _fail("the stored certificate's SHA-256 is not its certificateId")
-        claim_after = {n: (flash / "certs" / n).read_bytes() for n in claim_before}
-        if claim_after != claim_before:
+        if {n: (certs / n).read_bytes() for n in claim} != claim:
             return _fail("the claim files changed")
 
-        heap = _heap(first)
-        min_heap = min_heap_provisioned = None
-        if args.min_heap:
-            print("\n== smallest heap for a first boot (each probe is a new factory-fresh device)")
-            min_heap = smallest_heap(pristine, work, args.trials, args.step)
-            print("\n== smallest heap for a provisioned boot (each probe is a copy of the provisioned device)")
-            provisioned = work / "pristine-provisioned"
-            shutil.copytree(flash, provisioned)
-            min_heap_provisioned = smallest_heap(provisioned, work, args.trials, args.step)
-        print("\n== summary")
         rows = [
-            ("unix port", unixboard.current_target().id),
+            *board.head_rows(),
             ("thing name", thing_name),
             ("certificate id", cert_id),
             ("method / format", f"{args.method} / {args.format}"),
-            (
-                "private key",
-                "made on the device, never sent"
-                if args.method == "csr"
-                else "made by the endpoint (CreateKeysAndCertificate)",
-            ),
-            ("first boot", f"{first.elapsed * 1000:.0f} ms (provision, commit, reconnect as the thing)"),
-            ("second boot", f"{second.elapsed * 1000:.0f} ms (provisioned: straight to the application)"),
-            ("heap peak", f"{heap} bytes (MicroPython heap, sampled at each step)" if heap else "n/a"),
-            *(
-                [
-                    ("smallest heap", f"{min_heap} KB for a first boot, {min_heap_provisioned} KB provisioned "
-                     f"({args.trials}/{args.trials} boards pass, -X heapsize, {args.step} KB steps)"
-                     if min_heap and min_heap_provisioned else "over 256 KB"),
-                ]
-                if args.min_heap
-                else []
-            ),
+            *board.rows(first, second),
             ("iotsim registry", f"thing {thing_name} holds certificate {cert_id[:16]}… ({status})"),
             ("claim files", "unchanged"),
-            ("flash folder", str(flash)),
+            (f"{board.drive} folder", str(folder)),
         ]
+        print("\n== summary")
         width = max(len(k) for k, _ in rows)
         for k, v in rows:
             print(f"   {k.ljust(width)}  {v}")
@@ -221,13 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     args = parse_args(argv)
     if args.board == "circuitpython":
-        from . import cpdemo
+        from .cpdemo import CircuitPythonBoard
 
-        args.dir = args.dir or cpdemo.DEMO_DIR
-        return cpdemo.run(args)
+        args.dir = args.dir or CircuitPythonBoard.DEMO_DIR
+        return run(CircuitPythonBoard(args))
     args.dir = args.dir or DEMO_DIR
     with unixboard.use_target(unixboard.port_target(args.port)):
-        return run(args)
+        return run(DemoBoard(args))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,23 @@ class DeployError(Exception):
     """A deploy or status step failed; the message says what to do."""
 
 
+class NoBoardFound(DeployError):
+    """mpremote found no board on a USB serial port, and none was named; main() adds
+    how to name one, in the form of the command the user ran."""
+
+
+# `make deploy`, `make status` and `make claim` set this to their target: a message
+# then names the port as make takes it (PORT=), not as this program does (--port).
+MAKE_TARGET_ENV = "FLEETPROV_MAKE_TARGET"
+
+
+def how_to_name_the_port(prog: str, command: str) -> str:
+    target = os.environ.get(MAKE_TARGET_ENV)
+    if target:
+        return "with PORT=: make {} PORT=/dev/ttyUSB0".format(target)
+    return "with --port: {} {} --port /dev/ttyUSB0".format(prog, command)
+
+
 @dataclass(frozen=True)
 class Upload:
     """One host file and where it goes on the board (a path relative to the flash root)."""
@@ -519,9 +536,9 @@ def run_mpremote(port: str | None, args: list[str], what: str) -> str:
     if proc.returncode != 0:
         detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
         if port in (None, "auto") and detail and detail[-1].endswith("no device found"):
-            raise DeployError(
-                "no board found on a USB serial port (ports found: {}): plug it in, or name its port "
-                "with --port".format(", ".join(serial_ports()) or "none")
+            raise NoBoardFound(
+                "no board found on a USB serial port (ports found: {}): plug it in, or name its "
+                "port".format(", ".join(serial_ports()) or "none")
             )
         raise DeployError(
             "mpremote failed {} on {} (exit {}): {}. Check the port (`mpremote devs` lists them) and "
@@ -776,8 +793,11 @@ def config_dir_from(arg: str | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_DIR
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.deploy", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line; ``prog`` is how the user ran it (`fleetprov-deploy`), for its
+    usage and its hints (default: `python -m` and this module)."""
+    prog = prog or "python -m {}.deploy".format(__package__)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_deploy = sub.add_parser(
         "deploy", help="copy the device library, boot.py, main.py, config and claim files"
@@ -838,6 +858,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             if report.get("error"):
                 return 1
+    except NoBoardFound as exc:
+        log.error("%s: %s %s", args.command, exc, how_to_name_the_port(prog, args.command))
+        return 1
     except DeployError as exc:
         log.error("%s: %s", args.command, exc)
         return 1

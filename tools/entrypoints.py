@@ -12,6 +12,7 @@ of our own is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from collections.abc import Callable
@@ -122,7 +123,12 @@ def iotsim() -> int:
 
 def deploy() -> int:
     """`fleetprov-deploy`: deploy to a board and read its status (tools/deploy.py)."""
-    return run("fleetprov-deploy", _main_of(__package__ + ".deploy"), deploy_install_command())
+
+    def load() -> Callable[[], int]:
+        main = importlib.import_module(__package__ + ".deploy").main
+        return functools.partial(main, prog="fleetprov-deploy")  # its usage and hints name it so
+
+    return run("fleetprov-deploy", load, deploy_install_command())
 
 
 def deploy_install_command() -> str:

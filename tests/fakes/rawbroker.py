@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # A stray PUBACK whose packet id bytes (0x01 0x01) are neither a PUBLISH
 # (0x3X) nor a PINGRESP (0xD0) when umqtt reads them as packet types: umqtt
@@ -23,11 +23,19 @@ STRAY_PUBACK = b"\x40\x02\x01\x01"
 class RawBroker:
     """subscribe: "ack" (QoS 1), "refuse" (SUBACK 0x80) or "none".
     publish: "ack" (PUBACK), "none", or "flood" (PUBACK, then stray PUBACKs
-    without pause until the client goes away or close())."""
+    without pause until the client goes away or close()).
+    on_publish, when set, answers every PUBLISH instead: given the packet's
+    body, it returns the bytes to send back, or None to stay silent."""
 
-    def __init__(self, subscribe: str = "ack", publish: str = "ack") -> None:
+    def __init__(
+        self,
+        subscribe: str = "ack",
+        publish: str = "ack",
+        on_publish: Callable[[bytes], bytes | None] | None = None,
+    ) -> None:
         self.subscribe = subscribe
         self.publish = publish
+        self.on_publish = on_publish
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.received = bytearray()
@@ -73,7 +81,11 @@ class RawBroker:
                         code = b"\x80" if self.subscribe == "refuse" else b"\x01"
                         conn.sendall(b"\x90\x03" + body[:2] + code)
                     elif kind == 0xA0:
-                        conn.sendall(b"\xb0\x02" + body[:2])  # UNSUBACK
+                        conn.sendall(b"\xb0\x02" + body[:2])  # UNSUBACK (umqtt 1.7+ waits for it)
+                    elif kind == 0x30 and self.on_publish is not None:
+                        reply = self.on_publish(body)
+                        if reply:
+                            conn.sendall(reply)
                     elif kind == 0x30 and flags & 6 and self.publish != "none":
                         topic_len = body[0] << 8 | body[1]
                         pid = body[2 + topic_len : 4 + topic_len]

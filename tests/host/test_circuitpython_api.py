@@ -11,10 +11,9 @@ MicroPython probes the shared code carries.
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
-
 import pytest
 
+from tests.host import api_misuse
 from tools import cpcheck
 
 
@@ -30,78 +29,56 @@ def test_the_code_a_circuitpython_board_runs_uses_only_circuitpythons_api() -> N
     )
 
 
-# One misuse per snippet: (id, code, line of the misuse, what the report says).
-MISUSES = [
-    (
-        "micropython-clock",
-        "import time\ntime.ticks_ms()\n",
-        2,
-        '"ticks_ms" is not a known attribute of module "time"',
-    ),
-    ("hashlib-sha256", "import hashlib\nhashlib.sha256(b'x')\n", 2, '"sha256" is not a known attribute'),
-    ("os-fsync", "import os\nos.fsync(3)\n", 2, '"fsync" is not a known attribute of module "os"'),
-    (
-        "ssl-protocol-constant",
-        "import ssl\nssl.create_default_context()\nx = ssl.PROTOCOL_TLS_CLIENT\n",
-        3,
-        '"PROTOCOL_TLS_CLIENT" is not a known attribute of module "ssl"',
-    ),
-    (
-        "ssl-cafile",
-        "import ssl\nssl.create_default_context().load_verify_locations(cafile='ca.pem')\n",
-        2,
-        'No parameter named "cafile"',
-    ),
-    ("no-machine", "import machine\n", 1, 'Import "machine" could not be resolved'),
-    ("wifi-radio", "import wifi\nwifi.radio.no_such_method()\n", 2, '"no_such_method"'),
-    (
-        "storage-keyword",
-        "import storage\nstorage.remount('/', read_only=False)\n",
-        2,
-        'No parameter named "read_only"',
-    ),
-    (
-        "cpu-attribute",
-        "import microcontroller\nx = microcontroller.cpu.serial_number\n",
-        2,
-        '"serial_number"',
-    ),
-    (
-        "minimqtt-keyword",
-        "from adafruit_minimqtt.adafruit_minimqtt import MQTT\nMQTT(broker='h', socket_timout=1)\n",
-        2,
-        'No parameter named "socket_timout"',
-    ),
-    ("cpython-only-package", "import cryptography\n", 1, 'Import "cryptography" could not be resolved'),
-]
+# One misuse per snippet, marked where the report must point (tests/host/api_misuse.py).
+MISUSES = api_misuse.parse(
+    """
+## micropython-clock
+import time
+time.ticks_ms()  # <- "ticks_ms" is not a known attribute of module "time"
+## hashlib-sha256
+import hashlib
+hashlib.sha256(b'x')  # <- "sha256" is not a known attribute
+## os-fsync
+import os
+os.fsync(3)  # <- "fsync" is not a known attribute of module "os"
+## ssl-protocol-constant
+import ssl
+ssl.create_default_context()
+x = ssl.PROTOCOL_TLS_CLIENT  # <- "PROTOCOL_TLS_CLIENT" is not a known attribute of module "ssl"
+## ssl-cafile
+import ssl
+ssl.create_default_context().load_verify_locations(cafile='ca.pem')  # <- No parameter named "cafile"
+## no-machine
+import machine  # <- Import "machine" could not be resolved
+## wifi-radio
+import wifi
+wifi.radio.no_such_method()  # <- "no_such_method"
+## storage-keyword
+import storage
+storage.remount('/', read_only=False)  # <- No parameter named "read_only"
+## cpu-attribute
+import microcontroller
+x = microcontroller.cpu.serial_number  # <- "serial_number"
+## minimqtt-keyword
+from adafruit_minimqtt.adafruit_minimqtt import MQTT
+MQTT(broker='h', socket_timout=1)  # <- No parameter named "socket_timout"
+## cpython-only-package
+import cryptography  # <- Import "cryptography" could not be resolved
+"""
+)
 
 
 @pytest.fixture(scope="module")
 def misuse_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[cpcheck.Diagnostic]]:
-    # One checker run for all snippets (each run costs a Node.js start-up).
-    folder = tmp_path_factory.mktemp("misuse")
-    files = []
-    for ident, code, _, _ in MISUSES:
-        path = folder / "snippet_{}.py".format(ident.replace("-", "_"))
-        path.write_text(code, encoding="utf-8")
-        files.append(path)
-    good = folder / "snippet_correct.py"
-    good.write_text(textwrap.dedent(CORRECT), encoding="utf-8")
-    files.append(good)
-    reports: dict[str, list[cpcheck.Diagnostic]] = {f.name: [] for f in files}
-    for d in cpcheck.check(files, root=folder):
-        reports[Path(d.path).name].append(d)
-    return reports
+    others = {"snippet_correct.py": textwrap.dedent(CORRECT)}
+    return api_misuse.reports(cpcheck.check, MISUSES, tmp_path_factory.mktemp("misuse"), others)
 
 
-@pytest.mark.parametrize(("ident", "code", "line", "expected"), MISUSES, ids=[m[0] for m in MISUSES])
+@pytest.mark.parametrize("misuse", MISUSES, ids=lambda m: m.ident)
 def test_a_misuse_of_circuitpythons_api_is_reported_with_its_line(
-    misuse_reports: dict[str, list[cpcheck.Diagnostic]], ident: str, code: str, line: int, expected: str
+    misuse_reports: dict[str, list[cpcheck.Diagnostic]], misuse: api_misuse.Misuse
 ) -> None:
-    problems = misuse_reports["snippet_{}.py".format(ident.replace("-", "_"))]
-    assert len(problems) == 1, problems
-    assert problems[0].line == line
-    assert expected in problems[0].message
+    api_misuse.assert_reported_on_its_line(misuse_reports, misuse)
 
 
 CORRECT = """

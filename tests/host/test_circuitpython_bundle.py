@@ -6,6 +6,8 @@ import ast
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tools import cpbundle
 
 # Modules CircuitPython has built in (circuitpython-stubs and tools/cpcheck/stubs name them).
@@ -99,3 +101,18 @@ def test_the_board_files_and_the_example_compile_with_mpy_cross(tmp_path: Path) 
             [str(mpy_cross_binary()), "-o", str(out), str(src)], capture_output=True, text=True
         )
         assert proc.returncode == 0, proc.stderr
+
+
+def test_make_circuitpython_bundle_prints_the_size_of_the_zip_and_of_the_sources(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "b.zip"
+    assert cpbundle.main(["bundle", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    sources = sum(src.stat().st_size for src, rel in cpbundle.board_files() if rel.endswith(".py"))
+    expected = "size: {:.1f} KB zipped; its .py files take {:.1f} KB on CIRCUITPY".format(
+        out.stat().st_size / 1024, sources / 1024
+    )
+    assert expected in printed.splitlines()
+    with zipfile.ZipFile(out) as z:  # the .py files counted are the ones the zip carries
+        assert sum(i.file_size for i in z.infolist() if i.filename.endswith(".py")) == sources

@@ -30,6 +30,7 @@ import mmqttclient  # noqa: E402
 import mqttlink  # noqa: E402
 from pem import pem_to_der  # noqa: E402
 
+from tools.cphost import iotsim_link  # noqa: E402
 from tools.iotsim.testing import RunningIotSim  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,16 +47,7 @@ def serial() -> str:
 def claim_link(iotsim: RunningIotSim, client_id: str, **kw: Any) -> mqttlink.Link:
     kw.setdefault("socket_timeout", FAST_POLL_S)
     kw.setdefault("timeout_ms", 5000)
-    return mmqttclient.connect(
-        client_id,
-        "127.0.0.1",
-        iotsim.port,
-        str(iotsim.claim_cert),
-        str(iotsim.claim_key),
-        iotsim.ca_path.read_text(),
-        pool=socket,
-        **kw,
-    )
+    return iotsim_link(iotsim, client_id, **kw)
 
 
 @pytest.fixture
@@ -80,16 +72,7 @@ def write_identity(folder: Path, cert_pem: str, key_der: bytes) -> tuple[str, st
 
 
 def connects_as_itself(iotsim: RunningIotSim, thing: str, cert: str, key: str) -> None:
-    link = mmqttclient.connect(
-        thing,
-        "127.0.0.1",
-        iotsim.port,
-        cert,
-        key,
-        iotsim.ca_path.read_text(),
-        pool=socket,
-        socket_timeout=FAST_POLL_S,
-    )
+    link = iotsim_link(iotsim, thing, cert, key, socket_timeout=FAST_POLL_S)
     try:
         link.client.publish("fleetprov/{}/hello".format(thing).encode(), b"hello", False, 1)
     finally:

@@ -489,3 +489,67 @@ def test_a_frozen_deploy_to_firmware_without_the_frozen_library_is_refused(
     assert "does not have" in proc.stderr and "fleetprov" in proc.stderr and "manifest.py" in proc.stderr
     assert not (board.flash / "main.py").exists()  # refused before anything was copied
     assert path_after.startswith("['', '.frozen'")  # the check restored sys.path
+
+
+# --- how the user ran it ------------------------------------------------------------
+
+
+def no_board_anywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mpremote, asked to auto-detect, finds no board (as it says on a machine without one)."""
+    monkeypatch.setattr(deploy, "serial_ports", lambda: [])
+    monkeypatch.setattr(deploy, "require_package", lambda *args: None)
+    monkeypatch.setattr(
+        deploy.subprocess,
+        "run",
+        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "mpremote: no device found\n"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("prog", "make_target", "expected"),
+    [
+        (None, None, "with --port: python -m tools.deploy status --port /dev/ttyUSB0"),
+        ("fleetprov-deploy", None, "with --port: fleetprov-deploy status --port /dev/ttyUSB0"),
+        (None, "status", "with PORT=: make status PORT=/dev/ttyUSB0"),
+    ],
+    ids=["python-m", "fleetprov-deploy", "make"],
+)
+def test_no_board_found_says_how_to_name_the_port_as_the_user_ran_the_command(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    prog: str | None,
+    make_target: str | None,
+    expected: str,
+) -> None:
+    no_board_anywhere(monkeypatch)
+    if make_target:
+        monkeypatch.setenv(deploy.MAKE_TARGET_ENV, make_target)
+    else:
+        monkeypatch.delenv(deploy.MAKE_TARGET_ENV, raising=False)
+    assert deploy.main(["status"], prog=prog) == 1
+    message = caplog.messages[-1]
+    assert message.startswith("status: no board found on a USB serial port (ports found: none)")
+    assert message.endswith("plug it in, or name its port " + expected)
+    assert ("--port" in message) is (make_target is None)
+
+
+def test_make_status_without_a_board_says_port_equals(tmp_path: Path) -> None:
+    from serial.tools import list_ports  # mpremote's auto-detect takes the first USB serial device
+
+    if any(p.vid is not None for p in list_ports.comports()):
+        pytest.skip("this machine has a USB serial device: make status would talk to it")
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "status"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "name its port with PORT=: make status PORT=/dev/ttyUSB0" in proc.stderr
+    assert "--port" not in proc.stderr
+
+
+def test_python_m_tools_deploy_names_itself_so_in_its_usage() -> None:
+    # (fleetprov-deploy: tests/host/test_packaging.py)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.deploy", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m tools.deploy ")

@@ -35,8 +35,8 @@ pytestmark = pytest.mark.timeout(180)
 BOARD = "needs a board on a serial port"
 ESP_IDF = "builds ESP32 firmware from a GitHub clone with ESP-IDF, neither of which is here"
 FIRMWARE_BUILD = (
-    "builds a firmware (a minute of both cores): tools/frozen_heap.py runs it by hand, "
-    "docs/firmware.md has its numbers"
+    "builds a firmware from a MicroPython clone (a minute of both cores); make ports builds the 1.24.1 "
+    "unix port with a manifest frozen in the same way (tools/esp32like_manifest.py)"
 )
 UPSTREAM_TAGS = (
     "clones MicroPython's release tags from GitHub, which is not reachable here; make test builds "
@@ -273,3 +273,19 @@ def test_iotsims_synopsis_takes_v_after_the_subcommand_as_written() -> None:
     assert parser.parse_args(["up", "--port", "8883", "-v"]).verbose is True
     assert parser.parse_args(["-v", "up"]).verbose is True
     assert parser.parse_args(["up"]).verbose is False
+
+
+def test_performance_md_quotes_only_bench_sections_and_the_bundle_line_as_printed(tmp_path: Path) -> None:
+    from tools import cpbundle
+    from tools.bench.__main__ import SECTIONS
+
+    text = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"^Section (\w+):", text, re.M))
+    rows = re.findall(r"^\| (\w+) +\|.*\| (?:met|NOT MET) +\|$", text, re.M)  # the targets table
+    named |= set(rows) - {"section"}
+    assert named and named <= set(SECTIONS), named - set(SECTIONS)
+    shown = re.search(r"^size: .*$", text, re.M)
+    assert shown, "docs/performance.md no longer shows what make circuitpython-bundle prints"
+    printed = cpbundle.size_line(cpbundle.bundle(tmp_path / "b.zip"))
+    number = r"[0-9]+\.[0-9]"  # the figures move with the library; the line is the one printed
+    assert re.sub(number, "N", shown.group(0)) == re.sub(number, "N", printed)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.host import api_misuse
 from tools import esp32check
 from tools.esp32check import stubs as stub_releases
 
@@ -69,85 +70,71 @@ def test_device_code_uses_only_the_api_of_each_firmware_release(firmware: str) -
         assert any(p.path == path and re.search(pattern, p.message) for p in problems), (firmware, pattern)
 
 
-# One misuse per snippet: (id, code, line of the misuse, what the report says).
-MISUSES = [
-    (
-        "unknown-method",
-        "import machine\nmachine.Pin(1).nonexistent()\n",
-        2,
-        'attribute "nonexistent" for class "Pin"',
-    ),
-    (
-        "unknown-keyword",
-        "import ssl, socket\nssl.wrap_socket(socket.socket(), bogus=1)\n",
-        2,
-        'No parameter named "bogus"',
-    ),
-    ("cpython-only-keyword", "import json\njson.dumps({}, sort_keys=True)\n", 2, 'No overloads for "dumps"'),
-    (
-        "cpython-only-function",
-        "import time\ntime.monotonic()\n",
-        2,
-        '"monotonic" is not a known attribute of module "time"',
-    ),
-    ("too-many-arguments", "from time import ticks_ms\nticks_ms(5)\n", 2, "Expected 0 positional arguments"),
-    ("cpython-only-package", "import cryptography\n", 1, 'Import "cryptography" could not be resolved'),
-    (
-        "unknown-wlan-method",
-        "import network\nnetwork.WLAN(network.STA_IF).no_such_method()\n",
-        2,
-        '"no_such_method"',
-    ),
-    (
-        "os-fsync",
-        "import os\nf = open('x')\nos.fsync(f.fileno())\n",
-        3,
-        '"fsync" is not in the ESP32 port\'s os module',
-    ),
-    ("os-makedirs", "import os\nos.makedirs('a/b')\n", 2, '"makedirs" is not in the ESP32 port\'s os module'),
-    ("from-os-import", "from os import fsync\n", 1, '"fsync" is not in the ESP32 port\'s os module'),
-    ("hexdigest", "import hashlib\nh = hashlib.sha256(b'x').hexdigest()\n", 2, "no hexdigest()"),
-    # error numbers differ between ESP32 (newlib) and Linux: only names from errno
-    ("numeric-oserror", "def f():\n    raise OSError(110)\n", 2, "OSError(110): raise with a name from errno"),
-    (
-        "numeric-args-compare",
-        "try:\n    pass\nexcept OSError as e:\n    ok = e.args[0] == 0x80\n",
-        4,
-        "error number compared with a number",
-    ),
-    (
-        "numeric-errno-in",
-        "try:\n    pass\nexcept OSError as e:\n    ok = e.errno in (104, 113)\n",
-        4,
-        "error number compared with a number",
-    ),
-    ("numeric-errno-name", "ETIMEDOUT = 110\n", 1, "ETIMEDOUT = 110: import errno"),
-]
+# One misuse per snippet, marked where the report must point (tests/host/api_misuse.py).
+MISUSES = api_misuse.parse(
+    """
+## unknown-method
+import machine
+machine.Pin(1).nonexistent()  # <- attribute "nonexistent" for class "Pin"
+## unknown-keyword
+import ssl, socket
+ssl.wrap_socket(socket.socket(), bogus=1)  # <- No parameter named "bogus"
+## cpython-only-keyword
+import json
+json.dumps({}, sort_keys=True)  # <- No overloads for "dumps"
+## cpython-only-function
+import time
+time.monotonic()  # <- "monotonic" is not a known attribute of module "time"
+## too-many-arguments
+from time import ticks_ms
+ticks_ms(5)  # <- Expected 0 positional arguments
+## cpython-only-package
+import cryptography  # <- Import "cryptography" could not be resolved
+## unknown-wlan-method
+import network
+network.WLAN(network.STA_IF).no_such_method()  # <- "no_such_method"
+## os-fsync
+import os
+f = open('x')
+os.fsync(f.fileno())  # <- "fsync" is not in the ESP32 port's os module
+## os-makedirs
+import os
+os.makedirs('a/b')  # <- "makedirs" is not in the ESP32 port's os module
+## from-os-import
+from os import fsync  # <- "fsync" is not in the ESP32 port's os module
+## hexdigest
+import hashlib
+h = hashlib.sha256(b'x').hexdigest()  # <- no hexdigest()
+## numeric-oserror
+def f():
+    raise OSError(110)  # <- OSError(110): raise with a name from errno
+## numeric-args-compare
+try:
+    pass
+except OSError as e:
+    ok = e.args[0] == 0x80  # <- error number compared with a number
+## numeric-errno-in
+try:
+    pass
+except OSError as e:
+    ok = e.errno in (104, 113)  # <- error number compared with a number
+## numeric-errno-name
+ETIMEDOUT = 110  # <- ETIMEDOUT = 110: import errno
+"""
+)
+# (error numbers differ between ESP32 (newlib) and Linux: only names from errno)
 
 
 @pytest.fixture(scope="module")
 def misuse_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[esp32check.Diagnostic]]:
-    # One checker run for all snippets (each run costs a Node.js start-up).
-    folder = tmp_path_factory.mktemp("misuse")
-    files = []
-    for ident, code, _, _ in MISUSES:
-        path = folder / "snippet_{}.py".format(ident.replace("-", "_"))
-        path.write_text(code, encoding="utf-8")
-        files.append(path)
-    reports: dict[str, list[esp32check.Diagnostic]] = {f.name: [] for f in files}
-    for d in esp32check.check(files, root=folder):
-        reports[d.path].append(d)
-    return reports
+    return api_misuse.reports(esp32check.check, MISUSES, tmp_path_factory.mktemp("misuse"))
 
 
-@pytest.mark.parametrize(("ident", "code", "line", "expected"), MISUSES, ids=[m[0] for m in MISUSES])
+@pytest.mark.parametrize("misuse", MISUSES, ids=lambda m: m.ident)
 def test_a_misuse_of_the_esp32_api_is_reported_with_its_line(
-    misuse_reports: dict[str, list[esp32check.Diagnostic]], ident: str, code: str, line: int, expected: str
+    misuse_reports: dict[str, list[esp32check.Diagnostic]], misuse: api_misuse.Misuse
 ) -> None:
-    problems = misuse_reports["snippet_{}.py".format(ident.replace("-", "_"))]
-    assert len(problems) == 1, problems
-    assert problems[0].line == line
-    assert expected in problems[0].message
+    api_misuse.assert_reported_on_its_line(misuse_reports, misuse)
 
 
 def test_correct_use_of_the_esp32_api_passes(tmp_path: Path) -> None:

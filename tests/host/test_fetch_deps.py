@@ -133,10 +133,7 @@ def test_umqtt_dir_names_the_folder_or_says_what_to_run(tmp_path: Path) -> None:
 def test_the_cli_reports_a_failure_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     deps = tmp_path / "deps"
     deps.mkdir()
-    # the PyPI sdist counts as present (its stamp and file), so only the vendor check runs
-    (deps / ".micropython-umqtt.simple-1.3.4.sha256").write_text("x\n")
-    (deps / "umqtt").mkdir()
-    (deps / "umqtt" / "simple.py").write_text("")
+    present_sdist(deps)  # so only the vendor check runs
     bad_vendor = tmp_path / "vendor"
     (bad_vendor / "1.3.4" / "umqtt").mkdir(parents=True)
     (bad_vendor / "1.3.4" / "umqtt" / "simple.py").write_text("not umqtt\n")
@@ -144,3 +141,45 @@ def test_the_cli_reports_a_failure_in_one_line(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err
     assert err.startswith("fetch_deps: ") and "does not match the pinned" in err
     assert "Traceback" not in err
+
+
+def present_sdist(deps: Path) -> None:
+    """The PyPI sdist as fetched before: its stamp and its file."""
+    (deps / fetch_deps.UMQTT_SIMPLE_PYPI.stamp_name).write_text("x\n")
+    (deps / "umqtt").mkdir()
+    (deps / "umqtt" / "simple.py").write_text("")
+
+
+def test_quiet_prints_nothing_when_every_copy_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rel = fake_release()
+    monkeypatch.setattr(fetch_deps, "UMQTT_RELEASES", (rel,))
+    deps, vendor = tmp_path / "deps", tmp_path / "vendor"
+    deps.mkdir()
+    present_sdist(deps)
+    (vendor / rel.version / "umqtt").mkdir(parents=True)
+    (vendor / rel.version / "umqtt" / "simple.py").write_bytes(SIMPLE)
+    assert fetch_deps.main(["--dest", str(deps), "--vendor", str(vendor), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    assert fetch_deps.main(["--dest", str(deps), "--vendor", str(vendor)]) == 0
+    assert "vendor, sha256 checked" in capsys.readouterr().out  # without --quiet: where each copy is
+
+
+def test_quiet_still_names_what_it_downloaded(
+    tmp_path: Path, index: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, root = index
+    rel = fake_release()
+    publish(root, rel.version, SIMPLE)
+    monkeypatch.setattr(fetch_deps, "UMQTT_RELEASES", (rel,))
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    present_sdist(deps)
+    args = ["--dest", str(deps), "--vendor", str(tmp_path / "no-vendor"), "--mip-index", url, "--quiet"]
+    assert fetch_deps.main(args) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"umqtt.simple {rel.version}: {deps / 'umqtt.simple' / rel.version} (from {url})"
+    ]
+    assert fetch_deps.main(args) == 0
+    assert capsys.readouterr().out == ""  # the second time there is nothing to do

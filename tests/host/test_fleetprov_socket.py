@@ -6,94 +6,27 @@ a silent or half-open connection into MQTT_ERROR, never a hang.
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import fleetprov
+from rawbroker import RawBroker
 from tools.umqtt_host import MQTTClient
 
 
-class SilentBroker:
-    """Accepts one MQTT connection, answers CONNECT, then answers only what it is told to."""
-
-    def __init__(self, answer_subscribe: bool) -> None:
-        self.answer_subscribe = answer_subscribe
-        # on a PUBLISH (its body): bytes to send back, or None to stay silent
-        self.on_publish: Callable[[bytes], bytes | None] = lambda body: None
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.received = bytearray()
-        self.stop = threading.Event()
-        self.connected = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        self.listener.settimeout(10)
-        conn, _ = self.listener.accept()
-        conn.settimeout(0.05)
-        with conn:
-            while not self.stop.is_set():
-                try:
-                    data = conn.recv(4096)
-                except TimeoutError:
-                    continue
-                if not data:
-                    return
-                self.received += data
-                for kind, body in self._packets():
-                    if kind == 0x10:
-                        conn.sendall(b"\x20\x02\x00\x00")  # CONNACK accepted
-                        self.connected.set()
-                    elif kind == 0x80 and self.answer_subscribe:
-                        conn.sendall(b"\x90\x03" + body[:2] + b"\x01")  # SUBACK QoS 1
-                    elif kind == 0xA0:
-                        conn.sendall(b"\xb0\x02" + body[:2])  # UNSUBACK (umqtt 1.7+ waits for it)
-                    elif kind == 0x30:
-                        reply = self.on_publish(body)  # by default never acknowledged
-                        if reply:
-                            conn.sendall(reply)
-
-    def _packets(self) -> Iterator[tuple[int, bytes]]:
-        """Complete MQTT packets off the front of the buffer: (type, body)."""
-        while len(self.received) >= 2:
-            length, shift, i = 0, 0, 1
-            while True:
-                if i >= len(self.received):
-                    return
-                byte = self.received[i]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                i += 1
-                if not byte & 0x80:
-                    break
-            if len(self.received) < i + length:
-                return
-            kind = self.received[0] & 0xF0
-            body = bytes(self.received[i : i + length])
-            del self.received[: i + length]
-            yield kind, body
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-        self.listener.close()
-
-
 @pytest.fixture
-def broker_factory() -> Iterator[type[SilentBroker]]:
-    made: list[SilentBroker] = []
+def broker_factory() -> Iterator[Callable[..., RawBroker]]:
+    """Scripted servers (tests/fakes/rawbroker.py), closed when the test ends."""
+    made: list[RawBroker] = []
 
-    def make(answer_subscribe: bool) -> SilentBroker:
-        broker = SilentBroker(answer_subscribe)
+    def make(**behaviour: Any) -> RawBroker:
+        broker = RawBroker(**behaviour)
         made.append(broker)
         return broker
 
-    yield make  # type: ignore[misc]
+    yield make
     for broker in made:
         broker.close()
 
@@ -106,31 +39,31 @@ def connected_client(port: int) -> MQTTClient:
 
 
 @pytest.mark.timeout(30)
-def test_a_server_that_never_answers_subscribe_ends_in_mqtt_error(broker_factory) -> None:
-    broker = broker_factory(answer_subscribe=False)
-    client = connected_client(broker.port)
+@pytest.mark.parametrize(
+    ("behaviour", "operation", "named"),
+    [
+        ({"subscribe": "none"}, lambda p: p.create_keys_and_certificate(), ("subscribe", "ETIMEDOUT")),
+        ({"publish": "none"}, lambda p: p.register_thing("demo", "tok"), ("publish",)),
+    ],
+    ids=["never-answers-subscribe", "never-sends-puback"],
+)
+def test_a_server_that_never_acknowledges_ends_in_mqtt_error_naming_the_step(
+    broker_factory,
+    behaviour: dict[str, str],
+    operation: Callable[[fleetprov.Provisioner], object],
+    named: tuple[str, ...],
+) -> None:
+    client = connected_client(broker_factory(**behaviour).port)
     p = fleetprov.Provisioner(client, mqtt_timeout_ms=300)
     with pytest.raises(fleetprov.ProvisioningError) as info:
-        p.create_keys_and_certificate()
+        operation(p)
     assert info.value.status == fleetprov.MQTT_ERROR
-    assert "subscribe" in str(info.value) and "ETIMEDOUT" in str(info.value)
-
-
-@pytest.mark.timeout(30)
-def test_a_server_that_never_sends_puback_ends_in_mqtt_error(broker_factory) -> None:
-    broker = broker_factory(answer_subscribe=True)
-    client = connected_client(broker.port)
-    p = fleetprov.Provisioner(client, mqtt_timeout_ms=300)
-    with pytest.raises(fleetprov.ProvisioningError) as info:
-        p.register_thing("demo", "tok")
-    assert info.value.status == fleetprov.MQTT_ERROR
-    assert "publish" in str(info.value)
+    assert all(word in str(info.value) for word in named)
 
 
 @pytest.mark.timeout(30)
 def test_the_socket_is_handed_back_unwrapped_and_blocking(broker_factory) -> None:
-    broker = broker_factory(answer_subscribe=True)
-    client = connected_client(broker.port)
+    client = connected_client(broker_factory(publish="none").port)
     sock = client.sock
     p = fleetprov.Provisioner(client, timeout_ms=50, mqtt_timeout_ms=300)
     with pytest.raises(fleetprov.ProvisioningError) as info:
@@ -141,34 +74,22 @@ def test_the_socket_is_handed_back_unwrapped_and_blocking(broker_factory) -> Non
 
 
 @pytest.mark.timeout(20)
-def test_a_flood_of_stray_pubacks_ends_in_timeout_with_the_real_umqtt_on_cpython() -> None:
+def test_a_flood_of_stray_pubacks_ends_in_timeout_with_the_real_umqtt_on_cpython(broker_factory) -> None:
     # (the unix-port test measures the bound: tests/device/test_fleetprov_device.py)
-    from rawbroker import RawBroker
-
-    broker = RawBroker(publish="flood")
-    try:
-        client = connected_client(broker.port)
-        p = fleetprov.Provisioner(client, timeout_ms=300, mqtt_timeout_ms=300)
-        with pytest.raises(fleetprov.ProvisioningError) as info:
-            p.create_keys_and_certificate()
-        assert info.value.status == fleetprov.TIMEOUT
-        assert broker.flooded > 0
-    finally:
-        broker.close()
+    broker = broker_factory(publish="flood")
+    p = fleetprov.Provisioner(connected_client(broker.port), timeout_ms=300, mqtt_timeout_ms=300)
+    with pytest.raises(fleetprov.ProvisioningError) as info:
+        p.create_keys_and_certificate()
+    assert info.value.status == fleetprov.TIMEOUT
+    assert broker.flooded > 0
 
 
 @pytest.mark.timeout(20)
-def test_a_subscription_refused_by_the_real_umqtt_on_cpython_names_the_claim_policy() -> None:
-    from rawbroker import RawBroker
-
-    broker = RawBroker(subscribe="refuse")
-    try:
-        client = connected_client(broker.port)
-        with pytest.raises(fleetprov.ProvisioningError) as info:
-            fleetprov.Provisioner(client).create_keys_and_certificate()
-        assert info.value.status == fleetprov.MQTT_ERROR and "SUBACK 0x80" in str(info.value)
-    finally:
-        broker.close()
+def test_a_subscription_refused_by_the_real_umqtt_on_cpython_names_the_claim_policy(broker_factory) -> None:
+    client = connected_client(broker_factory(subscribe="refuse").port)
+    with pytest.raises(fleetprov.ProvisioningError) as info:
+        fleetprov.Provisioner(client).create_keys_and_certificate()
+    assert info.value.status == fleetprov.MQTT_ERROR and "SUBACK 0x80" in str(info.value)
 
 
 def publish_frame(topic: bytes, payload: bytes, qos: int = 0, pid: int = 7) -> bytes:
@@ -224,8 +145,7 @@ def provisioner_with_an_app_message_waiting(
 ) -> tuple[fleetprov.Provisioner, list[tuple[bytes, bytes]], list[int]]:
     """A Provisioner on a real umqtt client whose server sends an app message,
     then KEYS_ANSWER; with the messages the app got and the sizes umqtt read."""
-    broker = broker_factory(answer_subscribe=True)
-    broker.on_publish = answer_after_an_app_message(KEYS_ANSWER)
+    broker = broker_factory(on_publish=answer_after_an_app_message(KEYS_ANSWER))
     client = connected_client(broker.port)
     app: list[tuple[bytes, bytes]] = []
     client.set_callback(lambda topic, msg: app.append((topic, msg)))

@@ -2,7 +2,7 @@
 
 The tool (tools/manifestfile.py) and micropython-lib's umqtt.simple come from
 the vendored MicroPython 1.24.1 source archive (../shared/vendor/micropython/).
-The firmware build and the heap it saves: tools/frozen_heap.py, docs/firmware.md.
+Building a firmware with it: docs/firmware.md.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from types import ModuleType
 
 import pytest
 
+from tools.oldports import VENDOR
+
 ROOT = Path(__file__).resolve().parents[2]
-ARCHIVE = ROOT.parent / "shared" / "vendor" / "micropython" / "micropython-1.24.1-src.tar.gz"
+ARCHIVE = VENDOR / "micropython-1.24.1-src.tar.gz"
 TOP = "micropython-1.24.1/"
 WANTED = (TOP + "tools/manifestfile.py", TOP + "lib/micropython-lib/micropython/umqtt.simple/")
 

@@ -188,6 +188,14 @@ def test_the_installed_commands_run_from_any_folder(installed: Path, tmp_path: P
     assert proc.stdout.startswith("usage:")
 
 
+def test_fleetprov_deploy_names_itself_in_its_usage(installed: Path, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(installed / "fleetprov-deploy"), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: fleetprov-deploy ")
+
+
 def test_the_installed_package_is_imported_by_the_projects_own_name_not_tools(
     installed: Path, tmp_path: Path
 ) -> None:

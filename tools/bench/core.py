@@ -1,14 +1,16 @@
 """Core benchmark: code size, bytes on the wire and peak MicroPython heap of fleetprov.
 
-- .mpy size of fleetprov and the CBOR codec (mpy-cross, as `make mpy` builds them).
+- .mpy size of every device module (mpy-cross, as `make mpy` builds them);
+  targets: fleetprov.mpy <= 6 KB, cbor.mpy <= 2.5 KB.
 - Bytes on the wire per operation and format: the request and response
   payloads, and the whole MQTT exchange (SUBSCRIBE x2, PUBLISH, the answer,
-  UNSUBSCRIBE x2) as umqtt.simple frames it.
+  UNSUBSCRIBE x2) as umqtt.simple frames it; target: the largest realistic
+  response fits fleetprov's default receive buffer (rx_size, 6144 bytes).
 - Peak heap on the unix port for CreateKeysAndCertificate + RegisterThing
   against the fake client with a realistic keys response (RSA-2048 key and
   certificate PEM, 700-character token), .mpy build, rx_size=6144: the
   smallest `-X heapsize` that completes, minus the same script without the
-  fleetprov calls.
+  fleetprov calls; target <= 12 KB.
 """
 
 from __future__ import annotations
@@ -25,23 +27,16 @@ from pathlib import Path
 import cbor2
 
 from ..unixboard import compile_lib, mpy_cross_binary
+from .report import Target, at_most, print_targets, table
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 MICROPYTHON = VENV_BIN / "micropython"
 FAKES = ROOT / "tests" / "fakes"
 
-TARGETS = {"fleetprov.mpy": 6 * 1024, "cbor.mpy": 2560, "heap": 12 * 1024}
-# Import one module (or none: "-"), collect, print the heap it keeps.
-IMPORT_SCRIPT = """import gc, sys
-gc.collect()
-before = gc.mem_alloc()
-if sys.argv[1] != "-":
-    __import__(sys.argv[1])
-gc.collect()
-print(gc.mem_alloc() - before)
-print("done")
-"""
+SIZE_TARGETS = {"fleetprov.mpy": 6 * 1024, "cbor.mpy": 2560}
+HEAP_TARGET = 12 * 1024
+RX_SIZE = 6144  # fleetprov.Provisioner's default receive buffer
 TOKEN = "eyJ" + "T" * 697  # 700 characters, like AWS's
 TEMPLATE = "FleetprovDemo"
 PARAMETERS = {"SerialNumber": "24:0a:c4:12:34:56"}
@@ -198,76 +193,26 @@ def smallest_heap(script: Path, args: list[str], path: str, low: int = 2048, hig
     return high
 
 
-def table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [[str(c) for c in row] for row in [headers, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-def verdict(value: int, target: int) -> str:
-    return "ok" if value <= target else "OVER by {}".format(value - target)
-
-
-def import_costs(tmpdir: Path, mpy_dir: Path, modules: list[str]) -> None:
-    """Heap each compiled lib module costs to import first into an empty
-    interpreter (with what it imports): the worst case, as the module also
-    pays for the interpreter's name pools, which grow by doubling and which
-    every later module shares. Section ports measures each module where a
-    first boot imports it, and judges the target there."""
-    from ..unixboard import compile_umqtt, current_target
-
-    print("\n### Import cost of every lib module imported first, alone with its own imports (unix port, .mpy)\n")
-    umqtt_dir = tmpdir / "umqtt-mpy"
-    compile_umqtt(umqtt_dir)
-    path = os.pathsep.join([".frozen", str(mpy_dir), str(umqtt_dir), *current_target().umqtt_path()])
-    script = tmpdir / "import_cost.py"
-    script.write_text(IMPORT_SCRIPT)
-
-    def kept(module: str) -> int:
-        proc = subprocess.run([str(MICROPYTHON), str(script), module], env=dict(os.environ, MICROPYPATH=path),
-                              capture_output=True, text=True, timeout=60)
-        return int(proc.stdout.split()[0])
-
-    base = smallest_heap(script, ["-"], path, low=1024)
-    rows = []
-    for module in [*modules, "umqtt.simple"]:
-        need = smallest_heap(script, [module], path, low=1024) - base
-        rows.append([module, kept(module), need])
-    print(table(["module", "heap kept after import", "smallest heap above baseline"], rows))
-    print(f"\n(baseline: {base} bytes; \"kept\": gc.mem_alloc() after gc.collect(); \"smallest heap\": "
-          "-X heapsize that completes, 64-byte resolution, includes the loader's transient peak; "
-          "umqtt.simple is frozen into real firmware and costs no heap there; a module imported first also pays for "
-          "the name pools later modules share: section ports shows what each adds where a first boot imports it, "
-          "and judges fleetprov's import target there)")
-
-
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> list[Target]:
     responses = realistic_responses()
+    targets = []
     with tempfile.TemporaryDirectory(prefix="fleetprov-bench-") as tmp:
         tmpdir = Path(tmp)
         mpy_dir = tmpdir / "mpy"
         mpy_dir.mkdir()
         sizes = compile_lib(mpy_dir)
 
-        print("### Code size (mpy-cross {}, default options)\n".format(
-            subprocess.run([str(mpy_cross_binary()), "--version"], capture_output=True, text=True).stdout.split(";")[0].strip()))
-        rows = [[name, size, TARGETS.get(name, ""), verdict(size, TARGETS[name]) if name in TARGETS else ""]
-                for name, size in sizes.items()]
-        # fleetprov always imports timedsock (its socket time limits, shared with mqttlink)
-        # and awsnames (the template-name rule, shared with devconfig), and its
-        # failure texts on failure: the flash budget has to count all three.
-        modules = ("fleetprov", "fleetprov_texts", "timedsock", "awsnames")
-        rows.append([" + ".join(modules), sum(sizes[m + ".mpy"] for m in modules), "", ""])
-        print(table(["module", ".mpy bytes", "target", ""], rows))
-
-        import_costs(tmpdir, mpy_dir, sorted(n[:-4] for n in sizes))
+        version = subprocess.run([str(mpy_cross_binary()), "--version"], capture_output=True, text=True).stdout
+        print("### Code size (mpy-cross {}, default options)\n".format(version.split(";")[0].strip()))
+        print(table(["module", ".mpy bytes"], [[name, size] for name, size in sizes.items()]))
+        targets += [at_most(name, sizes[name], limit, "bytes") for name, limit in SIZE_TARGETS.items()]
 
         print("\n### Bytes on the wire per operation (realistic payloads)\n")
         wire = wire_table(responses)
         print(table(["format", "operation", "request payload", "response payload", "whole MQTT exchange"],
                     [list(r) for r in wire]))
+        targets.append(at_most("largest response payload, fits the default rx_size", max(r[3] for r in wire),
+                               RX_SIZE, "bytes"))
 
         print("\n### Peak MicroPython heap: CreateKeysAndCertificate + RegisterThing (unix port, .mpy, rx_size=6144)\n")
         script = tmpdir / "heap.py"
@@ -282,11 +227,11 @@ def run(args: argparse.Namespace) -> None:
             files = [str(keys_file), str(reg_file)]
             base = smallest_heap(script, ["base", fmt, *files], path)
             full = smallest_heap(script, ["run", fmt, *files], path)
-            rows.append([fmt, keys_file.stat().st_size, base, full, full - base, TARGETS["heap"],
-                         verdict(full - base, TARGETS["heap"])])
-        print(table(["format", "keys response bytes", "baseline heap", "with fleetprov", "above baseline",
-                     "target", ""], rows))
+            rows.append([fmt, keys_file.stat().st_size, base, full, full - base])
+            targets.append(at_most(f"fleetprov's heap above baseline, {fmt}", full - base, HEAP_TARGET, "bytes"))
+        print(table(["format", "keys response bytes", "baseline heap", "with fleetprov", "above baseline"], rows))
         print("\n(smallest -X heapsize that completes, 64-byte resolution)")
+    return print_targets(targets)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""First boot per firmware: the real main.py on each unix port against iotsim.
+"""First boot per firmware: the real main.py on each unix port against iotsim, and its heap budgets.
 
 For each target (tools/unixboard.py: the newest port from PyPI, and firmware
 1.22.2 and 1.24.1 built by tools/oldports.py, each with the umqtt.simple it
-freezes; and 1.24.1 built for 32-bit x86, an ESP32's object sizes) and each method, a factory-fresh board with the library compiled by
-that release's own mpy-cross boots and provisions itself: the median wall
-time of the first boot over a few runs, and the smallest ``-X heapsize`` at
-which a first boot completes (4 KB steps). Also the compiled library's size
-per mpy-cross. A port that is not built is listed as such.
+freezes; and 1.24.1 built for 32-bit x86, an ESP32's object sizes) and each
+method, a factory-fresh board with the library compiled by that release's own
+mpy-cross boots and provisions itself: the median wall time of the first boot
+over a few runs, and the smallest ``-X heapsize`` (2 KB steps) at which every
+one of several fresh boards completes its first boot, and then a provisioned
+boot. A port that is not built is listed as such. The budgets are judged on
+the 32-bit port, with 10 boards per size: first boot <= 64 KB (keys and CSR),
+provisioned boot <= 40 KB.
 
 Then the heap each lib module adds where a real first boot imports it, on the
 default port and the 32-bit one (ESP32's object sizes): each import of a
@@ -14,8 +17,8 @@ device module is wrapped (builtins.__import__, harness code prefixed to the
 boot, nothing of it on a board), gc.mem_alloc() after gc.collect() on both
 sides, minus the device modules it imports itself. This is the cost a board
 pays: the interpreter's name pools have already grown by then, whereas a
-module imported first into an empty interpreter (section core) also pays for
-pools that every later module uses.
+module imported first into an empty interpreter would also pay for pools that
+every later module uses. Target: fleetprov adds <= 10 KB on the 32-bit port.
 
 The 1.22 unix port builds mbedTLS with HAVEGE, whose entropy state is part of
 the ssl.SSLContext object: 39.7 KB of MicroPython's heap per context (3 KB on
@@ -26,13 +29,12 @@ no HAVEGE.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import statistics
 import tempfile
 from pathlib import Path
 
-from .core import table, verdict
+from .report import Target, at_most, print_targets, table
 from ..unixboard import (
     DEFAULT_TARGET,
     OLD_FIRMWARE_TARGETS,
@@ -40,9 +42,7 @@ from ..unixboard import (
     BOOT_CODE,
     LIB,
     Board,
-    Target,
     TargetUnavailable,
-    compile_lib,
     make_flash,
     smallest_heap,
     use_target,
@@ -53,7 +53,11 @@ METHODS = ("keys", "csr")
 # module (cbor only with the CBOR format, csr and p256 only for the CSR method).
 IMPORT_BOOTS = (("keys", "json"), ("csr", "json"), ("keys", "cbor"))
 IMPORT_PORTS = (DEFAULT_TARGET, WORD32_TARGET)
-# Heap an import may add where a first boot imports it (issue 11).
+# Budgets on the 32-bit port (ESP32's object sizes), KB, judged with BUDGET_TRIALS boards per size.
+FIRST_BOOT_KB = 64
+PROVISIONED_KB = 40
+BUDGET_TRIALS = 10
+# Heap an import may add where a first boot imports it, on the 32-bit port.
 IMPORT_TARGETS = {"fleetprov": 10 * 1024}
 # Prefixed to the boot code: prints "fleetprov IMPORT <depth> <module> <bytes>"
 # when the import of a device module that was not loaded yet returns.
@@ -124,8 +128,9 @@ def own_costs(lines: list[str]) -> list[tuple[str, int]]:
     return costs
 
 
-def import_table(sim_state: Path, work: Path) -> list[list[object]]:
-    """One row per device module: its own import cost per port, first import (and re-imports)."""
+def import_table(sim_state: Path, work: Path) -> tuple[list[list[object]], list[Target]]:
+    """One row per device module: its own import cost per port, first import (and re-imports);
+    and the import targets judged on the 32-bit port."""
     per_port: dict[str, dict[str, list[int]]] = {}
     for target in IMPORT_PORTS:
         costs: dict[str, list[int]] = {}
@@ -148,61 +153,76 @@ def import_table(sim_state: Path, work: Path) -> list[list[object]]:
     rows: list[list[object]] = []
     for module in modules:
         row: list[object] = [module]
-        verdicts = []
-        target_bytes = IMPORT_TARGETS.get(module)
         for target in IMPORT_PORTS:
             got = per_port[target.id].get(module)
-            if not got:
-                row.append("not measured" if not per_port[target.id] else "-")
-                continue
-            row.append(" / ".join(str(b) for b in got))
-            if target_bytes:
-                verdicts.append(f"{target.id}: {verdict(got[0], target_bytes)}")
-        row += [target_bytes or "", ", ".join(verdicts)]
+            row.append(" / ".join(str(b) for b in got) if got else "not measured" if not per_port[target.id] else "-")
         rows.append(row)
-    return rows
+    judged = per_port[WORD32_TARGET.id]
+    targets = [
+        at_most(f"heap {module} adds where a first boot imports it, 32-bit port", judged[module][0], limit, "bytes")
+        if judged.get(module) else Target(f"heap {module} adds, 32-bit port", "not measured", f"<= {limit} bytes",
+                                          False)
+        for module, limit in IMPORT_TARGETS.items()
+    ]
+    return rows, targets
 
 
-def run(args: argparse.Namespace) -> None:
+def _provisioned(pristine: Path, work: Path) -> Path:
+    """A copy of ``pristine`` after its first boot: a provisioned board to search the heap of."""
+    flash = work / (pristine.name + "-provisioned")
+    shutil.copytree(pristine, flash)
+    result = Board(flash).boot(timeout=120)
+    if result.returncode != 0 or "done" not in result.steps():
+        raise RuntimeError(f"the first boot of {flash} failed:\n{result.text}")
+    return flash
+
+
+def _kb(kb: int | None) -> str:
+    return f"{kb} KB" if kb else "over 256 KB"
+
+
+def _heap_target(name: str, kb: int | None, limit: int) -> Target:
+    return at_most(name, kb, limit, "KB") if kb else Target(name, _kb(kb), f"<= {limit} KB", False)
+
+
+def run(args: argparse.Namespace) -> list[Target]:
     from ..iotsim.broker import free_port
     from ..iotsim.stack import IotSim
 
     runs = 2 if args.quick else 5
-    targets: tuple[Target, ...] = (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS, WORD32_TARGET)
-    boot_rows: list[list[object]] = []
-    size_rows: list[list[object]] = []
+    rows: list[list[object]] = []
+    targets: list[Target] = []
     with tempfile.TemporaryDirectory(prefix="fleetprov-bench-ports-") as tmp:
         work = Path(tmp)
         sim = IotSim(work / "iotsim", free_port()).start()
         try:
-            for target in targets:
+            for target in (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS, WORD32_TARGET):
+                budgets = target is WORD32_TARGET
                 try:
                     target.check()
                 except TargetUnavailable as exc:
-                    boot_rows.append([target.id, "-", "-", "-", f"not measured: {exc}"])
+                    rows.append([target.id, "-", "-", "-", "-", "-", f"not measured: {exc}"])
+                    if budgets:
+                        targets += [Target("heap budgets, 32-bit port", "not measured", "the port built", False)]
                     continue
+                trials = BUDGET_TRIALS if budgets else 3
                 with use_target(target):
-                    out = work / f"mpy-{target.id}"
-                    sizes = compile_lib(out)
-                    digest = hashlib.sha256(
-                        b"".join((out / n).read_bytes() for n in sorted(sizes))
-                    ).hexdigest()
-                    size_rows.append([target.port, sizes["fleetprov.mpy"], sum(sizes.values()), digest[:12]])
                     for method in METHODS:
                         where = work / f"{target.id}-{method}"
                         where.mkdir()
                         times, pristine = _first_boots(sim.state, where, method, runs)
-                        heap_kb = smallest_heap(pristine, where, trials=3)
-                        boot_rows.append(
-                            [
-                                target.id,
-                                method,
-                                runs,
-                                f"{statistics.median(times):.0f}",
-                                f"{heap_kb} KB" if heap_kb else "over 256 KB",
-                            ]
-                        )
-            imports = import_table(sim.state, work)
+                        first_kb = smallest_heap(pristine, where, trials=trials)
+                        heaps = [("first boot heap, " + method, first_kb, FIRST_BOOT_KB)]
+                        provisioned = ""
+                        if method == METHODS[0]:  # a provisioned boot is the same whichever method provisioned
+                            again_kb = smallest_heap(_provisioned(pristine, where), where, trials=trials)
+                            heaps.append(("provisioned boot heap", again_kb, PROVISIONED_KB))
+                            provisioned = _kb(again_kb)
+                        median = f"{statistics.median(times):.0f}"
+                        rows.append([target.id, method, runs, median, _kb(first_kb), provisioned, trials])
+                        if budgets:
+                            targets += [_heap_target(name + ", 32-bit port", kb, limit) for name, kb, limit in heaps]
+            imports, import_targets = import_table(sim.state, work)
         finally:
             sim.stop()
 
@@ -210,35 +230,24 @@ def run(args: argparse.Namespace) -> None:
         "### First boot per firmware (unix ports, each with its own mpy-cross and frozen umqtt.simple, "
         "JSON, iotsim on loopback)\n"
     )
+    print(table(["target", "method", "runs", "first boot median ms", "smallest heap, first boot",
+                 "smallest heap, provisioned boot", "fresh boards per size"], rows))
     print(
-        table(["target", "method", "runs", "first boot median ms", "smallest heap (-X heapsize, 3/3 fresh boards)"], boot_rows)
-    )
-    print(
-        "\n(the 1.22 unix port's ssl.SSLContext holds mbedTLS's HAVEGE entropy state, 39.7 KB of "
-        "MicroPython's heap that ESP32 firmware does not have: compare heaps within a port, not across; 1.24.1-32bit is "
-        "1.24.1 built for 32-bit x86, an ESP32's pointer and object sizes, with umqtt.simple frozen in "
-        "as ESP32 firmware has it; the other ports load it compiled from the flash, its code in the heap)"
-    )
-    print("\n### Compiled library per mpy-cross\n")
-    print(
-        table(
-            ["mpy-cross of port", "fleetprov.mpy bytes", "lib/*.mpy total bytes", "sha256 of all .mpy"],
-            size_rows,
-        )
+        "\n(smallest heap: -X heapsize, 2 KB steps, every board passes; the 1.22 unix port's ssl.SSLContext holds "
+        "mbedTLS's HAVEGE entropy state, 39.7 KB of MicroPython's heap that ESP32 firmware does not have: compare "
+        "heaps within a port, not across; 1.24.1-32bit is 1.24.1 built for 32-bit x86, an ESP32's pointer and "
+        "object sizes, with umqtt.simple frozen in as ESP32 firmware has it; the other ports load it compiled "
+        "from the flash, its code in the heap)"
     )
     print("\n### Heap each device module adds where a first boot imports it (.mpy, iotsim; keys, csr, keys+CBOR)\n")
-    print(
-        table(
-            ["module", f"{DEFAULT_TARGET.id} bytes", f"{WORD32_TARGET.id} bytes", "target", ""],
-            imports,
-        )
-    )
+    print(table(["module", f"{DEFAULT_TARGET.id} bytes", f"{WORD32_TARGET.id} bytes"], imports))
     print(
         "\n(gc.mem_alloc() after gc.collect() around the import, minus the device modules it imports "
         "itself; \"a / b\": the first import, then the import after the first boot let the module go "
         "and needed it again, which finds its names already interned; 1.24.1-32bit has an ESP32's "
         "object sizes)"
     )
+    return print_targets(targets + import_targets)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 The board files (circuitpython/code.py, boot.py, circuitpython/lib/*.py), the
 shared device library they load (lib/*.py) and examples/*circuitpython*.py are
-type-checked by
-basedpyright, as tools/esp32check does for the ESP32, but against:
+type-checked by basedpyright (tools/apicheck.py), as tools/esp32check does for the
+ESP32, but against:
 
 - PyPI `circuitpython-stubs` (pinned in requirements.txt): wifi, socketpool,
   microcontroller, storage, supervisor, rtc, board, digitalio, hashlib (only
@@ -19,8 +19,8 @@ basedpyright, as tools/esp32check does for the ESP32, but against:
   sources from PyPI (adafruit_minimqtt, adafruit_connection_manager,
   adafruit_ticks, adafruit_ntp), so a MiniMQTT call with a wrong keyword fails.
 
-Rules and filters are esp32check's (see its docstring), with one difference:
-esp32check blanks `except ImportError` bodies because MicroPython never runs
+Rules and filters are tools/apicheck.py's, as for esp32check, with one
+difference: esp32check blanks `except ImportError` bodies because MicroPython never runs
 them, but CircuitPython often does (timedsock's clock fallback is
 CircuitPython's clock), so here every line is checked, and an import inside
 such a `try` or its handler is a probe for an optional module (MicroPython's
@@ -37,28 +37,20 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import re
-import shutil
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from ..esp32check import CheckError, Diagnostic, _catches_import_error, _in_scope, run_checker
+from .. import apicheck
+from ..apicheck import Allowance, CheckError, Diagnostic
 
-# esp32check's API rules, kept here so a rule added there for the ESP32 is a
-# deliberate choice here too.
-RULES = (
-    "reportMissingImports",
-    "reportAttributeAccessIssue",
-    "reportCallIssue",
-    "reportUndefinedVariable",
-)
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = Path(__file__).resolve().parent / "stubs"
 STUB_DIST = "circuitpython-stubs"
 STDLIB_DIST = "micropython-stdlib-stubs"
+# CircuitPython's own versions of these replace the standard library's (OVERLAY).
+OWN_STDLIB = ("os", "ssl")
 # Adafruit bundle libraries the board code imports: (distribution, top-level names).
 BUNDLE_DISTS = (
     ("adafruit-circuitpython-minimqtt", ("adafruit_minimqtt",)),
@@ -67,8 +59,7 @@ BUNDLE_DISTS = (
     ("adafruit-circuitpython-ntp", ("adafruit_ntp",)),
 )
 
-# (repository path, regex on the message, why it is fine)
-ALLOWED: tuple[tuple[str, str, str], ...] = (
+ALLOWED: tuple[Allowance, ...] = (
     (
         "lib/mqttlink.py",
         r'"(PROTOCOL_TLS_CLIENT|CERT_REQUIRED|SSLContext)" is not a known attribute of module "ssl"'
@@ -91,91 +82,39 @@ and the CircuitPython examples."""
     return files
 
 
-def _dist_files(name: str) -> list[tuple[Path, str]]:
-    try:
-        dist = metadata.distribution(name)
-    except metadata.PackageNotFoundError:
-        raise CheckError(
-            "{} is not installed in {}: run `make test` (requirements.txt pins it)".format(name, sys.prefix)
-        ) from None
-    return [(Path(str(dist.locate_file(f))), str(f)) for f in dist.files or ()]
+def _replaced(rel: str) -> bool:
+    """A standard-library stub CircuitPython has its own version of."""
+    return any(rel == "stdlib/{}.pyi".format(n) or rel.startswith("stdlib/{}/".format(n)) for n in OWN_STDLIB)
 
 
-def _stub_layout() -> list[tuple[Path, str]]:
-    """(file, path in typings/) of every stub, later entries replacing earlier ones."""
+def _support() -> list[tuple[Path, str]]:
+    """(file, path in the scratch folder) of every stub and bundle library."""
     out = []
-    for src, rel in _dist_files(STDLIB_DIST):
-        if rel.endswith(".pyi") or rel.endswith("/VERSIONS"):
-            out.append((src, rel))
-    for src, rel in _dist_files(STUB_DIST):
+    for src, rel in apicheck.dist_files(STDLIB_DIST):
+        if (rel.endswith(".pyi") or rel.endswith("/VERSIONS")) and not _replaced(rel):
+            out.append((src, "typings/" + rel))
+    for src, rel in apicheck.dist_files(STUB_DIST):
         top, _, rest = rel.partition("/")
         if top.endswith("-stubs") and rel.endswith(".pyi"):
-            out.append((src, top[: -len("-stubs")] + "/" + rest))
+            out.append((src, "typings/" + top[: -len("-stubs")] + "/" + rest))
     for src in sorted(OVERLAY.glob("*.pyi")):
-        out.append((src, src.name))
+        out.append((src, "typings/" + src.name))
+    out += [(OVERLAY / (n + ".pyi"), "typings/stdlib/{}.pyi".format(n)) for n in OWN_STDLIB]
+    for dist, tops in BUNDLE_DISTS:
+        for src, rel in apicheck.dist_files(dist):
+            if rel.split("/")[0].removesuffix(".py") in tops and rel.endswith(".py"):
+                out.append((src, "bundle/" + rel))
     return out
 
 
-def prepare(work: Path, files: list[Path], root: Path) -> dict[str, str]:
-    """Lay out the check in `work` (stubs, bundle libraries, the files with
-    their fallbacks blanked, the checker's configuration); returns checked path
-    -> repository path."""
-    typings = work / "typings"
-    for src, rel in _stub_layout():
-        dest = typings / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-    # CircuitPython's own os and ssl replace CPython's from the stdlib stubs.
-    for name in ("os", "ssl"):
-        for stale in (typings / "stdlib" / name, typings / "stdlib" / (name + ".pyi")):
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            elif stale.exists():
-                stale.unlink()
-        (typings / "stdlib" / (name + ".pyi")).write_text(
-            (OVERLAY / (name + ".pyi")).read_text(encoding="utf-8"), encoding="utf-8"
-        )
-    bundle = work / "bundle"
-    for dist, tops in BUNDLE_DISTS:
-        for src, rel in _dist_files(dist):
-            if rel.split("/")[0].removesuffix(".py") in tops and rel.endswith(".py"):
-                dest = bundle / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dest)
-    (work / "venv" / "empty" / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
-    mapping = {}
+def layout(files: list[Path], root: Path) -> apicheck.Layout:
+    """As on CIRCUITPY: code.py and boot.py at the top, every module in lib/; every line checked."""
+    sources = {}
     for f in files:
-        rel = (
-            f.resolve().relative_to(root.resolve())
-            if f.resolve().is_relative_to(root.resolve())
-            else Path(f.name)
-        )
-        # As on CIRCUITPY: code.py and boot.py at the top, every module in lib/.
-        dest = (
-            work
-            / "src"
-            / (rel.name if rel.suffix == ".py" and rel.parent.name != "lib" else "lib/" + rel.name)
-        )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(f.read_text(encoding="utf-8"), encoding="utf-8")
-        mapping[str(dest)] = str(rel)
-    config = {
-        "include": ["src"],
-        "typeshedPath": "typings",
-        "stubPath": "typings",
-        "venvPath": "venv",
-        "venv": "empty",
-        "extraPaths": ["src", "src/lib", "bundle"],
-        "pythonVersion": "3.11",
-        "typeCheckingMode": "off",
-        "enableTypeIgnoreComments": True,
-        "reportMissingModuleSource": "none",
-        "failOnWarnings": False,
-    }
-    for rule in RULES:
-        config[rule] = "error"
-    (work / "pyrightconfig.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return mapping
+        rel = apicheck.repository_path(f, root)
+        on_board = rel.name if rel.suffix == ".py" and rel.parent.name != "lib" else "lib/" + rel.name
+        sources[on_board] = (str(rel), f.read_text(encoding="utf-8"))
+    return apicheck.Layout(_support(), sources, ("src", "src/lib", "bundle"))
 
 
 def guarded_import_lines(source: str) -> set[int]:
@@ -185,7 +124,7 @@ def guarded_import_lines(source: str) -> set[int]:
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Try):
             continue
-        handlers = [h for h in node.handlers if _catches_import_error(h)]
+        handlers = [h for h in node.handlers if apicheck.catches_import_error(h)]
         if not handlers:
             continue
         for stmt in node.body + [s for h in handlers for s in h.body]:
@@ -239,31 +178,24 @@ def _probe(d: Diagnostic, guarded: set[int]) -> bool:
     return d.rule == "reportMissingImports" or "is unknown import symbol" in d.message
 
 
-def _allowed(d: Diagnostic) -> bool:
-    return any(path == d.path and re.search(pattern, d.message) for path, pattern, _ in ALLOWED)
-
-
 def check(files: list[Path] | None = None, root: Path = ROOT) -> list[Diagnostic]:
     """Check `files` (default: board_files()) against CircuitPython's API; the
     diagnostics not covered by ALLOWED, in file and line order."""
     files = board_files(root) if files is None else files
     if not files:
         return []
-    with tempfile.TemporaryDirectory(prefix="cpcheck-") as tmp:
-        work = Path(tmp)
-        mapping = prepare(work, files, root)
-        sources, errors = run_checker(work, mapping)
+    sources, errors = apicheck.run_checker(layout(files, root), "cpcheck-")
     guarded = {rel: guarded_import_lines(src) for rel, src in sources.items()}
     modules = {Path(rel).stem: module_names(src) for rel, src in sources.items()}
     out = []
     for d in errors:
         if (
-            _allowed(d)
+            apicheck.allowed(d, ALLOWED)
             or _probe(d, guarded.get(d.path, set()))
             or _reexported(d, sources.get(d.path), modules)
         ):
             continue
-        if _in_scope(d, sources.get(d.path)):
+        if apicheck.in_scope(d, sources.get(d.path)):
             out.append(d)
     return sorted(out, key=lambda d: (d.path, d.line, d.column))
 

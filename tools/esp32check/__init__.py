@@ -1,8 +1,7 @@
 """ESP32 API check: device code may use only what the ESP32 port of MicroPython provides.
 
 The device files (lib/*.py, boot.py, main.py) are type-checked by basedpyright
-(PyPI `basedpyright`, which ships its own Node.js runtime, so nothing is
-fetched at check time) against the ESP32 firmware's stubs (PyPI
+(tools/apicheck.py) against the ESP32 firmware's stubs (PyPI
 `micropython-esp32-stubs`, with MicroPython's reduced standard library from
 `micropython-stdlib-stubs`) instead of CPython's typeshed. A module that does
 not exist on the ESP32, a function or attribute a module or class lacks, a
@@ -61,33 +60,19 @@ from __future__ import annotations
 import argparse
 import ast
 import errno
-import json
-import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .. import apicheck
+from ..apicheck import Allowance, CheckError, Diagnostic
+from ..pinned import PinError
+
 ROOT = Path(__file__).resolve().parents[2]
 STUB_DISTS = ("micropython-esp32-stubs", "micropython-stdlib-stubs")
-CHECKER_TIMEOUT_S = 300.0
 
-# basedpyright rules that describe "uses only what the port provides"; all
-# others are off (typeCheckingMode "off").
-RULES = (
-    "reportMissingImports",
-    "reportAttributeAccessIssue",
-    "reportCallIssue",
-    "reportUndefinedVariable",
-)
-
-# (repository path, regex on the message, why it is fine). A diagnostic
-# matching an entry is not reported.
-ALLOWED: tuple[tuple[str, str, str], ...] = (
+# Deliberate uses the stubs cannot describe: a report matching an entry is not a problem.
+ALLOWED: tuple[Allowance, ...] = (
     (
         "lib/mqttlink.py",
         r'"socket" is not a known attribute of module "umqtt\.simple"',
@@ -109,37 +94,11 @@ NOT_IMPLEMENTED = {
 }
 
 
-class CheckError(Exception):
-    """The check could not run (checker or stubs missing); says how to fix it."""
-
-
-@dataclass(frozen=True)
-class Diagnostic:
-    path: str  # repository-relative
-    line: int  # 1-based
-    column: int  # 1-based
-    rule: str
-    message: str
-
-    def __str__(self) -> str:
-        return "{}:{}:{}: {} ({})".format(self.path, self.line, self.column, self.message, self.rule)
-
-
 def device_files(root: Path = ROOT) -> list[Path]:
     """The files that run on the board: lib/*.py, boot.py and main.py (those present)."""
     files = sorted((root / "lib").glob("*.py"))
     files += [p for p in (root / "boot.py", root / "main.py") if p.is_file()]
     return files
-
-
-def _catches_import_error(handler: ast.ExceptHandler) -> bool:
-    names = {"ImportError", "ModuleNotFoundError"}
-    t = handler.type
-    if isinstance(t, ast.Name):
-        return t.id in names
-    if isinstance(t, ast.Tuple):
-        return any(isinstance(e, ast.Name) and e.id in names for e in t.elts)
-    return False
 
 
 def blank_import_fallbacks(source: str) -> str:
@@ -148,18 +107,14 @@ def blank_import_fallbacks(source: str) -> str:
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
     for node in ast.walk(tree):
-        if isinstance(node, ast.ExceptHandler) and _catches_import_error(node) and node.body:
+        if isinstance(node, ast.ExceptHandler) and apicheck.catches_import_error(node) and node.body:
             first, last = node.body[0], node.body[-1]
             start, end = first.lineno, last.end_lineno or last.lineno
-            indent = " " * first.col_offset
             if start == node.lineno:  # `except ImportError: x = 1` on one line
-                head = lines[start - 1][: first.col_offset]
-                lines[start - 1] = head + "pass\n"
-                start += 1
+                lines[start - 1] = lines[start - 1][: first.col_offset] + "pass\n"
             else:
-                lines[start - 1] = indent + "pass\n"
-                start += 1
-            for i in range(start, end + 1):
+                lines[start - 1] = " " * first.col_offset + "pass\n"
+            for i in range(start + 1, end + 1):
                 lines[i - 1] = "\n"
     return "".join(lines)
 
@@ -176,159 +131,49 @@ def stub_files(stubs: Path | None = None) -> list[tuple[Path, str]]:
         if not (stubs / "machine.pyi").is_file():
             raise CheckError("{} holds no machine.pyi: not an ESP32 stub folder".format(stubs))
         return [(f, str(f.relative_to(stubs))) for f in sorted(stubs.rglob("*")) if _is_stub(str(f))]
-    out = []
-    for name in STUB_DISTS:
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            raise CheckError(
-                "{} is not installed in {}: run `make test` (requirements.txt pins it)".format(
-                    name, sys.prefix
-                )
-            ) from None
-        for f in dist.files or ():
-            rel = str(f)
-            if _is_stub(rel):
-                out.append((Path(str(dist.locate_file(f))), rel))
-    return out
-
-
-def checker_command() -> list[str]:
-    exe = Path(sys.executable).parent / "basedpyright"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("basedpyright")
-    if found:
-        return [found]
-    raise CheckError("basedpyright is not installed: run `make test` (requirements.txt pins it)")
+    return [(src, rel) for name in STUB_DISTS for src, rel in apicheck.dist_files(name) if _is_stub(rel)]
 
 
 def _stub_versions() -> str:
     return ", ".join("{} {}".format(n, metadata.version(n)) for n in STUB_DISTS)
 
 
-def prepare(work: Path, files: list[Path], root: Path, stubs: Path | None = None) -> dict[str, str]:
-    """Lay out the check in `work`: stubs, an empty venv, the device files with
-    their fallbacks blanked, and the checker's configuration. Returns
-    checked path -> repository path."""
-    typings = work / "typings"
-    for src, rel in stub_files(stubs):
-        dest = typings / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-    # An empty environment: the host venv's packages must not resolve.
-    (work / "venv" / "empty" / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
-    mapping = {}
+def layout(files: list[Path], root: Path, stubs: Path | None = None) -> apicheck.Layout:
+    """The stubs, and the device files where the board has them, their fallbacks blanked."""
+    sources = {}
     for f in files:
-        rel = (
-            f.resolve().relative_to(root.resolve())
-            if f.resolve().is_relative_to(root.resolve())
-            else Path(f.name)
-        )
-        dest = work / "src" / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(blank_import_fallbacks(f.read_text(encoding="utf-8")), encoding="utf-8")
-        mapping[str(dest)] = str(rel)
-    config = {
-        "include": ["src"],
-        "typeshedPath": "typings",
-        "stubPath": "typings",
-        "venvPath": "venv",
-        "venv": "empty",
-        # The board's import path: the flash root, then /lib.
-        "extraPaths": ["src", "src/lib"],
-        "pythonVersion": "3.11",
-        "typeCheckingMode": "off",
-        "enableTypeIgnoreComments": True,
-        "reportMissingModuleSource": "none",
-        "failOnWarnings": False,
-    }
-    for rule in RULES:
-        config[rule] = "error"
-    (work / "pyrightconfig.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return mapping
-
-
-BUILTIN_TYPES = frozenset(
-    "object int float complex bool str bytes bytearray memoryview list tuple dict set frozenset "
-    "range slice type None NoneType".split()
-)
-
-
-def _allowed(d: Diagnostic, gaps: tuple[tuple[str, str, str], ...] = ()) -> bool:
-    return any(path == d.path and re.search(pattern, d.message) for path, pattern, _ in ALLOWED + gaps)
-
-
-def _imported_names(tree: ast.AST) -> set[str]:
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            names.update(a.asname or a.name for a in node.names)
-    return names
-
-
-def _root_name(expr: ast.expr) -> str | None:
-    while isinstance(expr, (ast.Attribute, ast.Call, ast.Subscript)):
-        expr = expr.func if isinstance(expr, ast.Call) else expr.value
-    return expr.id if isinstance(expr, ast.Name) else None
-
-
-def _call_through_import(tree: ast.AST, imported: set[str], line: int, column: int) -> bool:
-    """Is the innermost call around (line, column) a call of something imported?"""
-    best: ast.Call | None = None
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or node.end_lineno is None or node.end_col_offset is None:
-            continue
-        start = (node.lineno, node.col_offset + 1)
-        end = (node.end_lineno, node.end_col_offset + 1)
-        if start <= (line, column) <= end:
-            if best is None or (node.lineno, node.col_offset) >= (best.lineno, best.col_offset):
-                best = node
-    return best is not None and _root_name(best.func) in imported
+        rel = str(apicheck.repository_path(f, root))
+        sources[rel] = (rel, blank_import_fallbacks(f.read_text(encoding="utf-8")))
+    return apicheck.Layout([(src, "typings/" + rel) for src, rel in stub_files(stubs)], sources)
 
 
 def inventory_check(path: str, source: str) -> list[Diagnostic]:
     """The gaps of the stubs (see the module docstring), on a source whose
     import fallbacks are already blanked."""
     tree = ast.parse(source)
-    aliases = set()
     out = []
+
+    def report(node: ast.AST, rule: str, message: str) -> None:
+        out.append(Diagnostic(path, node.lineno, node.col_offset + 1, rule, message))  # type: ignore[attr-defined]
+
+    def not_in_os(name: str) -> str:
+        return '"{}" is not in the ESP32 port\'s os module'.format(name)
+
+    aliases = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             aliases.update(a.asname or a.name for a in node.names if a.name in ("os", "uos"))
         elif isinstance(node, ast.ImportFrom) and node.module in ("os", "uos"):
             for a in node.names:
                 if a.name != "*" and a.name not in ESP32_OS:
-                    out.append(
-                        Diagnostic(
-                            path,
-                            node.lineno,
-                            node.col_offset + 1,
-                            "esp32Os",
-                            '"{}" is not in the ESP32 port\'s os module'.format(a.name),
-                        )
-                    )
+                    report(node, "esp32Os", not_in_os(a.name))
     for node in ast.walk(tree):
         if not isinstance(node, ast.Attribute):
             continue
         if isinstance(node.value, ast.Name) and node.value.id in aliases and node.attr not in ESP32_OS:
-            out.append(
-                Diagnostic(
-                    path,
-                    node.lineno,
-                    node.col_offset + 1,
-                    "esp32Os",
-                    '"{}" is not in the ESP32 port\'s os module'.format(node.attr),
-                )
-            )
+            report(node, "esp32Os", not_in_os(node.attr))
         elif node.attr in NOT_IMPLEMENTED:
-            out.append(
-                Diagnostic(
-                    path, node.lineno, node.col_offset + 1, "esp32NotImplemented", NOT_IMPLEMENTED[node.attr]
-                )
-            )
+            report(node, "esp32NotImplemented", NOT_IMPLEMENTED[node.attr])
     return out
 
 
@@ -365,7 +210,7 @@ def errno_check(path: str, source: str) -> list[Diagnostic]:
     out = []
 
     def report(node: ast.AST, message: str) -> None:
-        out.append(Diagnostic(path, node.lineno, node.col_offset + 1, "esp32NumericErrno", message))
+        out.append(Diagnostic(path, node.lineno, node.col_offset + 1, "esp32NumericErrno", message))  # type: ignore[attr-defined]
 
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call):
@@ -387,58 +232,6 @@ def errno_check(path: str, source: str) -> list[Diagnostic]:
     return out
 
 
-def _in_scope(d: Diagnostic, source: str | None) -> bool:
-    """Does this diagnostic concern the port's API (see the module docstring)?"""
-    if d.rule == "reportAttributeAccessIssue":
-        m = re.search(r'for class "([A-Za-z_]\w*)', d.message)
-        return not (m and m.group(1) in BUILTIN_TYPES)
-    if d.rule == "reportCallIssue" and source is not None:
-        tree = ast.parse(source)
-        return _call_through_import(tree, _imported_names(tree), d.line, d.column)
-    return True
-
-
-def run_checker(work: Path, mapping: dict[str, str]) -> tuple[dict[str, str], list[Diagnostic]]:
-    """Run basedpyright on the prepared folder `work` (its pyrightconfig.json);
-    `mapping` takes checked file paths to the project's relative ones. Returns
-    the checked sources by relative path and every error as a Diagnostic.
-    Shared with tools/cpcheck, which prepares CircuitPython's stubs instead."""
-    env = dict(os.environ)
-    env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run(
-        checker_command() + ["--outputjson", "-p", str(work / "pyrightconfig.json")],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CHECKER_TIMEOUT_S,
-    )
-    sources = {rel: Path(checked).read_text(encoding="utf-8") for checked, rel in mapping.items()}
-    try:
-        report = json.loads(proc.stdout)
-    except ValueError:
-        raise CheckError(
-            "basedpyright exited {} without a JSON report:\n{}\n{}".format(
-                proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]
-            )
-        ) from None
-    errors = []
-    for diag in report.get("generalDiagnostics", []):
-        if diag.get("severity") != "error":
-            continue
-        start = diag.get("range", {}).get("start", {})
-        errors.append(
-            Diagnostic(
-                path=mapping.get(diag.get("file", ""), diag.get("file", "?")),
-                line=start.get("line", 0) + 1,
-                column=start.get("character", 0) + 1,
-                rule=diag.get("rule", "error"),
-                message=diag.get("message", "").replace("\n", " / "),
-            )
-        )
-    return sources, errors
-
-
 def check(
     files: list[Path] | None = None,
     root: Path = ROOT,
@@ -451,33 +244,27 @@ def check(
 
     `firmware`: check against that release's stubs (installed on first use)
     and, unless `with_gaps` is false, leave out its known stub gaps."""
-    gaps: tuple[tuple[str, str, str], ...] = ()
+    excused: tuple[Allowance, ...] = ALLOWED
     if firmware is not None:
         from . import stubs as stub_releases
 
         try:
             if stubs is None:
                 stubs = stub_releases.install(stub_releases.release(firmware))
-        except stub_releases.StubInstallError as exc:
+        except PinError as exc:
             raise CheckError(str(exc)) from None
         if with_gaps:
-            gaps = stub_releases.STUB_GAPS.get(firmware, ())
+            excused += stub_releases.STUB_GAPS.get(firmware, ())
     files = device_files(root) if files is None else files
     if not files:
         return []
-    with tempfile.TemporaryDirectory(prefix="esp32check-") as tmp:
-        work = Path(tmp)
-        mapping = prepare(work, files, root, stubs)
-        sources, errors = run_checker(work, mapping)
-    out = []
-    for d in errors:
-        if not _allowed(d, gaps) and _in_scope(d, sources.get(d.path)):
-            out.append(d)
+    sources, errors = apicheck.run_checker(layout(files, root, stubs), "esp32check-")
+    out = [d for d in errors if not apicheck.allowed(d, excused) and apicheck.in_scope(d, sources.get(d.path))]
     seen = {(d.path, d.line, d.message.split('"')[1] if '"' in d.message else "") for d in out}
     for rel, source in sources.items():
         for d in inventory_check(rel, source) + errno_check(rel, source):
             name = d.message.split('"')[1] if '"' in d.message else ""
-            if not _allowed(d, gaps) and (d.path, d.line, name) not in seen:
+            if not apicheck.allowed(d, excused) and (d.path, d.line, name) not in seen:
                 out.append(d)
     return sorted(out, key=lambda d: (d.path, d.line, d.column))
 

@@ -2,8 +2,8 @@
 
 The stub releases conflict with each other (same module names), so each is
 installed with ``pip install --no-deps --target build/esp32-stubs/<firmware>``
-(pip's public command line), pinned together with the micropython-stdlib-stubs
-release pip resolved for it. An install runs once: a stamp records the pins.
+(pip's public command line), pinned (tools/pins.toml) together with the
+micropython-stdlib-stubs release pip resolved for it. An install runs once: a stamp records the pins.
 The newest release is also in the virtualenv (requirements.txt), which is what
 ``python -m tools.esp32check`` uses by default.
 
@@ -23,8 +23,11 @@ import argparse
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..pinned import PinError, find, pins, run, stamp_is
 
 ROOT = Path(__file__).resolve().parents[2]
 STUBS_DIR = ROOT / "build" / "esp32-stubs"
@@ -41,17 +44,8 @@ class StubRelease:
         return (f"micropython-esp32-stubs=={self.esp32}", f"micropython-stdlib-stubs=={self.stdlib}")
 
 
-# Every firmware release we claim (1.22 and later), newest post-release of each on PyPI.
-STUB_RELEASES = (
-    StubRelease("1.22", "1.22.0.post1", "1.29.0.post2"),
-    StubRelease("1.23", "1.23.0.post2", "1.29.0.post2"),
-    StubRelease("1.24", "1.24.1.post2", "1.29.0.post2"),
-    StubRelease("1.25", "1.25.0.post5", "1.29.0.post2"),
-    StubRelease("1.26", "1.26.0.post1", "1.26.0.post3"),
-    StubRelease("1.27", "1.27.0.post1", "1.27.0.post2"),
-    StubRelease("1.28", "1.28.0.post4", "1.28.0.post6"),
-    StubRelease("1.29", "1.29.0.post1", "1.29.0.post2"),
-)
+# Every firmware release we claim (1.22 and later), oldest first.
+STUB_RELEASES = tuple(StubRelease(firmware, **pin) for firmware, pin in pins("esp32-stubs").items())
 FIRMWARE = tuple(r.firmware for r in STUB_RELEASES)
 
 # firmware -> ((repository path, regex on the message, why the report is wrong), ...)
@@ -72,16 +66,8 @@ STUB_GAPS: dict[str, tuple[tuple[str, str, str], ...]] = {
     ),
 }
 
-
-class StubInstallError(RuntimeError):
-    pass
-
-
 def release(firmware: str) -> StubRelease:
-    for r in STUB_RELEASES:
-        if r.firmware == firmware:
-            return r
-    raise StubInstallError(f"no stubs pinned for firmware {firmware} (known: {', '.join(FIRMWARE)})")
+    return find(STUB_RELEASES, firmware, lambda r: r.firmware, "no stubs pinned for firmware {}")
 
 
 def stub_dir(firmware: str) -> Path:
@@ -91,32 +77,16 @@ def stub_dir(firmware: str) -> Path:
 def install(rel: StubRelease, force: bool = False) -> Path:
     """The folder holding ``rel``'s stubs, installed there first if its stamp is not current."""
     dest = stub_dir(rel.firmware)
-    stamp = dest / ".pins"
     wanted = "\n".join(rel.pins) + "\n"
-    if not force and stamp.exists() and stamp.read_text() == wanted and (dest / "machine.pyi").exists():
+    if not force and stamp_is(dest / ".pins", wanted) and (dest / "machine.pyi").exists():
         return dest
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--target",
-            str(tmp),
-            *rel.pins,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
+    proc = subprocess.run(pip + ["--target", str(tmp), *rel.pins], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
-        raise StubInstallError(
+        raise PinError(
             "pip could not install {} into {}:\n{}".format(" ".join(rel.pins), tmp, proc.stderr[-2000:])
         )
     (tmp / ".pins").write_text(wanted)
@@ -133,14 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("firmware", nargs="*", help="releases to install (default: all)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    try:
+
+    def steps() -> Iterator[str]:
         for fw in args.firmware or FIRMWARE:
             path = install(release(fw), args.force)
-            print(f"ESP32 stubs for firmware {fw}: {path.relative_to(ROOT)}")
-    except StubInstallError as exc:
-        print(f"esp32check.stubs: {exc}", file=sys.stderr)
-        return 1
-    return 0
+            yield f"ESP32 stubs for firmware {fw}: {path.relative_to(ROOT)}"
+
+    return run("esp32check.stubs", steps)
 
 
 if __name__ == "__main__":
