@@ -240,6 +240,14 @@ class Store:
         remove(self.path(STAGED_KEY))
         sync()
 
+    def temporary_claim(self):
+        """What the marker of a temporary claim says ("<id> valid until <time>"),
+        or None for a factory claim."""
+        try:
+            return read_file(self.path(TEMPORARY_CLAIM)).decode().strip() or TEMPORARY_CLAIM
+        except (OSError, ValueError):
+            return None
+
     def retire_temporary_claim(self):
         """Delete a temporary claim (provisioning by trusted user: the marker
         TEMPORARY_CLAIM sits beside it) once the device has its own identity;

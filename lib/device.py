@@ -102,10 +102,11 @@ def _classify(ex):
     if isinstance(ex, FlowError):
         return ex.retryable, str(ex)
     if isinstance(ex, mqttlink.ConnectError):
-        # A CONNACK refusal is final, except 3 (server unavailable); a close
-        # before CONNACK may be a glitch (or AWS turning a revoked
+        # A CONNACK refusal is final, except 3 (server unavailable), and so is
+        # a server certificate that fails its check (the config names it); a
+        # close before CONNACK may be a glitch (or AWS turning a revoked
         # certificate away): retried, and "refused" when it persists.
-        return ex.code is None or ex.code == 3, str(ex)
+        return not ex.verify and (ex.code is None or ex.code == 3), str(ex)
     if isinstance(ex, OSError):
         return True, "network error: " + describe(ex)
     if isinstance(ex, MemoryError):
@@ -161,7 +162,8 @@ class Device:
         """Return ``attempt()``, called again after a failure that can pass,
         with back-off, at most retry_attempts times. ``start_over``: exception
         types that mean "begin again at once" (not a failed attempt; as often
-        as retry_attempts). ``hint`` follows a final CONNACK refusal.
+        as retry_attempts). ``hint`` follows a final refusal of the
+        certificate (CONNACK, or the TLS handshake closed).
         Raises FlowError (``refused`` when the endpoint turned the
         certificate down)."""
         cfg = self.cfg
@@ -179,11 +181,12 @@ class Device:
                 failed += 1
                 retry, msg = _classify(ex)
                 refused = getattr(ex, "refused", False)
-                if getattr(ex, "handshake", False):
+                handshake = getattr(ex, "handshake", False)
+                if handshake:
                     handshakes += 1
                     retry = handshakes < 2  # once may be a glitch; twice, the certificate
                 if not retry:
-                    if refused and hint:
+                    if hint and (refused or handshake):
                         msg = msg + ": " + hint
                     raise FlowError(what + " failed: " + msg, refused=refused)
                 if failed >= n:

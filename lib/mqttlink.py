@@ -3,13 +3,16 @@
 # umqtt's connect() makes its own socket and neither it nor MicroPython's TLS
 # socket offers a timeout (the TLS socket has no settimeout()): a dead link
 # would hang the TCP connect, the TLS handshake or the wait for CONNACK for
-# ever. So for the duration of connect() the umqtt module's `socket` global is
-# replaced by a small factory whose sockets get a timeout before umqtt uses
-# them; TLS reads and writes go through that same socket, so the handshake
-# and CONNACK are bounded too. The name is restored before connect() returns.
-# (Connecting the socket ourselves would mean re-implementing connect() for
-# three umqtt versions.) Name resolution (getaddrinfo) has no timeout in
-# MicroPython; lwIP's resolver gives up on its own.
+# ever, and a timeout per read would let a server that drips its bytes
+# stretch them without end. So for the duration of connect() the umqtt
+# module's `socket` global is replaced by a small factory whose socket is a
+# _Transport: the TCP socket behind a stream that ends every read and write
+# at one deadline. TLS reads and writes through it (MicroPython's TLS takes
+# any stream), so TCP connect, handshake and CONNACK together end in time.
+# The name is restored before connect() returns. (Connecting the socket
+# ourselves would mean re-implementing connect() for three umqtt versions.)
+# Name resolution (getaddrinfo) has no timeout in MicroPython; lwIP's
+# resolver gives up on its own.
 #
 # TLS: umqtt 1.3.4 (firmware <= 1.22) and 1.6+ (>= 1.25) take
 # ssl=True, ssl_params={...}; 1.4/1.5 (1.23-1.24) take only ssl=<SSLContext>
@@ -25,6 +28,12 @@ import errno
 import sys
 
 import timedsock
+from runtime import ticks_add, ticks_diff, ticks_ms
+
+try:
+    from io import IOBase
+except ImportError:  # CircuitPython: its connections are mmqttclient's, never a _Transport
+    IOBase = object
 
 
 class ConnectError(Exception):
@@ -34,13 +43,16 @@ class ConnectError(Exception):
     with a non-zero code, or the connection closed before CONNACK).
     ``code``: the CONNACK return code, or None.
     ``handshake``: the server hung up on the TLS handshake: most likely it
-    refused the certificate, which retrying does not change."""
+    refused the certificate, which retrying does not change.
+    ``verify``: the server's certificate failed verification (CA, name,
+    dates): a configuration to fix, not a glitch to retry."""
 
-    def __init__(self, msg, refused=False, code=None, handshake=False):
+    def __init__(self, msg, refused=False, code=None, handshake=False, verify=False):
         super().__init__(msg)
         self.refused = refused
         self.code = code
         self.handshake = handshake
+        self.verify = verify
 
 
 class _Unresolved(Exception):
@@ -66,18 +78,96 @@ _CONNACK = {
 }
 
 
+class _Transport(IOBase):
+    # The TCP socket under TLS (see the top of this module). Until release()
+    # the socket is non-blocking and every read and write waits for it at
+    # most until the deadline (a blocking read would wait per byte, not in
+    # all); after it, reads, writes and polls pass straight through, in
+    # whatever mode the TLS socket sets. Failures go back to TLS as negative
+    # errno values, which it raises as OSError once its own state is sound.
+
+    def __init__(self, sock, deadline):
+        import select
+
+        self._sock = sock
+        self._deadline = deadline
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        self._events = (select.POLLIN, select.POLLOUT)
+
+    def release(self):
+        """connect() is over: no deadline, blocking as umqtt expects."""
+        self._deadline = None
+        self._sock.settimeout(None)
+
+    def connect(self, addr):
+        left = ticks_diff(self._deadline, ticks_ms())
+        if left <= 0:
+            raise OSError(errno.ETIMEDOUT)
+        self._sock.settimeout(left / 1000)
+        self._sock.connect(addr)
+        self._sock.setblocking(False)
+
+    def _io(self, op, buf, writing):
+        # op(buf) within the deadline: a count, or a negative errno for TLS
+        while True:
+            try:
+                n = op(buf)
+            except OSError as ex:
+                n = ex.args[0] if ex.args and isinstance(ex.args[0], int) else errno.EIO
+                return -n if n > 0 else -errno.EIO
+            if n is not None or self._deadline is None:
+                return n  # (None: nothing ready, for a TLS socket set non-blocking)
+            left = ticks_diff(self._deadline, ticks_ms())
+            if left <= 0:
+                return -errno.ETIMEDOUT
+            self._poll.modify(self._sock, self._events[writing])
+            self._poll.poll(left)
+
+    def readinto(self, buf):
+        return self._io(self._sock.readinto, buf, 0)
+
+    def write(self, buf):
+        return self._io(self._sock.write, buf, 1)
+
+    def ioctl(self, request, arg):
+        if request == 3:  # MP_STREAM_POLL: the TCP socket's readiness, asked without waiting
+            self._poll.modify(self._sock, arg & 5)  # POLLIN | POLLOUT, as MicroPython numbers them
+            for _, events in self._poll.ipoll(0):
+                return events
+            return 0
+        if request == 4:  # MP_STREAM_CLOSE
+            self._sock.close()
+            return 0
+        return -errno.EINVAL
+
+    def setblocking(self, flag):
+        self._sock.setblocking(flag)
+
+    def settimeout(self, t):
+        pass  # umqtt 1.8 sets its own (None: no limit): the deadline decides
+
+    def close(self):
+        self._sock.close()
+
+
 class _SocketFactory:
     # Stands in for the umqtt module's `socket` global during connect().
-    def __init__(self, mod, timeout_s):
+    def __init__(self, mod, deadline):
         self._mod = mod
-        self._t = timeout_s
+        self._deadline = deadline
         self.resolved = False
+        self.transport = None
 
     def socket(self, *args):
         s = self._mod.socket(*args)
-        s.settimeout(self._t)
         nodelay(s, self._mod)
-        return s
+        if sys.implementation.name != "micropython":
+            # CPython's TLS (the host tests' stand-in) takes only a real socket: a timeout per read
+            s.settimeout(max(0, ticks_diff(self._deadline, ticks_ms())) / 1000)
+            return s
+        self.transport = _Transport(s, self._deadline)
+        return self.transport
 
     def getaddrinfo(self, *args):
         # umqtt resolves through its module's socket global: this tells an
@@ -199,7 +289,7 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
     orig = getattr(mqtt, "socket", None)
     factory = None
     if orig is not None:
-        factory = _SocketFactory(orig, timeout_ms / 1000)
+        factory = _SocketFactory(orig, ticks_add(ticks_ms(), timeout_ms))
         mqtt.socket = factory
     try:
         client.connect()
@@ -220,11 +310,19 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
         raise ConnectError("cannot resolve {} ({}): check `endpoint` in config.json (the "
                            "account's -ats endpoint) and the network".format(
                                host, timedsock.describe(ex.args[0])))
-    except (OSError, ValueError) as ex:
-        # OSError: TCP/TLS failure or timeout. ValueError: the unix port's TLS
-        # reports a failed certificate check (wrong CA, name, clock) this way.
+    except ValueError as ex:
+        # MicroPython's TLS reports a server certificate that fails its check
+        # this way (mbedTLS's words): the configuration, not the network.
+        _close(client)
+        raise ConnectError("{} presented a certificate that failed verification: {}: {}".format(
+            where, " ".join(str(ex).split()), _verify_hint(str(ex), host, server_hostname)), verify=True)
+    except OSError as ex:
+        # TCP/TLS failure or timeout
         _close(client)
         n = ex.args[0] if ex.args else None
+        if n == errno.ECONNREFUSED:
+            raise ConnectError("{} refused the TCP connection: nothing listens there. Check `endpoint` "
+                               "and `port` in config.json{}".format(where, _local_hint(host)))
         if (factory is not None and factory.resolved and isinstance(ex, OSError)
                 and isinstance(n, int) and n not in _NETWORK):
             raise ConnectError(
@@ -234,17 +332,35 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
                 "or it belongs to another endpoint (account or region). The server's log names "
                 "the cause".format(where, timedsock.describe(ex), _clock_hint()), handshake=True)
         # (mbedTLS messages span lines: keep the report on one.)
-        raise ConnectError("cannot connect to {}: {}: {}{}".format(
-            where, type(ex).__name__, " ".join(str(ex).split()), _clock_hint()))
+        raise ConnectError("cannot connect to {}: {}{}".format(where, timedsock.describe(ex), _clock_hint()))
     finally:
         if factory is not None:
             mqtt.socket = orig
+    if factory is not None and factory.transport is not None:
+        factory.transport.release()
     # TLS holds its own parsed copy of the certificate and key now; umqtt's
     # ssl_params (1.3.4, 1.6+) is this dict and would keep their DER and the
     # CA's (about 3 KB with RSA-2048) for as long as the link lives. (A Link is
     # never reconnected: a new connection is a new connect().)
     params.clear()
     return Link(client)
+
+
+def _verify_hint(text, host, server_hostname):
+    # What to fix, by mbedTLS's words for the failed check.
+    if "CN" in text or "name" in text.lower():
+        return "check `server_hostname` in config.json ({}): the name the endpoint's certificate " \
+               "carries".format(server_hostname)
+    if "validity" in text or "future" in text or "expired" in text:
+        return "check the clock" + (_clock_hint() or " (it must be set before TLS, as boot.py does)")
+    return "check `ca` in config.json: the CA that signed {}'s certificate (Amazon Root CA 1 for " \
+           "AWS IoT's -ats endpoints; for iotsim, the ca.der in its state folder)".format(host)
+
+
+def _local_hint(host):
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return " (for iotsim on this computer: is `python -m tools.iotsim up` running?)"
+    return ""
 
 
 def _clock_hint():

@@ -80,8 +80,13 @@ class _Flow:
         if self.pending is not None:
             dev.step("resume", "certificate {} staged {} s ago".format(
                 self.pending["certificate_id"], int(time.time() - self.pending["issued"])))
-        return dev.retrying(self._attempt, "provisioning", _StartOver,
-                            "check that the claim certificate is active and its policy allows iot:Connect")
+        marker = self.store.temporary_claim()
+        if marker is None:
+            hint = "check that the claim certificate is active and its policy allows iot:Connect"
+        else:
+            hint = ("the temporary claim ({}) lasts five minutes and has expired, or was never accepted: "
+                    "run `make claim` again".format(marker))
+        return dev.retrying(self._attempt, "provisioning", _StartOver, hint)
 
     def _attempt(self):
         # One attempt; returns the committed record.

@@ -224,12 +224,101 @@ def test_a_silent_endpoint_ends_in_bounded_retries_never_a_hang(flash: Path, sil
     assert "after 2 attempts" in result.lines[-1] and "cannot connect" in result.lines[-1]
 
 
-def test_a_server_certificate_for_another_name_is_refused(iotsim: Any, flash: Path) -> None:
-    reconfigure(flash, server_hostname="not-the-endpoint.example", retry_attempts=1)
+def test_a_server_certificate_for_another_name_is_refused_at_once_naming_the_field(
+    iotsim: Any, flash: Path
+) -> None:
+    reconfigure(flash, server_hostname="not-the-endpoint.example", retry_attempts=5)
     result = boot(flash)
     assert result.returncode == 1, result.text
-    assert "cannot connect" in result.lines[-1], result.text
+    assert "retry" not in result.steps(), result.text  # a configuration to fix: not retried
+    last = result.lines[-1]
+    assert "failed verification" in last and "`server_hostname` in config.json (not-the-endpoint.example)" in last
     assert not (flash / "certs" / "provisioned.json").exists()
+
+
+def test_a_ca_that_did_not_sign_the_endpoint_is_refused_at_once_naming_the_field(
+    iotsim: Any, flash: Path
+) -> None:
+    other, _ = _client_identity(iotsim, expired=False)  # any certificate but the endpoint's CA
+    (flash / "certs" / "ca.der").write_bytes(other)
+    reconfigure(flash, retry_attempts=5)
+    result = boot(flash)
+    assert result.returncode == 1, result.text
+    assert "retry" not in result.steps(), result.text
+    last = result.lines[-1]
+    assert "not correctly signed by the trusted CA" in last and "`ca` in config.json" in last, last
+
+
+def test_a_refused_tcp_connection_names_the_endpoint_the_port_and_iotsim(flash: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: refused
+        reconfigure(flash, port=port, retry_attempts=2, retry_base_ms=10)
+        result = boot(flash)
+    assert result.returncode == 1, result.text
+    last = result.lines[-1]
+    assert "127.0.0.1:{} refused the TCP connection".format(port) in last, last
+    assert "`endpoint` and `port` in config.json" in last and "tools.iotsim up" in last, last
+
+
+@pytest.fixture
+def dripping_server(iotsim: Any) -> Iterator[int]:
+    """A proxy to iotsim that passes the device's bytes on at once and the
+    server's one byte every 20 ms: a TLS handshake that takes a minute."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+    conns: list[socket.socket] = []
+
+    def pump(src: socket.socket, dst: socket.socket, drip: bool) -> None:
+        try:
+            while not stop.is_set():
+                data = src.recv(4096)
+                if not data:
+                    return
+                for i in range(len(data)) if drip else [None]:
+                    if stop.wait(0.02 if drip else 0):
+                        return
+                    dst.sendall(data[i : i + 1] if i is not None else data)
+        except OSError:
+            return
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            up = socket.create_connection(("127.0.0.1", iotsim.port))
+            conns.extend((conn, up))
+            threading.Thread(target=pump, args=(conn, up, False), daemon=True).start()
+            threading.Thread(target=pump, args=(up, conn, True), daemon=True).start()
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(timeout=5)
+    for c in conns:
+        c.close()
+    srv.close()
+
+
+def test_connect_timeout_bounds_the_whole_connection_against_a_dripping_handshake(
+    flash: Path, dripping_server: int
+) -> None:
+    reconfigure(flash, port=dripping_server, connect_timeout_ms=3000, retry_attempts=2, retry_base_ms=100,
+                retry_max_ms=100)
+    result = boot(flash, timeout=60)
+    assert result.returncode == 1, result.text
+    times = [int(line.split()[1]) for line in result.lines if line.startswith("fleetprov ")]
+    assert "retry" in result.steps() and "ETIMEDOUT" in result.lines[-1], result.text
+    # each connect ends within the setting + 0.5 s, the boot within two of them and the back-off
+    retry_at = times[result.steps().index("retry")]
+    assert retry_at - times[result.steps().index("not-provisioned")] < 3500, result.text
+    assert result.elapsed < 2 * 3.5 + 0.1 + 2, result.text
 
 
 def _client_identity(iotsim: Any, *, expired: bool) -> tuple[bytes, bytes]:

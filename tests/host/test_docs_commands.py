@@ -1,7 +1,7 @@
 """Every command README, hardware.md, configuration.md and firmware.md show, run here where it can.
 
 Every line of every shell block (```sh, ```bat) in those documents, and the
-command in examples/provision_keys.py's header, is in exactly one of three
+command in examples/provision.py's header, is in exactly one of three
 tables below: run by a test in this file (RUN_HERE), run by another test
 (ELSEWHERE, naming it), or not runnable here by design (BY_DESIGN: it needs a
 board, AWS, Windows, or it is `make test` itself, with the reason). A command
@@ -28,7 +28,7 @@ from tools.iotsim.testing import RunningIotSim
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/hardware.md", "docs/configuration.md", "docs/firmware.md")
-EXAMPLE = ROOT / "examples" / "provision_keys.py"
+EXAMPLE = ROOT / "examples" / "provision.py"
 SHELL_LANGUAGES = ("sh", "bash", "bat")
 pytestmark = pytest.mark.timeout(180)
 
@@ -57,10 +57,9 @@ RUN_HERE = {
     '.venv/bin/mpremote connect /tmp/board.pty resume exec "import boot, main"',
     "make status PORT=/tmp/board.pty",
     "kill %1",
-    # examples/provision_keys.py: test_the_examples_documented_command_provisions_a_device
-    "cd .iotsim",
-    "MICROPYPATH=.frozen:../lib:../deps:../tests/device/support ../.venv/bin/micropython "
-    "../examples/provision_keys.py 127.0.0.1 8883",
+    # examples/provision.py: test_the_examples_documented_command_provisions_a_device
+    "cd .iotsim && MICROPYPATH=.frozen:../lib:../deps:../tests/device/support ../.venv/bin/micropython "
+    "../examples/provision.py 127.0.0.1 8883 keys",
 }
 ELSEWHERE = {
     "python3 -m venv ~/fleetprov-venv": "tests/host/test_packaging.py (installed fixture, without the "
@@ -141,9 +140,9 @@ def documented_commands() -> dict[str, str]:
 
 
 def example_block() -> str:
-    """The command in examples/provision_keys.py's header: its indented `#   ` lines."""
+    """The command in examples/provision.py's header: its indented `#   ` lines."""
     lines = [line[4:] for line in EXAMPLE.read_text().splitlines() if line.startswith("#   ")]
-    assert lines, "examples/provision_keys.py no longer shows how to run it"
+    assert lines, "examples/provision.py no longer shows how to run it"
     return "\n".join(lines) + "\n"
 
 
@@ -204,15 +203,20 @@ def test_the_virtual_board_walkthrough_provisions_a_board(iotsim: RunningIotSim,
     assert (tmp_path / "board" / "lib" / "fleetprov.mpy").is_file()
 
 
-def test_the_examples_documented_command_provisions_a_device(iotsim: RunningIotSim, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["keys", "csr"])
+def test_the_examples_documented_command_provisions_a_device(
+    iotsim: RunningIotSim, tmp_path: Path, method: str
+) -> None:
     # The fixture's state folder for .iotsim (so ../ is the repository) and its port.
     script = example_block().replace("cd .iotsim", "cd {}".format(iotsim.state))
     script = script.replace("../", "{}/".format(ROOT)).replace("8883", str(iotsim.port))
-    proc = run_group(script, ROOT, timeout=90)
+    proc = run_group(script.replace(" keys", " " + method), ROOT, timeout=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     found = re.search(r"^thing (\S+) certificate ([0-9a-f]{64})$", proc.stdout, re.M)
     assert found, proc.stdout
     assert iotsim.registry.status(found.group(2)) == "ACTIVE"
+    # kept as DER and connected with it, as the thing
+    assert "connected as {} and published".format(found.group(1)) in proc.stdout
 
 
 def json_blocks(doc: str) -> list[dict[str, object]]:

@@ -445,6 +445,28 @@ def test_a_claim_refused_at_connack_fails_at_once(flash: Path, cloud: FakeCloud)
     assert boot.sleeps == []
 
 
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        mqttlink.ConnectError("refused: CONNACK 5 (not authorised)", refused=True, code=5),
+        mqttlink.ConnectError("127.0.0.1:8883 closed the TLS handshake (...)", handshake=True),
+    ],
+    ids=["connack", "handshake"],
+)
+def test_a_refused_temporary_claim_says_it_has_expired_and_to_run_make_claim_again(
+    flash: Path, cloud: FakeCloud, refusal: mqttlink.ConnectError
+) -> None:
+    (flash / "certs" / credstore.TEMPORARY_CLAIM).write_text("abc123 valid until 2026-12-06T20:30:00Z\n")
+    cloud.fail["connect"] = [refusal, refusal]
+    boot = Boot(cloud, retry_attempts=5)
+    with pytest.raises(FlowError) as info:
+        boot.fb.start()
+    msg = str(info.value)
+    assert "temporary claim (abc123 valid until 2026-12-06T20:30:00Z)" in msg, msg
+    assert "has expired" in msg and "run `make claim` again" in msg, msg
+    assert "policy allows iot:Connect" not in msg  # not the factory claim's advice
+
+
 @given(
     attempt=st.integers(1, 40),
     base=st.integers(0, 10_000),

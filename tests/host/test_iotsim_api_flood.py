@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tools.iotsim.broker import free_port
-from tools.iotsim.controlplane import MAX_CONNECTIONS
+from tools.iotsim.limits import MAX_CONNECTIONS
 from tools.iotsim.testing import MqttTestClient
 
 ROOT = Path(__file__).resolve().parents[2]

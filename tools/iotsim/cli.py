@@ -26,8 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from . import localaws
-from .controlplane import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S
+from .limits import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 from .registry import (
     BILLING_GROUP,
     CLAIM,
@@ -148,6 +147,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             + "\n"
         )
         assert sim.claim is not None
+        from . import localaws
+
         print("iotsim is running: mosquitto with TLS client certificates on 127.0.0.1:{}".format(sim.port))
         print("AWS IoT control plane (and IAM): {}, SigV4-signed with iotsim's own key:".format(sim.api_url))
         print("  export {}".format(localaws.environment(state)))

@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import pki
 from .apimodel import ApiError, ApiModel
+from .limits import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S, ApiLimits  # noqa: F401 (the API's limits)
 from .iam import Iam
 from .policy import claim_policy_document
 from .registry import (
@@ -92,10 +93,6 @@ _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}\Z")
 _CERT_ID = re.compile(r"^[0-9a-fA-F]{64}\Z")
 _ENDPOINT_TYPES = ("iot:Data", "iot:Data-ATS", "iot:CredentialProvider", "iot:Jobs")
 _PAGE_MAX = 250
-# iotsim's choices (AWS documents no number): see the module's docstring and docs/iotsim.md.
-REQUEST_TIMEOUT_S = 20.0
-MAX_CONNECTIONS = 64
-MAX_BODY = 1 << 20  # the iot model's largest string, a policy document, is 404,600 characters
 # ARN resource kinds TagResource and friends accept -> the registry's kind (None: own lookup).
 _TAGGABLE = {
     "provisioningtemplate": None,
@@ -135,13 +132,6 @@ def _failing_hook(message: str) -> Callable[..., Any]:
     return hook
 
 
-@dataclass(frozen=True)
-class ApiLimits:
-    """What one connection may cost (iotsim's choices; ``up --api-timeout/--api-connections/--api-max-body``)."""
-
-    request_timeout: float = REQUEST_TIMEOUT_S
-    max_connections: int = MAX_CONNECTIONS
-    max_body: int = MAX_BODY
 
 
 @dataclass(eq=False, kw_only=True)

@@ -24,7 +24,8 @@ from typing import Any
 
 from . import localaws, pki
 from .broker import ACCOUNT, DEFAULT_PLUGIN, REGION, Broker
-from .controlplane import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S, ApiLimits, ControlPlane
+from .controlplane import ControlPlane
+from .limits import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S, ApiLimits
 from .policy import claim_policy_document
 from .registry import CLAIM, CLAIM_POLICY, DEFAULT_TOKEN_TTL, SERVICE, THING_GROUP, Registry
 from .service import ProvisioningService
