@@ -18,7 +18,8 @@ from timedsock import describe
 
 # What the provisioning flow loads, released together when it returns: a
 # provisioned boot never holds any of it.
-_PROVISIONING_CODE = ("provisioning", "fleetprov", "fleetprov_texts", "credwrite", "cbor", "pem", "der", "csr", "p256")
+_PROVISIONING_CODE = ("provisioning", "fleetprov", "fleetprov_texts", "credwrite", "cbor", "pem", "der", "csr", "p256",
+                      "linkfail")
 
 
 class FirstBoot(Device):

@@ -60,24 +60,6 @@ class _Unresolved(Exception):
     pass
 
 
-# Failures of the network itself while connecting: nothing listening, no
-# route, no answer in time, out of buffers. Any other OSError after the name
-# resolved means the server hung up during the TLS handshake or right after it
-# (a refused client certificate: EPIPE on the next write, ECONNRESET, an
-# mbedTLS alert; MicroPython's errno has no EPIPE to name).
-_NETWORK = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.EAGAIN,
-            errno.ENOMEM, errno.ENOBUFS, errno.EINPROGRESS, errno.EALREADY)
-
-
-_CONNACK = {
-    1: "unacceptable protocol version",
-    2: "client id rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorised",
-}
-
-
 class _Transport(IOBase):
     # The TCP socket under TLS (see the top of this module). Until release()
     # the socket is non-blocking and every read and write waits for it at
@@ -91,13 +73,14 @@ class _Transport(IOBase):
 
         self._sock = sock
         self._deadline = deadline
+        self._bounded = True
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
         self._events = (select.POLLIN, select.POLLOUT)
 
     def release(self):
         """connect() is over: no deadline, blocking as umqtt expects."""
-        self._deadline = None
+        self._bounded = False
         self._sock.settimeout(None)
 
     def connect(self, addr):
@@ -116,7 +99,7 @@ class _Transport(IOBase):
             except OSError as ex:
                 n = ex.args[0] if ex.args and isinstance(ex.args[0], int) else errno.EIO
                 return -n if n > 0 else -errno.EIO
-            if n is not None or self._deadline is None:
+            if n is not None or not self._bounded:
                 return n  # (None: nothing ready, for a TLS socket set non-blocking)
             left = ticks_diff(self._deadline, ticks_ms())
             if left <= 0:
@@ -293,46 +276,23 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
         mqtt.socket = factory
     try:
         client.connect()
-    except mqtt.MQTTException as ex:
-        code = ex.args[0] if ex.args else None
+    except Exception as ex:
         _close(client)
-        raise ConnectError(
-            "{} refused the connection: CONNACK {} ({})".format(
-                where, code, _CONNACK.get(code, "unknown code")),
-            refused=True, code=code)
-    except (IndexError, AssertionError):
-        # umqtt indexes an empty read when the server closes after CONNECT
-        # without a CONNACK: how AWS turns away a revoked certificate.
-        _close(client)
-        raise ConnectError("{} closed the connection before CONNACK".format(where), refused=True)
-    except _Unresolved as ex:
-        _close(client)
-        raise ConnectError("cannot resolve {} ({}): check `endpoint` in config.json (the "
-                           "account's -ats endpoint) and the network".format(
-                               host, timedsock.describe(ex.args[0])))
-    except ValueError as ex:
-        # MicroPython's TLS reports a server certificate that fails its check
-        # this way (mbedTLS's words): the configuration, not the network.
-        _close(client)
-        raise ConnectError("{} presented a certificate that failed verification: {}: {}".format(
-            where, " ".join(str(ex).split()), _verify_hint(str(ex), host, server_hostname)), verify=True)
-    except OSError as ex:
-        # TCP/TLS failure or timeout
-        _close(client)
-        n = ex.args[0] if ex.args else None
-        if n == errno.ECONNREFUSED:
-            raise ConnectError("{} refused the TCP connection: nothing listens there. Check `endpoint` "
-                               "and `port` in config.json{}".format(where, _local_hint(host)))
-        if (factory is not None and factory.resolved and isinstance(ex, OSError)
-                and isinstance(n, int) and n not in _NETWORK):
-            raise ConnectError(
-                "{} closed the TLS handshake ({}): it refused this device's certificate. Likely: "
-                "the certificate has expired or is not yet valid{}; it was issued by a CA the "
-                "endpoint does not trust (a claim certificate not registered in this account); "
-                "or it belongs to another endpoint (account or region). The server's log names "
-                "the cause".format(where, timedsock.describe(ex), _clock_hint()), handshake=True)
-        # (mbedTLS messages span lines: keep the report on one.)
-        raise ConnectError("cannot connect to {}: {}{}".format(where, timedsock.describe(ex), _clock_hint()))
+        if isinstance(ex, mqtt.MQTTException):
+            kind = "connack"
+        elif isinstance(ex, (IndexError, AssertionError)):
+            kind = "closed"  # umqtt indexes an empty read when the server closes before CONNACK
+        elif isinstance(ex, _Unresolved):
+            kind, ex = "unresolved", ex.args[0]
+        elif isinstance(ex, (OSError, ValueError)):
+            kind = None
+        else:
+            raise
+        import linkfail  # the words, loaded only now
+
+        msg, flags = linkfail.explain(ex, kind, host, port, server_hostname,
+                                      factory is not None and factory.resolved)
+        raise ConnectError(msg, **flags)
     finally:
         if factory is not None:
             mqtt.socket = orig
@@ -344,34 +304,6 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
     # never reconnected: a new connection is a new connect().)
     params.clear()
     return Link(client)
-
-
-def _verify_hint(text, host, server_hostname):
-    # What to fix, by mbedTLS's words for the failed check.
-    if "CN" in text or "name" in text.lower():
-        return "check `server_hostname` in config.json ({}): the name the endpoint's certificate " \
-               "carries".format(server_hostname)
-    if "validity" in text or "future" in text or "expired" in text:
-        return "check the clock" + (_clock_hint() or " (it must be set before TLS, as boot.py does)")
-    return "check `ca` in config.json: the CA that signed {}'s certificate (Amazon Root CA 1 for " \
-           "AWS IoT's -ats endpoints; for iotsim, the ca.der in its state folder)".format(host)
-
-
-def _local_hint(host):
-    if host in ("127.0.0.1", "localhost", "::1"):
-        return " (for iotsim on this computer: is `python -m tools.iotsim up` running?)"
-    return ""
-
-
-def _clock_hint():
-    # A board whose clock was never set reads 2000-01-01 (epoch 1970 on some
-    # ports): every certificate is "not yet valid" and TLS fails for that.
-    import time
-
-    year = time.gmtime()[0]
-    if year < 2024:
-        return " (the clock reads {}: TLS cannot check certificate dates; set it with ntptime, as boot.py does)".format(year)
-    return ""
 
 
 def _close(client):

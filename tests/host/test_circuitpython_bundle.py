@@ -22,6 +22,7 @@ BUILTIN = {
     "microcontroller",
     "micropython",
     "os",
+    "io",
     "re",
     "rtc",
     "select",
