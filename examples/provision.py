@@ -16,12 +16,11 @@
 # The arguments replace ENDPOINT, the port and the method ("keys": AWS makes
 # the key; "csr": the key is made here and never leaves the device). A board
 # has no sys.argv.
-import ssl
 import sys
 
 import fleetprov
+import mqttlink
 from pem import pem_to_der
-from umqtt.simple import MQTTClient
 
 ENDPOINT = "xxxxxxxxxxxxxx-ats.iot.eu-west-1.amazonaws.com"
 PORT = 8883
@@ -37,20 +36,9 @@ def read(name):
 
 
 def connect(client_id, cert, key):
-    """An umqtt.simple client connected over mutual TLS; cert and key are DER."""
-    params = {"cert": cert, "key": key, "cadata": read("certs/ca.der"),
-              "cert_reqs": ssl.CERT_REQUIRED,  # verify the endpoint (the clock must be set)
-              "server_hostname": ENDPOINT}
-    try:  # umqtt.simple 1.3.4 (firmware 1.22) and 1.6+ take ssl_params
-        client = MQTTClient(client_id, ENDPOINT, PORT, ssl=True, ssl_params=params)
-    except TypeError:  # 1.4 and 1.5 (firmware 1.23, 1.24) take an SSLContext
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cadata=params["cadata"])
-        ctx.load_cert_chain(cert, key)
-        client = MQTTClient(client_id, ENDPOINT, PORT, ssl=ctx)
-    client.connect()
-    return client
+    """A connected umqtt.simple MQTTClient over mutual TLS (cert, key: DER):
+    the endpoint verified against the CA, the connection bounded in time."""
+    return mqttlink.connect(client_id, ENDPOINT, PORT, cert, key, read("certs/ca.der"), timeout_ms=10000).client
 
 
 def save(name, data):
@@ -83,6 +71,6 @@ save("certs/thing.key.der", key)
 print("thing", reg.thing_name, "certificate", made.certificate_id)
 
 thing = connect(reg.thing_name.encode(), cert, key)  # AWS policies expect client id == thing name
-thing.publish(b"fleetprov/" + reg.thing_name.encode() + b"/hello", b'{"hello":"world"}', False, 1)
+thing.publish(b"fleetprov/" + reg.thing_name.encode() + b"/hello", b'{"hello":"world"}', False, 1)  # QoS 1
 thing.disconnect()
 print("connected as", reg.thing_name, "and published")
