@@ -97,7 +97,7 @@ def _refuse_unknown(raw, known, prefix=""):
         # (at least one) must change; a tie goes to the earlier field. One
         # function, no tables: this module is in RAM while config.json loads.
         # A name whose length alone is too far off is skipped, so a hostile
-        # 10 KB key costs no quadratic search.
+        # long key costs no quadratic search.
         a = str(name).lower()
         best, most = None, max(1, len(a) // 3) + 1
         for b in known:

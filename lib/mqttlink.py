@@ -300,8 +300,8 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
         factory.transport.release()
     # TLS holds its own parsed copy of the certificate and key now; umqtt's
     # ssl_params (1.3.4, 1.6+) is this dict and would keep their DER and the
-    # CA's (about 3 KB with RSA-2048) for as long as the link lives. (A Link is
-    # never reconnected: a new connection is a new connect().)
+    # CA's for as long as the link lives. (A Link is never reconnected: a new
+    # connection is a new connect().)
     params.clear()
     return Link(client)
 

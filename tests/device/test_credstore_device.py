@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import credstore
-from devicepki import ca_der, ec_identity, rsa_identity
+from devicepki import ec_identity, factory_flash, rsa_identity
 
 COMMIT = """
 import credstore, credwrite
@@ -39,12 +39,7 @@ if rec is not None:
 
 @pytest.fixture
 def flash(tmp_path: Path) -> Path:
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    claim = ec_identity("claim")
-    (certs / "claim.der").write_bytes(claim.cert_der)
-    (certs / "claim.key.der").write_bytes(claim.key_der())
-    (certs / "ca.der").write_bytes(ca_der())
+    factory_flash(tmp_path)
     (tmp_path / "in").mkdir()
     return tmp_path
 

@@ -10,6 +10,7 @@ tests/conftest.py).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -66,25 +67,29 @@ def provision_from_csr(sim, csr_pem: str, serial: str) -> tuple[dict, dict]:  # 
     return created, registered
 
 
+def device_made_identity(micropython, iotsim, folder: Path, serial: str) -> tuple[str, x509.Certificate, Any]:
+    """The device makes its key and CSR (in ``folder``), iotsim issues and registers the
+    certificate; cert.der and ca.der are put beside the key. (thing name, certificate, RegisterThing's answer)."""
+    thing = "fleetprov-" + serial
+    micropython.run(script=MAKE_KEY, args=(thing,), cwd=folder)
+    created, registered = provision_from_csr(iotsim, (folder / "req.pem").read_text(), serial)
+    cert = x509.load_pem_x509_certificate(created["certificatePem"].encode())
+    (folder / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    (folder / "ca.der").write_bytes(Path(iotsim.ca_der).read_bytes())
+    return thing, cert, registered
+
+
 def test_device_made_key_holds_an_mqtt_session_with_iotsim_using_the_certificate_iotsim_issued_from_its_csr(
     micropython,
     iotsim,
     tmp_path: Path,
 ) -> None:
-    serial = "csr-device-1"
-    thing = "fleetprov-" + serial
-    micropython.run(script=MAKE_KEY, args=(thing,), cwd=tmp_path)
-    csr_pem = (tmp_path / "req.pem").read_text()
-    created, registered = provision_from_csr(iotsim, csr_pem, serial)
+    thing, cert, registered = device_made_identity(micropython, iotsim, tmp_path, "csr-device-1")
     assert registered["thingName"] == thing
-
-    cert = x509.load_pem_x509_certificate(created["certificatePem"].encode())
-    request = x509.load_pem_x509_csr(csr_pem.encode())
+    request = x509.load_pem_x509_csr((tmp_path / "req.pem").read_bytes())
     # iotsim certified the device's own public key, taken from its CSR.
     assert cert.public_key().public_numbers() == request.public_key().public_numbers()  # type: ignore[union-attr]
     assert request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == thing
-    (tmp_path / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    (tmp_path / "ca.der").write_bytes(Path(iotsim.ca_der).read_bytes())
 
     proc = micropython.run(
         SESSION % {"thing": thing, "port": iotsim.port}, cwd=tmp_path, timeout=MQTT_DEADLINE_S
@@ -97,13 +102,7 @@ def test_an_iotsim_certificate_is_useless_with_any_key_but_the_device_made_one(
     iotsim,
     tmp_path: Path,
 ) -> None:
-    serial = "csr-device-2"
-    thing = "fleetprov-" + serial
-    micropython.run(script=MAKE_KEY, args=(thing,), cwd=tmp_path)
-    created, _ = provision_from_csr(iotsim, (tmp_path / "req.pem").read_text(), serial)
-    cert = x509.load_pem_x509_certificate(created["certificatePem"].encode())
-    (tmp_path / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    (tmp_path / "ca.der").write_bytes(Path(iotsim.ca_der).read_bytes())
+    thing, _, _ = device_made_identity(micropython, iotsim, tmp_path, "csr-device-2")
     micropython.run(script=MAKE_KEY, args=(thing,), cwd=tmp_path)  # replaces key.der with a new key
     proc = micropython.run(
         SESSION % {"thing": thing, "port": iotsim.port}, cwd=tmp_path, timeout=MQTT_DEADLINE_S, check=False

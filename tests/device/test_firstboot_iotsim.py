@@ -7,7 +7,8 @@ import hashlib
 import json
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -188,9 +189,11 @@ def test_attempts_are_bounded(iotsim: Any, flash: Path) -> None:
     assert "after 3 attempts" in result.lines[-1]
 
 
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """A TCP server that accepts connections and never sends a byte: a dead endpoint."""
+@contextmanager
+def serving(handle: Callable[[socket.socket, threading.Event], list[socket.socket]]) -> Iterator[int]:
+    """A TCP server on a free loopback port that hands each connection to
+    ``handle(conn, stop)`` (which returns the sockets it holds) until the block
+    ends; then every one of them is closed."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
@@ -202,18 +205,27 @@ def silent_server() -> Iterator[int]:
         while not stop.is_set():
             try:
                 conn, _ = srv.accept()
-                held.append(conn)
             except OSError:
                 continue
+            held.extend(handle(conn, stop))
 
     t = threading.Thread(target=accept, daemon=True)
     t.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    t.join(timeout=5)
-    for c in held:
-        c.close()
-    srv.close()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        for c in held:
+            c.close()
+        srv.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server that accepts connections and never sends a byte: a dead endpoint."""
+    with serving(lambda conn, stop: [conn]) as port:
+        yield port
 
 
 def test_a_silent_endpoint_ends_in_bounded_retries_never_a_hang(flash: Path, silent_server: int) -> None:
@@ -265,13 +277,8 @@ def test_a_refused_tcp_connection_names_the_endpoint_the_port_and_iotsim(flash: 
 def dripping_server(iotsim: Any) -> Iterator[int]:
     """A proxy to iotsim that passes the device's bytes on at once and the
     server's one byte every 20 ms: a TLS handshake that takes a minute."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    stop = threading.Event()
-    conns: list[socket.socket] = []
 
-    def pump(src: socket.socket, dst: socket.socket, drip: bool) -> None:
+    def pump(src: socket.socket, dst: socket.socket, stop: threading.Event, drip: bool) -> None:
         try:
             while not stop.is_set():
                 data = src.recv(4096)
@@ -284,26 +291,14 @@ def dripping_server(iotsim: Any) -> Iterator[int]:
         except OSError:
             return
 
-    def accept() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            up = socket.create_connection(("127.0.0.1", iotsim.port))
-            conns.extend((conn, up))
-            threading.Thread(target=pump, args=(conn, up, False), daemon=True).start()
-            threading.Thread(target=pump, args=(up, conn, True), daemon=True).start()
+    def proxy(conn: socket.socket, stop: threading.Event) -> list[socket.socket]:
+        up = socket.create_connection(("127.0.0.1", iotsim.port))
+        threading.Thread(target=pump, args=(conn, up, stop, False), daemon=True).start()
+        threading.Thread(target=pump, args=(up, conn, stop, True), daemon=True).start()
+        return [conn, up]
 
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    t.join(timeout=5)
-    for c in conns:
-        c.close()
-    srv.close()
+    with serving(proxy) as port:
+        yield port
 
 
 def test_connect_timeout_bounds_the_whole_connection_against_a_dripping_handshake(

@@ -202,20 +202,13 @@ def cut_at(device: Device, step: str) -> BootResult:
     return r
 
 
-@pytest.mark.parametrize("step", KEYS_STEPS)
-def test_power_cut_at_each_boundary_of_a_keys_first_boot(
-    iotsim: Any, templates: dict[str, Path], tmp_path: Path, step: str
+@pytest.mark.parametrize(
+    "method, step", [("keys", s) for s in KEYS_STEPS] + [("csr", s) for s in CSR_STEPS]
+)
+def test_power_cut_at_each_boundary_of_a_first_boot(
+    iotsim: Any, templates: dict[str, Path], tmp_path: Path, method: str, step: str
 ) -> None:
-    device = Device(templates["keys"], tmp_path, iotsim)
-    cut_at(device, step)
-    recover(device, iotsim, "cut at " + step)
-
-
-@pytest.mark.parametrize("step", CSR_STEPS)
-def test_power_cut_at_each_boundary_of_a_csr_first_boot(
-    iotsim: Any, templates: dict[str, Path], tmp_path: Path, step: str
-) -> None:
-    device = Device(templates["csr"], tmp_path, iotsim)
+    device = Device(templates[method], tmp_path, iotsim)
     cut_at(device, step)
     recover(device, iotsim, "cut at " + step)
 

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import credwrite
@@ -124,3 +125,15 @@ def commit(
     pending = credwrite.stage(store, certificate_id, cert, key, "token-from-the-test", 0)
     return credwrite.commit(store, pending, thing_name, device_configuration, endpoint)
 
+
+
+def factory_flash(flash: Path, claim: Identity | None = None) -> Identity:
+    """Put what a device leaves the factory with into ``flash``/certs: a claim
+    certificate and key, and the CA (DER). Returns the claim identity."""
+    claim = claim or ec_identity("claim")
+    certs = flash / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    (certs / "claim.der").write_bytes(claim.cert_der)
+    (certs / "claim.key.der").write_bytes(claim.key_der())
+    (certs / "ca.der").write_bytes(ca_der())
+    return claim

@@ -16,7 +16,7 @@ from pem import pem_to_der
 import pytest
 from credstore import Store, StoreError
 from cryptography.hazmat.primitives import serialization
-from devicepki import ca_der, commit, ec_identity, rsa_identity
+from devicepki import ca_der, commit, ec_identity, factory_flash, rsa_identity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,12 +25,7 @@ from hypothesis import strategies as st
 def flash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A scratch folder as the board's flash, with the shipped claim files."""
     monkeypatch.chdir(tmp_path)
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    claim = ec_identity("claim")
-    (certs / "claim.der").write_bytes(claim.cert_der)
-    (certs / "claim.key.der").write_bytes(claim.key_der())
-    (certs / "ca.der").write_bytes(ca_der())
+    factory_flash(tmp_path)
     return tmp_path
 
 

@@ -21,7 +21,7 @@ import mqttlink
 import provisioning
 import pytest
 from cryptography import x509
-from devicepki import Identity, ca_der, ec_identity, issue, rsa_identity
+from devicepki import Identity, ca_der, ec_identity, factory_flash, issue, rsa_identity
 from device import Board, FlowError
 from bootflow import FirstBoot
 from hypothesis import given
@@ -217,11 +217,7 @@ def claim() -> Identity:
 @pytest.fixture
 def flash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claim: Identity) -> Path:
     monkeypatch.chdir(tmp_path)
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    (certs / "claim.der").write_bytes(claim.cert_der)
-    (certs / "claim.key.der").write_bytes(claim.key_der())
-    (certs / "ca.der").write_bytes(ca_der())
+    factory_flash(tmp_path, claim)
     return tmp_path
 
 
