@@ -10,16 +10,17 @@
 # MicroPython, circuitpython/lib/cpboard.py on CircuitPython.
 # See docs/first-boot.md.
 
-import credstore
+import time
+
 from device import Device, FlowError
 from mqttlink import publish
 from runtime import release
 from timedsock import describe
 
-# What the provisioning flow loads, released together when it returns: a
-# provisioned boot never holds any of it.
-_PROVISIONING_CODE = ("provisioning", "fleetprov", "fleetprov_texts", "credwrite", "cbor", "pem", "der", "csr", "p256",
-                      "linkfail")
+# What the provisioning and rotation flows load, released together when one
+# returns: a provisioned boot with nothing to renew never holds any of it.
+_FLOW_CODE = ("provisioning", "rotation", "fleetprov", "fleetprov_texts", "awsnames", "credwrite", "cbor", "pem", "der", "csr",
+              "p256", "linkfail")
 
 
 class FirstBoot(Device):
@@ -46,7 +47,7 @@ class FirstBoot(Device):
                 credwrite.clear(s)
             else:
                 self._retire_claim()  # finishes a deletion a power cut interrupted
-                return link
+                return self._renew(link)
         else:
             self.step("not-provisioned", "claim {}".format(s.path(s.claim_cert)))
         self.provision()
@@ -64,22 +65,40 @@ class FirstBoot(Device):
             return provisioning.run(self)
         finally:
             provisioning = None
-            release(*_PROVISIONING_CODE)
+            release(*_FLOW_CODE)
 
-    def connect_thing(self):
-        """Connect as the provisioned thing: a mqttlink.Link. FlowError
-        (``refused``: the endpoint turned the certificate down)."""
+    def rotate(self, link):
+        """Rotate the device's identity now, over ``link`` (connected as the
+        thing), as the boot does when the certificate nears its expiry
+        (docs/rotation.md). Returns a link connected as the thing: with the
+        new identity when the rotation succeeded (the progress lines say why not)."""
+        import rotation
+
         try:
-            cert, key = self.store.identity()
-            ca = self.store.ca_der()
-        except credstore.StoreError as ex:
-            raise FlowError(str(ex))
-        # The thing name as client id: AWS policies commonly allow
-        # iot:Connect on client/${iot:Connection.Thing.ThingName}.
-        name = self.thing_name()
-        link = self.retrying(lambda: self.open(name, cert, key, ca), "connecting as " + name)
-        self.step("connect-thing", "as {}".format(name))
-        return link
+            return rotation.rotate(self, link)
+        finally:
+            rotation = None
+            release(*_FLOW_CODE)
+
+    def _renew(self, link):
+        # Once the identity connects: a rotation a power cut interrupted, a
+        # retirement one left, or a certificate that expires within
+        # rotate_days. Only then is the rotation flow loaded.
+        s = self.store
+        rec = s.record
+        cfg = self.cfg
+        not_after = rec.get("not_after")
+        due = (cfg["rotation_template"] and cfg["rotate_days"] and isinstance(not_after, int)
+               and time.time() > not_after - cfg["rotate_days"] * 86400)
+        if s.pending is None and rec.get("retire") is None and not due:
+            return link
+        import rotation
+
+        try:
+            return rotation.renew(self, link, due)
+        finally:
+            rotation = None
+            release(*_FLOW_CODE)
 
     def confirm(self, link):
         """Prove the identity works: a QoS 1 publish that gets its PUBACK."""

@@ -43,6 +43,10 @@ TEMPORARY_CLAIM = "claim.temporary"
 # ".key.der" (".pem" in PEM mode).
 IDENTITY = "device-"
 UID = "uid"
+# AWS deletes a certificate still PENDING_ACTIVATION, and refuses its
+# ownership token, one hour after issue; a staged identity older than this
+# (less a margin for the clocks) is not registered again.
+TOKEN_TTL_S = 3600 - 60
 TMP = ".tmp"
 VERSION = 1
 
@@ -116,6 +120,7 @@ class Store:
         self.hook = hook
         self.pem = pem
         self.record = None  # the verified record, or None
+        self.pending = None  # the staged identity load() found beside it (a rotation under way)
 
     def path(self, name):
         """Path of ``name`` inside the store's folder."""
@@ -159,7 +164,7 @@ class Store:
         it names exists with the SHA-256 it records. Leftovers go first:
         temporary files, identity files that neither the record nor a staged
         identity can use, and a staged identity the record already holds."""
-        self.record = None
+        self.record = self.pending = None
         rec = self.read_record(RECORD)
         pend = self.load_pending()
         if rec is not None and pend is not None and pend["certificate_id"] == rec["certificate_id"]:
@@ -177,6 +182,7 @@ class Store:
                 and "thing_name" in rec and (rec["thing_name"] is None or isinstance(rec["thing_name"], str))):
             return None
         self.record = rec
+        self.pending = pend
         return rec
 
     def read_record(self, name):

@@ -68,14 +68,28 @@ def stage(store, certificate_id, cert, key, ownership_token, issued):
     return rec
 
 
-def commit(store, pending, thing_name=None, device_configuration=None, endpoint=None):
+def commit(store, pending, thing_name=None, device_configuration=None, endpoint=None, retire=None):
     """RegisterThing succeeded: convert and check the staged pair (StoreError
     if the certificate does not certify the key; no identity is written then),
     write it as the identity files, then the provisioning record (the commit
     point), then remove pending.json, the staged files and the identity the
-    record named before. Returns the record."""
+    record named before. ``retire``: the certificate id the new one replaces
+    on the same thing, kept in the record until the cloud has retired it.
+    Returns the record."""
+    import der
+
     cid = pending["certificate_id"]
     cert, key = pair(store, pending)
+    try:
+        not_after = der.not_after(cert)
+    except ValueError as ex:
+        raise StoreError("cannot read certificate {}'s expiry: {}".format(cid, ex))
+    if store.pem:
+        # re-encoded from the DER just checked, so what lands on flash is
+        # exactly what was verified, whatever line ends the server sent
+        import pem
+
+        cert, key = pem.der_to_pem(cert, "CERTIFICATE").encode(), _pem_key(key)
     names = store.identity_names(cid)
     old = store.record or store.read_record(RECORD)
     if old is not None and old["certificate_id"] != cid and names[0] in old["files"].values():
@@ -90,7 +104,10 @@ def commit(store, pending, thing_name=None, device_configuration=None, endpoint=
         "device_configuration": {} if device_configuration is None else device_configuration,
         "files": {"cert": names[0], "key": names[1]},
         "sha256": {"cert": digest(cert), "key": digest(key)},
+        "not_after": not_after,
     }
+    if retire is not None:
+        rec["retire"] = retire
     cert = key = None
     write_atomic(store, RECORD, json.dumps(rec).encode())
     store.record = rec
@@ -99,6 +116,15 @@ def commit(store, pending, thing_name=None, device_configuration=None, endpoint=
     if old is not None:
         _remove_files(store, old, names)
     return rec
+
+
+def retired(store):
+    """The cloud has retired the certificate the record names under "retire":
+    the record without it."""
+    rec = dict(store.record)
+    rec.pop("retire", None)
+    write_atomic(store, RECORD, json.dumps(rec).encode())
+    store.record = rec
 
 
 def drop_pending(store):
@@ -125,10 +151,8 @@ def clear(store):
 
 
 def pair(store, pending):
-    """(cert, key) of the staged identity ``pending`` as identity files hold
-    them: DER (PEM in PEM mode), re-encoded from the DER just checked, so what
-    lands on flash is exactly what was verified, whatever line ends the server
-    sent. StoreError if they cannot be converted or do not belong together."""
+    """(cert DER, key DER) of the staged identity ``pending``, checked to
+    belong together. StoreError if they cannot be converted or do not."""
     import der
     import pem
 
@@ -150,9 +174,7 @@ def pair(store, pending):
             "certificate {} does not certify this private key; refusing to store "
             "them (provision again)".format(pending["certificate_id"])
         )
-    if not store.pem:
-        return cert, key
-    return pem.der_to_pem(cert, "CERTIFICATE").encode(), _pem_key(key)
+    return cert, key
 
 
 def create_uid(store):

@@ -101,18 +101,63 @@ def _spki(buf, s, e):
     raise ValueError("DER: unsupported public key algorithm")
 
 
+def _tbs(cert):
+    # (memoryview, start, end) of the TBSCertificate's fields after version
+    mv = memoryview(cert)
+    s, e = _expect(mv, 0, len(cert), _SEQUENCE, "Certificate")
+    s, e = _expect(mv, s, e, _SEQUENCE, "TBSCertificate")
+    t, _, nxt = tlv(mv, s, e)
+    if t == 0xA0:  # [0] EXPLICIT version, absent in v1 certificates
+        s = nxt
+    return mv, s, e
+
+
+def not_after(cert):
+    """When an X.509 certificate (DER bytes) expires: seconds since this
+    port's epoch (time.time()'s). Raises ValueError when it cannot be read."""
+    mv, s, e = _tbs(cert)
+    for _ in range(3):  # serialNumber, signature, issuer
+        _, _, s = tlv(mv, s, e)
+    s, e = _expect(mv, s, e, _SEQUENCE, "Validity")
+    _, _, s = tlv(mv, s, e)  # notBefore
+    t, ts, te = tlv(mv, s, e)
+    text = bytes(mv[ts:te])
+    # UTCTime YYMMDDHHMMSSZ (years 1950-2049) or GeneralizedTime YYYYMMDDHHMMSSZ
+    if t == 0x17 and len(text) == 13:
+        y = int(text[:2])
+        y += 1900 if y >= 50 else 2000
+        text = text[2:]
+    elif t == 0x18 and len(text) == 15:
+        y = int(text[:4])
+        text = text[4:]
+    else:
+        raise ValueError("DER: notAfter is neither UTCTime nor GeneralizedTime")
+    if text[-1:] != b"Z":
+        raise ValueError("DER: notAfter is not in UTC")
+    mo, d, hh, mi, ss = (int(text[i:i + 2]) for i in range(0, 10, 2))
+    # days from 1970-01-01 to the date (Howard Hinnant's days_from_civil)
+    y -= mo <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (mo + (-3 if mo > 2 else 9)) + 2) // 5 + d - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    epoch = _epoch_days()
+    return (days - epoch) * 86400 + hh * 3600 + mi * 60 + ss
+
+
+def _epoch_days():
+    """Days from 1970-01-01 to this port's epoch (10957 where it is 2000-01-01)."""
+    import time
+
+    return 0 if time.localtime(0)[0] < 2000 else 10957  # (1969 or 1970, by the time zone)
+
+
 def cert_public_key(cert):
     """Public key of an X.509 certificate (DER bytes).
 
     Returns ``("rsa", modulus, exponent)`` or ``("ec", point)`` (all bytes).
     Raises ValueError when the certificate cannot be parsed."""
-    mv = memoryview(cert)
-    end = len(cert)
-    s, e = _expect(mv, 0, end, _SEQUENCE, "Certificate")
-    s, e = _expect(mv, s, e, _SEQUENCE, "TBSCertificate")
-    t, _, nxt = tlv(mv, s, e)
-    if t == 0xA0:  # [0] EXPLICIT version, absent in v1 certificates
-        s = nxt
+    mv, s, e = _tbs(cert)
     # serialNumber, signature, issuer, validity, subject: skipped whole.
     for _ in range(5):
         _, _, s = tlv(mv, s, e)

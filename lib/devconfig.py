@@ -44,10 +44,13 @@ _FIELDS = (
     ("retry_attempts", int, 5, "a count, at least 1"),
     ("retry_base_ms", int, 1000, "milliseconds"),
     ("retry_max_ms", int, 30000, "milliseconds"),
+    ("rotation_template", str, None, 'the template that registers a new certificate, e.g. "FleetprovRotation"'),
+    ("rotate_days", int, 30, "days before the certificate expires when the boot rotates it; 0: never by itself"),
+    ("retire_topic", str, "fleetprov/{thing_name}/retire", "the topic that retires a rotated-out certificate"),
 )
 # The field names in documentation order (CircuitPython settings.toml keys derive from them).
 FIELD_NAMES = tuple(f[0] for f in _FIELDS)
-_ZERO_OK = ("retry_base_ms", "retry_max_ms")
+_ZERO_OK = ("retry_base_ms", "retry_max_ms", "rotate_days")
 _CHOICES = {"format": ("json", "cbor"), "method": ("keys", "csr")}
 _WIFI_FIELDS = ("ssid", "password")
 
@@ -132,10 +135,11 @@ def validate(raw):
             continue
         _check(name, v, typ, hint)
         cfg[name] = v
-    t = cfg["template"]
-    if not awsnames.template_name_ok(t):
-        _fail("template", "must be {}, got {}".format(awsnames.TEMPLATE_NAME_RULE, json.dumps(t)),
-              "the template name as AWS shows it")
+    for name in ("template", "rotation_template"):
+        t = cfg[name]
+        if t is not None and not awsnames.template_name_ok(t):
+            _fail(name, "must be {}, got {}".format(awsnames.TEMPLATE_NAME_RULE, json.dumps(t)),
+                  "the template name as AWS shows it")
     params = cfg["parameters"] or {}
     for k in params:
         if not isinstance(params[k], str):

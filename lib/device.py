@@ -14,7 +14,7 @@ import os
 import credstore
 import mqttlink
 from progress import Progress
-from runtime import sleep_ms
+from runtime import release, sleep_ms
 from timedsock import describe
 
 
@@ -80,6 +80,13 @@ class Board:
         return fleetprov.Provisioner(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
                                      cfg["mqtt_timeout_ms"], rx_buffer)
 
+    def tls_identity(self, store, pending):
+        """(cert, key) of the staged identity ``pending`` in ``store``, as this
+        platform's TLS loads them (DER bytes; CircuitPython: file paths)."""
+        import credwrite
+
+        return credwrite.pair(store, pending)
+
     def sleep_ms(self, ms):
         sleep_ms(ms)
 
@@ -90,10 +97,15 @@ class Board:
 
 
 def _new_uid(store):
-    # A port without a hardware id, booting for the first time.
+    # A port without a hardware id, booting for the first time: the writer
+    # is loaded for this one write and let go.
     import credwrite
 
-    return credwrite.create_uid(store)
+    try:
+        return credwrite.create_uid(store)
+    finally:
+        credwrite = None
+        release("credwrite")
 
 
 def _classify(ex):
@@ -157,6 +169,22 @@ class Device:
         cfg = self.cfg
         return self.board.connect(client_id, cfg["endpoint"], cfg["port"], cert, key, ca,
                                   cfg["server_hostname"], cfg["connect_timeout_ms"])
+
+    def connect_thing(self):
+        """Connect as the provisioned thing, under the retry policy: a
+        mqttlink.Link. FlowError (``refused``: the endpoint turned the
+        certificate down)."""
+        try:
+            cert, key = self.store.identity()
+            ca = self.store.ca_der()
+        except credstore.StoreError as ex:
+            raise FlowError(str(ex))
+        # The thing name as client id: AWS policies commonly allow
+        # iot:Connect on client/${iot:Connection.Thing.ThingName}.
+        name = self.thing_name()
+        link = self.retrying(lambda: self.open(name, cert, key, ca), "connecting as " + name)
+        self.step("connect-thing", "as {}".format(name))
+        return link
 
     def retrying(self, attempt, what, start_over=(), hint=None):
         """Return ``attempt()``, called again after a failure that can pass,

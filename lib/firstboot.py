@@ -22,7 +22,7 @@ def run(app=None, config="config.json", printer=print, hook=None):
         return "fatal"
     finally:
         devconfig = None
-        release("devconfig")
+        release("devconfig", "awsnames")  # needed only to read the file
     import bootflow
     from device import Board
 

@@ -61,6 +61,7 @@ _NO_STATUS_CODE = const(22)
 _REFUSED = const(23)
 _BAD_BUFFER = const(24)
 _BAD_NAME = const(25)
+_BAD_REQUEST = const(26)
 
 _QOS = const(1)  # subscriptions, and the keys and register requests
 _WAIT_SLICE_MS = const(50)  # longest idle wait between polls for the answer (<= 20 polls/s)
@@ -292,7 +293,7 @@ class Provisioner:
         """
         op = "CreateKeysAndCertificate"
         self._check(op, timeout_ms)
-        msg = self._request(op, _CERTS + b"create/", {}, _QOS, timeout_ms)
+        msg = self._request(op, _CERTS + b"create/" + self._fmt, {}, _QOS, timeout_ms)
         return Credentials(*self._fields(op, msg, 4))
 
     def create_certificate_from_csr(self, csr_pem, qos=1, timeout_ms=None):
@@ -308,7 +309,8 @@ class Provisioner:
         _text(op, "csr_pem", csr_pem)
         if not (_is_int(qos) and 0 <= qos <= 1):
             raise _err(op, BAD_PARAMETER, _BAD_QOS, qos)
-        msg = self._request(op, _CERTS + b"create-from-csr/", {"certificateSigningRequest": csr_pem}, qos, timeout_ms)
+        msg = self._request(op, _CERTS + b"create-from-csr/" + self._fmt, {"certificateSigningRequest": csr_pem},
+                            qos, timeout_ms)
         return Credentials(*self._fields(op, msg, 3))
 
     def register_thing(self, template_name, ownership_token, parameters=None, timeout_ms=None):
@@ -330,7 +332,8 @@ class Provisioner:
             if not _text_map(parameters):
                 raise _err(op, BAD_PARAMETER, _BAD_PARAMETERS)
             request["parameters"] = parameters
-        msg = self._request(op, _TEMPLATES + template_name.encode() + b"/provision/", request, _QOS, timeout_ms)
+        msg = self._request(op, _TEMPLATES + template_name.encode() + b"/provision/" + self._fmt, request, _QOS,
+                            timeout_ms)
         name = msg.get("thingName")
         config = msg.get("deviceConfiguration", {})
         if name is not None and not isinstance(name, str):
@@ -341,6 +344,20 @@ class Provisioner:
         if not _text_map(config):
             raise _err(op, BAD_RESPONSE, _CONFIGURATION_NOT_TEXT)
         return Registration(name, config)
+
+    def request(self, topic, message, timeout_ms=None):
+        """Any API that answers as these three do, on an MQTT topic of your own:
+        publish ``message`` (a dict) on ``topic`` (bytes, without /accepted)
+        and wait for the answer on ``topic``/accepted (returned: a dict) or
+        ``topic``/rejected (ProvisioningError, SERVER_REFUSED, with its
+        statusCode, errorCode and errorMessage). Same format, buffer, time
+        limits and rules as the three operations.
+        """
+        op = "request"
+        self._check(op, timeout_ms)
+        if not isinstance(topic, bytes) or not topic or not isinstance(message, dict):
+            raise _err(op, BAD_PARAMETER, _BAD_REQUEST, type(topic).__name__, type(message).__name__)
+        return self._request(op, topic, message, _QOS, timeout_ms)
 
     def close(self):
         """Give the client back: restore its callback. Later calls raise NOT_INITIALIZED."""
@@ -446,7 +463,6 @@ class Provisioner:
         # request: the map to send, encoded here in the provisioner's format
         request = self._convert(op, self._dumps, request, INTERNAL_FAILURE, _CANNOT_ENCODE)
         request = request.encode() if isinstance(request, str) else request
-        topic += self._fmt
         client = self._client
         sock = None
         self._op = op

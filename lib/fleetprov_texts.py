@@ -66,4 +66,6 @@ TEXTS = (
     "rx_buffer must be a bytearray, not {}",
     # 25 _BAD_NAME
     "{} {!r} is not {}; refusing the answer",
+    # 26 _BAD_REQUEST
+    "topic must be bytes and message a dict, not {} and {}",
 )

@@ -13,13 +13,9 @@ import time
 
 import credstore
 import mqttlink
+from credstore import TOKEN_TTL_S
 from device import FlowError
 from runtime import release
-
-# AWS deletes a certificate still PENDING_ACTIVATION, and refuses its
-# ownership token, one hour after issue; a staged identity older than this
-# (less a margin for the clocks) is not registered again.
-TOKEN_TTL_S = 3600 - 60
 
 
 class _StartOver(Exception):

@@ -126,7 +126,12 @@ class Store(credstore.Store):
         """Paths of the provisioned certificate and key (PEM)."""
         if self.record is None:
             raise credstore.StoreError("not provisioned: no verified identity to connect with")
-        f = self.record["files"]
+        return self.files(self.record)
+
+    def files(self, rec):
+        """Paths of the certificate and key (PEM) ``rec`` names: the record,
+        or a staged identity (in PEM mode every staged file is PEM)."""
+        f = rec["files"]
         return self._existing(f["cert"]), self._existing(f["key"])
 
     def ca_der(self):
@@ -182,6 +187,9 @@ class CircuitPythonBoard(Board):
         self._cfg = cfg
         self._store = store
         self._pool = pool
+
+    def tls_identity(self, store, pending):
+        return store.files(pending)  # CircuitPython's TLS loads PEM files by path
 
     def uid(self):
         import microcontroller

@@ -447,6 +447,41 @@ def certificate_id_outside_aws_rule_is_bad_response(fmt, op):
     return run
 
 
+RETIRE = b"fleetprov/thing-1/retire"
+
+
+def request_on_a_topic_of_ones_own_returns_the_accepted_map(fmt):
+    def run(h):
+        p, client, server = h.make(fmt)
+        got = p.request(RETIRE, {"certificateId": "c" * 64})
+        assert got == {"certificateId": "c" * 64, "status": "INACTIVE"}, got
+        subs = [t for pk in server.of_kind(0x80) for t, _ in pk.topics]
+        assert subs == both(RETIRE), subs
+        (topic, payload), = [(pk.topic, pk.payload) for pk in server.published()]
+        assert topic == RETIRE and h.decode(fmt, payload) == {"certificateId": "c" * 64}
+
+    return run
+
+
+def request_rejected_is_server_refused_with_the_servers_fields(fmt):
+    def run(h):
+        p, client, server = h.make(fmt)
+        server.answers["request"] = (b"/rejected", server.rejected(403, "ForbiddenException", "not yours"))
+        err = expect(fleetprov.SERVER_REFUSED, p.request, RETIRE, {"certificateId": "c" * 64})
+        assert (err.status_code, err.error_code, err.error_message) == (403, "ForbiddenException", "not yours")
+
+    return run
+
+
+@case
+def request_needs_a_bytes_topic_and_a_dict(h):
+    p, client, server = h.make("json")
+    for topic, message in ((None, {}), ("fleetprov/t", {}), (b"", {}), (RETIRE, []), (RETIRE, "x")):
+        err = expect(fleetprov.BAD_PARAMETER, p.request, topic, message)
+        assert "topic must be bytes and message a dict" in str(err), str(err)
+    nothing_sent(client)
+
+
 # (JSON turns an int key into text, so there the int-key map has an int value instead.)
 BAD_CONFIGS = (
     ("list", [], []),
@@ -529,6 +564,10 @@ for _fmt in FORMATS:
     add("thing_name_that_is_not_text_is_bad_response-" + _fmt,
         thing_name_that_is_not_text_is_bad_response(_fmt))
     add("thing_name_outside_aws_rule_is_bad_response-" + _fmt, thing_name_outside_aws_rule_is_bad_response(_fmt))
+    add("request_on_a_topic_of_ones_own_returns_the_accepted_map-" + _fmt,
+        request_on_a_topic_of_ones_own_returns_the_accepted_map(_fmt))
+    add("request_rejected_is_server_refused_with_the_servers_fields-" + _fmt,
+        request_rejected_is_server_refused_with_the_servers_fields(_fmt))
     for _op in ("keys", "csr"):
         add("certificate_id_outside_aws_rule_is_bad_response-{}-{}".format(_op, _fmt),
             certificate_id_outside_aws_rule_is_bad_response(_fmt, _op))

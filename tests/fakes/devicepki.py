@@ -39,7 +39,8 @@ def ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     return key, cert
 
 
-def issue(public_key, cn: str = "device") -> x509.Certificate:
+def issue(public_key, cn: str = "device", days: float = 30) -> x509.Certificate:
+    """A certificate for ``public_key`` from the test CA, valid from an hour ago for ``days``."""
     ca_key, ca_cert = ca()
     now = dt.datetime.now(dt.UTC)
     return (
@@ -49,7 +50,7 @@ def issue(public_key, cn: str = "device") -> x509.Certificate:
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_after(now + dt.timedelta(days=days))
         .sign(ca_key, hashes.SHA256())
     )
 

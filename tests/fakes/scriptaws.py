@@ -180,6 +180,8 @@ class AwsServer(AwsAnswers):
             return "csr"
         if topic.startswith(TEMPLATES) and topic.endswith(b"/provision/" + fmt):
             return "register"
+        if topic.startswith(b"fleetprov/") and topic.endswith(b"/retire"):
+            return "request"  # an API of the user's own (Provisioner.request)
         return None
 
     def answer(self, packet):

@@ -188,7 +188,7 @@ def test_a_staged_identity_in_pem_mode_is_pem_and_survives_a_power_cut_at_any_wr
     probe = Store("probe", pem=True, hook=steps.append)
     pending = credwrite.stage(probe, ident.certificate_id, ident.cert_pem, ident.key_pem("pkcs1"), "token", 1.0)
     assert pending["files"] == {"cert": credstore.STAGED_CERT, "key": credstore.STAGED_KEY}
-    cert, key = credwrite.pair(probe, pending)
+    cert, key = (Path("probe", pending["files"][r]).read_bytes() for r in ("cert", "key"))
     assert cert.startswith(b"-----BEGIN CERTIFICATE-----\n")
     assert key.startswith(b"-----BEGIN RSA PRIVATE KEY-----\n")
     loaded = serialization.load_pem_private_key(key, None)
@@ -218,7 +218,7 @@ def test_a_staged_identity_in_pem_mode_is_pem_and_survives_a_power_cut_at_any_wr
             staged = after.load_pending()
             assert (staged is not None) == (i >= staged_at), cut
             if staged is not None:
-                assert credwrite.pair(after, staged) == (cert, key), cut
+                assert credwrite.pair(after, staged) == (ident.cert_der, ident.key_der("pkcs1")), cut
         else:
             assert rec is not None and rec["certificate_id"] == ident.certificate_id, cut
             assert after.load_pending() is None and not Path(folder, "pending.json").exists(), cut
