@@ -20,6 +20,7 @@ from tools.iotsim.policy import (
     CONNECT,
     PUBLISH,
     RECEIVE,
+    RETAIN_PUBLISH,
     SUBSCRIBE,
     PolicyError,
     ThingContext,
@@ -49,7 +50,7 @@ def c_decisions(
         check=True,
         timeout=60,
     ).stdout.splitlines()
-    decisions = [line.split()[2] == "1" for line in out if not line.startswith("stat ")]
+    decisions = [line.split()[2] == "1" for line in out if not line.startswith(("stat ", "parsed "))]
     assert len(decisions) == len(requests)
     return decisions
 
@@ -109,8 +110,9 @@ def test_actions_with_wildcards_map_to_the_mqtt_actions() -> None:
     def mask(action: str) -> int:
         return parse_policy(doc({"Effect": "Allow", "Action": action, "Resource": "*"})).statements[0].actions
 
-    assert mask("iot:*") == mask("*") == CONNECT | PUBLISH | SUBSCRIBE | RECEIVE
+    assert mask("iot:*") == mask("*") == CONNECT | PUBLISH | SUBSCRIBE | RECEIVE | RETAIN_PUBLISH
     assert mask("iot:Pub*") == PUBLISH
+    assert mask("iot:*Publish") == PUBLISH | RETAIN_PUBLISH
     assert mask("IOT:publish") == PUBLISH  # action names are case-insensitive
     assert mask("iot:GetThingShadow") == 0  # valid, concerns no MQTT action
     assert mask("greengrass:*") == 0

@@ -41,6 +41,7 @@ from .service import HOOK_TIMEOUT
 from .stack import IotSim
 
 DEFAULT_TIMEOUT = 15.0
+CONNECT_RETRY_S = 0.25  # the pause before connecting again after a close before CONNACK
 
 
 class Clock:
@@ -130,8 +131,22 @@ class MqttTestClient:
     # -- operations -------------------------------------------------------------------
 
     def connect(self) -> MqttTestClient:
-        """Connect; raises ConnectRefused when the broker refuses (e.g. an inactive certificate)."""
+        """Connect; raises ConnectRefused when the broker refuses (e.g. an inactive certificate).
+
+        A connection closed before CONNACK is tried again until ``timeout``, as a
+        device backs off and retries: that is how AWS's one CONNECT per second per
+        client id turns a quick reconnect away (docs/iotsim.md, quotas)."""
+        deadline = time.monotonic() + self.timeout
+        while not self._connect_once(deadline):
+            if time.monotonic() >= deadline:
+                raise ConnectRefused("closed before CONNACK until the {} s time limit".format(self.timeout))
+            self._disconnected.wait(CONNECT_RETRY_S)  # cleared by _connect_once: a plain pause
+        return self
+
+    def _connect_once(self, deadline: float) -> bool:
+        """One attempt: True when connected, False when closed before CONNACK."""
         self._disconnected.clear()
+        self._connect_reason = None
         try:
             self.paho.connect(self.host, self.port, keepalive=60)
         except OSError as exc:
@@ -139,12 +154,14 @@ class MqttTestClient:
         # No automatic reconnect: a test must see a refused or kicked connection.
         self.paho.reconnect_delay_set(3600, 3600)
         self.paho.loop_start()
-        deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self._connected.wait(0.05):
-                return self
+                return True
             if self._disconnected.is_set():
                 self.paho.loop_stop()
+                if self._connect_reason is None:
+                    self._disconnected.clear()
+                    return False
                 raise ConnectRefused("broker refused the connection: {}".format(self._connect_reason))
         self.paho.loop_stop()
         raise ConnectRefused("no CONNACK within {} s".format(self.timeout))
