@@ -146,7 +146,9 @@ class Setup:
             self.set_status(ident, status, policies)
         return ident
 
-    def set_status(self, ident: pki.ClientIdentity, status: str, policies: list[Policy] | None = None) -> None:
+    def set_status(
+        self, ident: pki.ClientIdentity, status: str, policies: list[Policy] | None = None
+    ) -> None:
         """Rewrite the certificate's principal file atomically, as the service's registry does."""
         self.statuses[ident.certificate_id] = status
         if policies is None:
@@ -714,7 +716,9 @@ def test_retained_publish_with_iot_retain_publish_reaches_a_later_subscriber(set
 
 
 @pytest.mark.parametrize("policies, delivered", [([ALLOW_ALL], True), ([PUBLISH_ONLY], False)])
-def test_retained_will_needs_iot_retain_publish(setup: Setup, policies: list[Policy], delivered: bool) -> None:
+def test_retained_will_needs_iot_retain_publish(
+    setup: Setup, policies: list[Policy], delivered: bool
+) -> None:
     svc = setup.service()
     assert svc.subscribe("status/#") == 1
     dev = setup.peer(setup.identity("dev", "dev", "ACTIVE", policies))
@@ -753,7 +757,9 @@ def test_subscribe_with_eight_filters_is_granted_and_with_nine_closes_the_connec
     assert dev.subacks.empty()
 
 
-def test_second_connect_with_one_client_id_within_a_second_is_closed_and_the_first_stays(setup: Setup) -> None:
+def test_second_connect_with_one_client_id_within_a_second_is_closed_and_the_first_stays(
+    setup: Setup,
+) -> None:
     svc = setup.service()
     first = setup.claim("rated")
     with pytest.raises(Refused, match="disconnected before CONNACK"):

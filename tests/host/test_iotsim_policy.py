@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tools.iotsim.registry import THING_GROUP
-from tools.iotsim.testing import ConnectRefused, MqttTestClient, RunningIotSim
+from tools.iotsim.testing import ConnectRefused, MqttTestClient, RunningIotSim, make_csr, write_identity
 
 KEYS_JSON = "$aws/certificates/create/json"
 TEMPLATE = "FleetprovDemo"
@@ -32,14 +29,8 @@ def register_topic(template: str = TEMPLATE) -> str:
 
 
 def provision_csr(client: MqttTestClient, key: Any) -> dict[str, Any]:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")]))
-        .sign(key, hashes.SHA256())
-    )
-    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
     outcome, body = client.request(
-        "$aws/certificates/create-from-csr/json", {"certificateSigningRequest": pem}
+        "$aws/certificates/create-from-csr/json", {"certificateSigningRequest": make_csr(key, "device")}
     )
     assert outcome == "accepted", body
     return body
@@ -52,17 +43,6 @@ def register(
     if params is not None:
         payload["parameters"] = params
     return client.request(register_topic(template), payload)
-
-
-def write_identity(folder: Path, name: str, cert_pem: str, key: Any) -> tuple[Path, Path]:
-    cert_path, key_path = folder / (name + ".pem"), folder / (name + ".key")
-    cert_path.write_text(cert_pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ and resources (wildcards, escapes, client ids with glob characters).
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.bench.iotsim import build_bench
+from tools.bench.iotsim import run_policy_bench
 from tools.iotsim.policy import (
     CONNECT,
     PUBLISH,
@@ -42,14 +41,7 @@ def c_decisions(
 ) -> list[bool]:
     path = tmp_path / ("ab" * 32)
     path.write_bytes(principal)
-    out = subprocess.run(
-        [str(build_bench()), str(path), client_id, "1"],
-        input="".join("{} {}\n".format(mask, res) for mask, res in requests),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.splitlines()
+    out = run_policy_bench(path, client_id, requests)
     decisions = [line.split()[2] == "1" for line in out if not line.startswith(("stat ", "parsed "))]
     assert len(decisions) == len(requests)
     return decisions

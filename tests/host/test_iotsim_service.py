@@ -15,11 +15,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from tools.iotsim import pki
 from tools.iotsim.registry import ACTIVE, CLAIM, CLAIM_POLICY, INACTIVE, PENDING_ACTIVATION, REVOKED
-from tools.iotsim.testing import ConnectRefused, MqttTestClient, RunningIotSim, running_iotsim
+from tools.iotsim.testing import (
+    ConnectRefused,
+    MqttTestClient,
+    RunningIotSim,
+    make_csr,
+    running_iotsim,
+    write_identity,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,30 +45,10 @@ def register_topic(fmt: str, template: str = TEMPLATE) -> str:
     return "$aws/provisioning-templates/{}/provision/{}".format(template, fmt)
 
 
-def make_csr(key: Any, cn: str = "device-1") -> str:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
 def spki(public_key: Any) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def write_identity(folder: Path, name: str, cert_pem: str, key: Any) -> tuple[Path, Path]:
-    cert_path, key_path = folder / "{}.pem".format(name), folder / "{}.key.pem".format(name)
-    cert_path.write_text(cert_pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 _EC_KEY = ec.generate_private_key(ec.SECP256R1())

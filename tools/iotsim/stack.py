@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import pki
-from .broker import ACCOUNT, DEFAULT_PLUGIN, REGION, Broker
+from .broker import ACCOUNT, AWS_QUOTAS, DEFAULT_PLUGIN, REGION, Broker, MqttQuotas
 from .controlplane import ControlPlane
 from .policy import claim_policy_document
 from .registry import CLAIM, CLAIM_POLICY, DEFAULT_TOKEN_TTL, SERVICE, THING_GROUP, Registry
@@ -65,7 +65,8 @@ def ensure_claim_policy(registry: Registry, claim_id: str) -> None:
 class IotSim:
     """iotsim on ``host:port`` with its state in ``state``.
 
-    ``tps``: throttle each operation (None: off); ``token_ttl``: ownership token
+    ``tps``: throttle each operation (None: AWS's rates; 0: off); ``mqtt_quotas``: the
+    broker's rate quotas (AWS's unless a test turns one off); ``token_ttl``: ownership token
     lifetime in seconds; ``hook``: pre-provisioning hook (callable or
     "module:function"); ``clock``: the registry's clock (tests).
     """
@@ -89,6 +90,7 @@ class IotSim:
         account: str = ACCOUNT,
         api_port: int = 0,
         lambdas: dict[str, Callable[..., Any] | str] | None = None,
+        mqtt_quotas: MqttQuotas = AWS_QUOTAS,
     ) -> None:
         self.state = Path(state).resolve()
         # The AWS IoT control plane over HTTP (0: a free port); lambdas: function name -> hook.
@@ -98,6 +100,7 @@ class IotSim:
         self.port = int(port)
         self.host = host
         self.tps = tps
+        self.mqtt_quotas = mqtt_quotas
         self.token_ttl = token_ttl
         self.hook = hook
         self.clock = clock
@@ -187,7 +190,13 @@ class IotSim:
         self.prepare()
         assert self.ca and self.service_identity and self.registry
         self.broker = Broker(
-            self.state, self.port, self.plugin, host=self.host, region=self.region, account=self.account
+            self.state,
+            self.port,
+            self.plugin,
+            host=self.host,
+            region=self.region,
+            account=self.account,
+            quotas=self.mqtt_quotas,
         )
         try:
             self.broker.start()

@@ -16,7 +16,8 @@ Fixtures:
 - ``iotsim_factory``: starts extra, independent instances
   (``iotsim_factory(state=None, **IotSim kwargs)``), stopped at teardown.
 
-Also usable without pytest: :class:`MqttTestClient` and :func:`running_iotsim`.
+Also usable without pytest: :class:`MqttTestClient`, :func:`running_iotsim`, and for
+tests that provision by hand :func:`make_csr` and :func:`write_identity`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from .broker import free_port
 from .service import HOOK_TIMEOUT
@@ -42,6 +46,28 @@ from .stack import IotSim
 
 DEFAULT_TIMEOUT = 15.0
 CONNECT_RETRY_S = 0.25  # the pause before connecting again after a close before CONNACK
+
+
+def make_csr(key: Any, cn: str = "device-1") -> str:
+    """A PEM certificate signing request for ``key`` (a cryptography private key)."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def write_identity(folder: Path, name: str, cert_pem: str, key: Any) -> tuple[Path, Path]:
+    """``<name>.pem`` and ``<name>.key.pem`` (PKCS#8) in folder: a device identity for a client."""
+    cert_path, key_path = folder / "{}.pem".format(name), folder / "{}.key.pem".format(name)
+    cert_path.write_text(cert_pem)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
 
 
 class Clock:
@@ -130,15 +156,16 @@ class MqttTestClient:
 
     # -- operations -------------------------------------------------------------------
 
-    def connect(self) -> MqttTestClient:
+    def connect(self, *, retry_closed: bool = True) -> MqttTestClient:
         """Connect; raises ConnectRefused when the broker refuses (e.g. an inactive certificate).
 
-        A connection closed before CONNACK is tried again until ``timeout``, as a
-        device backs off and retries: that is how AWS's one CONNECT per second per
-        client id turns a quick reconnect away (docs/iotsim.md, quotas)."""
+        A connection closed before CONNACK is tried again until ``timeout`` (unless
+        ``retry_closed`` is false), as a device backs off and retries: that is how
+        AWS's one CONNECT per second per client id turns a quick reconnect away
+        (docs/iotsim.md, quotas)."""
         deadline = time.monotonic() + self.timeout
         while not self._connect_once(deadline):
-            if time.monotonic() >= deadline:
+            if not retry_closed or time.monotonic() >= deadline:
                 raise ConnectRefused("closed before CONNACK until the {} s time limit".format(self.timeout))
             self._disconnected.wait(CONNECT_RETRY_S)  # cleared by _connect_once: a plain pause
         return self
@@ -321,10 +348,11 @@ class RunningIotSim:
         self.sim.service.set_hook(hook)  # type: ignore[union-attr]
 
     def reset(self) -> None:
-        """Clear faults, throttling and the hook (and its time limit); reset the clock."""
+        """Clear faults and the hook (and its time limit), throttling back to AWS's rates
+        (or the instance's ``tps``); reset the clock."""
         if self.sim.service is not None:
             self.clear_faults()
-            self.set_throttle(None)
+            self.sim.service.restore_throttle()
             self.set_hook(None)
             self.sim.service.hook_timeout = HOOK_TIMEOUT
         if self.sim.controlplane is not None:

@@ -878,6 +878,13 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_AUTH;
 	}
 	c = client_find(client_id, false);
+	if(c && c->owner && c->grant.role == ROLE_SERVICE && gr.role != ROLE_SERVICE){
+		/* iotsim's own connection exists on no AWS endpoint: no device may take it over. */
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: refused client '%s': the client id is iotsim's own (certificate %s)", client_id, gr.cert_id);
+		grant_clear(&gr);
+		return MOSQ_ERR_AUTH;
+	}
 	if(replied_now(client_id)){
 		/* mosquitto routes a queued reply by client id at its next loop
 		 * iteration: a connection that takes the id now (over a live

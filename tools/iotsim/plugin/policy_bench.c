@@ -3,7 +3,8 @@
  * (policy.h), for `make bench` (tools/bench/iotsim.py builds and runs it).
  *
  * Usage: policy_bench <principal file> <client id> <rounds>
- *        then one request per stdin line: "<action mask> <resource ARN>"
+ *        then one request per stdin line: "<action mask> <resource ARN>", the
+ *        resource percent-encoded as a principal-file field
  * Prints one line per request: "<median ns> <p99 ns> <allowed 0|1>", the
  * median and 99th percentile over <rounds> batches of 1000 decisions, then
  * "stat <median ns> <p99 ns>": the stat() of the principal file the plugin
@@ -75,6 +76,7 @@ int main(int argc, char **argv)
 		mask = strtoul(line, &end, 10);
 		if(end == line || *end != ' ') continue;
 		resource = end + 1;
+		if(!pol_decode_field(resource)) continue;
 		for(r = 0; r < rounds; r++){
 			start = now_ns();
 			for(i = 0; i < BATCH; i++) sink ^= pol_allowed(&set, (unsigned)mask, resource);
