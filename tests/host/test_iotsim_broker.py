@@ -601,12 +601,11 @@ def test_claim_may_subscribe_to_every_provisioning_response_topic(setup: Setup, 
     assert setup.claim().subscribe(topic) == 1
 
 
-@pytest.mark.parametrize("topic", [
-    "$aws/certificates/create/json",
-    "$aws/certificates/create/cbor",
-    "$aws/certificates/create-from-csr/json",
-    "$aws/provisioning-templates/demo/provision/cbor",
-])
+REQUESTS = (CREATE_JSON, "$aws/certificates/create/cbor", "$aws/certificates/create-from-csr/json",
+            "$aws/provisioning-templates/demo/provision/cbor")
+
+
+@pytest.mark.parametrize("topic", REQUESTS)
 def test_claim_may_publish_provisioning_requests(setup: Setup, topic: str) -> None:
     svc = setup.service()
     claim = setup.claim()

@@ -290,17 +290,19 @@ def test_fifty_subscriptions_per_connection(device: Device) -> None:
 # -- resources that must exist --------------------------------------------------------------------
 
 
-def _template(**thing_properties: Any) -> dict[str, Any]:
-    return {
-        "Parameters": {"AWS::IoT::Certificate::Id": {"Type": "String"}},
-        "Resources": {
-            "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "grouped", **thing_properties}},
-            "certificate": {
-                "Type": "AWS::IoT::Certificate",
-                "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"},
-            },
+def _template(policy: dict[str, Any] | None = None, **thing_properties: Any) -> dict[str, Any]:
+    """A template with a thing "grouped" (and these properties), its certificate and, given
+    its Properties, a policy resource."""
+    resources = {
+        "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "grouped", **thing_properties}},
+        "certificate": {
+            "Type": "AWS::IoT::Certificate",
+            "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"},
         },
     }
+    if policy is not None:
+        resources["policy"] = {"Type": "AWS::IoT::Policy", "Properties": policy}
+    return {"Parameters": {"AWS::IoT::Certificate::Id": {"Type": "String"}}, "Resources": resources}
 
 
 @pytest.mark.parametrize(
@@ -328,12 +330,7 @@ def test_template_naming_a_missing_resource_fails_until_it_exists(
 def test_template_naming_a_missing_policy_fails_until_it_exists(
     iotsim: RunningIotSim, claim: MqttTestClient
 ) -> None:
-    template = _template()
-    template["Resources"]["policy"] = {
-        "Type": "AWS::IoT::Policy",
-        "Properties": {"PolicyName": "NamedDevicePolicy"},
-    }
-    iotsim.templates.put("NamedPolicy", template)
+    iotsim.templates.put("NamedPolicy", _template({"PolicyName": "NamedDevicePolicy"}))
     token = provision_csr(claim, ec.generate_private_key(ec.SECP256R1()))["certificateOwnershipToken"]
     outcome, body = register(claim, token, template="NamedPolicy")
     assert outcome == "rejected" and "NamedDevicePolicy does not exist" in body["errorMessage"]
@@ -346,16 +343,8 @@ def test_template_naming_a_missing_policy_fails_until_it_exists(
 def test_template_with_a_malformed_inline_policy_fails_and_registers_nothing(
     iotsim: RunningIotSim, claim: MqttTestClient
 ) -> None:
-    template = _template()
-    template["Resources"]["policy"] = {
-        "Type": "AWS::IoT::Policy",
-        "Properties": {
-            "PolicyDocument": json.dumps(
-                {"Statement": [{"Effect": "Perhaps", "Action": "iot:*", "Resource": "*"}]}
-            )
-        },
-    }
-    iotsim.templates.put("BadInline", template)
+    perhaps = {"Statement": [{"Effect": "Perhaps", "Action": "iot:*", "Resource": "*"}]}
+    iotsim.templates.put("BadInline", _template({"PolicyDocument": json.dumps(perhaps)}))
     body = provision_csr(claim, ec.generate_private_key(ec.SECP256R1()))
     outcome, answer = register(claim, body["certificateOwnershipToken"], template="BadInline")
     assert outcome == "rejected" and "MalformedPolicyException" in answer["errorMessage"]

@@ -414,21 +414,29 @@ class Registry:
         ``owner`` is the certificateId of the connection that asked for it
         (the claim); the token only works for that identity.
         """
-        _new_certificate_id(certificate_id)
         token = base64.b64encode(secrets.token_bytes(TOKEN_BYTES)).decode("ascii")
+        now = self.clock()
+        row = (_token_hash(token), certificate_id, owner, now, now + self.token_ttl)
+        self._new_certificate(
+            certificate_id, pem, PENDING_ACTIVATION, owner,
+            "INSERT INTO tokens(hash, certificate_id, owner, issued, expires) VALUES (?,?,?,?,?)", row,
+        )
+        return token
+
+    def _new_certificate(
+        self, certificate_id: str, pem: str, status: str, owner: str | None, also: str, row: tuple[object, ...]
+    ) -> None:
+        """Insert a certificate and, in the same transaction, ``also`` with ``row``."""
+        _new_certificate_id(certificate_id)
         now = self.clock()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO certificates(id, pem, status, created, updated, owner) VALUES (?,?,?,?,?,?)",
-                (certificate_id, pem, PENDING_ACTIVATION, now, now, owner),
+                (certificate_id, pem, status, now, now, owner),
             )
-            db.execute(
-                "INSERT INTO tokens(hash, certificate_id, owner, issued, expires) VALUES (?,?,?,?,?)",
-                (_token_hash(token), certificate_id, owner, now, now + self.token_ttl),
-            )
+            db.execute(also, row)
             self._dirty(db, [certificate_id])
         self.sync_principals([certificate_id])
-        return token
 
     def set_status(self, certificate_id: str, status: str) -> None:
         if status not in STATUSES:
@@ -929,19 +937,11 @@ class Registry:
 
     def add_provisioning_claim(self, certificate_id: str, pem: str, template: str, expires: float) -> None:
         """A temporary claim (CreateProvisioningClaim): status CLAIM until ``expires``."""
-        _new_certificate_id(certificate_id)
-        now = self.clock()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO certificates(id, pem, status, created, updated, owner) VALUES (?,?,?,?,?,?)",
-                (certificate_id, pem, CLAIM, now, now, None),
-            )
-            db.execute(
-                "INSERT INTO provisioning_claims(certificate_id, template, expires) VALUES (?,?,?)",
-                (certificate_id, template, expires),
-            )
-            self._dirty(db, [certificate_id])
-        self.sync_principals([certificate_id])
+        self._new_certificate(
+            certificate_id, pem, CLAIM, None,
+            "INSERT INTO provisioning_claims(certificate_id, template, expires) VALUES (?,?,?)",
+            (certificate_id, template, expires),
+        )
 
     def provisioning_claim(self, certificate_id: str) -> tuple[str, float] | None:
         """(template, expiry) of a temporary claim, None for any other certificate."""

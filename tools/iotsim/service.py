@@ -258,18 +258,12 @@ class ProvisioningService:
         region: str = "local",
         account: str = "000000000000",
     ) -> None:
-        self.host = host
-        self.port = port
-        self.ca = ca
-        self.ca_path = Path(ca_path)
-        self.identity = identity
-        self.registry = registry
-        self.templates = templates
-        self.hook_timeout = hook_timeout
-        self.client_id = client_id
-        self.sweep_interval = sweep_interval
-        self.region = region
-        self.account = account
+        # The broker, and the identity the service connects with (start()).
+        self.host, self.port, self.client_id = host, port, client_id
+        self.ca, self.ca_path, self.identity = ca, Path(ca_path), identity
+        self.registry, self.templates = registry, templates
+        self.hook_timeout, self.sweep_interval = hook_timeout, sweep_interval
+        self.region, self.account = region, account  # of the template ARN a hook sees
         self._hook: Callable[..., Any] | None = None
         self.set_hook(hook)
         self._faults: dict[str, Fault] = {}
@@ -330,6 +324,11 @@ class ProvisioningService:
                     self._buckets[name] = TokenBucket(tps, burst)
                 else:
                     self._buckets.pop(name, None)
+
+    def throttle_rates(self) -> dict[str, float]:
+        """Each throttled operation's rate, requests per second."""
+        with self._lock:
+            return {op: bucket.rate for op, bucket in self._buckets.items()}
 
     def restore_throttle(self) -> None:
         """Back to the rates the service was started with (AWS's unless ``tps`` said otherwise)."""
@@ -405,16 +404,16 @@ class ProvisioningService:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._keys_pool = None
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
-        if self._keygen is not None:
-            self._keygen.close()
-            self._keygen = None
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=5)
-            self._sweeper = None
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        keygen, self._keygen = self._keygen, None
+        if keygen is not None:
+            keygen.close()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.join(timeout=5)
 
     def __enter__(self) -> ProvisioningService:
         self.start()

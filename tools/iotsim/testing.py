@@ -255,67 +255,33 @@ class RunningIotSim:
         self.sim = sim
         self.clock = clock
 
-    @property
-    def port(self) -> int:
-        return self.sim.port
+    # What the fixture passes through from the IotSim (read when asked, so a restarted
+    # service or control plane is seen): attribute -> (object, attribute) under sim.
+    _PASSED: dict[str, tuple[str | None, str]] = {
+        "port": (None, "port"),
+        "state": (None, "state"),
+        "ca_path": (None, "ca_path"),
+        "ca_der": (None, "ca_der"),
+        "registry": (None, "registry"),
+        "service": (None, "service"),
+        "templates": (None, "templates"),
+        "controlplane": (None, "controlplane"),
+        "api_url": (None, "api_url"),  # the control plane's endpoint URL (boto3 endpoint_url=)
+        "claim_cert": ("claim", "cert_path"),  # the claim identity, PEM and DER
+        "claim_key": ("claim", "key_path"),
+        "claim_cert_der": ("claim", "cert_der_path"),
+        "claim_key_der": ("claim", "key_der_path"),
+        "claim_id": ("claim", "certificate_id"),
+    }
 
-    @property
-    def state(self) -> Path:
-        return self.sim.state
-
-    @property
-    def ca_path(self) -> Path:
-        return self.sim.ca_path
-
-    @property
-    def ca_der(self) -> Path:
-        return self.sim.ca_der
-
-    @property
-    def claim_cert(self) -> Path:
-        assert self.sim.claim
-        return self.sim.claim.cert_path
-
-    @property
-    def claim_key(self) -> Path:
-        assert self.sim.claim
-        return self.sim.claim.key_path
-
-    @property
-    def claim_cert_der(self) -> Path:
-        assert self.sim.claim
-        return self.sim.claim.cert_der_path
-
-    @property
-    def claim_key_der(self) -> Path:
-        assert self.sim.claim
-        return self.sim.claim.key_der_path
-
-    @property
-    def claim_id(self) -> str:
-        assert self.sim.claim
-        return self.sim.claim.certificate_id
-
-    @property
-    def registry(self) -> Any:
-        return self.sim.registry
-
-    @property
-    def service(self) -> Any:
-        return self.sim.service
-
-    @property
-    def templates(self) -> Any:
-        return self.sim.templates
-
-    @property
-    def api_url(self) -> str:
-        """The AWS IoT control plane's endpoint URL (boto3 ``endpoint_url=``)."""
-        return self.sim.api_url
-
-    @property
-    def controlplane(self) -> Any:
-        return self.sim.controlplane
+    def __getattr__(self, name: str) -> Any:
+        try:
+            owner, attr = self._PASSED[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        holder = self.sim if owner is None else getattr(self.sim, owner)
+        assert holder is not None, "iotsim has no {} yet".format(owner)
+        return getattr(holder, attr)
 
     def iot_client(self, *, validate: bool = True) -> Any:
         """A boto3 ``iot`` client on this iotsim's control plane (dummy credentials).

@@ -80,6 +80,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,8 +199,8 @@ struct client {
  * struct client, which a clean session forgets at once). */
 struct recent {
 	struct recent *next;
-	char *id;
 	struct timespec at;
+	char id[]; /* allocated with the node */
 };
 
 struct kick {
@@ -363,6 +364,21 @@ static bool client_cert_id(const struct mosquitto *client, char out[ID_HEX_LEN +
 
 /* ---- clients ------------------------------------------------------------ */
 
+/* A zeroed node of size bytes whose string member (at offset) holds a copy of
+ * text; NULL when out of memory. */
+static void *node_with_string(size_t size, size_t offset, const char *text)
+{
+	char *node = calloc(1, size), *copy = strdup(text);
+
+	if(!node || !copy){
+		free(node);
+		free(copy);
+		return NULL;
+	}
+	memcpy(node + offset, &copy, sizeof(copy));
+	return node;
+}
+
 static unsigned bucket_of(const char *id)
 {
 	uint32_t h = 2166136261u; /* FNV-1a */
@@ -382,13 +398,8 @@ static struct client *client_find(const char *id, bool create)
 		if(!strcmp(c->id, id)) return c;
 	}
 	if(!create) return NULL;
-	c = calloc(1, sizeof(*c));
+	c = node_with_string(sizeof(*c), offsetof(struct client, id), id);
 	if(!c) return NULL;
-	c->id = strdup(id);
-	if(!c->id){
-		free(c);
-		return NULL;
-	}
 	c->next = *head;
 	*head = c;
 	return c;
@@ -450,13 +461,10 @@ static bool connect_rate_ok(const char *client_id)
 	}
 	if(r && ns_between(&r->at, &now) < g.connect_interval_ms * 1000000LL) return false;
 	if(!r){
-		r = calloc(1, sizeof(*r));
-		if(!r) return false;
-		r->id = strdup(client_id);
-		if(!r->id){
-			free(r);
-			return false;
-		}
+		size_t n = strlen(client_id) + 1;
+
+		if(!(r = malloc(sizeof(*r) + n))) return false;
+		memcpy(r->id, client_id, n);
 		r->next = *head;
 		*head = r;
 	}
@@ -477,7 +485,6 @@ static void recent_sweep(void)
 		for(pp = &g.recent[g.sweep_bucket]; (r = *pp);){
 			if(ns_between(&r->at, &now) >= g.connect_interval_ms * 1000000LL){
 				*pp = r->next;
-				free(r->id);
 				free(r);
 			}else{
 				pp = &r->next;
@@ -494,7 +501,6 @@ static void recent_free(void)
 	for(i = 0; i < CLIENT_BUCKETS; i++){
 		while((r = g.recent[i])){
 			g.recent[i] = r->next;
-			free(r->id);
 			free(r);
 		}
 	}
@@ -565,13 +571,8 @@ static void kick_later(const char *client_id, uint64_t serial)
 	for(k = g.kicks; k; k = k->next){
 		if(!strcmp(k->id, client_id) && k->serial == serial) return;
 	}
-	k = calloc(1, sizeof(*k));
+	k = node_with_string(sizeof(*k), offsetof(struct kick, id), client_id);
 	if(!k) return;
-	k->id = strdup(client_id);
-	if(!k->id){
-		free(k);
-		return;
-	}
 	k->serial = serial;
 	k->next = g.kicks;
 	g.kicks = k;
@@ -614,13 +615,8 @@ static void replied_add(const char *client_id)
 {
 	struct kick *r;
 
-	r = calloc(1, sizeof(*r));
+	r = node_with_string(sizeof(*r), offsetof(struct kick, id), client_id);
 	if(!r) return;
-	r->id = strdup(client_id);
-	if(!r->id){
-		free(r);
-		return;
-	}
 	r->next = g.replied;
 	g.replied = r;
 }
@@ -667,13 +663,8 @@ static void sub_add(struct client *c, const char *filter, int qos)
 		s->qos = qos;
 		return;
 	}
-	s = calloc(1, sizeof(*s));
+	s = node_with_string(sizeof(*s), offsetof(struct sub, filter), filter);
 	if(!s) return;
-	s->filter = strdup(filter);
-	if(!s->filter){
-		free(s);
-		return;
-	}
 	s->qos = qos;
 	s->next = c->subs;
 	c->subs = s;
@@ -1212,19 +1203,15 @@ static int rewrite_request(struct mosquitto_evt_message *ed, const struct client
 static int on_message(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_message *ed = event_data;
-	const char *client_id = mosquitto_client_id(ed->client);
+	struct client *c = NULL;
+	struct grant *gr = ed->topic ? grant_of(ed->client, &c) : NULL;
 	const char *rest;
-	struct client *c;
-	struct grant *gr;
 
 	(void)event;
 	(void)userdata;
-	if(!client_id || !ed->topic) return DROP_MESSAGE;
-	gr = grant_of(ed->client, &c);
-	if(!gr || gr->role == ROLE_NONE){
-		/* The ACL check has already denied it; never route it. */
-		return DROP_MESSAGE;
-	}
+	/* No client id, no topic, or no rights: the ACL check has already
+	 * denied it; never route it. */
+	if(!gr || gr->role == ROLE_NONE) return DROP_MESSAGE;
 	if(gr->role == ROLE_SERVICE){
 		if((rest = after(ed->topic, "iotsim/reply/"))){
 			deliver_reply(rest, ed);
