@@ -880,13 +880,13 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		/* mosquitto routes a queued reply by client id at its next loop
 		 * iteration: a connection that takes the id now (over a live
 		 * connection, or after the old one closed in this same iteration)
-		 * would receive the old connection's answer. Refuse; the client
-		 * retries (a reconnect). */
+		 * would receive the old connection's answer. Close it before
+		 * CONNACK, a failure that can pass: the client retries. */
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
-				"iotsim: refused client '%s' for now: a reply to the connection it would take over is in flight",
+				"iotsim: closed a CONNECT of client '%s' for now: a reply to the connection it would take over is in flight",
 				client_id);
 		grant_clear(&gr);
-		return MOSQ_ERR_AUTH;
+		return CLOSE_CONNECTION;
 	}
 	if(!connect_rate_ok(client_id)){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
