@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
-
-import botocore.loaders
-import botocore.model
+from typing import Any
 
 THING_NAME = "ThingName"
 ATTRIBUTE_NAME = "AttributeName"
@@ -43,7 +41,11 @@ class ShapeError(ValueError):
 
 
 @functools.lru_cache(maxsize=None)
-def _model() -> botocore.model.ServiceModel:
+def _model() -> Any:
+    # botocore loads when a value is first checked: `iotsim --help` runs without it.
+    import botocore.loaders
+    import botocore.model
+
     loader = botocore.loaders.Loader()
     return botocore.model.ServiceModel(loader.load_service_model("iot", "service-2"), "iot")
 
