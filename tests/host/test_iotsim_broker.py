@@ -13,10 +13,13 @@ must not arrive (MQTT keeps the order of messages to one client).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
 import queue
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tools.iotsim import pki
-from tools.iotsim.broker import Broker, BrokerError, free_port
-from tools.iotsim.policy import claim_policy_document, parse_policy, render_principal
+from tools.iotsim.broker import AWS_QUOTAS, Broker, BrokerError, MqttQuotas, free_port
+from tools.iotsim.policy import Policy, claim_policy_document, parse_policy, render_principal
 from tools.iotsim.registry import principal_path
 
 ALLOW_ALL = parse_policy('{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": "iot:*", "Resource": "*"}}')
@@ -135,16 +138,21 @@ class Setup:
         self.service_id = self.identity("service", "iotsim-service", "SERVICE")
         self.claim_id = self.identity("claim", "iotsim-claim", "CLAIM")
 
-    def identity(self, name: str, cn: str, status: str | None) -> pki.ClientIdentity:
+    def identity(
+        self, name: str, cn: str, status: str | None, policies: list[Policy] | None = None
+    ) -> pki.ClientIdentity:
         ident = pki.ensure_client_identity(self.state, self.ca, name, cn)
         if status:
-            self.set_status(ident, status)
+            self.set_status(ident, status, policies)
         return ident
 
-    def set_status(self, ident: pki.ClientIdentity, status: str) -> None:
+    def set_status(
+        self, ident: pki.ClientIdentity, status: str, policies: list[Policy] | None = None
+    ) -> None:
         """Rewrite the certificate's principal file atomically, as the service's registry does."""
         self.statuses[ident.certificate_id] = status
-        policies = {"ACTIVE": [ALLOW_ALL], "CLAIM": [CLAIM_POLICY]}.get(status, [])
+        if policies is None:
+            policies = {"ACTIVE": [ALLOW_ALL], "CLAIM": [CLAIM_POLICY]}.get(status, [])
         path = principal_path(self.state, ident.certificate_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         pki.write_atomic(path, render_principal(status, policies, []))
@@ -172,11 +180,11 @@ class Setup:
         return self.peer(self.claim_id, client_id).connect()
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+@contextlib.contextmanager
+def running_setup(tmp_path: Path, quotas: MqttQuotas = AWS_QUOTAS) -> Iterator[Setup]:
     state = tmp_path / "state"
     ca = pki.CertificateAuthority.load_or_create(state)
-    broker = Broker(state, free_port())
+    broker = Broker(state, free_port(), quotas=quotas)
     s = Setup(state, broker, ca)
     broker.start()
     try:
@@ -189,6 +197,21 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     assert b"iotsim: plugin ready" in log_text
     # Every line the plugin writes is readable text (no uninitialised buffers).
     assert all(32 <= c < 127 or c in (9, 10) for c in log_text), log_text
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    with running_setup(tmp_path) as s:
+        yield s
+
+
+@pytest.fixture
+def takeover_setup(tmp_path: Path) -> Iterator[Setup]:
+    """A broker without the CONNECT-rate quota, for tests of what a takeover does: a
+    takeover is a second CONNECT with one client id, here within the same second,
+    which the quota (tested on its own below) would close before CONNACK."""
+    with running_setup(tmp_path, MqttQuotas(connect_interval_ms=0)) as s:
+        yield s
 
 
 def reply_topic(client_id: str, connection: int, topic: str) -> str:
@@ -244,10 +267,20 @@ def test_certificate_from_another_ca_is_refused_even_if_listed_active(setup: Set
 @pytest.mark.parametrize("content", [
     b"",
     b"status ACTIVE\ndefault\nallow 15 *\n",  # no header
-    b"iotsim-principal 1\ndefault\nallow 15 *\n",  # no status
-    b"iotsim-principal 1\nstatus ACTIVE\ndefault\nallow x *\n",  # bad mask
-    b"iotsim-principal 1\nstatus ACTIVE\nwhat is this\n",
-    b"iotsim-principal 2\nstatus ACTIVE\ndefault\nallow 15 *\n",
+    b"iotsim-principal 2\ndefault\nallow 15 *\n",  # no status
+    b"iotsim-principal 2\nstatus ACTIVE\ndefault\nallow x *\n",  # bad mask
+    b"iotsim-principal 2\nstatus ACTIVE\ndefault\nallow 32 *\n",  # mask beyond every action
+    b"iotsim-principal 2\nstatus ACTIVE\nwhat is this\n",
+    b"iotsim-principal 1\nstatus ACTIVE\ndefault\nallow 15 *\n",  # the old format
+    b"iotsim-principal 2\nstatus ACTIVE\ndefault\nallow 15 *",  # last record unterminated
+    b"iotsim-principal 2\nstatus ACTIVE\ndefault\nallow 15 * extra\n",  # a field too many
+    b"iotsim-principal 2\nstatus ACTIVE\ndefault\nallow 15 a\tb\n",  # a raw control byte
+    b"iotsim-principal 2\nstatus ACTIVE\ndefault\nallow 15 %2a\n",  # escapes are upper-case hex
+    b"iotsim-principal 2\nstatus ACTIVE\ndefault\nallow 15 *%00\n",  # a NUL cannot be a value
+    b"iotsim-principal 2\nstatus ACTIVE\ndefault\nallow 15 *%\n",  # a cut escape
+    b"iotsim-principal 2\nstatus ACTIVE\ndefault\x00\nallow 15 *\n",  # a NUL byte in the file
+    b"iotsim-principal 2\nstatus ACTIVE\nstatus SERVICE\ndefault\n",  # a second status
+    b"iotsim-principal 2\nstatus SERVICE%0A\ndefault\nallow 15 *\n",  # no such status
 ])
 def test_malformed_principal_file_grants_nothing(setup: Setup, content: bytes) -> None:
     dev = setup.identity("dev", "dev", None)
@@ -368,7 +401,8 @@ def test_client_id_longer_than_aws_allows_is_refused(setup: Setup) -> None:
     )
 
 
-def test_persistent_session_keeps_its_subscription_for_replies_after_reconnect(setup: Setup) -> None:
+def test_persistent_session_keeps_its_subscription_for_replies_after_reconnect(takeover_setup: Setup) -> None:
+    setup = takeover_setup
     svc = setup.service()
     first = setup.peer(setup.claim_id, "persistent")
     first.client = _persistent(first)
@@ -397,7 +431,8 @@ def _persistent(peer: Peer) -> mqtt.Client:
     return client
 
 
-def test_clean_session_takeover_forgets_the_old_connections_subscriptions(setup: Setup) -> None:
+def test_clean_session_takeover_forgets_the_old_connections_subscriptions(takeover_setup: Setup) -> None:
+    setup = takeover_setup
     svc = setup.service()
     old = setup.claim("same-id")
     assert old.subscribe(ACCEPTED) == 1
@@ -413,7 +448,8 @@ def test_clean_session_takeover_forgets_the_old_connections_subscriptions(setup:
     assert new.next_message() == (rejected, b"new subscription", 1)
 
 
-def test_will_of_a_connection_closed_by_a_takeover_is_checked_against_its_own_grant(setup: Setup) -> None:
+def test_will_of_a_connection_closed_by_a_takeover_is_checked_against_its_own_grant(takeover_setup: Setup) -> None:
+    setup = takeover_setup
     svc = setup.service()
     assert svc.subscribe("status/#") == 1
     ident = setup.identity("dev", "dev", "ACTIVE")
@@ -565,12 +601,11 @@ def test_claim_may_subscribe_to_every_provisioning_response_topic(setup: Setup, 
     assert setup.claim().subscribe(topic) == 1
 
 
-@pytest.mark.parametrize("topic", [
-    "$aws/certificates/create/json",
-    "$aws/certificates/create/cbor",
-    "$aws/certificates/create-from-csr/json",
-    "$aws/provisioning-templates/demo/provision/cbor",
-])
+REQUESTS = (CREATE_JSON, "$aws/certificates/create/cbor", "$aws/certificates/create-from-csr/json",
+            "$aws/provisioning-templates/demo/provision/cbor")
+
+
+@pytest.mark.parametrize("topic", REQUESTS)
 def test_claim_may_publish_provisioning_requests(setup: Setup, topic: str) -> None:
     svc = setup.service()
     claim = setup.claim()
@@ -648,6 +683,159 @@ def test_subscriber_revoked_while_connected_receives_nothing_and_is_kicked(setup
 
 
 # --- the Broker runner ---------------------------------------------------------
+
+
+# --- AWS's MQTT rules: retained messages, QoS, rates -------------------------
+
+
+PUBLISH_ONLY = parse_policy(
+    '{"Version": "2012-10-17", "Statement": {"Effect": "Allow", "Action": '
+    '["iot:Connect", "iot:Publish", "iot:Subscribe", "iot:Receive"], "Resource": "*"}}'
+)
+
+
+def test_retained_publish_without_iot_retain_publish_disconnects_and_is_not_kept(setup: Setup) -> None:
+    dev = setup.peer(setup.identity("dev", "dev", "ACTIVE", [PUBLISH_ONLY])).connect()
+    dev.client.publish("cfg/x", b"kept?", qos=1, retain=True)
+    assert dev.wait_disconnected()
+    listener = setup.peer(setup.identity("lis", "lis", "ACTIVE")).connect()
+    assert listener.subscribe("cfg/#") == 1
+    setup.peer(setup.identity("pub", "pub", "ACTIVE")).connect().publish("cfg/marker", b"m")
+    assert listener.next_message() == ("cfg/marker", b"m", 1)  # nothing retained came first
+
+
+def test_retained_publish_with_iot_retain_publish_reaches_a_later_subscriber(setup: Setup) -> None:
+    dev = setup.peer(setup.identity("dev", "dev", "ACTIVE")).connect()  # iot:* includes RetainPublish
+    dev.publish("cfg/x", b"kept", retain=True)
+    listener = setup.peer(setup.identity("lis", "lis", "ACTIVE")).connect()
+    assert listener.subscribe("cfg/#") == 1
+    topic, payload, _ = listener.next_message()
+    assert (topic, payload) == ("cfg/x", b"kept")
+    assert not dev.disconnected.is_set()
+
+
+@pytest.mark.parametrize("policies, delivered", [([ALLOW_ALL], True), ([PUBLISH_ONLY], False)])
+def test_retained_will_needs_iot_retain_publish(
+    setup: Setup, policies: list[Policy], delivered: bool
+) -> None:
+    svc = setup.service()
+    assert svc.subscribe("status/#") == 1
+    dev = setup.peer(setup.identity("dev", "dev", "ACTIVE", policies))
+    dev.client.will_set("status/dev", b"offline", qos=1, retain=True)
+    dev.connect()
+    dev.client.socket().close()  # an unexpected loss: the broker sends the will
+    if not delivered:
+        svc.publish("status/marker", b"m")
+    assert svc.next_message()[:2] == (("status/dev", b"offline") if delivered else ("status/marker", b"m"))
+
+
+def test_qos_2_publish_closes_the_connection_unacknowledged_and_is_not_routed(setup: Setup) -> None:
+    svc = setup.service()
+    assert svc.subscribe("data/#") == 1
+    dev = setup.peer(setup.identity("dev", "dev", "ACTIVE")).connect()
+    info = dev.client.publish("data/x", b"q2", qos=2)
+    assert dev.wait_disconnected()
+    assert not info.is_published()  # no PUBREC ever came
+    svc.publish("data/marker", b"m")
+    assert svc.next_message()[:2] == ("data/marker", b"m")
+
+
+def test_qos_2_subscription_closes_the_connection_without_a_suback(setup: Setup) -> None:
+    dev = setup.peer(setup.identity("dev", "dev", "ACTIVE")).connect()
+    dev.client.subscribe("data/#", qos=2)
+    assert dev.wait_disconnected()
+    assert dev.subacks.empty()
+
+
+def test_subscribe_with_eight_filters_is_granted_and_with_nine_closes_the_connection(setup: Setup) -> None:
+    dev = setup.peer(setup.identity("dev", "dev", "ACTIVE")).connect()
+    dev.client.subscribe([("f/{}".format(i), 1) for i in range(8)])
+    assert dev.subacks.get(timeout=TIMEOUT) == [1] * 8
+    dev.client.subscribe([("g/{}".format(i), 1) for i in range(9)])
+    assert dev.wait_disconnected()
+    assert dev.subacks.empty()
+
+
+def test_second_connect_with_one_client_id_within_a_second_is_closed_and_the_first_stays(
+    setup: Setup,
+) -> None:
+    svc = setup.service()
+    first = setup.claim("rated")
+    with pytest.raises(Refused, match="disconnected before CONNACK"):
+        setup.peer(setup.claim_id, "rated").connect()
+    first.publish(CREATE_JSON, b"still here")
+    assert svc.next_message()[1] == b"still here"
+    assert not first.disconnected.is_set()
+    setup.claim("another-id")  # the quota is per client id
+
+
+def test_client_that_backs_off_gets_in_once_a_second_has_passed(setup: Setup) -> None:
+    setup.claim("backs-off").close()
+    refused, deadline = 0, time.monotonic() + TIMEOUT
+    while True:  # a device's retry: refused attempts do not restart the second
+        try:
+            setup.peer(setup.claim_id, "backs-off").connect()
+            break
+        except Refused:
+            refused += 1
+            assert time.monotonic() < deadline, "still refused after {} s".format(TIMEOUT)
+            threading.Event().wait(0.2)  # the back-off between attempts
+    assert refused >= 1
+
+
+def _burst(dev: Peer, topic: str, count: int) -> float:
+    """Publish count QoS 1 messages at once; the seconds until every PUBACK came."""
+    started = time.monotonic()
+    infos = [dev.client.publish(topic, b"%d" % i, qos=1) for i in range(count)]
+    for info in infos:
+        info.wait_for_publish(timeout=TIMEOUT)
+        assert info.is_published()
+    return time.monotonic() - started
+
+
+def _received_before(peer: Peer, marker: bytes) -> int:
+    """How many messages peer receives before ``marker``."""
+    count = 0
+    while peer.next_message()[1] != marker:
+        count += 1
+    return count
+
+
+def test_publishes_beyond_100_a_second_from_one_connection_are_discarded(setup: Setup) -> None:
+    svc = setup.service()
+    assert svc.subscribe("burst/#") == 1
+    dev = setup.peer(setup.identity("dev", "dev", "ACTIVE")).connect()
+    elapsed = _burst(dev, "burst/in", 300)  # each is acknowledged, the excess discarded
+    svc.publish("burst/end", b"end")  # the service has no quota
+    assert 100 <= _received_before(svc, b"end") <= 100 + math.ceil(100 * elapsed) + 1
+    assert not dev.disconnected.is_set()
+
+
+def test_deliveries_beyond_100_a_second_to_one_connection_are_discarded(setup: Setup) -> None:
+    svc = setup.service()
+    dev = setup.peer(setup.identity("dev", "dev", "ACTIVE")).connect()
+    assert dev.subscribe("burst/#") == 1
+    elapsed = _burst(svc, "burst/out", 300)
+    count = 0
+    for _ in range(int(TIMEOUT / 0.1)):  # the marker gets through once the bucket refills
+        svc.publish("burst/end", b"end")
+        with contextlib.suppress(queue.Empty):
+            while (msg := dev.messages.get(timeout=0.1))[1] != b"end":
+                count += 1
+            break
+    else:
+        raise AssertionError("the marker never reached the device")
+    assert 100 <= count <= 100 + math.ceil(100 * elapsed) + 1, msg
+
+
+def test_client_id_starting_with_a_dollar_is_refused(setup: Setup) -> None:
+    with pytest.raises(Refused, match="Not authorized"):
+        setup.peer(setup.claim_id, "$reserved").connect()
+
+
+def test_broker_refuses_a_quota_option_that_is_not_a_whole_number(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="plugin_opt_publish_rate must be a whole number"):
+        Broker(tmp_path / "state", free_port(), quotas=MqttQuotas(publish_rate=-1)).start()
 
 
 def test_broker_start_failure_names_the_cause_from_the_log(tmp_path: Path) -> None:

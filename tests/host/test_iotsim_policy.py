@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tools.iotsim.registry import THING_GROUP
-from tools.iotsim.testing import ConnectRefused, MqttTestClient, RunningIotSim
+from tools.iotsim.testing import ConnectRefused, MqttTestClient, RunningIotSim, make_csr, write_identity
 
 KEYS_JSON = "$aws/certificates/create/json"
 TEMPLATE = "FleetprovDemo"
@@ -32,14 +29,8 @@ def register_topic(template: str = TEMPLATE) -> str:
 
 
 def provision_csr(client: MqttTestClient, key: Any) -> dict[str, Any]:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")]))
-        .sign(key, hashes.SHA256())
-    )
-    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
     outcome, body = client.request(
-        "$aws/certificates/create-from-csr/json", {"certificateSigningRequest": pem}
+        "$aws/certificates/create-from-csr/json", {"certificateSigningRequest": make_csr(key, "device")}
     )
     assert outcome == "accepted", body
     return body
@@ -52,17 +43,6 @@ def register(
     if params is not None:
         payload["parameters"] = params
     return client.request(register_topic(template), payload)
-
-
-def write_identity(folder: Path, name: str, cert_pem: str, key: Any) -> tuple[Path, Path]:
-    cert_path, key_path = folder / (name + ".pem"), folder / (name + ".key")
-    cert_path.write_text(cert_pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 @pytest.fixture
@@ -105,11 +85,12 @@ def no_message(client: MqttTestClient, timeout: float = 0.5) -> bool:
 
 
 def test_takeover_while_create_keys_is_in_flight_never_delivers_the_old_answer(iotsim: RunningIotSim) -> None:
-    # The service holds each reply back 300 ms; an attacker with the claim
-    # certificate takes the victim's client id over meanwhile and subscribes
-    # to the same response topics.
-    for attempt in range(3):
-        iotsim.set_fault("keys", "delay", delay_ms=300, times=1)
+    # The service holds each reply back 2 s; an attacker with the claim
+    # certificate takes the victim's client id over meanwhile (once AWS's one
+    # CONNECT per second per client id lets it in) and subscribes to the same
+    # response topics.
+    for attempt in range(2):
+        iotsim.set_fault("keys", "delay", delay_ms=2000, times=1)
         victim = iotsim.client("takeover-{}".format(attempt))
         assert victim.subscribe(KEYS_JSON + "/accepted", KEYS_JSON + "/rejected") == [1, 1]
         victim.publish(KEYS_JSON, b"{}")
@@ -309,17 +290,19 @@ def test_fifty_subscriptions_per_connection(device: Device) -> None:
 # -- resources that must exist --------------------------------------------------------------------
 
 
-def _template(**thing_properties: Any) -> dict[str, Any]:
-    return {
-        "Parameters": {"AWS::IoT::Certificate::Id": {"Type": "String"}},
-        "Resources": {
-            "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "grouped", **thing_properties}},
-            "certificate": {
-                "Type": "AWS::IoT::Certificate",
-                "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"},
-            },
+def _template(policy: dict[str, Any] | None = None, **thing_properties: Any) -> dict[str, Any]:
+    """A template with a thing "grouped" (and these properties), its certificate and, given
+    its Properties, a policy resource."""
+    resources = {
+        "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": "grouped", **thing_properties}},
+        "certificate": {
+            "Type": "AWS::IoT::Certificate",
+            "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "ACTIVE"},
         },
     }
+    if policy is not None:
+        resources["policy"] = {"Type": "AWS::IoT::Policy", "Properties": policy}
+    return {"Parameters": {"AWS::IoT::Certificate::Id": {"Type": "String"}}, "Resources": resources}
 
 
 @pytest.mark.parametrize(
@@ -347,12 +330,7 @@ def test_template_naming_a_missing_resource_fails_until_it_exists(
 def test_template_naming_a_missing_policy_fails_until_it_exists(
     iotsim: RunningIotSim, claim: MqttTestClient
 ) -> None:
-    template = _template()
-    template["Resources"]["policy"] = {
-        "Type": "AWS::IoT::Policy",
-        "Properties": {"PolicyName": "NamedDevicePolicy"},
-    }
-    iotsim.templates.put("NamedPolicy", template)
+    iotsim.templates.put("NamedPolicy", _template({"PolicyName": "NamedDevicePolicy"}))
     token = provision_csr(claim, ec.generate_private_key(ec.SECP256R1()))["certificateOwnershipToken"]
     outcome, body = register(claim, token, template="NamedPolicy")
     assert outcome == "rejected" and "NamedDevicePolicy does not exist" in body["errorMessage"]
@@ -365,16 +343,8 @@ def test_template_naming_a_missing_policy_fails_until_it_exists(
 def test_template_with_a_malformed_inline_policy_fails_and_registers_nothing(
     iotsim: RunningIotSim, claim: MqttTestClient
 ) -> None:
-    template = _template()
-    template["Resources"]["policy"] = {
-        "Type": "AWS::IoT::Policy",
-        "Properties": {
-            "PolicyDocument": json.dumps(
-                {"Statement": [{"Effect": "Perhaps", "Action": "iot:*", "Resource": "*"}]}
-            )
-        },
-    }
-    iotsim.templates.put("BadInline", template)
+    perhaps = {"Statement": [{"Effect": "Perhaps", "Action": "iot:*", "Resource": "*"}]}
+    iotsim.templates.put("BadInline", _template({"PolicyDocument": json.dumps(perhaps)}))
     body = provision_csr(claim, ec.generate_private_key(ec.SECP256R1()))
     outcome, answer = register(claim, body["certificateOwnershipToken"], template="BadInline")
     assert outcome == "rejected" and "MalformedPolicyException" in answer["errorMessage"]

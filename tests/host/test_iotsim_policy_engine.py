@@ -8,18 +8,18 @@ and resources (wildcards, escapes, client ids with glob characters).
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.bench.iotsim import build_bench
+from tools.bench.iotsim import run_policy_bench
 from tools.iotsim.policy import (
     CONNECT,
     PUBLISH,
     RECEIVE,
+    RETAIN_PUBLISH,
     SUBSCRIBE,
     PolicyError,
     ThingContext,
@@ -41,15 +41,8 @@ def c_decisions(
 ) -> list[bool]:
     path = tmp_path / ("ab" * 32)
     path.write_bytes(principal)
-    out = subprocess.run(
-        [str(build_bench()), str(path), client_id, "1"],
-        input="".join("{} {}\n".format(mask, res) for mask, res in requests),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.splitlines()
-    decisions = [line.split()[2] == "1" for line in out if not line.startswith("stat ")]
+    out = run_policy_bench(path, client_id, requests)
+    decisions = [line.split()[2] == "1" for line in out if not line.startswith(("stat ", "parsed "))]
     assert len(decisions) == len(requests)
     return decisions
 
@@ -109,8 +102,9 @@ def test_actions_with_wildcards_map_to_the_mqtt_actions() -> None:
     def mask(action: str) -> int:
         return parse_policy(doc({"Effect": "Allow", "Action": action, "Resource": "*"})).statements[0].actions
 
-    assert mask("iot:*") == mask("*") == CONNECT | PUBLISH | SUBSCRIBE | RECEIVE
+    assert mask("iot:*") == mask("*") == CONNECT | PUBLISH | SUBSCRIBE | RECEIVE | RETAIN_PUBLISH
     assert mask("iot:Pub*") == PUBLISH
+    assert mask("iot:*Publish") == PUBLISH | RETAIN_PUBLISH
     assert mask("IOT:publish") == PUBLISH  # action names are case-insensitive
     assert mask("iot:GetThingShadow") == 0  # valid, concerns no MQTT action
     assert mask("greengrass:*") == 0

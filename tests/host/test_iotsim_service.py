@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -15,11 +16,18 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
 from tools.iotsim import pki
 from tools.iotsim.registry import ACTIVE, CLAIM, CLAIM_POLICY, INACTIVE, PENDING_ACTIVATION, REVOKED
-from tools.iotsim.testing import ConnectRefused, MqttTestClient, RunningIotSim, running_iotsim
+from tools.iotsim.service import AWS_TPS
+from tools.iotsim.testing import (
+    ConnectRefused,
+    MqttTestClient,
+    RunningIotSim,
+    make_csr,
+    running_iotsim,
+    write_identity,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,30 +47,10 @@ def register_topic(fmt: str, template: str = TEMPLATE) -> str:
     return "$aws/provisioning-templates/{}/provision/{}".format(template, fmt)
 
 
-def make_csr(key: Any, cn: str = "device-1") -> str:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
 def spki(public_key: Any) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def write_identity(folder: Path, name: str, cert_pem: str, key: Any) -> tuple[Path, Path]:
-    cert_path, key_path = folder / "{}.pem".format(name), folder / "{}.key.pem".format(name)
-    cert_path.write_text(cert_pem)
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
 
 
 _EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -134,26 +122,27 @@ def test_create_keys_returns_an_rsa_2048_key_and_its_certificate(
 
 
 @pytest.mark.parametrize(
-    "fmt,payload",
-    [("json", b""), ("json", b"{}"), ("cbor", b""), ("cbor", b"\xa0")],
-    ids=["json-empty", "json-{}", "cbor-empty", "cbor-A0"],
+    "fmt,payload,accepted",
+    [
+        ("json", b"", True),
+        ("json", b"{}", True),
+        ("cbor", b"", True),
+        ("cbor", b"\xa0", True),
+        ("json", b"not json", False),
+        ("json", b"[1, 2]", False),
+        ("cbor", b"\xff\x00", False),
+        ("cbor", b"\x82\x01\x02", False),
+    ],
+    ids=["json-empty", "json-{}", "cbor-empty", "cbor-A0", "json-garbage", "json-array", "cbor-garbage", "cbor-array"],
 )
-def test_create_keys_accepts_an_empty_payload_and_an_empty_map(
-    claim: MqttTestClient, fmt: str, payload: bytes
+def test_create_keys_accepts_an_empty_payload_or_map_and_rejects_anything_else_with_400(
+    claim: MqttTestClient, fmt: str, payload: bytes, accepted: bool
 ) -> None:
-    outcome, body = claim.request(keys_topic(fmt), payload)
-    assert outcome == "accepted" and body["certificateId"]
-
-
-@pytest.mark.parametrize(
-    "fmt,payload",
-    [("json", b"not json"), ("json", b"[1, 2]"), ("cbor", b"\xff\x00"), ("cbor", b"\x82\x01\x02")],
-    ids=["json-garbage", "json-array", "cbor-garbage", "cbor-array"],
-)
-def test_create_keys_with_a_malformed_payload_is_rejected_with_400(
-    claim: MqttTestClient, fmt: str, payload: bytes
-) -> None:
-    assert_rejected(claim.request(keys_topic(fmt), payload), 400, "InvalidPayload")
+    result = claim.request(keys_topic(fmt), payload)
+    if accepted:
+        assert result[0] == "accepted" and result[1]["certificateId"]
+    else:
+        assert_rejected(result, 400, "InvalidPayload")
 
 
 @pytest.mark.parametrize(
@@ -608,9 +597,19 @@ def test_throttled_operation_is_rejected_with_429_and_others_are_not(
     assert claim.request(keys_topic(fmt), b"")[0] == "accepted"
 
 
-def test_throttling_is_off_by_default(claim: MqttTestClient) -> None:
-    for _ in range(20):
-        provision_csr(claim)
+def test_provisioning_is_throttled_to_aws_rates_by_default(
+    iotsim: RunningIotSim, claim: MqttTestClient
+) -> None:
+    assert iotsim.service.throttle_rates() == AWS_TPS  # 10, 15, 10 per second
+    topic = register_topic("json")
+    claim.subscribe(topic + "/accepted", topic + "/rejected")
+    started = time.monotonic()
+    for _ in range(40):  # bogus tokens: each is answered, and each counts
+        claim.publish(topic, json.dumps({"certificateOwnershipToken": "x"}), wait=False)
+    codes = [json.loads(claim.expect()[1])["statusCode"] for _ in range(40)]
+    elapsed = time.monotonic() - started
+    assert set(codes) <= {400, 429}
+    assert codes.count(429) >= 40 - 10 - math.ceil(10 * elapsed) - 1  # a burst of 10, then 10 a second
 
 
 # -- fault injection -----------------------------------------------------------------------------

@@ -303,16 +303,18 @@ def test_demo_template_provisions_a_named_thing_with_a_looked_up_configuration()
 
 def test_name_patterns_refuse_a_trailing_newline() -> None:
     # Python's `$` also matches before a final "\n": AWS takes no such name, so neither may iotsim.
-    from tools.iotsim import controlplane, policy, registry, templates
+    from tools.iotsim import controlplane, policy, shapes, templates
 
     cases = [
         (templates.TEMPLATE_NAME, "FleetprovDemo"),
-        (templates.THING_NAME, "thing-1"),
-        (registry._RESOURCE_NAME, "group-1"),
-        (registry._POLICY_NAME, "policy-1"),
         (controlplane._CERT_ID, "a" * 64),
         (policy._ATTRIBUTE, "iot:Connection.Thing.Attributes[Mode]"),
     ]
     for pattern, good in cases:
         assert pattern.match(good), pattern.pattern
         assert not pattern.match(good + "\n"), pattern.pattern
+    for shape, good in ((shapes.THING_NAME, "thing-1"), (shapes.THING_GROUP_NAME, "group-1"),
+                        (shapes.POLICY_NAME, "policy-1"), (shapes.ATTRIBUTE_VALUE, "v")):
+        assert shapes.check(shape, good, "x") == good
+        with pytest.raises(shapes.ShapeError, match="regular expression pattern"):
+            shapes.check(shape, good + "\n", "x")

@@ -118,24 +118,35 @@ def build_bench() -> Path:
     return BENCH_BINARY
 
 
+def run_policy_bench(
+    principal: Path, client_id: str, requests: list[tuple[int, str]], rounds: int = 1
+) -> list[str]:
+    """policy_bench's output lines for these (action mask, resource) requests: one per
+    request, then "stat ..." and "parsed <status> <rules>"; ["malformed"] when the
+    plugin would refuse the file. The tests use it as the C side of the policy engine."""
+    from ..iotsim.policy import encode_field
+
+    out = subprocess.run(
+        [str(build_bench()), str(principal), client_id, str(rounds)],
+        input="".join("{} {}\n".format(mask, encode_field(res)) for mask, res in requests),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if out.returncode not in (0, 3):
+        raise RuntimeError("policy_bench failed ({}): {}".format(out.returncode, out.stderr.strip()))
+    return out.stdout.splitlines()
+
+
 def acl_decisions(quick: bool) -> None:
     from ..iotsim.policy import ThingContext, parse_policy, render_principal
 
-    binary = build_bench()
     policy = parse_policy(json.dumps(TEN_STATEMENTS))
     with tempfile.TemporaryDirectory(prefix="iotsim-acl-") as folder:
         principal = Path(folder) / ("ab" * 32)
         principal.write_bytes(render_principal("ACTIVE", [policy], [ThingContext(THING)]))
         rounds = 200 if quick else 2000
-        stdin = "".join("{} {}\n".format(mask, res) for _, mask, res in REQUESTS)
-        out = subprocess.run(
-            [str(binary), str(principal), THING, str(rounds)],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=300,
-        ).stdout.split("\n")
+        out = run_policy_bench(principal, THING, [(mask, res) for _, mask, res in REQUESTS], rounds)
     print("ACL decision (policy.h, 10 statements, {} batches of 1000 decisions each):\n".format(rounds))
     print("| request | decision | median | p99 |")
     print("|---|---|---|---|")

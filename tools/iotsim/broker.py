@@ -21,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -42,6 +43,30 @@ ACCOUNT = "000000000000"
 # publish costs no memory. The plugin disconnects anything over 128 KB.
 MAX_PACKET_SIZE = 128 * 1024 + 65536 + 16
 LOG_TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class MqttQuotas:
+    """AWS IoT Core's message-broker rate quotas the plugin enforces; 0 turns one off.
+
+    The values are AWS's ("AWS IoT Core endpoints and quotas", message broker
+    limits): one CONNECT per second per client id, 100 publish requests per second
+    per connection (in and out), 8 filters per SUBSCRIBE. Turn one off only for a
+    test that is not about it, and say why there.
+    """
+
+    connect_interval_ms: int = 1000
+    publish_rate: int = 100
+    subscribe_filters: int = 8
+
+    def plugin_options(self) -> list[str]:
+        return [
+            "plugin_opt_{} {}".format(name, int(getattr(self, name)))
+            for name in ("connect_interval_ms", "publish_rate", "subscribe_filters")
+        ]
+
+
+AWS_QUOTAS = MqttQuotas()
 
 
 class BrokerError(RuntimeError):
@@ -146,12 +171,14 @@ class Broker:
         startup_timeout: float = 10.0,
         region: str = REGION,
         account: str = ACCOUNT,
+        quotas: MqttQuotas = AWS_QUOTAS,
     ) -> None:
         for what, value in (("region", region), ("account", account)):
             if not re.fullmatch(r"[a-z0-9-]{1,64}", value):
                 raise BrokerError("the {} in resource ARNs must be 1-64 of [a-z0-9-], got {!r}".format(what, value))
         self.region = region
         self.account = account
+        self.quotas = quotas
         self.state = Path(state).resolve()
         self.port = int(port)
         self.plugin = Path(plugin).resolve()
@@ -215,6 +242,7 @@ class Broker:
             ),
             "plugin_opt_region {}".format(self.region),
             "plugin_opt_account {}".format(self.account),
+            *self.quotas.plugin_options(),
             "max_packet_size {}".format(MAX_PACKET_SIZE),
             "",
         ]

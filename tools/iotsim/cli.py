@@ -101,8 +101,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     if args.token_ttl <= 0:
         raise CliError("--token-ttl must be positive seconds, got {}".format(args.token_ttl))
-    if args.tps is not None and args.tps <= 0:
-        raise CliError("--tps must be positive requests per second, got {}".format(args.tps))
+    if args.tps is not None and args.tps < 0:
+        raise CliError("--tps must be 0 (off) or positive requests per second, got {}".format(args.tps))
     for option, value in (
         ("--api-timeout", args.api_timeout),
         ("--api-connections", args.api_connections),
@@ -169,7 +169,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         ))
         print("  registry                {}".format(state / DB_FILE))
         print("  broker log              {}".format(state / "mosquitto.log"))
-        throttle = "{:g} requests/s per operation".format(args.tps) if args.tps else "off"
+        if args.tps is None:
+            throttle = "AWS's rates"
+        else:
+            throttle = "{:g} requests/s per operation".format(args.tps) if args.tps else "off"
         print(
             "throttling: {}; ownership tokens expire after {:g} s; hook: {}".format(
                 throttle, args.token_ttl, args.hook or "none"
@@ -444,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tps",
         type=float,
         default=None,
-        help="throttle each operation to this many requests per second (default: off)",
+        help="throttle each operation to this many requests per second; 0: off "
+        "(default: AWS's rates, docs/iotsim.md)",
     )
     up.add_argument(
         "--token-ttl",

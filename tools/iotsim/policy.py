@@ -6,7 +6,7 @@ resolving thing policy variables and Conditions — happens here, once per
 certificate change; the broker plugin (tools/iotsim/plugin/policy.h) only
 matches resource ARNs against the compiled patterns, per request.
 
-A certificate's *principal file* (``<state>/principals/<certificateId>``,
+A certificate's *principal file* (``<state>/principals/<xx>/<certificateId>``,
 written by the registry) holds its status and one rule section per context:
 
 - ``default``: a client id that names no thing attached to the certificate
@@ -15,9 +15,14 @@ written by the registry) holds its status and one rule section per context:
   the certificate (AWS: "the value of clientId ... must exactly match the thing
   name").
 
+The file is a list of records, one a line, each a fixed number of fields
+separated by one space; every field is percent-encoded (:func:`encode_field`),
+so no value, whatever bytes it holds, can end a field or a line and start a
+record of its own (tools/iotsim/plugin/policy.h reads the same format).
+
 Supported, as AWS documents them: ``Effect`` Allow/Deny; ``Action`` with
-``iot:Connect``, ``iot:Publish``, ``iot:Subscribe``, ``iot:Receive`` and
-wildcards (``iot:*``, ``*``; other actions are valid but do not concern MQTT);
+``iot:Connect``, ``iot:Publish``, ``iot:RetainPublish``, ``iot:Subscribe``,
+``iot:Receive`` and wildcards (``iot:*``, ``*``; other actions are valid but do not concern MQTT);
 ``Resource`` ARNs with ``*`` and ``?``; the variables ``${iot:ClientId}``,
 ``${iot:Connection.Thing.ThingName}``, ``.ThingTypeName``,
 ``.Attributes[name]``, ``.IsAttached`` and the escapes ``${*}``, ``${?}``,
@@ -41,13 +46,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-CONNECT, PUBLISH, SUBSCRIBE, RECEIVE = 1, 2, 4, 8
+CONNECT, PUBLISH, SUBSCRIBE, RECEIVE, RETAIN_PUBLISH = 1, 2, 4, 8, 16
 MQTT_ACTIONS = {
     "iot:Connect": CONNECT,
     "iot:Publish": PUBLISH,
     "iot:Subscribe": SUBSCRIBE,
     "iot:Receive": RECEIVE,
+    # AWS: a retained publish (and a retained Will) needs iot:RetainPublish as well as
+    # iot:Publish ("Retained message policy examples", AWS IoT developer guide).
+    "iot:RetainPublish": RETAIN_PUBLISH,
 }
+ALL_ACTIONS = CONNECT | PUBLISH | SUBSCRIBE | RECEIVE | RETAIN_PUBLISH
 VERSIONS = ("2012-10-17", "2008-10-17")
 MAX_DOCUMENT_BYTES = 2048  # AWS: a policy document holds at most 2048 characters (spaces excluded)
 
@@ -56,7 +65,9 @@ THING_PREFIX = "iot:Connection.Thing."
 _VARIABLE = re.compile(r"\$\{([^}]*)\}")
 _ATTRIBUTE = re.compile(r"^iot:Connection\.Thing\.Attributes\[([^\]]+)\]\Z")
 _CONDITION_OPERATORS = ("Bool", "StringEquals", "StringNotEquals", "StringLike", "StringNotLike")
-HEADER = "iotsim-principal 1"
+HEADER = "iotsim-principal 2"
+# Record kind -> its number of fields (the kind included); see policy.h.
+_RECORD_FIELDS = {"status": 2, "default": 1, "thing": 2, "allow": 3, "deny": 3}
 
 
 class PolicyError(ValueError):
@@ -290,37 +301,80 @@ def compile_rules(policies: Iterable[Policy], thing: ThingContext | None) -> lis
     return rules
 
 
+def encode_field(value: str) -> str:
+    """``value`` as one principal-file field: UTF-8, every byte outside 0x21-0x7e and
+    every '%' written as %XX, so a field never holds a space, a line break or a NUL."""
+    raw = value.encode("utf-8", "surrogatepass")
+    return "".join(chr(b) if 0x21 <= b <= 0x7E and b != 0x25 else "%{:02X}".format(b) for b in raw)
+
+
+def decode_field(field: str) -> str:
+    """The value of one field; ValueError for anything :func:`encode_field` never writes."""
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        ch = field[i]
+        if not "\x21" <= ch <= "\x7e":
+            raise ValueError("raw byte {!r} in a principal-file field".format(ch))
+        if ch == "%":
+            pair = field[i + 1 : i + 3]
+            if len(pair) != 2 or not all(c in "0123456789ABCDEF" for c in pair) or pair == "00":
+                raise ValueError("bad escape {!r} in a principal-file field".format(field[i : i + 3]))
+            out.append(int(pair, 16))
+            i += 3
+        else:
+            out.append(ord(ch))
+            i += 1
+    return out.decode("utf-8", "surrogatepass")
+
+
+def _record(*fields: str) -> str:
+    return " ".join(encode_field(f) for f in fields)
+
+
+def _rule_records(rules: Iterable[tuple[bool, int, str]]) -> list[str]:
+    return [_record("deny" if deny else "allow", str(mask), pattern) for deny, mask, pattern in rules]
+
+
 def render_principal(status: str, policies: Sequence[Policy], things: Sequence[ThingContext]) -> bytes:
     """The principal file the broker plugin reads for one certificate."""
-    lines = [HEADER, "status " + status, "default"]
-    for deny, mask, pattern in compile_rules(policies, None):
-        lines.append("{} {} {}".format("deny" if deny else "allow", mask, pattern))
+    lines = [HEADER, _record("status", status), _record("default")]
+    lines += _rule_records(compile_rules(policies, None))
     for thing in things:
-        lines.append("thing " + thing.name)
-        for deny, mask, pattern in compile_rules(policies, thing):
-            lines.append("{} {} {}".format("deny" if deny else "allow", mask, pattern))
-    return ("\n".join(lines) + "\n").encode("utf-8")
+        lines.append(_record("thing", thing.name))
+        lines += _rule_records(compile_rules(policies, thing))
+    return ("\n".join(lines) + "\n").encode("ascii")
 
 
 def parse_principal(data: bytes) -> tuple[str, dict[str | None, list[tuple[bool, int, str]]]]:
-    """Read a principal file back (tests, ``certs``): (status, {None or thing name: rules})."""
-    lines = data.decode("utf-8").splitlines()
-    if not lines or lines[0] != HEADER:
-        raise ValueError("not an iotsim principal file")
-    status = ""
-    sections: dict[str | None, list[tuple[bool, int, str]]] = {}
-    current: list[tuple[bool, int, str]] | None = None
+    """Read a principal file back as the plugin does: (status, {None or thing name: rules}).
+
+    ValueError when it is malformed in any way the plugin would refuse (the plugin
+    then grants the certificate nothing)."""
+    text = data.decode("ascii")
+    if not text.endswith("\n"):
+        raise ValueError("a principal file ends with a line break")
+    lines = text[:-1].split("\n")
+    if lines[0] != HEADER or len(lines) < 3:
+        raise ValueError("not an iotsim principal file (header {!r})".format(HEADER))
+    records = []
     for line in lines[1:]:
-        if line.startswith("status "):
-            status = line[7:]
-        elif line == "default":
-            current = sections.setdefault(None, [])
-        elif line.startswith("thing "):
-            current = sections.setdefault(line[6:], [])
-        elif line.startswith(("allow ", "deny ")) and current is not None:
-            word, mask, pattern = line.split(" ", 2)
-            current.append((word == "deny", int(mask), pattern))
-    return status, sections
+        fields = [decode_field(f) for f in line.split(" ")]
+        if _RECORD_FIELDS.get(fields[0]) != len(fields):
+            raise ValueError("malformed principal record {!r}".format(line[:80]))
+        records.append(fields)
+    if records[0][0] != "status" or records[1] != ["default"]:
+        raise ValueError("a principal file starts with its status and its default section")
+    sections: dict[str | None, list[tuple[bool, int, str]]] = {None: []}
+    current = sections[None]
+    for fields in records[2:]:
+        if fields[0] == "thing" and fields[1] not in sections:
+            current = sections[fields[1]] = []
+        elif fields[0] in ("allow", "deny") and fields[1].isdigit() and int(fields[1]) <= ALL_ACTIONS:
+            current.append((fields[0] == "deny", int(fields[1]), fields[2]))
+        else:
+            raise ValueError("malformed principal record {!r}".format(" ".join(fields)[:80]))
+    return records[0][1], sections
 
 
 def allowed(rules: Sequence[tuple[bool, int, str]], action: int, resource: str, client_id: str) -> bool:

@@ -25,8 +25,10 @@ PENDING_ACTIVATION when its token expires is deleted, as AWS does
 it is bound to the identity that asked for it are switches (AWS documents
 neither; see docs/iotsim.md).
 
-The resource functions (``create_thing_group``, ``create_policy``, ...) are the
-control plane: the CLI calls them, and a later HTTP API can call the same ones.
+The resource functions (``create_resource``, ``create_policy``, ``put_thing``, ...)
+are the control plane: the CLI and the HTTP API (controlplane.py) call them. Every
+name and value they take, and every thing RegisterThing writes, is checked
+against AWS's model first (shapes.py): ResourceError InvalidRequestException.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import policy as policy_mod
-from .templates import ThingSpec
+from . import shapes
+from .templates import ThingSpec, check_thing
 
 ACTIVE = "ACTIVE"
 INACTIVE = "INACTIVE"
@@ -139,8 +142,14 @@ THING_GROUP = "thing-group"
 THING_TYPE = "thing-type"
 BILLING_GROUP = "billing-group"
 RESOURCE_KINDS = (THING_GROUP, THING_TYPE, BILLING_GROUP)
-_RESOURCE_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}\Z")
-_POLICY_NAME = re.compile(r"^[\w+=,.@-]{1,128}\Z")
+_NAME_SHAPES = {
+    THING_GROUP: shapes.THING_GROUP_NAME,
+    THING_TYPE: shapes.THING_TYPE_NAME,
+    BILLING_GROUP: shapes.BILLING_GROUP_NAME,
+}
+# The certificate ids iotsim makes (lower-case SHA-256 hex): the only names a
+# principal file may have, so no id can reach outside principals/.
+_FILE_ID = re.compile(r"[0-9a-f]{64}\Z")
 
 
 class TokenError(Exception):
@@ -157,7 +166,28 @@ class ResourceError(Exception):
     def __init__(self, error_code: str, message: str) -> None:
         super().__init__(message)
         self.error_code = error_code
-        self.message = message
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+def _new_certificate_id(certificate_id: object) -> None:
+    if not isinstance(certificate_id, str) or not _FILE_ID.match(certificate_id):
+        raise ResourceError(
+            "InvalidRequestException",
+            "a new certificate's id must be its SHA-256 in 64 lower-case hex characters, got {!r}".format(
+                str(certificate_id)[:80]
+            ),
+        )
+
+
+def _checked(shape: str, value: object, where: str) -> str:
+    """``value`` if AWS's model allows it, else ResourceError InvalidRequestException."""
+    try:
+        return shapes.check(shape, value, where)
+    except shapes.ShapeError as exc:
+        raise ResourceError("InvalidRequestException", str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -314,6 +344,8 @@ class Registry:
                 else:
                     ids = list(certificate_ids)
                 for cid in ids:
+                    if not _FILE_ID.match(cid):
+                        continue  # never a certificate of iotsim's: no file to write
                     data = self.principal_text(cid)
                     path = principal_path(self.state, cid)
                     if data is None:
@@ -364,6 +396,7 @@ class Registry:
         """Record a certificate (or update the status and PEM of a known one)."""
         if status not in STATUSES:
             raise ValueError("unknown certificate status {!r}; use one of {}".format(status, STATUSES))
+        _new_certificate_id(certificate_id)
         now = self.clock()
         with self._tx() as db:
             db.execute(
@@ -383,22 +416,32 @@ class Registry:
         """
         token = base64.b64encode(secrets.token_bytes(TOKEN_BYTES)).decode("ascii")
         now = self.clock()
+        row = (_token_hash(token), certificate_id, owner, now, now + self.token_ttl)
+        self._new_certificate(
+            certificate_id, pem, PENDING_ACTIVATION, owner,
+            "INSERT INTO tokens(hash, certificate_id, owner, issued, expires) VALUES (?,?,?,?,?)", row,
+        )
+        return token
+
+    def _new_certificate(
+        self, certificate_id: str, pem: str, status: str, owner: str | None, also: str, row: tuple[object, ...]
+    ) -> None:
+        """Insert a certificate and, in the same transaction, ``also`` with ``row``."""
+        _new_certificate_id(certificate_id)
+        now = self.clock()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO certificates(id, pem, status, created, updated, owner) VALUES (?,?,?,?,?,?)",
-                (certificate_id, pem, PENDING_ACTIVATION, now, now, owner),
+                (certificate_id, pem, status, now, now, owner),
             )
-            db.execute(
-                "INSERT INTO tokens(hash, certificate_id, owner, issued, expires) VALUES (?,?,?,?,?)",
-                (_token_hash(token), certificate_id, owner, now, now + self.token_ttl),
-            )
+            db.execute(also, row)
             self._dirty(db, [certificate_id])
         self.sync_principals([certificate_id])
-        return token
 
     def set_status(self, certificate_id: str, status: str) -> None:
         if status not in STATUSES:
             raise ValueError("unknown certificate status {!r}; use one of {}".format(status, STATUSES))
+        _checked(shapes.CERTIFICATE_ID, certificate_id, "certificateId")
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE certificates SET status=?, updated=? WHERE id=?",
@@ -520,20 +563,11 @@ class Registry:
             db.execute("UPDATE tokens SET used=? WHERE hash=?", (now, _token_hash(token)))  # type: ignore[arg-type]
             dirty = [cid]
             if thing is not None:
-                self._check_thing_resources(db, thing)
-                self._upsert_thing(db, thing, now)
                 db.execute(
                     "INSERT OR IGNORE INTO thing_principals(thing, certificate_id) VALUES (?,?)",
                     (thing.name, cid),
                 )
-                # The thing's attributes may have changed: every certificate attached
-                # to it sees them through the thing policy variables.
-                dirty += [
-                    r[0]
-                    for r in db.execute(
-                        "SELECT certificate_id FROM thing_principals WHERE thing=?", (thing.name,)
-                    )
-                ]
+                dirty += self._write_thing(db, thing, now)
             for name, document in policies:
                 if document is None:
                     if db.execute("SELECT 1 FROM policies WHERE name=?", (name,)).fetchone() is None:
@@ -613,11 +647,7 @@ class Registry:
         """CreateThingGroup / CreateThingType / CreateBillingGroup; False when it already existed."""
         if kind not in RESOURCE_KINDS:
             raise ValueError("unknown resource kind {!r}; use one of {}".format(kind, RESOURCE_KINDS))
-        if not _RESOURCE_NAME.match(name):
-            raise ResourceError(
-                "InvalidRequestException",
-                "{} name {!r} must be 1-128 of [a-zA-Z0-9:_-]".format(kind.replace("-", " "), name),
-            )
+        _checked(_NAME_SHAPES[kind], name, _NAME_SHAPES[kind][0].lower() + _NAME_SHAPES[kind][1:])
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO resources(kind, name, properties, created) VALUES (?,?,?,?)",
@@ -634,10 +664,7 @@ class Registry:
 
     def create_policy(self, name: str, document: str) -> None:
         """CreatePolicy: a named policy (ResourceError if it exists or is malformed)."""
-        if not _POLICY_NAME.match(name):
-            raise ResourceError(
-                "InvalidRequestException", "policy name {!r} must be 1-128 of [\\w+=,.@-]".format(name)
-            )
+        _checked(shapes.POLICY_NAME, name, "policyName")
         try:
             policy_mod.parse_policy(document)
         except policy_mod.PolicyError as exc:
@@ -649,25 +676,34 @@ class Registry:
 
     def attach_policy(self, name: str, certificate_id: str) -> None:
         """AttachPolicy to a certificate; the broker applies it from the connection's next check."""
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM policies WHERE name=?", (name,)).fetchone() is None:
-                raise ResourceError("ResourceNotFoundException", "Policy {} does not exist".format(name))
-            if db.execute("SELECT 1 FROM certificates WHERE id=?", (certificate_id,)).fetchone() is None:
-                raise ResourceError(
-                    "ResourceNotFoundException", "Certificate {} does not exist".format(certificate_id)
-                )
-            db.execute(
-                "INSERT OR IGNORE INTO policy_attachments(policy, certificate_id) VALUES (?,?)",
-                (name, certificate_id),
-            )
-            self._dirty(db, [certificate_id])
-        self.sync_principals([certificate_id])
+        self._link("policy", name, certificate_id, attach=True)
 
     def detach_policy(self, name: str, certificate_id: str) -> None:
+        self._link("policy", name, certificate_id, attach=False)
+
+    # (kind) -> (table of the named resource, link table, its column, what AWS calls it)
+    _LINKS = {
+        "policy": ("policies", "policy_attachments", "policy", "Policy"),
+        "thing": ("things", "thing_principals", "thing", "Thing"),
+    }
+
+    def _link(self, kind: str, name: str, certificate_id: str, *, attach: bool) -> None:
+        """Attach (or detach) a certificate to a policy or a thing; both must exist."""
+        owners, table, column, label = self._LINKS[kind]
+        _checked(shapes.POLICY_NAME if kind == "policy" else shapes.THING_NAME, name, column + "Name")
+        _checked(shapes.CERTIFICATE_ID, certificate_id, "certificateId")
         with self._tx() as db:
-            db.execute(
-                "DELETE FROM policy_attachments WHERE policy=? AND certificate_id=?", (name, certificate_id)
-            )
+            for sql, value, what in (
+                ("SELECT 1 FROM {} WHERE name=?".format(owners), name, "{} {}".format(label, name)),
+                ("SELECT 1 FROM certificates WHERE id=?", certificate_id, "Certificate " + certificate_id),
+            ):
+                if db.execute(sql, (value,)).fetchone() is None:
+                    raise ResourceError("ResourceNotFoundException", "{} does not exist".format(what))
+            if attach:
+                sql = "INSERT OR IGNORE INTO {}({}, certificate_id) VALUES (?,?)"
+            else:
+                sql = "DELETE FROM {} WHERE {}=? AND certificate_id=?"
+            db.execute(sql.format(table, column), (name, certificate_id))
             self._dirty(db, [certificate_id])
         self.sync_principals([certificate_id])
 
@@ -683,6 +719,29 @@ class Registry:
             ]
 
     # -- things ---------------------------------------------------------------------
+
+    def put_thing(self, spec: ThingSpec) -> None:
+        """CreateThing / UpdateThing: the thing as ``spec`` says (OverrideSettings apply to
+        an existing one); the certificates attached to it see the new attributes."""
+        now = self.clock()
+        with self._tx() as db:
+            dirty = self._write_thing(db, spec, now)
+        self.sync_principals(dirty)
+
+    def _write_thing(self, db: sqlite3.Connection, spec: ThingSpec, now: float) -> list[str]:
+        """Check, create or update a thing; the certificates whose principal files it changes."""
+        try:
+            check_thing(spec)
+        except shapes.ShapeError as exc:
+            raise ResourceError("InvalidRequestException", str(exc)) from None
+        self._check_thing_resources(db, spec)
+        self._upsert_thing(db, spec, now)
+        # The thing's attributes may have changed: every certificate attached
+        # to it sees them through the thing policy variables.
+        rows = db.execute("SELECT certificate_id FROM thing_principals WHERE thing=?", (spec.name,))
+        dirty = [r[0] for r in rows]
+        self._dirty(db, dirty)
+        return dirty
 
     def _upsert_thing(self, db: sqlite3.Connection, spec: ThingSpec, now: float) -> None:
         row = db.execute(
@@ -731,6 +790,10 @@ class Registry:
                     "thing {} already exists with a different {} and the template's OverrideSettings "
                     "say FAIL".format(spec.name, prop)
                 )
+        try:  # a MERGE may add up to more attributes than AWS allows
+            shapes.check_attributes(result["AttributePayload"], result["ThingTypeName"] is not None)
+        except shapes.ShapeError as exc:
+            raise ResourceError("InvalidRequestException", str(exc)) from None
         db.execute(
             "UPDATE things SET attributes=?, thing_type=?, groups=?, billing_group=?, updated=? WHERE name=?",
             (
@@ -820,6 +883,7 @@ class Registry:
 
     def delete_certificate(self, certificate_id: str, *, force: bool = False) -> None:
         """DeleteCertificate: AWS wants it INACTIVE (or REVOKED) and, unless forced, unattached."""
+        _checked(shapes.CERTIFICATE_ID, certificate_id, "certificateId")
         with self._tx() as db:
             row = db.execute("SELECT status FROM certificates WHERE id=?", (certificate_id,)).fetchone()
             if row is None:
@@ -853,29 +917,10 @@ class Registry:
         self.sync_principals([certificate_id])
 
     def attach_thing_principal(self, thing: str, certificate_id: str) -> None:
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM things WHERE name=?", (thing,)).fetchone() is None:
-                raise ResourceError("ResourceNotFoundException", "Thing {} does not exist".format(thing))
-            if db.execute("SELECT 1 FROM certificates WHERE id=?", (certificate_id,)).fetchone() is None:
-                raise ResourceError(
-                    "ResourceNotFoundException", "Certificate {} does not exist".format(certificate_id)
-                )
-            db.execute(
-                "INSERT OR IGNORE INTO thing_principals(thing, certificate_id) VALUES (?,?)",
-                (thing, certificate_id),
-            )
-            self._dirty(db, [certificate_id])
-        self.sync_principals([certificate_id])
+        self._link("thing", thing, certificate_id, attach=True)
 
     def detach_thing_principal(self, thing: str, certificate_id: str) -> None:
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM things WHERE name=?", (thing,)).fetchone() is None:
-                raise ResourceError("ResourceNotFoundException", "Thing {} does not exist".format(thing))
-            db.execute(
-                "DELETE FROM thing_principals WHERE thing=? AND certificate_id=?", (thing, certificate_id)
-            )
-            self._dirty(db, [certificate_id])
-        self.sync_principals([certificate_id])
+        self._link("thing", thing, certificate_id, attach=False)
 
     def delete_thing(self, name: str) -> bool:
         """DeleteThing; AWS refuses while principals are attached. False when it did not exist."""
@@ -892,18 +937,11 @@ class Registry:
 
     def add_provisioning_claim(self, certificate_id: str, pem: str, template: str, expires: float) -> None:
         """A temporary claim (CreateProvisioningClaim): status CLAIM until ``expires``."""
-        now = self.clock()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO certificates(id, pem, status, created, updated, owner) VALUES (?,?,?,?,?,?)",
-                (certificate_id, pem, CLAIM, now, now, None),
-            )
-            db.execute(
-                "INSERT INTO provisioning_claims(certificate_id, template, expires) VALUES (?,?,?)",
-                (certificate_id, template, expires),
-            )
-            self._dirty(db, [certificate_id])
-        self.sync_principals([certificate_id])
+        self._new_certificate(
+            certificate_id, pem, CLAIM, None,
+            "INSERT INTO provisioning_claims(certificate_id, template, expires) VALUES (?,?,?)",
+            (certificate_id, template, expires),
+        )
 
     def provisioning_claim(self, certificate_id: str) -> tuple[str, float] | None:
         """(template, expiry) of a temporary claim, None for any other certificate."""
@@ -939,7 +977,10 @@ def principal_path(state: Path, certificate_id: str) -> Path:
     256 sub-folders: creating and renaming a file in one folder of 100,000
     entries costs the file system twice what it costs in a small folder, so a
     flat folder would make every status change dearer as the registry grows.
+    ValueError for anything but 64 lower-case hex characters.
     """
+    if not _FILE_ID.match(certificate_id):
+        raise ValueError("{!r} is not a certificate id (64 lower-case hex)".format(certificate_id[:80]))
     return Path(state) / PRINCIPALS_DIR / certificate_id[:2] / certificate_id
 
 

@@ -45,10 +45,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from . import pki
+from . import pki, shapes
 from .keygen import KeygenPool
 from .registry import ConflictError, Registry, ResourceError, TokenError
-from .templates import TEMPLATE_NAME, TemplateError, TemplateStore
+from .templates import TEMPLATE_NAME, Rejection, TemplateStore
 
 log = logging.getLogger("iotsim.service")
 
@@ -84,6 +84,14 @@ INTERNAL_FAILURE = "InternalFailure"
 INJECTED = "InjectedFault"
 RESOURCE_REGISTRATION_FAILURE = "ResourceRegistrationFailure"
 
+# The rates the three operations are throttled to by default, per second (token
+# buckets, bursts of as many). AWS's API throttling limits ("AWS IoT Core endpoints
+# and quotas", AWS IoT throttling limits) give CreateCertificateFromCsr 15 and
+# RegisterThing 10 transactions per second per account; they list a
+# CreateKeysAndCertificate quota but no number iotsim could find, so its 10 is
+# iotsim's choice. `up --tps N` sets N for all three, `--tps 0` turns them off.
+AWS_TPS = {CREATE_KEYS: 10.0, CREATE_FROM_CSR: 15.0, REGISTER_THING: 10.0}
+
 HOOK_TIMEOUT = 5.0
 TEMPLATE_ARN = "arn:aws:iot:{region}:{account}:provisioningtemplate/{name}"
 # AWS signs device certificates with this subject; the CSR flow keeps the CSR's CN.
@@ -102,16 +110,6 @@ def operation_name(op: str) -> str:
     if found is None:
         raise ValueError("unknown operation {!r}; use one of {}".format(op, ", ".join(OPERATIONS)))
     return found
-
-
-class Rejection(Exception):
-    """Answer the request on /rejected with these fields."""
-
-    def __init__(self, status_code: int, error_code: str, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.error_code = error_code
-        self.message = message
 
 
 @dataclass
@@ -236,7 +234,8 @@ class ProvisioningService:
     ``identity``: the SERVICE client identity (pki.ClientIdentity);
     ``ca_path``: the CA that signs the broker's certificate;
     ``hook``: a callable or "module:function" string (pre-provisioning hook);
-    ``tps``: throttle every operation to this many requests per second (None: off).
+    ``tps``: throttle every operation to this many requests per second (None: AWS's
+    rates, :data:`AWS_TPS`; 0: no throttling).
     """
 
     def __init__(
@@ -259,25 +258,19 @@ class ProvisioningService:
         region: str = "local",
         account: str = "000000000000",
     ) -> None:
-        self.host = host
-        self.port = port
-        self.ca = ca
-        self.ca_path = Path(ca_path)
-        self.identity = identity
-        self.registry = registry
-        self.templates = templates
-        self.hook_timeout = hook_timeout
-        self.client_id = client_id
-        self.sweep_interval = sweep_interval
-        self.region = region
-        self.account = account
+        # The broker, and the identity the service connects with (start()).
+        self.host, self.port, self.client_id = host, port, client_id
+        self.ca, self.ca_path, self.identity = ca, Path(ca_path), identity
+        self.registry, self.templates = registry, templates
+        self.hook_timeout, self.sweep_interval = hook_timeout, sweep_interval
+        self.region, self.account = region, account  # of the template ARN a hook sees
         self._hook: Callable[..., Any] | None = None
         self.set_hook(hook)
         self._faults: dict[str, Fault] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
-        if tps:
-            self.set_throttle(tps)
+        self._default_tps = dict(AWS_TPS) if tps is None else {op: tps for op in OPERATIONS}
+        self.restore_throttle()
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._workers = workers
@@ -331,6 +324,16 @@ class ProvisioningService:
                     self._buckets[name] = TokenBucket(tps, burst)
                 else:
                     self._buckets.pop(name, None)
+
+    def throttle_rates(self) -> dict[str, float]:
+        """Each throttled operation's rate, requests per second."""
+        with self._lock:
+            return {op: bucket.rate for op, bucket in self._buckets.items()}
+
+    def restore_throttle(self) -> None:
+        """Back to the rates the service was started with (AWS's unless ``tps`` said otherwise)."""
+        for op, tps in self._default_tps.items():
+            self.set_throttle(tps or None, op)
 
     def _take_fault(self, op: str) -> Fault | None:
         with self._lock:
@@ -401,16 +404,16 @@ class ProvisioningService:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._pool = self._keys_pool = None
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
-        if self._keygen is not None:
-            self._keygen.close()
-            self._keygen = None
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=5)
-            self._sweeper = None
+        client, self._client = self._client, None
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        keygen, self._keygen = self._keygen, None
+        if keygen is not None:
+            keygen.close()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.join(timeout=5)
 
     def __enter__(self) -> ProvisioningService:
         self.start()
@@ -660,6 +663,10 @@ class ProvisioningService:
                 INVALID_CSR,
                 "certificateSigningRequest is missing or not a non-empty PEM string",
             )
+        try:  # the bound of the CreateCertificateFromCsr API's CSR
+            shapes.check(shapes.CSR, csr_pem, "certificateSigningRequest")
+        except shapes.ShapeError as exc:
+            raise Rejection(400, INVALID_CSR, str(exc)) from None
         try:
             csr = x509.load_pem_x509_csr(csr_pem.encode("ascii", "replace"))
         except ValueError as exc:
@@ -715,10 +722,7 @@ class ProvisioningService:
             certificate_id = self.registry.check_token(token, requester=req.requester)
         except TokenError as exc:
             raise Rejection(400, INVALID_TOKEN, str(exc)) from None
-        try:
-            template = self.templates.get(req.template)
-        except TemplateError as exc:
-            raise Rejection(exc.status_code, exc.error_code, exc.message) from None
+        template = self.templates.get(req.template)  # TemplateError: a Rejection
         hook = self._hook
         if self.template_settings is not None:
             # Set by the control plane: a template created through the API may be
@@ -732,10 +736,7 @@ class ProvisioningService:
                 hook = template_hook
         if hook is not None:
             parameters = self._run_hook(hook, req, certificate_id, parameters)
-        try:
-            plan = template.evaluate(parameters, certificate_id)
-        except TemplateError as exc:
-            raise Rejection(exc.status_code, exc.error_code, exc.message) from None
+        plan = template.evaluate(parameters, certificate_id)
         try:
             self.registry.register(
                 token,

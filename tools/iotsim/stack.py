@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import localaws, pki
-from .broker import ACCOUNT, DEFAULT_PLUGIN, REGION, Broker
+from .broker import ACCOUNT, AWS_QUOTAS, DEFAULT_PLUGIN, REGION, Broker, MqttQuotas
 from .controlplane import ControlPlane
 from .limits import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S, ApiLimits
 from .policy import claim_policy_document
@@ -93,7 +93,8 @@ def ensure_claim_policy(registry: Registry, claim_id: str) -> None:
 class IotSim:
     """iotsim on ``host:port`` with its state in ``state``.
 
-    ``tps``: throttle each operation (None: off); ``token_ttl``: ownership token
+    ``tps``: throttle each operation (None: AWS's rates; 0: off); ``mqtt_quotas``: the
+    broker's rate quotas (AWS's unless a test turns one off); ``token_ttl``: ownership token
     lifetime in seconds; ``hook``: pre-provisioning hook (callable or
     "module:function"); ``clock``: the registry's clock (tests); ``api_port``:
     the AWS IoT control plane's HTTP port (0: a free one); ``lambdas``: Lambda
@@ -121,6 +122,7 @@ class IotSim:
     api_timeout: float = REQUEST_TIMEOUT_S
     api_connections: int = MAX_CONNECTIONS
     api_max_body: int = MAX_BODY
+    mqtt_quotas: MqttQuotas = AWS_QUOTAS
 
     def __post_init__(self) -> None:
         self.state = Path(self.state).resolve()
@@ -204,7 +206,8 @@ class IotSim:
         self.prepare()
         assert self.ca and self.service_identity and self.registry and self.credentials
         self.broker = Broker(
-            self.state, self.port, self.plugin, host=self.host, region=self.region, account=self.account
+            self.state, self.port, self.plugin, host=self.host, region=self.region, account=self.account,
+            quotas=self.mqtt_quotas,
         )
         try:
             self.broker.start()

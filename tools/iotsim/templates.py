@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import shapes
+
 MAX_TEMPLATE_CHARS = 10240
 TEMPLATE_NAME = re.compile(r"^[0-9A-Za-z_-]{1,36}\Z")
-THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}\Z")
 CERTIFICATE_ID_PARAMETER = "AWS::IoT::Certificate::Id"
 
 THING = "AWS::IoT::Thing"
@@ -66,14 +67,18 @@ def _section(body: Mapping[str, Any], name: str) -> Any:
     return {} if value is None else value
 
 
-class TemplateError(Exception):
-    """A template cannot be loaded or evaluated; carries the rejected response fields."""
+class Rejection(Exception):
+    """A provisioning request refused: the fields of its /rejected answer."""
 
     def __init__(self, status_code: int, error_code: str, message: str) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.error_code = error_code
         self.message = message
+
+
+class TemplateError(Rejection):
+    """A template cannot be loaded or evaluated (the service answers it as it is)."""
 
 
 def _invalid_template(message: str) -> TemplateError:
@@ -95,6 +100,21 @@ class ThingSpec:
     billing_group: str | None = None
     # property -> DO_NOTHING | REPLACE | FAIL | MERGE, applied when the thing exists.
     overrides: dict[str, str] = field(default_factory=dict)
+
+
+def check_thing(spec: ThingSpec) -> None:
+    """Every value of a thing as AWS's model constrains it (shapes.ShapeError otherwise).
+
+    The attribute count is checked against what the spec sets; the registry checks
+    the merged result again."""
+    shapes.check(shapes.THING_NAME, spec.name, "thingName")
+    shapes.check_attributes(spec.attributes, spec.thing_type is not None)
+    if spec.thing_type is not None:
+        shapes.check(shapes.THING_TYPE_NAME, spec.thing_type, "thingTypeName")
+    for group in spec.groups:
+        shapes.check(shapes.THING_GROUP_NAME, group, "thingGroupName")
+    if spec.billing_group is not None:
+        shapes.check(shapes.BILLING_GROUP_NAME, spec.billing_group, "billingGroupName")
 
 
 @dataclass
@@ -258,6 +278,11 @@ class Template:
                 raise _invalid_parameters(
                     "parameters must map strings to strings; got {!r}: {!r}".format(key, type(value).__name__)
                 )
+            try:  # the bounds of the RegisterThing API's parameters
+                shapes.check(shapes.PARAMETER_KEY, key, "parameters")
+                shapes.check(shapes.PARAMETER_VALUE, value, "parameters.{}".format(key[:64]))
+            except shapes.ShapeError as exc:
+                raise _invalid_parameters(str(exc)) from None
             values[key] = value
         for pname, decl in self.parameters.items():
             if pname == CERTIFICATE_ID_PARAMETER:
@@ -321,10 +346,6 @@ class Template:
         self, ev: _Evaluator, rname: str, props: Mapping[str, Any], overrides: Mapping[str, str]
     ) -> ThingSpec:
         name = ev.string(props["ThingName"], "{}.ThingName".format(rname))
-        if not THING_NAME.match(name):
-            raise _invalid_parameters(
-                "thing name {!r} is invalid: 1-128 characters of [a-zA-Z0-9:_-]".format(name)
-            )
         spec = ThingSpec(name=name, overrides=dict(overrides))
         if "AttributePayload" in props:
             attrs = ev.value(props["AttributePayload"], "{}.AttributePayload".format(rname))
@@ -342,11 +363,20 @@ class Template:
             spec.groups = [ev.string(g, "{}.ThingGroups".format(rname)) for g in groups]
         if "BillingGroup" in props:
             spec.billing_group = ev.string(props["BillingGroup"], "{}.BillingGroup".format(rname))
+        try:
+            check_thing(spec)
+        except shapes.ShapeError as exc:  # what the device's parameters made of the template
+            raise _invalid_parameters("{}: {}".format(rname, exc)) from None
         return spec
 
     def _policy(self, ev: _Evaluator, rname: str, props: Mapping[str, Any]) -> PolicySpec:
         if "PolicyName" in props:
-            return PolicySpec(name=ev.string(props["PolicyName"], "{}.PolicyName".format(rname)))
+            name = ev.string(props["PolicyName"], "{}.PolicyName".format(rname))
+            try:
+                shapes.check(shapes.POLICY_NAME, name, "{}.PolicyName".format(rname))
+            except shapes.ShapeError as exc:
+                raise _invalid_parameters(str(exc)) from None
+            return PolicySpec(name=name)
         doc = ev.value(props["PolicyDocument"], "{}.PolicyDocument".format(rname))
         if not isinstance(doc, str):
             doc = json.dumps(doc, sort_keys=True)

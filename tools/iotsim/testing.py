@@ -16,7 +16,8 @@ Fixtures:
 - ``iotsim_factory``: starts extra, independent instances
   (``iotsim_factory(state=None, **IotSim kwargs)``), stopped at teardown.
 
-Also usable without pytest: :class:`MqttTestClient` and :func:`running_iotsim`.
+Also usable without pytest: :class:`MqttTestClient`, :func:`running_iotsim`, and for
+tests that provision by hand :func:`make_csr` and :func:`write_identity`.
 """
 
 from __future__ import annotations
@@ -35,12 +36,38 @@ from typing import Any
 import cbor2
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from .broker import free_port
 from .service import HOOK_TIMEOUT
 from .stack import IotSim
 
 DEFAULT_TIMEOUT = 15.0
+CONNECT_RETRY_S = 0.25  # the pause before connecting again after a close before CONNACK
+
+
+def make_csr(key: Any, cn: str = "device-1") -> str:
+    """A PEM certificate signing request for ``key`` (a cryptography private key)."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def write_identity(folder: Path, name: str, cert_pem: str, key: Any) -> tuple[Path, Path]:
+    """``<name>.pem`` and ``<name>.key.pem`` (PKCS#8) in folder: a device identity for a client."""
+    cert_path, key_path = folder / "{}.pem".format(name), folder / "{}.key.pem".format(name)
+    cert_path.write_text(cert_pem)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
 
 
 class Clock:
@@ -129,9 +156,24 @@ class MqttTestClient:
 
     # -- operations -------------------------------------------------------------------
 
-    def connect(self) -> MqttTestClient:
-        """Connect; raises ConnectRefused when the broker refuses (e.g. an inactive certificate)."""
+    def connect(self, *, retry_closed: bool = True) -> MqttTestClient:
+        """Connect; raises ConnectRefused when the broker refuses (e.g. an inactive certificate).
+
+        A connection closed before CONNACK is tried again until ``timeout`` (unless
+        ``retry_closed`` is false), as a device backs off and retries: that is how
+        AWS's one CONNECT per second per client id turns a quick reconnect away
+        (docs/iotsim.md, quotas)."""
+        deadline = time.monotonic() + self.timeout
+        while not self._connect_once(deadline):
+            if not retry_closed or time.monotonic() >= deadline:
+                raise ConnectRefused("closed before CONNACK until the {} s time limit".format(self.timeout))
+            self._disconnected.wait(CONNECT_RETRY_S)  # cleared by _connect_once: a plain pause
+        return self
+
+    def _connect_once(self, deadline: float) -> bool:
+        """One attempt: True when connected, False when closed before CONNACK."""
         self._disconnected.clear()
+        self._connect_reason = None
         try:
             self.paho.connect(self.host, self.port, keepalive=60)
         except OSError as exc:
@@ -139,12 +181,14 @@ class MqttTestClient:
         # No automatic reconnect: a test must see a refused or kicked connection.
         self.paho.reconnect_delay_set(3600, 3600)
         self.paho.loop_start()
-        deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self._connected.wait(0.05):
-                return self
+                return True
             if self._disconnected.is_set():
                 self.paho.loop_stop()
+                if self._connect_reason is None:
+                    self._disconnected.clear()
+                    return False
                 raise ConnectRefused("broker refused the connection: {}".format(self._connect_reason))
         self.paho.loop_stop()
         raise ConnectRefused("no CONNACK within {} s".format(self.timeout))
@@ -211,67 +255,33 @@ class RunningIotSim:
         self.sim = sim
         self.clock = clock
 
-    @property
-    def port(self) -> int:
-        return self.sim.port
+    # What the fixture passes through from the IotSim (read when asked, so a restarted
+    # service or control plane is seen): attribute -> (object, attribute) under sim.
+    _PASSED: dict[str, tuple[str | None, str]] = {
+        "port": (None, "port"),
+        "state": (None, "state"),
+        "ca_path": (None, "ca_path"),
+        "ca_der": (None, "ca_der"),
+        "registry": (None, "registry"),
+        "service": (None, "service"),
+        "templates": (None, "templates"),
+        "controlplane": (None, "controlplane"),
+        "api_url": (None, "api_url"),  # the control plane's endpoint URL (boto3 endpoint_url=)
+        "claim_cert": ("claim", "cert_path"),  # the claim identity, PEM and DER
+        "claim_key": ("claim", "key_path"),
+        "claim_cert_der": ("claim", "cert_der_path"),
+        "claim_key_der": ("claim", "key_der_path"),
+        "claim_id": ("claim", "certificate_id"),
+    }
 
-    @property
-    def state(self) -> Path:
-        return self.sim.state
-
-    @property
-    def ca_path(self) -> Path:
-        return self.sim.ca_path
-
-    @property
-    def ca_der(self) -> Path:
-        return self.sim.ca_der
-
-    @property
-    def claim_cert(self) -> Path:
-        assert self.sim.claim
-        return self.sim.claim.cert_path
-
-    @property
-    def claim_key(self) -> Path:
-        assert self.sim.claim
-        return self.sim.claim.key_path
-
-    @property
-    def claim_cert_der(self) -> Path:
-        assert self.sim.claim
-        return self.sim.claim.cert_der_path
-
-    @property
-    def claim_key_der(self) -> Path:
-        assert self.sim.claim
-        return self.sim.claim.key_der_path
-
-    @property
-    def claim_id(self) -> str:
-        assert self.sim.claim
-        return self.sim.claim.certificate_id
-
-    @property
-    def registry(self) -> Any:
-        return self.sim.registry
-
-    @property
-    def service(self) -> Any:
-        return self.sim.service
-
-    @property
-    def templates(self) -> Any:
-        return self.sim.templates
-
-    @property
-    def api_url(self) -> str:
-        """The AWS IoT control plane's endpoint URL (boto3 ``endpoint_url=``)."""
-        return self.sim.api_url
-
-    @property
-    def controlplane(self) -> Any:
-        return self.sim.controlplane
+    def __getattr__(self, name: str) -> Any:
+        try:
+            owner, attr = self._PASSED[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        holder = self.sim if owner is None else getattr(self.sim, owner)
+        assert holder is not None, "iotsim has no {} yet".format(owner)
+        return getattr(holder, attr)
 
     def iot_client(self, *, validate: bool = True, service: str = "iot") -> Any:
         """A boto3 client (``iot``, or ``iam``) on this iotsim's control plane, signed with its key.
@@ -305,10 +315,11 @@ class RunningIotSim:
         self.sim.service.set_hook(hook)  # type: ignore[union-attr]
 
     def reset(self) -> None:
-        """Clear faults, throttling and the hook (and its time limit); reset the clock."""
+        """Clear faults and the hook (and its time limit), throttling back to AWS's rates
+        (or the instance's ``tps``); reset the clock."""
         if self.sim.service is not None:
             self.clear_faults()
-            self.set_throttle(None)
+            self.sim.service.restore_throttle()
             self.set_hook(None)
             self.sim.service.hook_timeout = HOOK_TIMEOUT
         if self.sim.controlplane is not None:

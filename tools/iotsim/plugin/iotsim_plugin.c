@@ -9,6 +9,9 @@
  *         plugin_opt_principals_dir <STATE>/principals
  *         plugin_opt_region local            (the ARN's region, default "local")
  *         plugin_opt_account 000000000000    (the ARN's account)
+ *         plugin_opt_connect_interval_ms 1000 (AWS's quotas below; 0 turns
+ *         plugin_opt_publish_rate 100          one off, for a test that is
+ *         plugin_opt_subscribe_filters 8       not about it)
  *         (with use_identity_as_username false and allow_anonymous false, so
  *         that MOSQ_EVT_BASIC_AUTH sees every connection)
  *
@@ -30,8 +33,9 @@
  *
  * Policy (AWS's decisions, evaluated in policy.h):
  *   - iot:Connect on client/<client id> at CONNECT; refused: CONNACK 5.
- *   - iot:Publish on topic/<topic>; denied: the message is dropped and the
- *     client disconnected, as AWS does.
+ *   - iot:Publish on topic/<topic>, and iot:RetainPublish too for a retained
+ *     publish or Will; denied: the message is dropped and the client
+ *     disconnected, as AWS does.
  *   - iot:Subscribe on topicfilter/<filter>; denied: SUBACK 0x80.
  *   - iot:Receive on topic/<topic> at every delivery (replies included);
  *     denied: that delivery is dropped.
@@ -41,7 +45,15 @@
  * AWS's limits (the quotas page, cited in docs/iotsim.md): client id <= 128
  * bytes (else CONNACK 5); topic and filter <= 256 bytes with at most 7 '/'
  * (a publish beyond: disconnect; a filter: SUBACK 0x80); payload <= 128 KiB
- * (disconnect); at most 50 subscriptions per connection (SUBACK 0x80).
+ * (disconnect); at most 50 subscriptions per connection (SUBACK 0x80);
+ * QoS 0 and 1 only (a QoS 2 publish or subscription: the connection is closed
+ * without an acknowledgement; AWS sends none); one accepted CONNECT per second
+ * per client id (a faster one is closed before CONNACK, the connection that
+ * holds the id stays); 100 publishes per second per connection, in and out
+ * together (the excess is discarded); at most 8 filters per SUBSCRIBE (the
+ * connection is closed). mosquitto 2.0 shows a plugin no packet boundaries:
+ * the filters of one SUBSCRIBE are those checked for that client in one
+ * broker loop iteration (a TLS record carries one packet from a usual client).
  *
  * Per-connection delivery (MOSQ_EVT_MESSAGE). Every accepted connection gets
  * a serial number, unique for the life of the broker.
@@ -68,6 +80,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,12 +139,22 @@ int mosquitto_pub_topic_check(const char *topic);
 #define AWS_MAX_SLASHES 7
 #define AWS_MAX_PAYLOAD (128 * 1024)
 #define AWS_MAX_SUBSCRIPTIONS 50
+#define AWS_CONNECT_INTERVAL_MS 1000 /* Connect requests per second per client ID: 1 */
+#define AWS_PUBLISH_RATE 100         /* Publish requests per second per connection */
+#define AWS_SUBSCRIBE_FILTERS 8      /* Maximum subscriptions per subscribe request */
+#define RECENT_SWEEP_BUCKETS 16      /* connect-rate entries looked at per tick */
 
 /* What the MESSAGE callback returns to drop a message. On mosquitto 2.0.11
  * (Debian 2.0.11-1.2+deb12u2) MOSQ_ERR_ACL_DENIED drops it without routing
  * and still acknowledges a QoS 1 publish; the connection stays up
  * (tests/host/test_iotsim_broker.py checks this). */
 #define DROP_MESSAGE MOSQ_ERR_ACL_DENIED
+
+/* What an ACL or auth callback returns to close the connection without
+ * answering the packet: mosquitto 2.0.11 disconnects on any result other
+ * than success, denied (and, at CONNECT, "auth", which sends CONNACK 5).
+ * tests/host/test_iotsim_broker.py checks this. */
+#define CLOSE_CONNECTION MOSQ_ERR_UNKNOWN
 
 enum role { ROLE_NONE = 0, ROLE_POLICY, ROLE_SERVICE };
 
@@ -165,6 +188,19 @@ struct client {
 	struct grant grant;
 	struct sub *subs;
 	unsigned nsubs;
+	double pub_tokens;             /* the connection's publish bucket */
+	struct timespec pub_stamp;
+	struct timespec drop_logged;   /* last "discarded" log line (one a second) */
+	uint64_t sub_tick;             /* the loop iteration of the last filter checked */
+	unsigned sub_filters;          /* filters checked in that iteration */
+};
+
+/* When a client id last connected, for the CONNECT rate (kept apart from
+ * struct client, which a clean session forgets at once). */
+struct recent {
+	struct recent *next;
+	struct timespec at;
+	char id[]; /* allocated with the node */
 };
 
 struct kick {
@@ -181,6 +217,12 @@ static struct {
 	uint64_t next_serial;
 	struct client *clients[CLIENT_BUCKETS];
 	struct kick *kicks;
+	struct recent *recent[CLIENT_BUCKETS];
+	unsigned sweep_bucket;
+	uint64_t tick;            /* broker loop iterations so far */
+	long connect_interval_ms; /* 0: the quota is off */
+	double publish_rate;      /* 0: off */
+	unsigned subscribe_filters; /* 0: off */
 	/* Client ids with a reply queued in this main-loop iteration (mosquitto
 	 * routes them by client id at the start of the next one). */
 	struct kick *replied;
@@ -258,7 +300,7 @@ static void grant_refresh(struct grant *gr, const char *client_id)
 	n = fread(buf, 1, (size_t)st.st_size, f);
 	fclose(f);
 	buf[n] = '\0';
-	if(!pol_parse_principal(buf, client_id, status, sizeof(status), &rules)){
+	if(memchr(buf, '\0', n) || !pol_parse_principal(buf, client_id, status, sizeof(status), &rules)){
 		free(buf);
 		goto bad;
 	}
@@ -322,6 +364,21 @@ static bool client_cert_id(const struct mosquitto *client, char out[ID_HEX_LEN +
 
 /* ---- clients ------------------------------------------------------------ */
 
+/* A zeroed node of size bytes whose string member (at offset) holds a copy of
+ * text; NULL when out of memory. */
+static void *node_with_string(size_t size, size_t offset, const char *text)
+{
+	char *node = calloc(1, size), *copy = strdup(text);
+
+	if(!node || !copy){
+		free(node);
+		free(copy);
+		return NULL;
+	}
+	memcpy(node + offset, &copy, sizeof(copy));
+	return node;
+}
+
 static unsigned bucket_of(const char *id)
 {
 	uint32_t h = 2166136261u; /* FNV-1a */
@@ -341,13 +398,8 @@ static struct client *client_find(const char *id, bool create)
 		if(!strcmp(c->id, id)) return c;
 	}
 	if(!create) return NULL;
-	c = calloc(1, sizeof(*c));
+	c = node_with_string(sizeof(*c), offsetof(struct client, id), id);
 	if(!c) return NULL;
-	c->id = strdup(id);
-	if(!c->id){
-		free(c);
-		return NULL;
-	}
 	c->next = *head;
 	*head = c;
 	return c;
@@ -387,6 +439,108 @@ static void client_forget(const char *id)
 	}
 }
 
+/* ---- AWS's rate quotas ------------------------------------------------ */
+
+static void monotonic_now(struct timespec *ts)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+}
+
+/* May client_id connect now? One accepted CONNECT per connect_interval_ms
+ * per client id; a refused attempt does not count, so a client that backs
+ * off gets in once the interval has passed. Records the accepted one. */
+static bool connect_rate_ok(const char *client_id)
+{
+	struct recent **head = &g.recent[bucket_of(client_id)], *r;
+	struct timespec now;
+
+	if(g.connect_interval_ms <= 0) return true;
+	monotonic_now(&now);
+	for(r = *head; r; r = r->next){
+		if(!strcmp(r->id, client_id)) break;
+	}
+	if(r && ns_between(&r->at, &now) < g.connect_interval_ms * 1000000LL) return false;
+	if(!r){
+		size_t n = strlen(client_id) + 1;
+
+		if(!(r = malloc(sizeof(*r) + n))) return false;
+		memcpy(r->id, client_id, n);
+		r->next = *head;
+		*head = r;
+	}
+	r->at = now;
+	return true;
+}
+
+/* Forget the connect times that no longer matter, a few buckets per tick. */
+static void recent_sweep(void)
+{
+	struct recent **pp, *r;
+	struct timespec now;
+	unsigned i;
+
+	monotonic_now(&now);
+	for(i = 0; i < RECENT_SWEEP_BUCKETS; i++){
+		g.sweep_bucket = (g.sweep_bucket + 1) % CLIENT_BUCKETS;
+		for(pp = &g.recent[g.sweep_bucket]; (r = *pp);){
+			if(ns_between(&r->at, &now) >= g.connect_interval_ms * 1000000LL){
+				*pp = r->next;
+				free(r);
+			}else{
+				pp = &r->next;
+			}
+		}
+	}
+}
+
+static void recent_free(void)
+{
+	struct recent *r;
+	size_t i;
+
+	for(i = 0; i < CLIENT_BUCKETS; i++){
+		while((r = g.recent[i])){
+			g.recent[i] = r->next;
+			free(r);
+		}
+	}
+}
+
+/* Take one publish from the connection's bucket (publish_rate a second,
+ * bursts of as many); false when it is empty: AWS discards that publish. */
+static bool publish_rate_ok(struct client *c, const char *direction, const char *topic)
+{
+	struct timespec now;
+
+	if(g.publish_rate <= 0 || !c) return true;
+	monotonic_now(&now);
+	c->pub_tokens += g.publish_rate * (double)ns_between(&c->pub_stamp, &now) / 1e9;
+	if(c->pub_tokens > g.publish_rate) c->pub_tokens = g.publish_rate;
+	c->pub_stamp = now;
+	if(c->pub_tokens >= 1.0){
+		c->pub_tokens -= 1.0;
+		return true;
+	}
+	if(ns_between(&c->drop_logged, &now) >= 1000000000LL){
+		c->drop_logged = now;
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: client '%s' is over AWS IoT's %g publishes per second per connection; "
+				"discarding (%s '%.300s' and others this second)", c->id, g.publish_rate, direction, topic);
+	}
+	return false;
+}
+
+/* One more filter in the client's current SUBSCRIBE; false past the quota. */
+static bool subscribe_filters_ok(struct client *c)
+{
+	if(!g.subscribe_filters || !c) return true;
+	if(c->sub_tick != g.tick){
+		c->sub_tick = g.tick;
+		c->sub_filters = 0;
+	}
+	return ++c->sub_filters <= g.subscribe_filters;
+}
+
 /* The record of the connection behind this ACL/message event, or NULL. For a
  * Will checked after MOSQ_EVT_DISCONNECT, what that connection was granted. */
 static struct grant *grant_of(const struct mosquitto *client, struct client **out)
@@ -417,13 +571,8 @@ static void kick_later(const char *client_id, uint64_t serial)
 	for(k = g.kicks; k; k = k->next){
 		if(!strcmp(k->id, client_id) && k->serial == serial) return;
 	}
-	k = calloc(1, sizeof(*k));
+	k = node_with_string(sizeof(*k), offsetof(struct kick, id), client_id);
 	if(!k) return;
-	k->id = strdup(client_id);
-	if(!k->id){
-		free(k);
-		return;
-	}
 	k->serial = serial;
 	k->next = g.kicks;
 	g.kicks = k;
@@ -466,13 +615,8 @@ static void replied_add(const char *client_id)
 {
 	struct kick *r;
 
-	r = calloc(1, sizeof(*r));
+	r = node_with_string(sizeof(*r), offsetof(struct kick, id), client_id);
 	if(!r) return;
-	r->id = strdup(client_id);
-	if(!r->id){
-		free(r);
-		return;
-	}
 	r->next = g.replied;
 	g.replied = r;
 }
@@ -519,13 +663,8 @@ static void sub_add(struct client *c, const char *filter, int qos)
 		s->qos = qos;
 		return;
 	}
-	s = calloc(1, sizeof(*s));
+	s = node_with_string(sizeof(*s), offsetof(struct sub, filter), filter);
 	if(!s) return;
-	s->filter = strdup(filter);
-	if(!s->filter){
-		free(s);
-		return;
-	}
 	s->qos = qos;
 	s->next = c->subs;
 	c->subs = s;
@@ -707,6 +846,13 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 				strlen(client_id), AWS_MAX_CLIENT_ID);
 		return MOSQ_ERR_AUTH;
 	}
+	if(client_id[0] == '$'){
+		/* AWS: "$ is reserved for AWS IoT generated client IDs". */
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: refused client '%.130s': client ids starting with $ are reserved by AWS IoT",
+				client_id);
+		return MOSQ_ERR_AUTH;
+	}
 	grant_refresh(&gr, client_id);
 	if(gr.role == ROLE_NONE){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
@@ -723,17 +869,31 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_AUTH;
 	}
 	c = client_find(client_id, false);
+	if(c && c->owner && c->grant.role == ROLE_SERVICE && gr.role != ROLE_SERVICE){
+		/* iotsim's own connection exists on no AWS endpoint: no device may take it over. */
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: refused client '%s': the client id is iotsim's own (certificate %s)", client_id, gr.cert_id);
+		grant_clear(&gr);
+		return MOSQ_ERR_AUTH;
+	}
 	if(replied_now(client_id)){
 		/* mosquitto routes a queued reply by client id at its next loop
 		 * iteration: a connection that takes the id now (over a live
 		 * connection, or after the old one closed in this same iteration)
-		 * would receive the old connection's answer. Refuse; the client
-		 * retries (a reconnect). */
+		 * would receive the old connection's answer. Close it before
+		 * CONNACK, a failure that can pass: the client retries. */
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
-				"iotsim: refused client '%s' for now: a reply to the connection it would take over is in flight",
+				"iotsim: closed a CONNECT of client '%s' for now: a reply to the connection it would take over is in flight",
 				client_id);
 		grant_clear(&gr);
-		return MOSQ_ERR_AUTH;
+		return CLOSE_CONNECTION;
+	}
+	if(!connect_rate_ok(client_id)){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: closed a CONNECT of client '%s' before CONNACK: AWS IoT allows one CONNECT per "
+				"second per client id (retry with back-off)", client_id);
+		grant_clear(&gr);
+		return CLOSE_CONNECTION;
 	}
 	if(c && c->owner && c->owner != ed->client){
 		/* A takeover: mosquitto closes the old connection next and checks its
@@ -758,6 +918,8 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	c->grant = gr;
 	c->owner = ed->client;
 	c->serial = ++g.next_serial;
+	c->pub_tokens = g.publish_rate; /* a new connection starts with a full bucket */
+	monotonic_now(&c->pub_stamp);
 	mosquitto_log_printf(MOSQ_LOG_INFO,
 			"iotsim: client '%s' connected as %s (certificate %s, connection %" PRIu64 ")",
 			client_id, gr.status, gr.cert_id, c->serial);
@@ -797,6 +959,14 @@ static int acl_write(struct client *c, const struct grant *gr, const char *clien
 	char reason[160];
 
 	if(gr->role == ROLE_SERVICE) return MOSQ_ERR_SUCCESS; /* iotsim's own plumbing */
+	if(ed->qos > 1){
+		/* AWS: "does not support publishing or subscribing with QoS level 2";
+		 * its broker sends no PUBACK (here: no PUBREC either). */
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: client '%s' published to '%.300s' with QoS 2, which AWS IoT does not support; "
+				"closing the connection", client_id, ed->topic);
+		return CLOSE_CONNECTION;
+	}
 	why = topic_limit_error(ed->topic);
 	if(why){
 		snprintf(reason, sizeof(reason), "the topic %s (AWS IoT quota)", why);
@@ -805,10 +975,12 @@ static int acl_write(struct client *c, const struct grant *gr, const char *clien
 				ed->payloadlen);
 	}else if(is_internal(ed->topic) || is_provisioning_response(ed->topic)){
 		snprintf(reason, sizeof(reason), "the topic is reserved");
-	}else if(policy_allows(gr, POL_PUBLISH, "topic/", ed->topic)){
-		return MOSQ_ERR_SUCCESS;
-	}else{
+	}else if(!policy_allows(gr, POL_PUBLISH, "topic/", ed->topic)){
 		snprintf(reason, sizeof(reason), "its policies do not allow iot:Publish on it");
+	}else if(ed->retain && !policy_allows(gr, POL_RETAIN_PUBLISH, "topic/", ed->topic)){
+		snprintf(reason, sizeof(reason), "it is retained and its policies do not allow iot:RetainPublish on it");
+	}else{
+		return live && !publish_rate_ok(c, "from it on", ed->topic) ? DROP_MESSAGE : MOSQ_ERR_SUCCESS;
 	}
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
 			"iotsim: client '%s' (certificate %s) published to '%.300s', refused: %s; disconnecting it",
@@ -824,6 +996,18 @@ static int acl_subscribe(struct client *c, const struct grant *gr, const char *c
 	const char *why;
 
 	if(gr->role == ROLE_SERVICE) return MOSQ_ERR_SUCCESS;
+	if(ed->qos > 1){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: client '%s' subscribed to '%.300s' with QoS 2, which AWS IoT does not support; "
+				"closing the connection without a SUBACK", client_id, ed->topic);
+		return CLOSE_CONNECTION;
+	}
+	if(!subscribe_filters_ok(c)){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"iotsim: client '%s' sent a SUBSCRIBE with more than %u filters, AWS IoT's limit; "
+				"closing the connection", client_id, g.subscribe_filters);
+		return CLOSE_CONNECTION;
+	}
 	why = topic_limit_error(ed->topic);
 	if(why){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
@@ -884,8 +1068,8 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 		case MOSQ_ACL_READ:
 			if(gr->role == ROLE_SERVICE) return MOSQ_ERR_SUCCESS;
 			if(is_internal(ed->topic)) return MOSQ_ERR_ACL_DENIED;
-			return policy_allows(gr, POL_RECEIVE, "topic/", ed->topic)
-				? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+			if(!policy_allows(gr, POL_RECEIVE, "topic/", ed->topic)) return MOSQ_ERR_ACL_DENIED;
+			return publish_rate_ok(c, "to it on", ed->topic) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		default:
 			return MOSQ_ERR_ACL_DENIED;
 	}
@@ -929,6 +1113,10 @@ static void deliver_reply(const char *rest, const struct mosquitto_evt_message *
 		mosquitto_log_printf(MOSQ_LOG_NOTICE,
 				"iotsim: reply on '%.300s' not delivered: the policies of client '%s' do not allow iot:Receive on it",
 				topic, client_id);
+		free(client_id);
+		return;
+	}
+	if(!publish_rate_ok(c, "to it on", topic)){
 		free(client_id);
 		return;
 	}
@@ -1015,19 +1203,15 @@ static int rewrite_request(struct mosquitto_evt_message *ed, const struct client
 static int on_message(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_message *ed = event_data;
-	const char *client_id = mosquitto_client_id(ed->client);
+	struct client *c = NULL;
+	struct grant *gr = ed->topic ? grant_of(ed->client, &c) : NULL;
 	const char *rest;
-	struct client *c;
-	struct grant *gr;
 
 	(void)event;
 	(void)userdata;
-	if(!client_id || !ed->topic) return DROP_MESSAGE;
-	gr = grant_of(ed->client, &c);
-	if(!gr || gr->role == ROLE_NONE){
-		/* The ACL check has already denied it; never route it. */
-		return DROP_MESSAGE;
-	}
+	/* No client id, no topic, or no rights: the ACL check has already
+	 * denied it; never route it. */
+	if(!gr || gr->role == ROLE_NONE) return DROP_MESSAGE;
 	if(gr->role == ROLE_SERVICE){
 		if((rest = after(ed->topic, "iotsim/reply/"))){
 			deliver_reply(rest, ed);
@@ -1055,6 +1239,8 @@ static int on_tick(int event, void *event_data, void *userdata)
 	/* mosquitto routes the replies queued so far at the start of its next
 	 * loop iteration, before it reads any new CONNECT. */
 	replied_clear();
+	g.tick++;
+	recent_sweep();
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -1081,11 +1267,16 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		struct mosquitto_opt *options, int option_count)
 {
 	const char *region = "local", *account = "000000000000";
+	char *end;
+	long v;
 	int i, rc;
 
 	(void)userdata;
 	memset(&g, 0, sizeof(g));
 	g.pid = identifier;
+	g.connect_interval_ms = AWS_CONNECT_INTERVAL_MS;
+	g.publish_rate = AWS_PUBLISH_RATE;
+	g.subscribe_filters = AWS_SUBSCRIBE_FILTERS;
 	for(i = 0; i < option_count; i++){
 		if(!options[i].value || !options[i].value[0]) continue;
 		if(!strcmp(options[i].key, "principals_dir")){
@@ -1096,6 +1287,19 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			region = options[i].value;
 		}else if(!strcmp(options[i].key, "account")){
 			account = options[i].value;
+		}else if(!strcmp(options[i].key, "connect_interval_ms") || !strcmp(options[i].key, "publish_rate")
+				|| !strcmp(options[i].key, "subscribe_filters")){
+			errno = 0;
+			v = strtol(options[i].value, &end, 10);
+			if(errno || *end || v < 0 || v > 1000000){
+				mosquitto_log_printf(MOSQ_LOG_ERR, "iotsim: plugin_opt_%s must be a whole number 0-1000000, got '%s'",
+						options[i].key, options[i].value);
+				free(g.dir);
+				return MOSQ_ERR_INVAL;
+			}
+			if(options[i].key[0] == 'c') g.connect_interval_ms = v;
+			else if(options[i].key[0] == 'p') g.publish_rate = (double)v;
+			else g.subscribe_filters = (unsigned)v;
 		}
 	}
 	if(!g.dir){
@@ -1124,8 +1328,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		mosquitto_log_printf(MOSQ_LOG_ERR, "iotsim: cannot register plugin callbacks (error %d)", rc);
 		return rc;
 	}
-	mosquitto_log_printf(MOSQ_LOG_INFO, "iotsim: plugin ready; principals in %s, resources %s...",
-			g.dir, g.arn_prefix);
+	mosquitto_log_printf(MOSQ_LOG_INFO, "iotsim: plugin ready; principals in %s, resources %s...; "
+			"quotas: CONNECT every %ld ms per client id, %g publishes/s per connection, %u filters per SUBSCRIBE "
+			"(0: off)", g.dir, g.arn_prefix, g.connect_interval_ms, g.publish_rate, g.subscribe_filters);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -1155,6 +1360,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int 
 		free(k);
 	}
 	replied_clear();
+	recent_free();
 	grant_clear(&g.gone_grant);
 	free(g.dir);
 	free(g.arn_prefix);

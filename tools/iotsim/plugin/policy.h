@@ -30,7 +30,8 @@
 #define POL_PUBLISH 2u
 #define POL_SUBSCRIBE 4u
 #define POL_RECEIVE 8u
-#define POL_ALL (POL_CONNECT | POL_PUBLISH | POL_SUBSCRIBE | POL_RECEIVE)
+#define POL_RETAIN_PUBLISH 16u /* iot:RetainPublish: a retained publish or Will needs it too */
+#define POL_ALL (POL_CONNECT | POL_PUBLISH | POL_SUBSCRIBE | POL_RECEIVE | POL_RETAIN_PUBLISH)
 
 #define POL_CLIENT_ID_VAR "${iot:ClientId}"
 
@@ -153,61 +154,126 @@ static inline bool pol_set_add(struct pol_set *set, bool deny, unsigned actions,
 }
 
 /*
- * Parse a principal file (see tools/iotsim/policy.py, render_principal):
+ * Decode one percent-encoded field in place (see tools/iotsim/policy.py,
+ * encode_field): only bytes 0x21-0x7e may stand raw, '%' must start %XX
+ * (upper-case hex) and %00 is refused, so a decoded field is a C string
+ * holding exactly the value the writer encoded. False when malformed.
+ */
+static inline bool pol_decode_field(char *field)
+{
+	static const char HEXU[] = "0123456789ABCDEF";
+	const char *hi, *lo;
+	char *in = field, *out = field;
+	unsigned char c;
+
+	for(; *in; in++){
+		c = (unsigned char)*in;
+		if(c < 0x21 || c > 0x7e) return false;
+		if(c == '%'){
+			if(!in[1] || !in[2]) return false;
+			hi = strchr(HEXU, in[1]);
+			lo = strchr(HEXU, in[2]);
+			if(!hi || !lo) return false;
+			c = (unsigned char)((hi - HEXU) << 4 | (lo - HEXU));
+			if(c == 0) return false;
+			in += 2;
+		}
+		*out++ = (char)c;
+	}
+	*out = '\0';
+	return true;
+}
+
+/* Split line (NUL-terminated, no '\n') at single spaces into at most max
+ * fields, each decoded in place; returns the number of fields, 0 when
+ * malformed (more than max fields included). */
+static inline size_t pol_fields(char *line, char **fields, size_t max)
+{
+	size_t n = 0;
+	char *sp;
+
+	for(;;){
+		if(n == max) return 0;
+		fields[n++] = line;
+		sp = strchr(line, ' ');
+		if(sp) *sp = '\0';
+		if(!pol_decode_field(fields[n - 1])) return 0;
+		if(!sp) return n;
+		line = sp + 1;
+	}
+}
+
+/* A decimal action mask no larger than POL_ALL. */
+static inline bool pol_mask(const char *s, unsigned *out)
+{
+	unsigned long v = 0;
+
+	if(!*s || strlen(s) > 3 || strspn(s, "0123456789") != strlen(s)) return false;
+	v = strtoul(s, NULL, 10);
+	if(v > POL_ALL) return false;
+	*out = (unsigned)v;
+	return true;
+}
+
+/*
+ * Parse a principal file (tools/iotsim/policy.py, render_principal): one
+ * record a line, a fixed number of percent-encoded fields a record,
+ * separated by single spaces, every line ending in '\n':
  *
- *     iotsim-principal 1
+ *     iotsim-principal 2
  *     status <STATUS>
  *     default                      rules for a client id that names no attached thing
  *     allow|deny <mask> <pattern>
  *     thing <name>                 rules when the client id is <name>, a thing
  *     allow|deny <mask> <pattern>  attached to this certificate
  *
- * Keeps the status word in status (size status_len) and the rules of the
- * section that applies to client_id in set. Returns false when malformed.
+ * Keeps the status in status (size status_len) and the rules of the section
+ * that applies to client_id in set. Returns false when anything is malformed
+ * (the caller then grants nothing): no value can start a record of its own.
  */
 static inline bool pol_parse_principal(char *text, const char *client_id, char *status,
 		size_t status_len, struct pol_set *set)
 {
-	char *line, *next, *rest, *end;
-	bool have_thing = false, in_thing = false, in_default = false, header = false;
+	char *line, *next, *f[3];
+	size_t n, count = 0;
+	bool have_thing = false, in_thing = false, in_default = false;
 	struct pol_set dflt = {NULL, 0}, thing = {NULL, 0};
-	unsigned long mask;
-	bool deny;
+	unsigned mask;
 
 	status[0] = '\0';
-	for(line = text; line && *line; line = next){
+	for(line = text; *line; line = next, count++){
 		next = strchr(line, '\n');
-		if(next) *next++ = '\0';
-		if(!header){
-			if(strcmp(line, "iotsim-principal 1")) goto bad;
-			header = true;
+		if(!next) goto bad; /* every record ends with a line break */
+		*next++ = '\0';
+		if(count == 0){
+			if(strcmp(line, "iotsim-principal 2")) goto bad;
 			continue;
 		}
-		if(!strncmp(line, "status ", 7)){
-			if(strlen(line + 7) >= status_len) goto bad;
-			strcpy(status, line + 7);
-		}else if(!strcmp(line, "default")){
+		n = pol_fields(line, f, 3);
+		if(count == 1){
+			/* the status first, exactly once */
+			if(n != 2 || strcmp(f[0], "status") || !f[1][0] || strlen(f[1]) >= status_len) goto bad;
+			strcpy(status, f[1]);
+		}else if(count == 2){
+			if(n != 1 || strcmp(f[0], "default")) goto bad;
 			in_default = true;
-			in_thing = false;
-		}else if(!strncmp(line, "thing ", 6)){
+		}else if(n == 2 && !strcmp(f[0], "thing")){
 			in_default = false;
-			in_thing = !have_thing && !strcmp(line + 6, client_id);
+			in_thing = !strcmp(f[1], client_id);
+			if(in_thing && have_thing) goto bad; /* one section per thing */
 			if(in_thing) have_thing = true;
-		}else if(!strncmp(line, "allow ", 6) || !strncmp(line, "deny ", 5)){
-			deny = line[0] == 'd';
-			rest = line + (deny ? 5 : 6);
-			mask = strtoul(rest, &end, 10);
-			if(end == rest || *end != ' ') goto bad;
+		}else if(n == 3 && (!strcmp(f[0], "allow") || !strcmp(f[0], "deny"))){
+			if(!pol_mask(f[1], &mask)) goto bad;
 			if(in_thing){
-				if(!pol_set_add(&thing, deny, (unsigned)mask, end + 1, client_id)) goto bad;
+				if(!pol_set_add(&thing, f[0][0] == 'd', mask, f[2], client_id)) goto bad;
 			}else if(in_default){
-				if(!pol_set_add(&dflt, deny, (unsigned)mask, end + 1, client_id)) goto bad;
+				if(!pol_set_add(&dflt, f[0][0] == 'd', mask, f[2], client_id)) goto bad;
 			}
-		}else if(line[0]){
+		}else{
 			goto bad;
 		}
 	}
-	if(!header || !status[0]) goto bad;
+	if(count < 3) goto bad;
 	if(have_thing){
 		*set = thing;
 		pol_set_free(&dflt);
