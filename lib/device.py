@@ -14,7 +14,11 @@ import os
 import credstore
 import mqttlink
 from progress import Progress
-from runtime import release, sleep_ms
+from runtime import release, sleep_ms, ticks_diff, ticks_ms
+
+# AWS IoT accepts one CONNECT per second per client id and closes a second
+# one before CONNACK: the device never sends two within this.
+CONNECT_GAP_MS = 1000
 from timedsock import describe
 
 
@@ -143,6 +147,7 @@ class Device:
         self.store.hook = self.progress.mark
         self.uid = board.uid() or self.store.uid() or _new_uid(self.store)
         self.client_id = cfg["client_id"] or self.uid
+        self._connected = {}  # client id -> ticks_ms() of its last CONNECT
 
     def step(self, name, detail=""):
         """One progress line (never pass a secret in ``detail``)."""
@@ -167,6 +172,12 @@ class Device:
     def open(self, client_id, cert, key, ca):
         """A connection with the config's endpoint and time limits (a mqttlink.Link)."""
         cfg = self.cfg
+        last = self._connected.get(client_id)
+        if last is not None:
+            wait = CONNECT_GAP_MS - ticks_diff(ticks_ms(), last)
+            if wait > 0:
+                self.board.sleep_ms(wait)
+        self._connected[client_id] = ticks_ms()
         return self.board.connect(client_id, cfg["endpoint"], cfg["port"], cert, key, ca,
                                   cfg["server_hostname"], cfg["connect_timeout_ms"])
 

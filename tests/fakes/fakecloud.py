@@ -7,6 +7,7 @@ through a Board whose connections and MQTT API clients are these."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -249,6 +250,10 @@ class Boot:
         self.sleeps: list[int] = []
         # rand: the longest wait in each jitter window
         self.fb = FirstBoot(self.cfg, FakeBoard(cloud, self.lines.append, self.sleeps.append, lambda n: n, hook=hook))
+
+    def retry_waits(self) -> list[int]:
+        """The back-off before each retry, as the progress lines give it ("next in N ms")."""
+        return [int(m) for m in re.findall(r"; next in (\d+) ms", self.output())]
 
     def steps(self) -> list[str]:
         return [line.split()[3] for line in self.lines if line.startswith("fleetprov ")]

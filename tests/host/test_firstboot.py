@@ -4,6 +4,7 @@ revocation, and that no secret is ever printed."""
 from __future__ import annotations
 
 import json
+import time
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -141,7 +142,7 @@ def test_throttled_twice_then_accepted_backs_off_on_fresh_connections(flash: Pat
     cloud.fail["register"] = [refused(429, "ThrottlingException"), refused(429, "ThrottlingException")]
     boot = Boot(cloud, retry_base_ms=100, retry_max_ms=1000)
     boot.fb.start()
-    assert boot.sleeps == [100, 200]
+    assert boot.retry_waits() == [100, 200]
     assert boot.steps().count("retry") == 2 and boot.steps()[-1] == "confirm"
     claim_links = [l for l in cloud.links if l.cert == cloud.claim.cert_der]
     assert len(claim_links) == 3 and all(l.closed for l in claim_links)
@@ -155,7 +156,7 @@ def test_server_errors_are_retried(flash: Path, cloud: FakeCloud, code: int) -> 
     cloud.fail["keys"] = [refused(code, "InternalFailure")]
     boot = Boot(cloud)
     boot.fb.start()
-    assert len(boot.sleeps) == 1 and credstore.Store().load() is not None
+    assert len(boot.retry_waits()) == 1 and credstore.Store().load() is not None
 
 
 @pytest.mark.parametrize("s", [fleetprov.TIMEOUT, fleetprov.MQTT_ERROR])
@@ -163,7 +164,7 @@ def test_timeouts_and_mqtt_errors_are_retried(flash: Path, cloud: FakeCloud, s: 
     cloud.fail["register"] = [status(s)]
     boot = Boot(cloud)
     boot.fb.start()
-    assert len(boot.sleeps) == 1
+    assert len(boot.retry_waits()) == 1
 
 
 def test_a_forbidden_request_fails_at_once_with_the_servers_message(flash: Path, cloud: FakeCloud) -> None:
@@ -218,7 +219,7 @@ def test_attempts_are_bounded_and_the_last_error_is_reported(flash: Path, cloud:
     assert info.value.retryable
     assert "after 4 attempts" in str(info.value) and "429" in str(info.value)
     assert cloud.calls.count("keys") == 4
-    assert boot.sleeps == [1000, 2000, 3000]  # doubling, capped at retry_max_ms
+    assert boot.retry_waits() == [1000, 2000, 3000]  # doubling, capped at retry_max_ms
 
 
 def test_network_failures_on_connect_are_retried(flash: Path, cloud: FakeCloud) -> None:
@@ -228,7 +229,7 @@ def test_network_failures_on_connect_are_retried(flash: Path, cloud: FakeCloud) 
     ]
     boot = Boot(cloud)
     boot.fb.start()
-    assert len(boot.sleeps) == 2
+    assert len(boot.retry_waits()) == 2
 
 
 def test_a_claim_refused_at_connack_fails_at_once(flash: Path, cloud: FakeCloud) -> None:
@@ -659,3 +660,23 @@ def test_an_answer_fleetprov_refuses_as_bad_response_stops_the_boot_and_records_
     assert not info.value.retryable and "thingName" in str(info.value)
     assert not (flash / "certs" / credstore.RECORD).exists() and credstore.Store().load() is None
     assert cloud.calls.count("register") == 1  # not retried: the same server would answer the same
+
+
+def test_two_connects_with_one_client_id_are_a_second_apart_as_aws_requires(flash: Path, cloud: FakeCloud) -> None:
+    # AWS IoT closes a second CONNECT with one client id within a second before CONNACK
+    cloud.fail["register"] = [status(fleetprov.TIMEOUT)]
+    waited: list[int] = []
+    connects: list[int] = []
+    real = cloud.connect
+
+    def connect(*args: Any) -> Any:
+        connects.append(time.monotonic() * 1000 + sum(waited))  # the fake's sleeps pass no time: add them
+        return real(*args)
+
+    cloud.connect = connect  # type: ignore[method-assign]
+    boot = Boot(cloud, retry_base_ms=10, retry_max_ms=10)
+    boot.fb.board.sleep_ms = waited.append  # type: ignore[method-assign]
+    boot.fb.start()
+    assert boot.retry_waits() == [10]
+    claim = [at for at, link in zip(connects, cloud.links) if link.cert == cloud.claim.cert_der]
+    assert len(claim) == 2 and claim[1] - claim[0] >= 900  # the back-off, then the rest of the second
