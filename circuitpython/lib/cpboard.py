@@ -32,7 +32,7 @@ _INT_FIELDS = ("port", "connect_timeout_ms", "mqtt_timeout_ms", "response_timeou
                "retry_attempts", "retry_base_ms", "retry_max_ms")
 # CircuitPython defaults where config.json's differ: PEM claim files
 _DEFAULTS = {"ca": "ca.pem", "claim_cert": "claim.pem", "claim_key": "claim.key.pem"}
-SOCKET_TIMEOUT_MS = 1000  # MiniMQTT's default socket timeout: each poll for messages lasts this long
+SOCKET_TIMEOUT_MS = 1000  # MiniMQTT's default socket timeout: the longest single socket wait
 WRITE_MARKER = "usb-write"  # boot.py leaves the drive to the computer while this file exists
 
 
@@ -75,20 +75,20 @@ def load_settings(getenv=os.getenv):
         cfg = devconfig.validate(raw)
     except devconfig.ConfigError as ex:
         raise BoardError(_settings_message(str(ex)))
-    # MiniMQTT's socket timeout (a float is fine for socketpool's settimeout;
-    # settings.toml has whole numbers only, hence milliseconds).
-    poll = getenv("FLEETPROV_SOCKET_TIMEOUT_MS")
-    poll = SOCKET_TIMEOUT_MS if poll is None else poll
-    if isinstance(poll, str) and poll.isdigit():
-        poll = int(poll)
-    if not isinstance(poll, int) or isinstance(poll, bool) or poll < 1:
+    # MiniMQTT's socket timeout: TCP connect, each TLS handshake step, each
+    # read. A slow link may need more (a float is fine for socketpool's
+    # settimeout; settings.toml has whole numbers only, hence milliseconds).
+    wait = getenv("FLEETPROV_SOCKET_TIMEOUT_MS")
+    wait = SOCKET_TIMEOUT_MS if wait is None else wait
+    if isinstance(wait, str) and wait.isdigit():
+        wait = int(wait)
+    if not isinstance(wait, int) or isinstance(wait, bool) or wait < 1:
         raise BoardError("settings.toml: FLEETPROV_SOCKET_TIMEOUT_MS must be a positive whole number "
-                         "of milliseconds, got {}".format(poll))
-    cfg["socket_timeout_ms"] = poll
-    for field in ("response_timeout_ms", "mqtt_timeout_ms"):
-        if cfg[field] <= poll:
-            raise BoardError("settings.toml: {} = {} must exceed MiniMQTT's socket timeout, "
-                             "FLEETPROV_SOCKET_TIMEOUT_MS = {}".format(setting_name(field), cfg[field], poll))
+                         "of milliseconds, got {}".format(wait))
+    cfg["socket_timeout_ms"] = wait
+    if cfg["mqtt_timeout_ms"] <= wait:  # MiniMQTT's rule for its recv_timeout
+        raise BoardError("settings.toml: FLEETPROV_MQTT_TIMEOUT_MS = {} must exceed MiniMQTT's socket "
+                         "timeout, FLEETPROV_SOCKET_TIMEOUT_MS = {}".format(cfg["mqtt_timeout_ms"], wait))
     return cfg
 
 

@@ -24,7 +24,7 @@ from tools import cpbundle
 pytestmark = pytest.mark.timeout(180)
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = {"FLEETPROV_SOCKET_TIMEOUT_MS": 250, "FLEETPROV_RETRY_BASE_MS": 10, "FLEETPROV_RETRY_MAX_MS": 50}
+FAST = {"FLEETPROV_RETRY_BASE_MS": 10, "FLEETPROV_RETRY_MAX_MS": 50}  # MiniMQTT keeps its defaults
 
 
 def boot(folder: Path, *args: str) -> tuple[int, list[str]]:
@@ -159,7 +159,8 @@ def test_a_rejected_registration_is_final_and_names_the_server_message(iotsim: A
         ({"FLEETPROV_ENDPOINT": ""}, "settings.toml: FLEETPROV_ENDPOINT must not be empty"),
         ({"FLEETPROV_FORMAT": "xml"}, "settings.toml: FLEETPROV_FORMAT must be one of json or cbor"),
         ({"FLEETPROV_PARAMETERS": "{not json"}, "FLEETPROV_PARAMETERS is not JSON text"),
-        ({"FLEETPROV_RESPONSE_TIMEOUT_MS": 200}, "must exceed MiniMQTT's socket timeout"),
+        ({"FLEETPROV_MQTT_TIMEOUT_MS": 1000}, "MQTT_TIMEOUT_MS = 1000 must exceed MiniMQTT's socket timeout"),
+        ({"FLEETPROV_SOCKET_TIMEOUT_MS": "soon"}, "SOCKET_TIMEOUT_MS must be a positive whole number"),
         ({"FLEETPROV_PORT": "eighty"}, "settings.toml: FLEETPROV_PORT must be an integer"),
     ],
 )

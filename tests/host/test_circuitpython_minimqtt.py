@@ -2,15 +2,19 @@
 
 MiniMQTT 8.x runs on CPython with socket_pool=socket and an ssl context, as on
 a CircuitPython board with socketpool and ssl: the same adapter, the same
-fleetprov, real mutual TLS. Every method x format, then each fault reaching
-the device as the documented ProvisioningError.
+fleetprov, real mutual TLS, MiniMQTT's default socket timeout unless a test
+says otherwise. Every method x format, then each fault reaching the device as
+the documented ProvisioningError, then a link that goes silent.
 """
 
 from __future__ import annotations
 
 import itertools
+import selectors
 import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,7 @@ from tools.iotsim.testing import RunningIotSim  # noqa: E402
 pytestmark = pytest.mark.timeout(120)
 
 TEMPLATE = "FleetprovDemo"
-FAST_POLL_S = 0.25  # MiniMQTT's socket timeout in most tests; one test keeps its default of 1 s
+LONG_SOCKET_TIMEOUT_S = 20  # far above any answer's time: a wait for it shows as a failure
 _serials = itertools.count(1)
 
 
@@ -45,7 +49,6 @@ def serial() -> str:
 
 
 def claim_link(iotsim: RunningIotSim, client_id: str, **kw: Any) -> mqttlink.Link:
-    kw.setdefault("socket_timeout", FAST_POLL_S)
     kw.setdefault("timeout_ms", 5000)
     return iotsim_link(iotsim, client_id, **kw)
 
@@ -72,7 +75,7 @@ def write_identity(folder: Path, cert_pem: str, key_der: bytes) -> tuple[str, st
 
 
 def connects_as_itself(iotsim: RunningIotSim, thing: str, cert: str, key: str) -> None:
-    link = iotsim_link(iotsim, thing, cert, key, socket_timeout=FAST_POLL_S)
+    link = iotsim_link(iotsim, thing, cert, key)
     try:
         link.client.publish("fleetprov/{}/hello".format(thing).encode(), b"hello", False, 1)
     finally:
@@ -84,10 +87,8 @@ def connects_as_itself(iotsim: RunningIotSim, thing: str, cert: str, key: str) -
 def test_minimqtt_provisions_registers_and_reconnects_as_the_thing(
     iotsim: RunningIotSim, links: Any, tmp_path: Path, method: str, fmt: str
 ) -> None:
-    # keys/json keeps MiniMQTT's default socket timeout (1 s): the realistic board setting
-    poll = 1 if (method, fmt) == ("keys", "json") else FAST_POLL_S
     cid = "cp-" + serial()
-    link = links(iotsim, cid, socket_timeout=poll)
+    link = links(iotsim, cid)
     p = fleetprov.Provisioner(link.client, fmt=fmt, timeout_ms=15000)
     if method == "keys":
         creds = p.create_keys_and_certificate()
@@ -168,6 +169,112 @@ def test_each_fault_reaches_the_device_through_minimqtt_as_the_documented_status
         assert token not in str(err)
 
 
+def test_answers_are_taken_as_soon_as_they_are_in_however_long_the_socket_timeout(
+    iotsim: RunningIotSim, links: Any
+) -> None:
+    # MiniMQTT's loop() waits out its timeout, answer or not; check_msg() must
+    # not: a single wait for this socket timeout would show in the total.
+    client = links(iotsim, socket_timeout=LONG_SOCKET_TIMEOUT_S, timeout_ms=30000).client
+    started = time.monotonic()
+    assert client.check_msg() is None  # nothing has come
+    p = fleetprov.Provisioner(client, timeout_ms=15000)
+    creds = p.create_keys_and_certificate()
+    reg = p.register_thing(TEMPLATE, creds.ownership_token, {"SerialNumber": serial()})
+    assert reg.thing_name and iotsim.registry.status(creds.certificate_id) == "ACTIVE"
+    assert time.monotonic() - started < LONG_SOCKET_TIMEOUT_S
+
+
+def test_a_silent_service_times_out_at_fleetprovs_deadline_not_the_socket_timeout(
+    iotsim: RunningIotSim, links: Any
+) -> None:
+    link = links(iotsim, socket_timeout=LONG_SOCKET_TIMEOUT_S, timeout_ms=30000)
+    p = fleetprov.Provisioner(link.client, timeout_ms=1500)
+    iotsim.set_fault("CreateKeysAndCertificate", "drop")
+    started = time.monotonic()
+    assert refused(p.create_keys_and_certificate).status == fleetprov.TIMEOUT
+    assert time.monotonic() - started < LONG_SOCKET_TIMEOUT_S
+
+
+class SilencingRelay:
+    """A TCP relay on loopback to iotsim; once ``silent`` is set it drops what
+    the broker sends: a link gone half-open, the device's bytes still leaving
+    and nothing coming back. One connection; stopped by close()."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.silent = threading.Event()
+        self._stop = threading.Event()
+        self._upstream = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                device, _ = self._listener.accept()
+                break
+            except TimeoutError:
+                continue
+        else:
+            return
+        broker = socket.create_connection(("127.0.0.1", self._upstream))
+        with device, broker, selectors.DefaultSelector() as sel:
+            sel.register(device, selectors.EVENT_READ, broker)
+            sel.register(broker, selectors.EVENT_READ, device)
+            while not self._stop.is_set():
+                for key, _ in sel.select(0.05):
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    if key.fileobj is device or not self.silent.is_set():
+                        key.data.sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+
+@pytest.mark.parametrize(
+    "silent_from,status",
+    [("the request", fleetprov.MQTT_ERROR), ("its PUBACK", fleetprov.TIMEOUT)],
+    ids=["before-puback", "after-puback"],
+)
+def test_a_link_that_goes_silent_ends_the_operation_within_its_timeouts(
+    iotsim: RunningIotSim, silent_from: str, status: int
+) -> None:
+    # No PUBACK: the publish fails (MQTT_ERROR); PUBACK, then nothing: no
+    # answer (TIMEOUT). Either way the unsubscribes that follow end within
+    # the MQTT timeout: MiniMQTT alone waits for an UNSUBACK for ever.
+    relay = SilencingRelay(iotsim.port)
+    link = mmqttclient.connect("cp-" + serial(), "127.0.0.1", relay.port, str(iotsim.claim_cert),
+                               str(iotsim.claim_key), iotsim.ca_path.read_text(), pool=socket,
+                               socket_timeout=0.25, timeout_ms=500)
+    try:
+        mqtt = link.client.mqtt
+        send = mqtt.publish
+
+        def publish_then_fall_silent(*args: Any) -> None:
+            if silent_from == "the request":
+                relay.silent.set()
+            send(*args)
+            relay.silent.set()
+
+        mqtt.publish = publish_then_fall_silent  # type: ignore[method-assign]
+        p = fleetprov.Provisioner(link.client, timeout_ms=1000)
+        started = time.monotonic()
+        err = refused(p.create_keys_and_certificate)
+        elapsed = time.monotonic() - started
+    finally:
+        link.close()
+        relay.close()
+    assert err.status == status, str(err)
+    # about 2 s (the answer's 1 s, then an unsubscribe's 0.5 s + a socket timeout): never unbounded
+    assert elapsed < 10, elapsed
+
+
 def test_a_subscription_the_claim_policy_refuses_is_suback_0x80_as_umqtt_reports_it(
     iotsim: RunningIotSim, links: Any
 ) -> None:
@@ -238,7 +345,6 @@ def test_a_server_signed_by_another_ca_is_not_trusted(iotsim: RunningIotSim, tmp
             str(iotsim.claim_key),
             (tmp_path / "ca.pem").read_text(),
             pool=socket,
-            socket_timeout=FAST_POLL_S,
         )
     assert not err.value.refused and "127.0.0.1:{}".format(iotsim.port) in str(err.value)
 
