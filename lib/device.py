@@ -177,9 +177,12 @@ class Device:
             wait = CONNECT_GAP_MS - ticks_diff(ticks_ms(), last)
             if wait > 0:
                 self.board.sleep_ms(wait)
-        self._connected[client_id] = ticks_ms()
-        return self.board.connect(client_id, cfg["endpoint"], cfg["port"], cert, key, ca,
-                                  cfg["server_hostname"], cfg["connect_timeout_ms"])
+        try:
+            return self.board.connect(client_id, cfg["endpoint"], cfg["port"], cert, key, ca,
+                                      cfg["server_hostname"], cfg["connect_timeout_ms"])
+        finally:
+            # counted from the end: the CONNECT went out before it, whenever that was
+            self._connected[client_id] = ticks_ms()
 
     def connect_thing(self):
         """Connect as the provisioned thing, under the retry policy: a

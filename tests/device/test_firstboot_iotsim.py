@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tools.iotsim.broker import MqttQuotas
 from tools.unixboard import BOOT, EXIT_STATUS, Board, BootResult, make_flash
 
 FAST_RETRY = {"retry_base_ms": 20, "retry_max_ms": 100}
@@ -54,6 +55,15 @@ def flash(tmp_path: Path, iotsim: Any) -> Path:
     return make_flash(tmp_path / "flash", iotsim.state, FAST_RETRY)
 
 
+@pytest.fixture
+def iotsim_at_once(iotsim_factory: Any) -> Any:
+    """An iotsim that lets a client id CONNECT again within a second, for the
+    tests that read the exact steps of boots run back to back: a board's reboot
+    takes seconds, the harness's none. AWS's rule, and a boot riding it out, are
+    test_a_reboot_within_a_second_rides_out_awss_connect_rate."""
+    return iotsim_factory(mqtt_quotas=MqttQuotas(connect_interval_ms=0))
+
+
 def reconfigure(flash: Path, **changes: Any) -> None:
     path = flash / "config.json"
     cfg = json.loads(path.read_text())
@@ -65,7 +75,9 @@ def boot(flash: Path, **kw: Any) -> BootResult:
     return Board(flash).boot(timeout=kw.pop("timeout", 60), **kw)
 
 
-def test_a_fresh_device_provisions_then_boots_straight_to_its_application(iotsim: Any, flash: Path) -> None:
+def test_a_fresh_device_provisions_then_boots_straight_to_its_application(iotsim_at_once: Any, tmp_path: Path) -> None:
+    iotsim = iotsim_at_once
+    flash = make_flash(tmp_path / "flash", iotsim.state, FAST_RETRY)
     before = claim_files(flash)
     first = boot(flash)
     assert first.returncode == 0, first.text
@@ -114,8 +126,10 @@ def test_no_key_or_token_appears_in_the_device_output(iotsim: Any, flash: Path) 
 
 
 def test_a_revoked_certificate_is_dropped_and_the_device_provisions_again_with_the_claim(
-    iotsim: Any, flash: Path
+    iotsim_at_once: Any, tmp_path: Path
 ) -> None:
+    iotsim = iotsim_at_once
+    flash = make_flash(tmp_path / "flash", iotsim.state, FAST_RETRY)
     before = claim_files(flash)
     assert boot(flash).returncode == 0
     thing, old_id = assert_provisioned_in_iotsim(iotsim, flash)
@@ -131,6 +145,17 @@ def test_a_revoked_certificate_is_dropped_and_the_device_provisions_again_with_t
     assert iotsim.registry.status(old_id) == "REVOKED"
     assert claim_files(flash) == before
     assert boot(flash).steps()[:3] == ["config", "provisioned", "connect-thing"]
+
+
+def test_a_reboot_within_a_second_rides_out_awss_connect_rate(iotsim: Any, flash: Path) -> None:
+    # AWS IoT closes a second CONNECT with one client id within a second before
+    # CONNACK; a board that reboots that fast retries once, after the second.
+    assert boot(flash).returncode == 0
+    again = boot(flash)
+    assert again.returncode == 0, again.text
+    assert again.steps()[-3:] == ["connect-thing", "hello", "done"], again.text
+    retries = [line for line in again.lines if " retry " in line]
+    assert len(retries) <= 1 and all("closed the connection before CONNACK" in r for r in retries), again.text
 
 
 def test_throttled_twice_then_accepted(iotsim: Any, flash: Path) -> None:
