@@ -76,12 +76,13 @@ class Board:
         return mqttlink.connect(client_id, host, port, cert, key, ca, server_hostname=server_hostname,
                                 timeout_ms=timeout_ms)
 
-    def provisioner(self, client, cfg, rx_buffer):
+    def provisioner(self, client, cfg, rx_buffer, fmt=None):
         """The MQTT API client (fleetprov.Provisioner) on a connected client,
-        receiving its answers in ``rx_buffer`` (a bytearray)."""
+        receiving its answers in ``rx_buffer`` (a bytearray), in the config's
+        format unless ``fmt`` says otherwise."""
         import fleetprov
 
-        return fleetprov.Provisioner(client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
+        return fleetprov.Provisioner(client, fmt or cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"],
                                      cfg["mqtt_timeout_ms"], rx_buffer)
 
     def tls_identity(self, store, pending):

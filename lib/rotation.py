@@ -63,7 +63,8 @@ def retire(dev, link):
     old = dev.store.record.get("retire")
     if old is None:
         return
-    p = dev.board.provisioner(link.client, dev.cfg, bytearray(dev.cfg["rx_size"]))
+    # JSON whatever the provisioning format: the retire rule reads JSON
+    p = dev.board.provisioner(link.client, dev.cfg, bytearray(1024), "json")  # the answer is a few names
     try:
         p.request(dev.topic(dev.cfg["retire_topic"]), {"certificateId": old})
     except fleetprov.ProvisioningError as ex:

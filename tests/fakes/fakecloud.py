@@ -224,10 +224,12 @@ class FakeBoard(Board):
     def connect(self, *args: Any) -> FakeLink:
         return self.cloud.connect(*args)
 
-    def provisioner(self, client: FakeClient, cfg: dict[str, Any], rx_buffer: bytearray) -> Any:
-        assert isinstance(rx_buffer, bytearray) and len(rx_buffer) == cfg["rx_size"]
+    def provisioner(
+        self, client: FakeClient, cfg: dict[str, Any], rx_buffer: bytearray, fmt: str | None = None
+    ) -> Any:
+        assert isinstance(rx_buffer, bytearray) and len(rx_buffer) in (cfg["rx_size"], 1024)
         return self.cloud.provisioner(
-            client, cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"], cfg["mqtt_timeout_ms"]
+            client, fmt or cfg["format"], cfg["response_timeout_ms"], cfg["rx_size"], cfg["mqtt_timeout_ms"]
         )
 
     def sleep_ms(self, ms: int) -> None:

@@ -167,3 +167,10 @@ def test_a_power_cut_at_any_boundary_of_a_rotation_leaves_an_identity_that_conne
         assert stored.load() is not None, cut
         assert link.cert == stored.identity()[0] and link.cert in cloud.active, (cut, after.output())
         assert cloud.active_certificates(thing) == [link.cert], (cut, after.output())
+
+
+def test_a_device_that_provisions_in_cbor_asks_the_retire_rule_in_json(cloud: FakeCloud) -> None:
+    cloud.provisioner_args.clear()
+    Boot(cloud, rotate_days=40, format="cbor", **ROTATION).fb.start()
+    formats = [args[0] for args in cloud.provisioner_args]
+    assert formats[:-1] == ["cbor"] * (len(formats) - 1) and formats[-1] == "json"  # CSR, register; retire
