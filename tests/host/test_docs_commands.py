@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,10 +63,6 @@ RUN_HERE = {
     "../examples/provision.py 127.0.0.1 8883 keys",
 }
 ELSEWHERE = {
-    "python3 -m venv ~/fleetprov-venv": "tests/host/test_packaging.py (installed fixture, without the "
-    "dependencies: no downloads in a test)",
-    "~/fleetprov-venv/bin/pip install -e .": "tests/host/test_packaging.py (installed fixture)",
-    "~/fleetprov-venv/bin/iotsim status": "tests/host/test_packaging.py (commands from any folder)",
     ".venv/bin/python -m tools.esp32check": "tests/host/test_esp32_api.py",
     ".venv/bin/python -m tools.esp32check mycode.py": "tests/host/test_esp32_api.py (on the reader's file)",
     "make demo": "tests/device/test_firstboot_iotsim.py runs the same first boot (the demo takes a minute)",
@@ -75,6 +72,8 @@ ELSEWHERE = {
 }
 BY_DESIGN = {
     "make test": "the suite this test is part of (.ci/run runs it)",
+    ".venv/bin/python -m tools.awssetup setup --region eu-west-1": "needs an AWS account; the same setup "
+    "against iotsim: tests/host/test_awssetup.py",
     ".venv/bin/pip install esptool": "esptool only flashes a board; not a project dependency",
     ".venv/bin/esptool.py --chip esp32 --port /dev/ttyUSB0 erase_flash": BOARD,
     ".venv/bin/esptool.py --chip esp32 --port /dev/ttyUSB0 --baud 460800 write_flash -z 0x1000 "
@@ -205,8 +204,12 @@ def test_the_virtual_board_walkthrough_provisions_a_board(iotsim: RunningIotSim,
 
 @pytest.mark.parametrize("method", ["keys", "csr"])
 def test_the_examples_documented_command_provisions_a_device(
-    iotsim: RunningIotSim, tmp_path: Path, method: str
+    iotsim_factory: Any, tmp_path: Path, method: str
 ) -> None:
+    # The example is one device (client ids claim-0001, fleetprov-0001) run twice
+    # here within seconds: an iotsim each, as AWS accepts one CONNECT a second
+    # per client id (that rule: tests/device/test_firstboot_iotsim.py).
+    iotsim = iotsim_factory()
     # The fixture's state folder for .iotsim (so ../ is the repository) and its port.
     script = example_block().replace("cd .iotsim", "cd {}".format(iotsim.state))
     script = script.replace("../", "{}/".format(ROOT)).replace("8883", str(iotsim.port))
