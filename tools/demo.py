@@ -28,6 +28,7 @@ import logging
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,9 @@ def run(board: DemoBoard) -> int:
         first = board.boot(timeout=120)
         if first.returncode != 0 or "done" not in first.steps():
             return _fail("the first boot did not end provisioned", first)
+        # A board's reset, Wi-Fi and NTP take seconds; the harness's restart
+        # none, and AWS IoT refuses a second CONNECT within a second per client id.
+        time.sleep(1.0)
         print("\n== second boot: already provisioned, straight to the application")
         second = board.boot(timeout=60)
         if second.returncode != 0 or "provisioned" not in second.steps() or "connect-claim" in second.steps():
