@@ -14,8 +14,9 @@
 #       ../.venv/bin/micropython ../examples/provision.py 127.0.0.1 8883 keys
 #
 # The arguments replace ENDPOINT, the port and the method ("keys": AWS makes
-# the key; "csr": the key is made here and never leaves the device). A board
-# has no sys.argv.
+# the key; "csr": the key is made here and never leaves the device); a fourth,
+# optional, replaces SERIAL (client ids and thing name follow it: AWS accepts
+# one connection a second per client id). A board has no sys.argv.
 import sys
 
 import fleetprov
@@ -26,8 +27,11 @@ ENDPOINT = "xxxxxxxxxxxxxx-ats.iot.eu-west-1.amazonaws.com"
 PORT = 8883
 TEMPLATE = "FleetprovDemo"
 METHOD = "keys"
+SERIAL = "0001"
 if len(sys.argv) > 3:
     ENDPOINT, PORT, METHOD = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if len(sys.argv) > 4:
+    SERIAL = sys.argv[4]
 
 
 def read(name):
@@ -47,18 +51,18 @@ def save(name, data):
         f.write(data)
 
 
-client = connect(b"claim-0001", read("certs/claim.der"), read("certs/claim.key.der"))
+client = connect("claim-" + SERIAL, read("certs/claim.der"), read("certs/claim.key.der"))
 p = fleetprov.Provisioner(client)
 try:
     if METHOD == "csr":
         import csr
 
-        key, request = csr.generate("device-0001")  # a P-256 key (DER) and its CSR (PEM)
+        key, request = csr.generate("device-" + SERIAL)  # a P-256 key (DER) and its CSR (PEM)
         made = p.create_certificate_from_csr(request)
     else:
         made = p.create_keys_and_certificate()
         key = pem_to_der(made.private_key)
-    reg = p.register_thing(TEMPLATE, made.ownership_token, {"SerialNumber": "0001"})
+    reg = p.register_thing(TEMPLATE, made.ownership_token, {"SerialNumber": SERIAL})
 except fleetprov.ProvisioningError as err:
     print("provisioning failed:", err)
     raise SystemExit(1)

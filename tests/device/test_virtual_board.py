@@ -21,6 +21,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,15 +33,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.host.test_docs_commands import doc_block, run_group
 from tools import package_json
 from tools.fetch_deps import umqtt_dir
-from tools.unixboard import DEFAULT_TARGET, Board, Target, current_target, use_target
+from tools.unixboard import DEFAULT_TARGET, Board, BootResult, Target, current_target, use_target
 
 ROOT = Path(__file__).resolve().parents[2]
 MPREMOTE = Path(sys.executable).parent / "mpremote"
 MPY_BUILD = ROOT / "build" / "mpy" / "lib"
 LIB_MODULES = sorted(p.stem for p in (ROOT / "lib").glob("*.py"))
 CLAIM_FILES = ("ca.der", "claim.der", "claim.key.der")
+# A device's own identity files as lib/credstore.py names them (after the certificate id).
+IDENTITY_FILES = ("device-0123456789abcdef.crt.der", "device-0123456789abcdef.key.der")
 
 STARTUP_DEADLINE_S = 10.0
 MPREMOTE_TIMEOUT_S = 60.0
@@ -344,7 +348,7 @@ def test_deploy_never_copies_device_credentials_from_the_host(
     board: VirtualBoard, claim_config: Path
 ) -> None:
     build_mpy()
-    device_files = ("device.crt.der", "device.key.der", "provisioned.json", "uid")
+    device_files = (*IDENTITY_FILES, "provisioned.json", "pending.json", "pending.crt", "pending.key", "uid")
     for name in device_files:
         (claim_config / "certs" / name).write_bytes(b"another device's identity")
     proc = run_deploy("deploy", "--port", str(board.pty), config=claim_config)
@@ -356,7 +360,7 @@ def test_deploy_never_copies_device_credentials_from_the_host(
 def test_deploy_leaves_the_boards_own_credentials_alone(board: VirtualBoard, claim_config: Path) -> None:
     build_mpy()
     (board.flash / "certs").mkdir()
-    own = {"device.crt.der": b"cert", "device.key.der": b"key", "provisioned.json": b"{}"}
+    own = {IDENTITY_FILES[0]: b"cert", IDENTITY_FILES[1]: b"key", "provisioned.json": b"{}"}
     for name, data in own.items():
         (board.flash / "certs" / name).write_bytes(data)
     run_deploy("deploy", "--port", str(board.pty), config=claim_config)
@@ -368,12 +372,12 @@ def test_deploy_refuses_a_config_naming_a_device_credential_as_a_claim_file(
     board: VirtualBoard, claim_config: Path
 ) -> None:
     cfg = json.loads((claim_config / "config.json").read_text())
-    cfg["claim_key"] = "device.key.der"
+    cfg["claim_key"] = IDENTITY_FILES[1]
     (claim_config / "config.json").write_text(json.dumps(cfg))
-    (claim_config / "certs" / "device.key.der").write_bytes(b"k")
+    (claim_config / "certs" / IDENTITY_FILES[1]).write_bytes(b"k")
     proc = run_deploy("deploy", "--port", str(board.pty), config=claim_config, check=False)
     assert proc.returncode == 1
-    assert "'claim_key' names 'device.key.der'" in proc.stderr
+    assert "'claim_key' names '{}'".format(IDENTITY_FILES[1]) in proc.stderr
     assert flash_files(board.flash) == {}
 
 
@@ -445,11 +449,12 @@ def test_the_deployed_mpy_build_provisions_the_virtual_board_against_iotsim(
     assert iotsim.registry.thing_of(certificate_id) == thing_name
     assert iotsim.registry.status(certificate_id) == "ACTIVE"
     # AWS's certificateId is the SHA-256 of the certificate's DER: the board holds that certificate.
-    assert sha(board.flash / "certs" / "device.crt.der") == certificate_id
+    identity = "device-" + certificate_id[:16]  # lib/credstore.py names them after the certificate
+    assert sha(board.flash / "certs" / (identity + ".crt.der")) == certificate_id
     # The claim files are untouched, and status never shows the device's key.
     for name in CLAIM_FILES:
         assert sha(board.flash / "certs" / name) == deployed["certs/" + name]
-    key = (board.flash / "certs" / "device.key.der").read_bytes()
+    key = (board.flash / "certs" / (identity + ".key.der")).read_bytes()
     made = subprocess.run(
         ["make", "-s", "status", "PORT={}".format(board.pty)],
         cwd=ROOT,
@@ -472,6 +477,76 @@ def test_the_deployed_mpy_build_provisions_the_virtual_board_against_iotsim(
         json.loads(run_deploy("status", "--port", str(board.pty), "--json").stdout)["store"]["provisioned"]
         is True
     )
+
+
+# --- a failed boot, and booting again, as docs/hardware.md shows it ----------------------
+
+BOOT_LINE = '.venv/bin/mpremote connect /tmp/board.pty resume exec "import boot, main"'
+
+
+def shown_failure(port: int) -> list[re.Pattern[str]]:
+    """The failed boot docs/hardware.md shows, a pattern a line: "..." stands for anything,
+    a run of spaces for any (the milliseconds are right-aligned)."""
+    text = (ROOT / "docs" / "hardware.md").read_text(encoding="utf-8")
+    found = re.search(r'"NoSuchTemplate".*?```\n(.*?)```', text, re.S)
+    assert found, "docs/hardware.md no longer shows a failed boot"
+    lines = found.group(1).replace(":8883 ", ":{} ".format(port)).splitlines()
+    return [re.compile(".*".join(re.sub(" +", " +", re.escape(part)) for part in line.split("...")))
+            for line in lines]
+
+
+def test_a_failed_boot_keeps_the_repl_with_its_failure_line_and_boots_again_as_documented(
+    iotsim,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    build_mpy()
+    failing = tmp_path / "failing"
+    shutil.copytree(iotsim.state / "certs", failing / "certs")
+    cfg = json.loads((iotsim.state / "config.json").read_text())
+    (failing / "config.json").write_text(json.dumps(dict(cfg, template="NoSuchTemplate")))
+    # The walkthrough up to its boot, with the failing device folder; then the docs' two
+    # ways to boot again: a reset after deploying the right config, and main.py run again.
+    walkthrough = doc_block("docs/hardware.md", "virtual-board")
+    assert BOOT_LINE in walkthrough
+    script = "\n".join([
+        walkthrough[: walkthrough.index(BOOT_LINE) + len(BOOT_LINE)].replace("/tmp/iotsim", str(failing)),
+        "echo '=== second import'",
+        BOOT_LINE,
+        "echo '=== the REPL stays'",
+        '.venv/bin/mpremote connect /tmp/board.pty resume exec "print(main.result)"',
+        "echo '=== reset'",
+        "make deploy PORT=/tmp/board.pty FLEETPROV_CONFIG={}".format(iotsim.state),
+        doc_block("docs/hardware.md", "virtual-board-reset"),
+        "echo '=== again'",
+        doc_block("docs/hardware.md", "virtual-board-again"),
+        "kill %%",  # the board started last: in a script it need not be job 1 again
+    ]).replace("/tmp/board", str(tmp_path / "board"))
+    proc = run_group(script, ROOT)
+    everything = proc.stdout + proc.stderr
+    assert proc.returncode == 0, "exit {}\n--- stdout\n{}\n--- stderr\n{}".format(
+        proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:]
+    )
+    assert "Input/output error" not in everything and "Traceback" not in everything, everything
+    failed, second, repl, reset, again = re.split(r"^=== .*\n", proc.stdout, flags=re.M)
+
+    boot = [line for line in failed.splitlines() if line.startswith("fleetprov")]
+    patterns = shown_failure(iotsim.port)
+    assert len(boot) == len(patterns), boot
+    for line, pattern in zip(boot, patterns):
+        assert pattern.fullmatch(line), (line, pattern.pattern)
+    assert second == ""  # main.py ran at its first import only
+    assert repl.strip() == "fatal"  # the same interpreter, with main.result
+
+    # Reset: a new process on the same flash, with the deployed config, provisions.
+    assert "fleetprov: " not in reset
+    steps = BootResult(reset.splitlines(), 0).steps()
+    assert steps[0] == "config" and "register" in steps and steps[-1] == "done", reset
+    record = json.loads((tmp_path / "board" / "certs" / "provisioned.json").read_text())
+    assert iotsim.registry.thing_of(record["certificate_id"]) == record["thing_name"]
+    # main.py again in that process: the provisioned boot.
+    assert "fleetprov: " not in again
+    steps = BootResult(again.splitlines(), 0).steps()
+    assert steps[:2] == ["config", "provisioned"] and "register" not in steps and steps[-1] == "done", again
 
 
 # --- mip --------------------------------------------------------------------------------
