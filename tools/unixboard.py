@@ -419,19 +419,27 @@ def _kill(proc: subprocess.Popen[str]) -> None:
         pass
 
 
-def boards_passing(pristine: Path, work: Path, kb: int, trials: int) -> int:
-    """How many of ``trials`` factory-fresh copies of the flash folder ``pristine`` boot
-    to `done` in a ``kb`` KB heap on the current target, one after the other; the count
-    stops at the first that fails."""
+def boots_to_done(flash: Path, kb: int) -> bool:
+    """One trial of the heap search: ``flash`` boots to `done` in a ``kb`` KB heap."""
+    r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
+    return r.returncode == 0 and "done" in r.steps()
+
+
+def boards_passing(
+    pristine: Path, work: Path, kb: int, trials: int, trial: Callable[[Path, int], bool] = boots_to_done
+) -> int:
+    """How many of ``trials`` fresh copies of the flash folder ``pristine`` pass
+    ``trial(copy, kb)`` (default: boot to `done` in a ``kb`` KB heap) on the
+    current target, one after the other; the count stops at the first that fails."""
     for n in range(trials):
         flash = work / f"heap-{kb}k-{n}"
         shutil.rmtree(flash, ignore_errors=True)
         shutil.copytree(pristine, flash)
         try:
-            r = Board(flash, heapsize=kb * 1024).boot(timeout=60)
+            passed = trial(flash, kb)
         finally:
             shutil.rmtree(flash, ignore_errors=True)
-        if not (r.returncode == 0 and "done" in r.steps()):
+        if not passed:
             return n
     return trials
 
@@ -444,10 +452,12 @@ def smallest_heap(
     step_kb: int = 2,
     trials: int = 10,
     on_probe: Callable[[int, int, int], None] | None = None,
+    trial: Callable[[Path, int], bool] = boots_to_done,
 ) -> int | None:
     """Smallest ``-X heapsize`` (KB, to ``step_kb``) at which ``trials``
     factory-fresh copies of the flash folder ``pristine`` all complete their
-    first boot on the current target; None if even ``hi_kb`` does not.
+    first boot (or pass ``trial``, see boards_passing) on the current target;
+    None if even ``hi_kb`` does not.
 
     Success is not monotonic in the heap size (random keys and nonces,
     fragmentation): one boot that passes says little, so a size counts only
@@ -459,7 +469,7 @@ def smallest_heap(
 
     def all_pass(kb: int) -> bool:
         if kb not in tried:
-            passed = boards_passing(pristine, work, kb, trials)
+            passed = boards_passing(pristine, work, kb, trials, trial)
             tried[kb] = passed == trials
             if on_probe is not None:
                 on_probe(kb, passed, passed + (passed < trials))

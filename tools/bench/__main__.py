@@ -16,7 +16,7 @@ import time
 from .report import table
 
 # Order of the report. A section listed here but not yet written is skipped.
-SECTIONS = ("core", "keygen", "device", "sdk", "ports", "fleet", "iotsim", "controlplane", "circuitpython")
+SECTIONS = ("core", "keygen", "device", "sdk", "ports", "rotation", "fleet", "iotsim", "controlplane", "circuitpython")
 
 
 def main(argv: list[str] | None = None) -> int:
