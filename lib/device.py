@@ -127,7 +127,9 @@ def _classify(ex):
     if isinstance(ex, OSError):
         return True, "network error: " + describe(ex)
     if isinstance(ex, MemoryError):
-        return False, "out of memory: {}".format(ex)
+        # a heap too fragmented now may not be after the objects of the
+        # failed attempt are gone, or after the reset a "retry" leads to
+        return True, "out of memory: {}".format(ex)
     return False, "{}: {}".format(type(ex).__name__, ex)
 
 

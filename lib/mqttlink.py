@@ -28,7 +28,7 @@ import errno
 import sys
 
 import timedsock
-from runtime import ticks_add, ticks_diff, ticks_ms
+from runtime import release, ticks_add, ticks_diff, ticks_ms
 
 try:
     from io import IOBase
@@ -288,10 +288,17 @@ def connect(client_id, host, port, cert, key, ca, server_hostname=None, timeout_
             kind = None
         else:
             raise
-        import linkfail  # the words, loaded only now
+        resolved = factory is not None and factory.resolved
+        client = None  # its TLS context and socket are garbage before the words load
+        try:
+            import linkfail  # the words, loaded only now and let go once said
 
-        msg, flags = linkfail.explain(ex, kind, host, port, server_hostname,
-                                      factory is not None and factory.resolved)
+            msg, flags = linkfail.explain(ex, kind, host, port, server_hostname, resolved)
+        except MemoryError:  # retried as a network failure: the next attempt may have the room
+            msg, flags = "{} failed ({}; no memory to say more)".format(where, type(ex).__name__), {}
+        finally:
+            linkfail = None
+            release("linkfail")
         raise ConnectError(msg, **flags)
     finally:
         if factory is not None:

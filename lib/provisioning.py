@@ -102,12 +102,15 @@ class _Flow:
         link = dev.open(dev.client_id, *self._claim())
         try:
             dev.step("connect-claim", "{}:{} as {}".format(cfg["endpoint"], cfg["port"], dev.client_id))
-            reg = self._register(link.client)
+            thing_name, device_configuration = self._register(link.client)
         finally:
             link.close()
+            # The MQTT API client lives as long as the claim connection: the
+            # commit and any later attempt's connection never need it loaded.
+            release("fleetprov", "fleetprov_texts", "awsnames")
         self.rx = None  # registered: no answer is awaited any more
         dev.step("disconnect-claim")
-        return self._commit(reg.thing_name, reg.device_configuration)
+        return self._commit(thing_name, device_configuration)
 
     def _buffer(self):
         # The receive buffer every Provisioner of the flow shares, kept until
@@ -142,7 +145,7 @@ class _Flow:
     def _register(self, client):
         # One MQTT API client for the connection, with the flow's receive
         # buffer: it takes the certificate's answer, then RegisterThing's.
-        # Returns RegisterThing's answer.
+        # Returns the thing name and device configuration RegisterThing gave.
         # The MQTT API client loads here, with the first connection up: it is
         # not in the heap while the connection is made.
         import fleetprov
@@ -169,7 +172,7 @@ class _Flow:
             if p is not None:
                 p.close()  # gives the client its callback back
         self.dev.step("register", "thing {}".format(reg.thing_name))
-        return reg
+        return reg.thing_name, reg.device_configuration
 
     def _claim(self):
         # (claim cert, claim key, CA) as DER, read from flash for each

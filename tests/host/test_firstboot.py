@@ -24,6 +24,7 @@ import pytest
 from cryptography import x509
 from devicepki import Identity, ec_identity, factory_flash, rsa_identity
 from device import Board, FlowError
+import bootflow
 from bootflow import FirstBoot
 from fakecloud import TOKEN, Boot, FakeBoard, FakeClient, FakeCloud, FakeProvisioner, refused, status
 from hypothesis import given
@@ -230,6 +231,23 @@ def test_network_failures_on_connect_are_retried(flash: Path, cloud: FakeCloud) 
     boot = Boot(cloud)
     boot.fb.start()
     assert len(boot.retry_waits()) == 2
+
+
+def test_running_out_of_memory_while_connecting_is_retried_and_named(flash: Path, cloud: FakeCloud) -> None:
+    # A heap fragmented by a failed attempt may have the room once its objects are gone.
+    cloud.fail["connect"] = [MemoryError("memory allocation failed, allocating 1688 bytes")] * 2
+    boot = Boot(cloud)
+    boot.fb.start()
+    assert len(boot.retry_waits()) == 2
+    assert "out of memory: memory allocation failed, allocating 1688 bytes" in boot.output()
+
+
+def test_running_out_of_memory_on_every_attempt_ends_the_boot_as_retry(flash: Path, cloud: FakeCloud) -> None:
+    # "retry": a board resets after a pause and starts from a clean heap; "fatal" would stop it.
+    cloud.fail["connect"] = [MemoryError("memory allocation failed, allocating 1688 bytes")] * 10
+    boot = Boot(cloud)
+    assert bootflow.boot(boot.cfg, boot.fb.board) == "retry"
+    assert boot.lines[-1].startswith("fleetprov: provisioning failed after 5 attempts; last: out of memory")
 
 
 def test_a_claim_refused_at_connack_fails_at_once(flash: Path, cloud: FakeCloud) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import re
 import socket
 import sys
 import threading
@@ -124,6 +125,27 @@ def test_connect_to_a_silent_endpoint_ends_in_connect_error_on_its_deadline(
     assert umqtt_host.umqtt_simple.socket is not None and not isinstance(
         umqtt_host.umqtt_simple.socket, mqttlink._SocketFactory
     )
+
+
+def test_a_failed_connect_without_room_for_its_words_is_still_a_connect_error(
+    iotsim: Any, silent_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loading lib/linkfail.py is an allocation like any other: the failure must survive it.
+    class NoRoom:
+        def __getattr__(self, name: str) -> Any:
+            raise MemoryError("memory allocation failed")
+
+    monkeypatch.setitem(sys.modules, "linkfail", NoRoom())
+    ca = Path(iotsim.ca_der).read_bytes()
+    cert = Path(iotsim.claim_cert_der).read_bytes()
+    key = Path(iotsim.claim_key_der).read_bytes()
+    with pytest.raises(mqttlink.ConnectError) as info:
+        mqttlink.connect(
+            b"x", "127.0.0.1", silent_server, cert, key, ca, "localhost", 200, umqtt_host.umqtt_simple
+        )
+    # (the deadline's OSError: TimeoutError on CPython)
+    assert re.fullmatch(rf"127\.0\.0\.1:{silent_server} failed \(\w+Error; no memory to say more\)", str(info.value))
+    assert not (info.value.refused or info.value.handshake or info.value.verify)  # retried as the network
 
 
 def test_a_publish_whose_puback_never_comes_times_out() -> None:
