@@ -85,6 +85,7 @@ def test_up_writes_everything_a_device_needs(running: tuple[Path, int, subproces
         "server_hostname": "localhost",
         "port": port,
         "template": "FleetprovDemo",
+        "rotation_template": "FleetprovRotation",
         "parameters": {"SerialNumber": "{uid}"},
         "thing_name": "fleetprov-{uid}",
         "format": "json",
@@ -157,6 +158,27 @@ def test_up_refuses_a_non_positive_token_ttl(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "--token-ttl" in proc.stderr
 
 
+@pytest.mark.parametrize("days", ["0", "-3", "1.5", "many"])
+def test_up_refuses_a_certificate_validity_that_is_not_whole_days(tmp_path: Path, days: str) -> None:
+    proc = cli("up", "--state", str(tmp_path), "--cert-days", days, check=False)
+    assert proc.returncode != 0 and "--cert-days" in proc.stderr
+    assert not (tmp_path / "iotsim.pid").exists()
+
+
+def test_up_prints_the_rotation_template_the_retire_rule_and_the_certificate_validity(tmp_path: Path) -> None:
+    with up(tmp_path / "state", free_port(), "--cert-days", "2") as proc:
+        assert proc.stdout is not None
+        lines = []
+        for _ in range(40):  # up's report ends with how to stop it
+            lines.append(proc.stdout.readline())
+            if lines[-1].startswith("stop with") or not lines[-1]:
+                break
+    text = "".join(lines)
+    assert "rotation template" in text and "(name: FleetprovRotation; hook: Lambda FleetprovRotationHook)" in text
+    assert "retire rule             FleetprovRetire on fleetprov/+/retire (Lambda FleetprovRetire)" in text
+    assert "device certificates valid 2 days" in text
+
+
 def test_up_on_a_taken_port_says_so_and_how_to_choose_another(tmp_path: Path) -> None:
     import socket
 
@@ -220,7 +242,9 @@ def test_resources_and_policies_from_the_cli(running: tuple[Path, int, subproces
     claim_id = next(c["certificateId"] for c in certs if c["status"] == "CLAIM")
     cli("attach-policy", "Mine", claim_id[:16], "--state", str(state))
     policies = json.loads(cli("policies", "--state", str(state), "--json").stdout)
-    assert {p["policyName"]: p["targets"] for p in policies} == {"Mine": 1, "iotsim-claim-policy": 1}
+    assert {p["policyName"]: p["targets"] for p in policies} == {
+        "Mine": 1, "iotsim-claim-policy": 1, "FleetprovThingPolicy": 0  # the demo's, attached by its templates
+    }
     cli("detach-policy", "Mine", claim_id[:16], "--state", str(state))
     assert "Mine  attached to 0 certificate(s)" in cli("policies", "--state", str(state)).stdout
     missing = cli("attach-policy", "Nope", claim_id[:16], "--state", str(state), check=False)

@@ -942,16 +942,30 @@ MISSING: dict[str, Callable[[Any], Any]] = {
 # What names no existing resource, and what AWS documents as succeeding for a missing one.
 NAMES_NONE = {
     "DescribeEndpoint", "CreateProvisioningTemplate", "ListProvisioningTemplates", "CreateKeysAndCertificate",
-    "ListCertificates", "CreatePolicy", "ListPolicies", "CreateThingType",
+    "ListCertificates", "CreatePolicy", "ListPolicies", "CreateThingType", "CreateTopicRule", "ListTopicRules",
 }
 MISSING_IS_NO_ERROR = {"DeleteThing", "DeleteThingGroup"}  # AWS's API reference: see controlplane.py
+# AWS answers a topic rule that does not exist with UnauthorizedException (see rules.py).
+MISSING_RULE: dict[str, Callable[[Any], Any]] = {
+    "GetTopicRule": lambda iot: iot.get_topic_rule(ruleName="Nope"),
+    "DeleteTopicRule": lambda iot: iot.delete_topic_rule(ruleName="Nope"),
+    "ReplaceTopicRule": lambda iot: iot.replace_topic_rule(
+        ruleName="Nope", topicRulePayload={"sql": "SELECT * FROM 'a'", "actions": []}
+    ),
+}
 
 
 def test_every_operation_is_classified_for_missing_resources() -> None:
     from tools.iotsim.controlplane import ControlPlane
 
     served = {n[3:] for n in dir(ControlPlane) if n.startswith("op_")}
-    assert served == set(MISSING) | NAMES_NONE | MISSING_IS_NO_ERROR
+    assert served == set(MISSING) | NAMES_NONE | MISSING_IS_NO_ERROR | set(MISSING_RULE)
+
+
+@pytest.mark.parametrize("operation", sorted(MISSING_RULE))
+def test_a_call_naming_a_missing_topic_rule_is_unauthorized_as_on_aws(iot: Any, operation: str) -> None:
+    code, status, message = error_of(lambda: MISSING_RULE[operation](iot))[:3]
+    assert (code, status) == ("UnauthorizedException", 401) and "'Nope'" in message
 
 
 @pytest.mark.parametrize("operation", sorted(MISSING))

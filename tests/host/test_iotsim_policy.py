@@ -17,55 +17,27 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tools.iotsim.policy import THING_POLICY
 from tools.iotsim.registry import THING_GROUP
-from tools.iotsim.testing import ConnectRefused, MqttTestClient, RunningIotSim, make_csr, write_identity
+from tools.iotsim.testing import (
+    ConnectRefused,
+    Device,
+    MqttTestClient,
+    RunningIotSim,
+    provision_csr,
+    register,
+    register_topic,
+    write_identity,
+)
 
 KEYS_JSON = "$aws/certificates/create/json"
 TEMPLATE = "FleetprovDemo"
-
-
-def register_topic(template: str = TEMPLATE) -> str:
-    return "$aws/provisioning-templates/{}/provision/json".format(template)
-
-
-def provision_csr(client: MqttTestClient, key: Any) -> dict[str, Any]:
-    outcome, body = client.request(
-        "$aws/certificates/create-from-csr/json", {"certificateSigningRequest": make_csr(key, "device")}
-    )
-    assert outcome == "accepted", body
-    return body
-
-
-def register(
-    client: MqttTestClient, token: str, params: dict[str, str] | None = None, template: str = TEMPLATE
-) -> tuple[str, Any]:
-    payload: dict[str, Any] = {"certificateOwnershipToken": token}
-    if params is not None:
-        payload["parameters"] = params
-    return client.request(register_topic(template), payload)
 
 
 @pytest.fixture
 def claim(iotsim: RunningIotSim) -> Iterator[MqttTestClient]:
     with iotsim.client("claim-client") as c:
         yield c
-
-
-class Device:
-    """A provisioned demo device: thing fleetprov-<serial>, its certificate and key files."""
-
-    def __init__(self, iotsim: RunningIotSim, claim: MqttTestClient, folder: Path, serial: str) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        body = provision_csr(claim, key)
-        outcome, reg = register(claim, body["certificateOwnershipToken"], {"SerialNumber": serial})
-        assert outcome == "accepted", reg
-        self.iotsim = iotsim
-        self.thing = reg["thingName"]
-        self.certificate_id = body["certificateId"]
-        self.cert, self.key = write_identity(folder, serial, body["certificatePem"], key)
-
-    def client(self, client_id: str | None = None) -> MqttTestClient:
-        return self.iotsim.client(client_id or self.thing, self.cert, self.key)
 
 
 @pytest.fixture
@@ -216,7 +188,7 @@ def test_revoked_policy_attachment_applies_to_a_connected_device(
 ) -> None:
     with device.client() as c:
         assert c.subscribe("fleetprov/{}/a".format(device.thing)) == [1]
-        iotsim.registry.detach_policy("{}-policy".format(TEMPLATE), device.certificate_id)
+        iotsim.registry.detach_policy(THING_POLICY, device.certificate_id)
         assert c.subscribe("fleetprov/{}/b".format(device.thing)) == [128]
 
 

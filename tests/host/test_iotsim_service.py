@@ -272,9 +272,7 @@ def test_register_thing_activates_the_certificate_and_returns_the_configuration(
     thing = iotsim.registry.thing("fleetprov-" + serial)
     assert thing is not None and body["certificateId"] in thing.certificates
     assert thing.attributes == {"serial": serial, "location": "lab"}
-    assert [name for name, _ in iotsim.registry.policies_of(body["certificateId"])] == [
-        "FleetprovDemo-policy"
-    ]
+    assert [name for name, _ in iotsim.registry.policies_of(body["certificateId"])] == ["FleetprovThingPolicy"]
 
 
 def test_register_thing_without_a_thing_resource_omits_thing_name(

@@ -10,9 +10,12 @@ import pytest
 from tools.iotsim.templates import (
     DEMO_TEMPLATE_NAME,
     MAX_TEMPLATE_CHARS,
+    ROTATION_TEMPLATE_NAME,
+    PolicySpec,
     Template,
     TemplateError,
     TemplateStore,
+    builtin_template_text,
     demo_template_text,
 )
 
@@ -298,7 +301,19 @@ def test_demo_template_provisions_a_named_thing_with_a_looked_up_configuration()
     field = t.evaluate({"SerialNumber": "1", "Location": "field"}, CERT_ID)
     assert field.device_configuration["TelemetryInterval"] == "300"
     assert plan.certificate_status == "ACTIVE"
-    assert len(plan.policies) == 1 and "fleetprov/" in (plan.policies[0].document or "")
+    assert plan.policies == [PolicySpec("FleetprovThingPolicy", None)]  # named: up and awssetup make it
+
+
+def test_rotation_template_puts_the_certificate_on_the_named_thing_and_changes_nothing_else() -> None:
+    t = Template.from_json(ROTATION_TEMPLATE_NAME, builtin_template_text(ROTATION_TEMPLATE_NAME))
+    plan = t.evaluate({"ThingName": "fleetprov-00ff"}, CERT_ID)
+    assert plan.thing is not None and plan.thing.name == "fleetprov-00ff"
+    assert plan.thing.attributes == {} and plan.thing.groups == [] and plan.thing.thing_type is None
+    assert set(plan.thing.overrides.values()) == {"DO_NOTHING"}  # an existing thing keeps what it has
+    assert plan.certificate_status == "ACTIVE"
+    assert plan.policies == [PolicySpec("FleetprovThingPolicy", None)]
+    with pytest.raises(TemplateError, match="ThingName"):
+        t.evaluate({}, CERT_ID)  # the device must say which thing
 
 
 def test_name_patterns_refuse_a_trailing_newline() -> None:

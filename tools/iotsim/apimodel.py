@@ -84,19 +84,28 @@ _JAVA_POSIX = {
     r"\p{Digit}": "0-9",
     r"\p{Cntrl}": r"\x00-\x1f\x7f",
 }
-_PATTERNS: dict[str, Any] = {}
+# How the lambda model's ARN patterns spell an AWS region ("eu-west-1"); iotsim's own region
+# name ("local" unless `up --region`) is accepted there too, or no ARN of iotsim would pass.
+_AWS_REGION = r"[a-z]{2}((-gov)|(-iso([a-z]?)))?-[a-z]+-\d{1}"
+_PATTERNS: dict[tuple[str, str], Any] = {}
 
 
-def _pattern(java: str) -> Any:
+def _pattern(java: str, region: str = "") -> Any:
     """The model's pattern (Java syntax) compiled; it must match the whole value."""
-    compiled = _PATTERNS.get(java)
+    compiled = _PATTERNS.get((java, region))
     if compiled is None:
         text = java
         for posix, ascii_class in _JAVA_POSIX.items():
             text = text.replace(posix, ascii_class)
-        compiled = _PATTERNS[java] = regex.compile(text, regex.V0)
+        if region:
+            text = text.replace(_AWS_REGION, "(?:{}|{})".format(_AWS_REGION, regex.escape(region)))
+        compiled = _PATTERNS[(java, region)] = regex.compile(text, regex.V0)
     return compiled
 
+
+# What a service answers a value outside its model with, where it is not InvalidRequestException:
+# AWS Lambda's "1 validation error detected" errors are ValidationException.
+_INVALID = {"lambda": "ValidationException"}
 
 _TYPES = {
     "string": (str,),
@@ -116,15 +125,16 @@ _TYPES = {
 class ApiModel:
     """botocore's model of one service (``iot``: rest-json; ``iam``: query with XML answers)."""
 
-    def __init__(self, service: str = "iot") -> None:
+    def __init__(self, service: str = "iot", region: str = "") -> None:
         loader = botocore.loaders.Loader()
         self.service = service
+        self.region = region  # iotsim's, accepted where a pattern spells out AWS's region names
         self.model = botocore.model.ServiceModel(loader.load_service_model(service, "service-2"), service)
         self.protocol = self.model.protocol
         if self.protocol not in ("rest-json", "query"):
             raise ValueError("{} speaks {}, which iotsim does not serve".format(service, self.protocol))
-        # The query protocol's input errors have other names than rest-json's.
-        self.invalid = "InvalidRequestException" if self.protocol == "rest-json" else "ValidationError"
+        # The query protocol's input errors have other names than rest-json's, and Lambda's its own.
+        self.invalid = {"query": "ValidationError"}.get(self.protocol, _INVALID.get(service, "InvalidRequestException"))
         self._status: dict[str, int] = {}
         for name in self.model.shape_names:
             shape = self.model.shape_for(name)
@@ -142,6 +152,10 @@ class ApiModel:
 
     def operation(self, name: str) -> botocore.model.OperationModel:
         return self.model.operation_model(name)
+
+    def success_status(self, name: str) -> int:
+        """The HTTP status of an operation's answer (201 for Lambda's CreateFunction, ...)."""
+        return int(self.operation(name).http.get("responseCode", 200))
 
     # -- requests ---------------------------------------------------------------------
 
@@ -187,8 +201,10 @@ class ApiModel:
         shape = self.operation(operation).input_shape
         if shape is None:
             return {}
+        payload = shape.serialization.get("payload")
+        raw = payload is not None and shape.members[payload].type_name in ("blob", "string")
         doc: Any = {}
-        if body.strip():
+        if body.strip() and not raw:
             try:
                 doc = json.loads(body)
             except RecursionError:
@@ -200,7 +216,6 @@ class ApiModel:
             if not isinstance(doc, dict):
                 raise ApiError("SerializationException", "the request body must be a JSON object", 400)
         lowered = {k.lower(): v for k, v in headers.items()}
-        payload = shape.serialization.get("payload")
         params: dict[str, Any] = {}
         for name, member in shape.members.items():
             where = member.serialization.get("location")
@@ -218,6 +233,8 @@ class ApiModel:
             elif where == "header":
                 if wire.lower() in lowered:
                     params[name] = self._check(member, self._scalar(member, lowered[wire.lower()], name), name)
+            elif payload == name and raw:
+                params[name] = body  # the body itself (iot-data Publish's message)
             elif payload == name:
                 if doc:
                     params[name] = self._check(member, doc, name)
@@ -327,7 +344,7 @@ class ApiModel:
                     self.invalid, "{} must be one of {}, got {!r}".format(where, ", ".join(shape.enum), value)
                 )
             pattern = shape.metadata.get("pattern")
-            if pattern is not None and _pattern(pattern).fullmatch(value) is None:
+            if pattern is not None and _pattern(pattern, self.region).fullmatch(value) is None:
                 raise ApiError(
                     self.invalid,
                     "{} {!r} does not match the pattern {}".format(where, value[:200], pattern),

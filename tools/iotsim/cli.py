@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .limits import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S
+from .limits import CERT_DAYS, MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 from .registry import (
     BILLING_GROUP,
     CLAIM,
@@ -101,6 +101,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     if args.token_ttl <= 0:
         raise CliError("--token-ttl must be positive seconds, got {}".format(args.token_ttl))
+    if args.cert_days < 1:
+        raise CliError("--cert-days must be a whole number of days, 1 or more, got {}".format(args.cert_days))
     if args.tps is not None and args.tps < 0:
         raise CliError("--tps must be 0 (off) or positive requests per second, got {}".format(args.tps))
     for option, value in (
@@ -125,6 +127,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         api_timeout=args.api_timeout,
         api_connections=args.api_connections,
         api_max_body=args.api_max_body,
+        cert_days=args.cert_days,
     )
     stop = threading.Event()
 
@@ -147,6 +150,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             + "\n"
         )
         assert sim.claim is not None
+        from ..awssetup import lambdas
         from . import localaws
 
         print("iotsim is running: mosquitto with TLS client certificates on 127.0.0.1:{}".format(sim.port))
@@ -159,6 +163,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(
             "  provisioning template   {} (name: FleetprovDemo)".format(sim.templates.path("FleetprovDemo"))
         )
+        print(
+            "  rotation template       {} (name: FleetprovRotation; hook: Lambda {})".format(
+                sim.templates.path("FleetprovRotation"), lambdas.HOOK_FUNCTION
+            )
+        )
+        print("  retire rule             {} on {} (Lambda {})".format(
+            lambdas.RETIRE_RULE, lambdas.RETIRE_TOPIC_FILTER, lambdas.RETIRE_FUNCTION
+        ))
         print(
             "  device config.json      {} (+ certs/ with ca.der, claim.der, claim.key.der)".format(
                 sim.config_path
@@ -174,9 +186,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         else:
             throttle = "{:g} requests/s per operation".format(args.tps) if args.tps else "off"
         print(
-            "throttling: {}; ownership tokens expire after {:g} s; hook: {}".format(
-                throttle, args.token_ttl, args.hook or "none"
-            )
+            "throttling: {}; ownership tokens expire after {:g} s; device certificates valid {} days; "
+            "hook: {}".format(throttle, args.token_ttl, args.cert_days, args.hook or "none")
         )
         print(
             "ownership tokens: {}, {} (iotsim's choices; AWS documents neither)".format(
@@ -337,7 +348,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_new_claim(args: argparse.Namespace) -> int:
     from . import pki  # cryptography: loaded only by the commands that make certificates
-    from .stack import ensure_claim_policy, install_device_certs
+    from .stack import ensure_policies, install_device_certs
 
     state: Path = args.state.resolve()
     with _open_registry(state) as reg:
@@ -345,7 +356,7 @@ def cmd_new_claim(args: argparse.Namespace) -> int:
         old = [c.id for c in reg.certificates() if c.status == CLAIM]
         claim = pki.ensure_client_identity(state, ca, "claim", "iotsim-claim", renew=True)
         reg.add_certificate(claim.certificate_id, claim.cert_path.read_text(encoding="ascii"), CLAIM)
-        ensure_claim_policy(reg, claim.certificate_id)
+        ensure_policies(reg, claim.certificate_id)
         for cid in old:
             reg.set_status(cid, INACTIVE)
     certs = install_device_certs(state, claim)
@@ -455,6 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_TOKEN_TTL,
         help="ownership token lifetime in seconds (default 3600, as AWS)",
+    )
+    up.add_argument(
+        "--cert-days",
+        type=int,
+        default=CERT_DAYS,
+        help="validity in days of the device certificates iotsim issues (default %(default)d); "
+        "a certificate past it cannot connect",
     )
     up.add_argument(
         "--hook",

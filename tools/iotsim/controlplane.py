@@ -26,10 +26,12 @@ disabled unless ``enabled`` is true, and RegisterThing with a disabled
 template is rejected.
 
 A pre-provisioning hook is named by a Lambda ARN
-(``arn:aws:lambda:<region>:<account>:function:<name>``); ``lambdas`` maps
-function names to local hooks ("module:function" or a callable;
-``up --lambda NAME=module:function``). An unknown function is refused when
-the template is created, as AWS refuses a hook it cannot invoke.
+(``arn:aws:lambda:<region>:<account>:function:<name>``): a function created through
+the Lambda API (tools/iotsim/functions.py), or a name ``lambdas`` maps to a local
+hook ("module:function" or a callable; ``up --lambda NAME=module:function``), which
+wins. An unknown function is refused when the template is created, as AWS refuses
+a hook it cannot invoke. Topic rules (tools/iotsim/rules.py) and iot-data Publish
+(tools/iotsim/dataplane.py) are served here too.
 
 CreateProvisioningClaim (provisioning by trusted user) issues a claim
 certificate that the broker accepts for five minutes (``CLAIM_LIFETIME``,
@@ -61,6 +63,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import pki
 from .apimodel import ApiError, ApiModel
+from .dataplane import IotData
+from .functions import Functions
 from .limits import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S, ApiLimits  # noqa: F401 (the API's limits)
 from .iam import Iam
 from .policy import claim_policy_document
@@ -79,6 +83,7 @@ from .registry import (
 )
 from .service import DEVICE_COMMON_NAME, load_hook
 from .sigv4 import AuthFailure, Credentials, verify
+from .rules import TopicRules
 from .templates import MAX_TEMPLATE_CHARS, TEMPLATE_NAME, Template, TemplateError, TemplateStore
 
 log = logging.getLogger("iotsim.controlplane")
@@ -100,6 +105,7 @@ _TAGGABLE = {
     "thinggroup": THING_GROUP,
     "thingtype": THING_TYPE,
     "billinggroup": BILLING_GROUP,
+    "rule": None,
 }
 
 
@@ -155,15 +161,29 @@ class ControlPlane:
     lambdas: dict[str, Callable[..., Any] | str] = field(default_factory=dict)
     sweep_interval: float = SWEEP_INTERVAL
     limits: ApiLimits = field(default_factory=ApiLimits)
+    cert_days: int = pki.DEFAULT_DAYS  # the validity of the certificates CreateKeysAndCertificate makes
 
     def __post_init__(self) -> None:
         self.state = Path(self.state)
         self.lambdas = dict(self.lambdas)
         self.settings_dir = self.state / "controlplane" / "templates"
         self.tags_path = self.state / "controlplane" / "tags.json"
-        self.models = {"iot": ApiModel("iot"), "iam": ApiModel("iam")}
+        # Keyed by the service a SigV4 credential scope names.
+        self.models = {
+            "iot": ApiModel("iot"),
+            "iam": ApiModel("iam"),
+            "lambda": ApiModel("lambda", self.region),
+            "iotdata": ApiModel("iot-data"),
+        }
         self.model = self.models["iot"]
         self.iam = Iam(self.state, self.account, self.registry.clock)
+        self.functions = Functions(self.state, self.region, self.account, self.registry.clock, self.client)
+        self.rules = TopicRules(self.state, self.region, self.account, self.registry.clock, self.functions.invoke)
+        self.data = IotData()
+        # The service each model's operations run on (keyed by botocore's service name).
+        self._services: dict[str, Any] = {"iot": self, "iam": self.iam, "lambda": self.functions, "iot-data": self.data}
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
         self._lock = threading.RLock()
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
@@ -194,6 +214,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.rules.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -216,6 +237,19 @@ class ControlPlane:
             log.info("provisioning claim %s expired", cid)
         return gone
 
+    def client(self, service: str) -> Any:
+        """A boto3 client on this endpoint, signed with iotsim's key (what a Lambda handler's context gives)."""
+        import boto3  # only a running function needs it
+
+        with self._clients_lock:
+            made = self._clients.get(service)
+            if made is None:
+                made = self._clients[service] = boto3.session.Session().client(
+                    service, endpoint_url=self.url, region_name=self.region,
+                    aws_access_key_id=self.credentials.access_key, aws_secret_access_key=self.credentials.secret_key,
+                )
+        return made
+
     # -- the MQTT service asks: is this template enabled, and which hook does it name? --
 
     def template_settings(self, name: str) -> tuple[bool, Callable[..., Any] | None]:
@@ -226,14 +260,15 @@ class ControlPlane:
         target = None
         if hook:
             try:
-                target = self._lambda(hook["targetArn"])
+                target = self._lambda(hook["targetArn"], self.arn("provisioningtemplate", name))
             except ApiError as exc:
                 # The function went away after the template named it: AWS's invocation
                 # fails and the request is refused with ACCESS_DENIED; so here.
                 target = _failing_hook(exc.message)
         return bool(settings.get("enabled")), target
 
-    def _lambda(self, arn: str) -> Callable[..., Any]:
+    def _lambda(self, arn: str, source_arn: str = "") -> Callable[..., Any]:
+        """The hook a template's targetArn names, invoked for ``source_arn`` (the template)."""
         m = _LAMBDA_ARN.match(arn)
         if m is None:
             raise ApiError(
@@ -242,11 +277,19 @@ class ControlPlane:
                 "(arn:aws:lambda:REGION:ACCOUNT:function:NAME)".format(arn),
             )
         target = self.lambdas.get(m.group(1))
+        if target is None and self.functions.exists(arn):
+            functions = self.functions
+
+            def invoke(event: dict[str, Any]) -> Any:
+                return functions.invoke(arn, event, source_arn=source_arn)
+
+            return invoke
         if target is None:
             raise ApiError(
                 "InvalidRequestException",
-                "Lambda function {} does not exist in iotsim; map it to a local hook with "
-                "`python -m tools.iotsim up --lambda {}=module:function`".format(m.group(1), m.group(1)),
+                "Lambda function {} does not exist in iotsim; create it (tools.awssetup does) or map it to "
+                "a local hook with `python -m tools.iotsim up --lambda {}=module:function`".format(
+                    m.group(1), m.group(1)),
             )
         return load_hook(target) if isinstance(target, str) else target
 
@@ -331,6 +374,8 @@ class ControlPlane:
         region, account, kind, name = m.groups()
         if kind == "provisioningtemplate":
             exists = TEMPLATE_NAME.match(name) is not None and self.templates.path(name).exists()
+        elif kind == "rule":
+            exists = self.rules.exists(name)
         elif kind == "policy":
             exists = self.registry.policy(name) is not None
         else:
@@ -374,7 +419,12 @@ class ControlPlane:
 
     def authenticate(self, method: str, target: str, headers: Any, body: bytes) -> ApiModel:
         """The model (``iot`` or ``iam``) of a request signed with this iotsim's key; ApiError otherwise."""
-        regions = {"iot": (self.region,), "iam": tuple(dict.fromkeys((self.region, "us-east-1")))}
+        regions = {
+            "iot": (self.region,),
+            "iam": tuple(dict.fromkeys((self.region, "us-east-1"))),
+            "lambda": (self.region,),
+            "iotdata": (self.region,),
+        }
         try:
             return self.models[verify(method, target, headers, body, credentials=self.credentials,
                                       regions=regions, now=time.time())]
@@ -387,7 +437,7 @@ class ControlPlane:
         return self.models["iam" if form else "iot"]
 
     def call(self, operation: str, params: dict[str, Any], service: str = "iot") -> dict[str, Any]:
-        handler = getattr(self if service == "iot" else self.iam, "op_" + operation, None)
+        handler = getattr(self._services[service], "op_" + operation, None)
         if handler is None:
             raise ApiError(
                 "NotImplementedException",
@@ -639,7 +689,7 @@ class ControlPlane:
         return record
 
     def op_CreateKeysAndCertificate(self, setAsActive: bool = False) -> dict[str, Any]:
-        cid, pem, pair = self._new_key_pair()
+        cid, pem, pair = self._new_key_pair(days=self.cert_days)
         self.registry.add_certificate(cid, pem, ACTIVE if setAsActive else INACTIVE)
         return {
             "certificateArn": self.arn("cert", cid),
@@ -995,6 +1045,36 @@ class ControlPlane:
         self.registry.detach_thing_principal(thingName, cid)
         return {}
 
+    # -- topic rules (tools/iotsim/rules.py) --------------------------------------------------------
+
+    def op_CreateTopicRule(
+        self, ruleName: str, topicRulePayload: dict[str, Any], tags: str | None = None
+    ) -> dict[str, Any]:
+        self.rules.create(ruleName, topicRulePayload)
+        # CreateTopicRule's tags travel as a query string in the x-amz-tagging header.
+        pairs = urllib.parse.parse_qsl(tags or "", keep_blank_values=True)
+        self._set_tags(self.rules.arn(ruleName), [{"Key": k, "Value": v} for k, v in pairs])
+        return {}
+
+    def op_ReplaceTopicRule(self, ruleName: str, topicRulePayload: dict[str, Any]) -> dict[str, Any]:
+        self.rules.replace(ruleName, topicRulePayload)
+        return {}
+
+    def op_GetTopicRule(self, ruleName: str) -> dict[str, Any]:
+        return self.rules.get(ruleName)
+
+    def op_DeleteTopicRule(self, ruleName: str) -> dict[str, Any]:
+        self.rules.delete(ruleName)
+        self._drop_tags(self.rules.arn(ruleName))
+        return {}
+
+    def op_ListTopicRules(
+        self, topic: str | None = None, maxResults: int | None = None, nextToken: str | None = None,
+        ruleDisabled: bool | None = None,
+    ) -> dict[str, Any]:
+        page, token = _page(self.rules.list(topic, ruleDisabled), nextToken, maxResults, "nextToken")
+        return {"rules": page, "nextToken": token}
+
     # -- tags --------------------------------------------------------------------------------------
 
     def op_ListTagsForResource(self, resourceArn: str, nextToken: str | None = None) -> dict[str, Any]:
@@ -1135,7 +1215,9 @@ class _Handler(BaseHTTPRequestHandler):
             operation, params = model.request(self.command, url.path, url.query, dict(self.headers.items()), body)
             result = plane.call(operation, params, model.service)
             request_id = str(uuid.uuid4())
-            self._send(200, model.answer(operation, result, request_id), model, request_id, None)
+            status = model.success_status(operation)
+            data = model.answer(operation, result, request_id) if status != 204 else b""
+            self._send(status, data, model, request_id, None)
         except ApiError as exc:
             request_id = str(uuid.uuid4())
             status, data = model.error(exc, request_id)

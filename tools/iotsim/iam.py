@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import secrets
 import string
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import pki
 from .apimodel import ApiError
+from .store import JsonFile
 
 # AWS managed policies (arn:aws:iam::aws:policy/...) iotsim knows; AWS's descriptions.
 MANAGED_POLICIES = {
@@ -27,6 +28,11 @@ MANAGED_POLICIES = {
         "AWSIoTThingsRegistration",
         "/service-role/",
         "This policy allows users to register things at bulk using AWS IoT StartThingRegistrationTask API",
+    ),
+    "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole": (
+        "AWSLambdaBasicExecutionRole",
+        "/service-role/",
+        "Provides write permissions to CloudWatch Logs.",
     ),
 }
 _PAGE_MAX = 1000  # IAM's MaxItems upper bound (the model's)
@@ -47,19 +53,10 @@ class Iam:
     """Roles and their attached managed policies for one iotsim (``call`` runs under the plane's lock)."""
 
     def __init__(self, state: Path, account: str, clock: Callable[[], float]) -> None:
-        self.path = Path(state) / "controlplane" / "iam.json"
+        self.file = JsonFile(Path(state) / "controlplane" / "iam.json", {"roles": {}})
         self.account = account
         self.clock = clock
-
-    def _load(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {"roles": {}}
-
-    def _save(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        pki.write_atomic(self.path, json.dumps(data, indent=2).encode())
+        self._load, self._save = self.file.load, self.file.save
 
     def _role(self, data: dict[str, Any], name: str) -> dict[str, Any]:
         role = data["roles"].get(name)
@@ -69,7 +66,7 @@ class Iam:
 
     @staticmethod
     def _public(role: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in role.items() if k != "AttachedPolicies"}
+        return {k: v for k, v in role.items() if k not in ("AttachedPolicies", "InlinePolicies")}
 
     def op_CreateRole(
         self,
@@ -123,8 +120,11 @@ class Iam:
 
     def op_DeleteRole(self, RoleName: str) -> dict[str, Any]:
         data = self._load()
-        if self._role(data, RoleName)["AttachedPolicies"]:
+        role = self._role(data, RoleName)
+        if role["AttachedPolicies"]:
             raise ApiError("DeleteConflict", "Cannot delete entity, must detach all policies first.")
+        if role.get("InlinePolicies"):
+            raise ApiError("DeleteConflict", "Cannot delete entity, must delete policies first.")
         del data["roles"][RoleName]
         self._save(data)
         return {}
@@ -176,3 +176,44 @@ class Iam:
         ]
         page = _page(attached, Marker, MaxItems)
         return {"AttachedPolicies": page.pop("items"), **page}
+
+    # -- inline policies (what the role may do, e.g. a Lambda function's AWS calls) --------
+
+    def _inline(self, data: dict[str, Any], RoleName: str) -> dict[str, str]:
+        return self._role(data, RoleName).setdefault("InlinePolicies", {})
+
+    def op_PutRolePolicy(self, RoleName: str, PolicyName: str, PolicyDocument: str) -> dict[str, Any]:
+        data = self._load()
+        inline = self._inline(data, RoleName)
+        try:
+            json.loads(PolicyDocument)
+        except ValueError:
+            raise ApiError("MalformedPolicyDocument", "This policy contains invalid Json") from None
+        inline[PolicyName] = PolicyDocument
+        self._save(data)
+        return {}
+
+    def op_GetRolePolicy(self, RoleName: str, PolicyName: str) -> dict[str, Any]:
+        document = self._inline(self._load(), RoleName).get(PolicyName)
+        if document is None:
+            raise ApiError(
+                "NoSuchEntity", "The role policy with name {} cannot be found.".format(PolicyName)
+            )
+        # IAM answers the document URL-encoded (botocore decodes and parses it).
+        return {"RoleName": RoleName, "PolicyName": PolicyName, "PolicyDocument": urllib.parse.quote(document)}
+
+    def op_DeleteRolePolicy(self, RoleName: str, PolicyName: str) -> dict[str, Any]:
+        data = self._load()
+        inline = self._inline(data, RoleName)
+        if inline.pop(PolicyName, None) is None:
+            raise ApiError(
+                "NoSuchEntity", "The role policy with name {} cannot be found.".format(PolicyName)
+            )
+        self._save(data)
+        return {}
+
+    def op_ListRolePolicies(
+        self, RoleName: str, Marker: str | None = None, MaxItems: int | None = None
+    ) -> dict[str, Any]:
+        page = _page(sorted(self._inline(self._load(), RoleName)), Marker, MaxItems)
+        return {"PolicyNames": page.pop("items"), **page}

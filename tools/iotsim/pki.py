@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .limits import CERT_DAYS
+
 CA_COMMON_NAME = "iotsim CA"
 # AWS IoT writes "OU=Amazon Web Services O=Amazon.com Inc. L=Seattle
 # ST=Washington C=US" as the issuer of the certificates it makes: the CA's
@@ -47,7 +49,7 @@ CA_COMMON_NAME = "iotsim CA"
 # answer) is not smaller here than there.
 CA_UNIT = "iotsim, a local stand-in for AWS IoT Core; this name is as long as AWS's"
 KEY_TYPES = ("rsa", "ec")
-DEFAULT_DAYS = 365 * 10
+DEFAULT_DAYS = CERT_DAYS
 # Certificates are back-dated so a host clock that is slightly behind the
 # device's (or vice versa) does not make a fresh certificate "not yet valid".
 _BACKDATE = dt.timedelta(hours=1)

@@ -405,28 +405,59 @@ def _glob(pattern: str, text: str) -> bool:
     return re.fullmatch("".join(regex), text, re.DOTALL) is not None
 
 
-def claim_policy_document(region: str = "*", account: str = "*", templates: str = "*") -> str:
-    """AWS's documented claim policy for fleet provisioning (docs/aws-setup.md, step 5)."""
+THING_POLICY = "FleetprovThingPolicy"
+ROTATION_TEMPLATE = "FleetprovRotation"
+_THING = "${iot:Connection.Thing.ThingName}"
+
+
+def _topic_statements(arn: str, effect: str, topics: Sequence[str], **extra: Any) -> list[dict[str, Any]]:
+    """Publish and Receive on ``topic/<t>``, Subscribe on ``topicfilter/<t>``, for each of topics."""
+    return [
+        {"Effect": effect, "Action": ["iot:Publish", "iot:Receive"], "Resource": [arn + "topic/" + t for t in topics],
+         **extra},
+        {"Effect": effect, "Action": "iot:Subscribe", "Resource": [arn + "topicfilter/" + t for t in topics],
+         **extra},
+    ]
+
+
+def claim_policy_document(
+    region: str = "*", account: str = "*", templates: str = "*", deny_templates: Sequence[str] = ()
+) -> str:
+    """AWS's documented claim policy for fleet provisioning (docs/aws-setup.md, step 5).
+
+    ``deny_templates``: templates the claim must never use even when ``templates`` is
+    ``*`` (the rotation template: only a thing's own certificate may register with it)."""
     arn = "arn:aws:iot:{}:{}:".format(region, account)
     topics = [
         "$aws/certificates/create/*",
         "$aws/certificates/create-from-csr/*",
         "$aws/provisioning-templates/{}/provision/*".format(templates),
     ]
-    doc = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"},
-            {
-                "Effect": "Allow",
-                "Action": ["iot:Publish", "iot:Receive"],
-                "Resource": [arn + "topic/" + t for t in topics],
-            },
-            {
-                "Effect": "Allow",
-                "Action": "iot:Subscribe",
-                "Resource": [arn + "topicfilter/" + t for t in topics],
-            },
-        ],
-    }
-    return json.dumps(doc, indent=2)
+    statements: list[dict[str, Any]] = [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]
+    statements += _topic_statements(arn, "Allow", topics)
+    if deny_templates:
+        denied = ["$aws/provisioning-templates/{}/*".format(t) for t in deny_templates]
+        statements += _topic_statements(arn, "Deny", denied)
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, indent=2)
+
+
+def thing_policy_document(region: str = "*", account: str = "*", rotation_template: str = ROTATION_TEMPLATE) -> str:
+    """The policy of every fleetprov thing's certificate (docs/rotation.md).
+
+    Connect only as the thing, its own ``fleetprov/<thing>/*`` topics (the retire
+    request and its answers included), and, while connected as a thing attached to
+    the certificate, the two reserved topic sets of a rotation: CreateCertificateFromCsr
+    and the rotation template's RegisterThing ("Thing policy variables", AWS IoT
+    developer guide: the variables resolve only when the client id is the thing's name)."""
+    arn = "arn:aws:iot:{}:{}:".format(region, account)
+    own = ["fleetprov/{}/*".format(_THING)]
+    rotation = [
+        "$aws/certificates/create-from-csr/*",
+        "$aws/provisioning-templates/{}/provision/*".format(rotation_template),
+    ]
+    attached = {"Condition": {"Bool": {THING_PREFIX + "IsAttached": "true"}}}
+    statements: list[dict[str, Any]] = [
+        {"Effect": "Allow", "Action": "iot:Connect", "Resource": arn + "client/" + _THING}
+    ]
+    statements += _topic_statements(arn, "Allow", own) + _topic_statements(arn, "Allow", rotation, **attached)
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, indent=2)

@@ -16,6 +16,12 @@ Operations (``<fmt>`` is ``json`` or ``cbor``):
 - ``$aws/certificates/create-from-csr/<fmt>``: CreateCertificateFromCsr;
 - ``$aws/provisioning-templates/<name>/provision/<fmt>``: RegisterThing.
 
+The plugin also forwards a copy of every other message a device publishes
+(outside ``$aws/``) on ``iotsim/rule/<hex(client id)>/<connection>/<certificateId>/
+<topic>``: the service hands it to the rules engine (``rule_sink``, installed by
+the stack: tools/iotsim/rules.py), and ``publish()`` sends what a Lambda function
+publishes through iot-data (tools/iotsim/dataplane.py).
+
 Also here: the pre-provisioning hook, per-operation throttling (token bucket)
 and fault injection for tests. Payloads, private keys and ownership tokens are
 never logged.
@@ -69,6 +75,7 @@ _ALIASES = {
 }
 
 REQUEST_PREFIX = "iotsim/req/"
+RULE_PREFIX = "iotsim/rule/"
 REPLY_PREFIX = "iotsim/reply/"
 KICK_PREFIX = "iotsim/kick/"
 
@@ -170,11 +177,12 @@ class Request:
     received: float = field(default_factory=time.monotonic)
 
 
-def parse_request_topic(topic: str) -> tuple[str, str, str, str] | None:
-    """Split ``iotsim/req/<hexclient>/<connection>/<certId>/<topic>``; None when it is not one."""
-    if not topic.startswith(REQUEST_PREFIX):
+def parse_request_topic(topic: str, prefix: str = REQUEST_PREFIX) -> tuple[str, str, str, str] | None:
+    """Split ``<prefix><hexclient>/<connection>/<certId>/<topic>`` (``iotsim/req/`` or
+    ``iotsim/rule/``); None when it is not one."""
+    if not topic.startswith(prefix):
         return None
-    parts = topic[len(REQUEST_PREFIX) :].split("/", 3)
+    parts = topic[len(prefix) :].split("/", 3)
     if len(parts) != 4 or not all(parts) or not parts[1].isdigit():
         return None
     return parts[0], parts[1], parts[2], parts[3]
@@ -211,6 +219,25 @@ def load_hook(spec: str) -> Callable[..., Any]:
     if not callable(target):
         raise ValueError("hook {!r} is not callable".format(spec))
     return target
+
+
+def call_bounded(fn: Callable[[], Any], timeout: float, name: str) -> tuple[bool, Any]:
+    """``fn()`` in a daemon thread of its own, waited for at most ``timeout`` seconds: (True, its
+    result) or (False, what it raised); TimeoutError when it has not returned by then. A call
+    that never returns costs one parked thread, not a worker of the caller's pool."""
+    results: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        try:
+            results.put((True, fn()))
+        except BaseException as exc:  # reported to the caller
+            results.put((False, exc))
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        return results.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(name) from None
 
 
 def _call_hook(hook: Callable[..., Any], event: dict[str, Any]) -> Any:
@@ -257,6 +284,7 @@ class ProvisioningService:
         sweep_interval: float = 60.0,
         region: str = "local",
         account: str = "000000000000",
+        cert_days: int = pki.DEFAULT_DAYS,
     ) -> None:
         # The broker, and the identity the service connects with (start()).
         self.host, self.port, self.client_id = host, port, client_id
@@ -264,6 +292,7 @@ class ProvisioningService:
         self.registry, self.templates = registry, templates
         self.hook_timeout, self.sweep_interval = hook_timeout, sweep_interval
         self.region, self.account = region, account  # of the template ARN a hook sees
+        self.cert_days = cert_days  # the validity of the certificates it issues
         self._hook: Callable[..., Any] | None = None
         self.set_hook(hook)
         self._faults: dict[str, Fault] = {}
@@ -286,6 +315,8 @@ class ProvisioningService:
         self._sub_mid: int | None = None
         # template name -> (enabled, hook or None); the control plane installs it.
         self.template_settings: Callable[[str], tuple[bool, Callable[..., Any] | None]] | None = None
+        # (topic, payload, certificateId, client id) of a device's message -> the rules engine.
+        self.rule_sink: Callable[[str, bytes, str, str], Any] | None = None
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -445,11 +476,11 @@ class ProvisioningService:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        result, mid = client.subscribe("iotsim/req/#", qos=1)
+        result, mid = client.subscribe([(REQUEST_PREFIX + "#", 1), (RULE_PREFIX + "#", 1)])
         self._sub_mid = mid
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        if mid == self._sub_mid and reasons and not reasons[0].is_failure:
+        if mid == self._sub_mid and reasons and not any(r.is_failure for r in reasons):
             self._subscribed.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -458,7 +489,8 @@ class ProvisioningService:
             log.warning("service lost its broker connection (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        parsed = parse_request_topic(msg.topic)
+        rule = msg.topic.startswith(RULE_PREFIX)
+        parsed = parse_request_topic(msg.topic, RULE_PREFIX if rule else REQUEST_PREFIX)
         if parsed is None:
             return
         client_hex, connection, requester, topic = parsed
@@ -466,6 +498,9 @@ class ProvisioningService:
             client_id = bytes.fromhex(client_hex).decode("utf-8", "replace")
         except ValueError:
             log.warning("ignoring a request with a malformed client id field %r", client_hex[:80])
+            return
+        if rule:
+            self._to_rules(topic, bytes(msg.payload), requester, client_id)
             return
         kind = classify(topic)
         if kind is None:
@@ -486,6 +521,22 @@ class ProvisioningService:
             self._later(fault.delay_ms / 1000.0, lambda: self._submit(req, None))
             return
         self._submit(req, fault)
+
+    def _to_rules(self, topic: str, payload: bytes, principal: str, client_id: str) -> None:
+        sink, pool = self.rule_sink, self._pool
+        if sink is None or pool is None or self._stopping.is_set():
+            return
+        self._count("rule messages")
+        try:
+            pool.submit(sink, topic, payload, principal, client_id)
+        except RuntimeError:  # shutting down
+            pass
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publish as AWS IoT itself (iot-data Publish): to every subscriber the broker lets receive it."""
+        client = self._client
+        if client is None or client.publish(topic, payload, qos=qos, retain=retain).rc != mqtt.MQTT_ERR_SUCCESS:
+            raise RuntimeError("the service is not connected to the broker")
 
     def _submit(self, req: Request, fault: Fault | None) -> None:
         pool = self._keys_pool if req.operation == CREATE_KEYS else self._pool
@@ -632,7 +683,7 @@ class ProvisioningService:
     # -- the three operations -----------------------------------------------------------------
 
     def _new_certificate(self, req: Request, public_key: Any, common_name: str) -> tuple[str, str, str]:
-        cert = self.ca.issue(public_key, common_name)
+        cert = self.ca.issue(public_key, common_name, days=self.cert_days)
         pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
         cid = pki.certificate_id(cert)
         token = self.registry.issue_certificate(cid, pem, owner=req.requester)
@@ -769,27 +820,16 @@ class ProvisioningService:
             "clientId": req.client_id,
             "parameters": dict(parameters),
         }
-        results: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
-
-        def run() -> None:
-            try:
-                results.put((True, _call_hook(hook, event)))
-            except BaseException as exc:  # report anything the hook raises
-                results.put((False, exc))
-
-        # A fresh daemon thread per call: a hook that never returns costs one
-        # parked thread, not a worker of the request pool.
-        threading.Thread(target=run, name="iotsim-hook", daemon=True).start()
         try:
-            ok, value = results.get(timeout=self.hook_timeout)
-        except queue.Empty:
+            ok, value = call_bounded(lambda: _call_hook(hook, event), self.hook_timeout, "iotsim-hook")
+        except TimeoutError:
             raise Rejection(
                 403,
                 ACCESS_DENIED,
                 "The pre-provisioning hook did not answer within {:g} seconds".format(self.hook_timeout),
             ) from None
         if not ok:
-            log.warning("pre-provisioning hook raised %s", type(value).__name__)
+            log.warning("pre-provisioning hook raised %s: %s", type(value).__name__, value)
             raise Rejection(
                 403,
                 ACCESS_DENIED,

@@ -2,10 +2,13 @@
 
 ``IotSim(state, port).start()`` prepares the state folder (CA, server, service
 and claim identities, the registry with the claim and service certificates,
-the demo template, a device ``config.json`` and ``certs/``, the control
-plane's AWS credentials) and runs mosquitto with the plugin, the provisioning
-service and the control plane. The CLI (``python -m tools.iotsim up``), the
-pytest fixture and the fleet benchmark all use it.
+the claim and thing policies, the demo template, a device ``config.json`` and
+``certs/``, the control plane's AWS credentials) and runs mosquitto with the
+plugin, the provisioning service and the control plane, which holds the cloud
+side of a certificate rotation as tools.awssetup makes it on AWS (the rotation
+template with its pre-provisioning hook, the retire rule, their Lambda
+functions: :func:`install_rotation`). The CLI (``python -m tools.iotsim up``),
+the pytest fixture and the fleet benchmark all use it.
 
 The state folder holds private keys: it is mode 0700 and every key file (and
 the credentials file) 0600, also in a folder an older iotsim made.
@@ -13,6 +16,7 @@ the credentials file) 0600, also in a folder an older iotsim made.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -22,14 +26,15 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..awssetup import lambdas
 from . import localaws, pki
 from .broker import ACCOUNT, AWS_QUOTAS, DEFAULT_PLUGIN, REGION, Broker, MqttQuotas
 from .controlplane import ControlPlane
 from .limits import MAX_BODY, MAX_CONNECTIONS, REQUEST_TIMEOUT_S, ApiLimits
-from .policy import claim_policy_document
+from .policy import THING_POLICY, claim_policy_document, thing_policy_document
 from .registry import CLAIM, CLAIM_POLICY, DEFAULT_TOKEN_TTL, SERVICE, THING_GROUP, Registry
 from .service import ProvisioningService
-from .templates import DEMO_TEMPLATE_NAME, TemplateStore, demo_template_text
+from .templates import DEMO_TEMPLATE_NAME, ROTATION_TEMPLATE_NAME, TemplateStore, builtin_template_text
 
 log = logging.getLogger("iotsim")
 
@@ -52,6 +57,7 @@ def device_config(
         "server_hostname": "localhost",
         "port": port,
         "template": template,
+        "rotation_template": ROTATION_TEMPLATE_NAME,
         "parameters": {"SerialNumber": "{uid}"},
         # the demo template's ThingName: "fleetprov-" + SerialNumber
         "thing_name": "fleetprov-{uid}",
@@ -82,11 +88,54 @@ def _private_state(state: Path) -> None:
             os.chmod(path, 0o600)
 
 
-def ensure_claim_policy(registry: Registry, claim_id: str) -> None:
-    """The claim policy of docs/aws-setup.md (any template), attached to the claim certificate."""
-    if CLAIM_POLICY not in {name for name, _, _ in registry.policies()}:
-        registry.create_policy(CLAIM_POLICY, claim_policy_document())
+def ensure_policies(registry: Registry, claim_id: str) -> None:
+    """The claim policy of docs/aws-setup.md (any template but the rotation template), attached
+    to the claim certificate, and the thing policy the demo and rotation templates name."""
+    if registry.policy(CLAIM_POLICY) is None:
+        registry.create_policy(CLAIM_POLICY, claim_policy_document(deny_templates=[ROTATION_TEMPLATE_NAME]))
     registry.attach_policy(CLAIM_POLICY, claim_id)
+    if registry.policy(THING_POLICY) is None:
+        registry.create_policy(THING_POLICY, thing_policy_document())
+
+
+def install_rotation(plane: ControlPlane) -> None:
+    """The cloud side of a rotation (docs/rotation.md), as tools.awssetup makes it on AWS, made
+    through the control plane's own operations where missing: the two Lambda functions of
+    tools/awssetup/lambdas (updated when their package changed), each invocable by AWS IoT for
+    its source only, the rotation template with its pre-provisioning hook, and the retire rule."""
+    code = lambdas.package()
+    zipped = base64.b64encode(code).decode("ascii")
+    role = "arn:aws:iam::{}:role/iotsim-lambda".format(plane.account)
+    template_arn = plane.arn("provisioningtemplate", ROTATION_TEMPLATE_NAME)
+    wanted = (
+        (lambdas.HOOK_FUNCTION, lambdas.HOOK_HANDLER, template_arn),
+        (lambdas.RETIRE_FUNCTION, lambdas.RETIRE_HANDLER, plane.rules.arn(lambdas.RETIRE_RULE)),
+    )
+    for name, handler, source in wanted:
+        if not plane.functions.exists(name):
+            plane.call("CreateFunction", {"FunctionName": name, "Role": role, "Code": {"ZipFile": zipped},
+                                          "Runtime": lambdas.RUNTIME, "Handler": handler,
+                                          "Timeout": lambdas.TIMEOUT_S}, "lambda")
+            plane.call("AddPermission", {"FunctionName": name, "StatementId": "iot-invoke",
+                                         "Action": "lambda:InvokeFunction", "Principal": "iot.amazonaws.com",
+                                         "SourceArn": source, "SourceAccount": plane.account}, "lambda")
+        elif plane.call("GetFunction", {"FunctionName": name}, "lambda")["Configuration"]["CodeSha256"] != (
+                lambdas.code_sha256(code)):
+            plane.call("UpdateFunctionCode", {"FunctionName": name, "ZipFile": zipped}, "lambda")
+    hook = {"targetArn": plane.functions.arn(lambdas.HOOK_FUNCTION), "payloadVersion": lambdas.HOOK_PAYLOAD_VERSION}
+    if ROTATION_TEMPLATE_NAME not in plane.templates.names():
+        plane.call("CreateProvisioningTemplate", {
+            "templateName": ROTATION_TEMPLATE_NAME, "templateBody": builtin_template_text(ROTATION_TEMPLATE_NAME),
+            "provisioningRoleArn": role, "enabled": True, "preProvisioningHook": hook,
+            "description": "fleetprov: a thing's own certificate registers its next one (docs/rotation.md)"})
+    elif plane.call("DescribeProvisioningTemplate", {"templateName": ROTATION_TEMPLATE_NAME}).get(
+            "preProvisioningHook") != hook:
+        # Without its hook the template would let any certificate register on any thing.
+        plane.call("UpdateProvisioningTemplate", {"templateName": ROTATION_TEMPLATE_NAME, "preProvisioningHook": hook})
+    if not plane.rules.exists(lambdas.RETIRE_RULE):
+        plane.call("CreateTopicRule", {"ruleName": lambdas.RETIRE_RULE, "topicRulePayload": {
+            "sql": lambdas.RETIRE_SQL, "awsIotSqlVersion": lambdas.SQL_VERSION,
+            "actions": [{"lambda": {"functionArn": plane.functions.arn(lambdas.RETIRE_FUNCTION)}}]}})
 
 
 @dataclass(eq=False)
@@ -99,7 +148,8 @@ class IotSim:
     "module:function"); ``clock``: the registry's clock (tests); ``api_port``:
     the AWS IoT control plane's HTTP port (0: a free one); ``lambdas``: Lambda
     function name -> hook; ``api_timeout``, ``api_connections``,
-    ``api_max_body``: the control plane's bounds (iotsim's choices, docs/iotsim.md).
+    ``api_max_body``: the control plane's bounds (iotsim's choices, docs/iotsim.md);
+    ``cert_days``: the validity of the device certificates it issues.
     """
 
     state: Path
@@ -123,6 +173,7 @@ class IotSim:
     api_connections: int = MAX_CONNECTIONS
     api_max_body: int = MAX_BODY
     mqtt_quotas: MqttQuotas = AWS_QUOTAS
+    cert_days: int = pki.DEFAULT_DAYS
 
     def __post_init__(self) -> None:
         self.state = Path(self.state).resolve()
@@ -182,11 +233,11 @@ class IotSim:
                 self.registry.add_certificate(
                     identity.certificate_id, identity.cert_path.read_text(encoding="ascii"), status
                 )
-        ensure_claim_policy(self.registry, self.claim.certificate_id)
+        ensure_policies(self.registry, self.claim.certificate_id)
         for group in DEMO_THING_GROUPS:
             self.registry.create_resource(THING_GROUP, group)
         if DEMO_TEMPLATE_NAME not in self.templates.names():
-            self.templates.put(DEMO_TEMPLATE_NAME, demo_template_text())
+            self.templates.put(DEMO_TEMPLATE_NAME, builtin_template_text(DEMO_TEMPLATE_NAME))
         certs = install_device_certs(self.state, self.claim)
         pki.write_atomic(self.config_path, (json.dumps(device_config(self.port), indent=2) + "\n").encode())
         return [
@@ -224,6 +275,7 @@ class IotSim:
                 tps=self.tps,
                 keygen_processes=self.keygen_processes,
                 workers=self.workers,
+                cert_days=self.cert_days,
                 **shared,
             )
             self.service.start(timeout=timeout)
@@ -236,11 +288,15 @@ class IotSim:
                 lambdas=self.lambdas,
                 credentials=self.credentials,
                 limits=self.api_limits,
+                cert_days=self.cert_days,
                 **shared,
             ).start()
             self.api_port = self.controlplane.port
             localaws.write_config(self.state, self.region, self.api_url)
             self.service.template_settings = self.controlplane.template_settings
+            self.service.rule_sink = self.controlplane.rules.dispatch
+            self.controlplane.data.publisher = self.service.publish
+            install_rotation(self.controlplane)
         except BaseException:
             self.stop()
             raise

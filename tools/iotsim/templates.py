@@ -580,8 +580,18 @@ class TemplateStore:
 
 
 DEMO_TEMPLATE_NAME = "FleetprovDemo"
-DEMO_TEMPLATE_PATH = Path(__file__).with_name("templates") / "demo.json"
+ROTATION_TEMPLATE_NAME = "FleetprovRotation"
+# The templates iotsim's demo runs and tools.awssetup deploys, by name: the files' own names.
+BUILTIN_TEMPLATES = {
+    DEMO_TEMPLATE_NAME: Path(__file__).with_name("templates") / "demo.json",
+    ROTATION_TEMPLATE_NAME: Path(__file__).with_name("templates") / "rotation.json",
+}
+DEMO_TEMPLATE_PATH = BUILTIN_TEMPLATES[DEMO_TEMPLATE_NAME]
+
+
+def builtin_template_text(name: str) -> str:
+    return BUILTIN_TEMPLATES[name].read_text(encoding="utf-8")
 
 
 def demo_template_text() -> str:
-    return DEMO_TEMPLATE_PATH.read_text(encoding="utf-8")
+    return builtin_template_text(DEMO_TEMPLATE_NAME)

@@ -17,7 +17,8 @@ Fixtures:
   (``iotsim_factory(state=None, **IotSim kwargs)``), stopped at teardown.
 
 Also usable without pytest: :class:`MqttTestClient`, :func:`running_iotsim`, and for
-tests that provision by hand :func:`make_csr` and :func:`write_identity`.
+tests that provision by hand :func:`make_csr`, :func:`write_identity`,
+:func:`provision_csr`, :func:`register` and :class:`Device` (a provisioned demo device).
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .broker import free_port
 from .service import HOOK_TIMEOUT
 from .stack import IotSim
+from .templates import DEMO_TEMPLATE_NAME
 
 DEFAULT_TIMEOUT = 15.0
 CONNECT_RETRY_S = 0.25  # the pause before connecting again after a close before CONNACK
@@ -68,6 +71,29 @@ def write_identity(folder: Path, name: str, cert_pem: str, key: Any) -> tuple[Pa
         )
     )
     return cert_path, key_path
+
+
+def register_topic(template: str = DEMO_TEMPLATE_NAME) -> str:
+    return "$aws/provisioning-templates/{}/provision/json".format(template)
+
+
+def provision_csr(client: MqttTestClient, key: Any) -> dict[str, Any]:
+    """CreateCertificateFromCsr over ``client`` for ``key``: the accepted answer."""
+    outcome, body = client.request(
+        "$aws/certificates/create-from-csr/json", {"certificateSigningRequest": make_csr(key, "device")}
+    )
+    assert outcome == "accepted", body
+    return body
+
+
+def register(
+    client: MqttTestClient, token: str, params: dict[str, str] | None = None, template: str = DEMO_TEMPLATE_NAME
+) -> tuple[str, Any]:
+    """RegisterThing over ``client``: (accepted|rejected, answer)."""
+    payload: dict[str, Any] = {"certificateOwnershipToken": token}
+    if params is not None:
+        payload["parameters"] = params
+    return client.request(register_topic(template), payload)
 
 
 class Clock:
@@ -346,6 +372,24 @@ class RunningIotSim:
             timeout=timeout,
         )
         return c.connect() if connect else c
+
+
+class Device:
+    """A device provisioned with the demo template by CSR over ``claim``: thing fleetprov-<serial>,
+    its certificate and key files in ``folder``."""
+
+    def __init__(self, iotsim: RunningIotSim, claim: MqttTestClient, folder: Path, serial: str) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        body = provision_csr(claim, key)
+        outcome, reg = register(claim, body["certificateOwnershipToken"], {"SerialNumber": serial})
+        assert outcome == "accepted", reg
+        self.iotsim = iotsim
+        self.thing = reg["thingName"]
+        self.certificate_id = body["certificateId"]
+        self.cert, self.key = write_identity(folder, serial, body["certificatePem"], key)
+
+    def client(self, client_id: str | None = None) -> MqttTestClient:
+        return self.iotsim.client(client_id or self.thing, self.cert, self.key)
 
 
 @contextlib.contextmanager

@@ -68,6 +68,9 @@
  *     subscription (AWS delivers only to subscribers), and only if its policy
  *     allows iot:Receive. The QoS is the lower of 1 and the subscription's.
  *   - iotsim/kick/<hex(client id)>/<serial> disconnects that connection.
+ *   - Any other message a client publishes is routed as usual, and a copy goes
+ *     to iotsim/rule/<hex(client id)>/<serial>/<certificateId>/<topic> for the
+ *     service's rules engine (AWS IoT rules see every message).
  *   - Reply and kick messages are never routed. A malformed internal topic
  *     is dropped with a warning.
  *
@@ -1160,27 +1163,22 @@ static void kick_request(const char *rest, const char *full_topic)
 	free(client_id);
 }
 
-/* $aws/... from a client -> iotsim/req/<hex id>/<serial>/<cert id>/<topic> */
-static int rewrite_request(struct mosquitto_evt_message *ed, const struct client *c)
+/* <prefix><hex(client id)>/<serial>/<certificateId>/<topic> for the service,
+ * allocated with mosquitto_malloc; NULL when it would exceed MAX_TOPIC_LEN or
+ * memory runs out. */
+static char *internal_topic(const char *prefix, const struct client *c, const char *topic)
 {
 	char serial[24];
-	size_t id_len = strlen(c->id), topic_len = strlen(ed->topic), serial_len;
+	size_t prefix_len = strlen(prefix), id_len = strlen(c->id), topic_len = strlen(topic), serial_len;
 	size_t len;
-	char *topic, *p;
+	char *out, *p;
 
 	serial_len = (size_t)snprintf(serial, sizeof(serial), "%" PRIu64, c->serial);
-	len = strlen("iotsim/req/") + 2 * id_len + 1 + serial_len + 1 + ID_HEX_LEN + 1 + topic_len;
-	if(id_len == 0 || len > MAX_TOPIC_LEN){
-		mosquitto_log_printf(MOSQ_LOG_WARNING,
-				"iotsim: dropped request from '%s' on '%.300s': the internal topic would exceed %d bytes",
-				c->id, ed->topic, MAX_TOPIC_LEN);
-		return DROP_MESSAGE;
-	}
-	topic = mosquitto_malloc(len + 1);
-	if(!topic) return MOSQ_ERR_NOMEM;
-	p = topic;
-	memcpy(p, "iotsim/req/", strlen("iotsim/req/"));
-	p += strlen("iotsim/req/");
+	len = prefix_len + 2 * id_len + 1 + serial_len + 1 + ID_HEX_LEN + 1 + topic_len;
+	if(id_len == 0 || len > MAX_TOPIC_LEN || !(out = mosquitto_malloc(len + 1))) return NULL;
+	p = out;
+	memcpy(p, prefix, prefix_len);
+	p += prefix_len;
 	hex_encode((const unsigned char *)c->id, id_len, p);
 	p += 2 * id_len;
 	*p++ = '/';
@@ -1190,7 +1188,21 @@ static int rewrite_request(struct mosquitto_evt_message *ed, const struct client
 	memcpy(p, c->grant.cert_id, ID_HEX_LEN);
 	p += ID_HEX_LEN;
 	*p++ = '/';
-	memcpy(p, ed->topic, topic_len + 1);
+	memcpy(p, topic, topic_len + 1);
+	return out;
+}
+
+/* $aws/... from a client -> iotsim/req/<hex id>/<serial>/<cert id>/<topic> */
+static int rewrite_request(struct mosquitto_evt_message *ed, const struct client *c)
+{
+	char *topic = internal_topic("iotsim/req/", c, ed->topic);
+
+	if(!topic){
+		mosquitto_log_printf(MOSQ_LOG_WARNING,
+				"iotsim: dropped request from '%s' on '%.300s': no room for its internal topic",
+				c->id, ed->topic);
+		return DROP_MESSAGE;
+	}
 	/* mosquitto 2.0 takes the new pointer without freeing the old topic. */
 	mosquitto_free(ed->topic);
 	ed->topic = topic;
@@ -1198,6 +1210,29 @@ static int rewrite_request(struct mosquitto_evt_message *ed, const struct client
 	 * to the service on every resubscribe. */
 	ed->retain = false;
 	return MOSQ_ERR_SUCCESS;
+}
+
+/* AWS IoT's rules engine sees every message a device publishes: a copy goes
+ * to the service on iotsim/rule/<hex id>/<serial>/<cert id>/<topic> (the
+ * certificate id is what the rules' principal() gives), and the message itself
+ * is routed as usual. publish_copy duplicates topic and payload. */
+static void forward_to_rules(const struct mosquitto_evt_message *ed, const struct client *c)
+{
+	char *topic = internal_topic("iotsim/rule/", c, ed->topic);
+	int rc;
+
+	if(!topic){
+		mosquitto_log_printf(MOSQ_LOG_WARNING,
+				"iotsim: the rules engine misses a message from '%s' on '%.300s': no room for its internal topic",
+				c->id, ed->topic);
+		return;
+	}
+	rc = mosquitto_broker_publish_copy(NULL, topic, (int)ed->payloadlen, ed->payload, 1, false, NULL);
+	if(rc != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "iotsim: could not queue a message from '%s' for the rules engine (error %d)",
+				c->id, rc);
+	}
+	mosquitto_free(topic);
 }
 
 static int on_message(int event, void *event_data, void *userdata)
@@ -1227,6 +1262,7 @@ static int on_message(int event, void *event_data, void *userdata)
 		if(!c) return DROP_MESSAGE; /* a Will: no connection left to answer */
 		return rewrite_request(ed, c);
 	}
+	if(c) forward_to_rules(ed, c); /* a Will (no connection left) reaches subscribers only */
 	return MOSQ_ERR_SUCCESS;
 }
 
