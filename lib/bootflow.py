@@ -25,7 +25,10 @@ _FLOW_CODE = ("provisioning", "rotation", "fleetprov", "fleetprov_texts", "awsna
 
 class FirstBoot(Device):
     """The first boot of one validated config (see devconfig.validate) on
-    ``board`` (device.Board; tests and CircuitPython give their own)."""
+    ``board`` (device.Board; tests and CircuitPython give their own).
+    ``link``: the connection as the thing, once the boot has made it."""
+
+    link = None
 
     def start(self):
         """Return a Link connected as this device's thing, provisioning first
@@ -71,11 +74,13 @@ class FirstBoot(Device):
         """Rotate the device's identity now, over ``link`` (connected as the
         thing), as the boot does when the certificate nears its expiry
         (docs/rotation.md). Returns a link connected as the thing: with the
-        new identity when the rotation succeeded (the progress lines say why not)."""
+        new identity when the rotation succeeded (the progress lines say why not).
+        The boot closes that link when the application returns."""
         import rotation
 
         try:
-            return rotation.rotate(self, link)
+            self.link = rotation.rotate(self, link)
+            return self.link
         finally:
             rotation = None
             release(*_FLOW_CODE)
@@ -134,7 +139,7 @@ def boot(cfg, board, app=None, t0=None, source="config.json"):
         if t0 is not None:
             fb.progress.t0 = t0
         fb.step("config", "{} {} {} template {}".format(source, cfg["method"], cfg["format"], cfg["template"]))
-        link = fb.start()
+        fb.link = fb.start()
     except FlowError as ex:
         printer("fleetprov: " + str(ex))
         return "retry" if ex.retryable else "fatal"
@@ -143,9 +148,9 @@ def boot(cfg, board, app=None, t0=None, source="config.json"):
         return "retry"
     try:
         if app is not None:
-            app(fb, link)
+            app(fb, fb.link)
     finally:
-        link.close()
+        fb.link.close()  # the one the application ends with (FirstBoot.rotate replaces it)
     peak = fb.progress.heap_peak
     fb.step("done", "heap peak {} bytes (sampled at each step)".format(peak) if peak else "")
     return "ok"

@@ -11,8 +11,8 @@
 #      after it leaves the complete new identity;
 #   3. load() trusts nothing the record does not vouch for: a missing, torn or
 #      corrupt record, a missing file or a digest mismatch all mean "not
-#      provisioned", and leftover files (*.tmp, identity files no record can
-#      use) are deleted, never read.
+#      provisioned", and leftover files (*.tmp, identity and staged files no
+#      record can use) are deleted, never read.
 # A new identity is staged before RegisterThing activates it: the key and the
 # certificate as they came (pending.key, pending.crt), then pending.json
 # (certificate id, ownership token, when it was issued, the files' SHA-256)
@@ -49,6 +49,7 @@ UID = "uid"
 TOKEN_TTL_S = 3600 - 60
 TMP = ".tmp"
 VERSION = 1
+_STAGED = (PENDING, STAGED_CERT, STAGED_KEY)
 
 
 def written_by_device(name):
@@ -175,6 +176,7 @@ class Store:
             if r is not None:
                 keep.extend(r["files"].values())
         if pend is not None:
+            keep.append(PENDING)
             keep.extend(self.identity_names(pend["certificate_id"]))
         self.cleanup(keep)
         if rec is None or not (
@@ -226,14 +228,15 @@ class Store:
 
     def cleanup(self, keep=()):
         """Delete leftovers: temporary files (an interrupted write), and
-        identity files whose names are not in ``keep``. Returns their names."""
+        identity and staged files whose names are not in ``keep`` (a key
+        staged before its pending.json landed is of no use). Returns their names."""
         gone = []
         try:
             names = os.listdir(self.folder or ".")
         except OSError:
             return gone
         for n in names:
-            if n.endswith(TMP) or (n.startswith(IDENTITY) and n not in keep):
+            if n.endswith(TMP) or ((n.startswith(IDENTITY) or n in _STAGED) and n not in keep):
                 remove(self.path(n))
                 gone.append(n)
         return gone

@@ -49,13 +49,17 @@ BOOT_CODE = BOOT + EXIT_STATUS
 # "fleetprov STOP <step>" at that progress step or credential write boundary
 # and waits on stdin, so the harness cuts the power at exactly that point.
 # A step "*<end>" stops at the first name ending so (a file named after its
-# certificate). Test harness code: nothing of it is on a board.
+# certificate); "<step>@<n>" at its n-th time (a file a boot writes twice).
+# Test harness code: nothing of it is on a board.
 STOP_CODE = """import sys, progress
+_stop_seen = [0]
 def _stop_mark(self, name, _mark=progress.Progress.mark):
     _mark(self, name)
     if name == {step!r} or ({step!r}[:1] == "*" and name.endswith({step!r}[1:])):
-        print("fleetprov STOP " + name)
-        sys.stdin.read(1)
+        _stop_seen[0] += 1
+        if _stop_seen[0] == {nth}:
+            print("fleetprov STOP " + name)
+            sys.stdin.read(1)
 progress.Progress.mark = _stop_mark
 """
 
@@ -286,6 +290,14 @@ def make_flash(
     return flash
 
 
+def update_config(flash: Path, values: dict[str, Any]) -> None:
+    """Merge ``values`` into the config.json of the flash folder ``flash``."""
+    path = flash / "config.json"
+    config = json.loads(path.read_text())
+    config.update(values)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 @dataclass
 class BootResult:
     lines: list[str]
@@ -339,14 +351,16 @@ class Board:
     ) -> BootResult:
         """Boot once and return its output.
 
-        ``stop_at``: the device halts at that step (STOP_CODE) and is
-        SIGKILLed as soon as it says so - a power cut at exactly that point.
+        ``stop_at``: the device halts at that step (STOP_CODE: "*<end>",
+        "<step>@<n>") and is SIGKILLed as soon as it says so - a power cut at
+        exactly that point; ``killed_at`` is then the step's name.
         ``kill_after``: SIGKILL after that many seconds unless it ended first -
         a power cut at a random instant. ``timeout`` bounds the whole boot.
         """
         env = self.env()
         if stop_at:
-            code = STOP_CODE.format(step=stop_at) + code
+            step, _, nth = stop_at.partition("@")
+            code = STOP_CODE.format(step=step, nth=int(nth or 1)) + code
         start = time.monotonic()
         proc = subprocess.Popen(
             self.command(code),

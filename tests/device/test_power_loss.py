@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
+from devicepki import host_says_provisioned
 from tools.unixboard import Board, BootResult, make_flash
 
 pytestmark = pytest.mark.slow
@@ -133,26 +132,6 @@ class Device:
 
     def boot(self, **kw: Any) -> BootResult:
         return self.board.boot(timeout=60, **kw)
-
-
-def host_says_provisioned(flash: Path) -> bool:
-    """An independent reading of the flash: a complete record whose files match
-    their digests and whose certificate certifies its key."""
-    certs = flash / "certs"
-    try:
-        rec = json.loads((certs / "provisioned.json").read_text())
-        names = rec["files"]
-        if any(n.endswith(".tmp") or "/" in n for n in names.values()):
-            return False
-        blobs = {role: (certs / names[role]).read_bytes() for role in ("cert", "key")}
-        if any(hashlib.sha256(blobs[r]).hexdigest() != rec["sha256"][r] for r in blobs):
-            return False
-        cert = x509.load_der_x509_certificate(blobs["cert"])
-        key = serialization.load_der_private_key(blobs["key"], password=None)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
 
 
 def recover(device: Device, iotsim: Any, after: str) -> None:

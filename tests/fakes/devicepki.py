@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -138,3 +139,23 @@ def factory_flash(flash: Path, claim: Identity | None = None) -> Identity:
     (certs / "claim.key.der").write_bytes(claim.key_der())
     (certs / "ca.der").write_bytes(ca_der())
     return claim
+
+
+def host_says_provisioned(flash: Path) -> bool:
+    """An independent reading of the flash: a complete record whose files match
+    their digests and whose certificate certifies its key."""
+    certs = flash / "certs"
+    try:
+        rec = json.loads((certs / "provisioned.json").read_text())
+        names = rec["files"]
+        if any(n.endswith(".tmp") or "/" in n for n in names.values()):
+            return False
+        blobs = {role: (certs / names[role]).read_bytes() for role in ("cert", "key")}
+        if any(hashlib.sha256(blobs[r]).hexdigest() != rec["sha256"][r] for r in blobs):
+            return False
+        cert = x509.load_der_x509_certificate(blobs["cert"])
+        key = serialization.load_der_private_key(blobs["key"], password=None)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)

@@ -352,6 +352,18 @@ def test_leftover_temporary_files_are_deleted_on_load_and_never_read(flash: Path
     assert not list(certs.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("staged", [["pending.key"], ["pending.key", "pending.crt"], ["pending.json"]])
+def test_staged_files_no_valid_pending_record_vouches_for_are_deleted_on_load(flash: Path, staged: list[str]) -> None:
+    # A cut after the staged key landed but before pending.json: a private key of no use to anyone.
+    _committed(flash)
+    certs = flash / "certs"
+    for n in staged:
+        (certs / n).write_bytes(b"-----BEGIN PRIVATE KEY-----\npartial")
+    s = Store()
+    assert s.load() is not None and s.pending is None
+    assert not [n for n in staged if (certs / n).exists()]
+
+
 class PowerCut(Exception):
     pass
 

@@ -20,13 +20,21 @@ Target: a rotation fits where a provisioned board runs its application,
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
-from ..unixboard import DEFAULT_TARGET, WORD32_TARGET, Board, BootResult, TargetUnavailable, make_flash, \
-    smallest_heap, use_target
+from ..unixboard import (
+    DEFAULT_TARGET,
+    WORD32_TARGET,
+    Board,
+    BootResult,
+    TargetUnavailable,
+    make_flash,
+    smallest_heap,
+    update_config,
+    use_target,
+)
 from .report import Target, at_most, print_targets, table
 
 ROTATION_KB = 64
@@ -45,16 +53,9 @@ def step_ms(result: BootResult, step: str) -> int | None:
     return None
 
 
-def set_config(flash: Path, values: dict[str, object]) -> None:
-    path = flash / "config.json"
-    config = json.loads(path.read_text())
-    config.update(values)
-    path.write_text(json.dumps(config, indent=2) + "\n")
-
-
 def provision(flash: Path) -> BootResult:
     """The first boot of a factory-fresh ``flash``, in the port's default heap."""
-    set_config(flash, NOT_DUE)
+    update_config(flash, NOT_DUE)
     result = Board(flash).boot(timeout=60)
     if result.returncode != 0 or "done" not in result.steps():
         raise RuntimeError(f"the first boot of {flash} failed:\n{result.text}")
@@ -63,7 +64,7 @@ def provision(flash: Path) -> BootResult:
 
 def rotate(flash: Path, kb: int | None = None) -> BootResult:
     """A provisioned ``flash`` boots with its rotation due (in a ``kb`` KB heap)."""
-    set_config(flash, DUE)
+    update_config(flash, DUE)
     return Board(flash, heapsize=kb * 1024 if kb else None).boot(timeout=60)
 
 
