@@ -16,11 +16,15 @@ import time
 
 import credstore
 import credwrite
-import fleetprov
 import mqttlink
 from credstore import TOKEN_TTL_S
 from device import FlowError
 from runtime import release
+
+# The MQTT API client serves one connection at a time: loaded for the old
+# identity's requests and released when that connection closes, loaded again
+# for the retire request over the new one.
+_API = ("fleetprov", "fleetprov_texts", "awsnames")
 
 
 def rotate(dev, link):
@@ -31,11 +35,10 @@ def rotate(dev, link):
     line that says why, with the identity the device still has."""
     try:
         return _Rotation(dev).run(link)
-    except fleetprov.ProvisioningError as ex:
-        failure = "rotation: {}".format(ex)
-    except FlowError as ex:
-        failure = str(ex)
+    except Exception as ex:  # whatever it was, the device carries on with the identity it has
+        failure = _failure(ex)
     link.close()
+    release(*_API)
     dev.step("rotation-failed", failure)
     return dev.connect_thing()
 
@@ -47,12 +50,24 @@ def renew(dev, link, due):
     if dev.store.record.get("retire") is not None:
         try:
             retire(dev, link)
-        except FlowError as ex:
-            dev.step("retire-later", str(ex))
+        except Exception as ex:
+            dev.step("retire-later", _failure(ex))
             return link  # one rotation at a time: the thing keeps at most two certificates
     if dev.store.pending is not None or due:
         return rotate(dev, link)
     return link
+
+
+def _failure(ex):
+    # The progress line's words for a failed rotation or retirement.
+    return str(ex) if isinstance(ex, FlowError) else "rotation: {}: {}".format(type(ex).__name__, ex)
+
+
+def _api_error(what, ex):
+    # fleetprov's error as the flow's: str(ex) names the operation and the cause.
+    import fleetprov
+
+    return FlowError("{}: {}".format(what, ex), retryable=ex.status in (fleetprov.TIMEOUT, fleetprov.MQTT_ERROR))
 
 
 def retire(dev, link):
@@ -63,14 +78,15 @@ def retire(dev, link):
     old = dev.store.record.get("retire")
     if old is None:
         return
+    import fleetprov
+
     # JSON whatever the provisioning format: the retire rule reads JSON
     p = dev.board.provisioner(link.client, dev.cfg, bytearray(1024), "json")  # the answer is a few names
     try:
         p.request(dev.topic(dev.cfg["retire_topic"]), {"certificateId": old})
     except fleetprov.ProvisioningError as ex:
         if ex.status_code != 404:  # 404: no longer on the thing, retired before
-            raise FlowError("retiring certificate {}: {}".format(old, ex),
-                            retryable=ex.status in (fleetprov.TIMEOUT, fleetprov.MQTT_ERROR))
+            raise _api_error("retiring certificate {}".format(old), ex)
     finally:
         p.close()
     credwrite.retired(dev.store)
@@ -90,12 +106,17 @@ class _Rotation:
         if not self.cfg["rotation_template"]:
             raise FlowError("rotation needs `rotation_template` in config.json (docs/rotation.md)")
         pend = self.store.pending
-        if pend is None:
-            pend = self._new_certificate(link)
-        elif 0 <= time.time() - pend["issued"] < TOKEN_TTL_S:
-            dev.step("resume-rotation", "certificate {} staged".format(pend["certificate_id"]))
-            self._register(link, pend)
+        if pend is None or 0 <= time.time() - pend["issued"] < TOKEN_TTL_S:
+            # the flow's largest block first, while the heap is in one piece
+            rx = bytearray(self.cfg["rx_size"])
+            if pend is None:
+                pend = self._new_certificate(link, rx)
+            else:
+                dev.step("resume-rotation", "certificate {} staged".format(pend["certificate_id"]))
+                self._register(link, rx, pend)
+            rx = None
         link.close()
+        release(*_API)
         new = self._connect_new(pend)
         dev.step("connect-new", "as {} with certificate {}".format(self.name, pend["certificate_id"]))
         try:
@@ -104,56 +125,66 @@ class _Rotation:
         except (credstore.StoreError, OSError) as ex:
             new.close()
             raise FlowError("rotation: cannot store the new identity: {}".format(ex), retryable=True)
+        finally:
+            release("pem", "der")  # the commit's conversions are done
         self.store.pending = None
         dev.step("rotated", "{} -> {}".format(self.old, pend["certificate_id"]))
         try:
             retire(dev, new)
-        except FlowError as ex:
-            dev.step("retire-later", str(ex))
+        except Exception as ex:  # committed: the next boot asks again
+            dev.step("retire-later", _failure(ex))
         return new
 
-    def _new_certificate(self, link):
+    def _new_certificate(self, link, rx):
         # A key and CSR made here, the certificate under the current identity,
         # the new identity staged before RegisterThing activates it.
+        dev = self.dev
         import csr
 
-        dev = self.dev
         try:
             key, request = csr.generate(self.name[:64])
-        except (ValueError, TypeError, OSError) as ex:
-            raise FlowError("rotation: cannot make a key and CSR on the device: {}".format(ex))
+        except (ValueError, TypeError, OSError, MemoryError) as ex:
+            raise FlowError("rotation: cannot make a key and CSR on the device: {}: {}".format(
+                type(ex).__name__, ex))
         finally:
             csr = None
             release("csr", "p256")  # made once per rotation
         dev.step("keygen", "P-256 key and CSR made on the device")
-        p = dev.board.provisioner(link.client, self.cfg, bytearray(self.cfg["rx_size"]))
+        import fleetprov
+
+        p = dev.board.provisioner(link.client, self.cfg, rx)
         try:
             made = p.create_certificate_from_csr(request)
+        except fleetprov.ProvisioningError as ex:
+            raise _api_error("rotation", ex)
         finally:
             p.close()
+        p = request = None
         dev.step("certificate", made.certificate_id)
         try:
             pend = credwrite.stage(self.store, made.certificate_id, made.certificate_pem, key,
                                    made.ownership_token, time.time())
         except (credstore.StoreError, OSError) as ex:
             raise FlowError("rotation: cannot store the new identity: {}".format(ex), retryable=True)
-        made = key = request = None
+        made = key = None
         self.store.pending = pend
-        self._register(link, pend)
+        self._register(link, rx, pend)
         return pend
 
-    def _register(self, link, pend):
+    def _register(self, link, rx, pend):
         # RegisterThing with the rotation template puts the new certificate
         # on this thing. A spent token: registered before a cut, its answer
         # lost; connecting with the certificate tells whether it is active.
         dev = self.dev
-        p = dev.board.provisioner(link.client, self.cfg, bytearray(self.cfg["rx_size"]))
+        import fleetprov
+
+        p = dev.board.provisioner(link.client, self.cfg, rx)
         try:
             reg = p.register_thing(self.cfg["rotation_template"], pend["ownership_token"],
                                    {"ThingName": self.name})
         except fleetprov.ProvisioningError as ex:
             if ex.error_code != "InvalidCertificateOwnershipToken":
-                raise
+                raise _api_error("rotation", ex)
             return
         finally:
             p.close()

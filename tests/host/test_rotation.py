@@ -11,6 +11,7 @@ from typing import Any
 import credstore
 import fleetprov
 import pytest
+import rotation
 from devicepki import Identity, ec_identity, factory_flash
 from fakecloud import ROTATION_TEMPLATE, Boot, FakeCloud, status
 
@@ -136,8 +137,52 @@ def test_a_retirement_that_fails_is_asked_again_at_the_next_boot(cloud: FakeClou
     assert "retire" not in record() and len(cloud.active_certificates(thing)) == 1
 
 
-class PowerCut(Exception):
-    pass
+def test_running_out_of_memory_making_the_key_fails_the_rotation_and_keeps_the_old_identity(
+    cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csr
+
+    def no_room(cn: str) -> Any:
+        raise MemoryError("memory allocation failed, allocating 64 bytes")
+
+    monkeypatch.setattr(csr, "generate", no_room)
+    old = record()["certificate_id"]
+    boot = Boot(cloud, rotate_days=40, **ROTATION)
+    link = boot.fb.start()
+    assert "rotation-failed" in boot.steps()
+    assert "rotation: cannot make a key and CSR on the device: MemoryError: memory allocation failed" in boot.output()
+    assert record()["certificate_id"] == old and link.cert == cloud.things[record()["thing_name"]] and not link.closed
+
+
+def test_any_other_failure_in_a_rotation_is_named_and_the_device_carries_on(
+    cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rotation is never worth a device: whatever escapes it becomes one line.
+    def broken(self: Any, link: Any) -> Any:
+        raise KeyError("certificate_id")
+
+    monkeypatch.setattr(rotation._Rotation, "run", broken)
+    boot = Boot(cloud, rotate_days=40, **ROTATION)
+    link = boot.fb.start()
+    assert "rotation-failed  rotation: KeyError: 'certificate_id'" in boot.output()
+    assert not link.closed and link.cert == cloud.things[record()["thing_name"]]
+
+
+def test_a_retirement_that_fails_unexpectedly_is_asked_again_later(
+    cloud: FakeCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_room(dev: Any, link: Any) -> None:
+        raise MemoryError("memory allocation failed, allocating 1024 bytes")
+
+    monkeypatch.setattr(rotation, "retire", no_room)
+    boot = Boot(cloud, rotate_days=40, **ROTATION)
+    boot.fb.start()
+    assert "retire-later  rotation: MemoryError: memory allocation failed, allocating 1024 bytes" in boot.output()
+    assert "retire" in record()
+
+
+class PowerCut(BaseException):
+    """A power cut: nothing on the device can catch it (the rotation catches every Exception)."""
 
 
 def test_a_power_cut_at_any_boundary_of_a_rotation_leaves_an_identity_that_connects_and_one_active_certificate(
