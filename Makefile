@@ -80,9 +80,9 @@ test-device: setup ports
 bench: setup mpy ports
 	$(VPY) -m tools.bench
 
-# CSR=1: key and CSR made on the device; FORMAT=cbor; BOARD=circuitpython.
+# CSR=1: key and CSR made on the device; FORMAT=cbor; BOARD=circuitpython; ROTATE=1: the second boot rotates.
 demo: setup
-	$(VPY) -m tools.demo $(if $(CSR),--method csr,) $(if $(FORMAT),--format $(FORMAT),) $(if $(BOARD),--board $(BOARD),)
+	$(VPY) -m tools.demo $(if $(ROTATE),--rotate,) $(if $(CSR),--method csr,) $(if $(FORMAT),--format $(FORMAT),) $(if $(BOARD),--board $(BOARD),)
 
 # CircuitPython: the CIRCUITPY layout as a zip (sources; circup installs the Adafruit libraries).
 circuitpython-bundle: venv

@@ -80,6 +80,9 @@ def make_folder(folder: Path, iotsim_state: Path, settings: dict[str, str | int]
         "FLEETPROV_METHOD": device["method"],
         "FLEETPROV_FORMAT": device["format"],
     }
+    for field in ("thing_name", "rotation_template"):  # iotsim's demo sets both
+        if device.get(field):
+            base["FLEETPROV_" + field.upper()] = device[field]
     base.update(settings)
     write_settings(folder / "settings.toml", base)
     return folder

@@ -12,6 +12,10 @@
 5. prints a summary (thing, certificate, elapsed time, heap) checked against
    iotsim's registry, and stops iotsim.
 
+``--rotate`` (``make demo ROTATE=1``): iotsim issues certificates that expire
+within the device's ``rotate_days``, so the second boot rotates the board's
+identity (a new key and certificate made on the device, the old certificate
+retired) and the demo shows the registry's word on both certificates.
 ``--method csr`` (``make demo CSR=1``): the key pair and CSR are made on the
 device, so the private key never leaves it. ``--format cbor`` (``make demo
 FORMAT=cbor``): the provisioning payloads are CBOR. ``--board circuitpython``
@@ -38,6 +42,8 @@ from .unixboard import ROOT, Board, BootResult, make_flash
 log = logging.getLogger("demo")
 
 DEMO_DIR = ROOT / "build" / "demo"
+# --rotate: the validity iotsim gives certificates, within the default rotate_days (30)
+ROTATE_CERT_DAYS = 20
 Rows = list[tuple[str, str]]
 
 
@@ -83,13 +89,14 @@ class DemoBoard:
 
     def rows(self, first: BootResult, second: BootResult) -> Rows:
         args = self.args
-        key = "made on the device, never sent" if args.method == "csr" else (
+        key = "made on the device, never sent" if args.method == "csr" or args.rotate else (
             "made by the endpoint (CreateKeysAndCertificate)")
+        second_boot = "rotated, then the application" if args.rotate else "straight to the application"
         heap = _heap(first)
         rows = [
             ("private key", key),
             ("first boot", f"{first.elapsed * 1000:.0f} ms (provision, commit, reconnect as the thing)"),
-            ("second boot", f"{second.elapsed * 1000:.0f} ms (provisioned: straight to the application)"),
+            ("second boot", f"{second.elapsed * 1000:.0f} ms (provisioned: {second_boot})"),
             ("heap peak", f"{heap} bytes (MicroPython heap, sampled at each step)" if heap else "n/a"),
         ]
         if args.min_heap:
@@ -119,6 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keys: CreateKeysAndCertificate; csr: key and CSR made on the device",
     )
     p.add_argument("--format", choices=("json", "cbor"), default="json", help="provisioning payload format")
+    p.add_argument(
+        "--rotate",
+        action="store_true",
+        help=f"iotsim issues certificates valid for {ROTATE_CERT_DAYS} days, within rotate_days: the second "
+        "boot rotates the board's identity",
+    )
     p.add_argument("--source", action="store_true", help="copy lib/*.py instead of compiled .mpy")
     p.add_argument(
         "--heapsize", type=int, default=None, help="MicroPython heap in bytes (default: the unix port's own)"
@@ -189,6 +202,12 @@ def sweep(pristine: Path, work: Path, from_kb: int, trials: int, step_kb: int) -
     return f"first failure at {kb} KB: {passed}/{trials} boards passed before one failed"
 
 
+def stored_certificate_id(board: DemoBoard, certs: Path) -> str:
+    """The id (SHA-256 of the DER) of the certificate the board's record names."""
+    record = json.loads((certs / "provisioned.json").read_text())
+    return hashlib.sha256(board.certificate_der((certs / record["files"]["cert"]).read_bytes())).hexdigest()
+
+
 def _fail(msg: str, result: BootResult | None = None) -> int:
     print(f"\ndemo FAILED: {msg}", file=sys.stderr)
     if result is not None and result.returncode not in (0, None):
@@ -214,7 +233,8 @@ def run(board: DemoBoard) -> int:
     last: Exception | None = None
     for _ in range(3):  # a free port can be taken between probe and bind
         try:
-            sim = IotSim(args.dir / "iotsim", free_port()).start()
+            days = {"cert_days": ROTATE_CERT_DAYS} if args.rotate else {}
+            sim = IotSim(args.dir / "iotsim", free_port(), **days).start()
             break
         except RuntimeError as exc:
             last = exc
@@ -240,15 +260,31 @@ def run(board: DemoBoard) -> int:
         # A board's reset, Wi-Fi and NTP take seconds; the harness's restart
         # none, and AWS IoT refuses a second CONNECT within a second per client id.
         time.sleep(1.0)
-        print("\n== second boot: already provisioned, straight to the application")
+        first_id = stored_certificate_id(board, certs)
+        if args.rotate:
+            print(f"\n== second boot: the certificate expires in {ROTATE_CERT_DAYS} days, within rotate_days: "
+                  "the board rotates it")
+        else:
+            print("\n== second boot: already provisioned, straight to the application")
         second = board.boot(timeout=60)
         if second.returncode != 0 or "provisioned" not in second.steps() or "connect-claim" in second.steps():
             return _fail("the second boot did not start as the provisioned thing", second)
 
         record = json.loads((certs / "provisioned.json").read_text())
-        cert_id = hashlib.sha256(board.certificate_der((certs / record["files"]["cert"]).read_bytes())).hexdigest()
+        cert_id = stored_certificate_id(board, certs)
         thing_name = record["thing_name"]
         assert sim.registry is not None
+        rotation_rows: Rows = []
+        if args.rotate:
+            old_status = sim.registry.status(first_id)
+            thing = sim.registry.thing(thing_name)
+            if "retired" not in second.steps() or old_status != "INACTIVE" or thing is None or (
+                    first_id in thing.certificates):
+                return _fail(f"the rotation did not retire {first_id} (status {old_status})", second)
+            line = f"rotated: {first_id} {old_status} -> {cert_id} {sim.registry.status(cert_id)}"
+            print("\n" + line)
+            rotation_rows = [("rotation", f"{first_id[:16]}… {old_status} (detached) -> {cert_id[:16]}… "
+                                          f"{sim.registry.status(cert_id)}")]
         thing = sim.registry.thing(thing_name)
         status = sim.registry.status(cert_id)
         if thing is None or cert_id not in thing.certificates or status != "ACTIVE":
@@ -266,6 +302,7 @@ def run(board: DemoBoard) -> int:
             ("certificate id", cert_id),
             ("method / format", f"{args.method} / {args.format}"),
             *board.rows(first, second),
+            *rotation_rows,
             ("iotsim registry", f"thing {thing_name} holds certificate {cert_id[:16]}… ({status})"),
             ("claim files", "unchanged"),
             (f"{board.drive} folder", str(folder)),

@@ -21,3 +21,7 @@ APPLICATION = ["hello", "done"]
 CSR_FIRST_BOOT = FIRST_BOOT[:2] + ["keygen"] + FIRST_BOOT[2:]
 # Already provisioned: straight to the thing.
 PROVISIONED_BOOT = ["config", "provisioned", "connect-thing"]
+# A rotation, after connect-thing: key and CSR made on the device, the new
+# certificate under the old identity, registered, connected, committed, and
+# the old certificate retired over the new connection.
+ROTATION = ["keygen", "certificate", "register", "connect-new", "rotated", "retired"]

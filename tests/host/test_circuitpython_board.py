@@ -18,6 +18,10 @@ from typing import Any
 
 import boot_steps
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tools import cpbundle
 from tools.iotsim.broker import MqttQuotas
@@ -233,5 +237,68 @@ def test_a_power_cut_during_the_commit_leaves_a_board_that_boots_into_a_working_
     assert ("connect-claim" in got) == (step != "provisioned.json"), got
     record = json.loads((folder / "certs" / "provisioned.json").read_text())
     assert iotsim.registry.status(record["certificate_id"]) == "ACTIVE"
+    assert claim_digests(folder) == claim
+    assert not list((folder / "certs").glob("*.tmp"))
+
+
+@pytest.fixture
+def expiring(iotsim_factory: Any) -> Any:
+    # Certificates valid for 20 days: within the default rotate_days (30) from the
+    # start. Boots run back to back, as no board's reboot does: no connect-rate refusal.
+    return iotsim_factory(cert_days=20, mqtt_quotas=MqttQuotas(connect_interval_ms=0))
+
+
+def provisioned_board(iotsim: Any, folder: Path) -> str:
+    """Provision the board in ``folder`` (rotation off); the certificate id it holds."""
+    cpbundle.make_folder(folder, iotsim.state, {**FAST, "FLEETPROV_ROTATE_DAYS": 0})
+    rc, lines = boot(folder)
+    assert rc == 0 and steps(lines)[-1] == "done", "\n".join(lines)
+    cpbundle.make_folder(folder, iotsim.state, FAST)  # the default rotate_days from now on
+    return str(json.loads((folder / "certs" / "provisioned.json").read_text())["certificate_id"])
+
+
+def active_on_thing(iotsim: Any, folder: Path) -> tuple[list[str], str]:
+    """The thing's ACTIVE certificates, and the id of the one on the drive."""
+    record = json.loads((folder / "certs" / "provisioned.json").read_text())
+    thing = iotsim.registry.thing(record["thing_name"])
+    assert thing is not None
+    active = [c for c in thing.certificates if iotsim.registry.status(c) == "ACTIVE"]
+    pem = (folder / "certs" / record["files"]["cert"]).read_bytes()
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    return active, hashlib.sha256(der).hexdigest()
+
+
+def test_a_board_rotates_a_certificate_that_expires_within_rotate_days_over_minimqtt(
+    expiring: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "CIRCUITPY"
+    old = provisioned_board(expiring, folder)
+    rc, lines = boot(folder)
+    assert rc == 0, "\n".join(lines)
+    assert steps(lines) == boot_steps.PROVISIONED_BOOT + boot_steps.ROTATION + boot_steps.APPLICATION, \
+        "\n".join(lines)
+    active, stored = active_on_thing(expiring, folder)
+    assert active == [stored] and stored != old
+    assert expiring.registry.status(old) == "INACTIVE" and expiring.registry.thing_of(old) is None  # detached
+    record = json.loads((folder / "certs" / "provisioned.json").read_text())
+    key_pem = (folder / "certs" / record["files"]["key"]).read_bytes()
+    assert key_pem.startswith(b"-----BEGIN EC PRIVATE KEY-----")  # made on the board
+    assert not [p.name for p in (folder / "certs").iterdir() if p.name.startswith("pending")]
+
+
+@pytest.mark.parametrize("step", ["pending.json", "register", "connect-new", "provisioned.json", "rotated"])
+def test_a_power_cut_during_a_rotation_leaves_a_board_that_boots_into_one_active_identity(
+    expiring: Any, tmp_path: Path, step: str
+) -> None:
+    folder = tmp_path / "CIRCUITPY"
+    old = provisioned_board(expiring, folder)
+    claim = claim_digests(folder)
+    boot_and_cut_power_at(folder, step)
+    cpbundle.make_folder(folder, expiring.state, {**FAST, "FLEETPROV_ROTATE_DAYS": 0})  # finish, start nothing new
+    rc, lines = boot(folder)
+    got = steps(lines)
+    assert rc == 0 and got[-1] == "done" and "connect-claim" not in got, "\n".join(lines)
+    active, stored = active_on_thing(expiring, folder)
+    assert active == [stored] and stored != old, "\n".join(lines)  # staged before every one of these cuts
     assert claim_digests(folder) == claim
     assert not list((folder / "certs").glob("*.tmp"))

@@ -22,12 +22,12 @@ def make(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_make_demo_passes_format_method_and_board_to_the_demo() -> None:
-    proc = make("-n", "demo", "FORMAT=cbor", "CSR=1", "BOARD=circuitpython")
+    proc = make("-n", "demo", "FORMAT=cbor", "CSR=1", "BOARD=circuitpython", "ROTATE=1")
     assert proc.returncode == 0, proc.stderr
     demo = [line for line in proc.stdout.splitlines() if "-m tools.demo" in line]
     assert len(demo) == 1
     assert demo[0].split("-m tools.demo")[1].split() == [
-        "--method", "csr", "--format", "cbor", "--board", "circuitpython",
+        "--rotate", "--method", "csr", "--format", "cbor", "--board", "circuitpython",
     ]
 
 
@@ -41,6 +41,21 @@ def test_the_demo_in_cbor_provisions_the_device_in_cbor(board: str, tmp_path: Pa
     # the device's own config line, first boot and second
     assert len(re.findall(r"ms  config  \S+ keys cbor template", proc.stdout)) == 2, proc.stdout
     assert re.search(r"^ +method / format +keys / cbor$", proc.stdout, re.M), proc.stdout
+
+
+@pytest.mark.parametrize("board", ["micropython", "circuitpython"])
+def test_the_demo_with_rotate_shows_the_old_certificate_inactive_and_the_new_one_active(
+    board: str, tmp_path: Path
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.demo", "--rotate", "--board", board, "--dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rotated = re.search(r"^rotated: ([0-9a-f]{64}) INACTIVE -> ([0-9a-f]{64}) ACTIVE$", proc.stdout, re.M)
+    assert rotated and rotated.group(1) != rotated.group(2), proc.stdout
+    assert re.search(rf"^ +certificate id +{rotated.group(2)}$", proc.stdout, re.M), proc.stdout
+    assert re.search(rf"ms  rotated  {rotated.group(1)} -> {rotated.group(2)}", proc.stdout), proc.stdout
 
 
 def test_make_deps_prints_nothing_when_every_copy_is_there() -> None:
