@@ -25,3 +25,6 @@ PROVISIONED_BOOT = ["config", "provisioned", "connect-thing"]
 # certificate under the old identity, registered, connected, committed, and
 # the old certificate retired over the new connection.
 ROTATION = ["keygen", "certificate", "register", "connect-new", "rotated", "retired"]
+# The writes that stage a new identity, in order (a ".tmp" written, then renamed):
+# the key and certificate as they came, then the pending record vouching for them.
+STAGE_WRITES = ["pending.key.tmp", "pending.key", "pending.crt.tmp", "pending.crt", "pending.json.tmp", "pending.json"]

@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import boot_steps
 import pytest
 
 from devicepki import host_says_provisioned
@@ -47,12 +48,7 @@ KEYS_STEPS = [
     "uid",
     "connect-claim",
     "certificate",
-    "pending.key.tmp",
-    "pending.key",
-    "pending.crt.tmp",
-    "pending.crt",
-    "pending.json.tmp",
-    "pending.json",
+    *boot_steps.STAGE_WRITES,
     "register",
     "disconnect-claim",
     "*.key.der.tmp",

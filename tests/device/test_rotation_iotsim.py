@@ -47,12 +47,7 @@ CLAIM = ("ca.der", "claim.der", "claim.key.der")
 ROTATION_STEPS = [
     "keygen",
     "certificate",
-    "pending.key.tmp",
-    "pending.key",
-    "pending.crt.tmp",
-    "pending.crt",
-    "pending.json.tmp",
-    "pending.json",
+    *boot_steps.STAGE_WRITES,
     "register",
     "connect-new",
     "*.key.der.tmp",

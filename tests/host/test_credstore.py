@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import boot_steps
 import credstore
 import credwrite
 import csr
@@ -368,7 +369,7 @@ class PowerCut(Exception):
     pass
 
 
-STAGE_STEPS = ["pending.key.tmp", "pending.key", "pending.crt.tmp", "pending.crt", "pending.json.tmp", "pending.json"]
+STAGE_STEPS = boot_steps.STAGE_WRITES
 
 
 def commit_steps(certificate_id: str) -> list[str]:

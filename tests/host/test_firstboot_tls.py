@@ -110,16 +110,19 @@ def silent_server() -> Iterator[int]:
     srv.close()
 
 
-def test_connect_to_a_silent_endpoint_ends_in_connect_error_on_its_deadline(
-    iotsim: Any, silent_server: int
-) -> None:
+def connect_with_the_claim(iotsim: Any, port: int) -> mqttlink.Link:
+    """mqttlink.connect to 127.0.0.1:``port`` with iotsim's claim, 200 ms to connect."""
     ca = Path(iotsim.ca_der).read_bytes()
     cert = Path(iotsim.claim_cert_der).read_bytes()
     key = Path(iotsim.claim_key_der).read_bytes()
+    return mqttlink.connect(b"x", "127.0.0.1", port, cert, key, ca, "localhost", 200, umqtt_host.umqtt_simple)
+
+
+def test_connect_to_a_silent_endpoint_ends_in_connect_error_on_its_deadline(
+    iotsim: Any, silent_server: int
+) -> None:
     with pytest.raises(mqttlink.ConnectError) as info:
-        mqttlink.connect(
-            b"x", "127.0.0.1", silent_server, cert, key, ca, "localhost", 200, umqtt_host.umqtt_simple
-        )
+        connect_with_the_claim(iotsim, silent_server)
     assert not info.value.refused and f"cannot connect to 127.0.0.1:{silent_server}" in str(info.value)
     # the umqtt module got its own socket factory back
     assert umqtt_host.umqtt_simple.socket is not None and not isinstance(
@@ -136,13 +139,8 @@ def test_a_failed_connect_without_room_for_its_words_is_still_a_connect_error(
             raise MemoryError("memory allocation failed")
 
     monkeypatch.setitem(sys.modules, "linkfail", NoRoom())
-    ca = Path(iotsim.ca_der).read_bytes()
-    cert = Path(iotsim.claim_cert_der).read_bytes()
-    key = Path(iotsim.claim_key_der).read_bytes()
     with pytest.raises(mqttlink.ConnectError) as info:
-        mqttlink.connect(
-            b"x", "127.0.0.1", silent_server, cert, key, ca, "localhost", 200, umqtt_host.umqtt_simple
-        )
+        connect_with_the_claim(iotsim, silent_server)
     # (the deadline's OSError: TimeoutError on CPython)
     assert re.fullmatch(rf"127\.0\.0\.1:{silent_server} failed \(\w+Error; no memory to say more\)", str(info.value))
     assert not (info.value.refused or info.value.handshake or info.value.verify)  # retried as the network

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from ..unixboard import DEPS, SUPPORT, Board, ROOT, compile_lib, make_flash, micropython_binary
+from .boards import back_to_back_iotsim
 from .report import Target, at_most, percentile, print_targets, table
 
 FAKES = ROOT / "tests" / "fakes"
@@ -35,19 +36,12 @@ FIRST_BOOT_TARGET_MS = 150
 
 
 def run(args: argparse.Namespace) -> list[Target]:
-    from ..iotsim.broker import MqttQuotas, free_port
-    from ..iotsim.stack import IotSim
-
     runs = 3 if args.quick else 10
     rows: list[list[object]] = []
     targets = []
     with tempfile.TemporaryDirectory(prefix="fleetprov-bench-device-") as tmp:
         work = Path(tmp)
-        # A board's reboot takes seconds, the harness's none: without AWS's one
-        # CONNECT a second per client id, a provisioned boot right after the last
-        # one is measured without a retry a board would not make.
-        sim = IotSim(work / "iotsim", free_port(), mqtt_quotas=MqttQuotas(connect_interval_ms=0)).start()
-        try:
+        with back_to_back_iotsim(work / "iotsim") as sim:
             # PyPI's unix port runs inside a CPython launcher: its start is not the device's
             idle = Board(make_flash(work / "flash-idle", sim.state))
             start_ms = statistics.median(idle.boot(code="", timeout=60).elapsed * 1000 for _ in range(5))
@@ -72,8 +66,6 @@ def run(args: argparse.Namespace) -> list[Target]:
                              device_ms, f"{statistics.median(again):.0f}", f"{percentile(again, 0.9):.0f}"])
                 targets.append(at_most(f"first boot less interpreter start, {method}", device_ms,
                                        FIRST_BOOT_TARGET_MS, "ms"))
-        finally:
-            sim.stop()
 
     print("### One device end to end (unix port, compiled library, JSON, iotsim on loopback)\n")
     print(table(["method", "runs", "first boot median ms", "p90", "less interpreter start",

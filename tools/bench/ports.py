@@ -34,7 +34,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from .report import Target, at_most, print_targets, table
+from .boards import back_to_back_iotsim
+from .report import Target, at_most, heap_kb, heap_target, print_targets, table
 from ..unixboard import (
     DEFAULT_TARGET,
     OLD_FIRMWARE_TARGETS,
@@ -177,28 +178,13 @@ def _provisioned(pristine: Path, work: Path) -> Path:
     return flash
 
 
-def _kb(kb: int | None) -> str:
-    return f"{kb} KB" if kb else "over 256 KB"
-
-
-def _heap_target(name: str, kb: int | None, limit: int) -> Target:
-    return at_most(name, kb, limit, "KB") if kb else Target(name, _kb(kb), f"<= {limit} KB", False)
-
-
 def run(args: argparse.Namespace) -> list[Target]:
-    from ..iotsim.broker import MqttQuotas, free_port
-    from ..iotsim.stack import IotSim
-
     runs = 2 if args.quick else 5
     rows: list[list[object]] = []
     targets: list[Target] = []
     with tempfile.TemporaryDirectory(prefix="fleetprov-bench-ports-") as tmp:
         work = Path(tmp)
-        # A board's reboot takes seconds, the harness's none: without AWS's one
-        # CONNECT a second per client id, a provisioned boot right after the last
-        # one is measured without a retry a board would not make.
-        sim = IotSim(work / "iotsim", free_port(), mqtt_quotas=MqttQuotas(connect_interval_ms=0)).start()
-        try:
+        with back_to_back_iotsim(work / "iotsim") as sim:
             for target in (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS, WORD32_TARGET):
                 budgets = target is WORD32_TARGET
                 try:
@@ -220,14 +206,12 @@ def run(args: argparse.Namespace) -> list[Target]:
                         if method == METHODS[0]:  # a provisioned boot is the same whichever method provisioned
                             again_kb = smallest_heap(_provisioned(pristine, where), where, trials=trials)
                             heaps.append(("provisioned boot heap", again_kb, PROVISIONED_KB))
-                            provisioned = _kb(again_kb)
+                            provisioned = heap_kb(again_kb)
                         median = f"{statistics.median(times):.0f}"
-                        rows.append([target.id, method, runs, median, _kb(first_kb), provisioned, trials])
+                        rows.append([target.id, method, runs, median, heap_kb(first_kb), provisioned, trials])
                         if budgets:
-                            targets += [_heap_target(name + ", 32-bit port", kb, limit) for name, kb, limit in heaps]
+                            targets += [heap_target(name + ", 32-bit port", kb, limit) for name, kb, limit in heaps]
             imports, import_targets = import_table(sim.state, work)
-        finally:
-            sim.stop()
 
     print(
         "### First boot per firmware (unix ports, each with its own mpy-cross and frozen umqtt.simple, "

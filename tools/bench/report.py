@@ -24,6 +24,16 @@ def at_most(name: str, measured: float, limit: float, unit: str) -> Target:
     return Target(name, "{:g} {}".format(measured, unit), "<= {:g} {}".format(limit, unit), measured <= limit)
 
 
+def heap_kb(kb: int | None) -> str:
+    """A smallest heap as the tables print it (None: not even the largest size tried passed)."""
+    return f"{kb} KB" if kb else "over 256 KB"
+
+
+def heap_target(name: str, kb: int | None, limit: int) -> Target:
+    """A smallest heap judged against its budget in KB."""
+    return at_most(name, kb, limit, "KB") if kb else Target(name, heap_kb(kb), f"<= {limit} KB", False)
+
+
 def percentile(values: list[float] | list[int], q: float) -> float:
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))])

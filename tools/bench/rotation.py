@@ -35,7 +35,8 @@ from ..unixboard import (
     update_config,
     use_target,
 )
-from .report import Target, at_most, print_targets, table
+from .boards import back_to_back_iotsim
+from .report import Target, heap_kb, heap_target, print_targets, table
 
 ROTATION_KB = 64
 BUDGET_TRIALS = 10
@@ -79,24 +80,13 @@ def rotation_trial(flash: Path, kb: int) -> bool:
     return rotated(rotate(flash, kb))
 
 
-def _kb(kb: int | None) -> str:
-    return f"{kb} KB" if kb else "over 256 KB"
-
-
 def run(args: argparse.Namespace) -> list[Target]:
-    from ..iotsim.broker import MqttQuotas, free_port
-    from ..iotsim.stack import IotSim
-
     runs = 2 if args.quick else 5
     rows: list[list[object]] = []
     targets: list[Target] = []
     with tempfile.TemporaryDirectory(prefix="fleetprov-bench-rotation-") as tmp:
         work = Path(tmp)
-        # A board's reboot takes seconds, the harness's none: without AWS's one
-        # CONNECT a second per client id, the rotation boot right after the
-        # provisioning one is timed without a retry a board would not make.
-        sim = IotSim(work / "iotsim", free_port(), mqtt_quotas=MqttQuotas(connect_interval_ms=0)).start()
-        try:
+        with back_to_back_iotsim(work / "iotsim") as sim:
             for target in (WORD32_TARGET, DEFAULT_TARGET):
                 budget = target is WORD32_TARGET
                 try:
@@ -124,13 +114,9 @@ def run(args: argparse.Namespace) -> list[Target]:
                     first_kb = smallest_heap(pristine, work, trials=trials)
                     rotation_kb = smallest_heap(pristine, work, trials=trials, trial=rotation_trial)
                 rows.append([target.id, runs, f"{statistics.median(first_ms):.0f}",
-                             f"{statistics.median(rotation_ms):.0f}", _kb(first_kb), _kb(rotation_kb), trials])
+                             f"{statistics.median(rotation_ms):.0f}", heap_kb(first_kb), heap_kb(rotation_kb), trials])
                 if budget:
-                    targets.append(at_most("rotation heap, 32-bit port", rotation_kb, ROTATION_KB, "KB")
-                                   if rotation_kb else Target("rotation heap, 32-bit port", _kb(rotation_kb),
-                                                              f"<= {ROTATION_KB} KB", False))
-        finally:
-            sim.stop()
+                    targets.append(heap_target("rotation heap, 32-bit port", rotation_kb, ROTATION_KB))
 
     print("### Rotation beside the first boot (unix ports, compiled library, iotsim on loopback)\n")
     print(table(["target", "runs", "first boot median ms", "rotation median ms", "smallest heap, first boot",
