@@ -20,11 +20,15 @@ class Progress:
         self.heap_peak = 0  # most heap in use seen at a step, before collecting
 
     def _heap(self):
-        alloc = getattr(gc, "mem_alloc", None)  # MicroPython only
+        # MicroPython only: the heap in use, then a collection, so each step
+        # starts from the live data alone (CPython's collector would walk
+        # every object of the process, for nothing).
+        alloc = getattr(gc, "mem_alloc", None)
         if alloc is not None:
             used = alloc()
             if used > self.heap_peak:
                 self.heap_peak = used
+            gc.collect()
 
     def elapsed(self):
         """Milliseconds since start."""
@@ -33,7 +37,6 @@ class Progress:
     def step(self, name, detail=""):
         """Report step ``name`` (never pass a secret in ``detail``)."""
         self._heap()
-        gc.collect()
         line = "fleetprov {:>6} ms  {}".format(self.elapsed(), name)
         if detail:
             line = line + "  " + detail
