@@ -15,7 +15,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -31,20 +31,14 @@ from tools.iotsim.testing import (
     Device,
     MqttTestClient,
     RunningIotSim,
+    new_certificate,
     provision_csr,
-    register,
+    register_rotation,
     register_topic,
-    write_identity,
+    retire,
 )
 
 ROTATION = "FleetprovRotation"
-
-
-class Identity(NamedTuple):
-    certificate_id: str
-    cert: Path
-    key: Path
-    token: str
 
 
 @pytest.fixture
@@ -55,22 +49,6 @@ def claim(iotsim: RunningIotSim) -> Iterator[MqttTestClient]:
 
 def device(iotsim: RunningIotSim, claim: MqttTestClient, folder: Path) -> Device:
     return Device(iotsim, claim, folder, uuid.uuid4().hex[:12])  # a thing of its own per test
-
-
-def new_certificate(client: MqttTestClient, folder: Path, name: str) -> Identity:
-    """CreateCertificateFromCsr over ``client``: a new key and certificate, still pending."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    body = provision_csr(client, key)
-    cert, key_path = write_identity(folder, name, body["certificatePem"], key)
-    return Identity(body["certificateId"], cert, key_path, body["certificateOwnershipToken"])
-
-
-def register_rotation(client: MqttTestClient, token: str, thing: str) -> tuple[str, Any]:
-    return register(client, token, {"ThingName": thing}, template=ROTATION)
-
-
-def retire(client: MqttTestClient, thing: str, certificate_id: Any) -> tuple[str, Any]:
-    return client.request("fleetprov/{}/retire".format(thing), {"certificateId": certificate_id})
 
 
 def registry_state(iotsim: RunningIotSim) -> tuple[list[Any], list[Any]]:
