@@ -29,6 +29,7 @@ from tools.iotsim.registry import CLAIM_POLICY
 from tools.iotsim.testing import (
     ConnectRefused,
     Device,
+    Identity,
     MqttTestClient,
     RunningIotSim,
     new_certificate,
@@ -51,6 +52,17 @@ def device(iotsim: RunningIotSim, claim: MqttTestClient, folder: Path) -> Device
     return Device(iotsim, claim, folder, uuid.uuid4().hex[:12])  # a thing of its own per test
 
 
+def rotated_device(iotsim: RunningIotSim, claim: MqttTestClient, folder: Path) -> tuple[Device, Identity]:
+    """A device that made a new certificate over its own connection and registered it on its thing."""
+    dev = device(iotsim, claim, folder)
+    with dev.client() as old:
+        new = new_certificate(old, folder, "new")
+        assert iotsim.registry.status(new.certificate_id) == "PENDING_ACTIVATION"
+        outcome, body = register_rotation(old, new.token, dev.thing)
+    assert (outcome, body["thingName"]) == ("accepted", dev.thing), body
+    return dev, new
+
+
 def registry_state(iotsim: RunningIotSim) -> tuple[list[Any], list[Any]]:
     reg = iotsim.registry
     return [(c.id, c.status, c.updated) for c in reg.certificates()], [(t.name, t.certificates) for t in reg.things()]
@@ -70,12 +82,7 @@ def refused(answer: tuple[str, Any]) -> tuple[str, int, str]:
 def test_a_thing_renews_its_certificate_over_its_own_connection_and_retires_the_old_one(
     iotsim: RunningIotSim, claim: MqttTestClient, tmp_path: Path
 ) -> None:
-    dev = device(iotsim, claim, tmp_path)
-    with dev.client() as old:
-        new = new_certificate(old, tmp_path, "new")
-        assert iotsim.registry.status(new.certificate_id) == "PENDING_ACTIVATION"
-        outcome, body = register_rotation(old, new.token, dev.thing)
-    assert (outcome, body["thingName"]) == ("accepted", dev.thing), body
+    dev, new = rotated_device(iotsim, claim, tmp_path)
     assert active_on(iotsim, dev.thing) == {dev.certificate_id, new.certificate_id}  # both, until the retire
     assert [n for n, _ in iotsim.registry.policies_of(new.certificate_id)] == [THING_POLICY]
 
@@ -142,10 +149,8 @@ def test_the_claim_with_a_policy_that_allows_the_topics_is_refused_by_the_hook(
 def test_an_old_certificate_cannot_retire_the_new_one_nor_itself(
     iotsim: RunningIotSim, claim: MqttTestClient, tmp_path: Path
 ) -> None:
-    dev = device(iotsim, claim, tmp_path)
+    dev, new = rotated_device(iotsim, claim, tmp_path)
     with dev.client() as old:
-        new = new_certificate(old, tmp_path, "new")
-        assert register_rotation(old, new.token, dev.thing)[0] == "accepted"
         before = registry_state(iotsim)
         outcome, body = retire(old, dev.thing, new.certificate_id)
         assert refused((outcome, body)) == ("rejected", 403, "ForbiddenException")

@@ -84,9 +84,7 @@ def test_a_payload_that_is_not_a_json_object_fails_a_rule_that_reads_json(payloa
     ],
 )
 def test_sql_iotsim_would_evaluate_differently_is_refused(sql: str) -> None:
-    with pytest.raises(SqlError) as info:
-        parse_sql(sql)
-    assert info.value.code == "SqlParseException"
+    assert pytest.raises(SqlError, parse_sql, sql).value.code == "SqlParseException"
 
 
 # -- the API ---------------------------------------------------------------------------------------
