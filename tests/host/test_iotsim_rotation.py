@@ -217,7 +217,7 @@ def test_a_retire_request_without_a_certificate_id_is_refused_with_400(
     assert registry_state(iotsim) == before
 
 
-@pytest.mark.parametrize("payload", [b"not json", b"[1, 2]", b"", b"\xff\xfe{", b'"certificateId"'])
+@pytest.mark.parametrize("payload", [b"not json", b"[1, 2]", b"", b"\xff\xfe{", b'"certificateId"', b"{" * 60_000])
 def test_a_retire_request_that_is_not_a_json_object_gets_no_answer_and_the_next_one_does(
     iotsim: RunningIotSim, claim: MqttTestClient, tmp_path: Path, payload: bytes
 ) -> None:

@@ -56,7 +56,7 @@ def test_paths_missing_keys_and_topic_levels_are_aws_s() -> None:
     }
 
 
-@pytest.mark.parametrize("payload", [b"not json", b"[1]", b"7", b"", b"\xff"])
+@pytest.mark.parametrize("payload", [b"not json", b"[1]", b"7", b"", b"\xff", b"[" * 100_000])
 def test_a_payload_that_is_not_a_json_object_fails_a_rule_that_reads_json(payload: bytes) -> None:
     assert event(lambdas.RETIRE_SQL, payload) is None
     assert event("SELECT * FROM 'fleetprov/#'", payload) is None

@@ -88,7 +88,7 @@ class Query:
         """The event a Lambda action gets; None when the rule fails for this message."""
         try:
             doc = json.loads(msg.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             doc = _UNDEFINED
         json_items = [i for i in self.items if i.kind in ("*", "path")]
         if json_items and not isinstance(doc, dict):
