@@ -517,6 +517,11 @@ class Setup:
             ("its configuration", any(config.get(k) != v for k, v in wanted.items() if k != "Environment")
              or (config.get("Environment") or {}).get("Variables", {}) != env),
         ) if yes]
+        if self.state["created"].get(kind) != name:
+            # Not this tool's: changing it could tie it to a role a teardown deletes.
+            self.report.say("function {}: exists, not made by this tool: used as it is{}".format(
+                name, " ({} differs from fleetprov's)".format(" and ".join(stale)) if stale else ""))
+            return str(config["FunctionArn"])
         if not stale:
             self.report.say("function {}: exists, unchanged".format(name))
         elif self.o.dry_run:
