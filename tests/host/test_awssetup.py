@@ -19,7 +19,7 @@ from tools.awssetup.__main__ import main
 from tools.awssetup.setup import STATE_FILE, TAG_KEY
 from tools.iotsim import localaws
 from tools.iotsim.broker import free_port
-from tools.iotsim.testing import Device, RunningIotSim, new_certificate, register_rotation, retire, write_identity
+from tools.iotsim.testing import Device, RunningIotSim, write_identity
 
 
 @pytest.fixture
@@ -463,11 +463,7 @@ def test_setup_on_an_account_without_them_makes_what_a_rotation_needs_and_a_devi
     cert, key = claim_identity(folder, tmp_path)
     with sim.client("setup-claim", cert, key) as claim:
         dev = Device(sim, claim, tmp_path, "setup-rotating")
-    with dev.client() as old:
-        new = new_certificate(old, tmp_path, "setup-new")
-        assert register_rotation(old, new.token, dev.thing)[0] == "accepted"
-    with sim.client(dev.thing, new.cert, new.key) as current:
-        assert retire(current, dev.thing, dev.certificate_id)[0] == "accepted"
+    new = dev.rotate(tmp_path, "setup-new")
     assert (sim.registry.status(dev.certificate_id), sim.registry.status(new.certificate_id)) == ("INACTIVE", "ACTIVE")
 
     assert run(sim, folder, "setup") == 0

@@ -18,7 +18,7 @@ import pytest
 
 from tools.iotsim import localaws
 from tools.iotsim.policy import thing_policy_document
-from tools.iotsim.testing import Device, RunningIotSim, new_certificate, register_rotation, retire
+from tools.iotsim.testing import Device, RunningIotSim
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "iotsim.md"
@@ -90,11 +90,7 @@ def test_rotations_check_prints_the_one_active_certificate_a_rotated_thing_holds
 ) -> None:
     with iotsim.client("docs-rotation-claim") as claim:
         dev = Device(iotsim, claim, tmp_path, "docs-rotation")
-    with dev.client() as old:
-        new = new_certificate(old, tmp_path, "docs-new")
-        assert register_rotation(old, new.token, dev.thing)[0] == "accepted"
-    with iotsim.client(dev.thing, new.cert, new.key) as current:
-        assert retire(current, dev.thing, dev.certificate_id)[0] == "accepted"
+    new = dev.rotate(tmp_path, "docs-new")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(kv.split("=", 1) for kv in localaws.environment(iotsim.state).split())
     env["PATH"] = "{}:{}".format(Path(sys.executable).parent, env.get("PATH", ""))  # the pinned awscli

@@ -420,6 +420,18 @@ class Device:
     def client(self, client_id: str | None = None) -> MqttTestClient:
         return self.iotsim.client(client_id or self.thing, self.cert, self.key)
 
+    def rotate(self, folder: Path, name: str) -> Identity:
+        """A whole rotation at the MQTT level (docs/rotation.md): a new certificate registered
+        over the thing's connection, then the old one retired over the new one's. The new identity."""
+        with self.client() as old:
+            new = new_certificate(old, folder, name)
+            outcome, body = register_rotation(old, new.token, self.thing)
+            assert outcome == "accepted", body
+        with self.iotsim.client(self.thing, new.cert, new.key) as current:
+            outcome, body = retire(current, self.thing, self.certificate_id)
+            assert outcome == "accepted", body
+        return new
+
 
 @contextlib.contextmanager
 def running_iotsim(state: Path | None = None, **kwargs: Any) -> Iterator[RunningIotSim]:
