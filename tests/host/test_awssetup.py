@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -18,7 +19,7 @@ from tools.awssetup.__main__ import main
 from tools.awssetup.setup import STATE_FILE, TAG_KEY
 from tools.iotsim import localaws
 from tools.iotsim.broker import free_port
-from tools.iotsim.testing import RunningIotSim
+from tools.iotsim.testing import Device, RunningIotSim, write_identity
 
 
 @pytest.fixture
@@ -34,6 +35,12 @@ def iam(iotsim: RunningIotSim) -> Any:
     return iotsim.iot_client(service="iam")
 
 
+def error_code(call: Any) -> str:
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        call()
+    return str(info.value.response["Error"]["Code"])
+
+
 def run(iotsim: RunningIotSim, folder: Path, command: str, *extra: str) -> int:
     argv = [
         command,
@@ -46,6 +53,7 @@ def run(iotsim: RunningIotSim, folder: Path, command: str, *extra: str) -> int:
         *extra,
     ]
     if command == "setup":
+        argv += rotation_names(extra[extra.index("--template-name") + 1] if "--template-name" in extra else "")
         argv += [
             "--ca-file",
             str(iotsim.ca_path),
@@ -57,6 +65,17 @@ def run(iotsim: RunningIotSim, folder: Path, command: str, *extra: str) -> int:
             "json",
         ]
     return main(argv)
+
+
+def rotation_names(prefix: str) -> list[str]:
+    """The rotation's resources named after ``prefix`` (none: the defaults, which iotsim's own demo has)."""
+    if not prefix:
+        return []
+    return [
+        "--rotation-template", prefix + "Rotation", "--hook-function", prefix + "Hook", "--hook-role",
+        prefix + "HookRole", "--retire-function", prefix + "Retire", "--retire-role", prefix + "RetireRole",
+        "--retire-rule", prefix + "Retire",
+    ]
 
 
 def names(iotsim: RunningIotSim, role: str) -> dict[str, Any]:
@@ -90,6 +109,7 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
     assert run(iotsim, folder, "setup", "--dry-run", *args) == 0
     out = capsys.readouterr().out
     assert "role SetupRole: would create" in out and "dry run: nothing was changed" in out
+    assert "template SetupTemplateRotation: would create" in out and "rule SetupTemplateRetire: would create" in out
     assert names(iotsim, "SetupRole") == before and not folder.exists()
 
     assert run(iotsim, folder, "setup", *args) == 0
@@ -142,7 +162,10 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
     assert names(iotsim, "SetupRole") == provisioned
 
     state = json.loads((folder / STATE_FILE).read_text())
-    assert set(state["created"]) == {"role", "template", "claim", "claim_policy"}
+    assert set(state["created"]) == {  # the thing policy is iotsim's own: used, not owned
+        "role", "template", "claim", "claim_policy", "hook_role", "hook_function", "rotation_template",
+        "retire_role", "retire_function", "retire_rule",
+    }
     template_arn = iotsim.iot_client().describe_provisioning_template(templateName="SetupTemplate")[
         "templateArn"
     ]
@@ -155,8 +178,13 @@ def test_setup_creates_a_fleet_a_device_provisions_with_and_teardown_removes_exa
     assert (
         gone["role"] is False
         and "SetupTemplate" not in gone["templates"]
+        and "SetupTemplateRotation" not in gone["templates"]
         and "SetupClaim" not in gone["policies"]
     )
+    assert error_code(lambda: iotsim.iot_client(service="lambda").get_function(FunctionName="SetupTemplateHook")) == (
+        "ResourceNotFoundException"
+    )
+    assert "SetupTemplateRetire" not in [r["ruleName"] for r in iotsim.iot_client().list_topic_rules()["rules"]]
     assert "fleetprov-demo" in gone["groups"] and "FleetprovDemo" in gone["templates"]  # not its own: left
     assert gone["certificates"] == before["certificates"] + 1  # the provisioned device's certificate stays
     assert not (folder / STATE_FILE).exists() and not (folder / "certs" / "claim.key.der").exists()
@@ -319,7 +347,7 @@ def test_a_refused_call_names_the_action_and_the_rights_needed(iotsim: RunningIo
         )
         tool = Setup(
             Options(folder=tmp_path / "device", ca_file=iotsim.ca_path, role_name="DeniedRole"),
-            Clients(iotsim.iot_client(), denied_iam),
+            Clients(iotsim.iot_client(), denied_iam, iotsim.iot_client(service="lambda")),
         )
         with pytest.raises(SetupError) as info:
             tool.setup()
@@ -342,20 +370,27 @@ def test_a_role_not_yet_assumable_is_retried_a_bounded_number_of_times(
     monkeypatch.setattr(setup_mod, "ROLE_PROPAGATION_WAIT_S", 0.0)
     real = iotsim.iot_client()
 
-    class NotYet:
-        """AWS IoT as it answers while IAM has not propagated a new role: refuses twice."""
+    real_lam = iotsim.iot_client(service="lambda")
 
-        refusals = 2
+    class NotYet:
+        """AWS IoT and Lambda as they answer while IAM has not propagated a new role: each refuses twice.
+
+        AWS Lambda's words: "The role defined for the function cannot be assumed by Lambda"."""
+
+        def __init__(self, real: Any, operation: str, code: str, message: str) -> None:
+            self.real, self.operation, self.code, self.message, self.refusals = real, operation, code, message, 2
 
         def __getattr__(self, name: str) -> Any:
-            return getattr(real, name)
+            if name != self.operation:
+                return getattr(self.real, name)
 
-        def create_provisioning_template(self, **kwargs: Any) -> Any:
-            if self.refusals:
-                self.refusals -= 1
-                error = {"Code": "InvalidRequestException", "Message": "Unable to assume role"}
-                raise ClientError({"Error": error}, "CreateProvisioningTemplate")
-            return real.create_provisioning_template(**kwargs)
+            def refuse_twice(**kwargs: Any) -> Any:
+                if self.refusals:
+                    self.refusals -= 1
+                    raise ClientError({"Error": {"Code": self.code, "Message": self.message}}, name)
+                return getattr(self.real, name)(**kwargs)
+
+            return refuse_twice
 
     options = setup_mod.Options(
         folder=tmp_path / "device",
@@ -363,11 +398,91 @@ def test_a_role_not_yet_assumable_is_retried_a_bounded_number_of_times(
         role_name="RetryRole",
         thing_group="retry-group",
         claim_policy="RetryClaim",
+        rotation_template="RetryRotation",
+        hook_function="RetryHook",
+        hook_role="RetryHookRole",
+        retire_function="RetryRetire",
+        retire_role="RetryRetireRole",
+        retire_rule="RetryRetire",
         ca_file=iotsim.ca_path,
     )
-    tool = setup_mod.Setup(options, setup_mod.Clients(NotYet(), iam(iotsim)))
-    tool.setup()
-    assert capsys.readouterr().out.count("the new role is not usable yet") == 2
+    clients = setup_mod.Clients(
+        NotYet(real, "create_provisioning_template", "InvalidRequestException", "Unable to assume role"),
+        iam(iotsim),
+        NotYet(real_lam, "create_function", "InvalidParameterValueException",
+               "The role defined for the function cannot be assumed by Lambda."),
+    )
+    setup_mod.Setup(options, clients).setup()
+    # Twice for the first template, twice for the first function.
+    assert capsys.readouterr().out.count("the new role is not usable yet") == 4
     assert real.describe_provisioning_template(templateName="RetryTemplate")["enabled"] is True
-    setup_mod.Setup(options, setup_mod.Clients(real, iam(iotsim))).teardown()
-    assert not names(iotsim, "RetryRole")["role"]
+    assert real_lam.get_function(FunctionName="RetryHook")["Configuration"]["State"] == "Active"
+    setup_mod.Setup(options, setup_mod.Clients(real, iam(iotsim), real_lam)).teardown()
+    assert not names(iotsim, "RetryRole")["role"] and not names(iotsim, "RetryHookRole")["role"]
+
+
+def claim_identity(folder: Path, out: Path) -> tuple[Path, Path]:
+    """The claim setup wrote (DER, as a device holds it) as PEM files for a test client."""
+    cert = x509.load_der_x509_certificate((folder / "certs" / "claim.der").read_bytes())
+    key = serialization.load_der_private_key((folder / "certs" / "claim.key.der").read_bytes(), None)
+    return write_identity(out, "setup-claim", cert.public_bytes(serialization.Encoding.PEM).decode(), key)
+
+
+def test_setup_on_an_account_without_them_makes_what_a_rotation_needs_and_a_device_rotates_with_it(
+    iotsim_factory: Any, aws_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim = iotsim_factory()
+    iot, lam = sim.iot_client(), sim.iot_client(service="lambda")
+    # iotsim's own demo of the same: gone, as from an account that never had it.
+    iot.delete_topic_rule(ruleName="FleetprovRetire")
+    iot.delete_provisioning_template(templateName="FleetprovRotation")
+    for function in ("FleetprovRotationHook", "FleetprovRetire"):
+        lam.delete_function(FunctionName=function)
+    iot.delete_policy(policyName="FleetprovThingPolicy")
+    folder = tmp_path / "device"
+
+    assert run(sim, folder, "setup") == 0
+    out = capsys.readouterr().out
+    for line in (
+        "thing policy FleetprovThingPolicy: created",
+        "role FleetprovRotationHookRole: created (the rotation template's pre-provisioning hook",
+        "function FleetprovRotationHook: created (fleetprov's package, fleetprov_rotation.hook_handler",
+        "function FleetprovRotationHook: AWS IoT may invoke it for "
+        "arn:aws:iot:local:000000000000:provisioningtemplate/FleetprovRotation",
+        "template FleetprovRotation: created from",
+        "function FleetprovRetire: AWS IoT may invoke it for arn:aws:iot:local:000000000000:rule/FleetprovRetire",
+        "rule FleetprovRetire: created (fleetprov/+/retire -> function FleetprovRetire)",
+    ):
+        assert line in out, line
+    assert json.loads((folder / "config.json").read_text())["rotation_template"] == "FleetprovRotation"
+    rights = iam(sim).get_role_policy(RoleName="FleetprovRetireRole", PolicyName="fleetprov-rotation")
+    assert {a for s in rights["PolicyDocument"]["Statement"] for a in [s["Action"]] if isinstance(a, str)} >= {
+        "iot:ListThingPrincipals", "iot:DetachThingPrincipal", "iot:Publish"
+    }
+
+    cert, key = claim_identity(folder, tmp_path)
+    with sim.client("setup-claim", cert, key) as claim:
+        dev = Device(sim, claim, tmp_path, "setup-rotating")
+    new = dev.rotate(tmp_path, "setup-new")
+    assert (sim.registry.status(dev.certificate_id), sim.registry.status(new.certificate_id)) == ("INACTIVE", "ACTIVE")
+
+    assert run(sim, folder, "setup") == 0
+    assert "everything already exists: nothing changed" in capsys.readouterr().out
+
+    # The devices' certificates hold the thing policy: AWS refuses to delete it, and so the teardown
+    # says, deletes everything else, and keeps it listed for a later teardown.
+    status = run(sim, folder, "teardown")
+    captured = capsys.readouterr()
+    assert status == 1 and "deleting thing policy FleetprovThingPolicy failed: DeleteConflictException" in captured.err
+    assert json.loads((folder / STATE_FILE).read_text())["created"] == {"thing_policy": "FleetprovThingPolicy"}
+    assert [t["templateName"] for t in iot.list_provisioning_templates()["templates"]] == ["FleetprovDemo"]
+    assert iot.list_topic_rules()["rules"] == [] and lam_names(lam) == []
+    for cid in (dev.certificate_id, new.certificate_id):
+        sim.registry.detach_policy("FleetprovThingPolicy", cid)
+    assert run(sim, folder, "teardown") == 0
+    assert "thing policy FleetprovThingPolicy: deleted" in capsys.readouterr().out
+    assert not (folder / STATE_FILE).exists()
+
+
+def lam_names(lam: Any) -> list[str]:
+    return [f["FunctionName"] for f in lam.list_functions()["Functions"]]

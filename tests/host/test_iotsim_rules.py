@@ -56,11 +56,19 @@ def test_paths_missing_keys_and_topic_levels_are_aws_s() -> None:
     }
 
 
-@pytest.mark.parametrize("payload", [b"not json", b"[1]", b"7", b"", b"\xff"])
-def test_a_payload_that_is_not_a_json_object_fails_a_rule_that_reads_json(payload: bytes) -> None:
+@pytest.mark.parametrize("payload", [b"not json", b"", b"\xff", b"[" * 100_000, b"{'single': 'quotes'}"])
+def test_a_payload_that_is_not_json_fails_a_rule_that_names_json_keys(payload: bytes) -> None:
     assert event(lambdas.RETIRE_SQL, payload) is None
     assert event("SELECT * FROM 'fleetprov/#'", payload) is None
     assert event("SELECT topic() AS t FROM 'fleetprov/#'", payload) == {"t": "fleetprov/t1/retire"}
+
+
+@pytest.mark.parametrize("payload", [b"[1]", b"7", b'"certificateId"', b"null"])
+def test_json_that_is_not_an_object_has_no_keys_and_fails_a_rule_that_selects_star(payload: bytes) -> None:
+    assert event(lambdas.RETIRE_SQL, payload) == {
+        "principal": PRINCIPAL, "thingName": "t1", "topic": "fleetprov/t1/retire"
+    }
+    assert event("SELECT * FROM 'fleetprov/#'", payload) is None
 
 
 @pytest.mark.parametrize(
@@ -84,9 +92,7 @@ def test_a_payload_that_is_not_a_json_object_fails_a_rule_that_reads_json(payloa
     ],
 )
 def test_sql_iotsim_would_evaluate_differently_is_refused(sql: str) -> None:
-    with pytest.raises(SqlError) as info:
-        parse_sql(sql)
-    assert info.value.code == "SqlParseException"
+    assert pytest.raises(SqlError, parse_sql, sql).value.code == "SqlParseException"
 
 
 # -- the API ---------------------------------------------------------------------------------------

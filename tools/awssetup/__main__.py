@@ -4,17 +4,20 @@
     python -m tools.awssetup teardown [--folder device] [--dry-run]
 
 ``setup`` creates the provisioning role (trusting iot.amazonaws.com, with
-AWSIoTThingsRegistration), the thing group, the provisioning template
-(enabled), a claim certificate and its claim policy, then writes the device
-folder that ``make deploy`` reads: ``config.json`` with the account's -ats
-endpoint and ``certs/`` with ``ca.der`` (Amazon Root CA 1), ``claim.der`` and
-``claim.key.der``. Run again, it changes nothing and says so. ``teardown``
-removes exactly what ``setup`` created (see tools/awssetup/setup.py).
+AWSIoTThingsRegistration), the thing group, the thing policy, the provisioning
+template (enabled), a claim certificate and its claim policy, and what a
+device's certificate rotation needs (docs/rotation.md): the rotation template
+with its pre-provisioning hook, the retire rule, their Lambda functions and
+roles; then it writes the device folder that ``make deploy`` reads:
+``config.json`` with the account's -ats endpoint and ``certs/`` with ``ca.der``
+(Amazon Root CA 1), ``claim.der`` and ``claim.key.der``. Run again, it changes
+nothing and says so. ``teardown`` removes exactly what ``setup`` created (see
+tools/awssetup/setup.py).
 
 Credentials and region come from the usual places (``aws configure``,
 AWS_PROFILE, AWS_REGION, ...). ``--endpoint-url`` with a local URL (iotsim's
-control plane, ``python -m tools.iotsim status`` shows it) sends the AWS IoT
-and the IAM calls there, signed with iotsim's own key and in its region (from
+control plane, ``python -m tools.iotsim status`` shows it) sends the AWS IoT,
+IAM and Lambda calls there, signed with iotsim's own key and in its region (from
 its state folder: ``.iotsim`` or ``--iotsim-state DIR``); no AWS variable is
 needed. Every error is one line on stderr (exit status 1; 2 for credentials
 and region).
@@ -35,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (
         (
             "setup",
-            "create the role, thing group, template, claim certificate and policy; write the device folder",
+            "create the role, thing group, policies, templates, claim certificate and the rotation's "
+            "functions and rule; write the device folder",
         ),
         ("teardown", "delete what setup created (as listed in FOLDER/awssetup.json and tagged)"),
     ):
@@ -68,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "--thing-group", default="fleetprov-demo", help="the group the template puts things in"
             )
             p.add_argument("--claim-policy", default="FleetprovClaimPolicy")
+            for option, field_name in (
+                ("--rotation-template", "rotation_template"),
+                ("--hook-function", "hook_function"),
+                ("--hook-role", "hook_role"),
+                ("--retire-function", "retire_function"),
+                ("--retire-role", "retire_role"),
+                ("--retire-rule", "retire_rule"),
+            ):
+                p.add_argument(option, dest=field_name, default=getattr(Options, field_name))
             p.add_argument(
                 "--ca-file",
                 type=Path,
@@ -91,9 +104,11 @@ def clients(args: argparse.Namespace) -> Clients:
     states = [args.iotsim_state or localaws.DEFAULT_STATE]
     session = localaws.session(args.endpoint_url, args.region, args.profile, states)
     local = localaws.is_local(args.endpoint_url)
+    local_url = args.endpoint_url if local else None  # iotsim answers IAM and Lambda on its own endpoint
     return Clients(
         iot=session.client("iot", endpoint_url=args.endpoint_url),
-        iam=session.client("iam", endpoint_url=args.endpoint_url if local else None),
+        iam=session.client("iam", endpoint_url=local_url),
+        lam=session.client("lambda", endpoint_url=local_url),
     )
 
 
@@ -106,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         options.role_name = args.role_name
         options.thing_group = args.thing_group
         options.claim_policy = args.claim_policy
+        for field_name in ("rotation_template", "hook_function", "hook_role", "retire_function", "retire_role",
+                           "retire_rule"):
+            setattr(options, field_name, getattr(args, field_name))
         options.ca_file = args.ca_file
         options.mqtt_port = args.mqtt_port
         options.method = args.method

@@ -221,6 +221,14 @@ class Functions:
         self.file.save(data)
         return config
 
+    def op_ListFunctions(self, Marker: str | None = None, MaxItems: int | None = None, **other: Any) -> dict[str, Any]:
+        configs = [f["Configuration"] for _, f in sorted(self.file.load()["functions"].items())]
+        if Marker is not None and not (Marker.isdigit() and int(Marker) <= len(configs)):
+            raise ApiError("InvalidParameterValueException", "Marker {!r} is not one this API returned".format(Marker[:40]))
+        start = int(Marker or 0)
+        end = start + (MaxItems or 50)
+        return {"Functions": configs[start:end], "NextMarker": str(end) if end < len(configs) else None}
+
     def op_ListTags(self, Resource: str) -> dict[str, Any]:
         return {"Tags": self._function(self.file.load(), Resource)["Tags"]}
 

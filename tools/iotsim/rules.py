@@ -14,10 +14,11 @@ publisher's certificate id, its "X.509 certificate thumbprint"), ``clientid()``,
 ``topic(n)`` (1 is the first level), ``timestamp()`` and ``accountid()``, each with an
 optional ``AS name`` (functions need one); ``FROM '<topic filter>'``; nothing after it. A rule
 using anything else is refused with ``SqlParseException`` when it is created, rather than run
-differently. A payload that is not a JSON object fails a rule that refers to JSON keys or
-selects ``*`` (a Lambda action takes JSON only, AWS's "binary payloads"), and the action is
-not invoked; a missing key is left out of the event (AWS: Undefined); a key selected by name
-wins over the same key of ``*`` (iotsim's choice: AWS documents no order). Actions other than
+differently. A payload that is not JSON fails a rule that names JSON keys (AWS's "binary
+payloads": a Lambda action takes JSON only), and one that is not a JSON object fails a rule
+that selects ``*`` (iotsim's choice); the action is then not invoked. A key the payload lacks
+is left out of the event (AWS: Undefined); a key selected by name wins over the same key of
+``*`` (iotsim's choice: AWS documents no order). Actions other than
 ``lambda``, and ``errorAction``, are refused (501 NotImplementedException).
 """
 
@@ -88,10 +89,11 @@ class Query:
         """The event a Lambda action gets; None when the rule fails for this message."""
         try:
             doc = json.loads(msg.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             doc = _UNDEFINED
-        json_items = [i for i in self.items if i.kind in ("*", "path")]
-        if json_items and not isinstance(doc, dict):
+        # AWS: a binary payload fails a statement that names JSON keys; iotsim: * wants an object.
+        kinds = {i.kind for i in self.items}
+        if (doc is _UNDEFINED and "path" in kinds) or ("*" in kinds and not isinstance(doc, dict)):
             return None
         event: dict[str, Any] = {}
         # * first: a key selected by name (principal() AS principal) wins over the payload's own.

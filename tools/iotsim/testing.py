@@ -18,7 +18,8 @@ Fixtures:
 
 Also usable without pytest: :class:`MqttTestClient`, :func:`running_iotsim`, and for
 tests that provision by hand :func:`make_csr`, :func:`write_identity`,
-:func:`provision_csr`, :func:`register` and :class:`Device` (a provisioned demo device).
+:func:`provision_csr`, :func:`register` and :class:`Device` (a provisioned demo device), and for a
+rotation :func:`new_certificate`, :func:`register_rotation` and :func:`retire`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 import paho.mqtt.client as mqtt
@@ -45,7 +46,7 @@ from cryptography.x509.oid import NameOID
 from .broker import free_port
 from .service import HOOK_TIMEOUT
 from .stack import IotSim
-from .templates import DEMO_TEMPLATE_NAME
+from .templates import DEMO_TEMPLATE_NAME, ROTATION_TEMPLATE_NAME
 
 DEFAULT_TIMEOUT = 15.0
 CONNECT_RETRY_S = 0.25  # the pause before connecting again after a close before CONNACK
@@ -94,6 +95,34 @@ def register(
     if params is not None:
         payload["parameters"] = params
     return client.request(register_topic(template), payload)
+
+
+class Identity(NamedTuple):
+    """A certificate made over MQTT, its files, and its ownership token."""
+
+    certificate_id: str
+    cert: Path
+    key: Path
+    token: str
+
+
+def new_certificate(client: MqttTestClient, folder: Path, name: str) -> Identity:
+    """CreateCertificateFromCsr over ``client``: a new P-256 key and certificate, still pending."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = provision_csr(client, key)
+    cert, key_path = write_identity(folder, name, body["certificatePem"], key)
+    return Identity(body["certificateId"], cert, key_path, body["certificateOwnershipToken"])
+
+
+def register_rotation(client: MqttTestClient, token: str, thing: str, template: str = ROTATION_TEMPLATE_NAME
+                      ) -> tuple[str, Any]:
+    """RegisterThing with the rotation template: the new certificate on ``thing`` (docs/rotation.md)."""
+    return register(client, token, {"ThingName": thing}, template=template)
+
+
+def retire(client: MqttTestClient, thing: str, certificate_id: Any) -> tuple[str, Any]:
+    """The retire request a rotated device makes: (accepted|rejected, answer)."""
+    return client.request("fleetprov/{}/retire".format(thing), {"certificateId": certificate_id})
 
 
 class Clock:
@@ -390,6 +419,18 @@ class Device:
 
     def client(self, client_id: str | None = None) -> MqttTestClient:
         return self.iotsim.client(client_id or self.thing, self.cert, self.key)
+
+    def rotate(self, folder: Path, name: str) -> Identity:
+        """A whole rotation at the MQTT level (docs/rotation.md): a new certificate registered
+        over the thing's connection, then the old one retired over the new one's. The new identity."""
+        with self.client() as old:
+            new = new_certificate(old, folder, name)
+            outcome, body = register_rotation(old, new.token, self.thing)
+            assert outcome == "accepted", body
+        with self.iotsim.client(self.thing, new.cert, new.key) as current:
+            outcome, body = retire(current, self.thing, self.certificate_id)
+            assert outcome == "accepted", body
+        return new
 
 
 @contextlib.contextmanager
