@@ -177,13 +177,14 @@ def _claim_files(sim: Any) -> tuple[bytes, bytes, bytes]:
 
 
 def _quiet_polling() -> None:
-    """Let a simulated device sleep until its socket has data instead of a fixed 2 ms.
+    """Let a simulated device sleep until its socket has data whenever fleetprov sleeps.
 
-    fleetprov polls check_msg() and sleeps 2 ms between empty polls: right for
-    one device, but 100 simulated devices in one process would burn a core on
-    wake-ups. Its sleep is replaced here by a wait on the device's own TLS
-    socket (at most 50 ms, so fleetprov still checks its deadline); what goes
-    over the wire is unchanged, answers are read as soon as they arrive.
+    fleetprov waits on its timed socket between empty polls; where it has none
+    it sleeps a slice instead, and 100 simulated devices in one process would
+    burn a core on wake-ups. That sleep is replaced here by a wait on the
+    device's own TLS socket (at most 50 ms, so fleetprov still checks its
+    deadline); what goes over the wire is unchanged, answers are read as soon
+    as they arrive.
     """
     import select
 
