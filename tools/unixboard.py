@@ -17,6 +17,7 @@ lack, so there the test-only alias from ``tests/device/support`` is on the path.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import queue
@@ -440,21 +441,34 @@ def boots_to_done(flash: Path, kb: int) -> bool:
 
 
 def boards_passing(
-    pristine: Path, work: Path, kb: int, trials: int, trial: Callable[[Path, int], bool] = boots_to_done
+    pristine: Path,
+    work: Path,
+    kb: int,
+    trials: int,
+    trial: Callable[[Path, int], bool] = boots_to_done,
+    workers: int = 1,
 ) -> int:
     """How many of ``trials`` fresh copies of the flash folder ``pristine`` pass
     ``trial(copy, kb)`` (default: boot to `done` in a ``kb`` KB heap) on the
-    current target, one after the other; the count stops at the first that fails."""
-    for n in range(trials):
+    current target, counted until the first that fails. ``workers`` boards run
+    at a time: only for copies that share nothing in the cloud (factory-fresh
+    boards; not copies of one provisioned board, whose client ids would take
+    over each other's connections)."""
+
+    def one(n: int) -> bool:
         flash = work / f"heap-{kb}k-{n}"
         shutil.rmtree(flash, ignore_errors=True)
         shutil.copytree(pristine, flash)
         try:
-            passed = trial(flash, kb)
+            return trial(flash, kb)
         finally:
             shutil.rmtree(flash, ignore_errors=True)
-        if not passed:
-            return n
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        for start in range(0, trials, max(1, workers)):
+            batch = list(pool.map(one, range(start, min(trials, start + max(1, workers)))))
+            if not all(batch):
+                return start + batch.index(False)
     return trials
 
 
@@ -467,6 +481,7 @@ def smallest_heap(
     trials: int = 10,
     on_probe: Callable[[int, int, int], None] | None = None,
     trial: Callable[[Path, int], bool] = boots_to_done,
+    workers: int = 1,
 ) -> int | None:
     """Smallest ``-X heapsize`` (KB, to ``step_kb``) at which ``trials``
     factory-fresh copies of the flash folder ``pristine`` all complete their
@@ -483,7 +498,7 @@ def smallest_heap(
 
     def all_pass(kb: int) -> bool:
         if kb not in tried:
-            passed = boards_passing(pristine, work, kb, trials, trial)
+            passed = boards_passing(pristine, work, kb, trials, trial, workers)
             tried[kb] = passed == trials
             if on_probe is not None:
                 on_probe(kb, passed, passed + (passed < trials))

@@ -42,12 +42,15 @@ OLD_FIRMWARE_MODULES = {
     "test_power_loss",  # power cut at every step
 }
 # Matrix economics: in those modules, cases that only repeat what others cover
-# on every port run on the default target alone. Random power-cut instants
-# (about 50 boots) add nothing port-specific to the cuts at every step
-# boundary, which do run on the old firmware.
+# on every port run on the default target alone.
 DEFAULT_TARGET_ONLY = {
     "test_power_cut_at_random_instants_of_a_keys_first_boot",
     "test_power_cut_at_random_instants_of_a_csr_first_boot",
+    # every boundary of the flow is the same code on every port; the flash
+    # writes, where a port could differ, run on each (test_power_cut_at_the_flash_writes_on_every_firmware)
+    "test_power_cut_at_each_boundary_of_a_first_boot",
+    "test_power_cut_while_recovering_from_a_revoked_certificate",
+    "test_power_cut_while_resuming_a_staged_identity",
 }
 # test_virtual_board's `old_firmware` case: what make deploy writes, booted on each old port
 # (their unix ports have no raw REPL, so mpremote cannot drive them as a board).

@@ -188,6 +188,23 @@ def test_power_cut_at_each_boundary_of_a_first_boot(
     recover(device, iotsim, "cut at " + step)
 
 
+# What could differ on older firmware is how its filesystem calls behave, not
+# the flow: the full sweeps above run on the default target, these writes of
+# the staging and the commit on every firmware (tests/device/conftest.py).
+FIRMWARE_STEPS = [("keys", "pending.json"), ("keys", "*.key.der.tmp"), ("keys", "*.crt.der"),
+                  ("keys", "provisioned.json.tmp"), ("keys", "provisioned.json"), ("keys", "pending-cleared"),
+                  ("csr", "pending.key"), ("csr", "provisioned.json")]
+
+
+@pytest.mark.parametrize("method, step", FIRMWARE_STEPS)
+def test_power_cut_at_the_flash_writes_on_every_firmware(
+    iotsim: Any, templates: dict[str, Path], tmp_path: Path, method: str, step: str
+) -> None:
+    device = Device(templates[method], tmp_path, iotsim)
+    cut_at(device, step)
+    recover(device, iotsim, "cut at " + step)
+
+
 @pytest.mark.parametrize("step", REVOKED_STEPS)
 def test_power_cut_while_recovering_from_a_revoked_certificate(
     iotsim: Any, templates: dict[str, Path], tmp_path: Path, step: str

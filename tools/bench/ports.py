@@ -34,7 +34,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from .boards import back_to_back_iotsim
+from .boards import HEAP_SEARCH, back_to_back_iotsim
 from .report import Target, at_most, heap_kb, heap_target, print_targets, table
 from ..unixboard import (
     DEFAULT_TARGET,
@@ -58,6 +58,9 @@ IMPORT_PORTS = (DEFAULT_TARGET, WORD32_TARGET)
 FIRST_BOOT_KB = 64
 PROVISIONED_KB = 40
 BUDGET_TRIALS = 10
+# Factory-fresh boards share nothing: this many boot at a time (copies of one
+# provisioned board boot one by one).
+FRESH_WORKERS = 2
 # Heap an import may add where a first boot imports it, on the 32-bit port.
 IMPORT_TARGETS = {"fleetprov": 10 * 1024}
 # Prefixed to the boot code: prints "fleetprov IMPORT <depth> <module> <bytes>"
@@ -85,7 +88,7 @@ builtins.__import__ = _measured_import
 def _first_boots(sim_state: Path, work: Path, method: str, runs: int) -> tuple[list[float], Path]:
     """Wall times (ms) of ``runs`` first boots, and a pristine flash for the heap search."""
     pristine = make_flash(
-        work / f"pristine-{method}", sim_state, {"method": method, "format": "json"}, mpy=True
+        work / f"pristine-{method}", sim_state, {"method": method, "format": "json", **HEAP_SEARCH}, mpy=True
     )
     times = []
     for i in range(runs):
@@ -200,7 +203,7 @@ def run(args: argparse.Namespace) -> list[Target]:
                         where = work / f"{target.id}-{method}"
                         where.mkdir()
                         times, pristine = _first_boots(sim.state, where, method, runs)
-                        first_kb = smallest_heap(pristine, where, trials=trials)
+                        first_kb = smallest_heap(pristine, where, trials=trials, workers=FRESH_WORKERS)
                         heaps = [("first boot heap, " + method, first_kb, FIRST_BOOT_KB)]
                         provisioned = ""
                         if method == METHODS[0]:  # a provisioned boot is the same whichever method provisioned
