@@ -28,3 +28,7 @@ ROTATION = ["keygen", "certificate", "register", "connect-new", "rotated", "reti
 # The writes that stage a new identity, in order (a ".tmp" written, then renamed):
 # the key and certificate as they came, then the pending record vouching for them.
 STAGE_WRITES = ["pending.key.tmp", "pending.key", "pending.crt.tmp", "pending.crt", "pending.json.tmp", "pending.json"]
+# The writes that commit a staged identity, in order: the identity files named
+# after its certificate ("*"), the record (the commit point), the staged files gone.
+COMMIT_WRITES = ["*.key.der.tmp", "*.key.der", "*.crt.der.tmp", "*.crt.der", "provisioned.json.tmp", "provisioned.json",
+                 "pending-cleared"]

@@ -41,29 +41,9 @@ FAST_RETRY = {"retry_base_ms": 20, "retry_max_ms": 100, "response_timeout_ms": 5
 
 # Every boundary of a first boot, in order (progress steps and credential writes).
 # An identity file is named after its certificate: "*" stands for that name.
-KEYS_STEPS = [
-    "config",
-    "not-provisioned",
-    "uid.tmp",
-    "uid",
-    "connect-claim",
-    "certificate",
-    *boot_steps.STAGE_WRITES,
-    "register",
-    "disconnect-claim",
-    "*.key.der.tmp",
-    "*.key.der",
-    "*.crt.der.tmp",
-    "*.crt.der",
-    "provisioned.json.tmp",
-    "provisioned.json",
-    "pending-cleared",
-    "commit",
-    "connect-thing",
-    "confirm",
-    "hello",
-    "done",
-]
+KEYS_STEPS = ["config", "not-provisioned", "uid.tmp", "uid", "connect-claim", "certificate",
+              *boot_steps.STAGE_WRITES, "register", "disconnect-claim", *boot_steps.COMMIT_WRITES, "commit",
+              "connect-thing", "confirm", "hello", "done"]
 # CSR mode shares the flow; cut where it differs (the key is made on the device
 # and staged from RAM, not from the server's PEM) and around the commit.
 CSR_STEPS = [

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import tempfile
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..iotsim.broker import MqttQuotas, free_port
 from ..iotsim.stack import IotSim
+from ..unixboard import Target, TargetUnavailable
 
 # The config of a board in a heap search: a board that runs out of memory
 # retries at once rather than after a board's back-off (the search probes
 # many sizes too small), and still counts as passing only when it finishes.
 HEAP_SEARCH = {"retry_base_ms": 20, "retry_max_ms": 100}
+
+
+@contextmanager
+def board_bench(name: str) -> Iterator[tuple[Path, IotSim]]:
+    """A scratch folder for a section's boards, and the iotsim they boot against
+    (its state in that folder): both gone after the block."""
+    with tempfile.TemporaryDirectory(prefix=f"fleetprov-bench-{name}-") as tmp:
+        work = Path(tmp)
+        with back_to_back_iotsim(work / "iotsim") as sim:
+            yield work, sim
 
 
 @contextmanager
@@ -30,3 +43,12 @@ def back_to_back_iotsim(state: Path) -> Iterator[IotSim]:
         yield sim
     finally:
         sim.stop()
+
+
+def unavailable(target: Target) -> str | None:
+    """Why ``target`` cannot boot here (a port not built), or None."""
+    try:
+        target.check()
+    except TargetUnavailable as exc:
+        return str(exc)
+    return None

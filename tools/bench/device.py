@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from ..unixboard import DEPS, SUPPORT, Board, ROOT, compile_lib, make_flash, micropython_binary
-from .boards import back_to_back_iotsim
+from .boards import board_bench
 from .report import Target, at_most, percentile, print_targets, table
 
 FAKES = ROOT / "tests" / "fakes"
@@ -39,33 +39,31 @@ def run(args: argparse.Namespace) -> list[Target]:
     runs = 3 if args.quick else 10
     rows: list[list[object]] = []
     targets = []
-    with tempfile.TemporaryDirectory(prefix="fleetprov-bench-device-") as tmp:
-        work = Path(tmp)
-        with back_to_back_iotsim(work / "iotsim") as sim:
-            # PyPI's unix port runs inside a CPython launcher: its start is not the device's
-            idle = Board(make_flash(work / "flash-idle", sim.state))
-            start_ms = statistics.median(idle.boot(code="", timeout=60).elapsed * 1000 for _ in range(5))
-            for method in ("keys", "csr"):
-                first: list[float] = []
-                again: list[float] = []
-                for i in range(runs):
-                    flash = work / f"flash-{method}-{i}"
-                    make_flash(flash, sim.state, {"method": method, "format": "json"}, mpy=True)
-                    board = Board(flash)
-                    result = board.boot(timeout=120)
-                    if result.returncode != 0 or "done" not in result.steps():
-                        raise RuntimeError(f"{method} run {i}: the first boot failed:\n{result.text}")
-                    first.append(result.elapsed * 1000)
-                    second = board.boot(timeout=60)
-                    if second.returncode != 0:
-                        raise RuntimeError(f"{method} run {i}: the provisioned boot failed:\n{second.text}")
-                    again.append(second.elapsed * 1000)
-                    shutil.rmtree(flash, ignore_errors=True)
-                device_ms = round(statistics.median(first) - start_ms)
-                rows.append([method, runs, f"{statistics.median(first):.0f}", f"{percentile(first, 0.9):.0f}",
-                             device_ms, f"{statistics.median(again):.0f}", f"{percentile(again, 0.9):.0f}"])
-                targets.append(at_most(f"first boot less interpreter start, {method}", device_ms,
-                                       FIRST_BOOT_TARGET_MS, "ms"))
+    with board_bench("device") as (work, sim):
+        # PyPI's unix port runs inside a CPython launcher: its start is not the device's
+        idle = Board(make_flash(work / "flash-idle", sim.state))
+        start_ms = statistics.median(idle.boot(code="", timeout=60).elapsed * 1000 for _ in range(5))
+        for method in ("keys", "csr"):
+            first: list[float] = []
+            again: list[float] = []
+            for i in range(runs):
+                flash = work / f"flash-{method}-{i}"
+                make_flash(flash, sim.state, {"method": method, "format": "json"}, mpy=True)
+                board = Board(flash)
+                result = board.boot(timeout=120)
+                if result.returncode != 0 or "done" not in result.steps():
+                    raise RuntimeError(f"{method} run {i}: the first boot failed:\n{result.text}")
+                first.append(result.elapsed * 1000)
+                second = board.boot(timeout=60)
+                if second.returncode != 0:
+                    raise RuntimeError(f"{method} run {i}: the provisioned boot failed:\n{second.text}")
+                again.append(second.elapsed * 1000)
+                shutil.rmtree(flash, ignore_errors=True)
+            device_ms = round(statistics.median(first) - start_ms)
+            rows.append([method, runs, f"{statistics.median(first):.0f}", f"{percentile(first, 0.9):.0f}",
+                         device_ms, f"{statistics.median(again):.0f}", f"{percentile(again, 0.9):.0f}"])
+            targets.append(at_most(f"first boot less interpreter start, {method}", device_ms,
+                                   FIRST_BOOT_TARGET_MS, "ms"))
 
     print("### One device end to end (unix port, compiled library, JSON, iotsim on loopback)\n")
     print(table(["method", "runs", "first boot median ms", "p90", "less interpreter start",

@@ -31,10 +31,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import tempfile
 from pathlib import Path
 
-from .boards import HEAP_SEARCH, back_to_back_iotsim
+from .boards import HEAP_SEARCH, board_bench, unavailable
 from .report import Target, at_most, heap_kb, heap_target, print_targets, table
 from ..unixboard import (
     DEFAULT_TARGET,
@@ -185,36 +184,33 @@ def run(args: argparse.Namespace) -> list[Target]:
     runs = 2 if args.quick else 5
     rows: list[list[object]] = []
     targets: list[Target] = []
-    with tempfile.TemporaryDirectory(prefix="fleetprov-bench-ports-") as tmp:
-        work = Path(tmp)
-        with back_to_back_iotsim(work / "iotsim") as sim:
-            for target in (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS, WORD32_TARGET):
-                budgets = target is WORD32_TARGET
-                try:
-                    target.check()
-                except TargetUnavailable as exc:
-                    rows.append([target.id, "-", "-", "-", "-", "-", f"not measured: {exc}"])
+    with board_bench("ports") as (work, sim):
+        for target in (DEFAULT_TARGET, *OLD_FIRMWARE_TARGETS, WORD32_TARGET):
+            budgets = target is WORD32_TARGET
+            why = unavailable(target)
+            if why:
+                rows.append([target.id, "-", "-", "-", "-", "-", f"not measured: {why}"])
+                if budgets:
+                    targets += [Target("heap budgets, 32-bit port", "not measured", "the port built", False)]
+                continue
+            trials = BUDGET_TRIALS if budgets else 3
+            with use_target(target):
+                for method in METHODS:
+                    where = work / f"{target.id}-{method}"
+                    where.mkdir()
+                    times, pristine = _first_boots(sim.state, where, method, runs)
+                    first_kb = smallest_heap(pristine, where, trials=trials, workers=FRESH_WORKERS)
+                    heaps = [("first boot heap, " + method, first_kb, FIRST_BOOT_KB)]
+                    provisioned = ""
+                    if method == METHODS[0]:  # a provisioned boot is the same whichever method provisioned
+                        again_kb = smallest_heap(_provisioned(pristine, where), where, trials=trials)
+                        heaps.append(("provisioned boot heap", again_kb, PROVISIONED_KB))
+                        provisioned = heap_kb(again_kb)
+                    median = f"{statistics.median(times):.0f}"
+                    rows.append([target.id, method, runs, median, heap_kb(first_kb), provisioned, trials])
                     if budgets:
-                        targets += [Target("heap budgets, 32-bit port", "not measured", "the port built", False)]
-                    continue
-                trials = BUDGET_TRIALS if budgets else 3
-                with use_target(target):
-                    for method in METHODS:
-                        where = work / f"{target.id}-{method}"
-                        where.mkdir()
-                        times, pristine = _first_boots(sim.state, where, method, runs)
-                        first_kb = smallest_heap(pristine, where, trials=trials, workers=FRESH_WORKERS)
-                        heaps = [("first boot heap, " + method, first_kb, FIRST_BOOT_KB)]
-                        provisioned = ""
-                        if method == METHODS[0]:  # a provisioned boot is the same whichever method provisioned
-                            again_kb = smallest_heap(_provisioned(pristine, where), where, trials=trials)
-                            heaps.append(("provisioned boot heap", again_kb, PROVISIONED_KB))
-                            provisioned = heap_kb(again_kb)
-                        median = f"{statistics.median(times):.0f}"
-                        rows.append([target.id, method, runs, median, heap_kb(first_kb), provisioned, trials])
-                        if budgets:
-                            targets += [heap_target(name + ", 32-bit port", kb, limit) for name, kb, limit in heaps]
-            imports, import_targets = import_table(sim.state, work)
+                        targets += [heap_target(name + ", 32-bit port", kb, limit) for name, kb, limit in heaps]
+        imports, import_targets = import_table(sim.state, work)
 
     print(
         "### First boot per firmware (unix ports, each with its own mpy-cross and frozen umqtt.simple, "

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 from pathlib import Path
 
 from ..unixboard import (
@@ -29,13 +28,12 @@ from ..unixboard import (
     WORD32_TARGET,
     Board,
     BootResult,
-    TargetUnavailable,
     make_flash,
     smallest_heap,
     update_config,
     use_target,
 )
-from .boards import HEAP_SEARCH, back_to_back_iotsim
+from .boards import HEAP_SEARCH, board_bench, unavailable
 from .report import Target, heap_kb, heap_target, print_targets, table
 
 ROTATION_KB = 64
@@ -86,42 +84,39 @@ def run(args: argparse.Namespace) -> list[Target]:
     runs = 2 if args.quick else 5
     rows: list[list[object]] = []
     targets: list[Target] = []
-    with tempfile.TemporaryDirectory(prefix="fleetprov-bench-rotation-") as tmp:
-        work = Path(tmp)
-        with back_to_back_iotsim(work / "iotsim") as sim:
-            for target in (WORD32_TARGET, DEFAULT_TARGET):
-                budget = target is WORD32_TARGET
-                try:
-                    target.check()
-                except TargetUnavailable as exc:
-                    rows.append([target.id, "-", "-", "-", "-", f"not measured: {exc}"])
-                    if budget:
-                        targets.append(Target("rotation heap, 32-bit port", "not measured", "the port built", False))
-                    continue
-                trials = BUDGET_TRIALS if budget else 3
-                with use_target(target):
-                    pristine = make_flash(work / f"{target.id}-pristine", sim.state, {**NOT_DUE, **HEAP_SEARCH},
-                                          mpy=True)
-                    first_ms: list[int] = []
-                    rotation_ms: list[int] = []
-                    for n in range(runs):
-                        flash = work / f"{target.id}-run{n}"
-                        make_flash(flash, sim.state, NOT_DUE, mpy=True)
-                        first = provision(flash)
-                        first_ms.append((step_ms(first, "done") or 0) - (step_ms(first, "config") or 0))
-                        r = rotate(flash)
-                        start, end = step_ms(r, "connect-thing"), step_ms(r, "retired")
-                        if not rotated(r) or start is None or end is None:
-                            raise RuntimeError(f"the rotation of {flash} failed:\n{r.text}")
-                        rotation_ms.append(end - start)
-                    first_kb = smallest_heap(pristine, work, trials=trials, workers=FRESH_WORKERS)
-                    # each trial a board of its own, mostly waiting out the connect gap
-                    rotation_kb = smallest_heap(pristine, work, trials=trials, trial=rotation_trial,
-                                                workers=ROTATION_WORKERS)
-                rows.append([target.id, runs, f"{statistics.median(first_ms):.0f}",
-                             f"{statistics.median(rotation_ms):.0f}", heap_kb(first_kb), heap_kb(rotation_kb), trials])
+    with board_bench("rotation") as (work, sim):
+        for target in (WORD32_TARGET, DEFAULT_TARGET):
+            budget = target is WORD32_TARGET
+            why = unavailable(target)
+            if why:
+                rows.append([target.id, "-", "-", "-", "-", f"not measured: {why}"])
                 if budget:
-                    targets.append(heap_target("rotation heap, 32-bit port", rotation_kb, ROTATION_KB))
+                    targets.append(Target("rotation heap, 32-bit port", "not measured", "the port built", False))
+                continue
+            trials = BUDGET_TRIALS if budget else 3
+            with use_target(target):
+                pristine = make_flash(work / f"{target.id}-pristine", sim.state, {**NOT_DUE, **HEAP_SEARCH},
+                                      mpy=True)
+                first_ms: list[int] = []
+                rotation_ms: list[int] = []
+                for n in range(runs):
+                    flash = work / f"{target.id}-run{n}"
+                    make_flash(flash, sim.state, NOT_DUE, mpy=True)
+                    first = provision(flash)
+                    first_ms.append((step_ms(first, "done") or 0) - (step_ms(first, "config") or 0))
+                    r = rotate(flash)
+                    start, end = step_ms(r, "connect-thing"), step_ms(r, "retired")
+                    if not rotated(r) or start is None or end is None:
+                        raise RuntimeError(f"the rotation of {flash} failed:\n{r.text}")
+                    rotation_ms.append(end - start)
+                first_kb = smallest_heap(pristine, work, trials=trials, workers=FRESH_WORKERS)
+                # each trial a board of its own, mostly waiting out the connect gap
+                rotation_kb = smallest_heap(pristine, work, trials=trials, trial=rotation_trial,
+                                            workers=ROTATION_WORKERS)
+            rows.append([target.id, runs, f"{statistics.median(first_ms):.0f}",
+                         f"{statistics.median(rotation_ms):.0f}", heap_kb(first_kb), heap_kb(rotation_kb), trials])
+            if budget:
+                targets.append(heap_target("rotation heap, 32-bit port", rotation_kb, ROTATION_KB))
 
     print("### Rotation beside the first boot (unix ports, compiled library, iotsim on loopback)\n")
     print(table(["target", "runs", "first boot median ms", "rotation median ms", "smallest heap, first boot",
