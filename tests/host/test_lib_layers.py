@@ -10,15 +10,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Top of the stack first; a module may import its own layer or any below it.
+# Top of the stack first, as the README's Development section lists them; a
+# module may import its own layer or any below it.
 LAYERS: list[set[str]] = [
     {"main", "boot"},
     {"firstboot"},
     {"bootflow"},
     {"provisioning", "rotation"},
     {"device"},
-    {"fleetprov", "credstore", "credwrite", "mqttlink", "devconfig"},
-    {"cbor", "der", "pem", "p256", "csr", "timedsock", "linkfail", "progress"},
+    {"fleetprov", "credstore", "credwrite", "mqttlink"},
+    {"cbor", "der", "pem", "p256", "csr", "timedsock", "linkfail", "progress", "devconfig"},
     {"runtime", "awsnames", "fleetprov_texts"},
 ]
 
