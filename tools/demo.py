@@ -217,6 +217,7 @@ def _fail(msg: str, result: BootResult | None = None) -> int:
 
 def run(board: DemoBoard) -> int:
     """The demo on ``board``: iotsim, two boots, the registry's word, a summary."""
+    from .bench.boards import back_to_back
     from .iotsim.broker import free_port
     from .iotsim.stack import IotSim
 
@@ -233,8 +234,10 @@ def run(board: DemoBoard) -> int:
     last: Exception | None = None
     for _ in range(3):  # a free port can be taken between probe and bind
         try:
-            days = {"cert_days": ROTATE_CERT_DAYS} if args.rotate else {}
-            sim = IotSim(args.dir / "iotsim", free_port(), **days).start()
+            settings: dict[str, Any] = {"cert_days": ROTATE_CERT_DAYS} if args.rotate else {}
+            if args.min_heap:  # its probes boot copies of one board back to back
+                settings.update(back_to_back())
+            sim = IotSim(args.dir / "iotsim", free_port(), **settings).start()
             break
         except RuntimeError as exc:
             last = exc

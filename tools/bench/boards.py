@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..iotsim.broker import MqttQuotas, free_port
 from ..iotsim.stack import IotSim
@@ -28,9 +29,8 @@ def board_bench(name: str) -> Iterator[tuple[Path, IotSim]]:
             yield work, sim
 
 
-@contextmanager
-def back_to_back_iotsim(state: Path) -> Iterator[IotSim]:
-    """iotsim (state in ``state``) for boards the harness boots one right after another,
+def back_to_back() -> dict[str, Any]:
+    """IotSim's arguments for boards the harness boots one right after another,
     or several at a time.
 
     A board's reboot takes seconds, the harness's none: without AWS's one CONNECT
@@ -38,7 +38,13 @@ def back_to_back_iotsim(state: Path) -> Iterator[IotSim]:
     is measured without a retry a board would not make. Nor is provisioning
     throttled: boards measured side by side would share AWS's per-account rate,
     as one board in the field does not."""
-    sim = IotSim(state, free_port(), tps=0, mqtt_quotas=MqttQuotas(connect_interval_ms=0)).start()
+    return {"tps": 0, "mqtt_quotas": MqttQuotas(connect_interval_ms=0)}
+
+
+@contextmanager
+def back_to_back_iotsim(state: Path) -> Iterator[IotSim]:
+    """iotsim (state in ``state``) for boards booted back to back (back_to_back())."""
+    sim = IotSim(state, free_port(), **back_to_back()).start()
     try:
         yield sim
     finally:
