@@ -205,7 +205,8 @@ def run(args: argparse.Namespace) -> list[Target]:
                     median = f"{statistics.median(times):.0f}"
                     if target.port in NO_HEAP_SEARCH:
                         why_not = NO_HEAP_SEARCH[target.port]
-                        rows.append([target.id, method, runs, median, why_not, why_not * (method == METHODS[0]), "-"])
+                        provisioned_why_not = why_not if method == METHODS[0] else ""
+                        rows.append([target.id, method, runs, median, why_not, provisioned_why_not, "-"])
                         continue
                     first_kb = smallest_heap(pristine, where, trials=trials, workers=FRESH_WORKERS)
                     heaps = [("first boot heap, " + method, first_kb, FIRST_BOOT_KB)]
@@ -227,10 +228,10 @@ def run(args: argparse.Namespace) -> list[Target]:
                  "smallest heap, provisioned boot", "fresh boards per size"], rows))
     print(
         "\n(smallest heap: -X heapsize, 2 KB steps, every board passes; the 1.22 unix port's ssl.SSLContext holds "
-        "mbedTLS's HAVEGE entropy state, 39.7 KB of MicroPython's heap that ESP32 firmware does not have, so its "
-        "smallest heap would say nothing about a board's; 1.24.1-32bit is 1.24.1 built for 32-bit x86, an ESP32's pointer and "
-        "object sizes, with umqtt.simple frozen in as ESP32 firmware has it; the other ports load it compiled "
-        "from the flash, its code in the heap)"
+        "mbedTLS's HAVEGE entropy state, 39.7 KB of MicroPython's heap that ESP32 firmware does not have, so "
+        "its smallest heap would say nothing about a board's; 1.24.1-32bit is 1.24.1 built for 32-bit x86, an "
+        "ESP32's pointer and object sizes, with umqtt.simple frozen in as ESP32 firmware has it; the other ports "
+        "load it compiled from the flash, its code in the heap)"
     )
     print("\n### Heap each device module adds where a first boot imports it (.mpy, iotsim; keys, csr, keys+CBOR)\n")
     print(table(["module", f"{DEFAULT_TARGET.id} bytes", f"{WORD32_TARGET.id} bytes"], imports))
