@@ -19,8 +19,8 @@ from timedsock import describe
 
 # What the provisioning and rotation flows load, released together when one
 # returns: a provisioned boot with nothing to renew never holds any of it.
-_FLOW_CODE = ("provisioning", "rotation", "fleetprov", "fleetprov_texts", "awsnames", "credwrite", "cbor", "pem", "der", "csr",
-              "p256", "linkfail")
+_FLOW_CODE = ("provisioning", "rotation", "fleetprov", "fleetprov_texts", "awsnames", "credwrite", "cbor",
+              "pem", "der", "csr", "p256", "linkfail")
 
 
 class FirstBoot(Device):

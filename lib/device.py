@@ -15,11 +15,11 @@ import credstore
 import mqttlink
 from progress import Progress
 from runtime import release, sleep_ms, ticks_diff, ticks_ms
+from timedsock import describe
 
 # AWS IoT accepts one CONNECT per second per client id and closes a second
 # one before CONNACK: the device never sends two within this.
 CONNECT_GAP_MS = 1000
-from timedsock import describe
 
 
 class FlowError(Exception):

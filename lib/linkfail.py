@@ -76,5 +76,6 @@ def _clock_hint():
 
     year = time.gmtime()[0]
     if year < 2024:
-        return " (the clock reads {}: TLS cannot check certificate dates; set it with ntptime, as boot.py does)".format(year)
+        return (" (the clock reads {}: TLS cannot check certificate dates; set it with ntptime, "
+                "as boot.py does)".format(year))
     return ""
