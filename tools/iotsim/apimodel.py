@@ -35,6 +35,8 @@ import botocore.loaders
 import botocore.model
 import regex
 
+from . import untrusted
+
 MAX_NESTING = 20  # deeper input is refused before it is walked (no AWS shape nests this deep)
 
 
@@ -206,9 +208,9 @@ class ApiModel:
         doc: Any = {}
         if body.strip() and not raw:
             try:
-                doc = json.loads(body)
-            except RecursionError:
-                raise ApiError("SerializationException", "the request body is nested too deeply", 400) from None
+                doc = untrusted.loads(body)
+            except untrusted.NestedTooDeep as exc:
+                raise ApiError("SerializationException", "the request body {}".format(exc), 400) from None
             except ValueError as exc:
                 raise ApiError(
                     "SerializationException", "the request body is not JSON: {}".format(exc), 400

@@ -11,7 +11,6 @@ provisioning uses. Errors are IAM's (``NoSuchEntity`` 404, ``EntityAlreadyExists
 
 from __future__ import annotations
 
-import json
 import secrets
 import string
 import urllib.parse
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import untrusted
 from .apimodel import ApiError
 from .store import JsonFile
 
@@ -82,7 +82,7 @@ class Iam:
         if RoleName.lower() in {n.lower() for n in data["roles"]}:  # IAM names are case-insensitive
             raise ApiError("EntityAlreadyExists", "Role with name {} already exists.".format(RoleName))
         try:
-            json.loads(AssumeRolePolicyDocument)
+            untrusted.loads(AssumeRolePolicyDocument)
         except ValueError:
             raise ApiError(
                 "MalformedPolicyDocument", "This policy contains invalid Json"
@@ -186,7 +186,7 @@ class Iam:
         data = self._load()
         inline = self._inline(data, RoleName)
         try:
-            json.loads(PolicyDocument)
+            untrusted.loads(PolicyDocument)
         except ValueError:
             raise ApiError("MalformedPolicyDocument", "This policy contains invalid Json") from None
         inline[PolicyName] = PolicyDocument

@@ -46,6 +46,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import untrusted
+
 CONNECT, PUBLISH, SUBSCRIBE, RECEIVE, RETAIN_PUBLISH = 1, 2, 4, 8, 16
 MQTT_ACTIONS = {
     "iot:Connect": CONNECT,
@@ -154,7 +156,7 @@ def parse_policy(document: str | bytes | Mapping[str, Any]) -> Policy:
                 )
             )
         try:
-            data = json.loads(text)
+            data = untrusted.loads(text)
         except ValueError as exc:
             raise PolicyError("the policy document is not JSON: {}".format(exc)) from None
     else:

@@ -25,7 +25,6 @@ is left out of the event (AWS: Undefined); a key selected by name wins over the 
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import re
 import threading
@@ -37,6 +36,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from . import untrusted
 from .apimodel import ApiError
 from .store import JsonFile
 
@@ -88,8 +88,8 @@ class Query:
     def evaluate(self, msg: Message, account: str, now: float) -> dict[str, Any] | None:
         """The event a Lambda action gets; None when the rule fails for this message."""
         try:
-            doc = json.loads(msg.payload)
-        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+            doc = untrusted.loads(msg.payload)
+        except ValueError:  # not JSON, or nested deeper than iotsim parses
             doc = _UNDEFINED
         # AWS: a binary payload fails a statement that names JSON keys; iotsim: * wants an object.
         kinds = {i.kind for i in self.items}

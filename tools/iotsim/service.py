@@ -51,7 +51,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from . import pki, shapes
+from . import pki, shapes, untrusted
 from .keygen import KeygenPool
 from .registry import ConflictError, Registry, ResourceError, TokenError
 from .templates import TEMPLATE_NAME, Rejection, TemplateStore
@@ -661,7 +661,7 @@ class ProvisioningService:
             if req.fmt == "cbor":
                 value = cbor2.loads(data)
             else:
-                value = json.loads(data.decode("utf-8"))
+                value = untrusted.loads(data.decode("utf-8"))
         except Exception as exc:  # cbor2 raises several types on bad input
             raise Rejection(
                 400,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import shapes
+from . import shapes, untrusted
 
 MAX_TEMPLATE_CHARS = 10240
 TEMPLATE_NAME = re.compile(r"^[0-9A-Za-z_-]{1,36}\Z")
@@ -158,7 +158,7 @@ class Template:
                 )
             )
         try:
-            body = json.loads(text)
+            body = untrusted.loads(text)
         except ValueError as exc:
             raise _invalid_template("template {!r} is not valid JSON: {}".format(name, exc)) from exc
         if not isinstance(body, dict):
@@ -381,7 +381,7 @@ class Template:
         if not isinstance(doc, str):
             doc = json.dumps(doc, sort_keys=True)
         try:
-            json.loads(doc)
+            untrusted.loads(doc)
         except ValueError as exc:
             raise _invalid_template("{}.PolicyDocument is not JSON: {}".format(rname, exc)) from exc
         # AWS names inline policies itself; iotsim uses the template and resource names.
