@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tools.iotsim import pki
 from tools.iotsim.registry import ACTIVE, CLAIM, CLAIM_POLICY, INACTIVE, PENDING_ACTIVATION, REVOKED
 from tools.iotsim.service import AWS_TPS
+from tools.iotsim.untrusted import MAX_DEPTH
 from tools.iotsim.testing import (
     ConnectRefused,
     MqttTestClient,
@@ -161,6 +162,19 @@ def test_hostile_payloads_are_rejected_with_400_and_the_service_keeps_serving(
 ) -> None:
     assert_rejected(claim.request(csr_topic(fmt), payload), 400, "InvalidPayload")
     provision_csr(claim, fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_payload_nested_past_the_bound_is_refused_and_one_within_it_is_read(claim: MqttTestClient, fmt: str) -> None:
+    def nested(levels: int) -> bytes:
+        value: Any = "x"
+        for _ in range(levels - 1):  # the payload's own map is the first level
+            value = [value]
+        body = {"certificateSigningRequest": value}
+        return cbor2.dumps(body) if fmt == "cbor" else json.dumps(body).encode()
+
+    assert_rejected(claim.request(csr_topic(fmt), nested(MAX_DEPTH + 1)), 400, "InvalidPayload", str(MAX_DEPTH))
+    assert_rejected(claim.request(csr_topic(fmt), nested(MAX_DEPTH)), 400, "InvalidCsr")  # read, then judged
 
 
 def test_self_described_cbor_map_is_accepted(claim: MqttTestClient) -> None:

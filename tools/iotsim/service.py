@@ -659,7 +659,7 @@ class ProvisioningService:
             raise Rejection(400, INVALID_PAYLOAD, "{} request payload is empty".format(req.operation))
         try:
             if req.fmt == "cbor":
-                value = cbor2.loads(data)
+                value = cbor2.loads(data, max_depth=untrusted.MAX_DEPTH)  # one bound for both formats
             else:
                 value = untrusted.loads(data.decode("utf-8"))
         except Exception as exc:  # cbor2 raises several types on bad input
