@@ -15,6 +15,7 @@ from itertools import accumulate
 from typing import Any
 
 # iotsim's choice: AWS documents none; its own policy and template documents nest a handful of levels.
+# The provisioning service gives cbor2 the same bound for CBOR payloads.
 MAX_DEPTH = 64
 
 _ESCAPE = re.compile(rb"\\.", re.S)  # valid JSON has a backslash only inside a string, as an escape
